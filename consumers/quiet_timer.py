@@ -1,0 +1,33 @@
+"""InstanceReceived → (re)arm the study's quiet-period timer.
+
+Each new instance pushes the study's completion back to its arrival + STUDY_QUIET_SECONDS.
+The time comes from the event, not the clock of this handler, so a backlog or a redelivery
+arms the same timer.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from pacsor import events as ev
+from pacsor.handler_runner import ConsumerSpec, Delivery, Emit, Outcome
+from pacsor.quiet_timers import QuietTimers
+from pacsor.subjects import EVENTS_STREAM, events_filter
+
+CONSUMER: ConsumerSpec[ev.InstanceReceived] = ConsumerSpec(
+    durable="quiet-timer",
+    stream=EVENTS_STREAM,
+    filter_subject=events_filter(ev.InstanceReceived.topic, per_core=False),
+    decode=lambda data, _subject: ev.decode_as(data, ev.InstanceReceived),  # type: ignore[return-value]
+    ack_wait=30.0,
+    max_ack_pending=1024,
+    concurrency=8,
+    description="InstanceReceived -> arm the study's quiet-period timer",
+)
+
+
+async def arm_quiet_timer(
+    event: ev.InstanceReceived, delivery: Delivery, timers: QuietTimers, quiet: timedelta
+) -> Outcome:
+    await timers.arm(event.study_instance_uid, event.occurred_at + quiet)
+    return Emit()

@@ -1,0 +1,134 @@
+"""Uploaded → poll the AI's status → fetch each inference command's result objects →
+store them in PACSOR_RESULTS → ResultReady (or ResultFailed).
+
+Polling is a NAK with delay: the wait between polls is kept by JetStream, not by this
+process, so a restart resumes polling where it was. A study that has no result
+RESULT_TIMEOUT_SECONDS after its upload fails with ResultFailed.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from io import BytesIO
+
+import msgspec
+from pydicom import dcmread
+
+from pacsor import events as ev
+from pacsor.blobs import BlobStore, sha256_digest
+from pacsor.handler_runner import ConsumerSpec, Delivery, Emit, Outcome, Retry
+from pacsor.milvue_api import ApiError, MilvueApi
+from pacsor.subjects import EVENTS_STREAM, events_filter, is_valid_uid, result_object_name
+
+
+class PollSettings(msgspec.Struct, frozen=True):
+    core: str
+    inference_commands: tuple[str, ...]
+    poll_interval: float
+    result_timeout: timedelta
+
+
+def consumer(core: str) -> ConsumerSpec[ev.Uploaded]:
+    return ConsumerSpec(
+        durable=f"poll-{core}",
+        stream=EVENTS_STREAM,
+        filter_subject=f"pacsor.study.*.{core}.{ev.Uploaded.topic}",
+        decode=lambda data, _subject: ev.decode_as(data, ev.Uploaded),  # type: ignore[return-value]
+        ack_wait=120.0,
+        max_ack_pending=1024,
+        concurrency=4,
+        description=f"Uploaded -> poll AI core {core} -> ResultReady",
+    )
+
+
+class ResultIdentity(msgspec.Struct, frozen=True):
+    study_instance_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+
+
+def identify_result(data: bytes) -> ResultIdentity:
+    """The UIDs of a result object; ValueError when it is not usable DICOM."""
+    try:
+        ds = dcmread(BytesIO(data), stop_before_pixels=True)
+        identity = ResultIdentity(
+            study_instance_uid=str(ds.StudyInstanceUID),
+            sop_instance_uid=str(ds.SOPInstanceUID),
+            sop_class_uid=str(ds.SOPClassUID),
+        )
+    except Exception as err:
+        raise ValueError(f"result object is not readable DICOM: {err}") from err
+    if not is_valid_uid(identity.sop_instance_uid):
+        raise ValueError(f"result object has an invalid SOPInstanceUID {identity.sop_instance_uid!r}")
+    return identity
+
+
+async def poll_results(
+    event: ev.Uploaded,
+    delivery: Delivery,
+    api: MilvueApi,
+    results: BlobStore,
+    settings: PollSettings,
+) -> Outcome:
+    study = event.study_instance_uid
+    overdue = ev.utc_now() > event.occurred_at + settings.result_timeout
+
+    def failed(reason: str, status: int | None = None) -> Emit:
+        return Emit(
+            (
+                ev.ResultFailed(
+                    study_instance_uid=study,
+                    core=event.core,
+                    attempt=event.attempt,
+                    reason=reason,
+                    http_status=status,
+                ),
+            )
+        )
+
+    def wait(reason: str, at_least: float | None = None) -> Outcome:
+        if overdue:
+            return failed(f"no result {settings.result_timeout.total_seconds():.0f} s after upload: {reason}")
+        return Retry(max(settings.poll_interval, at_least or 0.0), reason)
+
+    try:
+        status = await api.get_status(study)
+        if status.status == "running":
+            return wait("AI still running")
+        if status.status != "done":
+            return failed(f"AI answered status {status.status!r}: {status.message}")
+
+        stored: list[ev.ResultObject] = []
+        for command in settings.inference_commands:
+            async for data in api.iter_results(study, command):
+                try:
+                    identity = identify_result(data)
+                except ValueError as err:
+                    return failed(f"{command}: {err}")
+                name = result_object_name(study, event.core, event.attempt, identity.sop_instance_uid)
+                await results.put(name, data, sha256_digest(data))
+                stored.append(
+                    ev.ResultObject(
+                        inference_command=command,
+                        sop_instance_uid=identity.sop_instance_uid,
+                        sop_class_uid=identity.sop_class_uid,
+                        object_name=name,
+                        size=len(data),
+                    )
+                )
+    except ApiError as err:
+        if not err.retryable:
+            return failed(str(err), err.status)
+        return wait(str(err), err.retry_after)
+
+    return Emit(
+        (
+            ev.ResultReady(
+                study_instance_uid=study,
+                core=event.core,
+                attempt=event.attempt,
+                results=tuple(stored),
+                api_version=status.version,
+            ),
+        )
+    )

@@ -1,0 +1,51 @@
+"""Quiet timer elapsed → StudyComplete (or wait longer, or nothing).
+
+The decision is pacsor.completion.decide_completion over the study's events; the
+StudyComplete is written with an expected-last-subject-sequence, so two replicas handling the
+same timer cannot both complete the study.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from pacsor.completion import AlreadyComplete, Complete, WaitUntil, decide_completion
+from pacsor.eventlog import EventLog
+from pacsor.events import utc_now
+from pacsor.handler_runner import ConsumerSpec, Delivery, Emit, Outcome
+from pacsor.quiet_timers import QuietElapsed, QuietTimers, decode_elapsed
+from pacsor.subjects import QUIET_ELAPSED_FILTER, TIMERS_STREAM
+
+log = logging.getLogger("pacsor.completion")
+
+CONSUMER: ConsumerSpec[QuietElapsed] = ConsumerSpec(
+    durable="study-completion",
+    stream=TIMERS_STREAM,
+    filter_subject=QUIET_ELAPSED_FILTER,
+    decode=decode_elapsed,
+    ack_wait=60.0,
+    concurrency=4,
+    description="quiet timer elapsed -> StudyComplete",
+)
+
+
+async def complete_study(
+    elapsed: QuietElapsed,
+    delivery: Delivery,
+    events: EventLog,
+    timers: QuietTimers,
+    quiet: timedelta,
+) -> Outcome:
+    study = elapsed.study_instance_uid
+    history = await events.history(study)
+    decision = decide_completion(study, history, utc_now(), quiet)
+    if isinstance(decision, Complete):
+        return Emit((decision.event,), decision.expected_last_subject_sequence)
+    if isinstance(decision, WaitUntil):
+        # An instance arrived after this timer was armed; its own timer may not be armed yet.
+        await timers.arm(study, decision.at)
+        log.info("study still receiving", extra={"study": study, "until": decision.at.isoformat()})
+    elif isinstance(decision, AlreadyComplete):
+        log.info("study already complete", extra={"study": study, "attempt": decision.attempt})
+    return Emit()

@@ -1,0 +1,5 @@
+import sys
+
+from pacsor.cli import main
+
+sys.exit(main())

@@ -1,0 +1,173 @@
+"""DICOM objects in JetStream object-store buckets, written pipelined and read as a stream.
+
+The layout is the standard object store one (`nats object get PACSOR_INSTANCES <name>` works):
+chunks on `$O.<bucket>.C.<nuid>`, the object's metadata (size, chunk count, SHA-256) as the
+last message on `$O.<bucket>.M.<base64url(name)>`. nats-py's own ObjectStore awaits each chunk's
+acknowledgement before sending the next and reads whole objects into memory; here the chunks
+are published back to back and their acknowledgements awaited together, and reads are yielded
+chunk by chunk, which is what lets ingest keep up with the network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+
+log = logging.getLogger("pacsor.blobs")
+
+CHUNK_SIZE = 128 * 1024
+DIGEST_PREFIX = "SHA-256="
+
+
+class BlobError(RuntimeError):
+    pass
+
+
+class BlobNotFound(BlobError):
+    pass
+
+
+class BlobInfo(msgspec.Struct, frozen=True):
+    name: str
+    bucket: str
+    nuid: str
+    size: int
+    chunks: int
+    digest: str
+    deleted: bool = False
+
+    @property
+    def sha256_hex(self) -> str:
+        return base64.urlsafe_b64decode(self.digest.removeprefix(DIGEST_PREFIX)).hex()
+
+
+def sha256_digest(data: bytes | memoryview) -> str:
+    """The object store's digest notation of `data`."""
+    return DIGEST_PREFIX + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).decode()
+
+
+class BlobStore:
+    """One object-store bucket (its stream is declared in streams/OBJ_<bucket>.json)."""
+
+    def __init__(self, nc: Client, js: JetStreamContext, bucket: str, timeout: float = 10.0):
+        self._nc = nc
+        self._js = js
+        self.bucket = bucket
+        self.stream = f"OBJ_{bucket}"
+        self._timeout = timeout
+
+    def _meta_subject(self, name: str) -> str:
+        encoded = base64.urlsafe_b64encode(name.encode()).decode()
+        return f"$O.{self.bucket}.M.{encoded}"
+
+    def _chunk_subject(self, nuid: str) -> str:
+        return f"$O.{self.bucket}.C.{nuid}"
+
+    async def info(self, name: str) -> BlobInfo | None:
+        """The object's metadata, or None when there is no such (undeleted) object."""
+        try:
+            raw = await self._js.get_last_msg(self.stream, self._meta_subject(name), direct=True)
+        except NotFoundError:
+            return None
+        if not raw.data:
+            return None
+        meta: dict[str, Any] = json.loads(raw.data)
+        info = BlobInfo(
+            name=meta["name"],
+            bucket=meta["bucket"],
+            nuid=meta["nuid"],
+            size=meta.get("size", 0),
+            chunks=meta.get("chunks", 0),
+            digest=meta.get("digest", ""),
+            deleted=bool(meta.get("deleted", False)),
+        )
+        return None if info.deleted else info
+
+    async def put(self, name: str, data: bytes, digest: str | None = None) -> BlobInfo:
+        """Store `data` under `name`; a byte-identical object already there is kept as is."""
+        digest = digest or sha256_digest(data)
+        existing = await self.info(name)
+        if existing is not None and existing.digest == digest and existing.size == len(data):
+            return existing
+
+        nuid = self._nc._nuid.next().decode()
+        chunk_subject = self._chunk_subject(nuid)
+        view = memoryview(data)
+        pending = []
+        try:
+            for offset in range(0, len(data), CHUNK_SIZE):
+                chunk = bytes(view[offset : offset + CHUNK_SIZE])
+                pending.append(await self._js.publish_async(chunk_subject, chunk))
+            await asyncio.wait_for(asyncio.gather(*pending), self._timeout)
+            info = BlobInfo(
+                name=name,
+                bucket=self.bucket,
+                nuid=nuid,
+                size=len(data),
+                chunks=len(pending),
+                digest=digest,
+            )
+            meta = msgspec.structs.asdict(info)
+            del meta["deleted"]
+            meta["mtime"] = datetime.now(UTC).isoformat()
+            meta["options"] = {"max_chunk_size": CHUNK_SIZE}
+            # Rollup: the new metadata replaces the old one on its subject.
+            await self._js.publish(
+                self._meta_subject(name),
+                json.dumps(meta).encode(),
+                headers={"Nats-Rollup": "sub"},
+                timeout=self._timeout,
+            )
+        except BaseException:
+            for future in pending:
+                future.cancel()
+            await self._discard_chunks(chunk_subject)
+            raise
+        if existing is not None:
+            await self._discard_chunks(self._chunk_subject(existing.nuid))
+        return info
+
+    async def _discard_chunks(self, chunk_subject: str) -> None:
+        # Orphaned chunks only waste space until max_age; failing to purge them is not an error
+        # worth hiding the original one for.
+        try:
+            await self._js.purge_stream(self.stream, subject=chunk_subject)
+        except Exception:  # logged, not swallowed: the caller's own error is the one raised
+            log.warning(
+                "could not purge chunks", extra={"subject": chunk_subject}, exc_info=True
+            )
+
+    async def chunks(self, name: str) -> AsyncIterator[bytes]:
+        """Yield the object's bytes chunk by chunk; raises BlobError when its digest is wrong."""
+        info = await self.info(name)
+        if info is None:
+            raise BlobNotFound(f"{self.bucket}/{name}: no such object")
+        if info.chunks == 0:
+            return
+        hasher = hashlib.sha256()
+        received = 0
+        sub = await self._js.subscribe(self._chunk_subject(info.nuid), ordered_consumer=True)
+        try:
+            while received < info.chunks:
+                msg = await sub.next_msg(timeout=self._timeout)
+                received += 1
+                hasher.update(msg.data)
+                yield msg.data
+        finally:
+            await sub.unsubscribe()
+        if DIGEST_PREFIX + base64.urlsafe_b64encode(hasher.digest()).decode() != info.digest:
+            raise BlobError(f"{self.bucket}/{name}: digest mismatch, the object is corrupt")
+
+    async def get(self, name: str) -> bytes:
+        return b"".join([chunk async for chunk in self.chunks(name)])

@@ -1,0 +1,206 @@
+"""The `pacsor` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from pacsor import logs
+from pacsor.config import ConfigError, Settings, load_settings
+from pacsor.gateway import COMPONENTS, run_gateway
+
+log = logging.getLogger("pacsor")
+
+DEMO_PACS_PORT = 11112
+DEMO_PACS_AET = "DEMOPACS"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="pacsor", description="DICOM gateway for radiology AI")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    up = commands.add_parser("up", help="run every component in one process")
+    up.add_argument("--demo", action="store_true",
+                    help="also run the API simulator and a demo PACS writing to ./demo-pacs")
+    run = commands.add_parser("run", help="run one component")
+    run.add_argument("component", choices=COMPONENTS)
+    sim = commands.add_parser("simulator", help="serve the Milvue API simulator")
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, default=8421)
+    events = commands.add_parser("events", help="print the event history (of one study)")
+    events.add_argument("--study", help="StudyInstanceUID")
+    send = commands.add_parser("send", help="C-STORE DICOM files (or a sample study) to pacsor")
+    send.add_argument("paths", nargs="*", type=Path, help="files or folders")
+    send.add_argument("--sample", type=int, metavar="N", help="send a synthetic study of N images")
+    send.add_argument("--host", default="127.0.0.1")
+    send.add_argument("--port", type=int, help="default: PORT")
+    send.add_argument("--aet", help="called AE title, default: MILVUE_AET")
+
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings()
+    except ConfigError as err:
+        print(f"pacsor: {err}", file=sys.stderr)
+        return 2
+    logs.configure(settings.log_level)
+    try:
+        if args.command == "up":
+            return _up(settings, args.demo)
+        if args.command == "run":
+            return _serve(settings, (args.component,))
+        if args.command == "simulator":
+            return _simulator(args.host, args.port)
+        if args.command == "events":
+            return asyncio.run(_events(settings, args.study))
+        if args.command == "send":
+            return _send(settings, args)
+    except ConfigError as err:
+        print(f"pacsor: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _serve(settings: Settings, components: tuple[str, ...], on_ready: Any = None) -> int:
+    async def serve() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await run_gateway(settings, components, stop, on_ready)
+
+    asyncio.run(serve())
+    return 0
+
+
+def _up(settings: Settings, demo: bool) -> int:
+    if not demo:
+        return _serve(settings, COMPONENTS)
+    with _demo_peers() as overrides:
+        settings = load_settings(overrides={**_demo_defaults(settings), **overrides})
+
+        def announce(ready: dict[str, Any]) -> None:
+            port = ready.get("dicom_port", settings.port)
+            print(
+                "\n"
+                f"pacsor is up (demo). DICOM: AE {settings.milvue_aet} on port {port}; "
+                f"AI: simulator at {settings.api_url}; results go to the demo PACS in ./demo-pacs\n"
+                "Send a study from another terminal:\n"
+                f"    .venv/bin/pacsor send --sample 3          (or: storescu -aec {settings.milvue_aet} "
+                f"127.0.0.1 {port} FILE.dcm)\n"
+                f"Watch it: .venv/bin/pacsor events   — results arrive about "
+                f"{settings.study_quiet_seconds:.0f} s after the last image.  Ctrl-C stops.\n",
+                file=sys.stderr,
+                flush=True,
+            )
+
+        return _serve(settings, COMPONENTS, announce)
+
+
+def _demo_defaults(settings: Settings) -> dict[str, str]:
+    return {"TOKEN": settings.token or "demo-token", "STUDY_QUIET_SECONDS": "5",
+            "POLL_INTERVAL_SECONDS": "1"}
+
+
+@contextlib.contextmanager
+def _demo_peers() -> Iterator[dict[str, str]]:
+    from pacsor.demo_pacs import start_folder_pacs
+    from pacsor.simulator import SimulatorSettings, running_simulator
+
+    pacs = start_folder_pacs(Path("demo-pacs"), DEMO_PACS_AET, DEMO_PACS_PORT)
+    try:
+        with running_simulator(SimulatorSettings(running_polls=2)) as (base_url, _state):
+            yield {
+                "API_URL": base_url,
+                "PACS_IP": "127.0.0.1",
+                "PACS_PORT": str(DEMO_PACS_PORT),
+                "PACS_AET": DEMO_PACS_AET,
+            }
+    finally:
+        pacs.shutdown()
+
+
+def _simulator(host: str, port: int) -> int:
+    import os
+
+    from pacsor.simulator import serve, settings_from_env
+
+    try:
+        sim_settings = settings_from_env(os.environ)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    serve(sim_settings, host, port)
+    return 0
+
+
+async def _events(settings: Settings, study: str | None) -> int:
+    import msgspec
+
+    from pacsor.broker import connect
+    from pacsor.eventlog import EventLog
+    from pacsor.subjects import is_valid_uid, study_subjects
+
+    if study is not None and not is_valid_uid(study):
+        raise ConfigError(f"--study: not a DICOM UID: {study!r}")
+    # Without NATS_URL, read the embedded server that `pacsor up` starts.
+    url = settings.nats_url or f"nats://127.0.0.1:{settings.embedded_nats_port}"
+    try:
+        nc = await connect(url, "pacsor events")
+    except Exception as err:
+        raise ConfigError(f"NATS_URL: cannot connect to {url}: {err}") from None
+    try:
+        recorded = await EventLog(nc.jetstream()).read(
+            study_subjects(study) if study else "pacsor.study.>"
+        )
+    finally:
+        await nc.close()
+    for r in recorded:
+        body = msgspec.to_builtins(r.event)
+        kind = body.pop("type")
+        when = body.pop("occurred_at")
+        uid = body.pop("study_instance_uid")
+        body.pop("schema_version", None)
+        body.pop("instances", None) if kind == "StudyComplete" else None
+        detail = " ".join(f"{k}={v}" for k, v in body.items() if k not in {"object_name", "digest"})
+        if kind == "StudyComplete":
+            detail = f"instances={len(r.event.instances)} " + detail  # type: ignore[union-attr]
+        print(f"{r.sequence:>7}  {when}  {kind:<16} {uid}  {detail}")
+    return 0
+
+
+def _send(settings: Settings, args: argparse.Namespace) -> int:
+    import tempfile
+
+    from pacsor.sample_study import make_study
+    from pacsor.storage_scu import send_files
+
+    with tempfile.TemporaryDirectory(prefix="pacsor-sample-") as folder:
+        files: list[Path] = []
+        for n, ds in enumerate(make_study(args.sample or 0)):
+            files.append(Path(folder) / f"sample{n + 1}.dcm")
+            ds.save_as(files[-1], enforce_file_format=True)
+        for path in args.paths:
+            files.extend(sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path])
+        if not files:
+            raise ConfigError("send: give DICOM files or folders, or --sample N")
+        try:
+            results = send_files(args.host, args.port or settings.port,
+                                 args.aet or settings.milvue_aet, files)
+        except ConnectionError as err:
+            print(f"pacsor: {err}", file=sys.stderr)
+            return 1
+    failed = [r for r in results if r[1] != 0]
+    for path, status in results:
+        print(f"0x{status:04X}  {path.name}" if status >= 0 else f"no answer  {path.name}")
+    print(f"{len(results) - len(failed)} sent, {len(failed)} failed", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

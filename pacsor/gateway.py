@@ -1,0 +1,179 @@
+"""Wires the components to JetStream and runs the ones asked for, in one process.
+
+    scp          C-STORE            -> InstanceReceived
+    quiet-timer  InstanceReceived   -> (re)arm the study's quiet timer
+    completion   timer elapsed      -> StudyComplete
+    uploader     StudyComplete      -> Uploaded
+    poller       Uploaded           -> ResultReady
+    dispatcher   ResultReady        -> Dispatched, one per destination
+
+`pacsor up` runs them all; `pacsor run <name>` runs one, and several processes running the
+same component share its work through the durable consumer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from functools import partial
+from typing import Any
+
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+
+from consumers import dispatcher, quiet_timer, result_poller, study_completion, uploader
+from pacsor.blobs import BlobStore
+from pacsor.broker import BrokerError, EmbeddedNats, apply_streams, connect
+from pacsor.config import ConfigError, Settings, require
+from pacsor.eventlog import EventLog
+from pacsor.handler_runner import run_consumer
+from pacsor.milvue_api import MilvueApi
+from pacsor.quiet_timers import QuietTimers
+from pacsor.retry import RetryPolicy
+from pacsor.storage_scp import StorageScp
+from pacsor.subjects import INSTANCES_BUCKET, RESULTS_BUCKET
+
+log = logging.getLogger("pacsor.gateway")
+
+COMPONENTS = ("scp", "quiet-timer", "completion", "uploader", "poller", "dispatcher")
+
+
+@dataclass
+class Wiring:
+    """Everything a component needs, built once per process."""
+
+    settings: Settings
+    nc: Client
+    js: JetStreamContext
+    events: EventLog
+    instances: BlobStore
+    results: BlobStore
+    timers: QuietTimers
+    policy: RetryPolicy
+
+
+async def _connect_with_patience(url: str, name: str, patience: float = 60.0) -> Client:
+    deadline = asyncio.get_running_loop().time() + patience
+    while True:
+        try:
+            return await connect(url, name)
+        except Exception as err:
+            if asyncio.get_running_loop().time() > deadline:
+                raise ConfigError(f"NATS_URL: cannot connect to {url}: {err or type(err).__name__}") from None
+            log.warning("waiting for NATS", extra={"url": url, "error": repr(err)})
+            await asyncio.sleep(1.0)
+
+
+async def run_gateway(
+    settings: Settings,
+    components: tuple[str, ...],
+    stop: asyncio.Event,
+    on_ready: Callable[[dict[str, Any]], None] | None = None,
+) -> None:
+    """Run `components` until `stop` is set."""
+    for component in components:
+        require(settings, component)
+    embedded: EmbeddedNats | None = None
+    url = settings.nats_url
+    if not url:
+        embedded = EmbeddedNats(settings.data_dir / "nats", settings.embedded_nats_port)
+        try:
+            embedded.start()
+        except BrokerError as err:
+            raise ConfigError(str(err)) from None
+        url = embedded.url
+        log.info("embedded nats-server started", extra={"url": url, "store": str(embedded.store_dir)})
+    try:
+        nc = await _connect_with_patience(url, f"pacsor {','.join(components)}")
+        try:
+            await apply_streams(nc)
+            js = nc.jetstream(timeout=10)
+            wiring = Wiring(
+                settings=settings,
+                nc=nc,
+                js=js,
+                events=EventLog(js),
+                instances=BlobStore(nc, js, INSTANCES_BUCKET),
+                results=BlobStore(nc, js, RESULTS_BUCKET),
+                timers=QuietTimers(js),
+                policy=RetryPolicy.from_settings(settings),
+            )
+            await _run(wiring, components, stop, url, on_ready)
+        finally:
+            await nc.drain()
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
+async def _run(
+    w: Wiring,
+    components: tuple[str, ...],
+    stop: asyncio.Event,
+    url: str,
+    on_ready: Callable[[dict[str, Any]], None] | None,
+) -> None:
+    s = w.settings
+    quiet = timedelta(seconds=s.study_quiet_seconds)
+    api = MilvueApi(s.api_url, s.token, timeout=s.api_timeout_seconds)
+    loops: list[Awaitable[None]] = []
+    consume = partial(run_consumer, w.js, w.events, stop=stop, error_policy=w.policy)
+
+    if "quiet-timer" in components:
+        loops.append(
+            consume(spec=quiet_timer.CONSUMER,
+                    handler=partial(quiet_timer.arm_quiet_timer, timers=w.timers, quiet=quiet))
+        )
+    if "completion" in components:
+        loops.append(
+            consume(spec=study_completion.CONSUMER,
+                    handler=partial(study_completion.complete_study, events=w.events,
+                                    timers=w.timers, quiet=quiet))
+        )
+    if "uploader" in components:
+        loops.append(
+            consume(spec=uploader.consumer(s.core_name),
+                    handler=partial(uploader.upload_study, api=api, instances=w.instances,
+                                    core=s.core_name, policy=w.policy))
+        )
+    if "poller" in components:
+        poll = result_poller.PollSettings(
+            core=s.core_name,
+            inference_commands=s.inference_commands,
+            poll_interval=s.poll_interval_seconds,
+            result_timeout=timedelta(seconds=s.result_timeout_seconds),
+        )
+        loops.append(
+            consume(spec=result_poller.consumer(s.core_name),
+                    handler=partial(result_poller.poll_results, api=api, results=w.results,
+                                    settings=poll))
+        )
+    if "dispatcher" in components:
+        for destination in s.all_destinations():
+            loops.append(
+                consume(spec=dispatcher.consumer(s.core_name, destination),
+                        handler=partial(dispatcher.dispatch_to_destination, results=w.results,
+                                        destination=destination, calling_ae_title=s.milvue_aet,
+                                        policy=w.policy))
+            )
+
+    scp: StorageScp | None = None
+    try:
+        ready: dict[str, Any] = {"nats_url": url, "components": components}
+        if "scp" in components:
+            scp = StorageScp(s, asyncio.get_running_loop(), w.instances, w.events)
+            ready["dicom_port"] = await asyncio.to_thread(scp.start)
+        log.info("pacsor ready", extra=ready)
+        if on_ready is not None:
+            on_ready(ready)
+        async with asyncio.TaskGroup() as group:
+            for loop in loops:
+                group.create_task(loop)  # type: ignore[arg-type]
+            group.create_task(stop.wait())
+    finally:
+        if scp is not None:
+            await asyncio.to_thread(scp.stop)
+        await api.aclose()

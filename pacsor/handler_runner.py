@@ -1,0 +1,211 @@
+"""Runs a handler as a durable JetStream pull consumer.
+
+A handler is a small async function from one message to an Outcome: events to emit, or "try
+again later". The runner does the JetStream part: it publishes the emitted events (each with
+its idempotency key) *before* acknowledging the message, so a crash anywhere means a
+redelivery and never a lost step; it turns Retry into a NAK with delay, keeps long handlers
+alive with in-progress acks, and logs every error with the study it concerns.
+
+Several processes running the same handler share its durable consumer, and so the work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+import msgspec
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from pacsor.eventlog import ConcurrentUpdate, EventLog
+from pacsor.events import Event
+from pacsor.retry import RetryPolicy
+
+log = logging.getLogger("pacsor.runner")
+
+M = TypeVar("M")
+
+
+class Emit(msgspec.Struct, frozen=True):
+    """Done: publish these events (possibly none), then acknowledge."""
+
+    events: tuple[Event, ...] = ()
+    expected_last_subject_sequence: int | None = None
+
+
+class Retry(msgspec.Struct, frozen=True):
+    """Not done yet: redeliver after `delay` seconds."""
+
+    delay: float
+    reason: str
+
+
+Outcome = Emit | Retry
+
+
+class Delivery(msgspec.Struct, frozen=True):
+    """What the handler may know about this delivery of the message."""
+
+    subject: str
+    stream_sequence: int
+    num_delivered: int
+
+
+@dataclass(frozen=True)
+class ConsumerSpec(Generic[M]):
+    durable: str
+    stream: str
+    filter_subject: str
+    decode: Callable[[bytes, str], M]
+    ack_wait: float = 60.0
+    max_ack_pending: int = 64
+    concurrency: int = 4
+    description: str = ""
+    study_of: Callable[[M], str] = field(default=lambda m: getattr(m, "study_instance_uid", ""))
+
+
+Handler = Callable[[M, Delivery], Awaitable[Outcome]]
+
+
+async def ensure_consumer(js: JetStreamContext, spec: ConsumerSpec[M]) -> None:
+    config = ConsumerConfig(
+        durable_name=spec.durable,
+        description=spec.description or None,
+        filter_subject=spec.filter_subject,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=spec.ack_wait,
+        max_deliver=-1,
+        max_ack_pending=spec.max_ack_pending,
+    )
+    await js.add_consumer(spec.stream, config)
+
+
+async def run_consumer(
+    js: JetStreamContext,
+    events: EventLog,
+    spec: ConsumerSpec[M],
+    handler: Handler[M],
+    stop: asyncio.Event,
+    error_policy: RetryPolicy,
+) -> None:
+    """Process messages until `stop` is set."""
+    await ensure_consumer(js, spec)
+    sub = await js.pull_subscribe_bind(spec.durable, spec.stream)
+    log.info("consumer started", extra={"consumer": spec.durable, "filter": spec.filter_subject})
+
+    async def worker() -> None:
+        while not stop.is_set():
+            try:
+                msgs = await sub.fetch(1, timeout=1.0)
+            except (TimeoutError, NatsTimeoutError):
+                continue
+            except Exception:  # e.g. disconnected: logged, then the loop tries again
+                log.warning("fetch failed", extra={"consumer": spec.durable}, exc_info=True)
+                await asyncio.sleep(1.0)
+                continue
+            for msg in msgs:
+                try:
+                    await _process(msg, spec, handler, events, error_policy)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    # Acknowledging failed (connection lost): the message is redelivered.
+                    log.warning("ack failed", extra={"consumer": spec.durable}, exc_info=True)
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            for _ in range(spec.concurrency):
+                group.create_task(worker())
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+
+
+async def _process(
+    msg: Msg,
+    spec: ConsumerSpec[M],
+    handler: Handler[M],
+    events: EventLog,
+    error_policy: RetryPolicy,
+) -> None:
+    meta = msg.metadata
+    delivery = Delivery(msg.subject, meta.sequence.stream, meta.num_delivered)
+    try:
+        message = spec.decode(msg.data, msg.subject)
+    except (msgspec.MsgspecError, ValueError) as err:
+        # A malformed message can never succeed; terminate it, it stays readable in the stream.
+        log.error(
+            "unreadable message terminated",
+            extra={"consumer": spec.durable, "seq": delivery.stream_sequence, "error": str(err)},
+        )
+        await msg.term()
+        return
+
+    study = spec.study_of(message)
+    heartbeat = asyncio.create_task(_keep_alive(msg, spec.ack_wait))
+    try:
+        outcome = await handler(message, delivery)
+        if isinstance(outcome, Emit):
+            for event in outcome.events:
+                await events.publish(event, outcome.expected_last_subject_sequence)
+            await msg.ack_sync()
+        else:
+            log.info(
+                "retry later",
+                extra={
+                    "consumer": spec.durable,
+                    "study": study,
+                    "reason": outcome.reason,
+                    "delay": outcome.delay,
+                    "delivery": delivery.num_delivered,
+                },
+            )
+            await msg.nak(delay=outcome.delay)
+    except ConcurrentUpdate as err:
+        log.info("concurrent update, deciding again", extra={"study": study, "error": str(err)})
+        await msg.nak()
+    except asyncio.CancelledError:
+        # Stopping: leave the message unacknowledged; it is redelivered after ack_wait.
+        raise
+    except Exception:
+        delay = error_policy.delay_after(delivery.num_delivered) or error_policy.max_seconds
+        log.exception(
+            "handler failed; the message will be redelivered",
+            extra={"consumer": spec.durable, "study": study, "delay": delay},
+        )
+        await msg.nak(delay=delay)
+    finally:
+        heartbeat.cancel()
+
+
+async def _keep_alive(msg: Msg, ack_wait: float) -> None:
+    """Tell the server the message is still being worked on, so it is not redelivered."""
+    while True:
+        await asyncio.sleep(ack_wait / 3)
+        await msg.in_progress()
+
+
+def retry_or_fail(
+    delivery: Delivery,
+    policy: RetryPolicy,
+    reason: str,
+    retryable: bool,
+    failed: Callable[[int], Event],
+    at_least: float | None = None,
+) -> Outcome:
+    """Retry with the policy's backoff, or emit the failure event when no try is left.
+
+    `failed` builds the failure event from the number of tries made.
+    """
+    delay = policy.delay_after(delivery.num_delivered, at_least) if retryable else None
+    if delay is None:
+        return Emit((failed(delivery.num_delivered),))
+    return Retry(delay, reason)

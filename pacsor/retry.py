@@ -1,0 +1,38 @@
+"""The one retry policy: exponential backoff, capped, with a bounded number of tries.
+
+Every handler retries through JetStream redelivery (a NAK with this delay), so a retry
+survives a restart of the process and needs no state of its own.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from pacsor.config import Settings
+
+
+class RetryPolicy(msgspec.Struct, frozen=True):
+    initial_seconds: float = 2.0
+    max_seconds: float = 300.0
+    max_attempts: int = 12
+    multiplier: float = 2.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RetryPolicy:
+        return cls(
+            initial_seconds=settings.retry_initial_seconds,
+            max_seconds=settings.retry_max_seconds,
+            max_attempts=settings.retry_max_attempts,
+        )
+
+    def delay_after(self, tries: int, at_least: float | None = None) -> float | None:
+        """Seconds to wait after `tries` failed tries, or None when no try is left.
+
+        `at_least` honours a server's Retry-After without letting it shorten the backoff.
+        """
+        if tries >= self.max_attempts:
+            return None
+        delay = min(self.initial_seconds * self.multiplier ** max(tries - 1, 0), self.max_seconds)
+        if at_least is not None:
+            delay = max(delay, min(at_least, self.max_seconds))
+        return delay

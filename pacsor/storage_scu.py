@@ -1,0 +1,55 @@
+"""C-STORE of DICOM files as they are encoded on disk: the dispatcher, `pacsor send`, tests.
+
+pynetdicom normally decodes a file and encodes it again before sending; with
+STORE_SEND_CHUNKED_DATASET it sends the file's dataset bytes as they are, in the file's own
+transfer syntax, which is both faster and faithful to what the AI or the modality produced.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydicom import dcmread
+from pynetdicom import AE, _config
+
+_config.STORE_SEND_CHUNKED_DATASET = True
+
+
+def send_files(
+    host: str,
+    port: int,
+    called_ae_title: str,
+    files: Sequence[Path],
+    calling_ae_title: str = "PACSOR_SCU",
+    timeout: float = 30.0,
+) -> list[tuple[Path, int]]:
+    """C-STORE each file over one association; returns (file, DIMSE status) in order.
+
+    Stops at the first file without an answer (status -1): the association is gone.
+    Raises ConnectionError when no association can be made.
+    """
+    ae = AE(ae_title=calling_ae_title)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    contexts: dict[str, set[str]] = {}
+    for path in files:
+        meta = dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"]).file_meta
+        contexts.setdefault(str(meta.MediaStorageSOPClassUID), set()).add(str(meta.TransferSyntaxUID))
+    for sop_class, syntaxes in contexts.items():
+        ae.add_requested_context(sop_class, sorted(syntaxes))
+    assoc = ae.associate(host, port, ae_title=called_ae_title, max_pdu=0)
+    if not assoc.is_established:
+        reason = "rejected" if assoc.is_rejected else "refused or unreachable"
+        raise ConnectionError(f"association with {called_ae_title}@{host}:{port} {reason}")
+    results: list[tuple[Path, int]] = []
+    try:
+        for path in files:
+            status = assoc.send_c_store(path)
+            code = int(status.Status) if "Status" in status else -1
+            results.append((path, code))
+            if code == -1:
+                break
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return results

@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+import shutil
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from nats.aio.client import Client
+
+from pacsor.broker import apply_streams, connect
+from tests.nats_server import NatsServer
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # DCMTK's tools: CI installs them, so there they must run, not skip.
+    import os
+
+    if os.environ.get("CI") and shutil.which("storescu", path="/usr/bin:/usr/local/bin") is None:
+        raise pytest.UsageError("CI is set but DCMTK (storescu/storescp) is not installed")
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
+    """A fresh nats-server with JetStream for one test."""
+    server = NatsServer(tmp_path / "nats")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def nc(nats_server: NatsServer) -> AsyncIterator[Client]:
+    client = await connect(nats_server.url, "pacsor tests")
+    await apply_streams(client)
+    yield client
+    await client.close()

@@ -1,0 +1,134 @@
+"""Real peers for end-to-end tests: the gateway in-process, a receiving PACS, event waits."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+from nats.aio.client import Client
+from nats.js.api import DeliverPolicy
+from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, evt
+from pynetdicom.events import Event as DicomEvent
+from pynetdicom.presentation import AllStoragePresentationContexts
+from pynetdicom.sop_class import Verification
+
+from pacsor import events as ev
+from pacsor.config import Settings
+from pacsor.gateway import COMPONENTS, run_gateway
+from pacsor.subjects import EVENTS_STREAM, study_subjects
+from tests.nats_server import free_port
+
+
+@contextlib.asynccontextmanager
+async def running_gateway(
+    settings: Settings, components: tuple[str, ...] = COMPONENTS
+) -> AsyncIterator[dict[str, Any]]:
+    """Run the gateway in this event loop; yields what it reports when ready."""
+    stop = asyncio.Event()
+    ready: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(run_gateway(settings, components, stop, ready.set_result))
+    done, _ = await asyncio.wait({task, ready}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+    if task in done:
+        task.result()  # raises the start-up error
+    if ready not in done:
+        task.cancel()
+        raise TimeoutError("gateway did not become ready")
+    try:
+        yield ready.result()
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+class ReceivingPacs:
+    """A pynetdicom Storage SCP that records what it receives (the test's PACS)."""
+
+    def __init__(self, ae_title: str = "TESTPACS", status: int = 0x0000) -> None:
+        self.ae_title = ae_title
+        self.port = free_port()
+        self.status = status
+        self.received: list[tuple[str, str, bytes]] = []  # (study, sop, encoded)
+        self._changed = threading.Condition()
+        self._server: Any = None
+
+    def start(self) -> ReceivingPacs:
+        ae = AE(ae_title=self.ae_title)
+        ae.add_supported_context(Verification)
+        for context in AllStoragePresentationContexts:
+            ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        self._server = ae.start_server(
+            ("127.0.0.1", self.port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._on_store)]
+        )
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+
+    def _on_store(self, event: DicomEvent) -> int:
+        if self.status != 0x0000:
+            return self.status
+        ds = event.dataset
+        with self._changed:
+            self.received.append((str(ds.StudyInstanceUID), str(ds.SOPInstanceUID), event.encoded_dataset()))
+            self._changed.notify_all()
+        return 0x0000
+
+    def sop_uids(self) -> list[str]:
+        with self._changed:
+            return [sop for _, sop, _ in self.received]
+
+    async def wait_for(self, count: int, timeout: float = 60.0) -> list[str]:
+        def wait() -> bool:
+            with self._changed:
+                return self._changed.wait_for(lambda: len(self.received) >= count, timeout)
+
+        if not await asyncio.to_thread(wait):
+            raise TimeoutError(f"{self.ae_title} received {len(self.received)} of {count} objects")
+        return self.sop_uids()
+
+    @property
+    def destination(self) -> str:
+        return f"{self.ae_title}@127.0.0.1:{self.port}"
+
+
+async def wait_for_event(
+    nc: Client,
+    study_uid: str,
+    match: Callable[[ev.AnyEvent], bool],
+    timeout: float = 60.0,
+) -> ev.AnyEvent:
+    """The first event of the study matching `match`, waiting for it to be published."""
+    js = nc.jetstream()
+    sub = await js.subscribe(
+        study_subjects(study_uid), stream=EVENTS_STREAM, ordered_consumer=True,
+        deliver_policy=DeliverPolicy.ALL,
+    )
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                msg = await sub.next_msg(timeout=timeout)
+                event = ev.decode(msg.data)
+                if match(event):
+                    return event
+    finally:
+        await sub.unsubscribe()
+
+
+def of_type(kind: type[ev.Event]) -> Callable[[ev.AnyEvent], bool]:
+    return lambda event: isinstance(event, kind)
+
+
+def write_study(folder: Path, datasets: list[Any]) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for n, ds in enumerate(datasets):
+        path = folder / f"{n:04d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
