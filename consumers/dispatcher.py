@@ -25,7 +25,7 @@ def consumer(core: str, destination: Destination) -> ConsumerSpec[ev.ResultReady
         stream=EVENTS_STREAM,
         filter_subject=f"pacsor.study.*.{core}.{ev.ResultReady.topic}",
         decode=lambda data, _subject: ev.decode_as(data, ev.ResultReady),  # type: ignore[return-value]
-        ack_wait=120.0,
+        ack_wait=30.0,
         concurrency=2,
         description=f"ResultReady -> C-STORE to {destination}",
     )

@@ -34,7 +34,7 @@ def consumer(core: str) -> ConsumerSpec[ev.Uploaded]:
         stream=EVENTS_STREAM,
         filter_subject=f"pacsor.study.*.{core}.{ev.Uploaded.topic}",
         decode=lambda data, _subject: ev.decode_as(data, ev.Uploaded),  # type: ignore[return-value]
-        ack_wait=120.0,
+        ack_wait=30.0,
         max_ack_pending=1024,
         concurrency=4,
         description=f"Uploaded -> poll AI core {core} -> ResultReady",

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from nats.aio.client import Client
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import DeliverPolicy
 from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, evt
 from pynetdicom.events import Event as DicomEvent
@@ -105,10 +106,16 @@ async def wait_for_event(
 ) -> ev.AnyEvent:
     """The first event of the study matching `match`, waiting for it to be published."""
     js = nc.jetstream()
-    sub = await js.subscribe(
-        study_subjects(study_uid), stream=EVENTS_STREAM, ordered_consumer=True,
-        deliver_policy=DeliverPolicy.ALL,
-    )
+    async with asyncio.timeout(timeout):
+        while True:
+            try:
+                sub = await js.subscribe(
+                    study_subjects(study_uid), stream=EVENTS_STREAM, ordered_consumer=True,
+                    deliver_policy=DeliverPolicy.ALL,
+                )
+                break
+            except NatsTimeoutError:
+                continue  # the client is reconnecting after a server restart
     try:
         async with asyncio.timeout(timeout):
             while True:

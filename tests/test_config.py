@@ -1,0 +1,71 @@
+"""Configuration: defaults, .env, and one clear line for a bad setting."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pacsor.config import ConfigError, Destination, load_settings
+
+
+def test_defaults() -> None:
+    s = load_settings({}, dotenv=None)
+    assert (s.milvue_aet, s.port, s.config_profile, s.study_quiet_seconds) == ("MILVUE", 1040, "WithSC", 10.0)
+    assert s.inference_commands == ("smarturgences", "smartxpert")
+    assert s.all_destinations() == ()
+
+
+def test_environment_and_dotenv(tmp_path: Path) -> None:
+    dotenv = tmp_path / ".env"
+    dotenv.write_text("# site settings\nPACS_IP=10.0.0.5\nPACS_AET='MAINPACS'\nPORT=2000\n")
+    s = load_settings({"PORT": "3000", "DESTINATIONS": "ARCH@archive:104, VIEW@viewer:11112"}, dotenv=dotenv)
+    assert s.port == 3000  # the environment wins over .env
+    assert s.all_destinations() == (
+        Destination("MAINPACS", "10.0.0.5", 104),
+        Destination("ARCH", "archive", 104),
+        Destination("VIEW", "viewer", 11112),
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("PORT", "abc"),
+        ("PORT", "70000"),
+        ("MILVUE_AET", "A_TITLE_LONGER_THAN_16"),
+        ("CONFIG_PROFILE", "Everything"),
+        ("STUDY_QUIET_SECONDS", "-1"),
+        ("API_URL", "ftp://x"),
+        ("DESTINATIONS", "PACS@host"),
+        ("NATS_URL", "localhost:4222"),
+        ("INFERENCE_COMMANDS", ","),
+    ],
+)
+def test_bad_setting_names_the_variable(name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=f"^{name}: "):
+        load_settings({name: value}, dotenv=None)
+
+
+def run_cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pacsor", *args], env={**os.environ, **env}, cwd=cwd,
+        capture_output=True, text=True, timeout=60,
+    )
+
+
+def test_cli_stops_with_one_line_naming_the_setting(tmp_path: Path) -> None:
+    project = str(Path(__file__).resolve().parents[1])
+    result = run_cli("up", env={"PORT": "not-a-port", "PYTHONPATH": project}, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["pacsor: PORT: expected an integer, got 'not-a-port'"]
+
+
+def test_cli_requires_a_token_for_the_uploader(tmp_path: Path) -> None:
+    project = str(Path(__file__).resolve().parents[1])
+    result = run_cli("run", "uploader", env={"TOKEN": "", "PYTHONPATH": project}, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["pacsor: TOKEN: not set; the Milvue API needs an API key"]

@@ -1,0 +1,117 @@
+"""The pure decisions: study completion, retry policy, subjects, events, dataset structure."""
+
+from __future__ import annotations
+
+import struct
+from datetime import UTC, datetime, timedelta
+
+import msgspec
+import pytest
+from pydicom.uid import generate_uid
+
+from pacsor import events as ev
+from pacsor.completion import AlreadyComplete, Complete, NothingReceived, WaitUntil, decide_completion
+from pacsor.dicom_structure import Truncated, check_whole
+from pacsor.eventlog import RecordedEvent
+from pacsor.retry import RetryPolicy
+from pacsor.sample_study import make_image, to_bytes
+from pacsor.subjects import event_subject, study_subjects, uid_from_token, uid_token
+
+T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+QUIET = timedelta(seconds=10)
+STUDY = "1.2.826.0.1.3680043.8.498.1"
+
+
+def received(sop: str, at: datetime, digest: str = "SHA-256=a") -> ev.InstanceReceived:
+    return ev.InstanceReceived(
+        study_instance_uid=STUDY, series_instance_uid="1.2.3", sop_instance_uid=sop,
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.1", transfer_syntax_uid="1.2.840.10008.1.2.1",
+        object_name=f"{STUDY}/{sop}", size=10, digest=digest, occurred_at=at,
+    )
+
+
+def history(*events: ev.AnyEvent) -> list[RecordedEvent]:
+    return [RecordedEvent(n + 1, event_subject(e), e) for n, e in enumerate(events)]
+
+
+def test_nothing_received() -> None:
+    assert isinstance(decide_completion(STUDY, [], T0, QUIET), NothingReceived)
+
+
+def test_waits_for_the_quiet_period_after_the_last_instance() -> None:
+    h = history(received("1.1", T0), received("1.2", T0 + timedelta(seconds=5)))
+    decision = decide_completion(STUDY, h, T0 + timedelta(seconds=12), QUIET)
+    assert decision == WaitUntil(T0 + timedelta(seconds=15))
+
+
+def test_completes_once_with_every_instance_once() -> None:
+    h = history(received("1.1", T0), received("1.2", T0), received("1.1", T0 + timedelta(seconds=1)))
+    decision = decide_completion(STUDY, h, T0 + timedelta(seconds=11), QUIET)
+    assert isinstance(decision, Complete)
+    assert decision.event.attempt == 1
+    assert decision.expected_last_subject_sequence == 0
+    assert sorted(i.sop_instance_uid for i in decision.event.instances) == ["1.1", "1.2"]
+
+    done = history(*(r.event for r in h), decision.event)
+    assert decide_completion(STUDY, done, T0 + timedelta(seconds=30), QUIET) == AlreadyComplete(1)
+
+
+def test_new_instances_after_completion_make_attempt_two() -> None:
+    first = decide_completion(STUDY, history(received("1.1", T0)), T0 + QUIET, QUIET)
+    assert isinstance(first, Complete)
+    later = T0 + timedelta(minutes=5)
+    h = history(received("1.1", T0), first.event, received("1.2", later))
+    second = decide_completion(STUDY, h, later + QUIET, QUIET)
+    assert isinstance(second, Complete)
+    assert second.event.attempt == 2
+    assert second.expected_last_subject_sequence == 2
+    assert {i.sop_instance_uid for i in second.event.instances} == {"1.1", "1.2"}
+
+
+def test_retry_policy_backs_off_and_gives_up() -> None:
+    policy = RetryPolicy(initial_seconds=2, max_seconds=30, max_attempts=5)
+    assert [policy.delay_after(n) for n in range(1, 6)] == [2, 4, 8, 16, None]
+    assert policy.delay_after(1, at_least=10) == 10
+    assert policy.delay_after(4, at_least=1000) == 30
+
+
+def test_uid_tokens_round_trip_and_subjects_hold_the_study() -> None:
+    assert uid_token("1.2.840.10008") == "1_2_840_10008"
+    assert uid_from_token(uid_token("1.2.840.10008")) == "1.2.840.10008"
+    with pytest.raises(ValueError):
+        uid_token("1.2.abc")
+    e = ev.Uploaded(study_instance_uid="1.2.3", core="default", attempt=1, instance_count=2)
+    assert event_subject(e) == "pacsor.study.1_2_3.default.uploaded"
+    assert study_subjects("1.2.3") == "pacsor.study.1_2_3.>"
+
+
+def test_events_are_readable_json_with_type_and_version() -> None:
+    event = ev.StudyComplete(study_instance_uid=STUDY, attempt=1, instances=(), occurred_at=T0)
+    body = msgspec.json.decode(ev.encode(event))
+    assert body["type"] == "StudyComplete"
+    assert body["schema_version"] == ev.SCHEMA_VERSION
+    assert body["study_instance_uid"] == STUDY
+    assert body["occurred_at"] == "2026-01-01T12:00:00Z"
+    assert ev.decode(ev.encode(event)) == event
+    with pytest.raises(msgspec.ValidationError):
+        ev.decode(b'{"type": "StudyComplete", "study_instance_uid": "1.2"}')
+    with pytest.raises(AttributeError):
+        event.attempt = 2  # type: ignore[misc]
+
+
+def test_outcome_events_of_one_attempt_share_an_idempotency_key() -> None:
+    ok = ev.Dispatched(study_instance_uid=STUDY, core="c", attempt=1, destination="P@h:1", sop_instance_uids=())
+    ko = ev.DispatchFailed(study_instance_uid=STUDY, core="c", attempt=1, destination="P@h:1", reason="x", tries=3)
+    assert ok.idempotency_key() == ko.idempotency_key()
+    assert ok.idempotency_key() != ev.Dispatched(
+        study_instance_uid=STUDY, core="c", attempt=2, destination="P@h:1", sop_instance_uids=()
+    ).idempotency_key()
+
+
+def test_truncated_datasets_are_detected() -> None:
+    data = to_bytes(make_image(generate_uid()))
+    body = data[144 + struct.unpack("<I", data[140:144])[0] :]
+    check_whole(body, implicit_vr=False)
+    for cut in (3, 200, len(body) // 2, len(body) - 1):
+        with pytest.raises(Truncated):
+            check_whole(body[:cut], implicit_vr=False)

@@ -1,0 +1,179 @@
+"""End to end: a DICOM sender, pacsor, the API simulator over HTTP, receiving PACS."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Iterator
+from io import BytesIO
+from pathlib import Path
+
+import pytest
+from nats.aio.client import Client
+from pydicom import dcmread
+
+from pacsor import events as ev
+from pacsor.blobs import BlobStore
+from pacsor.config import Settings, load_settings
+from pacsor.eventlog import EventLog
+from pacsor.sample_study import make_study
+from pacsor.simulator import SimulatorSettings, SimulatorState, running_simulator
+from pacsor.storage_scu import send_files
+from pacsor.subjects import RESULTS_BUCKET
+from tests.harness import ReceivingPacs, of_type, running_gateway, wait_for_event, write_study
+from tests.nats_server import NatsServer, free_port
+
+TOKEN = "test-token"
+
+
+@pytest.fixture
+def pacs() -> Iterator[ReceivingPacs]:
+    receiver = ReceivingPacs("MAINPACS").start()
+    yield receiver
+    receiver.stop()
+
+
+@pytest.fixture
+def archive() -> Iterator[ReceivingPacs]:
+    receiver = ReceivingPacs("ARCHIVE").start()
+    yield receiver
+    receiver.stop()
+
+
+def gateway_settings(nats_url: str, api_url: str, pacs: ReceivingPacs, **extra: str) -> Settings:
+    return load_settings(
+        {
+            "NATS_URL": nats_url,
+            "PORT": str(free_port()),
+            "API_URL": api_url,
+            "TOKEN": TOKEN,
+            "STUDY_QUIET_SECONDS": "1",
+            "POLL_INTERVAL_SECONDS": "0.2",
+            "RETRY_INITIAL_SECONDS": "0.2",
+            "RETRY_MAX_SECONDS": "1",
+            "PACS_IP": "127.0.0.1",
+            "PACS_PORT": str(pacs.port),
+            "PACS_AET": pacs.ae_title,
+            **extra,
+        },
+        dotenv=None,
+    )
+
+
+async def send_study(settings: Settings, folder: Path, images: int = 3) -> tuple[str, list[str]]:
+    study = make_study(images, rows=128, columns=128)
+    paths = write_study(folder, study)
+    results = await asyncio.to_thread(send_files, "127.0.0.1", settings.port, settings.milvue_aet, paths)
+    assert [status for _, status in results] == [0] * images
+    return str(study[0].StudyInstanceUID), [str(ds.SOPInstanceUID) for ds in study]
+
+
+def is_dispatched_to(destination: str):  # type: ignore[no-untyped-def]
+    return lambda e: isinstance(e, (ev.Dispatched, ev.DispatchFailed)) and e.destination == destination
+
+
+async def test_study_goes_through_to_every_destination(
+    nc: Client, nats_server: NatsServer, tmp_path: Path, pacs: ReceivingPacs, archive: ReceivingPacs
+) -> None:
+    with running_simulator(SimulatorSettings(token=TOKEN, running_polls=2)) as (api_url, sim):
+        settings = gateway_settings(nats_server.url, api_url, pacs, DESTINATIONS=archive.destination)
+        async with running_gateway(settings):
+            study, sops = await send_study(settings, tmp_path)
+            for receiver in (pacs, archive):
+                done = await wait_for_event(nc, study, is_dispatched_to(
+                    f"{receiver.ae_title}@127.0.0.1:{receiver.port}"), 60)
+                assert isinstance(done, ev.Dispatched)
+        snapshot = sim.study(study)
+        assert snapshot is not None and sorted(snapshot.instances) == sorted(sops)
+
+    # Each destination got one result object per image per inference command, each once.
+    for receiver in (pacs, archive):
+        received = receiver.received
+        assert len(received) == 2 * len(sops)
+        assert Counter(sop for _, sop, _ in received).most_common(1)[0][1] == 1
+        for study_uid, _, data in received:
+            assert study_uid == study
+            result = dcmread(BytesIO(data))
+            assert result.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture
+            assert result.SamplesPerPixel == 3
+
+    history = [r.event for r in await EventLog(nc.jetstream()).history(study)]
+    kinds = [type(e).__name__ for e in history]
+    assert kinds[:6] == ["InstanceReceived"] * 3 + ["StudyComplete", "Uploaded", "ResultReady"]
+    assert sorted(kinds[6:]) == ["Dispatched", "Dispatched"]
+    complete, uploaded, ready = history[3], history[4], history[5]
+    assert isinstance(complete, ev.StudyComplete) and complete.attempt == 1
+    assert sorted(i.sop_instance_uid for i in complete.instances) == sorted(sops)
+    assert isinstance(uploaded, ev.Uploaded) and (uploaded.core, uploaded.attempt) == ("default", 1)
+    assert isinstance(ready, ev.ResultReady) and len(ready.results) == 2 * len(sops)
+    assert {r.inference_command for r in ready.results} == {"smarturgences", "smartxpert"}
+
+
+async def test_a_destination_down_never_blocks_the_others(
+    nc: Client, nats_server: NatsServer, tmp_path: Path, pacs: ReceivingPacs
+) -> None:
+    down = f"NOBODY@127.0.0.1:{free_port()}"
+    with running_simulator(SimulatorSettings(token=TOKEN, running_polls=0)) as (api_url, _):
+        settings = gateway_settings(
+            nats_server.url, api_url, pacs, DESTINATIONS=down, RETRY_MAX_ATTEMPTS="3"
+        )
+        async with running_gateway(settings):
+            study, sops = await send_study(settings, tmp_path, images=2)
+            ok = await wait_for_event(nc, study, is_dispatched_to(settings.all_destinations()[0].__str__()))
+            failed = await wait_for_event(nc, study, is_dispatched_to(down), 60)
+    assert isinstance(ok, ev.Dispatched) and len(ok.sop_instance_uids) == 4
+    assert isinstance(failed, ev.DispatchFailed)
+    assert failed.tries == 3 and "NOBODY" in failed.reason
+    # The results stay available for a later relaunch.
+    ready = await wait_for_event(nc, study, of_type(ev.ResultReady))
+    assert isinstance(ready, ev.ResultReady)
+    store = BlobStore(nc, nc.jetstream(), RESULTS_BUCKET)
+    for result in ready.results:
+        assert await store.info(result.object_name) is not None
+
+
+async def test_a_destination_that_comes_back_gets_the_results(
+    nc: Client, nats_server: NatsServer, tmp_path: Path
+) -> None:
+    late = ReceivingPacs("LATEPACS")
+    with running_simulator(SimulatorSettings(token=TOKEN, running_polls=0)) as (api_url, _):
+        settings = gateway_settings(nats_server.url, api_url, late, RETRY_MAX_ATTEMPTS="50")
+        async with running_gateway(settings):
+            study, sops = await send_study(settings, tmp_path, images=1)
+            await wait_for_event(nc, study, of_type(ev.ResultReady))
+            late.start()  # the PACS comes up after the results are ready
+            try:
+                done = await wait_for_event(nc, study, of_type(ev.Dispatched), 60)
+            finally:
+                late.stop()
+    assert isinstance(done, ev.Dispatched)
+    assert sorted(late.sop_uids()) == sorted(done.sop_instance_uids)
+
+
+async def test_api_429_and_500_are_retried_until_uploaded(
+    nc: Client, nats_server: NatsServer, tmp_path: Path, pacs: ReceivingPacs
+) -> None:
+    sim_settings = SimulatorSettings(token=TOKEN, running_polls=1, upload_faults=(429, 500),
+                                     result_faults=(503,), not_ready_results=1)
+    with running_simulator(sim_settings) as (api_url, sim):
+        settings = gateway_settings(nats_server.url, api_url, pacs)
+        async with running_gateway(settings):
+            study, sops = await send_study(settings, tmp_path, images=1)
+            done = await wait_for_event(nc, study, of_type(ev.Dispatched), 60)
+        assert sim.upload_requests == 3
+    assert isinstance(done, ev.Dispatched) and len(done.sop_instance_uids) == 2
+    kinds = [type(r.event).__name__ for r in await EventLog(nc.jetstream()).history(study)]
+    assert kinds.count("Uploaded") == 1 and "UploadFailed" not in kinds
+
+
+async def test_a_refused_token_fails_the_upload_at_once(
+    nc: Client, nats_server: NatsServer, tmp_path: Path, pacs: ReceivingPacs
+) -> None:
+    with running_simulator(SimulatorSettings(token="the-real-token")) as (api_url, sim):
+        settings = gateway_settings(nats_server.url, api_url, pacs)
+        async with running_gateway(settings):
+            study, _ = await send_study(settings, tmp_path, images=1)
+            failed = await wait_for_event(nc, study, of_type(ev.UploadFailed), 30)
+    assert isinstance(failed, ev.UploadFailed)
+    assert failed.http_status == 403 and failed.tries == 1
+    assert sim.study(study) is None
