@@ -1,0 +1,339 @@
+"""The one place that talks to the Milvue inference API (v3), over httpx.
+
+Every failure surfaces as ApiError, whose `retryable` tells the caller whether trying again
+later may help; the retry policy itself belongs to the caller. Uploads and result downloads
+are streamed: neither a whole study nor a whole result body is held in memory.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Mapping, Sequence
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from types import TracebackType
+from typing import Any, Literal, Self, TypeVar
+from urllib.parse import quote
+
+import httpx
+import msgspec
+
+from pacsor.multipart import (
+    DICOM_MEDIA_TYPE,
+    PartFactory,
+    boundary_from_content_type,
+    content_type,
+    encode_related,
+    iter_parts,
+    new_boundary,
+)
+
+OWNER_HEADER = "x-goog-meta-owner"
+RESULTS_ACCEPT = f'multipart/related; type="{DICOM_MEDIA_TYPE}"'
+FINDINGS_COMMANDS = ("smarturgences", "smartxpert")
+_RETRYABLE_STATUSES = frozenset({408, 429})
+_MAX_ERROR_TEXT = 300
+
+T = TypeVar("T")
+
+
+class ApiError(Exception):
+    """A request to the AI API failed.
+
+    `status` is the HTTP status, or None when no answer came (connection error, timeout).
+    """
+
+    def __init__(
+        self,
+        status: int | None,
+        message: str,
+        *,
+        method: str = "",
+        path: str = "",
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(status, message)
+        self.status = status
+        self.message = message
+        self.method = method
+        self.path = path
+        self.retry_after = retry_after
+
+    @property
+    def retryable(self) -> bool:
+        """Whether the same request may succeed later (transport errors, 408, 429, 5xx)."""
+        if self.status is None:
+            return True
+        return self.status in _RETRYABLE_STATUSES or self.status >= 500
+
+    def __str__(self) -> str:
+        origin = "transport error" if self.status is None else f"HTTP {self.status}"
+        target = f" from {self.method} {self.path}" if self.method else ""
+        return f"{origin}{target}: {self.message}"
+
+
+class ResultsNotReady(ApiError):
+    """The result request answered "running" although the status said done.
+
+    Known to happen for a short while after the status turns done; always worth a retry.
+    """
+
+    @property
+    def retryable(self) -> bool:
+        return True
+
+
+class UploadResponse(msgspec.Struct, frozen=True):
+    study_instance_uid: str = msgspec.field(name="StudyInstanceUID")
+    message: str = ""
+
+
+class StudyStatus(msgspec.Struct, frozen=True):
+    status: Literal["done", "running", "error"]
+    version: str = ""
+    message: str = ""
+
+
+class _JsonStatus(msgspec.Struct, frozen=True):
+    """The JSON status form of the results route (GetStudyResponseV3)."""
+
+    status: str
+    message: str = ""
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a Retry-After header: delta-seconds or an HTTP date."""
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass  # not a number: try the HTTP-date form below
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def _error_message(response: httpx.Response) -> str:
+    """The server's explanation: `message`, FastAPI's `detail`, else the body text."""
+    text = response.text.strip()
+    try:
+        body = json.loads(text) if text else None
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        message = body.get("message")
+        if isinstance(message, str) and message:
+            return message
+        detail = body.get("detail")
+        if isinstance(detail, str) and detail:
+            return detail
+        if isinstance(detail, list) and detail:
+            return "; ".join(_validation_item(item) for item in detail)
+    if text:
+        return text[:_MAX_ERROR_TEXT]
+    return response.reason_phrase or "no explanation given"
+
+
+def _validation_item(item: object) -> str:
+    if not isinstance(item, dict):
+        return str(item)
+    location = ".".join(str(part) for part in item.get("loc", ()))
+    message = str(item.get("msg", item))
+    return f"{location}: {message}" if location else message
+
+
+def _is_json(response: httpx.Response) -> bool:
+    media_type: str = response.headers.get("content-type", "")
+    media_type = media_type.split(";")[0].strip().lower()
+    return media_type == "application/json" or media_type.endswith("+json")
+
+
+class MilvueApi:
+    """Async client of the Milvue v3 API; use as an async context manager or call aclose()."""
+
+    def __init__(self, base_url: str, token: str, timeout: float = 60.0) -> None:
+        self._client = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"),
+            headers={OWNER_HEADER: token},
+            timeout=timeout,
+        )
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def upload_study(self, study_uid: str, parts: Sequence[PartFactory]) -> UploadResponse:
+        """POST /v3/studies: one STOW request carrying every instance, streamed.
+
+        Each factory yields the bytes of one DICOM file (with its file meta); it is called
+        when its part is sent. An exception raised by a factory propagates unchanged.
+        """
+        if not parts:
+            raise ValueError(f"study {study_uid}: nothing to upload")
+        boundary = new_boundary()
+        path = "/v3/studies"
+        response = await self._send(
+            "POST",
+            path,
+            content=encode_related(parts, boundary),
+            headers={"Content-Type": content_type(boundary), "Accept": "application/json"},
+        )
+        return self._decode(response, "POST", path, UploadResponse)
+
+    async def get_status(self, study_uid: str) -> StudyStatus:
+        """GET /v3/studies/{uid}/status: done, running or error."""
+        path = f"/v3/studies/{_uid(study_uid)}/status"
+        response = await self._send("GET", path, headers={"Accept": "application/json"})
+        return self._decode(response, "GET", path, StudyStatus)
+
+    async def iter_results(
+        self,
+        study_uid: str,
+        inference_command: str,
+        options: Mapping[str, str] | None = None,
+    ) -> AsyncIterator[bytes]:
+        """GET /v3/studies/{uid}?inference_command=...: yield each result DICOM object.
+
+        `options` adds query parameters (output_format, language, ...). An empty multipart
+        answer yields nothing. Raises ResultsNotReady when the server says "running".
+        """
+        path = f"/v3/studies/{_uid(study_uid)}"
+        params = {**(options or {}), "inference_command": inference_command}
+        request = self._client.build_request(
+            "GET", path, params=params, headers={"Accept": RESULTS_ACCEPT}
+        )
+        try:
+            response = await self._client.send(request, stream=True)
+            try:
+                if response.is_error or _is_json(response):
+                    await response.aread()
+                    self._raise_for_status(response, "GET", path)
+                    self._check_json_status(response, "GET", path)
+                    return  # JSON "empty": no result objects
+                try:
+                    boundary = boundary_from_content_type(response.headers.get("content-type", ""))
+                    async for headers, body in iter_parts(
+                        response.aiter_bytes(), boundary.encode("latin-1")
+                    ):
+                        part_type = headers.get("content-type", DICOM_MEDIA_TYPE)
+                        if part_type.split(";")[0].strip().lower() == "application/json":
+                            # The status, wrapped in a multipart answer (see the OpenAPI text).
+                            self._check_json_status(response, "GET", path, body)
+                            continue
+                        yield body
+                except ValueError as exc:
+                    raise ApiError(
+                        response.status_code,
+                        f"malformed multipart answer: {exc}",
+                        method="GET",
+                        path=path,
+                    ) from exc
+            finally:
+                await response.aclose()
+        except httpx.RequestError as exc:
+            raise _transport_error(exc, "GET", path) from exc
+
+    async def get_findings(self, study_uid: str, inference_command: str) -> dict[str, Any]:
+        """GET /v3/{smarturgences|smartxpert}/{uid}: the findings as JSON.
+
+        Raises ResultsNotReady while the answer's status is "running".
+        """
+        if inference_command not in FINDINGS_COMMANDS:
+            raise ValueError(
+                f"findings exist for {' and '.join(FINDINGS_COMMANDS)} only, "
+                f"not {inference_command!r}"
+            )
+        path = f"/v3/{inference_command}/{_uid(study_uid)}"
+        response = await self._send("GET", path, headers={"Accept": "application/json"})
+        findings: dict[str, Any] = self._decode(response, "GET", path, dict)
+        if findings.get("status") != "done":
+            self._check_json_status(response, "GET", path)
+        return findings
+
+    async def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = await self._client.request(method, path, **kwargs)
+        except httpx.RequestError as exc:
+            raise _transport_error(exc, method, path) from exc
+        self._raise_for_status(response, method, path)
+        return response
+
+    @staticmethod
+    def _raise_for_status(response: httpx.Response, method: str, path: str) -> None:
+        if response.is_success:
+            return
+        raise ApiError(
+            response.status_code,
+            _error_message(response),
+            method=method,
+            path=path,
+            retry_after=_retry_after(response.headers.get("retry-after")),
+        )
+
+    @staticmethod
+    def _decode(response: httpx.Response, method: str, path: str, kind: type[T]) -> T:
+        try:
+            return msgspec.json.decode(response.content, type=kind)
+        except msgspec.DecodeError as exc:  # ValidationError is a subclass
+            raise ApiError(
+                response.status_code,
+                f"unexpected answer ({exc}): {response.text[:_MAX_ERROR_TEXT]}",
+                method=method,
+                path=path,
+            ) from exc
+
+    @classmethod
+    def _check_json_status(
+        cls, response: httpx.Response, method: str, path: str, body: bytes | None = None
+    ) -> None:
+        """Act on a JSON status received where result objects were expected.
+
+        "running" raises ResultsNotReady and "empty" means no objects; anything else (done,
+        forbidden, unparseable) is an error, since objects or findings were asked for.
+        """
+        raw = response.content if body is None else body
+        try:
+            status = msgspec.json.decode(raw, type=_JsonStatus)
+        except msgspec.DecodeError as exc:
+            raise ApiError(
+                response.status_code,
+                f"unexpected JSON answer ({exc}): {raw[:_MAX_ERROR_TEXT]!r}",
+                method=method,
+                path=path,
+            ) from exc
+        if status.status == "empty":
+            return
+        if status.status == "running":
+            message = "results not ready (status running)"
+            if status.message:
+                message += f": {status.message}"
+            raise ResultsNotReady(response.status_code, message, method=method, path=path)
+        message = f"answered status {status.status!r} instead of results"
+        if status.message:
+            message += f": {status.message}"
+        raise ApiError(response.status_code, message, method=method, path=path)
+
+
+def _uid(uid: str) -> str:
+    return quote(uid, safe="")
+
+
+def _transport_error(exc: httpx.RequestError, method: str, path: str) -> ApiError:
+    detail = str(exc) or "no detail"
+    return ApiError(None, f"{type(exc).__name__}: {detail}", method=method, path=path)

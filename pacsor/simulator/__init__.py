@@ -1,0 +1,22 @@
+"""`pacsor simulator`: a local implementation of the Milvue v3 API, for demos and tests.
+
+It follows the vendored OpenAPI file (milvue-api-v3.openapi.json): uploads are checked and
+stored, the status turns from running to done after a few polls, results are Secondary Capture
+images derived from the inputs with a burned-in overlay, findings are deterministic JSON.
+Faults (HTTP errors, "not ready" results) can be injected for retry tests.
+"""
+
+from pacsor.simulator.app import create_app
+from pacsor.simulator.server import running_simulator, serve
+from pacsor.simulator.settings import SimulatorSettings, settings_from_env
+from pacsor.simulator.state import SimulatorState, StudySnapshot
+
+__all__ = [
+    "SimulatorSettings",
+    "SimulatorState",
+    "StudySnapshot",
+    "create_app",
+    "running_simulator",
+    "serve",
+    "settings_from_env",
+]

@@ -1,0 +1,368 @@
+"""The simulated Milvue v3 API as a Litestar application.
+
+Routes, bodies and error forms follow milvue-api-v3.openapi.json (vendored next to this file).
+Query parameters are checked by hand rather than by Litestar so that errors take the API's
+forms: `{"message"}` for 400/403/404/429 and FastAPI's `{"detail": [...]}` for 422.
+"""
+
+from __future__ import annotations
+
+import hmac
+import io
+import logging
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import anyio.to_thread
+import msgspec
+import pydicom
+from litestar import Litestar, Request, Response, get, post
+from litestar.exceptions import HTTPException
+from litestar.params import FromPath
+from litestar.response import Stream
+
+from pacsor.multipart import (
+    DICOM_MEDIA_TYPE,
+    boundary_from_content_type,
+    content_type,
+    encode_related,
+    iter_parts,
+    new_boundary,
+)
+from pacsor.simulator import results
+from pacsor.simulator.settings import VERSION, SimulatorSettings
+from pacsor.simulator.state import SimulatorState
+
+log = logging.getLogger(__name__)
+
+OPENAPI_PATH = Path(__file__).with_name("milvue-api-v3.openapi.json")
+OWNER_HEADER = "x-goog-meta-owner"
+# Query enums from the OpenAPI file; inference_command also takes the commands in use today.
+_QUERY_ENUMS: dict[str, tuple[str, ...]] = {
+    "inference_command": results.INFERENCE_COMMANDS,
+    "output_format": ("overlay", "highbit", "gsps"),
+    "language": ("fr", "en", "es", "de", "it", "pt"),
+    "output_selection": ("all", "no_recap", "no_negatives", "none"),
+    "recap_theme": ("dark", "light"),
+    "structured_report_format": ("lite", "normal", "full", "none"),
+    "static_report_format": ("rgb", "pdf", "none"),
+}
+_BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+AnyRequest = Request[Any, Any, Any]
+
+
+class BadUpload(ValueError):
+    """The upload body is not what POST /v3/studies accepts; answered 400."""
+
+
+def _json(
+    body: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None
+) -> Response[Any]:
+    return Response(body, status_code=status, media_type="application/json", headers=headers)
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Response[Any]:
+    return _json({"message": message}, status, headers)
+
+
+def _fault(status: int) -> Response[Any]:
+    """An injected failure, in the form the real API uses for that status."""
+    if status == 429:
+        return _error(429, "Exceeded quota", {"Retry-After": "1"})
+    if status == 422:
+        item = {"loc": ["body"], "msg": "simulated validation error", "type": "value_error"}
+        return _json({"detail": [item]}, 422)
+    return _error(status, f"Simulated failure (HTTP {status})")
+
+
+def _media_type(value: str) -> str:
+    return value.split(";")[0].strip().lower()
+
+
+async def _drain(chunks: AsyncIterator[bytes]) -> None:
+    """Read the rest of a request body, so the client sees our answer, not a reset."""
+    async for _ in chunks:
+        pass
+
+
+def _query_problems(request: AnyRequest, required: tuple[str, ...]) -> list[dict[str, Any]]:
+    """FastAPI-style validation errors for the query string."""
+    problems: list[dict[str, Any]] = []
+    query = request.query_params
+    for name in required:
+        if not query.get(name):
+            problems.append(
+                {"loc": ["query", name], "msg": "field required", "type": "value_error.missing"}
+            )
+    for name, allowed in _QUERY_ENUMS.items():
+        value = query.get(name)
+        if value is not None and value not in allowed:
+            problems.append(
+                {
+                    "loc": ["query", name],
+                    "msg": "value is not a valid enumeration member; permitted: "
+                    + ", ".join(repr(v) for v in allowed),
+                    "type": "type_error.enum",
+                    "ctx": {"enum_values": list(allowed)},
+                }
+            )
+    signed = query.get("signed_url")
+    if signed is not None and signed.lower() not in _BOOLEANS:
+        problems.append(
+            {
+                "loc": ["query", "signed_url"],
+                "msg": "value could not be parsed to a boolean",
+                "type": "type_error.bool",
+            }
+        )
+    return problems
+
+
+def _signed_url(request: AnyRequest) -> bool:
+    return _BOOLEANS.get(request.query_params.get("signed_url", "false").lower(), False)
+
+
+def _stage(body: bytes, directory: Path, number: int) -> tuple[str, str, Path]:
+    """Check one uploaded part is a DICOM file and write it: (SOP UID, study UID, file)."""
+    try:
+        ds = pydicom.dcmread(io.BytesIO(body))
+    except Exception as exc:  # pydicom raises many types on corrupt input: all mean "bad part"
+        raise BadUpload(f"part {number} is not a readable DICOM file: {exc}") from exc
+    sop_uid = str(ds.get("SOPInstanceUID", "") or "")
+    study_uid = str(ds.get("StudyInstanceUID", "") or "")
+    if not sop_uid or not study_uid:
+        raise BadUpload(f"part {number} has no SOPInstanceUID or StudyInstanceUID")
+    path = directory / f"staging-{uuid.uuid4().hex}.dcm"
+    path.write_bytes(body)
+    return sop_uid, study_uid, path
+
+
+async def _receive_upload(
+    ct: str, chunks: AsyncIterator[bytes], directory: Path
+) -> tuple[str, list[tuple[str, Path]]]:
+    """Check and stage every part of an upload: (study UID, [(SOP UID, staged file)]).
+
+    On any failure (bad part, client gone) the files staged so far are removed.
+    """
+    if _media_type(ct) != "multipart/related":
+        raise BadUpload(f"expected a multipart/related body, got {ct!r}")
+    boundary = boundary_from_content_type(ct)
+    study_uid = ""
+    staged: list[tuple[str, Path]] = []
+    try:
+        async for headers, body in iter_parts(chunks, boundary.encode("latin-1")):
+            number = len(staged) + 1
+            part_type = headers.get("content-type", "")
+            if _media_type(part_type) != DICOM_MEDIA_TYPE:
+                raise BadUpload(f"part {number} is {part_type!r}, expected {DICOM_MEDIA_TYPE}")
+            sop_uid, part_study, path = await anyio.to_thread.run_sync(
+                _stage, body, directory, number
+            )
+            staged.append((sop_uid, path))
+            if study_uid and part_study != study_uid:
+                raise BadUpload(
+                    f"part {number} belongs to study {part_study}, not {study_uid}: "
+                    "one study per request"
+                )
+            study_uid = part_study
+        if not staged:
+            raise BadUpload("the request carries no DICOM instance")
+    except BaseException:
+        for _, path in staged:
+            path.unlink(missing_ok=True)
+        raise
+    return study_uid, staged
+
+
+def create_app(settings: SimulatorSettings, state: SimulatorState | None = None) -> Litestar:
+    """The simulator app; it owns (and cleans up) its state unless one is passed in."""
+    owned = state is None
+    store = SimulatorState() if state is None else state
+
+    def denied(request: AnyRequest) -> Response[Any] | None:
+        if settings.token is None:
+            return None
+        given = request.headers.get(OWNER_HEADER, "")
+        if hmac.compare_digest(given.encode(), settings.token.encode()):
+            return None
+        return _error(403, f"Missing or invalid API key in the {OWNER_HEADER} header")
+
+    def unknown(study_uid: str) -> Response[Any]:
+        return _error(404, f"Study {study_uid} not found")
+
+    def running(study_uid: str, message: str) -> dict[str, Any]:
+        return {
+            "StudyInstanceUID": study_uid,
+            "status": "running",
+            "version": VERSION,
+            "message": message,
+        }
+
+    @post("/v3/studies", status_code=200)
+    async def upload_study(request: AnyRequest) -> Response[Any]:
+        chunks = request.stream()
+        refusal = denied(request)
+        if refusal is None:
+            rank = store.next_upload_request()
+            if rank < len(settings.upload_faults):
+                refusal = _fault(settings.upload_faults[rank])
+            elif problems := _query_problems(request, ()):
+                refusal = _json({"detail": problems}, 422)
+            elif _signed_url(request):
+                refusal = _error(400, "signed_url=true is not supported by the simulator")
+        if refusal is not None:
+            await _drain(chunks)
+            return refusal
+
+        try:
+            study_uid, staged = await _receive_upload(
+                request.headers.get("content-type", ""), chunks, store.staging_dir()
+            )
+        except ValueError as exc:  # BadUpload, or a malformed multipart body
+            await _drain(chunks)
+            return _error(400, str(exc))
+        await _drain(chunks)  # the epilogue, if any
+        store.store(study_uid, staged)
+        message = f"{len(staged)} instance(s) received"
+        return _json({"StudyInstanceUID": study_uid, "message": message})
+
+    @get("/v3/studies/{study_instance_uid:str}/status")
+    async def study_status(request: AnyRequest, study_instance_uid: FromPath[str]) -> Response[Any]:
+        if (refusal := denied(request)) is not None:
+            return refusal
+        polls_before = store.poll_status(study_instance_uid)
+        if polls_before is None:
+            return unknown(study_instance_uid)
+        status = "running" if polls_before < settings.running_polls else "done"
+        return _json({"StudyInstanceUID": study_instance_uid, "status": status, "version": VERSION})
+
+    def is_done(study_uid: str) -> bool:
+        return store.status_polls(study_uid) >= settings.running_polls
+
+    @get("/v3/studies/{study_instance_uid:str}")
+    async def study_results(
+        request: AnyRequest, study_instance_uid: FromPath[str]
+    ) -> Response[Any]:
+        uid = study_instance_uid
+        if (refusal := denied(request)) is not None:
+            return refusal
+        if problems := _query_problems(request, ("inference_command",)):
+            return _json({"detail": problems}, 422)
+        if _signed_url(request):
+            return _error(400, "signed_url=true is not supported by the simulator")
+        if not store.knows(uid):
+            return unknown(uid)
+        rank = store.next_result_request()
+        if rank < len(settings.result_faults):
+            return _fault(settings.result_faults[rank])
+
+        command = request.query_params["inference_command"]
+        accept = request.headers.get("accept", "").lower()
+        wants_dicom = "multipart/related" in accept or "*/*" in accept or not accept
+        done = is_done(uid)
+        asked_before = store.count_result_request(uid, done)
+        if not done or asked_before < settings.not_ready_results:
+            status = running(uid, "Inference is running")
+            if "application/json" in accept:
+                return _json(status)
+            # Without JSON in Accept, the status comes wrapped in a multipart answer.
+            return _multipart_json(status)
+
+        instances = store.instance_paths(uid)
+        if request.query_params.get("output_selection") == "none":
+            instances = []  # this configuration produces no output
+        if not wants_dicom:
+            form = "done" if instances else "empty"
+            return _json({"StudyInstanceUID": uid, "status": form, "version": VERSION})
+        factories = [
+            _result_factory(path, command, number)
+            for number, (_, path) in enumerate(instances, start=1)
+        ]
+        boundary = new_boundary()
+        return Stream(encode_related(factories, boundary), media_type=content_type(boundary))
+
+    async def findings(
+        request: AnyRequest,
+        uid: str,
+        build: Callable[[str, list[results.InputInstance]], dict[str, Any]],
+    ) -> Response[Any]:
+        if (refusal := denied(request)) is not None:
+            return refusal
+        if not store.knows(uid):
+            return unknown(uid)
+        store.count_findings_request(uid)
+        if not is_done(uid):
+            return _json(running(uid, "Inference is running"))
+        paths = [path for _, path in store.instance_paths(uid)]
+        inputs = await anyio.to_thread.run_sync(lambda: [results.read_input(p) for p in paths])
+        return _json(build(uid, inputs))
+
+    @get("/v3/smarturgences/{study_instance_uid:str}")
+    async def smarturgences(
+        request: AnyRequest, study_instance_uid: FromPath[str]
+    ) -> Response[Any]:
+        return await findings(request, study_instance_uid, results.smarturgences_findings)
+
+    @get("/v3/smartxpert/{study_instance_uid:str}")
+    async def smartxpert(request: AnyRequest, study_instance_uid: FromPath[str]) -> Response[Any]:
+        return await findings(request, study_instance_uid, results.smartxpert_findings)
+
+    @get("/healthz")
+    async def health() -> Response[Any]:
+        return _json({"status": "ok", "version": VERSION})
+
+    @get("/openapi.json")
+    async def openapi() -> Response[Any]:
+        return Response(OPENAPI_PATH.read_bytes(), media_type="application/json")
+
+    def http_error(request: AnyRequest, exc: HTTPException) -> Response[Any]:
+        return _error(exc.status_code, exc.detail)
+
+    def internal_error(request: AnyRequest, exc: Exception) -> Response[Any]:
+        if isinstance(exc, HTTPException):  # e.g. the client went away mid-upload
+            log.warning("simulator: %s %s: %s", request.method, request.url.path, exc.detail)
+            return _error(exc.status_code, exc.detail)
+        log.error("simulator: %s %s failed", request.method, request.url.path, exc_info=exc)
+        return _error(500, f"Internal error: {type(exc).__name__}")
+
+    return Litestar(
+        route_handlers=[
+            upload_study,
+            study_status,
+            study_results,
+            smarturgences,
+            smartxpert,
+            health,
+            openapi,
+        ],
+        exception_handlers={HTTPException: http_error, 500: internal_error},
+        on_shutdown=[store.close] if owned else [],
+        openapi_config=None,
+        request_max_body_size=None,  # a study can be hundreds of megabytes
+    )
+
+
+def _result_factory(path: Path, command: str, number: int) -> Callable[[], AsyncIterator[bytes]]:
+    async def produce() -> AsyncIterator[bytes]:
+        yield await anyio.to_thread.run_sync(results.build_result, path, command, number)
+
+    return produce
+
+
+def _multipart_json(body: dict[str, Any]) -> Response[Any]:
+    boundary = new_boundary()
+    payload = msgspec.json.encode(body)
+    delimiter = f"--{boundary}".encode()
+    content = (
+        delimiter
+        + b"\r\nContent-Type: application/json\r\n\r\n"
+        + payload
+        + b"\r\n"
+        + delimiter
+        + b"--\r\n"
+    )
+    media_type = f'multipart/related; type="application/json"; boundary={boundary}'
+    return Response(content, media_type=media_type)

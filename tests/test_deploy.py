@@ -1,0 +1,55 @@
+"""The deployment files: compose.yaml against the Compose schema, nats-server's config, streams."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import jsonschema
+import yaml
+from nats.aio.client import Client
+
+from pacsor.broker import apply_streams, nats_server_binary
+from pacsor.gateway import COMPONENTS
+from streams import stream_definitions
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = ROOT.parent / "shared" / "reference" / "compose-spec.schema.json"
+
+
+def test_compose_file_is_valid_and_runs_every_component() -> None:
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    schema_path = SCHEMA if SCHEMA.exists() else ROOT / "tests" / "compose-spec.schema.json"
+    jsonschema.validate(compose, json.loads(schema_path.read_text()))
+    commands = [s["command"] for s in compose["services"].values() if "command" in s]
+    assert sorted(c[1] for c in commands if c[0] == "run") == sorted(COMPONENTS)
+    assert compose["services"]["scp"]["ports"] == ["1040:1040"]
+
+
+def test_nats_server_accepts_its_config() -> None:
+    result = subprocess.run(
+        [nats_server_binary(), "-c", str(ROOT / "deploy" / "nats" / "nats-server.conf"), "-t"],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+async def test_stream_files_apply_idempotently(nc: Client) -> None:
+    # `nc` has applied them once already; twice more changes nothing and raises nothing.
+    assert await apply_streams(nc) == list(stream_definitions())
+    js = nc.jetstream()
+    info = await js.stream_info("PACSOR")
+    assert info.config.subjects == ["pacsor.study.>"]
+    assert info.config.duplicate_window == 86400.0
+    timers = await js.stream_info("PACSOR_TIMERS")
+    assert timers.config.allow_msg_schedules
+
+
+async def test_a_changed_stream_file_updates_the_stream(nc: Client) -> None:
+    js = nc.jetstream()
+    config = stream_definitions()["PACSOR"] | {"description": "edited by the operator"}
+    reply = await nc.request("$JS.API.STREAM.UPDATE.PACSOR", json.dumps(config).encode())
+    assert "error" not in json.loads(reply.data)
+    await apply_streams(nc)  # the file wins again
+    assert (await js.stream_info("PACSOR")).config.description == stream_definitions()["PACSOR"]["description"]
