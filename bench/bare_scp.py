@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import sys
+import threading
 from pathlib import Path
 
-from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, evt
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from pynetdicom.events import Event
-from pynetdicom.presentation import AllStoragePresentationContexts
-from pynetdicom.sop_class import Verification
+
+from pacsor.demo_pacs import start_storage_scp
 
 
 def main(port: int, folder: Path) -> None:
@@ -19,13 +21,9 @@ def main(port: int, folder: Path) -> None:
         (folder / f"{name}.dcm").write_bytes(event.encoded_dataset())
         return 0x0000
 
-    ae = AE(ae_title="MILVUE")
-    ae.maximum_associations = 32
-    ae.maximum_pdu_size = 0
-    ae.add_supported_context(Verification)
-    for context in AllStoragePresentationContexts:
-        ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
-    ae.start_server(("127.0.0.1", port), block=True, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    # The same pynetdicom settings as pacsor's SCP: only the storage differs.
+    start_storage_scp("MILVUE", port, on_store)
+    threading.Event().wait()
 
 
 if __name__ == "__main__":

@@ -78,7 +78,9 @@ def send_all(port: int, files: list[Path], associations: int) -> float:
     shares = [files[i::associations] for i in range(associations)]
     start = time.perf_counter()
     with ThreadPoolExecutor(associations) as pool:
-        results = list(pool.map(lambda share: send_files("127.0.0.1", port, "MILVUE", share), shares))
+        results = list(
+            pool.map(lambda share: send_files("127.0.0.1", port, "MILVUE", share), shares)
+        )
     elapsed = time.perf_counter() - start
     failed = [r for batch in results for r in batch if r[1] != 0]
     if failed or sum(len(b) for b in results) != len(files):
@@ -89,7 +91,9 @@ def send_all(port: int, files: list[Path], associations: int) -> float:
 def run_bare(files: list[Path], workdir: Path, associations: int) -> float:
     port = free_port()
     out = workdir / "bare"
-    proc = subprocess.Popen([sys.executable, str(PROJECT / "bench" / "bare_scp.py"), str(port), str(out)])
+    proc = subprocess.Popen(
+        [sys.executable, str(PROJECT / "bench" / "bare_scp.py"), str(port), str(out)]
+    )
     try:
         wait_for_port(port, proc, dicom=True)
         return send_all(port, files, associations)
@@ -103,11 +107,26 @@ def run_pacsor(files: list[Path], workdir: Path, associations: int) -> float:
     nats_port, dicom_port = free_port(), free_port()
     store = workdir / "nats"
     nats = subprocess.Popen(
-        [nats_server_binary(), "--jetstream", "--store_dir", str(store), "--addr", "127.0.0.1",
-         "--port", str(nats_port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            nats_server_binary(),
+            "--jetstream",
+            "--store_dir",
+            str(store),
+            "--addr",
+            "127.0.0.1",
+            "--port",
+            str(nats_port),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
-    env = {**os.environ, "NATS_URL": f"nats://127.0.0.1:{nats_port}", "PORT": str(dicom_port),
-           "LOG_LEVEL": "WARNING", "PYTHONPATH": str(PROJECT)}
+    env = {
+        **os.environ,
+        "NATS_URL": f"nats://127.0.0.1:{nats_port}",
+        "PORT": str(dicom_port),
+        "LOG_LEVEL": "WARNING",
+        "PYTHONPATH": str(PROJECT),
+    }
     scp = subprocess.Popen([sys.executable, "-m", "pacsor", "run", "scp"], env=env, cwd=workdir)
     try:
         wait_for_port(nats_port, nats, dicom=False)
@@ -134,16 +153,21 @@ def main() -> None:
         (workdir / "files").mkdir()
         files = make_files(workdir / "files", args.small, args.large)
         megabytes = sum(f.stat().st_size for f in files) / 1e6
-        print(f"{len(files)} instances, {megabytes:.0f} MB, {args.associations} associations, "
-              f"{args.rounds} rounds (median), {os.cpu_count()} cores")
+        print(
+            f"{len(files)} instances, {megabytes:.0f} MB, {args.associations} associations, "
+            f"{args.rounds} rounds (median), {os.cpu_count()} cores"
+        )
         times: dict[str, list[float]] = {"bare SCP (files)": [], "pacsor SCP (JetStream)": []}
         for _ in range(args.rounds):
             times["bare SCP (files)"].append(run_bare(files, workdir, args.associations))
             times["pacsor SCP (JetStream)"].append(run_pacsor(files, workdir, args.associations))
         medians = {name: statistics.median(t) for name, t in times.items()}
         for name, seconds in medians.items():
-            print(f"{name:<24} {len(files) / seconds:8.1f} instances/s {megabytes / seconds:8.1f} MB/s"
-                  f"   ({seconds:.2f} s)")
+            print(
+                f"{name:<24} {len(files) / seconds:8.1f} instances/s "
+                f"{megabytes / seconds:8.1f} MB/s"
+                f"   ({seconds:.2f} s)"
+            )
         base, ours = medians.values()
         print(f"ratio pacsor / bare: {base / ours:.2f}x")
 

@@ -19,12 +19,14 @@ from pacsor.subjects import EVENTS_STREAM
 
 
 def consumer(core: str, destination: Destination) -> ConsumerSpec[ev.ResultReady]:
-    slug = re.sub(r"[^A-Za-z0-9_-]", "_", f"{destination.ae_title}_{destination.host}_{destination.port}")
+    slug = re.sub(
+        r"[^A-Za-z0-9_-]", "_", f"{destination.ae_title}_{destination.host}_{destination.port}"
+    )
     return ConsumerSpec(
         durable=f"dispatch-{core}-{slug}",
         stream=EVENTS_STREAM,
         filter_subject=f"pacsor.study.*.{core}.{ev.ResultReady.topic}",
-        decode=lambda data, _subject: ev.decode_as(data, ev.ResultReady),  # type: ignore[return-value]
+        decode=ev.decoder(ev.ResultReady),
         ack_wait=30.0,
         concurrency=2,
         description=f"ResultReady -> C-STORE to {destination}",
@@ -43,6 +45,7 @@ async def dispatch_to_destination(
     try:
         delivered = await send_objects(destination, calling_ae_title, results, objects)
     except SendError as err:
+        failure = err
         return retry_or_fail(
             delivery,
             policy,
@@ -53,9 +56,9 @@ async def dispatch_to_destination(
                 core=event.core,
                 attempt=event.attempt,
                 destination=str(destination),
-                reason=err.reason,
+                reason=failure.reason,
                 tries=tries,
-                delivered_sop_instance_uids=err.delivered,
+                delivered_sop_instance_uids=failure.delivered,
             ),
         )
     return Emit(

@@ -18,7 +18,7 @@ CONSUMER: ConsumerSpec[ev.InstanceReceived] = ConsumerSpec(
     durable="quiet-timer",
     stream=EVENTS_STREAM,
     filter_subject=events_filter(ev.InstanceReceived.topic, per_core=False),
-    decode=lambda data, _subject: ev.decode_as(data, ev.InstanceReceived),  # type: ignore[return-value]
+    decode=ev.decoder(ev.InstanceReceived),
     ack_wait=30.0,
     max_ack_pending=1024,
     concurrency=8,

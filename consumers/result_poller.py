@@ -18,7 +18,7 @@ from pacsor import events as ev
 from pacsor.blobs import BlobStore, sha256_digest
 from pacsor.handler_runner import ConsumerSpec, Delivery, Emit, Outcome, Retry
 from pacsor.milvue_api import ApiError, MilvueApi
-from pacsor.subjects import EVENTS_STREAM, events_filter, is_valid_uid, result_object_name
+from pacsor.subjects import EVENTS_STREAM, is_valid_uid, result_object_name
 
 
 class PollSettings(msgspec.Struct, frozen=True):
@@ -33,7 +33,7 @@ def consumer(core: str) -> ConsumerSpec[ev.Uploaded]:
         durable=f"poll-{core}",
         stream=EVENTS_STREAM,
         filter_subject=f"pacsor.study.*.{core}.{ev.Uploaded.topic}",
-        decode=lambda data, _subject: ev.decode_as(data, ev.Uploaded),  # type: ignore[return-value]
+        decode=ev.decoder(ev.Uploaded),
         ack_wait=30.0,
         max_ack_pending=1024,
         concurrency=4,
@@ -59,7 +59,9 @@ def identify_result(data: bytes) -> ResultIdentity:
     except Exception as err:
         raise ValueError(f"result object is not readable DICOM: {err}") from err
     if not is_valid_uid(identity.sop_instance_uid):
-        raise ValueError(f"result object has an invalid SOPInstanceUID {identity.sop_instance_uid!r}")
+        raise ValueError(
+            f"result object has an invalid SOPInstanceUID {identity.sop_instance_uid!r}"
+        )
     return identity
 
 
@@ -88,7 +90,9 @@ async def poll_results(
 
     def wait(reason: str, at_least: float | None = None) -> Outcome:
         if overdue:
-            return failed(f"no result {settings.result_timeout.total_seconds():.0f} s after upload: {reason}")
+            return failed(
+                f"no result {settings.result_timeout.total_seconds():.0f} s after upload: {reason}"
+            )
         return Retry(max(settings.poll_interval, at_least or 0.0), reason)
 
     try:
@@ -105,7 +109,9 @@ async def poll_results(
                     identity = identify_result(data)
                 except ValueError as err:
                     return failed(f"{command}: {err}")
-                name = result_object_name(study, event.core, event.attempt, identity.sop_instance_uid)
+                name = result_object_name(
+                    study, event.core, event.attempt, identity.sop_instance_uid
+                )
                 await results.put(name, data, sha256_digest(data))
                 stored.append(
                     ev.ResultObject(

@@ -23,7 +23,7 @@ def consumer(core: str) -> ConsumerSpec[ev.StudyComplete]:
         durable=f"upload-{core}",
         stream=EVENTS_STREAM,
         filter_subject=events_filter(ev.StudyComplete.topic, per_core=False),
-        decode=lambda data, _subject: ev.decode_as(data, ev.StudyComplete),  # type: ignore[return-value]
+        decode=ev.decoder(ev.StudyComplete),
         ack_wait=30.0,
         concurrency=4,
         description=f"StudyComplete -> upload to AI core {core}",

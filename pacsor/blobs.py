@@ -144,9 +144,7 @@ class BlobStore:
         try:
             await self._js.purge_stream(self.stream, subject=chunk_subject)
         except Exception:  # logged, not swallowed: the caller's own error is the one raised
-            log.warning(
-                "could not purge chunks", extra={"subject": chunk_subject}, exc_info=True
-            )
+            log.warning("could not purge chunks", extra={"subject": chunk_subject}, exc_info=True)
 
     async def chunks(self, name: str) -> AsyncIterator[bytes]:
         """Yield the object's bytes chunk by chunk; raises BlobError when its digest is wrong."""

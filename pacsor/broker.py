@@ -69,13 +69,20 @@ class EmbeddedNats:
             [
                 nats_server_binary(),
                 "--jetstream",
-                "--store_dir", str(self.store_dir),
-                "--addr", self.host,
-                "--port", str(self.port),
-                "--server_name", "pacsor-embedded",
-                "--log", str(log_file),
+                "--store_dir",
+                str(self.store_dir),
+                "--addr",
+                self.host,
+                "--port",
+                str(self.port),
+                "--server_name",
+                "pacsor-embedded",
+                "--log",
+                str(log_file),
             ],
             stdin=subprocess.DEVNULL,
+            # Its own process group: Ctrl-C reaches pacsor, which drains, then stops the server.
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout
         while not _port_open(self.host, self.port):
@@ -102,7 +109,11 @@ class EmbeddedNats:
 async def connect(url: str, name: str) -> Client:
     """Connect, retrying until the server answers; reconnect forever afterwards."""
 
+    client: list[Client] = []
+
     async def on_disconnect() -> None:
+        if client and (client[0].is_closed or client[0].is_draining):
+            return  # our own shutdown
         log.warning("disconnected from NATS", extra={"url": url})
 
     async def on_reconnect() -> None:
@@ -111,7 +122,7 @@ async def connect(url: str, name: str) -> Client:
     async def on_error(err: Exception) -> None:
         log.warning("NATS client error: %s", err)
 
-    return await nats.connect(
+    nc = await nats.connect(
         servers=url.split(","),
         name=name,
         max_reconnect_attempts=-1,
@@ -122,6 +133,8 @@ async def connect(url: str, name: str) -> Client:
         reconnected_cb=on_reconnect,
         error_cb=on_error,
     )
+    client.append(nc)
+    return nc
 
 
 async def apply_streams(nc: Client) -> list[str]:

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Iterator
@@ -13,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from pacsor import logs
-from pacsor.config import ConfigError, Settings, load_settings
+from pacsor.config import ConfigError, Settings, load_settings, read_dotenv
+from pacsor.event_text import describe
 from pacsor.gateway import COMPONENTS, run_gateway
 
 log = logging.getLogger("pacsor")
@@ -27,8 +29,11 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
 
     up = commands.add_parser("up", help="run every component in one process")
-    up.add_argument("--demo", action="store_true",
-                    help="also run the API simulator and a demo PACS writing to ./demo-pacs")
+    up.add_argument(
+        "--demo",
+        action="store_true",
+        help="also run the API simulator and a demo PACS writing to ./demo-pacs",
+    )
     run = commands.add_parser("run", help="run one component")
     run.add_argument("component", choices=COMPONENTS)
     sim = commands.add_parser("simulator", help="serve the Milvue API simulator")
@@ -84,28 +89,78 @@ def _up(settings: Settings, demo: bool) -> int:
         return _serve(settings, COMPONENTS)
     with _demo_peers() as overrides:
         settings = load_settings(overrides={**_demo_defaults(settings), **overrides})
+        logs.configure(settings.log_level)
+
+        background: list[asyncio.Future[None]] = []
 
         def announce(ready: dict[str, Any]) -> None:
             port = ready.get("dicom_port", settings.port)
             print(
-                "\n"
-                f"pacsor is up (demo). DICOM: AE {settings.milvue_aet} on port {port}; "
-                f"AI: simulator at {settings.api_url}; results go to the demo PACS in ./demo-pacs\n"
-                "Send a study from another terminal:\n"
-                f"    .venv/bin/pacsor send --sample 3          (or: storescu -aec {settings.milvue_aet} "
-                f"127.0.0.1 {port} FILE.dcm)\n"
-                f"Watch it: .venv/bin/pacsor events   — results arrive about "
-                f"{settings.study_quiet_seconds:.0f} s after the last image.  Ctrl-C stops.\n",
+                f"\npacsor is up (demo): DICOM AE {settings.milvue_aet} on port {port}, "
+                f"AI simulator at {settings.api_url}, results to the demo PACS in ./demo-pacs\n"
+                f"NATS at {ready['nats_url']}: try `nats stream view PACSOR`\n"
+                "A sample study is on its way; send more from another terminal with\n"
+                "    .venv/bin/pacsor send --sample 3\n"
+                f"or  storescu -aec {settings.milvue_aet} 127.0.0.1 {port} FILE.dcm\n"
+                "Ctrl-C stops.\n",
                 file=sys.stderr,
                 flush=True,
+            )
+            loop = asyncio.get_running_loop()
+            background.append(loop.create_task(_print_events(ready["nats_url"])))
+            background.append(
+                loop.run_in_executor(None, _send_sample_study, port, settings.milvue_aet)
             )
 
         return _serve(settings, COMPONENTS, announce)
 
 
 def _demo_defaults(settings: Settings) -> dict[str, str]:
-    return {"TOKEN": settings.token or "demo-token", "STUDY_QUIET_SECONDS": "5",
-            "POLL_INTERVAL_SECONDS": "1"}
+    """Demo settings, for what the site has not set itself."""
+    demo = {
+        "TOKEN": "demo-token",
+        "STUDY_QUIET_SECONDS": "5",
+        "POLL_INTERVAL_SECONDS": "1",
+        # Quieter logs: the demo prints each event as a line of its own.
+        "LOG_LEVEL": "WARNING",
+    }
+    chosen = {**read_dotenv(Path(".env")), **os.environ}
+    return {name: value for name, value in demo.items() if not chosen.get(name)}
+
+
+async def _print_events(nats_url: str) -> None:
+    """Print every new event as it is published: the demo's progress."""
+    from pacsor import events as ev
+    from pacsor.broker import connect
+
+    nc = await connect(nats_url, "pacsor demo")
+    sub = await nc.subscribe("pacsor.study.>")
+    try:
+        async for msg in sub.messages:
+            print(describe(ev.decode(msg.data)), file=sys.stderr, flush=True)
+    finally:
+        await nc.close()
+
+
+def _send_sample_study(port: int, ae_title: str) -> None:
+    import tempfile
+
+    from pacsor.sample_study import make_study
+    from pacsor.storage_scu import send_files
+
+    with tempfile.TemporaryDirectory(prefix="pacsor-sample-") as folder:
+        paths = []
+        for n, ds in enumerate(make_study(3)):
+            paths.append(Path(folder) / f"sample{n + 1}.dcm")
+            ds.save_as(paths[-1], enforce_file_format=True)
+        try:
+            results = send_files("127.0.0.1", port, ae_title, paths, "DEMO_MODALITY")
+        except ConnectionError as err:
+            log.error("the sample study could not be sent: %s", err)
+            return
+    failed = [status for _, status in results if status != 0]
+    if failed:
+        log.error("the sample study was refused: %s", [f"0x{s:04X}" for s in failed])
 
 
 @contextlib.contextmanager
@@ -113,13 +168,14 @@ def _demo_peers() -> Iterator[dict[str, str]]:
     from pacsor.demo_pacs import start_folder_pacs
     from pacsor.simulator import SimulatorSettings, running_simulator
 
-    pacs = start_folder_pacs(Path("demo-pacs"), DEMO_PACS_AET, DEMO_PACS_PORT)
+    port = int(os.environ.get("DEMO_PACS_PORT", DEMO_PACS_PORT))
+    pacs = start_folder_pacs(Path("demo-pacs"), DEMO_PACS_AET, port)
     try:
         with running_simulator(SimulatorSettings(running_polls=2)) as (base_url, _state):
             yield {
                 "API_URL": base_url,
                 "PACS_IP": "127.0.0.1",
-                "PACS_PORT": str(DEMO_PACS_PORT),
+                "PACS_PORT": str(port),
                 "PACS_AET": DEMO_PACS_AET,
             }
     finally:
@@ -127,8 +183,6 @@ def _demo_peers() -> Iterator[dict[str, str]]:
 
 
 def _simulator(host: str, port: int) -> int:
-    import os
-
     from pacsor.simulator import serve, settings_from_env
 
     try:
@@ -140,8 +194,6 @@ def _simulator(host: str, port: int) -> int:
 
 
 async def _events(settings: Settings, study: str | None) -> int:
-    import msgspec
-
     from pacsor.broker import connect
     from pacsor.eventlog import EventLog
     from pacsor.subjects import is_valid_uid, study_subjects
@@ -161,16 +213,7 @@ async def _events(settings: Settings, study: str | None) -> int:
     finally:
         await nc.close()
     for r in recorded:
-        body = msgspec.to_builtins(r.event)
-        kind = body.pop("type")
-        when = body.pop("occurred_at")
-        uid = body.pop("study_instance_uid")
-        body.pop("schema_version", None)
-        body.pop("instances", None) if kind == "StudyComplete" else None
-        detail = " ".join(f"{k}={v}" for k, v in body.items() if k not in {"object_name", "digest"})
-        if kind == "StudyComplete":
-            detail = f"instances={len(r.event.instances)} " + detail  # type: ignore[union-attr]
-        print(f"{r.sequence:>7}  {when}  {kind:<16} {uid}  {detail}")
+        print(f"{r.sequence:>7}  {describe(r.event)}")
     return 0
 
 
@@ -186,12 +229,15 @@ def _send(settings: Settings, args: argparse.Namespace) -> int:
             files.append(Path(folder) / f"sample{n + 1}.dcm")
             ds.save_as(files[-1], enforce_file_format=True)
         for path in args.paths:
-            files.extend(sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path])
+            files.extend(
+                sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+            )
         if not files:
             raise ConfigError("send: give DICOM files or folders, or --sample N")
         try:
-            results = send_files(args.host, args.port or settings.port,
-                                 args.aet or settings.milvue_aet, files)
+            results = send_files(
+                args.host, args.port or settings.port, args.aet or settings.milvue_aet, files
+            )
         except ConnectionError as err:
             print(f"pacsor: {err}", file=sys.stderr)
             return 1

@@ -1,21 +1,41 @@
-"""A small receiving PACS for the demo: a Storage SCP that writes each object to a folder."""
+"""A receiving PACS for the demo (and the tests' and benchmark's peers): a Storage SCP."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
-from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, evt
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.events import Event as DicomEvent
 from pynetdicom.presentation import AllStoragePresentationContexts
-from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
+
+VERIFICATION = "1.2.840.10008.1.1"
 
 log = logging.getLogger("pacsor.demo_pacs")
 
 
-def start_folder_pacs(folder: Path, ae_title: str, port: int, host: str = "127.0.0.1") -> ThreadedAssociationServer:
-    """Serve C-STORE on host:port, writing `<folder>/<study>/<sop>.dcm`; returns the server."""
+def start_storage_scp(
+    ae_title: str, port: int, on_store: Callable[[DicomEvent], int], host: str = "127.0.0.1"
+) -> ThreadedAssociationServer:
+    """Serve C-ECHO and C-STORE of every storage SOP class in every transfer syntax."""
+    ae = AE(ae_title=ae_title)
+    ae.maximum_associations = 32
+    ae.maximum_pdu_size = 0
+    ae.add_supported_context(VERIFICATION)
+    for context in AllStoragePresentationContexts:
+        assert context.abstract_syntax is not None
+        ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+    server = ae.start_server((host, port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    assert server is not None  # block=False always returns the server
+    return server
+
+
+def start_folder_pacs(
+    folder: Path, ae_title: str, port: int, host: str = "127.0.0.1"
+) -> ThreadedAssociationServer:
+    """A PACS writing each received object to `<folder>/<study>/<sop>.dcm`."""
     folder.mkdir(parents=True, exist_ok=True)
 
     def on_store(event: DicomEvent) -> int:
@@ -26,10 +46,4 @@ def start_folder_pacs(folder: Path, ae_title: str, port: int, host: str = "127.0
         log.info("demo PACS stored", extra={"study": str(ds.StudyInstanceUID), "path": str(target)})
         return 0x0000
 
-    ae = AE(ae_title=ae_title)
-    ae.add_supported_context(Verification)
-    for context in AllStoragePresentationContexts:
-        ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
-    return ae.start_server(
-        (host, port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
-    )
+    return start_storage_scp(ae_title, port, on_store, host)

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from pynetdicom.presentation import AllStoragePresentationContexts
-from pynetdicom.sop_class import (
+from pydicom.uid import (
     ComputedRadiographyImageStorage,
     DigitalXRayImageStorageForPresentation,
     DigitalXRayImageStorageForProcessing,
@@ -11,6 +10,7 @@ from pynetdicom.sop_class import (
     SecondaryCaptureImageStorage,
     XRayRadiofluoroscopicImageStorage,
 )
+from pynetdicom.presentation import AllStoragePresentationContexts
 
 _DEFAULT = (
     ComputedRadiographyImageStorage,

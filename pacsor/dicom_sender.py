@@ -49,8 +49,13 @@ async def send_objects(
             files[path] = sop_uid
         try:
             results = await asyncio.to_thread(
-                send_files, destination.host, destination.port, destination.ae_title,
-                list(files), calling_ae_title, timeout,
+                send_files,
+                destination.host,
+                destination.port,
+                destination.ae_title,
+                list(files),
+                calling_ae_title,
+                timeout,
             )
         except (ConnectionError, OSError, RuntimeError, ValueError) as err:
             raise SendError(f"{destination}: {err}", ()) from err

@@ -12,7 +12,21 @@ import struct
 UNDEFINED = 0xFFFFFFFF
 ITEM, ITEM_END, SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 # Explicit VR: these VRs have 2 reserved bytes and a 4-byte length.
-LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+LONG_VRS = {
+    b"OB",
+    b"OD",
+    b"OF",
+    b"OL",
+    b"OV",
+    b"OW",
+    b"SQ",
+    b"SV",
+    b"UC",
+    b"UN",
+    b"UR",
+    b"UT",
+    b"UV",
+}
 
 
 class Truncated(ValueError):
@@ -55,7 +69,9 @@ def _elements(data: memoryview, pos: int, end: int, implicit: bool, order: str, 
             pos = _items(data, pos, end, implicit, order, depth + 1)
         else:
             if pos + length > end:
-                raise Truncated(f"element ({group:04X},{elem:04X}) needs {length} bytes, {end - pos} left")
+                raise Truncated(
+                    f"element ({group:04X},{elem:04X}) needs {length} bytes, {end - pos} left"
+                )
             pos += length
     return pos
 

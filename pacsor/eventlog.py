@@ -32,7 +32,9 @@ class EventLog:
         self._js = js
         self._timeout = timeout
 
-    async def publish(self, event: ev.Event, expected_last_subject_sequence: int | None = None) -> int:
+    async def publish(
+        self, event: ev.Event, expected_last_subject_sequence: int | None = None
+    ) -> int:
         """Publish `event` once (Nats-Msg-Id); returns its stream sequence.
 
         With `expected_last_subject_sequence` the write only happens if the event's subject
@@ -92,7 +94,10 @@ class EventLog:
                     try:
                         event = ev.decode(msg.data)
                     except msgspec.MsgspecError as err:
-                        log.error("unreadable event skipped", extra={"seq": meta.sequence.stream, "error": str(err)})
+                        log.error(
+                            "unreadable event skipped",
+                            extra={"seq": meta.sequence.stream, "error": str(err)},
+                        )
                         continue
                     recorded.append(RecordedEvent(meta.sequence.stream, msg.subject, event))
         finally:

@@ -11,8 +11,9 @@ Adding a field with a default keeps old events readable; removing or retyping on
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 import msgspec
 
@@ -248,8 +249,17 @@ def decode(data: bytes) -> AnyEvent:
     return _decoder.decode(data)
 
 
-def decode_as(data: bytes, kind: type[Event]) -> Event:
+E = TypeVar("E", bound=Event)
+
+
+def decode_as(data: bytes, kind: type[E]) -> E:
+    """Decode an event that must be of type `kind`."""
     event = decode(data)
     if not isinstance(event, kind):
         raise msgspec.ValidationError(f"expected {kind.__name__}, got {type(event).__name__}")
     return event
+
+
+def decoder(kind: type[E]) -> Callable[[bytes, str], E]:
+    """A message decoder for a handler that consumes `kind` events."""
+    return lambda data, _subject: decode_as(data, kind)

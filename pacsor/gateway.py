@@ -62,9 +62,20 @@ async def _connect_with_patience(url: str, name: str, patience: float = 60.0) ->
             return await connect(url, name)
         except Exception as err:
             if asyncio.get_running_loop().time() > deadline:
-                raise ConfigError(f"NATS_URL: cannot connect to {url}: {err or type(err).__name__}") from None
+                raise ConfigError(
+                    f"NATS_URL: cannot connect to {url}: {err or type(err).__name__}"
+                ) from None
             log.warning("waiting for NATS", extra={"url": url, "error": repr(err)})
             await asyncio.sleep(1.0)
+
+
+async def _close(nc: Client) -> None:
+    """Drain (finish in-flight acks and publishes), or just close when the server is gone."""
+    try:
+        await asyncio.wait_for(nc.drain(), 10)
+    except Exception as err:
+        log.warning("NATS connection closed without draining", extra={"error": repr(err)})
+        await nc.close()
 
 
 async def run_gateway(
@@ -85,7 +96,9 @@ async def run_gateway(
         except BrokerError as err:
             raise ConfigError(str(err)) from None
         url = embedded.url
-        log.info("embedded nats-server started", extra={"url": url, "store": str(embedded.store_dir)})
+        log.info(
+            "embedded nats-server started", extra={"url": url, "store": str(embedded.store_dir)}
+        )
     try:
         nc = await _connect_with_patience(url, f"pacsor {','.join(components)}")
         try:
@@ -103,7 +116,7 @@ async def run_gateway(
             )
             await _run(wiring, components, stop, url, on_ready)
         finally:
-            await nc.drain()
+            await _close(nc)
     finally:
         if embedded is not None:
             embedded.stop()
@@ -124,20 +137,32 @@ async def _run(
 
     if "quiet-timer" in components:
         loops.append(
-            consume(spec=quiet_timer.CONSUMER,
-                    handler=partial(quiet_timer.arm_quiet_timer, timers=w.timers, quiet=quiet))
+            consume(
+                spec=quiet_timer.CONSUMER,
+                handler=partial(quiet_timer.arm_quiet_timer, timers=w.timers, quiet=quiet),
+            )
         )
     if "completion" in components:
         loops.append(
-            consume(spec=study_completion.CONSUMER,
-                    handler=partial(study_completion.complete_study, events=w.events,
-                                    timers=w.timers, quiet=quiet))
+            consume(
+                spec=study_completion.CONSUMER,
+                handler=partial(
+                    study_completion.complete_study, events=w.events, timers=w.timers, quiet=quiet
+                ),
+            )
         )
     if "uploader" in components:
         loops.append(
-            consume(spec=uploader.consumer(s.core_name),
-                    handler=partial(uploader.upload_study, api=api, instances=w.instances,
-                                    core=s.core_name, policy=w.policy))
+            consume(
+                spec=uploader.consumer(s.core_name),
+                handler=partial(
+                    uploader.upload_study,
+                    api=api,
+                    instances=w.instances,
+                    core=s.core_name,
+                    policy=w.policy,
+                ),
+            )
         )
     if "poller" in components:
         poll = result_poller.PollSettings(
@@ -147,17 +172,26 @@ async def _run(
             result_timeout=timedelta(seconds=s.result_timeout_seconds),
         )
         loops.append(
-            consume(spec=result_poller.consumer(s.core_name),
-                    handler=partial(result_poller.poll_results, api=api, results=w.results,
-                                    settings=poll))
+            consume(
+                spec=result_poller.consumer(s.core_name),
+                handler=partial(
+                    result_poller.poll_results, api=api, results=w.results, settings=poll
+                ),
+            )
         )
     if "dispatcher" in components:
         for destination in s.all_destinations():
             loops.append(
-                consume(spec=dispatcher.consumer(s.core_name, destination),
-                        handler=partial(dispatcher.dispatch_to_destination, results=w.results,
-                                        destination=destination, calling_ae_title=s.milvue_aet,
-                                        policy=w.policy))
+                consume(
+                    spec=dispatcher.consumer(s.core_name, destination),
+                    handler=partial(
+                        dispatcher.dispatch_to_destination,
+                        results=w.results,
+                        destination=destination,
+                        calling_ae_title=s.milvue_aet,
+                        policy=w.policy,
+                    ),
+                )
             )
 
     scp: StorageScp | None = None

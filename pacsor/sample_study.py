@@ -7,8 +7,13 @@ from datetime import UTC, datetime
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
-from pynetdicom.sop_class import ComputedRadiographyImageStorage
+from pydicom.uid import (
+    PYDICOM_IMPLEMENTATION_UID,
+    UID,
+    ComputedRadiographyImageStorage,
+    ExplicitVRLittleEndian,
+    generate_uid,
+)
 
 
 def make_image(
@@ -27,8 +32,8 @@ def make_image(
     """A 16-bit MONOCHROME2 radiograph with file meta, as a modality would send it."""
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = sop_class_uid
-    ds.file_meta.MediaStorageSOPInstanceUID = sop_uid or generate_uid()
+    ds.file_meta.MediaStorageSOPClassUID = UID(sop_class_uid)
+    ds.file_meta.MediaStorageSOPInstanceUID = UID(sop_uid) if sop_uid else generate_uid()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     now = datetime.now(UTC)
@@ -58,7 +63,9 @@ def make_image(
     ds.PixelRepresentation = 0
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:rows, 0:columns]
-    body = np.exp(-(((x - columns / 2) / (columns / 3)) ** 2 + ((y - rows / 2) / (rows / 2.5)) ** 2))
+    body = np.exp(
+        -(((x - columns / 2) / (columns / 3)) ** 2 + ((y - rows / 2) / (rows / 2.5)) ** 2)
+    )
     pixels = (body * 3000 + rng.integers(0, 200, size=(rows, columns))).astype(np.uint16)
     ds.PixelData = pixels.tobytes()
     return ds
@@ -76,7 +83,13 @@ def make_study(instances: int = 3, rows: int = 256, columns: int = 256) -> list[
     study_uid = generate_uid()
     series_uid = generate_uid()
     return [
-        make_image(study_uid, series_uid=series_uid, rows=rows, columns=columns,
-                   instance_number=n + 1, seed=n)
+        make_image(
+            study_uid,
+            series_uid=series_uid,
+            rows=rows,
+            columns=columns,
+            instance_number=n + 1,
+            seed=n,
+        )
         for n in range(instances)
     ]

@@ -20,9 +20,8 @@ from typing import Any, TypeVar
 
 import msgspec
 from pydicom.dataset import Dataset
-from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, evt
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.events import Event as DicomEvent
-from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
 from pacsor.blobs import BlobStore, sha256_digest
@@ -32,6 +31,8 @@ from pacsor.dicom_structure import Truncated, check_whole
 from pacsor.eventlog import EventLog
 from pacsor.events import InstanceReceived, InstanceRejected
 from pacsor.subjects import instance_object_name, is_valid_uid
+
+VERIFICATION = "1.2.840.10008.1.1"
 
 log = logging.getLogger("pacsor.scp")
 
@@ -109,19 +110,24 @@ class StorageScp:
         ae.network_timeout = 60
         ae.dimse_timeout = 60
         ae.require_called_aet = True
-        ae.add_supported_context(Verification)
+        ae.add_supported_context(VERIFICATION)
         for sop_class in PROFILES[self.settings.config_profile]:
             ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
-        self._server = ae.start_server(
+        server = ae.start_server(
             (host, self.settings.port),
             block=False,
             evt_handlers=[(evt.EVT_C_STORE, self._on_c_store), (evt.EVT_C_ECHO, _on_c_echo)],
         )
-        port = int(self._server.server_address[1])
+        assert server is not None  # block=False always returns the server
+        self._server = server
+        port = int(server.server_address[1])
         log.info(
             "DICOM SCP listening",
-            extra={"ae_title": self.settings.milvue_aet, "port": port,
-                   "profile": self.settings.config_profile},
+            extra={
+                "ae_title": self.settings.milvue_aet,
+                "port": port,
+                "profile": self.settings.config_profile,
+            },
         )
         return port
 
@@ -139,8 +145,11 @@ class StorageScp:
         try:
             syntax = event.context.transfer_syntax
             if not syntax.is_deflated:
-                check_whole(event.encoded_dataset(include_meta=False), syntax.is_implicit_VR,
-                            syntax.is_little_endian)
+                check_whole(
+                    event.encoded_dataset(include_meta=False),
+                    syntax.is_implicit_VR,
+                    syntax.is_little_endian,
+                )
             identity = identify(event.dataset, affected_class)
             data = event.encoded_dataset(include_meta=True)
         except Truncated as err:
@@ -151,18 +160,27 @@ class StorageScp:
             return self._reject(Rejection(CANNOT_UNDERSTAND, f"unreadable dataset: {err}"), calling)
 
         try:
-            received = self._run(self._store(identity, data, str(event.context.transfer_syntax), calling))
+            received = self._run(
+                self._store(identity, data, str(event.context.transfer_syntax), calling)
+            )
         except (FutureTimeout, TimeoutError, ConnectionError, OSError) as err:
             log.warning(
                 "JetStream unavailable; answering out of resources so the sender retries",
-                extra={"study": identity.study_instance_uid, "sop": identity.sop_instance_uid,
-                       "error": repr(err)},
+                extra={
+                    "study": identity.study_instance_uid,
+                    "sop": identity.sop_instance_uid,
+                    "error": repr(err),
+                },
             )
             return _status(OUT_OF_RESOURCES, "storage temporarily unavailable, retry later")
         except Exception as err:
-            log.exception("instance could not be stored", extra={"study": identity.study_instance_uid})
+            log.exception(
+                "instance could not be stored", extra={"study": identity.study_instance_uid}
+            )
             return _status(OUT_OF_RESOURCES, f"storage failed: {type(err).__name__}")
-        log.debug("stored", extra={"study": received.study_instance_uid, "sop": received.sop_instance_uid})
+        log.debug(
+            "stored", extra={"study": received.study_instance_uid, "sop": received.sop_instance_uid}
+        )
         return SUCCESS
 
     async def _store(
@@ -198,8 +216,12 @@ class StorageScp:
         )
         log.warning(
             "instance rejected",
-            extra={"study": rejected.study_instance_uid, "reason": rejection.reason,
-                   "status": f"0x{rejection.status:04X}", "calling_ae_title": calling},
+            extra={
+                "study": rejected.study_instance_uid,
+                "reason": rejection.reason,
+                "status": f"0x{rejection.status:04X}",
+                "calling_ae_title": calling,
+            },
         )
         try:
             self._run(self._events.publish(rejected))

@@ -34,7 +34,9 @@ def send_files(
     contexts: dict[str, set[str]] = {}
     for path in files:
         meta = dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"]).file_meta
-        contexts.setdefault(str(meta.MediaStorageSOPClassUID), set()).add(str(meta.TransferSyntaxUID))
+        contexts.setdefault(str(meta.MediaStorageSOPClassUID), set()).add(
+            str(meta.TransferSyntaxUID)
+        )
     for sop_class, syntaxes in contexts.items():
         ae.add_requested_context(sop_class, sorted(syntaxes))
     assoc = ae.associate(host, port, ae_title=called_ae_title, max_pdu=0)

@@ -47,8 +47,10 @@ def study_subjects(study_uid: str) -> str:
 
 def event_subject(event: Event) -> str:
     core = getattr(event, "core", None)
-    middle = f"{uid_token(event.study_instance_uid)}.{core}" if core else uid_token(
-        event.study_instance_uid
+    middle = (
+        f"{uid_token(event.study_instance_uid)}.{core}"
+        if core
+        else uid_token(event.study_instance_uid)
     )
     return f"pacsor.study.{middle}.{event.topic}"
 

@@ -12,13 +12,11 @@ from typing import Any
 from nats.aio.client import Client
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import DeliverPolicy
-from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, evt
 from pynetdicom.events import Event as DicomEvent
-from pynetdicom.presentation import AllStoragePresentationContexts
-from pynetdicom.sop_class import Verification
 
 from pacsor import events as ev
 from pacsor.config import Settings
+from pacsor.demo_pacs import start_storage_scp
 from pacsor.gateway import COMPONENTS, run_gateway
 from pacsor.subjects import EVENTS_STREAM, study_subjects
 from tests.nats_server import free_port
@@ -57,13 +55,7 @@ class ReceivingPacs:
         self._server: Any = None
 
     def start(self) -> ReceivingPacs:
-        ae = AE(ae_title=self.ae_title)
-        ae.add_supported_context(Verification)
-        for context in AllStoragePresentationContexts:
-            ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
-        self._server = ae.start_server(
-            ("127.0.0.1", self.port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._on_store)]
-        )
+        self._server = start_storage_scp(self.ae_title, self.port, self._on_store)
         return self
 
     def stop(self) -> None:
@@ -76,7 +68,9 @@ class ReceivingPacs:
             return self.status
         ds = event.dataset
         with self._changed:
-            self.received.append((str(ds.StudyInstanceUID), str(ds.SOPInstanceUID), event.encoded_dataset()))
+            self.received.append(
+                (str(ds.StudyInstanceUID), str(ds.SOPInstanceUID), event.encoded_dataset())
+            )
             self._changed.notify_all()
         return 0x0000
 
@@ -110,7 +104,9 @@ async def wait_for_event(
         while True:
             try:
                 sub = await js.subscribe(
-                    study_subjects(study_uid), stream=EVENTS_STREAM, ordered_consumer=True,
+                    study_subjects(study_uid),
+                    stream=EVENTS_STREAM,
+                    ordered_consumer=True,
                     deliver_policy=DeliverPolicy.ALL,
                 )
                 break

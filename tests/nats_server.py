@@ -29,9 +29,18 @@ class NatsServer:
     def start(self) -> None:
         self.store.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
-            [nats_server_binary(), "--jetstream", "--store_dir", str(self.store),
-             "--addr", "127.0.0.1", "--port", str(self.port),
-             "--log", str(self.store / "server.log")],
+            [
+                nats_server_binary(),
+                "--jetstream",
+                "--store_dir",
+                str(self.store),
+                "--addr",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--log",
+                str(self.store / "server.log"),
+            ],
             stdin=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 15
@@ -40,7 +49,9 @@ class NatsServer:
                 if sock.connect_ex(("127.0.0.1", self.port)) == 0:
                     return
             if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("nats-server did not start: " + (self.store / "server.log").read_text()[-1000:])
+                raise RuntimeError(
+                    "nats-server did not start: " + (self.store / "server.log").read_text()[-1000:]
+                )
             time.sleep(0.02)
 
     def stop(self, kill: bool = False) -> None:

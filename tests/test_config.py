@@ -14,7 +14,12 @@ from pacsor.config import ConfigError, Destination, load_settings
 
 def test_defaults() -> None:
     s = load_settings({}, dotenv=None)
-    assert (s.milvue_aet, s.port, s.config_profile, s.study_quiet_seconds) == ("MILVUE", 1040, "WithSC", 10.0)
+    assert (s.milvue_aet, s.port, s.config_profile, s.study_quiet_seconds) == (
+        "MILVUE",
+        1040,
+        "WithSC",
+        10.0,
+    )
     assert s.inference_commands == ("smarturgences", "smartxpert")
     assert s.all_destinations() == ()
 
@@ -22,7 +27,9 @@ def test_defaults() -> None:
 def test_environment_and_dotenv(tmp_path: Path) -> None:
     dotenv = tmp_path / ".env"
     dotenv.write_text("# site settings\nPACS_IP=10.0.0.5\nPACS_AET='MAINPACS'\nPORT=2000\n")
-    s = load_settings({"PORT": "3000", "DESTINATIONS": "ARCH@archive:104, VIEW@viewer:11112"}, dotenv=dotenv)
+    s = load_settings(
+        {"PORT": "3000", "DESTINATIONS": "ARCH@archive:104, VIEW@viewer:11112"}, dotenv=dotenv
+    )
     assert s.port == 3000  # the environment wins over .env
     assert s.all_destinations() == (
         Destination("MAINPACS", "10.0.0.5", 104),
@@ -52,8 +59,12 @@ def test_bad_setting_names_the_variable(name: str, value: str) -> None:
 
 def run_cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "pacsor", *args], env={**os.environ, **env}, cwd=cwd,
-        capture_output=True, text=True, timeout=60,
+        [sys.executable, "-m", "pacsor", *args],
+        env={**os.environ, **env},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
@@ -61,11 +72,15 @@ def test_cli_stops_with_one_line_naming_the_setting(tmp_path: Path) -> None:
     project = str(Path(__file__).resolve().parents[1])
     result = run_cli("up", env={"PORT": "not-a-port", "PYTHONPATH": project}, cwd=tmp_path)
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == ["pacsor: PORT: expected an integer, got 'not-a-port'"]
+    assert result.stderr.strip().splitlines() == [
+        "pacsor: PORT: expected an integer, got 'not-a-port'"
+    ]
 
 
 def test_cli_requires_a_token_for_the_uploader(tmp_path: Path) -> None:
     project = str(Path(__file__).resolve().parents[1])
     result = run_cli("run", "uploader", env={"TOKEN": "", "PYTHONPATH": project}, cwd=tmp_path)
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == ["pacsor: TOKEN: not set; the Milvue API needs an API key"]
+    assert result.stderr.strip().splitlines() == [
+        "pacsor: TOKEN: not set; the Milvue API needs an API key"
+    ]

@@ -21,8 +21,14 @@ from tests.nats_server import NatsServer, free_port
 from tests.test_pipeline import TOKEN
 
 # pynetdicom installs its own `storescu`/`storescp` scripts in the virtualenv: use DCMTK's.
-DCMTK = next((d for d in ("/usr/bin", "/usr/local/bin") if Path(d, "storescp").exists()
-              and Path(d, "dcmdump").exists()), None)
+DCMTK = next(
+    (
+        d
+        for d in ("/usr/bin", "/usr/local/bin")
+        if Path(d, "storescp").exists() and Path(d, "dcmdump").exists()
+    ),
+    None,
+)
 pytestmark = [
     pytest.mark.dcmtk,
     pytest.mark.skipif(DCMTK is None, reason="DCMTK is not installed (apt-get install dcmtk)"),
@@ -47,21 +53,39 @@ async def wait_for_scp(port: int, ae_title: str, process: subprocess.Popen[bytes
     raise TimeoutError("storescp did not start")
 
 
-async def test_storescu_to_pacsor_to_storescp(nc: Client, nats_server: NatsServer, tmp_path: Path) -> None:
+async def test_storescu_to_pacsor_to_storescp(
+    nc: Client, nats_server: NatsServer, tmp_path: Path
+) -> None:
     received = tmp_path / "storescp"
     received.mkdir()
     pacs_port = free_port()
     storescp = subprocess.Popen(
-        [tool("storescp"), "--aetitle", "DCMTKPACS", "--output-directory", str(received), str(pacs_port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            tool("storescp"),
+            "--aetitle",
+            "DCMTKPACS",
+            "--output-directory",
+            str(received),
+            str(pacs_port),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         await wait_for_scp(pacs_port, "DCMTKPACS", storescp)
         with running_simulator(SimulatorSettings(token=TOKEN, running_polls=1)) as (api_url, _):
             settings = load_settings(
-                {"NATS_URL": nats_server.url, "PORT": str(free_port()), "API_URL": api_url,
-                 "TOKEN": TOKEN, "STUDY_QUIET_SECONDS": "1", "POLL_INTERVAL_SECONDS": "0.2",
-                 "PACS_IP": "127.0.0.1", "PACS_PORT": str(pacs_port), "PACS_AET": "DCMTKPACS"},
+                {
+                    "NATS_URL": nats_server.url,
+                    "PORT": str(free_port()),
+                    "API_URL": api_url,
+                    "TOKEN": TOKEN,
+                    "STUDY_QUIET_SECONDS": "1",
+                    "POLL_INTERVAL_SECONDS": "0.2",
+                    "PACS_IP": "127.0.0.1",
+                    "PACS_PORT": str(pacs_port),
+                    "PACS_AET": "DCMTKPACS",
+                },
                 dotenv=None,
             )
             async with running_gateway(settings):
@@ -69,9 +93,19 @@ async def test_storescu_to_pacsor_to_storescp(nc: Client, nats_server: NatsServe
                 paths = write_study(tmp_path / "study", study)
                 sent = await asyncio.to_thread(
                     subprocess.run,
-                    [tool("storescu"), "--aetitle", "MODALITY", "--call", "MILVUE",
-                     "127.0.0.1", str(settings.port), *map(str, paths)],
-                    capture_output=True, text=True, timeout=60,
+                    [
+                        tool("storescu"),
+                        "--aetitle",
+                        "MODALITY",
+                        "--call",
+                        "MILVUE",
+                        "127.0.0.1",
+                        str(settings.port),
+                        *map(str, paths),
+                    ],
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
                 )
                 assert sent.returncode == 0, sent.stderr
                 study_uid = str(study[0].StudyInstanceUID)
@@ -88,4 +122,3 @@ async def test_storescu_to_pacsor_to_storescp(nc: Client, nats_server: NatsServe
     for f in files:
         dump = subprocess.run([tool("dcmdump"), str(f)], capture_output=True, text=True, timeout=30)
         assert dump.returncode == 0 and "SecondaryCaptureImageStorage" in dump.stdout
-

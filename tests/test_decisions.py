@@ -10,7 +10,13 @@ import pytest
 from pydicom.uid import generate_uid
 
 from pacsor import events as ev
-from pacsor.completion import AlreadyComplete, Complete, NothingReceived, WaitUntil, decide_completion
+from pacsor.completion import (
+    AlreadyComplete,
+    Complete,
+    NothingReceived,
+    WaitUntil,
+    decide_completion,
+)
 from pacsor.dicom_structure import Truncated, check_whole
 from pacsor.eventlog import RecordedEvent
 from pacsor.retry import RetryPolicy
@@ -24,9 +30,15 @@ STUDY = "1.2.826.0.1.3680043.8.498.1"
 
 def received(sop: str, at: datetime, digest: str = "SHA-256=a") -> ev.InstanceReceived:
     return ev.InstanceReceived(
-        study_instance_uid=STUDY, series_instance_uid="1.2.3", sop_instance_uid=sop,
-        sop_class_uid="1.2.840.10008.5.1.4.1.1.1", transfer_syntax_uid="1.2.840.10008.1.2.1",
-        object_name=f"{STUDY}/{sop}", size=10, digest=digest, occurred_at=at,
+        study_instance_uid=STUDY,
+        series_instance_uid="1.2.3",
+        sop_instance_uid=sop,
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.1",
+        transfer_syntax_uid="1.2.840.10008.1.2.1",
+        object_name=f"{STUDY}/{sop}",
+        size=10,
+        digest=digest,
+        occurred_at=at,
     )
 
 
@@ -45,7 +57,9 @@ def test_waits_for_the_quiet_period_after_the_last_instance() -> None:
 
 
 def test_completes_once_with_every_instance_once() -> None:
-    h = history(received("1.1", T0), received("1.2", T0), received("1.1", T0 + timedelta(seconds=1)))
+    h = history(
+        received("1.1", T0), received("1.2", T0), received("1.1", T0 + timedelta(seconds=1))
+    )
     decision = decide_completion(STUDY, h, T0 + timedelta(seconds=11), QUIET)
     assert isinstance(decision, Complete)
     assert decision.event.attempt == 1
@@ -100,12 +114,19 @@ def test_events_are_readable_json_with_type_and_version() -> None:
 
 
 def test_outcome_events_of_one_attempt_share_an_idempotency_key() -> None:
-    ok = ev.Dispatched(study_instance_uid=STUDY, core="c", attempt=1, destination="P@h:1", sop_instance_uids=())
-    ko = ev.DispatchFailed(study_instance_uid=STUDY, core="c", attempt=1, destination="P@h:1", reason="x", tries=3)
+    ok = ev.Dispatched(
+        study_instance_uid=STUDY, core="c", attempt=1, destination="P@h:1", sop_instance_uids=()
+    )
+    ko = ev.DispatchFailed(
+        study_instance_uid=STUDY, core="c", attempt=1, destination="P@h:1", reason="x", tries=3
+    )
     assert ok.idempotency_key() == ko.idempotency_key()
-    assert ok.idempotency_key() != ev.Dispatched(
-        study_instance_uid=STUDY, core="c", attempt=2, destination="P@h:1", sop_instance_uids=()
-    ).idempotency_key()
+    assert (
+        ok.idempotency_key()
+        != ev.Dispatched(
+            study_instance_uid=STUDY, core="c", attempt=2, destination="P@h:1", sop_instance_uids=()
+        ).idempotency_key()
+    )
 
 
 def test_truncated_datasets_are_detected() -> None:

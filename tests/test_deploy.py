@@ -30,7 +30,9 @@ def test_compose_file_is_valid_and_runs_every_component() -> None:
 def test_nats_server_accepts_its_config() -> None:
     result = subprocess.run(
         [nats_server_binary(), "-c", str(ROOT / "deploy" / "nats" / "nats-server.conf"), "-t"],
-        capture_output=True, text=True, timeout=30,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert result.returncode == 0, result.stderr
 
@@ -52,4 +54,6 @@ async def test_a_changed_stream_file_updates_the_stream(nc: Client) -> None:
     reply = await nc.request("$JS.API.STREAM.UPDATE.PACSOR", json.dumps(config).encode())
     assert "error" not in json.loads(reply.data)
     await apply_streams(nc)  # the file wins again
-    assert (await js.stream_info("PACSOR")).config.description == stream_definitions()["PACSOR"]["description"]
+    assert (await js.stream_info("PACSOR")).config.description == stream_definitions()["PACSOR"][
+        "description"
+    ]

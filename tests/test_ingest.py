@@ -36,11 +36,15 @@ def dataset_part(file_bytes: bytes) -> bytes:
 
 
 async def send(settings: Settings, paths: list[Path]) -> list[int]:
-    results = await asyncio.to_thread(send_files, "127.0.0.1", settings.port, settings.milvue_aet, paths)
+    results = await asyncio.to_thread(
+        send_files, "127.0.0.1", settings.port, settings.milvue_aet, paths
+    )
     return [status for _, status in results]
 
 
-async def test_study_is_stored_as_received_and_announced(nc: Client, nats_server: NatsServer, tmp_path: Path) -> None:
+async def test_study_is_stored_as_received_and_announced(
+    nc: Client, nats_server: NatsServer, tmp_path: Path
+) -> None:
     settings = scp_settings(nats_server.url)
     study = make_study(4)
     paths = write_study(tmp_path / "study", study)
@@ -61,7 +65,9 @@ async def test_study_is_stored_as_received_and_announced(nc: Client, nats_server
         assert dataset_part(stored) == dataset_part(path.read_bytes())
 
 
-async def test_same_instance_twice_is_stored_once(nc: Client, nats_server: NatsServer, tmp_path: Path) -> None:
+async def test_same_instance_twice_is_stored_once(
+    nc: Client, nats_server: NatsServer, tmp_path: Path
+) -> None:
     settings = scp_settings(nats_server.url)
     [path] = write_study(tmp_path, [make_image(generate_uid())])
     async with running_gateway(settings, ("scp",)):
@@ -149,7 +155,9 @@ async def test_echo_and_profile(nats_server: NatsServer, tmp_path: Path) -> None
         ae = AE(ae_title="ECHOER")
         ae.add_requested_context(Verification)
         ae.add_requested_context(SecondaryCaptureImageStorage)
-        assoc = await asyncio.to_thread(ae.associate, "127.0.0.1", settings.port, ae_title="GATEWAY")
+        assoc = await asyncio.to_thread(
+            ae.associate, "127.0.0.1", settings.port, ae_title="GATEWAY"
+        )
         assert assoc.is_established
         assert (await asyncio.to_thread(assoc.send_c_echo)).Status == 0
         # Secondary Capture is not in the Default profile: its context is refused.
@@ -158,11 +166,15 @@ async def test_echo_and_profile(nats_server: NatsServer, tmp_path: Path) -> None
         assoc.release()
         wrong = AE(ae_title="ECHOER")
         wrong.add_requested_context(Verification)
-        other = await asyncio.to_thread(wrong.associate, "127.0.0.1", settings.port, ae_title="NOTME")
+        other = await asyncio.to_thread(
+            wrong.associate, "127.0.0.1", settings.port, ae_title="NOTME"
+        )
         assert other.is_rejected
 
 
-async def test_instance_event_can_be_awaited(nc: Client, nats_server: NatsServer, tmp_path: Path) -> None:
+async def test_instance_event_can_be_awaited(
+    nc: Client, nats_server: NatsServer, tmp_path: Path
+) -> None:
     settings = scp_settings(nats_server.url)
     ds = make_image(generate_uid())
     async with running_gateway(settings, ("scp",)):

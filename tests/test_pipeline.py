@@ -17,7 +17,7 @@ from pacsor.blobs import BlobStore
 from pacsor.config import Settings, load_settings
 from pacsor.eventlog import EventLog
 from pacsor.sample_study import make_study
-from pacsor.simulator import SimulatorSettings, SimulatorState, running_simulator
+from pacsor.simulator import SimulatorSettings, running_simulator
 from pacsor.storage_scu import send_files
 from pacsor.subjects import RESULTS_BUCKET
 from tests.harness import ReceivingPacs, of_type, running_gateway, wait_for_event, write_study
@@ -63,25 +63,35 @@ def gateway_settings(nats_url: str, api_url: str, pacs: ReceivingPacs, **extra: 
 async def send_study(settings: Settings, folder: Path, images: int = 3) -> tuple[str, list[str]]:
     study = make_study(images, rows=128, columns=128)
     paths = write_study(folder, study)
-    results = await asyncio.to_thread(send_files, "127.0.0.1", settings.port, settings.milvue_aet, paths)
+    results = await asyncio.to_thread(
+        send_files, "127.0.0.1", settings.port, settings.milvue_aet, paths
+    )
     assert [status for _, status in results] == [0] * images
     return str(study[0].StudyInstanceUID), [str(ds.SOPInstanceUID) for ds in study]
 
 
 def is_dispatched_to(destination: str):  # type: ignore[no-untyped-def]
-    return lambda e: isinstance(e, (ev.Dispatched, ev.DispatchFailed)) and e.destination == destination
+    return lambda e: (
+        isinstance(e, (ev.Dispatched, ev.DispatchFailed)) and e.destination == destination
+    )
 
 
 async def test_study_goes_through_to_every_destination(
     nc: Client, nats_server: NatsServer, tmp_path: Path, pacs: ReceivingPacs, archive: ReceivingPacs
 ) -> None:
     with running_simulator(SimulatorSettings(token=TOKEN, running_polls=2)) as (api_url, sim):
-        settings = gateway_settings(nats_server.url, api_url, pacs, DESTINATIONS=archive.destination)
+        settings = gateway_settings(
+            nats_server.url, api_url, pacs, DESTINATIONS=archive.destination
+        )
         async with running_gateway(settings):
             study, sops = await send_study(settings, tmp_path)
             for receiver in (pacs, archive):
-                done = await wait_for_event(nc, study, is_dispatched_to(
-                    f"{receiver.ae_title}@127.0.0.1:{receiver.port}"), 60)
+                done = await wait_for_event(
+                    nc,
+                    study,
+                    is_dispatched_to(f"{receiver.ae_title}@127.0.0.1:{receiver.port}"),
+                    60,
+                )
                 assert isinstance(done, ev.Dispatched)
         snapshot = sim.study(study)
         assert snapshot is not None and sorted(snapshot.instances) == sorted(sops)
@@ -118,8 +128,10 @@ async def test_a_destination_down_never_blocks_the_others(
             nats_server.url, api_url, pacs, DESTINATIONS=down, RETRY_MAX_ATTEMPTS="3"
         )
         async with running_gateway(settings):
-            study, sops = await send_study(settings, tmp_path, images=2)
-            ok = await wait_for_event(nc, study, is_dispatched_to(settings.all_destinations()[0].__str__()))
+            study, _ = await send_study(settings, tmp_path, images=2)
+            ok = await wait_for_event(
+                nc, study, is_dispatched_to(settings.all_destinations()[0].__str__())
+            )
             failed = await wait_for_event(nc, study, is_dispatched_to(down), 60)
     assert isinstance(ok, ev.Dispatched) and len(ok.sop_instance_uids) == 4
     assert isinstance(failed, ev.DispatchFailed)
@@ -139,7 +151,7 @@ async def test_a_destination_that_comes_back_gets_the_results(
     with running_simulator(SimulatorSettings(token=TOKEN, running_polls=0)) as (api_url, _):
         settings = gateway_settings(nats_server.url, api_url, late, RETRY_MAX_ATTEMPTS="50")
         async with running_gateway(settings):
-            study, sops = await send_study(settings, tmp_path, images=1)
+            study, _ = await send_study(settings, tmp_path, images=1)
             await wait_for_event(nc, study, of_type(ev.ResultReady))
             late.start()  # the PACS comes up after the results are ready
             try:
@@ -153,12 +165,17 @@ async def test_a_destination_that_comes_back_gets_the_results(
 async def test_api_429_and_500_are_retried_until_uploaded(
     nc: Client, nats_server: NatsServer, tmp_path: Path, pacs: ReceivingPacs
 ) -> None:
-    sim_settings = SimulatorSettings(token=TOKEN, running_polls=1, upload_faults=(429, 500),
-                                     result_faults=(503,), not_ready_results=1)
+    sim_settings = SimulatorSettings(
+        token=TOKEN,
+        running_polls=1,
+        upload_faults=(429, 500),
+        result_faults=(503,),
+        not_ready_results=1,
+    )
     with running_simulator(sim_settings) as (api_url, sim):
         settings = gateway_settings(nats_server.url, api_url, pacs)
         async with running_gateway(settings):
-            study, sops = await send_study(settings, tmp_path, images=1)
+            study, _ = await send_study(settings, tmp_path, images=1)
             done = await wait_for_event(nc, study, of_type(ev.Dispatched), 60)
         assert sim.upload_requests == 3
     assert isinstance(done, ev.Dispatched) and len(done.sop_instance_uids) == 2

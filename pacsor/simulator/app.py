@@ -341,6 +341,8 @@ def create_app(settings: SimulatorSettings, state: SimulatorState | None = None)
         exception_handlers={HTTPException: http_error, 500: internal_error},
         on_shutdown=[store.close] if owned else [],
         openapi_config=None,
+        # pacsor configures logging once (JSON lines); Litestar would replace the root handler.
+        logging_config=None,
         request_max_body_size=None,  # a study can be hundreds of megabytes
     )
 

@@ -1,0 +1,119 @@
+"""The `pacsor` command as people run it: `up --demo`, `send`, `events`."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from nats.aio.client import Client
+
+from pacsor import events as ev
+from pacsor.config import load_settings
+from tests.harness import of_type, running_gateway, wait_for_event
+from tests.nats_server import NatsServer, free_port
+
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(PROJECT), **extra}
+
+
+async def test_up_demo_runs_a_sample_study_through(tmp_path: Path) -> None:
+    env = cli_env(
+        PORT=str(free_port()),
+        EMBEDDED_NATS_PORT=str(free_port()),
+        DEMO_PACS_PORT=str(free_port()),
+        STUDY_QUIET_SECONDS="1",
+    )
+    demo = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "pacsor",
+        "up",
+        "--demo",
+        cwd=tmp_path,
+        env=env,
+        stderr=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.DEVNULL,
+    )
+    assert demo.stderr is not None
+    seen: list[str] = []
+    try:
+        async with asyncio.timeout(90):
+            while not any("Dispatched" in line for line in seen):
+                line = (await demo.stderr.readline()).decode()
+                assert line, "pacsor exited:\n" + "".join(seen)
+                seen.append(line)
+    finally:
+        demo.send_signal(signal.SIGINT)
+        await asyncio.wait_for(demo.wait(), 30)
+    assert demo.returncode == 0
+    text = "".join(seen)
+    assert "pacsor is up (demo)" in text
+    for kind in ("InstanceReceived", "StudyComplete", "Uploaded", "ResultReady", "Dispatched"):
+        assert kind in text
+    # The demo PACS wrote the 6 result objects (3 images x 2 inference commands).
+    assert len(list((tmp_path / "demo-pacs").rglob("*.dcm"))) == 6
+    # The embedded nats-server kept its store under PACSOR_DATA_DIR and was stopped.
+    assert (tmp_path / ".pacsor" / "nats" / "jetstream").is_dir()
+
+
+async def test_send_and_events(nc: Client, nats_server: NatsServer, tmp_path: Path) -> None:
+    settings = load_settings({"NATS_URL": nats_server.url, "PORT": str(free_port())}, dotenv=None)
+    async with running_gateway(settings, ("scp",)):
+        sent = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "pacsor", "send", "--sample", "2", "--port", str(settings.port)],
+            env=cli_env(),
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert sent.returncode == 0, sent.stderr
+    assert sent.stdout.count("0x0000") == 2
+
+    listing = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "pacsor", "events"],
+        env=cli_env(NATS_URL=nats_server.url),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert listing.returncode == 0, listing.stderr
+    lines = listing.stdout.splitlines()
+    assert len(lines) == 2 and all("InstanceReceived" in line for line in lines)
+    study = lines[0].split()[3]
+    event = await wait_for_event(nc, study, of_type(ev.InstanceReceived))
+    assert event.study_instance_uid == study
+
+    one = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "pacsor", "events", "--study", "1.2.3"],
+        env=cli_env(NATS_URL=nats_server.url),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert one.returncode == 0 and one.stdout == ""
+
+
+def test_send_to_nobody_says_so(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "pacsor", "send", "--sample", "1", "--port", str(free_port())],
+        env=cli_env(),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "refused or unreachable" in result.stderr
