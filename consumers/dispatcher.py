@@ -27,9 +27,10 @@ def consumer(core: str, destination: Destination) -> ConsumerSpec[ev.ResultReady
         stream=EVENTS_STREAM,
         filter_subject=f"pacsor.study.*.{core}.{ev.ResultReady.topic}",
         decode=ev.decoder(ev.ResultReady),
-        ack_wait=30.0,
+        ack_wait=15.0,
         concurrency=2,
         description=f"ResultReady -> C-STORE to {destination}",
+        start="new",
     )
 
 

@@ -19,7 +19,7 @@ CONSUMER: ConsumerSpec[ev.InstanceReceived] = ConsumerSpec(
     stream=EVENTS_STREAM,
     filter_subject=events_filter(ev.InstanceReceived.topic, per_core=False),
     decode=ev.decoder(ev.InstanceReceived),
-    ack_wait=30.0,
+    ack_wait=15.0,
     max_ack_pending=1024,
     concurrency=8,
     description="InstanceReceived -> arm the study's quiet-period timer",

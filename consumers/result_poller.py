@@ -34,7 +34,7 @@ def consumer(core: str) -> ConsumerSpec[ev.Uploaded]:
         stream=EVENTS_STREAM,
         filter_subject=f"pacsor.study.*.{core}.{ev.Uploaded.topic}",
         decode=ev.decoder(ev.Uploaded),
-        ack_wait=30.0,
+        ack_wait=15.0,
         max_ack_pending=1024,
         concurrency=4,
         description=f"Uploaded -> poll AI core {core} -> ResultReady",

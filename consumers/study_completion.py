@@ -24,7 +24,7 @@ CONSUMER: ConsumerSpec[QuietElapsed] = ConsumerSpec(
     stream=TIMERS_STREAM,
     filter_subject=QUIET_ELAPSED_FILTER,
     decode=decode_elapsed,
-    ack_wait=30.0,
+    ack_wait=15.0,
     concurrency=4,
     description="quiet timer elapsed -> StudyComplete",
 )

@@ -24,7 +24,7 @@ def consumer(core: str) -> ConsumerSpec[ev.StudyComplete]:
         stream=EVENTS_STREAM,
         filter_subject=events_filter(ev.StudyComplete.topic, per_core=False),
         decode=ev.decoder(ev.StudyComplete),
-        ack_wait=30.0,
+        ack_wait=15.0,
         concurrency=4,
         description=f"StudyComplete -> upload to AI core {core}",
     )

@@ -16,13 +16,15 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from datetime import UTC, datetime
+from typing import Generic, Literal, TypeVar
 
 import msgspec
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
 
 from pacsor.eventlog import ConcurrentUpdate, EventLog
 from pacsor.events import Event
@@ -68,6 +70,10 @@ class ConsumerSpec(Generic[M]):
     max_ack_pending: int = 64
     concurrency: int = 4
     description: str = ""
+    # "all": a new consumer starts at the first event still in the stream (the pipeline must
+    # not miss events published before it first ran); "new": at the time it is first created
+    # (a destination added later must not receive every past study's results).
+    start: Literal["all", "new"] = "all"
     study_of: Callable[[M], str] = field(default=lambda m: getattr(m, "study_instance_uid", ""))
 
 
@@ -75,11 +81,23 @@ Handler = Callable[[M, Delivery], Awaitable[Outcome]]
 
 
 async def ensure_consumer(js: JetStreamContext, spec: ConsumerSpec[M]) -> None:
+    """Create the durable consumer, or update it keeping where it started."""
+    try:
+        existing: ConsumerConfig | None = (await js.consumer_info(spec.stream, spec.durable)).config
+    except NotFoundError:
+        existing = None
+    if existing is not None:
+        deliver_policy, start_time = existing.deliver_policy, existing.opt_start_time
+    elif spec.start == "new":
+        deliver_policy, start_time = DeliverPolicy.BY_START_TIME, datetime.now(UTC)
+    else:
+        deliver_policy, start_time = DeliverPolicy.ALL, None
     config = ConsumerConfig(
         durable_name=spec.durable,
         description=spec.description or None,
         filter_subject=spec.filter_subject,
-        deliver_policy=DeliverPolicy.ALL,
+        deliver_policy=deliver_policy,
+        opt_start_time=start_time,
         ack_policy=AckPolicy.EXPLICIT,
         ack_wait=spec.ack_wait,
         max_deliver=-1,

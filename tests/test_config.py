@@ -84,3 +84,9 @@ def test_cli_requires_a_token_for_the_uploader(tmp_path: Path) -> None:
     assert result.stderr.strip().splitlines() == [
         "pacsor: TOKEN: not set; the Milvue API needs an API key"
     ]
+
+
+def test_the_example_env_file_loads() -> None:
+    example = Path(__file__).resolve().parents[1] / ".env.example"
+    settings = load_settings({}, dotenv=example)
+    assert settings.milvue_aet == "MILVUE" and settings.pacs_port == 104

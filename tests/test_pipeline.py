@@ -194,3 +194,21 @@ async def test_a_refused_token_fails_the_upload_at_once(
     assert isinstance(failed, ev.UploadFailed)
     assert failed.http_status == 403 and failed.tries == 1
     assert sim.study(study) is None
+
+
+async def test_a_destination_added_later_gets_only_new_studies(
+    nc: Client, nats_server: NatsServer, tmp_path: Path, pacs: ReceivingPacs, archive: ReceivingPacs
+) -> None:
+    with running_simulator(SimulatorSettings(token=TOKEN, running_polls=0)) as (api_url, _):
+        before = gateway_settings(nats_server.url, api_url, pacs)
+        async with running_gateway(before):
+            old, _ = await send_study(before, tmp_path / "old", images=1)
+            await wait_for_event(nc, old, of_type(ev.Dispatched))
+        # The site adds an archive; the PACS's consumer resumes where it was.
+        after = gateway_settings(nats_server.url, api_url, pacs, DESTINATIONS=archive.destination)
+        async with running_gateway(after):
+            new, _ = await send_study(after, tmp_path / "new", images=1)
+            await wait_for_event(nc, new, is_dispatched_to(archive.destination))
+            await wait_for_event(nc, new, is_dispatched_to(pacs.destination))
+    assert {study for study, _, _ in archive.received} == {new}
+    assert [study for study, _, _ in pacs.received].count(old) == 2  # sent once, not again
