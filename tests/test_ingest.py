@@ -91,7 +91,8 @@ def write_raw(path: Path, meta_from: Path, body: bytes) -> Path:
     return path
 
 
-@pytest.mark.filterwarnings("ignore:Expected explicit VR:UserWarning")  # the garbage, read by pydicom
+# pydicom warns while reading the garbage.
+@pytest.mark.filterwarnings("ignore:Expected explicit VR:UserWarning")
 async def test_bad_input_gets_a_failure_status_and_service_continues(
     nc: Client, nats_server: NatsServer, tmp_path: Path
 ) -> None:
