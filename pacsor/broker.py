@@ -120,7 +120,8 @@ async def connect(url: str, name: str) -> Client:
         log.info("reconnected to NATS", extra={"url": url})
 
     async def on_error(err: Exception) -> None:
-        log.warning("NATS client error: %s", err)
+        if client:  # before the first connection, the caller reports the failure
+            log.warning("NATS client error: %s", err)
 
     nc = await nats.connect(
         servers=url.split(","),

@@ -14,6 +14,7 @@ same component share its work through the durable consumer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -55,18 +56,24 @@ class Wiring:
     policy: RetryPolicy
 
 
-async def _connect_with_patience(url: str, name: str, patience: float = 60.0) -> Client:
-    deadline = asyncio.get_running_loop().time() + patience
-    while True:
+async def _connect_with_patience(
+    url: str, name: str, stop: asyncio.Event, patience: float = 60.0
+) -> Client | None:
+    """Connect, waiting up to `patience` seconds for the server; None when stopped first."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + patience
+    while not stop.is_set():
         try:
-            return await connect(url, name)
+            # nats-py retries the first connection forever when reconnects are unlimited.
+            return await asyncio.wait_for(connect(url, name), 5.0)
         except Exception as err:
-            if asyncio.get_running_loop().time() > deadline:
-                raise ConfigError(
-                    f"NATS_URL: cannot connect to {url}: {err or type(err).__name__}"
-                ) from None
+            if loop.time() > deadline:
+                reason = str(err) or type(err).__name__
+                raise ConfigError(f"NATS_URL: cannot connect to {url}: {reason}") from None
             log.warning("waiting for NATS", extra={"url": url, "error": repr(err)})
-            await asyncio.sleep(1.0)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
+    return None
 
 
 async def _close(nc: Client) -> None:
@@ -100,7 +107,9 @@ async def run_gateway(
             "embedded nats-server started", extra={"url": url, "store": str(embedded.store_dir)}
         )
     try:
-        nc = await _connect_with_patience(url, f"pacsor {','.join(components)}")
+        nc = await _connect_with_patience(url, f"pacsor {','.join(components)}", stop)
+        if nc is None:
+            return
         try:
             await apply_streams(nc)
             js = nc.jetstream(timeout=10)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -28,8 +29,13 @@ def make_image(
     patient_id: str = "PACSOR-DEMO-1",
     instance_number: int = 1,
     seed: int = 0,
+    **attributes: Any,
 ) -> Dataset:
-    """A 16-bit MONOCHROME2 radiograph with file meta, as a modality would send it."""
+    """A 16-bit MONOCHROME2 radiograph with file meta, as a modality would send it.
+
+    The pixels are deterministic for a given `seed`. Extra keyword arguments set attributes
+    by DICOM keyword, e.g. `PatientID="P2"`.
+    """
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = UID(sop_class_uid)
@@ -50,6 +56,8 @@ def make_image(
     ds.StudyTime = now.strftime("%H%M%S")
     ds.Modality = modality
     ds.BodyPartExamined = "CHEST"
+    ds.ReferringPhysicianName = ""
+    ds.ImagerPixelSpacing = [0.2, 0.2]
     ds.StudyID = "1"
     ds.SeriesNumber = 1
     ds.InstanceNumber = instance_number
@@ -68,6 +76,8 @@ def make_image(
     )
     pixels = (body * 3000 + rng.integers(0, 200, size=(rows, columns))).astype(np.uint16)
     ds.PixelData = pixels.tobytes()
+    for keyword, value in attributes.items():
+        setattr(ds, keyword, value)
     return ds
 
 

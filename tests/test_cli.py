@@ -117,3 +117,23 @@ def test_send_to_nobody_says_so(tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert "refused or unreachable" in result.stderr
+
+
+async def test_waits_for_nats_and_stops_on_sigterm(tmp_path: Path) -> None:
+    scp = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "pacsor",
+        "run",
+        "scp",
+        cwd=tmp_path,
+        env=cli_env(NATS_URL=f"nats://127.0.0.1:{free_port()}", PORT=str(free_port())),
+        stderr=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.DEVNULL,
+    )
+    assert scp.stderr is not None
+    async with asyncio.timeout(30):
+        while b"waiting for NATS" not in (line := await scp.stderr.readline()):
+            assert line, "pacsor exited instead of waiting for NATS"
+    scp.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(scp.wait(), 15) == 0
