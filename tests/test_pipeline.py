@@ -212,3 +212,30 @@ async def test_a_destination_added_later_gets_only_new_studies(
             await wait_for_event(nc, new, is_dispatched_to(pacs.destination))
     assert {study for study, _, _ in archive.received} == {new}
     assert [study for study, _, _ in pacs.received].count(old) == 2  # sent once, not again
+
+
+async def test_two_replicas_share_the_work_and_complete_each_study_once(
+    nc: Client, nats_server: NatsServer, tmp_path: Path, pacs: ReceivingPacs
+) -> None:
+    with running_simulator(SimulatorSettings(token=TOKEN, running_polls=1)) as (api_url, sim):
+        first = gateway_settings(nats_server.url, api_url, pacs)
+        second = gateway_settings(nats_server.url, api_url, pacs)
+        handlers = ("quiet-timer", "completion", "uploader", "poller", "dispatcher")
+        async with running_gateway(first), running_gateway(second, handlers):
+            studies = [await send_study(first, tmp_path / str(n), images=2) for n in range(4)]
+            for study, _ in studies:
+                await wait_for_event(nc, study, of_type(ev.Dispatched), 60)
+        for study, _ in studies:
+            snapshot = sim.study(study)
+            assert snapshot is not None and snapshot.uploads == 1
+    for study, _ in studies:
+        kinds = Counter(
+            type(r.event).__name__ for r in await EventLog(nc.jetstream()).history(study)
+        )
+        assert kinds["StudyComplete"] == kinds["Uploaded"] == kinds["ResultReady"] == 1
+        assert kinds["Dispatched"] == 1
+    delivered = Counter(pacs.sop_uids())
+    assert len(delivered) == 4 * 2 * 2 and set(delivered.values()) == {1}
+    # Both replicas' durable consumers are the same ones: the work was shared, not doubled.
+    info = await nc.jetstream().consumer_info("PACSOR", "upload-default")
+    assert info.num_pending == 0 and info.num_ack_pending == 0
