@@ -4,8 +4,8 @@ The layout is the standard object store one (`nats object get PACSOR_INSTANCES <
 chunks on `$O.<bucket>.C.<nuid>`, the object's metadata (size, chunk count, SHA-256) as the
 last message on `$O.<bucket>.M.<base64url(name)>`. nats-py's own ObjectStore awaits each chunk's
 acknowledgement before sending the next and reads whole objects into memory; here the chunks
-are published back to back and their acknowledgements awaited together, and reads are yielded
-chunk by chunk, which is what lets ingest keep up with the network.
+are published back to back (512 KiB, not 128 KiB) and their acknowledgements awaited together,
+and reads are yielded chunk by chunk, which is what lets ingest keep up with the network.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from nats.js.errors import NotFoundError
 
 log = logging.getLogger("pacsor.blobs")
 
-CHUNK_SIZE = 128 * 1024
+CHUNK_SIZE = 512 * 1024
 DIGEST_PREFIX = "SHA-256="
 
 
@@ -66,6 +66,8 @@ class BlobStore:
         self.bucket = bucket
         self.stream = f"OBJ_{bucket}"
         self._timeout = timeout
+        # Larger chunks mean fewer messages; they must fit the server's max_payload.
+        self._chunk_size = max(min(CHUNK_SIZE, nc.max_payload - 4096), 16 * 1024)
 
     def _meta_subject(self, name: str) -> str:
         encoded = base64.urlsafe_b64encode(name.encode()).decode()
@@ -106,8 +108,8 @@ class BlobStore:
         view = memoryview(data)
         pending = []
         try:
-            for offset in range(0, len(data), CHUNK_SIZE):
-                chunk = bytes(view[offset : offset + CHUNK_SIZE])
+            for offset in range(0, len(data), self._chunk_size):
+                chunk = bytes(view[offset : offset + self._chunk_size])
                 pending.append(await self._js.publish_async(chunk_subject, chunk))
             await asyncio.wait_for(asyncio.gather(*pending), self._timeout)
             info = BlobInfo(
@@ -121,7 +123,7 @@ class BlobStore:
             meta = msgspec.structs.asdict(info)
             del meta["deleted"]
             meta["mtime"] = datetime.now(UTC).isoformat()
-            meta["options"] = {"max_chunk_size": CHUNK_SIZE}
+            meta["options"] = {"max_chunk_size": self._chunk_size}
             # Rollup: the new metadata replaces the old one on its subject.
             await self._js.publish(
                 self._meta_subject(name),

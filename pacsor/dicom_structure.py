@@ -33,7 +33,15 @@ class Truncated(ValueError):
     pass
 
 
-def check_whole(data: bytes, implicit_vr: bool, little_endian: bool = True) -> None:
+def dataset_offset(part10: bytes) -> int:
+    """Where the dataset starts in a Part 10 file: after the preamble and the file meta group."""
+    if part10[128:132] != b"DICM" or part10[132:136] != b"\x02\x00\x00\x00":
+        raise Truncated("no DICOM file meta group with its group length")
+    (group_length,) = struct.unpack_from("<I", part10, 140)
+    return 144 + int(group_length)
+
+
+def check_whole(data: bytes | memoryview, implicit_vr: bool, little_endian: bool = True) -> None:
     """Raise Truncated when an element of `data` runs past its end."""
     end = _elements(memoryview(data), 0, len(data), implicit_vr, "<" if little_endian else ">", 0)
     if end != len(data):

@@ -25,9 +25,9 @@ from pynetdicom.events import Event as DicomEvent
 from pynetdicom.transport import ThreadedAssociationServer
 
 from pacsor.blobs import BlobStore, sha256_digest
-from pacsor.config import Settings
+from pacsor.config import ConfigError, Settings
 from pacsor.dicom_profiles import PROFILES
-from pacsor.dicom_structure import Truncated, check_whole
+from pacsor.dicom_structure import Truncated, check_whole, dataset_offset
 from pacsor.eventlog import EventLog
 from pacsor.events import InstanceReceived, InstanceRejected
 from pacsor.subjects import instance_object_name, is_valid_uid
@@ -113,11 +113,16 @@ class StorageScp:
         ae.add_supported_context(VERIFICATION)
         for sop_class in PROFILES[self.settings.config_profile]:
             ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
-        server = ae.start_server(
-            (host, self.settings.port),
-            block=False,
-            evt_handlers=[(evt.EVT_C_STORE, self._on_c_store), (evt.EVT_C_ECHO, _on_c_echo)],
-        )
+        try:
+            server = ae.start_server(
+                (host, self.settings.port),
+                block=False,
+                evt_handlers=[(evt.EVT_C_STORE, self._on_c_store), (evt.EVT_C_ECHO, _on_c_echo)],
+            )
+        except OSError as err:
+            raise ConfigError(
+                f"PORT: cannot listen on {self.settings.port}: {err.strerror}"
+            ) from None
         assert server is not None  # block=False always returns the server
         self._server = server
         port = int(server.server_address[1])
@@ -143,15 +148,18 @@ class StorageScp:
         calling = event.assoc.requestor.ae_title
         affected_class = str(event.request.AffectedSOPClassUID or "")
         try:
+            data = event.encoded_dataset(include_meta=True)
             syntax = event.context.transfer_syntax
             if not syntax.is_deflated:
                 check_whole(
-                    event.encoded_dataset(include_meta=False),
+                    memoryview(data)[dataset_offset(data) :],
                     syntax.is_implicit_VR,
                     syntax.is_little_endian,
                 )
             identity = identify(event.dataset, affected_class)
-            data = event.encoded_dataset(include_meta=True)
+            # Hashed here, on the association's thread: hashlib releases the GIL, and the
+            # event loop stays free for the JetStream traffic of every association.
+            digest = sha256_digest(data)
         except Truncated as err:
             return self._reject(Rejection(MALFORMED, f"malformed dataset: {err}"), calling)
         except Rejection as rejection:
@@ -161,7 +169,7 @@ class StorageScp:
 
         try:
             received = self._run(
-                self._store(identity, data, str(event.context.transfer_syntax), calling)
+                self._store(identity, data, digest, str(event.context.transfer_syntax), calling)
             )
         except (FutureTimeout, TimeoutError, ConnectionError, OSError) as err:
             log.warning(
@@ -184,9 +192,8 @@ class StorageScp:
         return SUCCESS
 
     async def _store(
-        self, identity: Identity, data: bytes, transfer_syntax: str, calling: str
+        self, identity: Identity, data: bytes, digest: str, transfer_syntax: str, calling: str
     ) -> InstanceReceived:
-        digest = sha256_digest(data)
         name = instance_object_name(identity.study_instance_uid, identity.sop_instance_uid)
         await self._instances.put(name, data, digest)
         received = InstanceReceived(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -137,3 +138,22 @@ async def test_waits_for_nats_and_stops_on_sigterm(tmp_path: Path) -> None:
             assert line, "pacsor exited instead of waiting for NATS"
     scp.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(scp.wait(), 15) == 0
+
+
+def test_a_dicom_port_in_use_is_one_line(nats_server: NatsServer, tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "pacsor", "run", "scp"],
+            env=cli_env(NATS_URL=nats_server.url, PORT=str(port)),
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"pacsor: PORT: cannot listen on {port}: Address already in use"
+    ]
