@@ -91,7 +91,7 @@ async def poll_results(
     def wait(reason: str, at_least: float | None = None) -> Outcome:
         if overdue:
             return failed(
-                f"no result {settings.result_timeout.total_seconds():.0f} s after upload: {reason}"
+                f"no result {settings.result_timeout.total_seconds():g} s after upload: {reason}"
             )
         return Retry(max(settings.poll_interval, at_least or 0.0), reason)
 

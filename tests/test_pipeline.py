@@ -239,3 +239,18 @@ async def test_two_replicas_share_the_work_and_complete_each_study_once(
     # Both replicas' durable consumers are the same ones: the work was shared, not doubled.
     info = await nc.jetstream().consumer_info("PACSOR", "upload-default")
     assert info.num_pending == 0 and info.num_ack_pending == 0
+
+
+async def test_no_result_in_time_is_a_result_failed(
+    nc: Client, nats_server: NatsServer, tmp_path: Path, pacs: ReceivingPacs
+) -> None:
+    with running_simulator(SimulatorSettings(token=TOKEN, running_polls=10_000)) as (api_url, sim):
+        settings = gateway_settings(nats_server.url, api_url, pacs, RESULT_TIMEOUT_SECONDS="1.5")
+        async with running_gateway(settings):
+            study, _ = await send_study(settings, tmp_path, images=1)
+            failed = await wait_for_event(nc, study, of_type(ev.ResultFailed), 30)
+        snapshot = sim.study(study)
+        assert snapshot is not None and snapshot.status_polls >= 2  # it did poll, then gave up
+    assert isinstance(failed, ev.ResultFailed)
+    assert failed.reason.startswith("no result 1.5 s after upload")
+    assert pacs.received == []

@@ -1,0 +1,124 @@
+"""The handler runner against a real nats-server: redelivery, retries, poison messages."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from nats.aio.client import Client
+
+from pacsor import events as ev
+from pacsor.eventlog import ConcurrentUpdate, EventLog
+from pacsor.handler_runner import ConsumerSpec, Delivery, Emit, Outcome, Retry, run_consumer
+from pacsor.retry import RetryPolicy
+from pacsor.subjects import EVENTS_STREAM, events_filter
+
+STUDY = "1.2.826.0.1.3680043.8.498.77"
+POLICY = RetryPolicy(initial_seconds=0.1, max_seconds=0.2, max_attempts=5)
+
+
+def complete(attempt: int = 1, study: str = STUDY) -> ev.StudyComplete:
+    return ev.StudyComplete(study_instance_uid=study, attempt=attempt, instances=())
+
+
+def spec(name: str) -> ConsumerSpec[ev.StudyComplete]:
+    return ConsumerSpec(
+        durable=name,
+        stream=EVENTS_STREAM,
+        filter_subject=events_filter(ev.StudyComplete.topic, per_core=False),
+        decode=ev.decoder(ev.StudyComplete),
+        ack_wait=5.0,
+        concurrency=1,
+    )
+
+
+@contextlib.asynccontextmanager
+async def consuming(nc: Client, name: str, handler: Any) -> AsyncIterator[None]:
+    stop = asyncio.Event()
+    js = nc.jetstream()
+    task = asyncio.create_task(run_consumer(js, EventLog(js), spec(name), handler, stop, POLICY))
+    try:
+        yield
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
+def uploaded(event: ev.StudyComplete) -> ev.Uploaded:
+    return ev.Uploaded(
+        study_instance_uid=event.study_instance_uid,
+        core="c",
+        attempt=event.attempt,
+        instance_count=0,
+    )
+
+
+async def test_a_failing_handler_gets_the_message_again_and_emits_once(nc: Client) -> None:
+    deliveries: list[int] = []
+    done = asyncio.Event()
+
+    async def flaky(event: ev.StudyComplete, delivery: Delivery) -> Outcome:
+        deliveries.append(delivery.num_delivered)
+        if delivery.num_delivered < 3:
+            raise RuntimeError("crash mid-message")
+        done.set()
+        return Emit((uploaded(event),))
+
+    log = EventLog(nc.jetstream())
+    await log.publish(complete())
+    async with consuming(nc, "flaky", flaky):
+        await asyncio.wait_for(done.wait(), 10)
+    assert deliveries == [1, 2, 3]
+    kinds = [type(r.event).__name__ for r in await log.history(STUDY)]
+    assert kinds == ["StudyComplete", "Uploaded"]
+
+
+async def test_retry_redelivers_after_the_delay(nc: Client) -> None:
+    seen: list[tuple[int, float]] = []
+    done = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    async def polling(event: ev.StudyComplete, delivery: Delivery) -> Outcome:
+        seen.append((delivery.num_delivered, loop.time()))
+        if delivery.num_delivered == 1:
+            return Retry(0.5, "AI still running")
+        done.set()
+        return Emit()
+
+    await EventLog(nc.jetstream()).publish(complete())
+    async with consuming(nc, "polling", polling):
+        await asyncio.wait_for(done.wait(), 10)
+    assert [n for n, _ in seen] == [1, 2]
+    assert seen[1][1] - seen[0][1] >= 0.45
+
+
+async def test_an_unreadable_message_is_terminated_not_retried(nc: Client) -> None:
+    handled = asyncio.Event()
+
+    async def handler(event: ev.StudyComplete, delivery: Delivery) -> Outcome:
+        handled.set()
+        return Emit()
+
+    js = nc.jetstream()
+    subject = f"pacsor.study.{STUDY.replace('.', '_')}.complete"
+    await js.publish(subject, b'{"type": "StudyComplete", "attempt": "one"}')
+    await EventLog(js).publish(complete())  # a good one after it
+    async with consuming(nc, "strict", handler):
+        await asyncio.wait_for(handled.wait(), 10)
+    info = await js.consumer_info(EVENTS_STREAM, "strict")
+    assert info.num_redelivered == 0 and info.num_ack_pending == 0
+
+
+async def test_expected_sequence_makes_a_decision_atomic(nc: Client) -> None:
+    log = EventLog(nc.jetstream())
+    study = "1.2.826.0.1.3680043.8.498.78"
+    first = await log.publish(complete(1, study), expected_last_subject_sequence=0)
+    with pytest.raises(ConcurrentUpdate):
+        await log.publish(complete(2, study), expected_last_subject_sequence=0)
+    await log.publish(complete(2, study), expected_last_subject_sequence=first)
+    assert [r.event.attempt for r in await log.history(study)] == [1, 2]  # type: ignore[union-attr]
+    # The same fact published again is stored once.
+    assert await log.publish(complete(2, study)) == (await log.history(study))[-1].sequence
