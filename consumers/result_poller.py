@@ -8,6 +8,7 @@ RESULT_TIMEOUT_SECONDS after its upload fails with ResultFailed.
 
 from __future__ import annotations
 
+import contextlib
 from datetime import timedelta
 from io import BytesIO
 
@@ -104,24 +105,26 @@ async def poll_results(
 
         stored: list[ev.ResultObject] = []
         for command in settings.inference_commands:
-            async for data in api.iter_results(study, command):
-                try:
-                    identity = identify_result(data)
-                except ValueError as err:
-                    return failed(f"{command}: {err}")
-                name = result_object_name(
-                    study, event.core, event.attempt, identity.sop_instance_uid
-                )
-                await results.put(name, data, sha256_digest(data))
-                stored.append(
-                    ev.ResultObject(
-                        inference_command=command,
-                        sop_instance_uid=identity.sop_instance_uid,
-                        sop_class_uid=identity.sop_class_uid,
-                        object_name=name,
-                        size=len(data),
+            # aclosing: leaving the loop early (a bad object) still releases the connection.
+            async with contextlib.aclosing(api.iter_results(study, command)) as objects:
+                async for data in objects:
+                    try:
+                        identity = identify_result(data)
+                    except ValueError as err:
+                        return failed(f"{command}: {err}")
+                    name = result_object_name(
+                        study, event.core, event.attempt, identity.sop_instance_uid
                     )
-                )
+                    await results.put(name, data, sha256_digest(data))
+                    stored.append(
+                        ev.ResultObject(
+                            inference_command=command,
+                            sop_instance_uid=identity.sop_instance_uid,
+                            sop_class_uid=identity.sop_class_uid,
+                            object_name=name,
+                            size=len(data),
+                        )
+                    )
     except ApiError as err:
         if not err.retryable:
             return failed(str(err), err.status)

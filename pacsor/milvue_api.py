@@ -8,7 +8,7 @@ are streamed: neither a whole study nor a whole result body is held in memory.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from types import TracebackType
@@ -207,7 +207,7 @@ class MilvueApi:
         study_uid: str,
         inference_command: str,
         options: Mapping[str, str] | None = None,
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         """GET /v3/studies/{uid}?inference_command=...: yield each result DICOM object.
 
         `options` adds query parameters (output_format, language, ...). An empty multipart

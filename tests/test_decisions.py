@@ -136,3 +136,13 @@ def test_truncated_datasets_are_detected() -> None:
     for cut in (3, 200, len(body) // 2, len(body) - 1):
         with pytest.raises(Truncated):
             check_whole(body[:cut], implicit_vr=False)
+
+
+def test_result_objects_are_identified_or_refused() -> None:
+    from consumers.result_poller import identify_result
+
+    ds = make_image(STUDY)
+    identity = identify_result(to_bytes(ds))
+    assert (identity.study_instance_uid, identity.sop_instance_uid) == (STUDY, ds.SOPInstanceUID)
+    with pytest.raises(ValueError, match="not readable DICOM"):
+        identify_result(b"<html>502 Bad Gateway</html>")
