@@ -168,8 +168,14 @@ def _demo_peers() -> Iterator[dict[str, str]]:
     from pacsor.demo_pacs import start_folder_pacs
     from pacsor.simulator import SimulatorSettings, running_simulator
 
-    port = int(os.environ.get("DEMO_PACS_PORT", DEMO_PACS_PORT))
-    pacs = start_folder_pacs(Path("demo-pacs"), DEMO_PACS_AET, port)
+    raw = os.environ.get("DEMO_PACS_PORT", str(DEMO_PACS_PORT))
+    if not raw.isdigit() or not 0 < int(raw) < 65536:
+        raise ConfigError(f"DEMO_PACS_PORT: expected a port number, got {raw!r}")
+    port = int(raw)
+    try:
+        pacs = start_folder_pacs(Path("demo-pacs"), DEMO_PACS_AET, port)
+    except OSError as err:
+        raise ConfigError(f"DEMO_PACS_PORT: cannot listen on {port}: {err.strerror}") from None
     try:
         with running_simulator(SimulatorSettings(running_polls=2)) as (base_url, _state):
             yield {

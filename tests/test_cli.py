@@ -157,3 +157,18 @@ def test_a_dicom_port_in_use_is_one_line(nats_server: NatsServer, tmp_path: Path
     assert result.stderr.strip().splitlines() == [
         f"pacsor: PORT: cannot listen on {port}: Address already in use"
     ]
+
+
+def test_a_bad_demo_setting_is_one_line(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "pacsor", "up", "--demo"],
+        env=cli_env(DEMO_PACS_PORT="eleven", EMBEDDED_NATS_PORT=str(free_port())),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "pacsor: DEMO_PACS_PORT: expected a port number, got 'eleven'"
+    ]
