@@ -22,15 +22,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from pydicom.uid import generate_uid
-from pynetdicom import AE
-from pynetdicom.sop_class import Verification
 
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
 from pacsor.broker import nats_server_binary  # noqa: E402
 from pacsor.sample_study import make_image  # noqa: E402
-from pacsor.storage_scu import send_files  # noqa: E402
+from pacsor.storage_scu import echo, send_files  # noqa: E402
 
 
 def free_port() -> int:
@@ -40,16 +38,12 @@ def free_port() -> int:
 
 
 def wait_for_port(port: int, process: subprocess.Popen[bytes], dicom: bool) -> None:
-    ae = AE(ae_title="BENCH")
-    ae.add_requested_context(Verification)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"{process.args[0]} exited")
         if dicom:
-            assoc = ae.associate("127.0.0.1", port, ae_title="MILVUE")
-            if assoc.is_established:
-                assoc.release()
+            if echo("127.0.0.1", port, "MILVUE", "BENCH", 2.0) is None:
                 return
         else:
             with socket.socket() as sock:

@@ -48,6 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     send.add_argument("--port", type=int, help="default: PORT")
     send.add_argument("--aet", help="called AE title, default: MILVUE_AET")
 
+    echo = commands.add_parser(
+        "echo", help="C-ECHO DICOM peers: by default the PACS and every destination"
+    )
+    echo.add_argument("peers", nargs="*", metavar="AET@host:port")
+
     args = parser.parse_args(argv)
     try:
         settings = load_settings()
@@ -66,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(_events(settings, args.study))
         if args.command == "send":
             return _send(settings, args)
+        if args.command == "echo":
+            return _echo(settings, args.peers)
     except ConfigError as err:
         print(f"pacsor: {err}", file=sys.stderr)
         return 2
@@ -251,6 +258,24 @@ def _send(settings: Settings, args: argparse.Namespace) -> int:
     for path, status in results:
         print(f"0x{status:04X}  {path.name}" if status >= 0 else f"no answer  {path.name}")
     print(f"{len(results) - len(failed)} sent, {len(failed)} failed", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _echo(settings: Settings, peers: list[str]) -> int:
+    from pacsor.config import parse_destination
+    from pacsor.storage_scu import echo
+
+    destinations = [parse_destination("echo", peer) for peer in peers]
+    destinations = destinations or list(settings.all_destinations())
+    if not destinations:
+        raise ConfigError("PACS_IP: not set and DESTINATIONS is empty; name peers to echo")
+    failed = 0
+    for destination in destinations:
+        problem = echo(
+            destination.host, destination.port, destination.ae_title, settings.milvue_aet
+        )
+        failed += problem is not None
+        print(f"{destination}: {problem or 'ok'}")
     return 1 if failed else 0
 
 

@@ -11,7 +11,7 @@ from pynetdicom.events import Event as DicomEvent
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.transport import ThreadedAssociationServer
 
-VERIFICATION = "1.2.840.10008.1.1"
+from pacsor.storage_scu import VERIFICATION
 
 log = logging.getLogger("pacsor.demo_pacs")
 

@@ -30,9 +30,8 @@ from pacsor.dicom_profiles import PROFILES
 from pacsor.dicom_structure import Truncated, check_whole, dataset_offset
 from pacsor.eventlog import EventLog
 from pacsor.events import InstanceReceived, InstanceRejected
+from pacsor.storage_scu import VERIFICATION
 from pacsor.subjects import instance_object_name, is_valid_uid
-
-VERIFICATION = "1.2.840.10008.1.1"
 
 log = logging.getLogger("pacsor.scp")
 

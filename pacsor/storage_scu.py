@@ -1,4 +1,5 @@
-"""C-STORE of DICOM files as they are encoded on disk: the dispatcher, `pacsor send`, tests.
+"""The SCU side: C-STORE of DICOM files as encoded on disk (the dispatcher, `pacsor send`)
+and C-ECHO (`pacsor echo`).
 
 pynetdicom normally decodes a file and encodes it again before sending; with
 STORE_SEND_CHUNKED_DATASET it sends the file's dataset bytes as they are, in the file's own
@@ -14,6 +15,8 @@ from pydicom import dcmread
 from pynetdicom import AE, _config
 
 _config.STORE_SEND_CHUNKED_DATASET = True
+
+VERIFICATION = "1.2.840.10008.1.1"
 
 
 def send_files(
@@ -55,3 +58,26 @@ def send_files(
         if assoc.is_established:
             assoc.release()
     return results
+
+
+def echo(
+    host: str,
+    port: int,
+    called_ae_title: str,
+    calling_ae_title: str = "PACSOR_SCU",
+    timeout: float = 10.0,
+) -> str | None:
+    """C-ECHO a peer: None when it answers success, else what went wrong."""
+    ae = AE(ae_title=calling_ae_title)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    ae.add_requested_context(VERIFICATION)
+    assoc = ae.associate(host, port, ae_title=called_ae_title)
+    if not assoc.is_established:
+        return "association rejected" if assoc.is_rejected else "refused or unreachable"
+    try:
+        status = assoc.send_c_echo()
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    code = int(status.Status) if "Status" in status else -1
+    return None if code == 0 else ("no answer" if code == -1 else f"status 0x{code:04X}")

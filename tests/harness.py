@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import subprocess
 import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -18,6 +19,7 @@ from pacsor import events as ev
 from pacsor.config import Settings
 from pacsor.demo_pacs import start_storage_scp
 from pacsor.gateway import COMPONENTS, run_gateway
+from pacsor.storage_scu import echo
 from pacsor.subjects import EVENTS_STREAM, study_subjects
 from tests.nats_server import free_port
 
@@ -135,3 +137,14 @@ def write_study(folder: Path, datasets: list[Any]) -> list[Path]:
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
+
+
+async def wait_for_dicom(
+    port: int, ae_title: str, process: subprocess.Popen[bytes], timeout: float = 30.0
+) -> None:
+    """Wait until a DICOM peer started as `process` answers C-ECHO."""
+    async with asyncio.timeout(timeout):
+        while await asyncio.to_thread(echo, "127.0.0.1", port, ae_title, "PROBE", 2.0):
+            if process.poll() is not None:
+                raise RuntimeError(f"{process.args!r} exited with {process.returncode}")
+            await asyncio.sleep(0.05)  # polling the peer's readiness: it has no event to await

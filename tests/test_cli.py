@@ -14,7 +14,7 @@ from nats.aio.client import Client
 
 from pacsor import events as ev
 from pacsor.config import load_settings
-from tests.harness import of_type, running_gateway, wait_for_event
+from tests.harness import ReceivingPacs, of_type, running_gateway, wait_for_event
 from tests.nats_server import NatsServer, free_port
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -171,4 +171,30 @@ def test_a_bad_demo_setting_is_one_line(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "pacsor: DEMO_PACS_PORT: expected a port number, got 'eleven'"
+    ]
+
+
+def test_echo_checks_every_destination(tmp_path: Path) -> None:
+    pacs = ReceivingPacs("ECHOPACS").start()
+    try:
+        nobody = f"NOBODY@127.0.0.1:{free_port()}"
+        result = subprocess.run(
+            [sys.executable, "-m", "pacsor", "echo"],
+            env=cli_env(
+                PACS_IP="127.0.0.1",
+                PACS_PORT=str(pacs.port),
+                PACS_AET="ECHOPACS",
+                DESTINATIONS=nobody,
+            ),
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        pacs.stop()
+    assert result.returncode == 1
+    assert result.stdout.splitlines() == [
+        f"ECHOPACS@127.0.0.1:{pacs.port}: ok",
+        f"{nobody}: refused or unreachable",
     ]

@@ -9,14 +9,12 @@ from pathlib import Path
 import pytest
 from nats.aio.client import Client
 from pydicom import dcmread
-from pynetdicom import AE
-from pynetdicom.sop_class import Verification
 
 from pacsor import events as ev
 from pacsor.config import load_settings
 from pacsor.sample_study import make_study
 from pacsor.simulator import SimulatorSettings, running_simulator
-from tests.harness import of_type, running_gateway, wait_for_event, write_study
+from tests.harness import of_type, running_gateway, wait_for_dicom, wait_for_event, write_study
 from tests.nats_server import NatsServer, free_port
 from tests.test_pipeline import TOKEN
 
@@ -40,19 +38,6 @@ def tool(name: str) -> str:
     return str(Path(DCMTK, name))
 
 
-async def wait_for_scp(port: int, ae_title: str, process: subprocess.Popen[bytes]) -> None:
-    ae = AE(ae_title="PROBE")
-    ae.add_requested_context(Verification)
-    for _ in range(200):
-        assert process.poll() is None, "storescp exited"
-        assoc = await asyncio.to_thread(ae.associate, "127.0.0.1", port, ae_title=ae_title)
-        if assoc.is_established:
-            assoc.release()
-            return
-        await asyncio.sleep(0.05)  # polling the peer's readiness
-    raise TimeoutError("storescp did not start")
-
-
 async def test_storescu_to_pacsor_to_storescp(
     nc: Client, nats_server: NatsServer, tmp_path: Path
 ) -> None:
@@ -72,7 +57,7 @@ async def test_storescu_to_pacsor_to_storescp(
         stderr=subprocess.DEVNULL,
     )
     try:
-        await wait_for_scp(pacs_port, "DCMTKPACS", storescp)
+        await wait_for_dicom(pacs_port, "DCMTKPACS", storescp)
         with running_simulator(SimulatorSettings(token=TOKEN, running_polls=1)) as (api_url, _):
             settings = load_settings(
                 {

@@ -13,15 +13,20 @@ from pathlib import Path
 
 import pytest
 from nats.aio.client import Client
-from pynetdicom import AE
-from pynetdicom.sop_class import Verification
 
 from pacsor import events as ev
 from pacsor.eventlog import EventLog
 from pacsor.sample_study import make_study
 from pacsor.simulator import SimulatorSettings, running_simulator
 from pacsor.storage_scu import send_files
-from tests.harness import ReceivingPacs, of_type, running_gateway, wait_for_event, write_study
+from tests.harness import (
+    ReceivingPacs,
+    of_type,
+    running_gateway,
+    wait_for_dicom,
+    wait_for_event,
+    write_study,
+)
 from tests.nats_server import NatsServer, free_port
 from tests.test_pipeline import TOKEN, gateway_settings
 
@@ -45,17 +50,10 @@ class PacsorProcess:
             stdout=subprocess.DEVNULL,
             stderr=open(self.cwd / "pacsor.log", "ab"),  # noqa: SIM115
         )
-        ae = AE(ae_title="PROBE")
-        ae.add_requested_context(Verification)
-        for _ in range(300):
-            if self.process.poll() is not None:
-                raise RuntimeError((self.cwd / "pacsor.log").read_text()[-3000:])
-            assoc = await asyncio.to_thread(ae.associate, "127.0.0.1", self.port, ae_title="MILVUE")
-            if assoc.is_established:
-                assoc.release()
-                return
-            await asyncio.sleep(0.1)  # polling the SCP's readiness, not waiting for an event
-        raise TimeoutError("pacsor did not start")
+        try:
+            await wait_for_dicom(self.port, "MILVUE", self.process, timeout=60)
+        except RuntimeError:
+            raise RuntimeError((self.cwd / "pacsor.log").read_text()[-3000:]) from None
 
     def kill(self) -> None:
         assert self.process is not None
