@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import subprocess
+import sys
 import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -148,3 +150,23 @@ async def wait_for_dicom(
             if process.poll() is not None:
                 raise RuntimeError(f"{process.args!r} exited with {process.returncode}")
             await asyncio.sleep(0.05)  # polling the peer's readiness: it has no event to await
+
+
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """This environment, with the project importable and `extra` settings."""
+    return {**os.environ, "PYTHONPATH": str(PROJECT), **extra}
+
+
+def pacsor_cli(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run `pacsor ARGS` in `cwd` with extra settings, as a person would, and wait for it."""
+    return subprocess.run(
+        [sys.executable, "-m", "pacsor", *args],
+        env=cli_env(**env),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,14 +12,15 @@ from nats.aio.client import Client
 
 from pacsor import events as ev
 from pacsor.config import load_settings
-from tests.harness import ReceivingPacs, of_type, running_gateway, wait_for_event
+from tests.harness import (
+    ReceivingPacs,
+    cli_env,
+    of_type,
+    pacsor_cli,
+    running_gateway,
+    wait_for_event,
+)
 from tests.nats_server import NatsServer, free_port
-
-PROJECT = Path(__file__).resolve().parents[1]
-
-
-def cli_env(**extra: str) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(PROJECT), **extra}
 
 
 async def test_up_demo_runs_a_sample_study_through(tmp_path: Path) -> None:
@@ -68,26 +67,12 @@ async def test_send_and_events(nc: Client, nats_server: NatsServer, tmp_path: Pa
     settings = load_settings({"NATS_URL": nats_server.url, "PORT": str(free_port())}, dotenv=None)
     async with running_gateway(settings, ("scp",)):
         sent = await asyncio.to_thread(
-            subprocess.run,
-            [sys.executable, "-m", "pacsor", "send", "--sample", "2", "--port", str(settings.port)],
-            env=cli_env(),
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=60,
+            pacsor_cli, "send", "--sample", "2", "--port", str(settings.port), cwd=tmp_path
         )
     assert sent.returncode == 0, sent.stderr
     assert sent.stdout.count("0x0000") == 2
 
-    listing = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "pacsor", "events"],
-        env=cli_env(NATS_URL=nats_server.url),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    listing = await asyncio.to_thread(pacsor_cli, "events", cwd=tmp_path, NATS_URL=nats_server.url)
     assert listing.returncode == 0, listing.stderr
     lines = listing.stdout.splitlines()
     assert len(lines) == 2 and all("InstanceReceived" in line for line in lines)
@@ -96,26 +81,13 @@ async def test_send_and_events(nc: Client, nats_server: NatsServer, tmp_path: Pa
     assert event.study_instance_uid == study
 
     one = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "pacsor", "events", "--study", "1.2.3"],
-        env=cli_env(NATS_URL=nats_server.url),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
+        pacsor_cli, "events", "--study", "1.2.3", cwd=tmp_path, NATS_URL=nats_server.url
     )
     assert one.returncode == 0 and one.stdout == ""
 
 
 def test_send_to_nobody_says_so(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "pacsor", "send", "--sample", "1", "--port", str(free_port())],
-        env=cli_env(),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = pacsor_cli("send", "--sample", "1", "--port", str(free_port()), cwd=tmp_path)
     assert result.returncode == 1
     assert "refused or unreachable" in result.stderr
 
@@ -145,14 +117,7 @@ def test_a_dicom_port_in_use_is_one_line(nats_server: NatsServer, tmp_path: Path
         taken.bind(("0.0.0.0", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = subprocess.run(
-            [sys.executable, "-m", "pacsor", "run", "scp"],
-            env=cli_env(NATS_URL=nats_server.url, PORT=str(port)),
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        result = pacsor_cli("run", "scp", cwd=tmp_path, NATS_URL=nats_server.url, PORT=str(port))
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f"pacsor: PORT: cannot listen on {port}: Address already in use"
@@ -160,13 +125,8 @@ def test_a_dicom_port_in_use_is_one_line(nats_server: NatsServer, tmp_path: Path
 
 
 def test_a_bad_demo_setting_is_one_line(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "pacsor", "up", "--demo"],
-        env=cli_env(DEMO_PACS_PORT="eleven", EMBEDDED_NATS_PORT=str(free_port())),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    result = pacsor_cli(
+        "up", "--demo", cwd=tmp_path, DEMO_PACS_PORT="eleven", EMBEDDED_NATS_PORT=str(free_port())
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
@@ -178,18 +138,13 @@ def test_echo_checks_every_destination(tmp_path: Path) -> None:
     pacs = ReceivingPacs("ECHOPACS").start()
     try:
         nobody = f"NOBODY@127.0.0.1:{free_port()}"
-        result = subprocess.run(
-            [sys.executable, "-m", "pacsor", "echo"],
-            env=cli_env(
-                PACS_IP="127.0.0.1",
-                PACS_PORT=str(pacs.port),
-                PACS_AET="ECHOPACS",
-                DESTINATIONS=nobody,
-            ),
+        result = pacsor_cli(
+            "echo",
             cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=60,
+            PACS_IP="127.0.0.1",
+            PACS_PORT=str(pacs.port),
+            PACS_AET="ECHOPACS",
+            DESTINATIONS=nobody,
         )
     finally:
         pacs.stop()

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from pacsor.config import ConfigError, Destination, load_settings
+from tests.harness import pacsor_cli
 
 
 def test_defaults() -> None:
@@ -57,20 +55,8 @@ def test_bad_setting_names_the_variable(name: str, value: str) -> None:
         load_settings({name: value}, dotenv=None)
 
 
-def run_cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pacsor", *args],
-        env={**os.environ, **env},
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
 def test_cli_stops_with_one_line_naming_the_setting(tmp_path: Path) -> None:
-    project = str(Path(__file__).resolve().parents[1])
-    result = run_cli("up", env={"PORT": "not-a-port", "PYTHONPATH": project}, cwd=tmp_path)
+    result = pacsor_cli("up", cwd=tmp_path, PORT="not-a-port")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "pacsor: PORT: expected an integer, got 'not-a-port'"
@@ -78,8 +64,7 @@ def test_cli_stops_with_one_line_naming_the_setting(tmp_path: Path) -> None:
 
 
 def test_cli_requires_a_token_for_the_uploader(tmp_path: Path) -> None:
-    project = str(Path(__file__).resolve().parents[1])
-    result = run_cli("run", "uploader", env={"TOKEN": "", "PYTHONPATH": project}, cwd=tmp_path)
+    result = pacsor_cli("run", "uploader", cwd=tmp_path, TOKEN="")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "pacsor: TOKEN: not set; the Milvue API needs an API key"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from pacsor.simulator import SimulatorSettings, running_simulator
 from pacsor.storage_scu import send_files
 from tests.harness import (
     ReceivingPacs,
+    cli_env,
     of_type,
     running_gateway,
     wait_for_dicom,
@@ -30,14 +30,12 @@ from tests.harness import (
 from tests.nats_server import NatsServer, free_port
 from tests.test_pipeline import TOKEN, gateway_settings
 
-PROJECT = Path(__file__).resolve().parents[1]
-
 
 class PacsorProcess:
     """`python -m pacsor up` as a child process, to be killed like a crashed server."""
 
     def __init__(self, env: dict[str, str], cwd: Path) -> None:
-        self.env = {**os.environ, **env, "PYTHONPATH": str(PROJECT)}
+        self.env = cli_env(**env)
         self.cwd = cwd
         self.port = int(env["PORT"])
         self.process: subprocess.Popen[bytes] | None = None
