@@ -18,12 +18,18 @@ demo: $(BIN)/pacsor
 test: $(BIN)/pacsor
 	$(BIN)/python -m pytest
 
+# mypy reads the tree as it installs (consumers/ and streams/ inside pacsor/): a tree of links.
+TYPECHECK := build/typecheck
 lint: $(BIN)/pacsor
 	$(BIN)/ruff check pacsor consumers streams tests bench
-	$(BIN)/mypy
+	rm -rf $(TYPECHECK) && mkdir -p $(TYPECHECK)
+	cp -rs $(CURDIR)/pacsor $(TYPECHECK)/pacsor
+	ln -s $(CURDIR)/consumers $(TYPECHECK)/pacsor/consumers
+	ln -s $(CURDIR)/streams $(TYPECHECK)/pacsor/streams
+	cd $(TYPECHECK) && $(CURDIR)/$(BIN)/mypy -p pacsor
 
 bench: $(BIN)/pacsor
 	$(BIN)/python bench/ingest.py
 
 clean:
-	rm -rf $(VENV) .pacsor demo-pacs
+	rm -rf $(VENV) .pacsor demo-pacs build

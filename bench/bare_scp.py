@@ -10,7 +10,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pynetdicom.events import Event
 
-from pacsor.demo_pacs import start_storage_scp
+from pacsor.devtools.demo_pacs import start_storage_scp
 
 
 def main(port: int, folder: Path) -> None:

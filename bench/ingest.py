@@ -26,9 +26,9 @@ from pydicom.uid import generate_uid
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
-from pacsor.broker import nats_server_binary  # noqa: E402
-from pacsor.sample_study import make_image  # noqa: E402
-from pacsor.storage_scu import echo, send_files  # noqa: E402
+from pacsor.devtools.sample_study import make_image  # noqa: E402
+from pacsor.dicom.storage_scu import echo, send_files  # noqa: E402
+from pacsor.jetstream.broker import nats_server_binary  # noqa: E402
 
 
 def free_port() -> int:

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import re
 
-from pacsor import events as ev
-from pacsor.blobs import BlobStore
 from pacsor.config import Destination
-from pacsor.dicom_sender import SendError, send_objects
-from pacsor.handler_runner import ConsumerSpec, Delivery, Emit, Outcome, retry_or_fail
-from pacsor.retry import RetryPolicy
-from pacsor.subjects import EVENTS_STREAM
+from pacsor.dicom.sender import SendError, send_objects
+from pacsor.domain import events as ev
+from pacsor.domain.retry import RetryPolicy
+from pacsor.jetstream.blobs import BlobStore
+from pacsor.jetstream.handler_runner import ConsumerSpec, Delivery, Emit, Outcome, retry_or_fail
+from pacsor.jetstream.subjects import EVENTS_STREAM
 
 
 def consumer(core: str, destination: Destination) -> ConsumerSpec[ev.ResultReady]:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from pacsor import events as ev
-from pacsor.handler_runner import ConsumerSpec, Delivery, Emit, Outcome
-from pacsor.quiet_timers import QuietTimers
-from pacsor.subjects import EVENTS_STREAM, events_filter
+from pacsor.domain import events as ev
+from pacsor.jetstream.handler_runner import ConsumerSpec, Delivery, Emit, Outcome
+from pacsor.jetstream.quiet_timers import QuietTimers
+from pacsor.jetstream.subjects import EVENTS_STREAM, events_filter
 
 CONSUMER: ConsumerSpec[ev.InstanceReceived] = ConsumerSpec(
     durable="quiet-timer",

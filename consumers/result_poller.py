@@ -15,11 +15,11 @@ from io import BytesIO
 import msgspec
 from pydicom import dcmread
 
-from pacsor import events as ev
-from pacsor.blobs import BlobStore, sha256_digest
-from pacsor.handler_runner import ConsumerSpec, Delivery, Emit, Outcome, Retry
-from pacsor.milvue_api import ApiError, MilvueApi
-from pacsor.subjects import EVENTS_STREAM, is_valid_uid, result_object_name
+from pacsor.ai.milvue_api import ApiError, MilvueApi
+from pacsor.domain import events as ev
+from pacsor.jetstream.blobs import BlobStore, sha256_digest
+from pacsor.jetstream.handler_runner import ConsumerSpec, Delivery, Emit, Outcome, Retry
+from pacsor.jetstream.subjects import EVENTS_STREAM, is_valid_uid, result_object_name
 
 
 class PollSettings(msgspec.Struct, frozen=True):

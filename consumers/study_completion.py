@@ -1,6 +1,6 @@
 """Quiet timer elapsed → StudyComplete (or wait longer, or nothing).
 
-The decision is pacsor.completion.decide_completion over the study's events; the
+The decision is pacsor.domain.completion.decide_completion over the study's events; the
 StudyComplete is written with an expected-last-subject-sequence, so two replicas handling the
 same timer cannot both complete the study.
 """
@@ -10,14 +10,14 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-from pacsor.completion import AlreadyComplete, Complete, WaitUntil, decide_completion
-from pacsor.eventlog import EventLog
-from pacsor.events import utc_now
-from pacsor.handler_runner import ConsumerSpec, Delivery, Emit, Outcome
-from pacsor.quiet_timers import QuietElapsed, QuietTimers, decode_elapsed
-from pacsor.subjects import QUIET_ELAPSED_FILTER, TIMERS_STREAM
+from pacsor.domain.completion import AlreadyComplete, Complete, WaitUntil, decide_completion
+from pacsor.domain.events import utc_now
+from pacsor.jetstream.eventlog import EventLog
+from pacsor.jetstream.handler_runner import ConsumerSpec, Delivery, Emit, Outcome
+from pacsor.jetstream.quiet_timers import QuietElapsed, QuietTimers, decode_elapsed
+from pacsor.jetstream.subjects import QUIET_ELAPSED_FILTER, TIMERS_STREAM
 
-log = logging.getLogger("pacsor.completion")
+log = logging.getLogger("pacsor.domain.completion")
 
 CONSUMER: ConsumerSpec[QuietElapsed] = ConsumerSpec(
     durable="study-completion",

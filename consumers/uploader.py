@@ -10,12 +10,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from functools import partial
 
-from pacsor import events as ev
-from pacsor.blobs import BlobNotFound, BlobStore
-from pacsor.handler_runner import ConsumerSpec, Delivery, Emit, Outcome, retry_or_fail
-from pacsor.milvue_api import ApiError, MilvueApi
-from pacsor.retry import RetryPolicy
-from pacsor.subjects import EVENTS_STREAM, events_filter
+from pacsor.ai.milvue_api import ApiError, MilvueApi
+from pacsor.domain import events as ev
+from pacsor.domain.retry import RetryPolicy
+from pacsor.jetstream.blobs import BlobNotFound, BlobStore
+from pacsor.jetstream.handler_runner import ConsumerSpec, Delivery, Emit, Outcome, retry_or_fail
+from pacsor.jetstream.subjects import EVENTS_STREAM, events_filter
 
 
 def consumer(core: str) -> ConsumerSpec[ev.StudyComplete]:

@@ -15,7 +15,7 @@ from typing import Any
 
 from pacsor import logs
 from pacsor.config import ConfigError, Settings, load_settings, read_dotenv
-from pacsor.event_text import describe
+from pacsor.domain.event_text import describe
 from pacsor.gateway import COMPONENTS, run_gateway
 
 log = logging.getLogger("pacsor")
@@ -137,8 +137,8 @@ def _demo_defaults(settings: Settings) -> dict[str, str]:
 
 async def _print_events(nats_url: str) -> None:
     """Print every new event as it is published: the demo's progress."""
-    from pacsor import events as ev
-    from pacsor.broker import connect
+    from pacsor.domain import events as ev
+    from pacsor.jetstream.broker import connect
 
     nc = await connect(nats_url, "pacsor demo")
     sub = await nc.subscribe("pacsor.study.>")
@@ -152,8 +152,8 @@ async def _print_events(nats_url: str) -> None:
 def _send_sample_study(port: int, ae_title: str) -> None:
     import tempfile
 
-    from pacsor.sample_study import make_study
-    from pacsor.storage_scu import send_files
+    from pacsor.devtools.sample_study import make_study
+    from pacsor.dicom.storage_scu import send_files
 
     with tempfile.TemporaryDirectory(prefix="pacsor-sample-") as folder:
         paths = []
@@ -172,8 +172,8 @@ def _send_sample_study(port: int, ae_title: str) -> None:
 
 @contextlib.contextmanager
 def _demo_peers() -> Iterator[dict[str, str]]:
-    from pacsor.demo_pacs import start_folder_pacs
-    from pacsor.simulator import SimulatorSettings, running_simulator
+    from pacsor.devtools.demo_pacs import start_folder_pacs
+    from pacsor.devtools.simulator import SimulatorSettings, running_simulator
 
     raw = os.environ.get("DEMO_PACS_PORT", str(DEMO_PACS_PORT))
     if not raw.isdigit() or not 0 < int(raw) < 65536:
@@ -196,7 +196,7 @@ def _demo_peers() -> Iterator[dict[str, str]]:
 
 
 def _simulator(host: str, port: int) -> int:
-    from pacsor.simulator import serve, settings_from_env
+    from pacsor.devtools.simulator import serve, settings_from_env
 
     try:
         sim_settings = settings_from_env(os.environ)
@@ -207,9 +207,9 @@ def _simulator(host: str, port: int) -> int:
 
 
 async def _events(settings: Settings, study: str | None) -> int:
-    from pacsor.broker import connect
-    from pacsor.eventlog import EventLog
-    from pacsor.subjects import is_valid_uid, study_subjects
+    from pacsor.jetstream.broker import connect
+    from pacsor.jetstream.eventlog import EventLog
+    from pacsor.jetstream.subjects import is_valid_uid, study_subjects
 
     if study is not None and not is_valid_uid(study):
         raise ConfigError(f"--study: not a DICOM UID: {study!r}")
@@ -233,8 +233,8 @@ async def _events(settings: Settings, study: str | None) -> int:
 def _send(settings: Settings, args: argparse.Namespace) -> int:
     import tempfile
 
-    from pacsor.sample_study import make_study
-    from pacsor.storage_scu import send_files
+    from pacsor.devtools.sample_study import make_study
+    from pacsor.dicom.storage_scu import send_files
 
     with tempfile.TemporaryDirectory(prefix="pacsor-sample-") as folder:
         files: list[Path] = []
@@ -263,7 +263,7 @@ def _send(settings: Settings, args: argparse.Namespace) -> int:
 
 def _echo(settings: Settings, peers: list[str]) -> int:
     from pacsor.config import parse_destination
-    from pacsor.storage_scu import echo
+    from pacsor.dicom.storage_scu import echo
 
     destinations = [parse_destination("echo", peer) for peer in peers]
     destinations = destinations or list(settings.all_destinations())

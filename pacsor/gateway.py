@@ -25,17 +25,17 @@ from typing import Any
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from consumers import dispatcher, quiet_timer, result_poller, study_completion, uploader
-from pacsor.blobs import BlobStore
-from pacsor.broker import BrokerError, EmbeddedNats, apply_streams, connect
+from pacsor.ai.milvue_api import MilvueApi
 from pacsor.config import ConfigError, Settings, require
-from pacsor.eventlog import EventLog
-from pacsor.handler_runner import run_consumer
-from pacsor.milvue_api import MilvueApi
-from pacsor.quiet_timers import QuietTimers
-from pacsor.retry import RetryPolicy
-from pacsor.storage_scp import StorageScp
-from pacsor.subjects import INSTANCES_BUCKET, RESULTS_BUCKET
+from pacsor.consumers import dispatcher, quiet_timer, result_poller, study_completion, uploader
+from pacsor.dicom.storage_scp import StorageScp
+from pacsor.domain.retry import RetryPolicy
+from pacsor.jetstream.blobs import BlobStore
+from pacsor.jetstream.broker import BrokerError, EmbeddedNats, apply_streams, connect
+from pacsor.jetstream.eventlog import EventLog
+from pacsor.jetstream.handler_runner import run_consumer
+from pacsor.jetstream.quiet_timers import QuietTimers
+from pacsor.jetstream.subjects import INSTANCES_BUCKET, RESULTS_BUCKET
 
 log = logging.getLogger("pacsor.gateway")
 

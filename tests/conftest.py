@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from nats.aio.client import Client
 
-from pacsor.broker import apply_streams, connect
+from pacsor.jetstream.broker import apply_streams, connect
 from tests.nats_server import NatsServer
 
 

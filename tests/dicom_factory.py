@@ -1,4 +1,4 @@
-"""Small, valid DICOM images for tests: pacsor.sample_study with test-sized defaults.
+"""Small, valid DICOM images for tests: pacsor.devtools.sample_study with test-sized defaults.
 
 ds = make_image(study_uid)                     # a 64x64 CR image in a new series
 ds = make_image(study_uid, series_uid, rows=1024, cols=800, modality="DX",
@@ -18,8 +18,8 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from pacsor import sample_study
-from pacsor.sample_study import to_bytes
+from pacsor.devtools import sample_study
+from pacsor.devtools.sample_study import to_bytes
 
 CR = ComputedRadiographyImageStorage
 DX_FOR_PRESENTATION = DigitalXRayImageStorageForPresentation

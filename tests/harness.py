@@ -17,12 +17,12 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import DeliverPolicy
 from pynetdicom.events import Event as DicomEvent
 
-from pacsor import events as ev
 from pacsor.config import Settings
-from pacsor.demo_pacs import start_storage_scp
+from pacsor.devtools.demo_pacs import start_storage_scp
+from pacsor.dicom.storage_scu import echo
+from pacsor.domain import events as ev
 from pacsor.gateway import COMPONENTS, run_gateway
-from pacsor.storage_scu import echo
-from pacsor.subjects import EVENTS_STREAM, study_subjects
+from pacsor.jetstream.subjects import EVENTS_STREAM, study_subjects
 from tests.nats_server import free_port
 
 

@@ -7,7 +7,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from pacsor.broker import nats_server_binary
+from pacsor.jetstream.broker import nats_server_binary
 
 
 def free_port() -> int:

@@ -7,8 +7,8 @@ import os
 import pytest
 from nats.aio.client import Client
 
-from pacsor.blobs import BlobError, BlobNotFound, BlobStore
-from pacsor.subjects import RESULTS_BUCKET
+from pacsor.jetstream.blobs import BlobError, BlobNotFound, BlobStore
+from pacsor.jetstream.subjects import RESULTS_BUCKET
 
 
 async def test_objects_are_readable_by_the_standard_object_store_client(nc: Client) -> None:

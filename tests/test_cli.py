@@ -10,8 +10,8 @@ from pathlib import Path
 
 from nats.aio.client import Client
 
-from pacsor import events as ev
 from pacsor.config import load_settings
+from pacsor.domain import events as ev
 from tests.harness import (
     ReceivingPacs,
     cli_env,

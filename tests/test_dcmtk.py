@@ -10,10 +10,10 @@ import pytest
 from nats.aio.client import Client
 from pydicom import dcmread
 
-from pacsor import events as ev
 from pacsor.config import load_settings
-from pacsor.sample_study import make_study
-from pacsor.simulator import SimulatorSettings, running_simulator
+from pacsor.devtools.sample_study import make_study
+from pacsor.devtools.simulator import SimulatorSettings, running_simulator
+from pacsor.domain import events as ev
 from tests.harness import of_type, running_gateway, wait_for_dicom, wait_for_event, write_study
 from tests.nats_server import NatsServer, free_port
 from tests.test_pipeline import TOKEN

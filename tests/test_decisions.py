@@ -9,19 +9,19 @@ import msgspec
 import pytest
 from pydicom.uid import generate_uid
 
-from pacsor import events as ev
-from pacsor.completion import (
+from pacsor.devtools.sample_study import make_image, to_bytes
+from pacsor.dicom.structure import Truncated, check_whole
+from pacsor.domain import events as ev
+from pacsor.domain.completion import (
     AlreadyComplete,
     Complete,
     NothingReceived,
     WaitUntil,
     decide_completion,
 )
-from pacsor.dicom_structure import Truncated, check_whole
-from pacsor.eventlog import RecordedEvent
-from pacsor.retry import RetryPolicy
-from pacsor.sample_study import make_image, to_bytes
-from pacsor.subjects import event_subject, study_subjects, uid_from_token, uid_token
+from pacsor.domain.retry import RetryPolicy
+from pacsor.jetstream.eventlog import RecordedEvent
+from pacsor.jetstream.subjects import event_subject, study_subjects, uid_from_token, uid_token
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 QUIET = timedelta(seconds=10)
@@ -139,7 +139,7 @@ def test_truncated_datasets_are_detected() -> None:
 
 
 def test_result_objects_are_identified_or_refused() -> None:
-    from consumers.result_poller import identify_result
+    from pacsor.consumers.result_poller import identify_result
 
     ds = make_image(STUDY)
     identity = identify_result(to_bytes(ds))

@@ -9,10 +9,10 @@ from pathlib import Path
 import jsonschema
 import yaml
 from nats.aio.client import Client
+from pacsor.streams import stream_definitions
 
-from pacsor.broker import apply_streams, nats_server_binary
 from pacsor.gateway import COMPONENTS
-from streams import stream_definitions
+from pacsor.jetstream.broker import apply_streams, nats_server_binary
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT.parent / "shared" / "reference" / "compose-spec.schema.json"

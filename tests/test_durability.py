@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from nats.aio.client import Client
 
-from pacsor import events as ev
-from pacsor.eventlog import EventLog
-from pacsor.sample_study import make_study
-from pacsor.simulator import SimulatorSettings, running_simulator
-from pacsor.storage_scu import send_files
+from pacsor.devtools.sample_study import make_study
+from pacsor.devtools.simulator import SimulatorSettings, running_simulator
+from pacsor.dicom.storage_scu import send_files
+from pacsor.domain import events as ev
+from pacsor.jetstream.eventlog import EventLog
 from tests.harness import (
     ReceivingPacs,
     cli_env,

@@ -10,11 +10,18 @@ from typing import Any
 import pytest
 from nats.aio.client import Client
 
-from pacsor import events as ev
-from pacsor.eventlog import ConcurrentUpdate, EventLog
-from pacsor.handler_runner import ConsumerSpec, Delivery, Emit, Outcome, Retry, run_consumer
-from pacsor.retry import RetryPolicy
-from pacsor.subjects import EVENTS_STREAM, events_filter
+from pacsor.domain import events as ev
+from pacsor.domain.retry import RetryPolicy
+from pacsor.jetstream.eventlog import ConcurrentUpdate, EventLog
+from pacsor.jetstream.handler_runner import (
+    ConsumerSpec,
+    Delivery,
+    Emit,
+    Outcome,
+    Retry,
+    run_consumer,
+)
+from pacsor.jetstream.subjects import EVENTS_STREAM, events_filter
 
 STUDY = "1.2.826.0.1.3680043.8.498.77"
 POLICY = RetryPolicy(initial_seconds=0.1, max_seconds=0.2, max_attempts=5)

@@ -12,13 +12,13 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import SecondaryCaptureImageStorage, Verification
 
-from pacsor import events as ev
-from pacsor.blobs import BlobStore
 from pacsor.config import Settings, load_settings
-from pacsor.eventlog import EventLog
-from pacsor.sample_study import make_image, make_study
-from pacsor.storage_scu import send_files
-from pacsor.subjects import INSTANCES_BUCKET
+from pacsor.devtools.sample_study import make_image, make_study
+from pacsor.dicom.storage_scu import send_files
+from pacsor.domain import events as ev
+from pacsor.jetstream.blobs import BlobStore
+from pacsor.jetstream.eventlog import EventLog
+from pacsor.jetstream.subjects import INSTANCES_BUCKET
 from tests.harness import of_type, running_gateway, wait_for_event, write_study
 from tests.nats_server import NatsServer, free_port
 

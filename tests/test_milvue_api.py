@@ -14,15 +14,15 @@ import pydicom
 import pytest
 from pydicom.uid import SecondaryCaptureImageStorage
 
-from pacsor.milvue_api import ApiError, MilvueApi, ResultsNotReady, StudyStatus
-from pacsor.multipart import (
+from pacsor.ai.milvue_api import ApiError, MilvueApi, ResultsNotReady, StudyStatus
+from pacsor.ai.multipart import (
     boundary_from_content_type,
     content_type,
     encode_related,
     iter_parts,
 )
-from pacsor.simulator import SimulatorSettings, SimulatorState, running_simulator
-from pacsor.simulator.results import result_sop_uid
+from pacsor.devtools.simulator import SimulatorSettings, SimulatorState, running_simulator
+from pacsor.devtools.simulator.results import result_sop_uid
 from tests.dicom_factory import make_image, new_uid, to_bytes
 
 TOKEN = "3f1c9f0e-6a43-4c53-9d7e-1d8c2c9b7a10"

@@ -12,14 +12,14 @@ import pytest
 from nats.aio.client import Client
 from pydicom import dcmread
 
-from pacsor import events as ev
-from pacsor.blobs import BlobStore
 from pacsor.config import Settings, load_settings
-from pacsor.eventlog import EventLog
-from pacsor.sample_study import make_study
-from pacsor.simulator import SimulatorSettings, running_simulator
-from pacsor.storage_scu import send_files
-from pacsor.subjects import RESULTS_BUCKET
+from pacsor.devtools.sample_study import make_study
+from pacsor.devtools.simulator import SimulatorSettings, running_simulator
+from pacsor.dicom.storage_scu import send_files
+from pacsor.domain import events as ev
+from pacsor.jetstream.blobs import BlobStore
+from pacsor.jetstream.eventlog import EventLog
+from pacsor.jetstream.subjects import RESULTS_BUCKET
 from tests.harness import ReceivingPacs, of_type, running_gateway, wait_for_event, write_study
 from tests.nats_server import NatsServer, free_port
 

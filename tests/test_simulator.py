@@ -15,15 +15,15 @@ from openapi_core import OpenAPI
 from openapi_core.testing import MockRequest, MockResponse
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
 
-from pacsor.multipart import iter_parts
-from pacsor.simulator import (
+from pacsor.ai.multipart import iter_parts
+from pacsor.devtools.simulator import (
     SimulatorSettings,
     SimulatorState,
     running_simulator,
     settings_from_env,
 )
-from pacsor.simulator.app import OPENAPI_PATH
-from pacsor.simulator.results import result_series_uid, result_sop_uid
+from pacsor.devtools.simulator.app import OPENAPI_PATH
+from pacsor.devtools.simulator.results import result_series_uid, result_sop_uid
 from tests.dicom_factory import make_image, new_uid, to_bytes
 
 TOKEN = "22209633-26ea-4b35-a197-e55c375dc36f"
@@ -60,7 +60,7 @@ def conforms(response: httpx.Response, path_pattern: str) -> httpx.Response:
 
 
 def stow_body(files: list[bytes], boundary: str = "test-boundary-1") -> tuple[bytes, str]:
-    """A multipart/related body written by hand, independent of pacsor.multipart."""
+    """A multipart/related body written by hand, independent of pacsor.ai.multipart."""
     body = b"".join(
         b"--" + boundary.encode() + b"\r\nContent-Type: application/dicom\r\n\r\n" + data + b"\r\n"
         for data in files

@@ -16,9 +16,9 @@ import nats
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from streams import stream_definitions
+from pacsor.streams import stream_definitions
 
-log = logging.getLogger("pacsor.broker")
+log = logging.getLogger("pacsor.jetstream.broker")
 
 STREAM_IN_USE_WITH_OTHER_CONFIG = 10058
 

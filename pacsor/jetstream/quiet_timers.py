@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 import msgspec
 from nats.js import JetStreamContext
 
-from pacsor.subjects import TIMERS_STREAM, quiet_elapsed_subject, quiet_schedule_subject
+from pacsor.jetstream.subjects import TIMERS_STREAM, quiet_elapsed_subject, quiet_schedule_subject
 
 
 class QuietElapsed(msgspec.Struct, frozen=True):

@@ -11,9 +11,9 @@ from contextlib import contextmanager
 import httpx
 import uvicorn
 
-from pacsor.simulator.app import create_app
-from pacsor.simulator.settings import SimulatorSettings
-from pacsor.simulator.state import SimulatorState
+from pacsor.devtools.simulator.app import create_app
+from pacsor.devtools.simulator.settings import SimulatorSettings
+from pacsor.devtools.simulator.state import SimulatorState
 
 
 def serve(settings: SimulatorSettings, host: str = "127.0.0.1", port: int = 8421) -> None:

@@ -11,9 +11,9 @@ from pynetdicom.events import Event as DicomEvent
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.transport import ThreadedAssociationServer
 
-from pacsor.storage_scu import VERIFICATION
+from pacsor.dicom.storage_scu import VERIFICATION
 
-log = logging.getLogger("pacsor.demo_pacs")
+log = logging.getLogger("pacsor.devtools.demo_pacs")
 
 
 def start_storage_scp(

@@ -24,14 +24,14 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.events import Event as DicomEvent
 from pynetdicom.transport import ThreadedAssociationServer
 
-from pacsor.blobs import BlobStore, sha256_digest
 from pacsor.config import ConfigError, Settings
-from pacsor.dicom_profiles import PROFILES
-from pacsor.dicom_structure import Truncated, check_whole, dataset_offset
-from pacsor.eventlog import EventLog
-from pacsor.events import InstanceReceived, InstanceRejected
-from pacsor.storage_scu import VERIFICATION
-from pacsor.subjects import instance_object_name, is_valid_uid
+from pacsor.dicom.profiles import PROFILES
+from pacsor.dicom.storage_scu import VERIFICATION
+from pacsor.dicom.structure import Truncated, check_whole, dataset_offset
+from pacsor.domain.events import InstanceReceived, InstanceRejected
+from pacsor.jetstream.blobs import BlobStore, sha256_digest
+from pacsor.jetstream.eventlog import EventLog
+from pacsor.jetstream.subjects import instance_object_name, is_valid_uid
 
 log = logging.getLogger("pacsor.scp")
 

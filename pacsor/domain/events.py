@@ -31,7 +31,7 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag=Tru
     occurred_at: datetime = msgspec.field(default_factory=utc_now)
     schema_version: int = SCHEMA_VERSION
 
-    # The suffix of the event's subject, after `pacsor.study.<study>.`; see pacsor.subjects.
+    # The suffix of the subject, after `pacsor.study.<study>.`; see pacsor.jetstream.subjects.
     topic: ClassVar[str] = ""
 
     def idempotency_key(self) -> str:

@@ -21,7 +21,7 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, SecondaryCaptureImageStorage
 
-from pacsor.simulator.settings import VERSION
+from pacsor.devtools.simulator.settings import VERSION
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ INFERENCE_COMMANDS = (
     "trauma",
 )
 MAX_SIZE = 512
-_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_OID, "pacsor.simulator")
+_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_OID, "pacsor.devtools.simulator")
 _IMPLEMENTATION_UID = "2.25." + str(uuid.uuid5(_NAMESPACE, "implementation").int)
 _BANNER_COLOURS: dict[str, tuple[int, int, int]] = {
     "smarturgences": (255, 140, 0),

@@ -26,9 +26,9 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
-from pacsor.eventlog import ConcurrentUpdate, EventLog
-from pacsor.events import Event
-from pacsor.retry import RetryPolicy
+from pacsor.domain.events import Event
+from pacsor.domain.retry import RetryPolicy
+from pacsor.jetstream.eventlog import ConcurrentUpdate, EventLog
 
 log = logging.getLogger("pacsor.runner")
 

@@ -12,8 +12,8 @@ from datetime import datetime, timedelta
 
 import msgspec
 
-from pacsor.eventlog import RecordedEvent
-from pacsor.events import InstanceReceived, StudyComplete
+from pacsor.domain.events import InstanceReceived, StudyComplete
+from pacsor.jetstream.eventlog import RecordedEvent
 
 
 class Complete(msgspec.Struct, frozen=True):

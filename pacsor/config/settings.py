@@ -15,7 +15,7 @@ from typing import TypeVar
 
 import msgspec
 
-from pacsor.dicom_profiles import PROFILES
+from pacsor.dicom.profiles import PROFILES
 
 T = TypeVar("T")
 

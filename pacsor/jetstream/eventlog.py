@@ -9,10 +9,10 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import APIError
 
-from pacsor import events as ev
-from pacsor.subjects import EVENTS_STREAM, event_subject, study_subjects
+from pacsor.domain import events as ev
+from pacsor.jetstream.subjects import EVENTS_STREAM, event_subject, study_subjects
 
-log = logging.getLogger("pacsor.events")
+log = logging.getLogger("pacsor.domain.events")
 
 WRONG_LAST_SEQUENCE = 10071
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 
-from pacsor.events import Event
+from pacsor.domain.events import Event
 
 EVENTS_STREAM = "PACSOR"
 TIMERS_STREAM = "PACSOR_TIMERS"

@@ -18,7 +18,7 @@ from urllib.parse import quote
 import httpx
 import msgspec
 
-from pacsor.multipart import (
+from pacsor.ai.multipart import (
     DICOM_MEDIA_TYPE,
     PartFactory,
     boundary_from_content_type,

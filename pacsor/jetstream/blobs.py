@@ -24,7 +24,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-log = logging.getLogger("pacsor.blobs")
+log = logging.getLogger("pacsor.jetstream.blobs")
 
 CHUNK_SIZE = 512 * 1024
 DIGEST_PREFIX = "SHA-256="

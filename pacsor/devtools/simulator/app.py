@@ -23,7 +23,7 @@ from litestar.exceptions import HTTPException
 from litestar.params import FromPath
 from litestar.response import Stream
 
-from pacsor.multipart import (
+from pacsor.ai.multipart import (
     DICOM_MEDIA_TYPE,
     boundary_from_content_type,
     content_type,
@@ -31,9 +31,9 @@ from pacsor.multipart import (
     iter_parts,
     new_boundary,
 )
-from pacsor.simulator import results
-from pacsor.simulator.settings import VERSION, SimulatorSettings
-from pacsor.simulator.state import SimulatorState
+from pacsor.devtools.simulator import results
+from pacsor.devtools.simulator.settings import VERSION, SimulatorSettings
+from pacsor.devtools.simulator.state import SimulatorState
 
 log = logging.getLogger(__name__)
 

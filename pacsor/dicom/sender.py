@@ -11,9 +11,9 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from pacsor.blobs import BlobStore
 from pacsor.config import Destination
-from pacsor.storage_scu import send_files
+from pacsor.dicom.storage_scu import send_files
+from pacsor.jetstream.blobs import BlobStore
 
 # 0xB000, 0xB006, 0xB007: stored, with a warning (coercion, elements discarded).
 STORED_STATUSES = {0x0000, 0xB000, 0xB006, 0xB007}

@@ -6,10 +6,10 @@ images derived from the inputs with a burned-in overlay, findings are determinis
 Faults (HTTP errors, "not ready" results) can be injected for retry tests.
 """
 
-from pacsor.simulator.app import create_app
-from pacsor.simulator.server import running_simulator, serve
-from pacsor.simulator.settings import SimulatorSettings, settings_from_env
-from pacsor.simulator.state import SimulatorState, StudySnapshot
+from pacsor.devtools.simulator.app import create_app
+from pacsor.devtools.simulator.server import running_simulator, serve
+from pacsor.devtools.simulator.settings import SimulatorSettings, settings_from_env
+from pacsor.devtools.simulator.state import SimulatorState, StudySnapshot
 
 __all__ = [
     "SimulatorSettings",

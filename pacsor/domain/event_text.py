@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pacsor import events as ev
+from pacsor.domain import events as ev
 
 
 def describe(event: ev.Event) -> str:

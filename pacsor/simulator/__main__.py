@@ -1,7 +1,0 @@
-"""`python -m pacsor.simulator [--host H] [--port P]`: the same as `pacsor simulator`."""
-
-import sys
-
-from pacsor.cli import main
-
-sys.exit(main(["simulator", *sys.argv[1:]]))
