@@ -85,3 +85,22 @@ def instance_object_name(study_uid: str, sop_uid: str) -> str:
 
 def result_object_name(study_uid: str, core: str, attempt: int, sop_uid: str) -> str:
     return f"{study_uid}/{core}/{attempt}/{sop_uid}"
+
+
+# --- Operators: relaunch and replay ---------------------------------------------------------
+
+RELAUNCH_FILTER = "pacsor.study.*.relaunch_requested"
+RELAUNCH_DURABLE = "study-relaunch"
+
+
+def destination_slug(destination: str) -> str:
+    """A destination (AET@host:port) as a token usable in a durable consumer's name."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", destination.replace("@", "_").replace(":", "_"))
+
+
+def replay_filter(core: str) -> str:
+    return f"pacsor.study.*.{core}.replay_requested"
+
+
+def replay_durable(core: str, destination: str) -> str:
+    return f"replay-{core}-{destination_slug(destination)}"
