@@ -64,6 +64,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     retry_max_attempts: int = 12
     # Broker
     nats_url: str = ""
+    nats_replicas: int = 1  # copies of every stream and bucket: 3 on a three-node cluster
     embedded_nats_port: int = 4222
     data_dir: Path = Path(".pacsor")
     log_level: str = "INFO"
@@ -225,6 +226,7 @@ def load_settings(
     take("RETRY_MAX_SECONDS", "retry_max_seconds", _positive_float)
     take("RETRY_MAX_ATTEMPTS", "retry_max_attempts", lambda n, r: _int_in(n, r, 1, 1000))
     take("NATS_URL", "nats_url", nats_url)
+    take("NATS_REPLICAS", "nats_replicas", lambda n, r: _int_in(n, r, 1, 5))
     take("EMBEDDED_NATS_PORT", "embedded_nats_port", lambda n, r: _int_in(n, r, 1, 65535))
     take("PACSOR_DATA_DIR", "data_dir", lambda n, r: Path(r))
     take("LOG_LEVEL", "log_level", level)

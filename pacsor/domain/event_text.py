@@ -53,6 +53,18 @@ def detail(event: ev.Event) -> str:
             )
         case ev.ObjectsExpired():
             text = f"{event.object_count} {event.kind} removed: {event.reason}"
+        case ev.Hl7Sent():
+            left_out = ", ".join(event.missing_findings)
+            missing = f", without {left_out}" if left_out else ""
+            text = (
+                f"{event.core} attempt {event.attempt} to {event.ris}: {event.ack_code} "
+                f"(control ID {event.control_id}{missing})"
+            )
+        case ev.Hl7Failed():
+            text = (
+                f"{event.core} attempt {event.attempt} to {event.ris} after {event.tries} tries: "
+                f"{event.reason}"
+            )
         case _:
             text = ""
     return text
