@@ -39,6 +39,8 @@ async def upload_study(
     policy: RetryPolicy,
 ) -> Outcome:
     study = event.study_instance_uid
+    if not event.for_core(core):
+        return Emit()  # a relaunch limited to other cores
 
     def failed(reason: str, status: int | None = None) -> Callable[[int], ev.Event]:
         return lambda tries: ev.UploadFailed(

@@ -82,6 +82,7 @@ class ResultsMade(msgspec.Struct, kw_only=True):
     attempt: int
     at: datetime
     result_count: int
+    removed: bool = False
 
 
 class StudyView(msgspec.Struct, kw_only=True):
@@ -110,6 +111,10 @@ class StudyView(msgspec.Struct, kw_only=True):
     last_sequence: int = 0
     # The stored instances, so that a copy sent twice counts once.
     sop_instance_uids: list[str] = msgspec.field(default_factory=list)
+
+    def holds_objects(self) -> bool:
+        """Whether stored instances or result objects of the study may still be there."""
+        return self.instances_stored or any(not r.removed for r in self.results_made)
 
     def core(self, name: str) -> CoreView | None:
         return next((c for c in self.cores if c.core == name), None)
@@ -178,14 +183,24 @@ def apply(view: StudyView, sequence: int, event: ev.Event) -> StudyView:
             _results(view, event)
         case ev.Dispatched():
             _dispatched(view, event)
-        case ev.DispatchFailed():
+        case ev.DispatchFailed(replay_id=""):
             dest = _destination(view, event.destination, event.core, event.attempt)
             if dest is not None:
                 dest.state, dest.at, dest.reason = "failed", at, event.reason
                 dest.object_count = len(event.delivered_sop_instance_uids)
+        case ev.DispatchFailed():
+            dest = view.destination(event.destination, event.core)
+            if dest is not None:
+                dest.reason = f"replay failed: {event.reason}"
         case ev.ObjectsExpired():
             if event.kind == "instances":
                 view.instances_stored = False
+            for made in view.results_made:
+                if event.kind == "results" and (made.core, made.attempt) == (
+                    event.core,
+                    event.attempt,
+                ):
+                    made.removed = True
             what = (
                 f"{event.kind} {event.core} attempt {event.attempt}" if event.core else event.kind
             )
