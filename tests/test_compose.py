@@ -26,8 +26,8 @@ from tests.nats_server import free_port
 
 pytestmark = pytest.mark.timeout(600)
 
-# The demo (simulator, demo PACS) and the optional admin API.
-PROFILES = ("--profile", "demo", "--profile", "admin")
+# The demo: the API simulator and a demo PACS.
+PROFILES = ("--profile", "demo")
 
 
 def _engine_problem() -> str | None:
@@ -145,14 +145,14 @@ def test_every_service_is_healthy(demo: Compose) -> None:
             "uploader",
             "poller",
             "dispatcher",
+            "admin",
             "simulator",
             "demo-pacs",
-            "admin",
         )
     }
 
 
-def test_the_admin_profile_serves_the_admin_api_on_the_host(demo: Compose) -> None:
+def test_the_admin_api_answers_on_the_host(demo: Compose) -> None:
     answer = httpx.get(f"http://127.0.0.1:{demo.admin_port}/health", timeout=30)
     assert answer.status_code in (200, 503)  # 503: the admin's verdict on the pipeline
     assert "healthy" in answer.json()
@@ -204,6 +204,6 @@ async def test_demo_with_no_configuration_delivers_a_study(demo: Compose, tmp_pa
 
 def test_down_as_documented_removes_every_container(demo: Compose) -> None:
     assert len(demo.containers()) == 10
-    # Compose stops only the profiles it is told about: the README says to name them.
+    # Compose stops only the profiles it is told about: the README says to name the demo's.
     demo(*PROFILES, "down", "--timeout", "20")
     assert demo.containers() == []
