@@ -9,18 +9,20 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
+from functools import partial
 
 from pacsor.domain.completion import AlreadyComplete, Complete, WaitUntil, decide_completion
 from pacsor.domain.events import utc_now
 from pacsor.jetstream.eventlog import EventLog
 from pacsor.jetstream.handler_runner import ConsumerSpec, Delivery, Emit, Outcome
 from pacsor.jetstream.quiet_timers import QuietElapsed, QuietTimers, decode_elapsed
-from pacsor.jetstream.subjects import QUIET_ELAPSED_FILTER, TIMERS_STREAM
+from pacsor.jetstream.subjects import COMPLETION_CONSUMER, QUIET_ELAPSED_FILTER, TIMERS_STREAM
+from pacsor.runtime import Component, Runtime, Started
 
 log = logging.getLogger("pacsor.domain.completion")
 
 CONSUMER: ConsumerSpec[QuietElapsed] = ConsumerSpec(
-    durable="study-completion",
+    durable=COMPLETION_CONSUMER,
     stream=TIMERS_STREAM,
     filter_subject=QUIET_ELAPSED_FILTER,
     decode=decode_elapsed,
@@ -49,3 +51,12 @@ async def complete_study(
     elif isinstance(decision, AlreadyComplete):
         log.info("study already complete", extra={"study": study, "attempt": decision.attempt})
     return Emit()
+
+
+async def run(rt: Runtime, started: Started) -> None:
+    quiet = timedelta(seconds=rt.settings.study_quiet_seconds)
+    handler = partial(complete_study, events=rt.events, timers=rt.timers, quiet=quiet)
+    await rt.run_consumers([(CONSUMER, handler)], started)
+
+
+COMPONENT = Component("completion", "quiet timer elapsed -> StudyComplete", run)

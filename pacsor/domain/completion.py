@@ -12,8 +12,7 @@ from datetime import datetime, timedelta
 
 import msgspec
 
-from pacsor.domain.events import InstanceReceived, StudyComplete
-from pacsor.jetstream.eventlog import RecordedEvent
+from pacsor.domain.events import InstanceReceived, RecordedEvent, StudyComplete
 
 
 class Complete(msgspec.Struct, frozen=True):

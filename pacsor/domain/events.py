@@ -39,6 +39,33 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag=Tru
         raise NotImplementedError
 
 
+class CoreEvent(Event, frozen=True, kw_only=True):
+    """Base of the events of one AI core's handling of one attempt of a study.
+
+    The outcomes of one step (Uploaded and UploadFailed, ...) share the step's idempotency key,
+    so a step records one outcome, whichever replica gets there first.
+    """
+
+    core: str
+    attempt: int
+
+    step: ClassVar[str] = ""
+
+    def idempotency_key(self) -> str:
+        return f"{self.step}:{self.study_instance_uid}:{self.core}:{self.attempt}"
+
+
+class DestinationEvent(CoreEvent, frozen=True, kw_only=True):
+    """Base of the outcomes of sending one attempt's results to one destination."""
+
+    destination: str  # AET@host:port
+
+    step: ClassVar[str] = "dispatch"
+
+    def idempotency_key(self) -> str:
+        return f"{super().idempotency_key()}:{self.destination}"
+
+
 class InstanceRef(msgspec.Struct, frozen=True, kw_only=True):
     """One stored input instance, as listed in StudyComplete."""
 
@@ -82,14 +109,7 @@ class InstanceReceived(Event, frozen=True, kw_only=True):
         return f"received:{self.sop_instance_uid}:{self.digest}"
 
     def ref(self) -> InstanceRef:
-        return InstanceRef(
-            sop_instance_uid=self.sop_instance_uid,
-            series_instance_uid=self.series_instance_uid,
-            sop_class_uid=self.sop_class_uid,
-            object_name=self.object_name,
-            size=self.size,
-            digest=self.digest,
-        )
+        return msgspec.convert(self, InstanceRef, from_attributes=True)
 
 
 class InstanceRejected(Event, frozen=True, kw_only=True):
@@ -126,92 +146,72 @@ class StudyComplete(Event, frozen=True, kw_only=True):
 # --- AI API -------------------------------------------------------------------------------
 
 
-class Uploaded(Event, frozen=True, kw_only=True):
-    topic: ClassVar[str] = "uploaded"
+class Uploaded(CoreEvent, frozen=True, kw_only=True):
+    """The AI core accepted the study's instances; its answer is in `api_message`."""
 
-    core: str
-    attempt: int
+    topic: ClassVar[str] = "uploaded"
+    step: ClassVar[str] = "upload"
+
     instance_count: int
     api_message: str = ""
 
-    def idempotency_key(self) -> str:
-        return f"upload:{self.study_instance_uid}:{self.core}:{self.attempt}"
 
+class ApiFailure(CoreEvent, frozen=True, kw_only=True):
+    """Base of the AI core's failures: why, in the API's words, and its HTTP status if any."""
 
-class UploadFailed(Event, frozen=True, kw_only=True):
-    topic: ClassVar[str] = "upload_failed"
-
-    core: str
-    attempt: int
     reason: str
     http_status: int | None = None
+
+
+class UploadFailed(ApiFailure, frozen=True, kw_only=True):
+    """The AI core refused the upload, or retries are exhausted (`tries`)."""
+
+    topic: ClassVar[str] = "upload_failed"
+    step: ClassVar[str] = "upload"
+
     tries: int = 1
 
-    def idempotency_key(self) -> str:
-        # Shares Uploaded's key: one attempt has one upload outcome.
-        return f"upload:{self.study_instance_uid}:{self.core}:{self.attempt}"
 
+class ResultReady(CoreEvent, frozen=True, kw_only=True):
+    """The AI's result objects are stored in the results bucket, ready to dispatch."""
 
-class ResultReady(Event, frozen=True, kw_only=True):
     topic: ClassVar[str] = "result_ready"
+    step: ClassVar[str] = "result"
 
-    core: str
-    attempt: int
     results: tuple[ResultObject, ...]
     api_version: str = ""
 
-    def idempotency_key(self) -> str:
-        return f"result:{self.study_instance_uid}:{self.core}:{self.attempt}"
 
+class ResultFailed(ApiFailure, frozen=True, kw_only=True):
+    """The AI answered an error for the study, or no result came in time."""
 
-class ResultFailed(Event, frozen=True, kw_only=True):
     topic: ClassVar[str] = "result_failed"
-
-    core: str
-    attempt: int
-    reason: str
-    http_status: int | None = None
-
-    def idempotency_key(self) -> str:
-        return f"result:{self.study_instance_uid}:{self.core}:{self.attempt}"
+    step: ClassVar[str] = "result"
 
 
 # --- Dispatch -----------------------------------------------------------------------------
 
 
-class Dispatched(Event, frozen=True, kw_only=True):
+class Dispatched(DestinationEvent, frozen=True, kw_only=True):
     """Every result object of `attempt` was accepted by `destination` (AET@host:port)."""
 
     topic: ClassVar[str] = "dispatched"
 
-    core: str
-    attempt: int
-    destination: str
     sop_instance_uids: tuple[str, ...]
 
-    def idempotency_key(self) -> str:
-        return dispatch_key(self.study_instance_uid, self.core, self.attempt, self.destination)
 
-
-class DispatchFailed(Event, frozen=True, kw_only=True):
+class DispatchFailed(DestinationEvent, frozen=True, kw_only=True):
     """Retries to `destination` are exhausted; the results stay in the results bucket."""
 
     topic: ClassVar[str] = "dispatch_failed"
 
-    core: str
-    attempt: int
-    destination: str
     reason: str
-    tries: int
+    tries: int = 1
     delivered_sop_instance_uids: tuple[str, ...] = ()
 
-    def idempotency_key(self) -> str:
-        return dispatch_key(self.study_instance_uid, self.core, self.attempt, self.destination)
 
-
-def dispatch_key(study: str, core: str, attempt: int, destination: str) -> str:
-    return f"dispatch:{study}:{core}:{attempt}:{destination}"
-
+# The failure of a step retried by the runner; it records how many tries were made.
+StepFailure = UploadFailed | DispatchFailed
 
 AnyEvent = (
     InstanceReceived
@@ -235,6 +235,14 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     Dispatched,
     DispatchFailed,
 )
+
+class RecordedEvent(msgspec.Struct, frozen=True):
+    """An event as read back from the log, with its position there."""
+
+    sequence: int
+    subject: str
+    event: AnyEvent
+
 
 _encoder = msgspec.json.Encoder()
 _decoder: msgspec.json.Decoder[AnyEvent] = msgspec.json.Decoder(AnyEvent)

@@ -10,21 +10,25 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import APIError
 
 from pacsor.domain import events as ev
-from pacsor.jetstream.subjects import EVENTS_STREAM, event_subject, study_subjects
+from pacsor.domain.events import RecordedEvent
+from pacsor.jetstream.subjects import (
+    ALL_EVENTS,
+    EVENTS_STREAM,
+    EXPECTED_LAST_SUBJECT_SEQUENCE_HEADER,
+    MSG_ID_HEADER,
+    event_subject,
+    study_subjects,
+)
 
-log = logging.getLogger("pacsor.domain.events")
+log = logging.getLogger("pacsor.events")
 
-WRONG_LAST_SEQUENCE = 10071
+WRONG_LAST_SEQUENCE = 10071  # JetStream's error code for a failed expected-sequence check
+
+__all__ = ["ConcurrentUpdate", "EventLog", "RecordedEvent"]
 
 
 class ConcurrentUpdate(RuntimeError):
     """Another writer changed the subject first: re-read the history and decide again."""
-
-
-class RecordedEvent(msgspec.Struct, frozen=True):
-    sequence: int
-    subject: str
-    event: ev.AnyEvent
 
 
 class EventLog:
@@ -41,9 +45,9 @@ class EventLog:
         still ends at that sequence (0: has no message), which makes a decision taken from the
         history atomic; otherwise ConcurrentUpdate.
         """
-        headers = {"Nats-Msg-Id": event.idempotency_key()}
+        headers = {MSG_ID_HEADER: event.idempotency_key()}
         if expected_last_subject_sequence is not None:
-            headers["Nats-Expected-Last-Subject-Sequence"] = str(expected_last_subject_sequence)
+            headers[EXPECTED_LAST_SUBJECT_SEQUENCE_HEADER] = str(expected_last_subject_sequence)
         try:
             ack = await self._js.publish(
                 event_subject(event),
@@ -71,7 +75,7 @@ class EventLog:
         """Every event of one study, oldest first."""
         return await self.read(study_subjects(study_uid))
 
-    async def read(self, filter_subject: str = "pacsor.study.>") -> list[RecordedEvent]:
+    async def read(self, filter_subject: str = ALL_EVENTS) -> list[RecordedEvent]:
         """Every event on `filter_subject`, oldest first, through an ephemeral consumer."""
         sub = await self._js.pull_subscribe(
             filter_subject,
