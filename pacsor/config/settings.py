@@ -22,6 +22,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
+from pacsor.config.hl7 import Hl7ConfigError, Hl7Settings, load_hl7_settings
+
 # An AE title: 1 to 16 printable characters, no backslash (PS3.5 §6.2, AE value representation).
 AeTitle = Annotated[str, Meta(pattern=r"^[\x20-\x5b\x5d-\x7e]{1,16}$")]
 Port = Annotated[int, Meta(ge=1, le=65535)]
@@ -122,6 +124,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     log_level: LogLevel = "INFO"
     # Cores 1, 2, ... from API_URL_1, API_URL_2, ...
     extra_cores: tuple[ExtraCore, ...] = msgspec.field(default=(), name="EXTRA_CORES")
+    # HL7 ORU^R01 to the RIS (pacsor.config.hl7), read from the same environment
+    hl7: Hl7Settings = msgspec.field(default_factory=Hl7Settings, name="HL7")
 
     def all_destinations(self) -> tuple[Destination, ...]:
         """The PACS (when PACS_IP is set) followed by every extra destination."""
@@ -219,7 +223,7 @@ def _raw_fields(
     raw: dict[str, Any] = {}
     for name, field in _fields(kind).items():
         value = env.get(name + suffix, "").strip()
-        if not value or name == "EXTRA_CORES":
+        if not value or name in {"EXTRA_CORES", "HL7"}:
             continue
         if name == "DESTINATIONS":
             raw[name] = [
@@ -308,6 +312,10 @@ def load_settings(
         cores.append(_raw_fields(env, ExtraCore, f"_{len(cores) + 1}"))
     if cores:
         raw["EXTRA_CORES"] = cores
+    try:
+        raw["HL7"] = msgspec.to_builtins(load_hl7_settings(env))
+    except Hl7ConfigError as err:
+        raise ConfigError(str(err)) from None
     settings: Settings = _convert(raw, Settings, "settings", env)
     names = [core.name for core in settings.cores]
     for n, name in enumerate(names):

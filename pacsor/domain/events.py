@@ -91,9 +91,15 @@ class ResultObject(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class InstanceReceived(Event, frozen=True, kw_only=True):
-    """A C-STORE'd instance is durable in the instances bucket."""
+    """A C-STORE'd instance is durable in the instances bucket.
+
+    Schema version 2 adds what operators search by: the accession number, the study date and
+    description. Version 1 events lack them and read as "". Patient names, IDs and birth dates
+    never enter an event.
+    """
 
     topic: ClassVar[str] = "received"
+    schema_version: int = 2
 
     series_instance_uid: str
     sop_instance_uid: str
@@ -104,6 +110,9 @@ class InstanceReceived(Event, frozen=True, kw_only=True):
     object_name: str
     size: int
     digest: str
+    accession_number: str = ""
+    study_date: str = ""
+    study_description: str = ""
 
     def idempotency_key(self) -> str:
         return f"received:{self.sop_instance_uid}:{self.digest}"
@@ -131,13 +140,25 @@ class InstanceRejected(Event, frozen=True, kw_only=True):
 
 
 class StudyComplete(Event, frozen=True, kw_only=True):
-    """No instance arrived for STUDY_QUIET_SECONDS: the study goes to the AI, as `attempt`."""
+    """No instance arrived for STUDY_QUIET_SECONDS: the study goes to the AI, as `attempt`.
+
+    A relaunch asked by a person is marked: `relaunch` is true, `requested_by` says who,
+    `relaunch_id` names the RelaunchRequested it answers, and `cores` limits the attempt to
+    those AI cores (empty: every core).
+    """
 
     topic: ClassVar[str] = "complete"
 
     attempt: int
     instances: tuple[InstanceRef, ...]
     reason: str = "quiet period elapsed"
+    relaunch: bool = False
+    requested_by: str = ""
+    relaunch_id: str = ""
+    cores: tuple[str, ...] = ()
+
+    def for_core(self, core: str) -> bool:
+        return not self.cores or core in self.cores
 
     def idempotency_key(self) -> str:
         return f"complete:{self.study_instance_uid}:{self.attempt}"
@@ -193,12 +214,19 @@ class ResultFailed(ApiFailure, frozen=True, kw_only=True):
 
 
 class Dispatched(DestinationEvent, frozen=True, kw_only=True):
-    """Every result object of `attempt` was accepted by `destination` (AET@host:port)."""
+    """Every result object of `attempt` was accepted by `destination` (AET@host:port).
+
+    `replay_id` is set when this is a replay to one destination (DispatchReplayRequested).
+    """
 
     topic: ClassVar[str] = "dispatched"
 
     sop_instance_uids: tuple[str, ...]
+    replay_id: str = ""
 
+    def idempotency_key(self) -> str:
+        key = super().idempotency_key()
+        return f"{key}:replay:{self.replay_id}" if self.replay_id else key
 
 class DispatchFailed(DestinationEvent, frozen=True, kw_only=True):
     """Retries to `destination` are exhausted; the results stay in the results bucket."""
@@ -213,6 +241,61 @@ class DispatchFailed(DestinationEvent, frozen=True, kw_only=True):
 # The failure of a step retried by the runner; it records how many tries were made.
 StepFailure = UploadFailed | DispatchFailed
 
+# --- Operators ----------------------------------------------------------------------------
+
+
+class RelaunchRequested(Event, frozen=True, kw_only=True):
+    """A person asked to send the study to the AI again (all cores, or `cores`).
+
+    The completion handler answers with the StudyComplete of the next attempt, built from the
+    study's InstanceReceived events.
+    """
+
+    topic: ClassVar[str] = "relaunch_requested"
+
+    relaunch_id: str
+    requested_by: str
+    cores: tuple[str, ...] = ()
+
+    def idempotency_key(self) -> str:
+        return f"relaunch:{self.relaunch_id}"
+
+
+class DispatchReplayRequested(Event, frozen=True, kw_only=True):
+    """Send the results of (`core`, `attempt`) again to one `destination` (AET@host:port)."""
+
+    topic: ClassVar[str] = "replay_requested"
+
+    core: str
+    attempt: int
+    destination: str
+    replay_id: str
+    requested_by: str
+    since: datetime
+
+    def idempotency_key(self) -> str:
+        return f"replay:{self.replay_id}:{self.study_instance_uid}:{self.core}:{self.attempt}"
+
+
+class ObjectsExpired(Event, frozen=True, kw_only=True):
+    """Stored DICOM objects of the study were removed, and why (retention, output cleaning).
+
+    `kind` is "instances" (the received images: a relaunch is no longer possible) or
+    "results" (the result objects of `core` / `attempt`, when set).
+    """
+
+    topic: ClassVar[str] = "expired"
+
+    kind: str
+    object_count: int
+    reason: str
+    core: str = ""
+    attempt: int = 0
+
+    def idempotency_key(self) -> str:
+        return f"expired:{self.study_instance_uid}:{self.kind}:{self.core}:{self.attempt}"
+
+
 AnyEvent = (
     InstanceReceived
     | InstanceRejected
@@ -223,6 +306,9 @@ AnyEvent = (
     | ResultFailed
     | Dispatched
     | DispatchFailed
+    | RelaunchRequested
+    | DispatchReplayRequested
+    | ObjectsExpired
 )
 EVENT_TYPES: tuple[type[Event], ...] = (
     InstanceReceived,
@@ -234,6 +320,9 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     ResultFailed,
     Dispatched,
     DispatchFailed,
+    RelaunchRequested,
+    DispatchReplayRequested,
+    ObjectsExpired,
 )
 
 class RecordedEvent(msgspec.Struct, frozen=True):

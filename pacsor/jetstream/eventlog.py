@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncGenerator
 
 import msgspec
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import APIError
@@ -107,3 +112,48 @@ class EventLog:
         finally:
             await sub.unsubscribe()
         return recorded
+
+    async def follow(
+        self, from_sequence: int, stop: asyncio.Event, batch_size: int = 1000
+    ) -> AsyncGenerator[tuple[list[RecordedEvent], int], None]:
+        """Every event from `from_sequence` on, live, in batches: (readable events, last seq).
+
+        An ordered consumer (ephemeral, no acknowledgements, recreated by nats-py after a
+        reconnection) delivers them in stream order until `stop` is set. The last sequence of
+        a batch counts unreadable events too, which stay in the stream and are logged.
+        """
+        sub = await self._js.subscribe(
+            ALL_EVENTS,
+            stream=EVENTS_STREAM,
+            ordered_consumer=True,
+            config=ConsumerConfig(
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=from_sequence
+            ),
+        )
+        try:
+            while not stop.is_set():
+                try:
+                    first = await sub.next_msg(timeout=1.0)
+                except (TimeoutError, NatsTimeoutError):
+                    continue
+                batch = [first]
+                while len(batch) < batch_size and batch[-1].metadata.num_pending > 0:
+                    try:
+                        batch.append(await sub.next_msg(timeout=5.0))
+                    except (TimeoutError, NatsTimeoutError):
+                        break
+                yield _readable(batch), batch[-1].metadata.sequence.stream
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+
+def _readable(batch: list[Msg]) -> list[RecordedEvent]:
+    recorded: list[RecordedEvent] = []
+    for msg in batch:
+        sequence = msg.metadata.sequence.stream
+        try:
+            recorded.append(RecordedEvent(sequence, msg.subject, ev.decode(msg.data)))
+        except msgspec.MsgspecError as err:
+            log.error("unreadable event skipped", extra={"seq": sequence, "error": str(err)})
+    return recorded
