@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
@@ -135,8 +136,9 @@ async def _run(
     try:
         async with asyncio.TaskGroup() as group:
             for component in components:
+                own = dataclasses.replace(rt, component=component.name)
                 group.create_task(
-                    component.run(rt, partial(started, component.name)), name=component.name
+                    component.run(own, partial(started, component.name)), name=component.name
                 )
     except ExceptionGroup as failures:
         # A setting a component found wrong at start (a busy port) is one line, not a trace.

@@ -20,6 +20,7 @@ from pacsor.domain.retry import RetryPolicy
 from pacsor.jetstream.blobs import BlobStore
 from pacsor.jetstream.eventlog import EventLog
 from pacsor.jetstream.handler_runner import ConsumerSpec, Handler, ensure_consumer, run_consumer
+from pacsor.jetstream.liveness import Heartbeat, liveness_file
 from pacsor.jetstream.quiet_timers import QuietTimers
 
 # A component calls this once it serves (its consumers exist, its port listens), with what
@@ -48,6 +49,8 @@ class Runtime:
     timers: QuietTimers
     policy: RetryPolicy
     stop: asyncio.Event
+    # The component this runtime was handed to (its liveness file is named after it).
+    component: str = ""
 
     async def run_consumers(
         self, consumers: Sequence[tuple[ConsumerSpec[Any], Handler[Any]]], started: Started
@@ -56,10 +59,13 @@ class Runtime:
         for spec, _ in consumers:
             await ensure_consumer(self.js, spec)
         started({"consumers": [spec.durable for spec, _ in consumers]})
+        heartbeat = Heartbeat(liveness_file(self.settings.data_dir, self.component), self.nc)
         async with asyncio.TaskGroup() as group:
             for spec, handler in consumers:
                 group.create_task(
-                    run_consumer(self.js, self.events, spec, handler, self.stop, self.policy)
+                    run_consumer(
+                        self.js, self.events, spec, handler, self.stop, self.policy, heartbeat
+                    )
                 )
 
 
