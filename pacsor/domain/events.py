@@ -248,13 +248,11 @@ class DispatchFailed(DestinationEvent, frozen=True, kw_only=True):
     delivered_sop_instance_uids: tuple[str, ...] = ()
 
 
-# The failure of a step retried by the runner; it records how many tries were made.
-StepFailure = UploadFailed | DispatchFailed
 
 # --- RIS ---------------------------------------------------------------------------------
 
 
-class Hl7Sent(Event, frozen=True, kw_only=True):
+class Hl7Sent(CoreEvent, frozen=True, kw_only=True):
     """The RIS acknowledged the ORU^R01 of (`core`, `attempt`) with `ack_code` (AA or CA).
 
     `missing_findings` names the inference commands whose findings were not in the message
@@ -262,9 +260,8 @@ class Hl7Sent(Event, frozen=True, kw_only=True):
     """
 
     topic: ClassVar[str] = "hl7_sent"
+    step: ClassVar[str] = "hl7"  # shared with Hl7Failed: one attempt has one RIS outcome
 
-    core: str
-    attempt: int
     ris: str
     control_id: str
     ack_code: str
@@ -273,30 +270,18 @@ class Hl7Sent(Event, frozen=True, kw_only=True):
     missing_findings: tuple[str, ...] = ()
     with_report: bool = False
 
-    def idempotency_key(self) -> str:
-        return hl7_key(self.study_instance_uid, self.core, self.attempt)
 
-
-class Hl7Failed(Event, frozen=True, kw_only=True):
+class Hl7Failed(CoreEvent, frozen=True, kw_only=True):
     """The ORU^R01 was not accepted after the last try: `reason` says the RIS's last answer."""
 
     topic: ClassVar[str] = "hl7_failed"
+    step: ClassVar[str] = "hl7"
 
-    core: str
-    attempt: int
     ris: str
     control_id: str
     reason: str
-    tries: int
+    tries: int = 1
     ack_code: str = ""  # the last MSA-1 when the RIS answered (AE, AR...), else ""
-
-    def idempotency_key(self) -> str:
-        return hl7_key(self.study_instance_uid, self.core, self.attempt)
-
-
-def hl7_key(study: str, core: str, attempt: int) -> str:
-    # Sent and failed share it: one attempt has one RIS outcome.
-    return f"hl7:{study}:{core}:{attempt}"
 
 
 # --- Operators ----------------------------------------------------------------------------
@@ -353,6 +338,9 @@ class ObjectsExpired(Event, frozen=True, kw_only=True):
     def idempotency_key(self) -> str:
         return f"expired:{self.study_instance_uid}:{self.kind}:{self.core}:{self.attempt}"
 
+
+# The failure of a step retried by the runner; it records how many tries were made.
+StepFailure = UploadFailed | DispatchFailed | Hl7Failed
 
 AnyEvent = (
     InstanceReceived
