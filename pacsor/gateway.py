@@ -92,7 +92,10 @@ async def run_gateway(
         if nc is None:
             return
         try:
-            await apply_streams(nc)
+            try:
+                await apply_streams(nc, settings.nats_replicas)
+            except BrokerError as err:
+                raise ConfigError(str(err)) from None
             js = nc.jetstream(timeout=10)
             runtime = Runtime(
                 settings=settings,

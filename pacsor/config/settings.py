@@ -119,6 +119,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     retry_max_attempts: Annotated[int, Meta(ge=1, le=1000)] = 12
     # Broker
     nats_url: Annotated[tuple[NatsUrl, ...], Meta(max_length=32)] = ()
+    # Copies of every stream and bucket: 3 on a three-node cluster.
+    nats_replicas: Annotated[int, Meta(ge=1, le=5)] = 1
     embedded_nats_port: Port = 4222
     data_dir: Path = msgspec.field(default=Path(".pacsor"), name="PACSOR_DATA_DIR")
     log_level: LogLevel = "INFO"
