@@ -8,13 +8,23 @@ DispatchFailed records what was and was not delivered; the objects stay in PACSO
 from __future__ import annotations
 
 from functools import partial
+from typing import Any
+
+from pacsor.consumers import dispatch_replay
 
 from pacsor.config import ConfigError, Destination, Settings
 from pacsor.dicom.sender import SendError, send_objects
 from pacsor.domain import events as ev
 from pacsor.domain.retry import RetryPolicy
 from pacsor.jetstream.blobs import BlobStore
-from pacsor.jetstream.handler_runner import ConsumerSpec, Delivery, Emit, Outcome, retry_or_fail
+from pacsor.jetstream.handler_runner import (
+    ConsumerSpec,
+    Delivery,
+    Emit,
+    Handler,
+    Outcome,
+    retry_or_fail,
+)
 from pacsor.jetstream.subjects import EVENTS_STREAM, core_events_filter, dispatch_consumer
 from pacsor.runtime import Component, Runtime, Started
 
@@ -76,21 +86,37 @@ def require_destinations(settings: Settings) -> None:
 
 
 async def run(rt: Runtime, started: Started) -> None:
-    """One durable consumer per core and destination: a PACS that is down delays no other."""
-    consumers = [
-        (
-            consumer(core.name, destination),
-            partial(
-                dispatch_to_destination,
-                results=rt.results,
-                destination=destination,
-                calling_ae_title=rt.settings.milvue_aet,
-                policy=rt.policy,
-            ),
-        )
-        for core in rt.settings.cores
-        for destination in core.destinations
-    ]
+    """Per core and destination, one consumer of the results and one of the replays asked for:
+    a PACS that is down delays no other."""
+    aet, results, policy = rt.settings.milvue_aet, rt.results, rt.policy
+    consumers: list[tuple[ConsumerSpec[Any], Handler[Any]]] = []
+    for core in rt.settings.cores:
+        for destination in core.destinations:
+            consumers.append(
+                (
+                    consumer(core.name, destination),
+                    partial(
+                        dispatch_to_destination,
+                        results=results,
+                        destination=destination,
+                        calling_ae_title=aet,
+                        policy=policy,
+                    ),
+                )
+            )
+            consumers.append(
+                (
+                    dispatch_replay.consumer(core.name, destination),
+                    partial(
+                        dispatch_replay.replay_to_destination,
+                        events=rt.events,
+                        results=results,
+                        destination=destination,
+                        calling_ae_title=aet,
+                        policy=policy,
+                    ),
+                )
+            )
     await rt.run_consumers(consumers, started)
 
 

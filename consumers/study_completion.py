@@ -1,8 +1,9 @@
-"""Quiet timer elapsed → StudyComplete (or wait longer, or nothing).
+"""Quiet timer elapsed → StudyComplete (or wait longer, or nothing);
+RelaunchRequested → StudyComplete of the next attempt.
 
-The decision is pacsor.domain.completion.decide_completion over the study's events; the
-StudyComplete is written with an expected-last-subject-sequence, so two replicas handling the
-same timer cannot both complete the study.
+The decisions are pacsor.domain.completion.decide_completion and decide_relaunch over the
+study's events; the StudyComplete is written with an expected-last-subject-sequence, so two
+replicas handling the same timer or request cannot both complete the study.
 """
 
 from __future__ import annotations
@@ -10,13 +11,28 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 from functools import partial
+from typing import Any
 
-from pacsor.domain.completion import AlreadyComplete, Complete, WaitUntil, decide_completion
+from pacsor.domain import events as ev
+from pacsor.domain.completion import (
+    AlreadyComplete,
+    Complete,
+    WaitUntil,
+    decide_completion,
+    decide_relaunch,
+)
 from pacsor.domain.events import utc_now
 from pacsor.jetstream.eventlog import EventLog
-from pacsor.jetstream.handler_runner import ConsumerSpec, Delivery, Emit, Outcome
+from pacsor.jetstream.handler_runner import ConsumerSpec, Delivery, Emit, Handler, Outcome
 from pacsor.jetstream.quiet_timers import QuietElapsed, QuietTimers, decode_elapsed
-from pacsor.jetstream.subjects import COMPLETION_CONSUMER, QUIET_ELAPSED_FILTER, TIMERS_STREAM
+from pacsor.jetstream.subjects import (
+    COMPLETION_CONSUMER,
+    EVENTS_STREAM,
+    QUIET_ELAPSED_FILTER,
+    RELAUNCH_DURABLE,
+    RELAUNCH_FILTER,
+    TIMERS_STREAM,
+)
 from pacsor.runtime import Component, Runtime, Started
 
 log = logging.getLogger("pacsor.domain.completion")
@@ -53,10 +69,40 @@ async def complete_study(
     return Emit()
 
 
+RELAUNCH_CONSUMER: ConsumerSpec[ev.RelaunchRequested] = ConsumerSpec(
+    durable=RELAUNCH_DURABLE,
+    stream=EVENTS_STREAM,
+    filter_subject=RELAUNCH_FILTER,
+    decode=ev.decoder(ev.RelaunchRequested),
+    ack_wait=15.0,
+    concurrency=2,
+    description="RelaunchRequested -> StudyComplete of the next attempt",
+)
+
+
+async def relaunch_study(
+    request: ev.RelaunchRequested, delivery: Delivery, events: EventLog
+) -> Outcome:
+    study = request.study_instance_uid
+    decision = decide_relaunch(request, await events.history(study), utc_now())
+    if isinstance(decision, Complete):
+        return Emit((decision.event,), decision.expected_last_subject_sequence)
+    log.warning(
+        "relaunch not done",
+        extra={"study": study, "relaunch": request.relaunch_id, "why": type(decision).__name__},
+    )
+    return Emit()
+
+
 async def run(rt: Runtime, started: Started) -> None:
     quiet = timedelta(seconds=rt.settings.study_quiet_seconds)
-    handler = partial(complete_study, events=rt.events, timers=rt.timers, quiet=quiet)
-    await rt.run_consumers([(CONSUMER, handler)], started)
+    consumers: list[tuple[ConsumerSpec[Any], Handler[Any]]] = [
+        (CONSUMER, partial(complete_study, events=rt.events, timers=rt.timers, quiet=quiet)),
+        (RELAUNCH_CONSUMER, partial(relaunch_study, events=rt.events)),
+    ]
+    await rt.run_consumers(consumers, started)
 
 
-COMPONENT = Component("completion", "quiet timer elapsed -> StudyComplete", run)
+COMPONENT = Component(
+    "completion", "quiet timer elapsed, RelaunchRequested -> StudyComplete", run
+)

@@ -41,6 +41,8 @@ async def upload_study(
     policy: RetryPolicy,
 ) -> Outcome:
     study = event.study_instance_uid
+    if not event.for_core(core):
+        return Emit()  # a relaunch limited to other cores
 
     def failed(reason: str, status: int | None = None) -> ev.UploadFailed:
         return ev.UploadFailed(

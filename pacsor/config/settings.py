@@ -124,6 +124,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     embedded_nats_port: Port = 4222
     data_dir: Path = msgspec.field(default=Path(".pacsor"), name="PACSOR_DATA_DIR")
     log_level: LogLevel = "INFO"
+    # Admin API and dashboard
+    admin_host: str = "127.0.0.1"
+    admin_port: Port = 7000
+    admin_token: str = ""
+    # Retention: stored DICOM objects, and events
+    retention_hours: Seconds = 168.0
+    events_retention_days: Seconds = 365.0
+    output_cleaning: bool = False
     # Cores 1, 2, ... from API_URL_1, API_URL_2, ...
     extra_cores: tuple[ExtraCore, ...] = msgspec.field(default=(), name="EXTRA_CORES")
     # HL7 ORU^R01 to the RIS (pacsor.config.hl7), read from the same environment

@@ -59,11 +59,15 @@ class DestinationEvent(CoreEvent, frozen=True, kw_only=True):
     """Base of the outcomes of sending one attempt's results to one destination."""
 
     destination: str  # AET@host:port
+    # Set when this is a replay to one destination (DispatchReplayRequested): a replay is a
+    # step of its own, recorded beside the first dispatch.
+    replay_id: str = ""
 
     step: ClassVar[str] = "dispatch"
 
     def idempotency_key(self) -> str:
-        return f"{super().idempotency_key()}:{self.destination}"
+        key = f"{super().idempotency_key()}:{self.destination}"
+        return f"{key}:replay:{self.replay_id}" if self.replay_id else key
 
 
 class InstanceRef(msgspec.Struct, frozen=True, kw_only=True):
@@ -224,19 +228,12 @@ class ResultFailed(ApiFailure, frozen=True, kw_only=True):
 
 
 class Dispatched(DestinationEvent, frozen=True, kw_only=True):
-    """Every result object of `attempt` was accepted by `destination` (AET@host:port).
-
-    `replay_id` is set when this is a replay to one destination (DispatchReplayRequested).
-    """
+    """Every result object of `attempt` was accepted by `destination` (AET@host:port)."""
 
     topic: ClassVar[str] = "dispatched"
 
     sop_instance_uids: tuple[str, ...]
-    replay_id: str = ""
 
-    def idempotency_key(self) -> str:
-        key = super().idempotency_key()
-        return f"{key}:replay:{self.replay_id}" if self.replay_id else key
 
 class DispatchFailed(DestinationEvent, frozen=True, kw_only=True):
     """Retries to `destination` are exhausted; the results stay in the results bucket."""
@@ -246,8 +243,6 @@ class DispatchFailed(DestinationEvent, frozen=True, kw_only=True):
     reason: str
     tries: int = 1
     delivered_sop_instance_uids: tuple[str, ...] = ()
-
-
 
 # --- RIS ---------------------------------------------------------------------------------
 
@@ -304,13 +299,11 @@ class RelaunchRequested(Event, frozen=True, kw_only=True):
         return f"relaunch:{self.relaunch_id}"
 
 
-class DispatchReplayRequested(Event, frozen=True, kw_only=True):
+class DispatchReplayRequested(CoreEvent, frozen=True, kw_only=True):
     """Send the results of (`core`, `attempt`) again to one `destination` (AET@host:port)."""
 
     topic: ClassVar[str] = "replay_requested"
 
-    core: str
-    attempt: int
     destination: str
     replay_id: str
     requested_by: str
