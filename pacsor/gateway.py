@@ -22,7 +22,7 @@ from pacsor.jetstream.blobs import BlobStore
 from pacsor.jetstream.broker import BrokerError, EmbeddedNats, apply_streams, connect
 from pacsor.jetstream.eventlog import EventLog
 from pacsor.jetstream.quiet_timers import QuietTimers
-from pacsor.jetstream.subjects import INSTANCES_BUCKET, RESULTS_BUCKET
+from pacsor.jetstream.subjects import INSTANCES_BUCKET, RESULTS_BUCKET, retention_max_ages
 from pacsor.runtime import Component, Runtime, retry_policy
 
 log = logging.getLogger("pacsor.gateway")
@@ -93,7 +93,11 @@ async def run_gateway(
             return
         try:
             try:
-                await apply_streams(nc, settings.nats_replicas)
+                await apply_streams(
+                    nc,
+                    settings.nats_replicas,
+                    retention_max_ages(settings.events_retention_days, settings.retention_hours),
+                )
             except BrokerError as err:
                 raise ConfigError(str(err)) from None
             js = nc.jetstream(timeout=10)

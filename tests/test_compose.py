@@ -47,12 +47,14 @@ class Compose:
         self.project = f"pacsor-test-{uuid.uuid4().hex[:8]}"
         self.nats_port = free_port()
         self.dicom_port = free_port()
+        self.admin_port = free_port()
         # Host ports of our own, so that the test runs beside anything else on the machine.
         self.override = folder / "ports.yaml"
         self.override.write_text(
             "services:\n"
             f"  nats:\n    ports: !override\n      - '127.0.0.1:{self.nats_port}:4222'\n"
             f"  scp:\n    ports: !override\n      - '127.0.0.1:{self.dicom_port}:1040'\n"
+            f"  admin:\n    ports: !override\n      - '127.0.0.1:{self.admin_port}:7000'\n"
         )
         # No configuration at all: no site file for the containers, none for substitution.
         empty = folder / "empty.env"
@@ -139,6 +141,7 @@ def test_every_service_is_healthy(demo: Compose) -> None:
             "uploader",
             "poller",
             "dispatcher",
+            "admin",
             "simulator",
             "demo-pacs",
         )
@@ -190,7 +193,7 @@ async def test_demo_with_no_configuration_delivers_a_study(demo: Compose, tmp_pa
 
 
 def test_down_as_documented_removes_every_container(demo: Compose) -> None:
-    assert len(demo.containers()) == 9
+    assert len(demo.containers()) == 10
     # Compose stops only the profiles it is told about: the README says to name the demo's.
     demo("--profile", "demo", "down", "--timeout", "20")
     assert demo.containers() == []

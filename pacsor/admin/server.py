@@ -18,6 +18,7 @@ from pacsor.admin.dashboard import DASHBOARD
 from pacsor.admin.metrics import AdminMetrics
 from pacsor.admin.projector import Projector
 from pacsor.admin.read_model import ReadModel
+from pacsor.admin.retention import RetentionSweeper
 from pacsor.config import ConfigError, Settings
 from pacsor.jetstream.broker_state import broker_state
 from pacsor.runtime import Component, Runtime, Started
@@ -79,6 +80,13 @@ class AdminServer:
             projector=Projector(rt.events, model, metrics),
             metrics=metrics,
         )
+        self.retention = RetentionSweeper(
+            settings,
+            self.admin.projector,
+            self.admin.events,
+            self.admin.instances,
+            rt.results,
+        )
         config = uvicorn.Config(
             create_app(self.admin, DASHBOARD), log_level="warning", timeout_graceful_shutdown=5
         )
@@ -94,6 +102,7 @@ class AdminServer:
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self.admin.projector.run(stop))
+                group.create_task(self.retention.run(stop))
                 group.create_task(self._server.serve(sockets=[self._sock]))
                 await stop.wait()
                 self._server.should_exit = True

@@ -132,6 +132,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     retention_hours: Seconds = 168.0
     events_retention_days: Seconds = 365.0
     output_cleaning: bool = False
+    retention_check_seconds: Seconds = 600.0
     # Cores 1, 2, ... from API_URL_1, API_URL_2, ...
     extra_cores: tuple[ExtraCore, ...] = msgspec.field(default=(), name="EXTRA_CORES")
     # HL7 ORU^R01 to the RIS (pacsor.config.hl7), read from the same environment

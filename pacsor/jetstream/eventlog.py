@@ -76,6 +76,11 @@ class EventLog:
         )
         return int(ack.seq)
 
+    async def last_sequence(self) -> int:
+        """The stream's last sequence: what a reader must have applied to be up to date."""
+        info = await self._js.stream_info(EVENTS_STREAM)
+        return int(info.state.last_seq)
+
     async def history(self, study_uid: str) -> list[RecordedEvent]:
         """Every event of one study, oldest first."""
         return await self.read(study_subjects(study_uid))
