@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from nats.js.api import DeliverPolicy
 
@@ -24,6 +25,9 @@ from tests.harness import PROJECT, pacsor_cli
 from tests.nats_server import free_port
 
 pytestmark = pytest.mark.timeout(600)
+
+# The demo: the API simulator and a demo PACS.
+PROFILES = ("--profile", "demo")
 
 
 def _engine_problem() -> str | None:
@@ -105,7 +109,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Compose]:
     compose = Compose(tmp_path_factory.mktemp("compose"))
     try:
         # --wait: returns once every service's healthcheck passes, or fails.
-        compose("--profile", "demo", "up", "-d", "--build", "--wait", "--wait-timeout", "240")
+        compose(*PROFILES, "up", "-d", "--build", "--wait", "--wait-timeout", "240")
         yield compose
     finally:
         logs = subprocess.run(
@@ -128,7 +132,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Compose]:
 
 
 def test_every_service_is_healthy(demo: Compose) -> None:
-    listed = demo("--profile", "demo", "ps", "--format", "json").stdout
+    listed = demo(*PROFILES, "ps", "--format", "json").stdout
     services = [json.loads(line) for line in listed.splitlines() if line.strip()]
     health = {s["Service"]: s["Health"] for s in services}
     assert health == {
@@ -146,6 +150,12 @@ def test_every_service_is_healthy(demo: Compose) -> None:
             "demo-pacs",
         )
     }
+
+
+def test_the_admin_api_answers_on_the_host(demo: Compose) -> None:
+    answer = httpx.get(f"http://127.0.0.1:{demo.admin_port}/health", timeout=30)
+    assert answer.status_code in (200, 503)  # 503: the admin's verdict on the pipeline
+    assert "healthy" in answer.json()
 
 
 def test_a_handler_probe_fails_for_a_component_not_running_there(demo: Compose) -> None:
@@ -195,5 +205,5 @@ async def test_demo_with_no_configuration_delivers_a_study(demo: Compose, tmp_pa
 def test_down_as_documented_removes_every_container(demo: Compose) -> None:
     assert len(demo.containers()) == 10
     # Compose stops only the profiles it is told about: the README says to name the demo's.
-    demo("--profile", "demo", "down", "--timeout", "20")
+    demo(*PROFILES, "down", "--timeout", "20")
     assert demo.containers() == []
