@@ -8,6 +8,7 @@ appends an event. With ADMIN_TOKEN set, everything but /health needs the token: 
 from __future__ import annotations
 
 import hmac
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,10 +24,8 @@ from litestar.params import JSONBody, PathParameter, QueryParameter
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Redirect
 from litestar.template.config import TemplateConfig
-from nats.aio.client import Client
-from nats.js import JetStreamContext
 
-from pacsor.admin.health import Health, check_health
+from pacsor.admin.health import Health, judge_health
 from pacsor.admin.metrics import AdminMetrics
 from pacsor.admin.operations import (
     Refused,
@@ -41,6 +40,7 @@ from pacsor.admin.read_model import ReadModel, StudyFilter
 from pacsor.config import Settings
 from pacsor.domain.study_view import STATES, StudyView
 from pacsor.jetstream.blobs import BlobStore
+from pacsor.jetstream.broker_state import BrokerState
 from pacsor.jetstream.eventlog import EventLog
 
 TOKEN_COOKIE = "pacsor_admin"
@@ -67,8 +67,8 @@ class Admin:
     """What the admin's routes use, built once per process."""
 
     settings: Settings
-    nc: Client
-    js: JetStreamContext
+    # What the broker says of the streams and consumers (pacsor.jetstream.broker_state).
+    broker: Callable[[], Awaitable[BrokerState]]
     events: EventLog
     instances: BlobStore
     model: ReadModel
@@ -135,7 +135,7 @@ def summary(view: StudyView) -> StudySummary:
 
 
 def masked_settings(settings: Settings) -> dict[str, Any]:
-    """The effective settings, every secret replaced by "***" (or "" when unset)."""
+    """The effective settings by variable name, every secret replaced by "***" (or "")."""
 
     def mask(value: Any, key: str = "") -> Any:
         if isinstance(value, dict):
@@ -332,14 +332,14 @@ async def replay_destination(
 @get("/health", opt={"public": True}, summary="Pipeline health (503 when unhealthy)", tags=["ops"])
 async def health(request: AnyRequest) -> Response[Health]:
     admin = _admin(request)
-    report = await check_health(admin.nc, admin.js, admin.projector, admin.metrics)
+    report = judge_health(await admin.broker(), admin.projector, admin.metrics)
     return Response(report, status_code=200 if report.healthy else 503)
 
 
 @get("/metrics", media_type="text/plain; version=0.0.4", summary="Prometheus metrics", tags=["ops"])
 async def metrics(request: AnyRequest) -> bytes:
     admin = _admin(request)
-    await check_health(admin.nc, admin.js, admin.projector, admin.metrics)
+    judge_health(await admin.broker(), admin.projector, admin.metrics)
     return admin.metrics.text()
 
 
