@@ -16,12 +16,17 @@ message, with the same control ID.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
 from pacsor.ai.techcare_report import ReportError, TechCareReports
 from pacsor.config.hl7 import Hl7Settings
 from pacsor.domain import events as ev
 from pacsor.domain.retry import RetryPolicy
+from pacsor.hl7.external_reports import answer_request
 from pacsor.hl7.findings import FindingsDocument, FindingsError, StudyFindings, decode_findings
 from pacsor.hl7.header import HeaderError, read_study_header
 from pacsor.hl7.mllp import MllpClient, MllpError
@@ -35,9 +40,20 @@ from pacsor.jetstream.handler_runner import (
     Emit,
     Outcome,
     Retry,
+    ensure_consumer,
     retry_or_fail,
+    run_consumer,
 )
-from pacsor.jetstream.subjects import EVENTS_STREAM, HL7_DURABLE, events_filter
+from pacsor.jetstream.requests import Responders, answer_requests
+from pacsor.jetstream.subjects import (
+    EVENTS_STREAM,
+    HL7_DURABLE,
+    HL7_EXTERNAL_DURABLE,
+    HL7_WEBPS_QUEUE,
+    WEBPS_SUBJECTS,
+    events_filter,
+    webps_subject,
+)
 
 
 @dataclass(frozen=True)
@@ -67,10 +83,6 @@ def consumer(ack_wait: float = 60.0) -> ConsumerSpec[ev.ResultReady]:
     )
 
 
-class _Waiting(Exception):
-    """Something the message needs is still being produced."""
-
-
 async def send_to_ris(event: ev.ResultReady, delivery: Delivery, ctx: Hl7Context) -> Outcome:
     settings = ctx.settings
     study, core, attempt = event.study_instance_uid, event.core, event.attempt
@@ -92,9 +104,68 @@ async def send_to_ris(event: ev.ResultReady, delivery: Delivery, ctx: Hl7Context
     left_out = (*found.missing, *running, *unavailable)
     findings = StudyFindings(detections=found.detections, measures=found.measures, missing=left_out)
 
-    header = await _header(event, ctx)
+    header = await _header(event.study_instance_uid, event.attempt, event.results, ctx)
     text = build_oru(header, findings, report, settings, cid, event.occurred_at)
+    return await _send(
+        ctx,
+        delivery,
+        text,
+        _Outcome(study, core, attempt, cid, missing_findings=left_out, with_report=bool(report)),
+    )
 
+
+def external_consumer(ack_wait: float = 60.0) -> ConsumerSpec[ev.ExternalReportReceived]:
+    return ConsumerSpec(
+        durable=HL7_EXTERNAL_DURABLE,
+        stream=EVENTS_STREAM,
+        filter_subject=events_filter(ev.ExternalReportReceived.topic, per_core=False),
+        decode=ev.decoder(ev.ExternalReportReceived),
+        ack_wait=ack_wait,
+        concurrency=1,
+        description="ExternalReportReceived -> ORU^R01 to the RIS over MLLP",
+        start="new",
+    )
+
+
+def external_core(provider: str) -> str:
+    """The `core` of the RIS outcome of an external report: never an AI core's name."""
+    return f"webps-{provider}"
+
+
+async def send_external_report(
+    event: ev.ExternalReportReceived, delivery: Delivery, ctx: Hl7Context
+) -> Outcome:
+    """An external provider's report goes to the RIS like the AI's: same message, same MLLP."""
+    study, core = event.study_instance_uid, external_core(event.provider)
+    cid = control_id(study, core, 0, event.report_id)
+    report = Report(
+        title=event.title,
+        indication=event.indication,
+        technique=event.technique,
+        findings=event.findings,
+        conclusion=event.conclusion,
+        language=event.language,
+    )
+    header = await _header(study, None, (), ctx)
+    text = build_oru(header, StudyFindings(), report, ctx.settings, cid, event.occurred_at)
+    outcome = _Outcome(study, core, 0, cid, with_report=True, report_id=event.report_id)
+    return await _send(ctx, delivery, text, outcome)
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """What Hl7Sent / Hl7Failed will say about the message."""
+
+    study: str
+    core: str
+    attempt: int
+    control_id: str
+    missing_findings: tuple[str, ...] = ()
+    with_report: bool = False
+    report_id: str = ""
+
+
+async def _send(ctx: Hl7Context, delivery: Delivery, text: str, about: _Outcome) -> Outcome:
     def failed(reason: str, code: str = "") -> Outcome:
         return retry_or_fail(
             delivery,
@@ -102,19 +173,20 @@ async def send_to_ris(event: ev.ResultReady, delivery: Delivery, ctx: Hl7Context
             reason,
             retryable=True,
             failed=lambda tries: ev.Hl7Failed(
-                study_instance_uid=study,
-                core=core,
-                attempt=attempt,
+                study_instance_uid=about.study,
+                core=about.core,
+                attempt=about.attempt,
                 ris=str(ctx.ris),
-                control_id=cid,
+                control_id=about.control_id,
                 reason=reason,
                 tries=tries,
                 ack_code=code,
+                report_id=about.report_id,
             ),
         )
 
     try:
-        ack = await ctx.ris.send(text, cid)
+        ack = await ctx.ris.send(text, about.control_id)
     except MllpError as err:
         return failed(str(err))
     if not ack.accepted:
@@ -122,16 +194,17 @@ async def send_to_ris(event: ev.ResultReady, delivery: Delivery, ctx: Hl7Context
     return Emit(
         (
             ev.Hl7Sent(
-                study_instance_uid=study,
-                core=core,
-                attempt=attempt,
+                study_instance_uid=about.study,
+                core=about.core,
+                attempt=about.attempt,
                 ris=str(ctx.ris),
-                control_id=cid,
+                control_id=about.control_id,
                 ack_code=ack.code,
                 ack_text=ack.text,
                 tries=delivery.num_delivered,
-                missing_findings=left_out,
-                with_report=report is not None,
+                missing_findings=about.missing_findings,
+                with_report=about.with_report,
+                report_id=about.report_id,
             ),
         )
     )
@@ -181,18 +254,84 @@ async def _report(event: ev.ResultReady, ctx: Hl7Context) -> Report:
     return await source.fetch(event.study_instance_uid, ctx.settings.language)
 
 
-async def _header(event: ev.ResultReady, ctx: Hl7Context) -> StudyHeader:
-    """The study's patient and order facts: a stored instance first, else a result object."""
+async def _header(
+    study: str, attempt: int | None, results: tuple[ev.ResultObject, ...], ctx: Hl7Context
+) -> StudyHeader:
+    """The study's patient and order facts: a stored instance first, else a result object.
+
+    `attempt` None: any instance of the study, the latest first.
+    """
     candidates: list[tuple[BlobStore, str]] = []
-    for recorded in await ctx.events.history(event.study_instance_uid):
-        complete = recorded.event
-        if isinstance(complete, ev.StudyComplete) and complete.attempt == event.attempt:
-            candidates += [(ctx.instances, i.object_name) for i in complete.instances[:1]]
-    candidates += [(ctx.results, r.object_name) for r in event.results[:1]]
-    for store, name in candidates:
+    for recorded in reversed(await ctx.events.history(study)):
+        known = recorded.event
+        if isinstance(known, ev.StudyComplete) and attempt in (None, known.attempt):
+            candidates += [(ctx.instances, i.object_name) for i in known.instances[:1]]
+        elif isinstance(known, ev.InstanceReceived) and attempt is None:
+            candidates.append((ctx.instances, known.object_name))
+    candidates += [(ctx.results, r.object_name) for r in results[:1]]
+    for store, name in candidates[:4]:
         try:
             return read_study_header(await store.get(name))
         except (BlobNotFound, HeaderError):
             continue
-    # Neither is readable any more: the message still tells the RIS which study it is about.
-    return StudyHeader(study_instance_uid=event.study_instance_uid)
+    # Nothing readable is stored: the message still tells the RIS which study it is about.
+    return StudyHeader(study_instance_uid=study)
+
+
+@dataclass(frozen=True)
+class ReportService:
+    """Where a core's TechCare reports come from."""
+
+    core: str
+    url: str
+    token: str
+
+
+async def run_hl7(
+    nc: Any,
+    js: Any,
+    events: EventLog,
+    instances: BlobStore,
+    results: BlobStore,
+    policy: RetryPolicy,
+    settings: Hl7Settings,
+    report_services: tuple[ReportService, ...],
+    stop: asyncio.Event,
+    started: Callable[[dict[str, Any]], None],
+) -> None:
+    """The hl7 component: the RIS sender's consumers and, with WEBPS_ENABLE, the providers'
+    NATS subjects, until `stop` is set."""
+    ris = MllpClient(settings.ris_ip, settings.ris_port, settings.ris_timeout_seconds)
+    reports = {s.core: TechCareReports(s.url, s.token) for s in report_services}
+    ctx = Hl7Context(settings, ris, events, instances, results, policy, reports)
+    # Long enough for one MLLP exchange; in-progress acks cover longer waits.
+    ack_wait = max(30.0, 3 * settings.ris_timeout_seconds)
+    consumers: list[tuple[ConsumerSpec[Any], Any]] = [
+        (consumer(ack_wait), partial(send_to_ris, ctx=ctx)),
+        (external_consumer(ack_wait), partial(send_external_report, ctx=ctx)),
+    ]
+    responders: Responders | None = None
+    try:
+        for spec, _ in consumers:
+            await ensure_consumer(js, spec)
+        if settings.webps_enable:
+            # Every provider's subject, unknown providers included, so that they hear why.
+            answer = partial(answer_request, events, settings)
+            responders = await answer_requests(nc, [WEBPS_SUBJECTS], HL7_WEBPS_QUEUE, answer)
+        started(
+            {
+                "ris": str(ris),
+                "webps_subjects": [webps_subject(p) for p in settings.webps_providers]
+                if settings.webps_enable
+                else [],
+            }
+        )
+        async with asyncio.TaskGroup() as group:
+            for spec, handler in consumers:
+                group.create_task(run_consumer(js, events, spec, handler, stop, policy))
+    finally:
+        if responders is not None:
+            await responders.close()
+        await ris.aclose()
+        for source in reports.values():
+            await source.aclose()

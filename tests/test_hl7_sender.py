@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
-from functools import partial
 from typing import Any
 
 import msgspec
@@ -27,16 +26,17 @@ from pacsor.devtools.simulator import SimulatorSettings, running_simulator
 from pacsor.devtools.simulator import results as simulated
 from pacsor.domain import events as ev
 from pacsor.domain.retry import RetryPolicy
-from pacsor.hl7.mllp import MllpClient
 from pacsor.hl7.oru import control_id
+from pacsor.hl7.report import Report
 from pacsor.jetstream.blobs import BlobStore, sha256_digest
 from pacsor.jetstream.eventlog import EventLog
-from pacsor.jetstream.handler_runner import ensure_consumer, run_consumer
 from pacsor.jetstream.subjects import (
     INSTANCES_BUCKET,
     RESULTS_BUCKET,
+    events_filter,
     findings_object_name,
     instance_object_name,
+    webps_subject,
 )
 from tests.dicom_factory import make_image, new_uid, to_bytes
 from tests.harness import wait_for_event
@@ -72,7 +72,7 @@ async def running_hl7(
     nc: Client,
     ris: DemoRis,
     policy: RetryPolicy = POLICY,
-    reports: dict[str, TechCareReports] | None = None,
+    reports: tuple[hl7_sender.ReportService, ...] = (),
     **settings: Any,
 ) -> AsyncIterator[Hl7Settings]:
     """The hl7 component, sending to `ris`, until the block ends."""
@@ -80,27 +80,31 @@ async def running_hl7(
     config = Hl7Settings(
         enable=True, ris_ip="127.0.0.1", ris_port=ris.port, ris_timeout_seconds=1.0, **settings
     )
-    client = MllpClient(config.ris_ip, config.ris_port, config.ris_timeout_seconds)
-    ctx = hl7_sender.Hl7Context(
-        settings=config,
-        ris=client,
-        events=EventLog(js),
-        instances=BlobStore(nc, js, INSTANCES_BUCKET),
-        results=BlobStore(nc, js, RESULTS_BUCKET),
-        policy=policy,
-        reports=reports or {},
-    )
-    spec = hl7_sender.consumer()
-    await ensure_consumer(js, spec)  # before the first ResultReady: it starts at "new"
     stop = asyncio.Event()
-    handler = partial(hl7_sender.send_to_ris, ctx=ctx)
-    task = asyncio.create_task(run_consumer(js, ctx.events, spec, handler, stop, policy))
+    started: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(
+        hl7_sender.run_hl7(
+            nc,
+            js,
+            EventLog(js),
+            BlobStore(nc, js, INSTANCES_BUCKET),
+            BlobStore(nc, js, RESULTS_BUCKET),
+            policy,
+            config,
+            reports,
+            stop,
+            started.set_result,
+        )
+    )
+    # Its consumers exist from here on: they start at "new", after this point.
+    await asyncio.wait({task, started}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        task.result()
     try:
         yield config
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)
-        await client.aclose()
 
 
 def findings_json(study: str, sop: str, command: str, status: str = "done") -> bytes:
@@ -347,7 +351,7 @@ async def test_the_report_goes_in_each_format(
     async with running_hl7(
         nc,
         ris,
-        reports={CORE: reports},
+        reports=(hl7_sender.ReportService(CORE, simulator, TOKEN),),
         include_tcr=True,
         tcr_out_format=form,
         tcr_api_url=simulator,
@@ -370,7 +374,11 @@ async def test_a_report_that_does_not_exist_is_left_out(
     nc: Client, ris: DemoRis, reports: TechCareReports, simulator: str
 ) -> None:
     async with running_hl7(
-        nc, ris, reports={CORE: reports}, include_tcr=True, tcr_api_url=simulator
+        nc,
+        ris,
+        reports=(hl7_sender.ReportService(CORE, simulator, TOKEN),),
+        include_tcr=True,
+        tcr_api_url=simulator,
     ):
         ready = await record_results(nc)  # never uploaded: the service answers 404
         sent = await outcome(nc, ready)
@@ -379,3 +387,80 @@ async def test_a_report_that_does_not_exist_is_left_out(
     (oru,) = sent_messages(ris, ready)
     assert "REPORT" not in oru.observations()
     assert oru.text(oru.segments("NTE")[0], 3).startswith("report")
+
+
+def external_report(study: str, **changes: str) -> dict[str, str]:
+    return {
+        "StudyInstanceUID": study,
+        "report_id": "R-1",
+        "title": "Radiographie thoracique",
+        "indication": "Toux | fièvre",
+        "technique": "Face",
+        "findings": "Opacité basale droite.\nPas d'épanchement.",
+        "conclusion": "Pneumopathie <basale> droite.",
+        "language": "FR",
+        **changes,
+    }
+
+
+async def push(nc: Client, provider: str, body: object) -> dict[str, Any]:
+    data = body if isinstance(body, bytes) else msgspec.json.encode(body)
+    reply = await nc.request(webps_subject(provider), data, timeout=10)
+    answer: dict[str, Any] = msgspec.json.decode(reply.data)
+    return answer
+
+
+async def test_an_external_report_pushed_on_nats_reaches_the_ris(nc: Client, ris: DemoRis) -> None:
+    async with running_hl7(
+        nc, ris, webps_enable=True, webps_providers=("radnet",), tcr_out_format="HTML"
+    ):
+        ready = await record_results(nc, PatientName="Petit^Léa", AccessionNumber="ACC-W1")
+        assert isinstance(await outcome(nc, ready), ev.Hl7Sent)
+        body = external_report(ready.study_instance_uid)
+        answer = await push(nc, "radnet", body)
+        assert answer["status"] == "accepted" and answer["report_id"] == "R-1"
+        again = await push(nc, "radnet", body)  # pushed twice, recorded once
+        assert again["sequence"] == answer["sequence"]
+        sent = await wait_for_event(
+            nc,
+            ready.study_instance_uid,
+            lambda e: isinstance(e, ev.Hl7Sent | ev.Hl7Failed) and e.report_id == "R-1",
+        )
+    assert isinstance(sent, ev.Hl7Sent)
+    assert (sent.core, sent.attempt, sent.with_report) == ("webps-radnet", 0, True)
+    (oru,) = [ParsedOru(r.text) for r in ris.received if r.control_id == sent.control_id]
+    pid = oru.segments("PID")[0]
+    assert (oru.text(pid, 5, 1), oru.text(oru.segments("OBR")[0], 2)) == ("Petit", "ACC-W1")
+    expected = Report(
+        **{k: v for k, v in body.items() if k not in ("StudyInstanceUID", "report_id")}
+    )
+    assert oru.report() == ("ED/html", expected.as_html())
+    assert sent.control_id != control_id(ready.study_instance_uid, CORE, 1)
+
+
+@pytest.mark.parametrize(
+    ("provider", "body", "code", "reason"),
+    [
+        ("unknown", None, 404, "unknown report provider"),
+        ("radnet", b"{not json", 400, "not JSON"),
+        ("radnet", {"title": ""}, 422, "title"),
+        ("radnet", {"StudyInstanceUID": "1.2.x"}, 422, "StudyInstanceUID"),
+        ("radnet", {"report_id": "../x"}, 422, "report_id"),
+        ("radnet", {"findings": "", "conclusion": ""}, 422, "neither findings nor"),
+        ("radnet", {"language": "DE"}, 422, "language"),
+        ("radnet", {"script": "x"}, 422, "unknown field"),
+    ],
+)
+async def test_bad_external_reports_are_refused_and_record_nothing(
+    nc: Client, ris: DemoRis, provider: str, body: object, code: int, reason: str
+) -> None:
+    study = new_uid()
+    payload = body if isinstance(body, bytes) else {**external_report(study), **(body or {})}
+    async with running_hl7(nc, ris, webps_enable=True, webps_providers=("radnet",)):
+        answer = await push(nc, provider, payload)
+    assert (answer["status"], answer["code"]) == ("refused", code)
+    assert reason in answer["reason"]
+    assert (
+        await EventLog(nc.jetstream()).read(events_filter(ev.ExternalReportReceived.topic, False))
+        == []
+    )

@@ -56,6 +56,9 @@ class Hl7Settings(msgspec.Struct, frozen=True, kw_only=True):
     custom_dir: str = ""
     load_config_at_init: str = ""
     load_template_at_init: str = ""
+    # Reports pushed by external providers, each on its own NATS subject and HTTP route
+    webps_enable: bool = False
+    webps_providers: tuple[str, ...] = ()
 
     def wanted_commands(self) -> tuple[str, ...]:
         """The inference commands whose findings go into the message, in message order."""
@@ -119,6 +122,16 @@ def _name(name: str, raw: str) -> str:
     return raw
 
 
+def _providers(name: str, raw: str) -> tuple[str, ...]:
+    providers = tuple(p.strip() for p in raw.split(",") if p.strip())
+    for provider in providers:
+        if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,31}", provider):
+            raise Hl7ConfigError(f"{name}: lower-case letters, digits and '-', got {provider!r}")
+    if len(set(providers)) != len(providers):
+        raise Hl7ConfigError(f"{name}: a provider is named twice in {raw!r}")
+    return providers
+
+
 def _url(name: str, raw: str) -> str:
     if not re.match(r"^https?://[^/\s]+", raw):
         raise Hl7ConfigError(f"{name}: expected an http:// or https:// URL, got {raw!r}")
@@ -151,6 +164,8 @@ VARIABLES: tuple[tuple[str, str, Callable[[str, str], object]], ...] = (
     ("HL7_CUSTOM_DIR", "custom_dir", lambda n, r: r),
     ("LOAD_CONFIG_AT_INIT", "load_config_at_init", _name),
     ("LOAD_TEMPLATE_AT_INIT", "load_template_at_init", _name),
+    ("WEBPS_ENABLE", "webps_enable", _bool),
+    ("WEBPS_PROVIDERS", "webps_providers", _providers),
 )
 VARIABLE_NAMES = frozenset(name for name, _, _ in VARIABLES)
 
@@ -166,6 +181,8 @@ def load_hl7_settings(env: Mapping[str, str]) -> Hl7Settings:
         raise Hl7ConfigError("HL7_RIS_IP: not set; HL7_ENABLE=true needs the RIS address")
     if settings.include_tcr and not settings.tcr_api_url:
         raise Hl7ConfigError("TCR_API_URL: not set; HL7_INCLUDE_TCR=true needs the report API")
+    if settings.webps_enable and not settings.webps_providers:
+        raise Hl7ConfigError("WEBPS_PROVIDERS: not set; WEBPS_ENABLE=true needs provider names")
     if (settings.load_config_at_init or settings.load_template_at_init) and not settings.custom_dir:
         raise Hl7ConfigError("HL7_CUSTOM_DIR: not set; LOAD_*_AT_INIT names a file in it")
     return settings
@@ -177,7 +194,12 @@ def as_variables(settings: Hl7Settings) -> dict[str, str]:
     env: dict[str, str] = {}
     for name, field, _ in VARIABLES:
         value = values[field]
-        env[name] = ("true" if value else "false") if isinstance(value, bool) else str(value)
+        if isinstance(value, bool):
+            env[name] = "true" if value else "false"
+        elif isinstance(value, tuple):
+            env[name] = ",".join(value)
+        else:
+            env[name] = str(value)
     return env
 
 

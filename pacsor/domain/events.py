@@ -272,9 +272,10 @@ class Hl7Sent(Event, frozen=True, kw_only=True):
     tries: int = 1
     missing_findings: tuple[str, ...] = ()
     with_report: bool = False
+    report_id: str = ""  # set when the message carries an external report
 
     def idempotency_key(self) -> str:
-        return hl7_key(self.study_instance_uid, self.core, self.attempt)
+        return hl7_key(self.study_instance_uid, self.core, self.attempt, self.report_id)
 
 
 class Hl7Failed(Event, frozen=True, kw_only=True):
@@ -289,14 +290,38 @@ class Hl7Failed(Event, frozen=True, kw_only=True):
     reason: str
     tries: int
     ack_code: str = ""  # the last MSA-1 when the RIS answered (AE, AR...), else ""
+    report_id: str = ""
 
     def idempotency_key(self) -> str:
-        return hl7_key(self.study_instance_uid, self.core, self.attempt)
+        return hl7_key(self.study_instance_uid, self.core, self.attempt, self.report_id)
 
 
-def hl7_key(study: str, core: str, attempt: int) -> str:
-    # Sent and failed share it: one attempt has one RIS outcome.
-    return f"hl7:{study}:{core}:{attempt}"
+def hl7_key(study: str, core: str, attempt: int, report_id: str = "") -> str:
+    # Sent and failed share it: one attempt (or external report) has one RIS outcome.
+    key = f"hl7:{study}:{core}:{attempt}"
+    return f"{key}:report:{report_id}" if report_id else key
+
+
+class ExternalReportReceived(Event, frozen=True, kw_only=True):
+    """A written report pushed by an external report provider (WEBPS_PROVIDERS).
+
+    It goes to the RIS like the AI's results: Hl7Sent / Hl7Failed with core
+    `webps-<provider>`, attempt 0 and this `report_id`.
+    """
+
+    topic: ClassVar[str] = "external_report"
+
+    provider: str
+    report_id: str
+    title: str
+    indication: str = ""
+    technique: str = ""
+    findings: str = ""
+    conclusion: str = ""
+    language: str = "EN"
+
+    def idempotency_key(self) -> str:
+        return f"webps:{self.study_instance_uid}:{self.provider}:{self.report_id}"
 
 
 # --- Operators ----------------------------------------------------------------------------
@@ -369,6 +394,7 @@ AnyEvent = (
     | ObjectsExpired
     | Hl7Sent
     | Hl7Failed
+    | ExternalReportReceived
 )
 EVENT_TYPES: tuple[type[Event], ...] = (
     InstanceReceived,
@@ -385,6 +411,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     ObjectsExpired,
     Hl7Sent,
     Hl7Failed,
+    ExternalReportReceived,
 )
 
 _encoder = msgspec.json.Encoder()

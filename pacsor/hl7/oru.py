@@ -94,9 +94,14 @@ _WORDS: dict[str, dict[str, str]] = {
 _ABNORMAL_FLAG = {"abnormal": "A", "normal": "N"}  # HL7 table 0078; others have no flag
 
 
-def control_id(study_uid: str, core: str, attempt: int) -> str:
+def control_id(study_uid: str, core: str, attempt: int, report_id: str = "") -> str:
     """MSH-10: the same for every send of one study's results (at most 20 characters)."""
-    digest = hashlib.sha256(f"{study_uid}\x1f{core}\x1f{attempt}".encode()).hexdigest()
+    key = (
+        f"{study_uid}\x1f{core}\x1f{attempt}\x1f{report_id}"
+        if report_id
+        else f"{study_uid}\x1f{core}\x1f{attempt}"
+    )
+    digest = hashlib.sha256(key.encode()).hexdigest()
     return digest[:20].upper()
 
 

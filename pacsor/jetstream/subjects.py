@@ -113,3 +113,17 @@ def replay_filter(core: str) -> str:
 
 def replay_durable(core: str, destination: str) -> str:
     return f"replay-{core}-{destination_slug(destination)}"
+
+
+# External report providers push reports here (core NATS request/reply, not JetStream).
+WEBPS_SUBJECT_PREFIX = "pacsor.webps"
+# The hl7 component's consumer of ExternalReportReceived.
+HL7_EXTERNAL_DURABLE = "hl7-external-reports"
+
+
+def webps_subject(provider: str) -> str:
+    return f"{WEBPS_SUBJECT_PREFIX}.{provider}.report"
+
+
+HL7_WEBPS_QUEUE = "hl7-webps"  # queue group: one replica answers each pushed report
+WEBPS_SUBJECTS = f"{WEBPS_SUBJECT_PREFIX}.*.report"
