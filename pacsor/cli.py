@@ -345,6 +345,20 @@ async def _health(settings: Settings, component: str) -> int:
     from pacsor.jetstream.broker import connect
     from pacsor.jetstream.liveness import liveness_file, probe
 
+    if component == "admin":
+        import httpx
+
+        url = f"http://127.0.0.1:{settings.admin_port}/health"
+        try:
+            async with httpx.AsyncClient(timeout=10) as http:
+                answer = await http.get(url)
+        except httpx.HTTPError as err:
+            print(f"admin: no answer from {url}: {str(err) or type(err).__name__}")
+            return 1
+        # 503 is the admin saying the pipeline is unhealthy: the admin itself is up.
+        alive = answer.status_code in (200, 503)
+        print(f"admin: {'ok' if alive else 'answered'} {answer.status_code} at {url}")
+        return 0 if alive else 1
     if component == "scp":
         problem = await asyncio.to_thread(
             echo, "127.0.0.1", settings.port, settings.milvue_aet, settings.milvue_aet

@@ -45,7 +45,7 @@ from pacsor.jetstream.eventlog import EventLog
 from pacsor.jetstream.handler_runner import run_consumer
 from pacsor.jetstream.liveness import Heartbeat, liveness_file
 from pacsor.jetstream.quiet_timers import QuietTimers
-from pacsor.jetstream.subjects import INSTANCES_BUCKET, RESULTS_BUCKET
+from pacsor.jetstream.subjects import INSTANCES_BUCKET, RESULTS_BUCKET, retention_max_ages
 
 log = logging.getLogger("pacsor.gateway")
 
@@ -122,7 +122,11 @@ async def run_gateway(
             return
         try:
             try:
-                await apply_streams(nc, settings.nats_replicas)
+                await apply_streams(
+                    nc,
+                    settings.nats_replicas,
+                    retention_max_ages(settings.events_retention_days, settings.retention_hours),
+                )
             except BrokerError as err:
                 raise ConfigError(str(err)) from None
             js = nc.jetstream(timeout=10)

@@ -21,6 +21,7 @@ from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi import OpenAPIConfig
 from litestar.params import Parameter
 from litestar.plugins.jinja import JinjaTemplateEngine
+from litestar.response import Redirect
 from litestar.template.config import TemplateConfig
 from nats.aio.client import Client
 from nats.js import JetStreamContext
@@ -163,6 +164,14 @@ def _token_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRo
 
 def _refused(_: AnyRequest, err: Refused) -> Response[dict[str, Any]]:
     return Response({"status_code": err.status, "detail": err.message}, status_code=err.status)
+
+
+def _unauthorized(request: AnyRequest, err: NotAuthorizedException) -> Response[Any]:
+    """A browser is sent to the sign-in page; a script gets the 401 and why."""
+    if "text/html" in request.headers.get("accept", ""):
+        return Redirect(path="/login")
+    body = {"status_code": 401, "detail": err.detail}
+    return Response(body, status_code=401, headers=err.headers)
 
 
 def _admin(request: AnyRequest) -> Admin:
@@ -346,7 +355,7 @@ def create_app(admin: Admin, extra_handlers: list[Any] | None = None) -> Litesta
     app = Litestar(
         route_handlers=[*API, *(extra_handlers or [])],
         guards=[_token_guard],
-        exception_handlers={Refused: _refused},
+        exception_handlers={Refused: _refused, NotAuthorizedException: _unauthorized},
         openapi_config=OpenAPIConfig(
             title="pacsor admin",
             version="1",
@@ -355,6 +364,8 @@ def create_app(admin: Admin, extra_handlers: list[Any] | None = None) -> Litesta
         ),
         template_config=TemplateConfig(directory=TEMPLATES, engine=JinjaTemplateEngine),
         debug=False,
+        # pacsor's JSON-lines logging stays as configured: Litestar would replace the handlers.
+        logging_config=None,
     )
     app.state.admin = admin
     return app

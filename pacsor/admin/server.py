@@ -19,10 +19,11 @@ from pacsor.admin.dashboard import DASHBOARD
 from pacsor.admin.metrics import AdminMetrics
 from pacsor.admin.projector import Projector
 from pacsor.admin.read_model import ReadModel
+from pacsor.admin.retention import RetentionSweeper
 from pacsor.config import ConfigError, Settings
 from pacsor.jetstream.blobs import BlobStore
 from pacsor.jetstream.eventlog import EventLog
-from pacsor.jetstream.subjects import INSTANCES_BUCKET
+from pacsor.jetstream.subjects import INSTANCES_BUCKET, RESULTS_BUCKET
 
 log = logging.getLogger("pacsor.admin")
 
@@ -81,6 +82,14 @@ class AdminServer:
             projector=Projector(js, model, metrics),
             metrics=metrics,
         )
+        self.retention = RetentionSweeper(
+            settings,
+            self.admin.projector,
+            js,
+            self.admin.events,
+            self.admin.instances,
+            BlobStore(nc, js, RESULTS_BUCKET),
+        )
         config = uvicorn.Config(
             create_app(self.admin, DASHBOARD), log_level="warning", timeout_graceful_shutdown=5
         )
@@ -96,6 +105,7 @@ class AdminServer:
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self.admin.projector.run(stop))
+                group.create_task(self.retention.run(stop))
                 group.create_task(self._server.serve(sockets=[self._sock]))
                 await stop.wait()
                 self._server.should_exit = True

@@ -76,6 +76,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     retention_hours: float = 168.0
     events_retention_days: float = 365.0
     output_cleaning: bool = False
+    retention_check_seconds: float = 600.0
     # HL7 ORU^R01 to the RIS (pacsor.config.hl7)
     hl7: Hl7Settings = msgspec.field(default_factory=Hl7Settings)
 
@@ -236,6 +237,7 @@ def load_settings(
     take("RETENTION_HOURS", "retention_hours", _positive_float)
     take("EVENTS_RETENTION_DAYS", "events_retention_days", _positive_float)
     take("OUTPUT_CLEANING", "output_cleaning", _boolean)
+    take("RETENTION_CHECK_SECONDS", "retention_check_seconds", _positive_float)
     try:
         kwargs["hl7"] = load_hl7_settings(env)
     except Hl7ConfigError as err:

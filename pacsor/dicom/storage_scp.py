@@ -53,6 +53,10 @@ class Identity(msgspec.Struct, frozen=True):
     sop_instance_uid: str
     sop_class_uid: str
     modality: str
+    # What operators search by; never the patient's name, ID or birth date.
+    accession_number: str = ""
+    study_date: str = ""
+    study_description: str = ""
 
 
 class Rejection(Exception):
@@ -61,6 +65,12 @@ class Rejection(Exception):
         self.status = status
         self.reason = reason
         self.identity = identity or {}
+
+
+def _text(dataset: Dataset, keyword: str, longest: int) -> str:
+    """A short text element as one clean line, at most its VR's length."""
+    value = str(dataset.get(keyword, "") or "")
+    return " ".join(value.replace("\0", " ").split())[:longest]
 
 
 def identify(dataset: Dataset, affected_sop_class: str) -> Identity:
@@ -72,6 +82,9 @@ def identify(dataset: Dataset, affected_sop_class: str) -> Identity:
             "sop_instance_uid": str(dataset.get("SOPInstanceUID", "") or "").strip("\0 "),
             "sop_class_uid": str(dataset.get("SOPClassUID", "") or affected_sop_class),
             "modality": str(dataset.get("Modality", "") or ""),
+            "accession_number": _text(dataset, "AccessionNumber", 16),
+            "study_date": _text(dataset, "StudyDate", 8),
+            "study_description": _text(dataset, "StudyDescription", 64),
         }
     except Exception as err:  # pydicom raises many kinds on a corrupt or truncated stream
         raise Rejection(CANNOT_UNDERSTAND, f"unreadable dataset: {err}") from err
@@ -202,6 +215,9 @@ class StorageScp:
             sop_class_uid=identity.sop_class_uid,
             transfer_syntax_uid=transfer_syntax,
             modality=identity.modality,
+            accession_number=identity.accession_number,
+            study_date=identity.study_date,
+            study_description=identity.study_description,
             calling_ae_title=calling,
             object_name=name,
             size=len(data),

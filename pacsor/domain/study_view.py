@@ -82,6 +82,7 @@ class ResultsMade(msgspec.Struct, kw_only=True):
     attempt: int
     at: datetime
     result_count: int
+    removed: bool = False
 
 
 class StudyView(msgspec.Struct, kw_only=True):
@@ -110,6 +111,10 @@ class StudyView(msgspec.Struct, kw_only=True):
     last_sequence: int = 0
     # The stored instances, so that a copy sent twice counts once.
     sop_instance_uids: list[str] = msgspec.field(default_factory=list)
+
+    def holds_objects(self) -> bool:
+        """Whether stored instances or result objects of the study may still be there."""
+        return self.instances_stored or any(not r.removed for r in self.results_made)
 
     def core(self, name: str) -> CoreView | None:
         return next((c for c in self.cores if c.core == name), None)
@@ -190,6 +195,12 @@ def apply(view: StudyView, sequence: int, event: ev.Event) -> StudyView:
         case ev.ObjectsExpired():
             if event.kind == "instances":
                 view.instances_stored = False
+            for made in view.results_made:
+                if event.kind == "results" and (made.core, made.attempt) == (
+                    event.core,
+                    event.attempt,
+                ):
+                    made.removed = True
             what = (
                 f"{event.kind} {event.core} attempt {event.attempt}" if event.core else event.kind
             )

@@ -171,3 +171,21 @@ class BlobStore:
 
     async def get(self, name: str) -> bytes:
         return b"".join([chunk async for chunk in self.chunks(name)])
+
+    async def delete(self, name: str) -> bool:
+        """Remove the object (the object store's way: its metadata marked deleted, its chunks
+        purged); False when there was no such object."""
+        info = await self.info(name)
+        if info is None:
+            return False
+        gone = {"size": 0, "chunks": 0, "digest": "", "deleted": True}
+        meta = msgspec.structs.asdict(info) | gone
+        meta["mtime"] = datetime.now(UTC).isoformat()
+        await self._js.publish(
+            self._meta_subject(name),
+            json.dumps(meta).encode(),
+            headers={"Nats-Rollup": "sub"},
+            timeout=self._timeout,
+        )
+        await self._js.purge_stream(self.stream, subject=self._chunk_subject(info.nuid))
+        return True

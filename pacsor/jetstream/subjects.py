@@ -115,6 +115,17 @@ def replay_durable(core: str, destination: str) -> str:
     return f"replay-{core}-{destination_slug(destination)}"
 
 
+def retention_max_ages(events_days: float, objects_hours: float) -> dict[str, float]:
+    """The streams' max_age in seconds: the events for EVENTS_RETENTION_DAYS; the stored objects
+    a day longer than RETENTION_HOURS, a backstop behind the recorded removals."""
+    objects = (objects_hours + 24) * 3600
+    return {
+        EVENTS_STREAM: events_days * 86400,
+        f"OBJ_{INSTANCES_BUCKET}": objects,
+        f"OBJ_{RESULTS_BUCKET}": objects,
+    }
+
+
 # External report providers push reports here (core NATS request/reply, not JetStream).
 WEBPS_SUBJECT_PREFIX = "pacsor.webps"
 # The hl7 component's consumer of ExternalReportReceived.

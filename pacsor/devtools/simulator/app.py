@@ -7,6 +7,7 @@ forms: `{"message"}` for 400/403/404/429 and FastAPI's `{"detail": [...]}` for 4
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import io
 import logging
@@ -226,6 +227,8 @@ def create_app(settings: SimulatorSettings, state: SimulatorState | None = None)
             return _error(400, str(exc))
         await _drain(chunks)  # the epilogue, if any
         store.store(study_uid, staged)
+        if settings.upload_seconds:
+            await asyncio.sleep(settings.upload_seconds)  # a slow API: the upload stays in flight
         message = f"{len(staged)} instance(s) received"
         return _json({"StudyInstanceUID": study_uid, "message": message})
 

@@ -22,10 +22,14 @@ class SimulatorSettings(msgspec.Struct, frozen=True, kw_only=True):
     result_faults: tuple[int, ...] = ()
     # Per study, the first result requests after "done" still answer "running".
     not_ready_results: int = 0
+    # Seconds an accepted upload takes before it is answered: keeps uploads in flight.
+    upload_seconds: float = 0.0
 
     def __post_init__(self) -> None:
         if self.running_polls < 0:
             raise ValueError(f"running_polls must be >= 0, got {self.running_polls}")
+        if not self.upload_seconds >= 0:
+            raise ValueError(f"upload_seconds must be >= 0, got {self.upload_seconds}")
         if self.not_ready_results < 0:
             raise ValueError(f"not_ready_results must be >= 0, got {self.not_ready_results}")
         for name, faults in (
