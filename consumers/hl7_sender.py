@@ -16,13 +16,12 @@ message, with the same control ID.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 from pacsor.ai.techcare_report import ReportError, TechCareReports
+from pacsor.config import ConfigError, Settings
 from pacsor.config.hl7 import Hl7Settings
 from pacsor.domain import events as ev
 from pacsor.domain.retry import RetryPolicy
@@ -38,11 +37,10 @@ from pacsor.jetstream.handler_runner import (
     ConsumerSpec,
     Delivery,
     Emit,
+    Handler,
     Outcome,
     Retry,
-    ensure_consumer,
     retry_or_fail,
-    run_consumer,
 )
 from pacsor.jetstream.requests import Responders, answer_requests
 from pacsor.jetstream.subjects import (
@@ -52,8 +50,8 @@ from pacsor.jetstream.subjects import (
     HL7_WEBPS_QUEUE,
     WEBPS_SUBJECTS,
     events_filter,
-    webps_subject,
 )
+from pacsor.runtime import Component, Runtime, Started
 
 
 @dataclass(frozen=True)
@@ -64,15 +62,17 @@ class Hl7Context:
     instances: BlobStore
     results: BlobStore
     policy: RetryPolicy
-    # The TechCare Report service of each core, by core name (HL7_INCLUDE_TCR).
+    # The TechCare Report service of each core, by core name.
     reports: dict[str, TechCareReports]
+    # Cores of kind tcr: their studies went to the report service, their report always goes.
+    tcr_cores: frozenset[str] = frozenset()
 
 
 def consumer(ack_wait: float = 60.0) -> ConsumerSpec[ev.ResultReady]:
     return ConsumerSpec(
         durable=HL7_DURABLE,
         stream=EVENTS_STREAM,
-        filter_subject=events_filter(ev.ResultReady.topic, per_core=True),
+        filter_subject=events_filter(ev.ResultReady),
         decode=ev.decoder(ev.ResultReady),
         ack_wait=ack_wait,
         # One MLLP connection, one message at a time, as the RIS reads them.
@@ -93,7 +93,7 @@ async def send_to_ris(event: ev.ResultReady, delivery: Delivery, ctx: Hl7Context
     found, running = await _findings(event, ctx)
     unavailable: list[str] = []
     report: Report | None = None
-    if settings.include_tcr:
+    if settings.include_tcr or core in ctx.tcr_cores:
         try:
             report = await _report(event, ctx)
         except ReportError as err:
@@ -118,7 +118,7 @@ def external_consumer(ack_wait: float = 60.0) -> ConsumerSpec[ev.ExternalReportR
     return ConsumerSpec(
         durable=HL7_EXTERNAL_DURABLE,
         stream=EVENTS_STREAM,
-        filter_subject=events_filter(ev.ExternalReportReceived.topic, per_core=False),
+        filter_subject=events_filter(ev.ExternalReportReceived),
         decode=ev.decoder(ev.ExternalReportReceived),
         ack_wait=ack_wait,
         concurrency=1,
@@ -172,14 +172,13 @@ async def _send(ctx: Hl7Context, delivery: Delivery, text: str, about: _Outcome)
             ctx.policy,
             reason,
             retryable=True,
-            failed=lambda tries: ev.Hl7Failed(
+            failed=ev.Hl7Failed(
                 study_instance_uid=about.study,
                 core=about.core,
                 attempt=about.attempt,
                 ris=str(ctx.ris),
                 control_id=about.control_id,
                 reason=reason,
-                tries=tries,
                 ack_code=code,
                 report_id=about.report_id,
             ),
@@ -278,60 +277,57 @@ async def _header(
     return StudyHeader(study_instance_uid=study)
 
 
-@dataclass(frozen=True)
-class ReportService:
-    """Where a core's TechCare reports come from."""
+def report_sources(settings: Settings) -> dict[str, TechCareReports]:
+    """The TechCare Report service of each core that has one: a tcr core's own API, else
+    TCR_API_URL when HL7_INCLUDE_TCR is set; each with the core's token."""
+    sources: dict[str, TechCareReports] = {}
+    for core in settings.cores:
+        if core.kind == "tcr":
+            sources[core.name] = TechCareReports(core.api_url, core.token)
+        elif settings.hl7.include_tcr and settings.hl7.tcr_api_url:
+            sources[core.name] = TechCareReports(settings.hl7.tcr_api_url, core.token)
+    return sources
 
-    core: str
-    url: str
-    token: str
 
-
-async def run_hl7(
-    nc: Any,
-    js: Any,
-    events: EventLog,
-    instances: BlobStore,
-    results: BlobStore,
-    policy: RetryPolicy,
-    settings: Hl7Settings,
-    report_services: tuple[ReportService, ...],
-    stop: asyncio.Event,
-    started: Callable[[dict[str, Any]], None],
-) -> None:
-    """The hl7 component: the RIS sender's consumers and, with WEBPS_ENABLE, the providers'
-    NATS subjects, until `stop` is set."""
+async def run(rt: Runtime, started: Started) -> None:
+    """The RIS sender's consumers and, with WEBPS_ENABLE, the providers' NATS subjects."""
+    settings = rt.settings.hl7
     ris = MllpClient(settings.ris_ip, settings.ris_port, settings.ris_timeout_seconds)
-    reports = {s.core: TechCareReports(s.url, s.token) for s in report_services}
-    ctx = Hl7Context(settings, ris, events, instances, results, policy, reports)
+    reports = report_sources(rt.settings)
+    tcr_cores = frozenset(core.name for core in rt.settings.cores if core.kind == "tcr")
+    ctx = Hl7Context(
+        settings, ris, rt.events, rt.instances, rt.results, rt.policy, reports, tcr_cores
+    )
     # Long enough for one MLLP exchange; in-progress acks cover longer waits.
     ack_wait = max(30.0, 3 * settings.ris_timeout_seconds)
-    consumers: list[tuple[ConsumerSpec[Any], Any]] = [
+    consumers: list[tuple[ConsumerSpec[Any], Handler[Any]]] = [
         (consumer(ack_wait), partial(send_to_ris, ctx=ctx)),
         (external_consumer(ack_wait), partial(send_external_report, ctx=ctx)),
     ]
     responders: Responders | None = None
     try:
-        for spec, _ in consumers:
-            await ensure_consumer(js, spec)
         if settings.webps_enable:
             # Every provider's subject, unknown providers included, so that they hear why.
-            answer = partial(answer_request, events, settings)
-            responders = await answer_requests(nc, [WEBPS_SUBJECTS], HL7_WEBPS_QUEUE, answer)
-        started(
-            {
-                "ris": str(ris),
-                "webps_subjects": [webps_subject(p) for p in settings.webps_providers]
-                if settings.webps_enable
-                else [],
-            }
-        )
-        async with asyncio.TaskGroup() as group:
-            for spec, handler in consumers:
-                group.create_task(run_consumer(js, events, spec, handler, stop, policy))
+            answer = partial(answer_request, rt.events, settings)
+            responders = await answer_requests(rt.nc, [WEBPS_SUBJECTS], HL7_WEBPS_QUEUE, answer)
+        await rt.run_consumers(consumers, started)
     finally:
         if responders is not None:
             await responders.close()
         await ris.aclose()
         for source in reports.values():
             await source.aclose()
+
+
+def check(settings: Settings) -> None:
+    if not settings.hl7.ris_ip:
+        raise ConfigError("HL7_RIS_IP: not set; the hl7 component sends to the RIS")
+
+
+COMPONENT = Component(
+    "hl7",
+    "ResultReady, ExternalReportReceived -> ORU^R01 to the RIS -> Hl7Sent / Hl7Failed",
+    run,
+    check=check,
+    in_up=lambda settings: settings.hl7.enable,
+)

@@ -7,7 +7,6 @@ recorded.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
@@ -16,11 +15,11 @@ from typing import Any
 import msgspec
 import pytest
 from nats.aio.client import Client
-from pacsor.consumers import hl7_sender
 
 from pacsor.ai.milvue_api import MilvueApi
 from pacsor.ai.techcare_report import TechCareReports
-from pacsor.config.hl7 import Hl7Settings
+from pacsor.config import Settings, load_settings
+from pacsor.config.hl7 import Hl7Settings, as_variables
 from pacsor.devtools.demo_ris import DemoRis
 from pacsor.devtools.simulator import SimulatorSettings, running_simulator
 from pacsor.devtools.simulator import results as simulated
@@ -39,7 +38,7 @@ from pacsor.jetstream.subjects import (
     webps_subject,
 )
 from tests.dicom_factory import make_image, new_uid, to_bytes
-from tests.harness import wait_for_event
+from tests.harness import running_gateway, wait_for_event
 from tests.hl7_reading import ParsedOru
 
 CORE = "default"
@@ -69,42 +68,29 @@ async def ris() -> AsyncIterator[DemoRis]:
 
 @contextlib.asynccontextmanager
 async def running_hl7(
-    nc: Client,
-    ris: DemoRis,
-    policy: RetryPolicy = POLICY,
-    reports: tuple[hl7_sender.ReportService, ...] = (),
-    **settings: Any,
-) -> AsyncIterator[Hl7Settings]:
-    """The hl7 component, sending to `ris`, until the block ends."""
-    js = nc.jetstream()
-    config = Hl7Settings(
+    nc: Client, ris: DemoRis, policy: RetryPolicy = POLICY, **settings: Any
+) -> AsyncIterator[Settings]:
+    """`pacsor run hl7`, in this process, sending to `ris`, until the block ends.
+
+    `settings` are Hl7Settings fields, given to the component as their variables.
+    """
+    hl7 = Hl7Settings(
         enable=True, ris_ip="127.0.0.1", ris_port=ris.port, ris_timeout_seconds=1.0, **settings
     )
-    stop = asyncio.Event()
-    started: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(
-        hl7_sender.run_hl7(
-            nc,
-            js,
-            EventLog(js),
-            BlobStore(nc, js, INSTANCES_BUCKET),
-            BlobStore(nc, js, RESULTS_BUCKET),
-            policy,
-            config,
-            reports,
-            stop,
-            started.set_result,
-        )
+    config = load_settings(
+        {
+            "NATS_URL": nc.connected_url.geturl() if nc.connected_url else "",
+            "TOKEN": TOKEN,
+            "RETRY_INITIAL_SECONDS": str(policy.initial_seconds),
+            "RETRY_MAX_SECONDS": str(policy.max_seconds),
+            "RETRY_MAX_ATTEMPTS": str(policy.max_attempts),
+            **{name: value for name, value in as_variables(hl7).items() if value},
+        },
+        dotenv=None,
     )
-    # Its consumers exist from here on: they start at "new", after this point.
-    await asyncio.wait({task, started}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
-    if task.done():
-        task.result()
-    try:
+    # Its consumers exist once it is ready: they start at "new", after this point.
+    async with running_gateway(config, ("hl7",)):
         yield config
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
 
 
 def findings_json(study: str, sop: str, command: str, status: str = "done") -> bytes:
@@ -351,7 +337,6 @@ async def test_the_report_goes_in_each_format(
     async with running_hl7(
         nc,
         ris,
-        reports=(hl7_sender.ReportService(CORE, simulator, TOKEN),),
         include_tcr=True,
         tcr_out_format=form,
         tcr_api_url=simulator,
@@ -376,7 +361,6 @@ async def test_a_report_that_does_not_exist_is_left_out(
     async with running_hl7(
         nc,
         ris,
-        reports=(hl7_sender.ReportService(CORE, simulator, TOKEN),),
         include_tcr=True,
         tcr_api_url=simulator,
     ):
@@ -460,7 +444,4 @@ async def test_bad_external_reports_are_refused_and_record_nothing(
         answer = await push(nc, provider, payload)
     assert (answer["status"], answer["code"]) == ("refused", code)
     assert reason in answer["reason"]
-    assert (
-        await EventLog(nc.jetstream()).read(events_filter(ev.ExternalReportReceived.topic, False))
-        == []
-    )
+    assert await EventLog(nc.jetstream()).read(events_filter(ev.ExternalReportReceived)) == []
