@@ -7,7 +7,9 @@ The message is a pure function of the study (pacsor.hl7.oru); this handler gathe
   in an NTE segment and in Hl7Sent.missing_findings;
 - the patient and order facts, from a stored instance of the attempt (or, once the instances
   have expired, from a result object, which carries the same patient and study);
-- the written report from the TechCare Report service, when HL7_INCLUDE_TCR is set.
+- the written report from the TechCare Report service, when HL7_INCLUDE_TCR is set, and
+  always for a core of kind tcr (CORE_KIND=tcr), whose studies went to that service instead
+  of the inference API and which has no findings.
 
 An AE/AR, a garbled answer, silence or no connection is retried with the retry policy, then
 recorded as Hl7Failed. At least once: a crash between the ACK and Hl7Sent re-sends the same
@@ -90,7 +92,8 @@ async def send_to_ris(event: ev.ResultReady, delivery: Delivery, ctx: Hl7Context
     waited = (ev.utc_now() - event.occurred_at).total_seconds()
     may_wait = waited < settings.findings_wait_seconds
 
-    found, running = await _findings(event, ctx)
+    # A tcr core's study went to the report service only: its report is the message.
+    found, running = (StudyFindings(), []) if core in ctx.tcr_cores else await _findings(event, ctx)
     unavailable: list[str] = []
     report: Report | None = None
     if settings.include_tcr or core in ctx.tcr_cores:

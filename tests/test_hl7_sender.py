@@ -7,9 +7,11 @@ recorded.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -21,8 +23,10 @@ from pacsor.ai.techcare_report import TechCareReports
 from pacsor.config import Settings, load_settings
 from pacsor.config.hl7 import Hl7Settings, as_variables
 from pacsor.devtools.demo_ris import DemoRis
+from pacsor.devtools.sample_study import make_study
 from pacsor.devtools.simulator import SimulatorSettings, running_simulator
 from pacsor.devtools.simulator import results as simulated
+from pacsor.dicom.storage_scu import send_files
 from pacsor.domain import events as ev
 from pacsor.domain.retry import RetryPolicy
 from pacsor.hl7.oru import control_id
@@ -38,8 +42,15 @@ from pacsor.jetstream.subjects import (
     webps_subject,
 )
 from tests.dicom_factory import make_image, new_uid, to_bytes
-from tests.harness import running_gateway, wait_for_event
+from tests.harness import (
+    ReceivingPacs,
+    gateway_settings,
+    running_gateway,
+    wait_for_event,
+    write_study,
+)
 from tests.hl7_reading import ParsedOru
+from tests.nats_server import NatsServer
 
 CORE = "default"
 TOKEN = "tcr-token"
@@ -445,3 +456,47 @@ async def test_bad_external_reports_are_refused_and_record_nothing(
     assert (answer["status"], answer["code"]) == ("refused", code)
     assert reason in answer["reason"]
     assert await EventLog(nc.jetstream()).read(events_filter(ev.ExternalReportReceived)) == []
+
+
+async def test_a_tcr_core_sends_its_report_to_the_ris(
+    nc: Client, nats_server: NatsServer, tmp_path: Path, pacs: ReceivingPacs, ris: DemoRis
+) -> None:
+    """CORE_KIND=tcr: the study goes to the report service, its report to the RIS."""
+    with running_simulator(SimulatorSettings(token=TOKEN, running_polls=1)) as (url, sim):
+        settings = gateway_settings(
+            nats_server.url,
+            url,
+            pacs,
+            TOKEN=TOKEN,
+            CORE_NAME="reports",
+            CORE_KIND="tcr",
+            HL7_ENABLE="true",
+            HL7_RIS_IP="127.0.0.1",
+            HL7_RIS_PORT=str(ris.port),
+            HL7_LANGUAGE="FR",
+            HL7_TCR_OUT_FORMAT="HTML",
+        )
+        async with running_gateway(settings) as ready:
+            assert "hl7" in ready["components"]
+            study = make_study(2, rows=64, columns=64)
+            for ds in study:
+                ds.PatientName = "Roux^Inès"
+            paths = write_study(tmp_path, study)
+            await asyncio.to_thread(send_files, "127.0.0.1", settings.port, "MILVUE", paths)
+            uid = str(study[0].StudyInstanceUID)
+            sent = await outcome_of(nc, uid)
+        assert sim.study(uid) is not None  # uploaded to the report service
+    assert isinstance(sent, ev.Hl7Sent)
+    assert (sent.core, sent.with_report, sent.missing_findings) == ("reports", True, ())
+    (oru,) = [ParsedOru(r.text) for r in ris.received if r.control_id == sent.control_id]
+    kind, page = oru.report()
+    assert kind == "ED/html" and "<h1>Radiographie thoracique</h1>" in page
+    assert oru.text(oru.segments("PID")[0], 5, 2) == "Inès"
+    assert not [key for key in oru.observations() if key not in ("110180", "REPORT")]
+    assert pacs.received == []  # a report core makes no result image
+
+
+async def outcome_of(nc: Client, study: str) -> ev.AnyEvent:
+    return await wait_for_event(
+        nc, study, lambda e: isinstance(e, ev.Hl7Sent | ev.Hl7Failed), timeout=90
+    )
