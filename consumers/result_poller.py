@@ -10,16 +10,25 @@ from __future__ import annotations
 
 import contextlib
 from datetime import timedelta
+from functools import partial
 from io import BytesIO
 
 import msgspec
+from pacsor.consumers.uploader import require_tokens
 from pydicom import dcmread
 
-from pacsor.ai.milvue_api import ApiError, MilvueApi
+from pacsor.ai.milvue_api import ApiError, MilvueApi, core_clients
 from pacsor.domain import events as ev
 from pacsor.jetstream.blobs import BlobStore, sha256_digest
 from pacsor.jetstream.handler_runner import ConsumerSpec, Delivery, Emit, Outcome, Retry
-from pacsor.jetstream.subjects import EVENTS_STREAM, is_valid_uid, result_object_name
+from pacsor.jetstream.subjects import (
+    EVENTS_STREAM,
+    core_events_filter,
+    is_valid_uid,
+    poll_consumer,
+    result_object_name,
+)
+from pacsor.runtime import Component, Runtime, Started
 
 
 class PollSettings(msgspec.Struct, frozen=True):
@@ -31,9 +40,9 @@ class PollSettings(msgspec.Struct, frozen=True):
 
 def consumer(core: str) -> ConsumerSpec[ev.Uploaded]:
     return ConsumerSpec(
-        durable=f"poll-{core}",
+        durable=poll_consumer(core),
         stream=EVENTS_STREAM,
-        filter_subject=f"pacsor.study.*.{core}.{ev.Uploaded.topic}",
+        filter_subject=core_events_filter(ev.Uploaded, core),
         decode=ev.decoder(ev.Uploaded),
         ack_wait=15.0,
         max_ack_pending=1024,
@@ -141,3 +150,31 @@ async def poll_results(
             ),
         )
     )
+
+
+async def run(rt: Runtime, started: Started) -> None:
+    s = rt.settings
+    async with core_clients(s) as clients:
+        consumers = [
+            (
+                consumer(core.name),
+                partial(
+                    poll_results,
+                    api=api,
+                    results=rt.results,
+                    settings=PollSettings(
+                        core=core.name,
+                        inference_commands=core.inference_commands,
+                        poll_interval=s.poll_interval_seconds,
+                        result_timeout=timedelta(seconds=s.result_timeout_seconds),
+                    ),
+                ),
+            )
+            for core, api in clients
+        ]
+        await rt.run_consumers(consumers, started)
+
+
+COMPONENT = Component(
+    "poller", "Uploaded -> ResultReady / ResultFailed, per AI core", run, check=require_tokens
+)

@@ -111,11 +111,11 @@ async def test_sweep_removes_objects_records_why_and_relaunch_then_says_409(
         await events.publish(event)
 
     site = settings(RETENTION_HOURS="168")
-    projector = Projector(js, ReadModel(tmp_path / "rm.sqlite"))
+    projector = Projector(EventLog(js), ReadModel(tmp_path / "rm.sqlite"))
     stop = asyncio.Event()
     task = asyncio.create_task(projector.run(stop))
     try:
-        sweeper = RetentionSweeper(site, projector, js, events, instances, results)
+        sweeper = RetentionSweeper(site, projector, events, instances, results)
         assert await sweeper.caught_up(30)
         assert await request_relaunch(events, instances, site, STUDY, (), "test")
         assert await sweeper.sweep(datetime.now(UTC)) == 2  # STUDY: instances and results
@@ -160,12 +160,12 @@ async def test_output_cleaning_removes_results_delivered_everywhere(
                 await results.put(result.object_name, b"result")
         await events.publish(event)
     site = settings(OUTPUT_CLEANING="true")
-    projector = Projector(js, ReadModel(tmp_path / "rm.sqlite"))
+    projector = Projector(EventLog(js), ReadModel(tmp_path / "rm.sqlite"))
     stop = asyncio.Event()
     task = asyncio.create_task(projector.run(stop))
     try:
         sweeper = RetentionSweeper(
-            site, projector, js, events, BlobStore(nc, js, INSTANCES_BUCKET), results
+            site, projector, events, BlobStore(nc, js, INSTANCES_BUCKET), results
         )
         assert await sweeper.caught_up(30)
         assert await sweeper.sweep(datetime.now(UTC)) == 1

@@ -12,7 +12,7 @@ from nats.aio.client import Client
 
 from pacsor.devtools.sample_study import make_study
 from pacsor.dicom.storage_scu import send_files
-from pacsor.jetstream.subjects import ALL_STUDY_EVENTS, EVENTS_STREAM
+from pacsor.jetstream.subjects import ALL_EVENTS, EVENTS_STREAM
 from tests.harness import running_gateway, write_study
 from tests.nats_server import NatsServer, free_port
 from tests.test_admin_api import admin_settings
@@ -54,7 +54,7 @@ async def test_accession_date_and_description_are_searchable_patients_never_reco
     )
 
     recorded = b""
-    sub = await nc.jetstream().subscribe(ALL_STUDY_EVENTS, ordered_consumer=True)
+    sub = await nc.jetstream().subscribe(ALL_EVENTS, ordered_consumer=True)
     for _ in range(info.state.messages):
         recorded += (await sub.next_msg(timeout=10)).data
     await sub.unsubscribe()

@@ -16,8 +16,6 @@ import contextlib
 import logging
 from datetime import datetime, timedelta
 
-from nats.js import JetStreamContext
-
 from pacsor.admin.projector import Projector
 from pacsor.config import Settings
 from pacsor.domain import events as ev
@@ -25,7 +23,7 @@ from pacsor.domain.retention import Removal, removals_due
 from pacsor.domain.study_view import StudyView
 from pacsor.jetstream.blobs import BlobStore
 from pacsor.jetstream.eventlog import EventLog
-from pacsor.jetstream.subjects import EVENTS_STREAM, instance_object_name
+from pacsor.jetstream.subjects import instance_object_name
 
 log = logging.getLogger("pacsor.admin.retention")
 
@@ -37,14 +35,12 @@ class RetentionSweeper:
         self,
         settings: Settings,
         projector: Projector,
-        js: JetStreamContext,
         events: EventLog,
         instances: BlobStore,
         results: BlobStore,
     ) -> None:
         self._settings = settings
         self._projector = projector
-        self._js = js
         self._model = projector.model
         self._events = events
         self._instances = instances
@@ -68,8 +64,7 @@ class RetentionSweeper:
     async def caught_up(self, patience: float = 60.0) -> bool:
         """Whether the read model holds every event recorded so far: a view still being
         rebuilt could say an instance is older than it is."""
-        info = await self._js.stream_info(EVENTS_STREAM)
-        return await self._projector.wait_for(info.state.last_seq, patience)
+        return await self._projector.wait_for(await self._events.last_sequence(), patience)
 
     async def sweep(self, now: datetime) -> int:
         """Remove everything due at `now`; returns how many removals were recorded."""

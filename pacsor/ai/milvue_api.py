@@ -7,8 +7,9 @@ are streamed: neither a whole study nor a whole result body is held in memory.
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from types import TracebackType
@@ -27,6 +28,7 @@ from pacsor.ai.multipart import (
     iter_parts,
     new_boundary,
 )
+from pacsor.config import CoreSettings, Settings
 
 OWNER_HEADER = "x-goog-meta-owner"
 RESULTS_ACCEPT = f'multipart/related; type="{DICOM_MEDIA_TYPE}"'
@@ -337,3 +339,13 @@ def _uid(uid: str) -> str:
 def _transport_error(exc: httpx.RequestError, method: str, path: str) -> ApiError:
     detail = str(exc) or "no detail"
     return ApiError(None, f"{type(exc).__name__}: {detail}", method=method, path=path)
+
+
+@contextlib.asynccontextmanager
+async def core_clients(settings: Settings) -> AsyncIterator[list[tuple[CoreSettings, MilvueApi]]]:
+    """A client for each AI core of the settings, closed together."""
+    async with contextlib.AsyncExitStack() as stack:
+        yield [
+            (core, stack.push_async_exit(MilvueApi(core.api_url, core.token, timeout)))
+            for core, timeout in ((c, settings.api_timeout_seconds) for c in settings.cores)
+        ]

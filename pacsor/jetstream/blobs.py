@@ -17,14 +17,21 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import Any
 
 import msgspec
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-log = logging.getLogger("pacsor.jetstream.blobs")
+from pacsor.jetstream.subjects import (
+    ROLLUP_HEADER,
+    ROLLUP_SUBJECT,
+    object_chunk_subject,
+    object_meta_subject,
+    object_store_stream,
+)
+
+log = logging.getLogger("pacsor.blobs")
 
 CHUNK_SIZE = 512 * 1024
 DIGEST_PREFIX = "SHA-256="
@@ -39,12 +46,14 @@ class BlobNotFound(BlobError):
 
 
 class BlobInfo(msgspec.Struct, frozen=True):
+    """An object's metadata message, as the object store writes it (other fields ignored)."""
+
     name: str
     bucket: str
     nuid: str
-    size: int
-    chunks: int
-    digest: str
+    size: int = 0
+    chunks: int = 0
+    digest: str = ""
     deleted: bool = False
 
     @property
@@ -64,17 +73,16 @@ class BlobStore:
         self._nc = nc
         self._js = js
         self.bucket = bucket
-        self.stream = f"OBJ_{bucket}"
+        self.stream = object_store_stream(bucket)
         self._timeout = timeout
         # Larger chunks mean fewer messages; they must fit the server's max_payload.
         self._chunk_size = max(min(CHUNK_SIZE, nc.max_payload - 4096), 16 * 1024)
 
     def _meta_subject(self, name: str) -> str:
-        encoded = base64.urlsafe_b64encode(name.encode()).decode()
-        return f"$O.{self.bucket}.M.{encoded}"
+        return object_meta_subject(self.bucket, name)
 
     def _chunk_subject(self, nuid: str) -> str:
-        return f"$O.{self.bucket}.C.{nuid}"
+        return object_chunk_subject(self.bucket, nuid)
 
     async def info(self, name: str) -> BlobInfo | None:
         """The object's metadata, or None when there is no such (undeleted) object."""
@@ -84,16 +92,7 @@ class BlobStore:
             return None
         if not raw.data:
             return None
-        meta: dict[str, Any] = json.loads(raw.data)
-        info = BlobInfo(
-            name=meta["name"],
-            bucket=meta["bucket"],
-            nuid=meta["nuid"],
-            size=meta.get("size", 0),
-            chunks=meta.get("chunks", 0),
-            digest=meta.get("digest", ""),
-            deleted=bool(meta.get("deleted", False)),
-        )
+        info = msgspec.json.decode(raw.data, type=BlobInfo)
         return None if info.deleted else info
 
     async def put(self, name: str, data: bytes, digest: str | None = None) -> BlobInfo:
@@ -128,7 +127,7 @@ class BlobStore:
             await self._js.publish(
                 self._meta_subject(name),
                 json.dumps(meta).encode(),
-                headers={"Nats-Rollup": "sub"},
+                headers={ROLLUP_HEADER: ROLLUP_SUBJECT},
                 timeout=self._timeout,
             )
         except BaseException:
@@ -184,7 +183,7 @@ class BlobStore:
         await self._js.publish(
             self._meta_subject(name),
             json.dumps(meta).encode(),
-            headers={"Nats-Rollup": "sub"},
+            headers={ROLLUP_HEADER: ROLLUP_SUBJECT},
             timeout=self._timeout,
         )
         await self._js.purge_stream(self.stream, subject=self._chunk_subject(info.nuid))

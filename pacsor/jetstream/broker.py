@@ -17,9 +17,10 @@ import nats
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
+from pacsor.jetstream.subjects import stream_api_subject
 from pacsor.streams import stream_definitions
 
-log = logging.getLogger("pacsor.jetstream.broker")
+log = logging.getLogger("pacsor.broker")
 
 STREAM_IN_USE_WITH_OTHER_CONFIG = 10058
 # The cluster cannot hold that many copies: too few servers, or no cluster at all.
@@ -155,10 +156,10 @@ async def apply_streams(
         if max_ages and name in max_ages:
             overrides["max_age"] = int(max_ages[name] * 1e9)
         payload = json.dumps(config | overrides).encode()
-        reply = await _js_api(nc, f"$JS.API.STREAM.CREATE.{name}", payload)
+        reply = await _js_api(nc, stream_api_subject("CREATE", name), payload)
         error = reply.get("error")
         if error and error.get("err_code") == STREAM_IN_USE_WITH_OTHER_CONFIG:
-            reply = await _js_api(nc, f"$JS.API.STREAM.UPDATE.{name}", payload)
+            reply = await _js_api(nc, stream_api_subject("UPDATE", name), payload)
             error = reply.get("error")
             if not error:
                 log.info("stream updated from its definition", extra={"stream": name})
