@@ -2,7 +2,7 @@
 
 - NATS reachable, with JetStream, and every stream of streams/*.json present;
 - a C-ECHO to every result destination;
-- the AI API of every core reachable and its token accepted;
+- the AI API of every core (API_URL, API_URL_1, ...) reachable and its token accepted;
 - the RIS port open, when HL7 is on.
 
 Every check runs even when an earlier one failed, so one run lists everything to fix.
@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+import httpx
 import msgspec
 from nats.js.errors import NotFoundError
 
@@ -40,13 +41,15 @@ class Check(msgspec.Struct, frozen=True):
 
 
 def nats_url(settings: Settings) -> str:
-    return settings.nats_url or f"nats://127.0.0.1:{settings.embedded_nats_port}"
+    return settings.nats_servers or f"nats://127.0.0.1:{settings.embedded_nats_port}"
 
 
 async def run_checks(settings: Settings) -> AsyncIterator[Check]:
     async for check in _nats(settings):
         yield check
-    for destination in settings.all_destinations():
+    # Cores may share destinations: each is echoed once.
+    destinations = list(dict.fromkeys(d for core in settings.cores for d in core.destinations))
+    for destination in destinations:
         problem = await asyncio.to_thread(
             echo,
             destination.host,
@@ -56,9 +59,13 @@ async def run_checks(settings: Settings) -> AsyncIterator[Check]:
             TIMEOUT,
         )
         yield Check(f"C-ECHO {destination}", problem, "answers")
-    if not settings.all_destinations():
+    if not destinations:
         yield Check("destinations", "PACS_IP is not set and DESTINATIONS is empty")
-    yield await _core(settings.core_name, settings.api_url, settings.token)
+    for core in settings.cores:
+        if core.kind == "inference":
+            yield await _core(core.name, core.api_url, core.token)
+        else:  # the report API has no study status to ask: that it answers is what we know
+            yield await _answers(f"report core {core.name} {core.api_url}", core.api_url)
     if settings.hl7.enable:
         yield await _port_open("RIS (HL7)", settings.hl7.ris_ip, settings.hl7.ris_port)
 
@@ -112,6 +119,15 @@ async def _core(name: str, api_url: str, token: str) -> Check:
                 return Check(check, f"token refused (HTTP {err.status})")
             return Check(check, str(err))
     return Check(check, None, "reachable, token accepted")
+
+
+async def _answers(check: str, url: str) -> Check:
+    try:
+        async with httpx.AsyncClient(timeout=TIMEOUT) as http:
+            answer = await http.get(url)
+    except httpx.HTTPError as err:
+        return Check(check, f"no answer: {str(err) or type(err).__name__}")
+    return Check(check, None, f"answers (HTTP {answer.status_code})")
 
 
 async def _port_open(name: str, host: str, port: int) -> Check:

@@ -67,7 +67,16 @@ async def test_everything_answers(
     ris: int,
     tmp_path: Path,
 ) -> None:
-    env = site(nats_server, api_url, pacs, HL7_ENABLE="true", HL7_RIS_IP="127.0.0.1")
+    env = site(
+        nats_server,
+        api_url,
+        pacs,
+        HL7_ENABLE="true",
+        HL7_RIS_IP="127.0.0.1",
+        API_URL_1=api_url,
+        TOKEN_1=TOKEN,
+        CORE_NAME_1="second",
+    )
     code, lines = await check(tmp_path, env | {"HL7_RIS_PORT": str(ris)})
     assert code == 0, lines
     assert lines == [
@@ -75,6 +84,7 @@ async def test_everything_answers(
         *(f"ok    stream {name}: 0 messages, 1 copies" for name in STREAMS),
         f"ok    C-ECHO {pacs.destination}: answers",
         f"ok    AI core default {api_url}: reachable, token accepted",
+        f"ok    AI core second {api_url}: reachable, token accepted",
         f"ok    RIS (HL7) 127.0.0.1:{ris}: port open",
     ]
 
@@ -89,7 +99,8 @@ async def test_every_failure_is_listed_and_the_exit_is_non_zero(
         nats_server,
         api_url,
         pacs,
-        TOKEN="not-the-token",
+        API_URL_1=api_url,
+        TOKEN_1="not-the-token",
         DESTINATIONS=f"ARCHIVE@127.0.0.1:{down}",
         HL7_ENABLE="true",
         HL7_RIS_IP="127.0.0.1",
@@ -105,12 +116,13 @@ async def test_every_failure_is_listed_and_the_exit_is_non_zero(
             for name in STREAMS
         ),
         failures[echo_failure],
-        f"FAIL  AI core default {api_url}: token refused (HTTP 403)",
+        f"FAIL  AI core core1 {api_url}: token refused (HTTP 403)",
         f"FAIL  RIS (HL7) 127.0.0.1:{closed}: port closed: Connect call failed "
         f"('127.0.0.1', {closed})",
     ]
     assert failures[echo_failure].startswith(f"FAIL  C-ECHO ARCHIVE@127.0.0.1:{down}: ")
     assert f"ok    C-ECHO {pacs.destination}: answers" in lines
+    assert f"ok    AI core default {api_url}: reachable, token accepted" in lines
 
 
 async def test_nats_unreachable_is_one_line_and_the_rest_still_runs(
