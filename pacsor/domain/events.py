@@ -244,6 +244,7 @@ class DispatchFailed(DestinationEvent, frozen=True, kw_only=True):
     tries: int = 1
     delivered_sop_instance_uids: tuple[str, ...] = ()
 
+
 # --- RIS ---------------------------------------------------------------------------------
 
 
@@ -264,6 +265,11 @@ class Hl7Sent(CoreEvent, frozen=True, kw_only=True):
     tries: int = 1
     missing_findings: tuple[str, ...] = ()
     with_report: bool = False
+    report_id: str = ""  # set when the message carries an external report
+
+    def idempotency_key(self) -> str:
+        key = super().idempotency_key()
+        return f"{key}:report:{self.report_id}" if self.report_id else key
 
 
 class Hl7Failed(CoreEvent, frozen=True, kw_only=True):
@@ -277,6 +283,33 @@ class Hl7Failed(CoreEvent, frozen=True, kw_only=True):
     reason: str
     tries: int = 1
     ack_code: str = ""  # the last MSA-1 when the RIS answered (AE, AR...), else ""
+    report_id: str = ""
+
+    def idempotency_key(self) -> str:
+        key = super().idempotency_key()
+        return f"{key}:report:{self.report_id}" if self.report_id else key
+
+
+class ExternalReportReceived(Event, frozen=True, kw_only=True):
+    """A written report pushed by an external report provider (WEBPS_PROVIDERS).
+
+    It goes to the RIS like the AI's results: Hl7Sent / Hl7Failed with core
+    `webps-<provider>`, attempt 0 and this `report_id`.
+    """
+
+    topic: ClassVar[str] = "external_report"
+
+    provider: str
+    report_id: str
+    title: str
+    indication: str = ""
+    technique: str = ""
+    findings: str = ""
+    conclusion: str = ""
+    language: str = "EN"
+
+    def idempotency_key(self) -> str:
+        return f"webps:{self.study_instance_uid}:{self.provider}:{self.report_id}"
 
 
 # --- Operators ----------------------------------------------------------------------------
@@ -350,6 +383,7 @@ AnyEvent = (
     | ObjectsExpired
     | Hl7Sent
     | Hl7Failed
+    | ExternalReportReceived
 )
 EVENT_TYPES: tuple[type[Event], ...] = (
     InstanceReceived,
@@ -366,7 +400,9 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     ObjectsExpired,
     Hl7Sent,
     Hl7Failed,
+    ExternalReportReceived,
 )
+
 
 class RecordedEvent(msgspec.Struct, frozen=True):
     """An event as read back from the log, with its position there."""
