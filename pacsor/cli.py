@@ -65,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
         "echo", help="C-ECHO DICOM peers: by default the PACS and every destination"
     )
     echo.add_argument("peers", nargs="*", metavar="AET@host:port")
+    commands.add_parser(
+        "check", help="before going live: NATS, streams, destinations, AI cores, RIS; one line each"
+    )
     health = commands.add_parser(
         "health",
         help="exit 0 when the component running in this container or machine is healthy",
@@ -100,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
             return _echo(settings, args.peers)
         if args.command == "relaunch":
             return asyncio.run(_relaunch(settings, args.study, args.cores, args.by))
+        if args.command == "check":
+            return asyncio.run(_check(settings))
         if args.command == "health":
             return asyncio.run(_health(settings, args.component))
         if args.command == "demo-pacs":
@@ -343,6 +348,18 @@ def _echo(settings: Settings, peers: list[str]) -> int:
         )
         failed += problem is not None
         print(f"{destination}: {problem or 'ok'}")
+    return 1 if failed else 0
+
+
+async def _check(settings: Settings) -> int:
+    from pacsor.preflight import run_checks
+
+    # Each check reports its own failure in its line; pynetdicom would say it again on stderr.
+    logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
+    failed = 0
+    async for check in run_checks(settings):
+        print(check.line(), flush=True)
+        failed += check.problem is not None
     return 1 if failed else 0
 
 
