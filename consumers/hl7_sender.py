@@ -18,6 +18,7 @@ message, with the same control ID.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -27,12 +28,15 @@ from pacsor.config import ConfigError, Settings
 from pacsor.config.hl7 import Hl7Settings
 from pacsor.domain import events as ev
 from pacsor.domain.retry import RetryPolicy
+from pacsor.hl7.config_loading import LoadRefused, current_config, load_named
+from pacsor.hl7.custom_config import CustomConfigError, effective
 from pacsor.hl7.external_reports import answer_request
 from pacsor.hl7.findings import FindingsDocument, FindingsError, StudyFindings, decode_findings
 from pacsor.hl7.header import HeaderError, read_study_header
 from pacsor.hl7.mllp import MllpClient, MllpError
 from pacsor.hl7.oru import StudyHeader, build_oru, control_id
 from pacsor.hl7.report import Report
+from pacsor.hl7.template import MessageTemplate
 from pacsor.jetstream.blobs import BlobNotFound, BlobStore
 from pacsor.jetstream.eventlog import EventLog
 from pacsor.jetstream.handler_runner import (
@@ -55,11 +59,13 @@ from pacsor.jetstream.subjects import (
 )
 from pacsor.runtime import Component, Runtime, Started
 
+log = logging.getLogger("pacsor.hl7")
 
-@dataclass(frozen=True)
+
+@dataclass
 class Hl7Context:
-    settings: Hl7Settings
-    ris: MllpClient
+    # The HL7 settings of the environment; a loaded configuration (Hl7ConfigLoaded) wins.
+    base: Hl7Settings
     events: EventLog
     instances: BlobStore
     results: BlobStore
@@ -68,6 +74,34 @@ class Hl7Context:
     reports: dict[str, TechCareReports]
     # Cores of kind tcr: their studies went to the report service, their report always goes.
     tcr_cores: frozenset[str] = frozenset()
+    _ris: MllpClient | None = None
+    _applied: tuple[int, Hl7Settings, MessageTemplate | None] | None = None
+
+    async def in_force(self) -> tuple[Hl7Settings, MessageTemplate | None, MllpClient]:
+        """The settings and template of the latest loaded configuration, over the
+        environment, and the RIS connection they name."""
+        current = await current_config(self.events)
+        if self._applied is None or self._applied[0] != current.sequence:
+            try:
+                settings, template = effective(self.base, current.loaded)
+            except CustomConfigError as err:
+                # Checked when loaded; only a changed environment can make it fail here.
+                log.error("loaded HL7 configuration not applicable", extra={"error": str(err)})
+                settings, template = self.base, None
+            self._applied = (current.sequence, settings, template)
+        _, settings, template = self._applied
+        target = (settings.ris_ip, settings.ris_port, settings.ris_timeout_seconds)
+        if self._ris is None or (self._ris.host, self._ris.port, self._ris.timeout) != target:
+            if self._ris is not None:
+                await self._ris.aclose()
+            self._ris = MllpClient(*target)
+        return settings, template, self._ris
+
+    async def aclose(self) -> None:
+        if self._ris is not None:
+            await self._ris.aclose()
+        for source in self.reports.values():
+            await source.aclose()
 
 
 def consumer(ack_wait: float = 60.0) -> ConsumerSpec[ev.ResultReady]:
@@ -86,31 +120,34 @@ def consumer(ack_wait: float = 60.0) -> ConsumerSpec[ev.ResultReady]:
 
 
 async def send_to_ris(event: ev.ResultReady, delivery: Delivery, ctx: Hl7Context) -> Outcome:
-    settings = ctx.settings
+    settings, template, ris = await ctx.in_force()
     study, core, attempt = event.study_instance_uid, event.core, event.attempt
     cid = control_id(study, core, attempt)
     waited = (ev.utc_now() - event.occurred_at).total_seconds()
     may_wait = waited < settings.findings_wait_seconds
 
     # A tcr core's study went to the report service only: its report is the message.
-    found, running = (StudyFindings(), []) if core in ctx.tcr_cores else await _findings(event, ctx)
+    found, running = (
+        (StudyFindings(), []) if core in ctx.tcr_cores else await _findings(event, settings, ctx)
+    )
     unavailable: list[str] = []
     report: Report | None = None
     if settings.include_tcr or core in ctx.tcr_cores:
         try:
-            report = await _report(event, ctx)
+            report = await _report(event, settings, ctx)
         except ReportError as err:
             # Not written yet, or the service is unreachable for now: worth waiting for.
             (running if err.retryable else unavailable).append("report")
     if running and may_wait:
-        return Retry(_wait_delay(ctx, waited), f"still running: {', '.join(running)}")
+        return Retry(_wait_delay(settings, ctx, waited), f"still running: {', '.join(running)}")
     left_out = (*found.missing, *running, *unavailable)
     findings = StudyFindings(detections=found.detections, measures=found.measures, missing=left_out)
 
     header = await _header(event.study_instance_uid, event.attempt, event.results, ctx)
-    text = build_oru(header, findings, report, settings, cid, event.occurred_at)
+    text = build_oru(header, findings, report, settings, cid, event.occurred_at, template)
     return await _send(
         ctx,
+        ris,
         delivery,
         text,
         _Outcome(study, core, attempt, cid, missing_findings=left_out, with_report=bool(report)),
@@ -149,10 +186,11 @@ async def send_external_report(
         conclusion=event.conclusion,
         language=event.language,
     )
+    settings, template, ris = await ctx.in_force()
     header = await _header(study, None, (), ctx)
-    text = build_oru(header, StudyFindings(), report, ctx.settings, cid, event.occurred_at)
+    text = build_oru(header, StudyFindings(), report, settings, cid, event.occurred_at, template)
     outcome = _Outcome(study, core, 0, cid, with_report=True, report_id=event.report_id)
-    return await _send(ctx, delivery, text, outcome)
+    return await _send(ctx, ris, delivery, text, outcome)
 
 
 @dataclass(frozen=True)
@@ -168,7 +206,9 @@ class _Outcome:
     report_id: str = ""
 
 
-async def _send(ctx: Hl7Context, delivery: Delivery, text: str, about: _Outcome) -> Outcome:
+async def _send(
+    ctx: Hl7Context, ris: MllpClient, delivery: Delivery, text: str, about: _Outcome
+) -> Outcome:
     def failed(reason: str, code: str = "") -> Outcome:
         return retry_or_fail(
             delivery,
@@ -179,7 +219,7 @@ async def _send(ctx: Hl7Context, delivery: Delivery, text: str, about: _Outcome)
                 study_instance_uid=about.study,
                 core=about.core,
                 attempt=about.attempt,
-                ris=str(ctx.ris),
+                ris=str(ris),
                 control_id=about.control_id,
                 reason=reason,
                 ack_code=code,
@@ -188,7 +228,7 @@ async def _send(ctx: Hl7Context, delivery: Delivery, text: str, about: _Outcome)
         )
 
     try:
-        ack = await ctx.ris.send(text, about.control_id)
+        ack = await ris.send(text, about.control_id)
     except MllpError as err:
         return failed(str(err))
     if not ack.accepted:
@@ -199,7 +239,7 @@ async def _send(ctx: Hl7Context, delivery: Delivery, text: str, about: _Outcome)
                 study_instance_uid=about.study,
                 core=about.core,
                 attempt=about.attempt,
-                ris=str(ctx.ris),
+                ris=str(ris),
                 control_id=about.control_id,
                 ack_code=ack.code,
                 ack_text=ack.text,
@@ -212,14 +252,15 @@ async def _send(ctx: Hl7Context, delivery: Delivery, text: str, about: _Outcome)
     )
 
 
-def _wait_delay(ctx: Hl7Context, waited: float) -> float:
-    left = ctx.settings.findings_wait_seconds - waited
+def _wait_delay(settings: Hl7Settings, ctx: Hl7Context, waited: float) -> float:
+    left = settings.findings_wait_seconds - waited
     return max(0.1, min(ctx.policy.initial_seconds, left))
 
 
-async def _findings(event: ev.ResultReady, ctx: Hl7Context) -> tuple[StudyFindings, list[str]]:
+async def _findings(
+    event: ev.ResultReady, settings: Hl7Settings, ctx: Hl7Context
+) -> tuple[StudyFindings, list[str]]:
     """The wanted findings, with the commands missing and those still running."""
-    settings = ctx.settings
     stored = {f.inference_command: f for f in event.findings}
     documents: dict[str, FindingsDocument] = {}
     missing: list[str] = []
@@ -249,11 +290,11 @@ async def _findings(event: ev.ResultReady, ctx: Hl7Context) -> tuple[StudyFindin
     )
 
 
-async def _report(event: ev.ResultReady, ctx: Hl7Context) -> Report:
+async def _report(event: ev.ResultReady, settings: Hl7Settings, ctx: Hl7Context) -> Report:
     source = ctx.reports.get(event.core)
     if source is None:
         raise ReportError(f"no TechCare Report service for core {event.core!r}", False)
-    return await source.fetch(event.study_instance_uid, ctx.settings.language)
+    return await source.fetch(event.study_instance_uid, settings.language)
 
 
 async def _header(
@@ -295,11 +336,16 @@ def report_sources(settings: Settings) -> dict[str, TechCareReports]:
 async def run(rt: Runtime, started: Started) -> None:
     """The RIS sender's consumers and, with WEBPS_ENABLE, the providers' NATS subjects."""
     settings = rt.settings.hl7
-    ris = MllpClient(settings.ris_ip, settings.ris_port, settings.ris_timeout_seconds)
-    reports = report_sources(rt.settings)
+    await load_at_init(rt.events, settings)
     tcr_cores = frozenset(core.name for core in rt.settings.cores if core.kind == "tcr")
     ctx = Hl7Context(
-        settings, ris, rt.events, rt.instances, rt.results, rt.policy, reports, tcr_cores
+        settings,
+        rt.events,
+        rt.instances,
+        rt.results,
+        rt.policy,
+        report_sources(rt.settings),
+        tcr_cores,
     )
     # Long enough for one MLLP exchange; in-progress acks cover longer waits.
     ack_wait = max(30.0, 3 * settings.ris_timeout_seconds)
@@ -317,9 +363,21 @@ async def run(rt: Runtime, started: Started) -> None:
     finally:
         if responders is not None:
             await responders.close()
-        await ris.aclose()
-        for source in reports.values():
-            await source.aclose()
+        await ctx.aclose()
+
+
+async def load_at_init(events: EventLog, settings: Hl7Settings) -> None:
+    """LOAD_CONFIG_AT_INIT, then LOAD_TEMPLATE_AT_INIT: recorded like a load by a person; a
+    file that cannot be loaded stops start-up with the reason."""
+    for variable, name, kind in (
+        ("LOAD_CONFIG_AT_INIT", settings.load_config_at_init, "config"),
+        ("LOAD_TEMPLATE_AT_INIT", settings.load_template_at_init, "template"),
+    ):
+        if name:
+            try:
+                await load_named(events, settings, name, kind, variable)
+            except LoadRefused as err:
+                raise ConfigError(f"{variable}: {err.reason}") from None
 
 
 def check(settings: Settings) -> None:

@@ -312,6 +312,27 @@ class ExternalReportReceived(Event, frozen=True, kw_only=True):
         return f"webps:{self.study_instance_uid}:{self.provider}:{self.report_id}"
 
 
+class Hl7ConfigLoaded(Event, frozen=True, kw_only=True):
+    """A named HL7 configuration or template was loaded (HL7_CUSTOM_DIR): what is in force.
+
+    Not about a study (`study_instance_uid` is ""). `settings` are HL7 variables that win over
+    the environment; `template` is the template's JSON text ("" for none). The latest one is
+    what the hl7 component applies.
+    """
+
+    topic: ClassVar[str] = "hl7_config_loaded"
+
+    load_id: str
+    name: str
+    kind: str  # "config" or "template"
+    loaded_by: str
+    settings: dict[str, str] = {}
+    template: str = ""
+
+    def idempotency_key(self) -> str:
+        return f"hl7config:{self.load_id}"
+
+
 # --- Operators ----------------------------------------------------------------------------
 
 
@@ -384,6 +405,7 @@ AnyEvent = (
     | Hl7Sent
     | Hl7Failed
     | ExternalReportReceived
+    | Hl7ConfigLoaded
 )
 EVENT_TYPES: tuple[type[Event], ...] = (
     InstanceReceived,
@@ -401,6 +423,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     Hl7Sent,
     Hl7Failed,
     ExternalReportReceived,
+    Hl7ConfigLoaded,
 )
 
 

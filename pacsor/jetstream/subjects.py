@@ -185,3 +185,6 @@ def webps_subject(provider: str) -> str:
 
 HL7_WEBPS_QUEUE = "hl7-webps"  # queue group: one replica answers each pushed report
 WEBPS_SUBJECTS = f"{WEBPS_SUBJECT_PREFIX}.*.report"
+
+# Configuration events are not about a study: they live under the "unknown" study's subjects.
+HL7_CONFIG_SUBJECT = f"pacsor.study.{UNKNOWN_STUDY}.hl7_config_loaded"
