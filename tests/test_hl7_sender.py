@@ -500,3 +500,15 @@ async def outcome_of(nc: Client, study: str) -> ev.AnyEvent:
     return await wait_for_event(
         nc, study, lambda e: isinstance(e, ev.Hl7Sent | ev.Hl7Failed), timeout=90
     )
+
+
+async def test_waiting_for_findings_does_not_use_up_the_ris_tries(
+    nc: Client, ris: DemoRis
+) -> None:
+    ris.default = "silence"
+    async with running_hl7(nc, ris, findings_wait_seconds=1.0):
+        ready = await record_results(nc, {"smarturgences": "done", "smartxpert": "running"})
+        failed = await outcome(nc, ready)
+    assert isinstance(failed, ev.Hl7Failed)
+    # Every try of the retry policy reached the RIS, however many redeliveries the wait took.
+    assert POLICY.max_attempts <= len(sent_messages(ris, ready)) <= POLICY.max_attempts + 5
