@@ -1,29 +1,31 @@
 """ResultReady → C-STORE the result objects to one destination → Dispatched (or DispatchFailed).
 
 Each destination has its own durable consumer, so a destination that is down waits and
-retries on its own and never holds back the others. When the retries are exhausted,
-DispatchFailed records what was and was not delivered; the objects stay in PACSOR_RESULTS.
+retries on its own and never holds back the others. What the destination accepted or refused
+is remembered across tries (pacsor.jetstream.dispatch_progress), so a retry sends only the
+rest. An object refused for good (0xA9xx, 0xCxxx) is not sent again: once every object is
+accepted or refused, DispatchFailed says so at once; objects failing transiently (0xA7xx, no
+answer, network) are retried with backoff, and DispatchFailed after the last try lists every
+object with its status. The objects stay in PACSOR_RESULTS.
 """
 
 from __future__ import annotations
 
-import re
-
 from pacsor.config import Destination
 from pacsor.dicom.sender import SendError, send_objects
+from pacsor.domain import dispatch
 from pacsor.domain import events as ev
 from pacsor.domain.retry import RetryPolicy
 from pacsor.jetstream.blobs import BlobStore
+from pacsor.jetstream.dispatch_progress import DispatchProgress
 from pacsor.jetstream.handler_runner import ConsumerSpec, Delivery, Emit, Outcome, retry_or_fail
-from pacsor.jetstream.subjects import EVENTS_STREAM
+from pacsor.jetstream.subjects import EVENTS_STREAM, dispatch_consumer, dispatch_progress_key
+from pacsor.metrics import DISPATCH_REFUSED
 
 
 def consumer(core: str, destination: Destination) -> ConsumerSpec[ev.ResultReady]:
-    slug = re.sub(
-        r"[^A-Za-z0-9_-]", "_", f"{destination.ae_title}_{destination.host}_{destination.port}"
-    )
     return ConsumerSpec(
-        durable=f"dispatch-{core}-{slug}",
+        durable=dispatch_consumer(core, str(destination)),
         stream=EVENTS_STREAM,
         filter_subject=f"pacsor.study.*.{core}.{ev.ResultReady.topic}",
         decode=ev.decoder(ev.ResultReady),
@@ -31,6 +33,32 @@ def consumer(core: str, destination: Destination) -> ConsumerSpec[ev.ResultReady
         concurrency=2,
         description=f"ResultReady -> C-STORE to {destination}",
         start="new",
+        failed=lambda event, reason, tries: dispatch_failed(
+            event, str(destination), reason, tries, None
+        ),
+    )
+
+
+def dispatch_failed(
+    event: ev.ResultReady,
+    destination: str,
+    reason: str,
+    tries: int,
+    outcome: dispatch.Outcome | None,
+) -> ev.DispatchFailed:
+    return ev.DispatchFailed(
+        study_instance_uid=event.study_instance_uid,
+        core=event.core,
+        attempt=event.attempt,
+        destination=destination,
+        reason=reason,
+        tries=tries,
+        delivered_sop_instance_uids=tuple(o.sop_instance_uid for o in outcome.delivered)
+        if outcome
+        else (),
+        delivered=outcome.delivered if outcome else (),
+        refused=outcome.refused if outcome else (),
+        undelivered=outcome.undelivered if outcome else (),
     )
 
 
@@ -38,38 +66,47 @@ async def dispatch_to_destination(
     event: ev.ResultReady,
     delivery: Delivery,
     results: BlobStore,
+    progress_store: DispatchProgress,
     destination: Destination,
     calling_ae_title: str,
     policy: RetryPolicy,
 ) -> Outcome:
-    objects = [(r.object_name, r.sop_instance_uid) for r in event.results]
-    try:
-        delivered = await send_objects(destination, calling_ae_title, results, objects)
-    except SendError as err:
-        failure = err
-        return retry_or_fail(
-            delivery,
-            policy,
-            err.reason,
-            retryable=True,
-            failed=lambda tries: ev.DispatchFailed(
-                study_instance_uid=event.study_instance_uid,
-                core=event.core,
-                attempt=event.attempt,
-                destination=str(destination),
-                reason=failure.reason,
-                tries=tries,
-                delivered_sop_instance_uids=failure.delivered,
-            ),
+    where = str(destination)
+    key = dispatch_progress_key(event.study_instance_uid, event.core, event.attempt, where)
+    sop_uids = [r.sop_instance_uid for r in event.results]
+    progress = await progress_store.get(key)
+    names = {r.sop_instance_uid: r.object_name for r in event.results}
+    pending = dispatch.to_send(sop_uids, progress)
+    error = ""
+    if pending:
+        try:
+            answers = await send_objects(
+                destination, calling_ae_title, results, [(names[sop], sop) for sop in pending]
+            )
+        except SendError as err:
+            answers, error = [(sop, dispatch.NO_ANSWER) for sop in pending], err.reason
+        before = len(progress.refused)
+        progress = await progress_store.record(key, answers)
+        DISPATCH_REFUSED.labels(where).inc(len(progress.refused) - before)
+
+    outcome = dispatch.outcome(sop_uids, progress)
+    if not outcome.refused and not outcome.undelivered:
+        return Emit(
+            (
+                ev.Dispatched(
+                    study_instance_uid=event.study_instance_uid,
+                    core=event.core,
+                    attempt=event.attempt,
+                    destination=where,
+                    sop_instance_uids=tuple(o.sop_instance_uid for o in outcome.delivered),
+                ),
+            )
         )
-    return Emit(
-        (
-            ev.Dispatched(
-                study_instance_uid=event.study_instance_uid,
-                core=event.core,
-                attempt=event.attempt,
-                destination=str(destination),
-                sop_instance_uids=delivered,
-            ),
-        )
+    reason = f"{where}: {outcome.summary()}" + (f"; {error}" if error else "")
+    return retry_or_fail(
+        delivery,
+        policy,
+        reason,
+        retryable=bool(outcome.undelivered),  # refusals alone: no try can change them
+        failed=lambda tries: dispatch_failed(event, where, reason, tries, outcome),
     )

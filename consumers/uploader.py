@@ -1,8 +1,11 @@
 """StudyComplete → upload the study to one AI core → Uploaded (or UploadFailed).
 
-The instances are streamed from the PACSOR_INSTANCES bucket into the HTTP request, so a
-large study is never held in memory. 429 and 5xx answers and network errors are retried with
-the shared backoff (and at least the server's Retry-After); other 4xx fail at once.
+The attempt's instances are read back from the study's InstanceReceived events up to the
+StudyComplete's `through_sequence` (pacsor.domain.completion.attempt_instances), so the event
+stays small whatever the study's size. Their bytes are streamed from the PACSOR_INSTANCES
+bucket into the HTTP request, so a large study is never held in memory, and each object's
+digest must be the one its event recorded. 429 and 5xx answers and network errors are retried
+with the shared backoff (and at least the server's Retry-After); other 4xx fail at once.
 """
 
 from __future__ import annotations
@@ -12,8 +15,10 @@ from functools import partial
 
 from pacsor.ai.milvue_api import ApiError, MilvueApi
 from pacsor.domain import events as ev
+from pacsor.domain.completion import attempt_instances
 from pacsor.domain.retry import RetryPolicy
-from pacsor.jetstream.blobs import BlobNotFound, BlobStore
+from pacsor.jetstream.blobs import BlobError, BlobStore
+from pacsor.jetstream.eventlog import EventLog
 from pacsor.jetstream.handler_runner import ConsumerSpec, Delivery, Emit, Outcome, retry_or_fail
 from pacsor.jetstream.subjects import EVENTS_STREAM, events_filter
 
@@ -27,6 +32,20 @@ def consumer(core: str) -> ConsumerSpec[ev.StudyComplete]:
         ack_wait=15.0,
         concurrency=4,
         description=f"StudyComplete -> upload to AI core {core}",
+        failed=lambda event, reason, tries: upload_failed(event, core, reason, None, tries),
+    )
+
+
+def upload_failed(
+    event: ev.StudyComplete, core: str, reason: str, status: int | None, tries: int
+) -> ev.UploadFailed:
+    return ev.UploadFailed(
+        study_instance_uid=event.study_instance_uid,
+        core=core,
+        attempt=event.attempt,
+        reason=reason,
+        http_status=status,
+        tries=tries,
     )
 
 
@@ -34,6 +53,7 @@ async def upload_study(
     event: ev.StudyComplete,
     delivery: Delivery,
     api: MilvueApi,
+    events: EventLog,
     instances: BlobStore,
     core: str,
     policy: RetryPolicy,
@@ -41,22 +61,23 @@ async def upload_study(
     study = event.study_instance_uid
 
     def failed(reason: str, status: int | None = None) -> Callable[[int], ev.Event]:
-        return lambda tries: ev.UploadFailed(
-            study_instance_uid=study,
-            core=core,
-            attempt=event.attempt,
-            reason=reason,
-            http_status=status,
-            tries=tries,
-        )
+        return lambda tries: upload_failed(event, core, reason, status, tries)
 
+    received = await events.received(study, event.through_sequence)
+    refs = attempt_instances(received, event.through_sequence)
+    if len(refs) != event.instance_count:
+        reason = (
+            f"the stream holds {len(refs)} of the attempt's {event.instance_count} instances "
+            f"(InstanceReceived up to sequence {event.through_sequence})"
+        )
+        return Emit((failed(reason)(delivery.num_delivered),))
     parts: list[Callable[[], AsyncIterator[bytes]]] = [
-        partial(instances.chunks, instance.object_name) for instance in event.instances
+        partial(instances.chunks, ref.object_name, ref.digest) for ref in refs
     ]
     try:
         response = await api.upload_study(study, parts)
-    except BlobNotFound as err:
-        return Emit((failed(f"instance no longer stored: {err}")(delivery.num_delivered),))
+    except BlobError as err:  # gone (past retention), or not the bytes the event recorded
+        return Emit((failed(f"instance not uploadable: {err}")(delivery.num_delivered),))
     except ApiError as err:
         return retry_or_fail(
             delivery, policy, str(err), err.retryable, failed(str(err), err.status), err.retry_after
@@ -67,7 +88,7 @@ async def upload_study(
                 study_instance_uid=study,
                 core=core,
                 attempt=event.attempt,
-                instance_count=len(event.instances),
+                instance_count=len(refs),
                 api_message=response.message,
             ),
         )

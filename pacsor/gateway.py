@@ -32,8 +32,10 @@ from pacsor.dicom.storage_scp import StorageScp
 from pacsor.domain.retry import RetryPolicy
 from pacsor.jetstream.blobs import BlobStore
 from pacsor.jetstream.broker import BrokerError, EmbeddedNats, apply_streams, connect
+from pacsor.jetstream.dispatch_progress import DispatchProgress
 from pacsor.jetstream.eventlog import EventLog
 from pacsor.jetstream.handler_runner import run_consumer
+from pacsor.jetstream.holds import Holds
 from pacsor.jetstream.quiet_timers import QuietTimers
 from pacsor.jetstream.subjects import INSTANCES_BUCKET, RESULTS_BUCKET
 
@@ -53,6 +55,7 @@ class Wiring:
     instances: BlobStore
     results: BlobStore
     timers: QuietTimers
+    holds: Holds
     policy: RetryPolicy
 
 
@@ -121,6 +124,7 @@ async def run_gateway(
                 instances=BlobStore(nc, js, INSTANCES_BUCKET),
                 results=BlobStore(nc, js, RESULTS_BUCKET),
                 timers=QuietTimers(js),
+                holds=Holds(js),
                 policy=RetryPolicy.from_settings(settings),
             )
             await _run(wiring, components, stop, url, on_ready)
@@ -156,7 +160,11 @@ async def _run(
             consume(
                 spec=study_completion.CONSUMER,
                 handler=partial(
-                    study_completion.complete_study, events=w.events, timers=w.timers, quiet=quiet
+                    study_completion.complete_study,
+                    events=w.events,
+                    timers=w.timers,
+                    holds=w.holds,
+                    quiet=quiet,
                 ),
             )
         )
@@ -167,6 +175,7 @@ async def _run(
                 handler=partial(
                     uploader.upload_study,
                     api=api,
+                    events=w.events,
                     instances=w.instances,
                     core=s.core_name,
                     policy=w.policy,
@@ -196,6 +205,7 @@ async def _run(
                     handler=partial(
                         dispatcher.dispatch_to_destination,
                         results=w.results,
+                        progress_store=DispatchProgress(w.js),
                         destination=destination,
                         calling_ae_title=s.milvue_aet,
                         policy=w.policy,
@@ -207,8 +217,17 @@ async def _run(
     try:
         ready: dict[str, Any] = {"nats_url": url, "components": components}
         if "scp" in components:
-            scp = StorageScp(s, asyncio.get_running_loop(), w.instances, w.events)
+            scp = StorageScp(
+                s,
+                asyncio.get_running_loop(),
+                w.instances,
+                w.events,
+                w.holds,
+                w.timers,
+                connected=lambda: w.nc.is_connected,
+            )
             ready["dicom_port"] = await asyncio.to_thread(scp.start)
+            loops.append(scp.keep_holds(stop))
         log.info("pacsor ready", extra=ready)
         if on_ready is not None:
             on_ready(ready)

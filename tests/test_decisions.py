@@ -17,6 +17,7 @@ from pacsor.domain.completion import (
     Complete,
     NothingReceived,
     WaitUntil,
+    attempt_instances,
     decide_completion,
 )
 from pacsor.domain.retry import RetryPolicy
@@ -64,7 +65,9 @@ def test_completes_once_with_every_instance_once() -> None:
     assert isinstance(decision, Complete)
     assert decision.event.attempt == 1
     assert decision.expected_last_subject_sequence == 0
-    assert sorted(i.sop_instance_uid for i in decision.event.instances) == ["1.1", "1.2"]
+    assert decision.event.instance_count == 2 and decision.event.through_sequence == 3
+    instances = attempt_instances(h, decision.event.through_sequence)
+    assert [i.sop_instance_uid for i in instances] == ["1.2", "1.1"]  # in the order recorded
 
     done = history(*(r.event for r in h), decision.event)
     assert decide_completion(STUDY, done, T0 + timedelta(seconds=30), QUIET) == AlreadyComplete(1)
@@ -79,7 +82,9 @@ def test_new_instances_after_completion_make_attempt_two() -> None:
     assert isinstance(second, Complete)
     assert second.event.attempt == 2
     assert second.expected_last_subject_sequence == 2
-    assert {i.sop_instance_uid for i in second.event.instances} == {"1.1", "1.2"}
+    assert (second.event.instance_count, second.event.through_sequence) == (2, 3)
+    assert {i.sop_instance_uid for i in attempt_instances(h, 3)} == {"1.1", "1.2"}
+    assert [i.sop_instance_uid for i in attempt_instances(h, 1)] == ["1.1"]  # attempt 1's
 
 
 def test_retry_policy_backs_off_and_gives_up() -> None:
@@ -100,10 +105,12 @@ def test_uid_tokens_round_trip_and_subjects_hold_the_study() -> None:
 
 
 def test_events_are_readable_json_with_type_and_version() -> None:
-    event = ev.StudyComplete(study_instance_uid=STUDY, attempt=1, instances=(), occurred_at=T0)
+    event = ev.StudyComplete(
+        study_instance_uid=STUDY, attempt=1, instance_count=3, through_sequence=9, occurred_at=T0
+    )
     body = msgspec.json.decode(ev.encode(event))
     assert body["type"] == "StudyComplete"
-    assert body["schema_version"] == ev.SCHEMA_VERSION
+    assert body["schema_version"] == 2  # StudyComplete's own: no instance list since schema 2
     assert body["study_instance_uid"] == STUDY
     assert body["occurred_at"] == "2026-01-01T12:00:00Z"
     assert ev.decode(ev.encode(event)) == event

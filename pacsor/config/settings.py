@@ -44,6 +44,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     port: int = 1040
     config_profile: str = "WithSC"
     study_quiet_seconds: float = 10.0
+    max_associations: int = 32
+    scp_store_timeout_seconds: float = 5.0
     # AI API
     api_url: str = "http://127.0.0.1:8421"
     token: str = ""
@@ -192,6 +194,8 @@ def load_settings(
     take("PORT", "port", lambda n, r: _int_in(n, r, 1, 65535))
     take("CONFIG_PROFILE", "config_profile", profile)
     take("STUDY_QUIET_SECONDS", "study_quiet_seconds", _positive_float)
+    take("MAX_ASSOCIATIONS", "max_associations", lambda n, r: _int_in(n, r, 1, 1000))
+    take("SCP_STORE_TIMEOUT_SECONDS", "scp_store_timeout_seconds", _positive_float)
     take("API_URL", "api_url", _url)
     take("TOKEN", "token", lambda n, r: r)
     take("CORE_NAME", "core_name", core)

@@ -16,7 +16,7 @@ def describe(event: ev.Event) -> str:
         case ev.InstanceRejected():
             detail = f"0x{event.dimse_status:04X} from {event.calling_ae_title}: {event.reason}"
         case ev.StudyComplete():
-            detail = f"attempt {event.attempt}, {len(event.instances)} instances ({event.reason})"
+            detail = f"attempt {event.attempt}, {event.instance_count} instances ({event.reason})"
         case ev.Uploaded():
             detail = f"{event.core} attempt {event.attempt}, {event.instance_count} instances"
         case ev.UploadFailed() | ev.ResultFailed():
@@ -33,6 +33,8 @@ def describe(event: ev.Event) -> str:
                 f"{event.core} attempt {event.attempt} to {event.destination} after "
                 f"{event.tries} tries: {event.reason}"
             )
+        case ev.StepFailed():
+            detail = f"{event.step} after {event.tries} tries: {event.reason}"
         case _:
             detail = ""
     when = event.occurred_at.isoformat(timespec="seconds")

@@ -40,7 +40,7 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag=Tru
 
 
 class InstanceRef(msgspec.Struct, frozen=True, kw_only=True):
-    """One stored input instance, as listed in StudyComplete."""
+    """One stored input instance of an attempt (see pacsor.domain.completion.attempt_instances)."""
 
     sop_instance_uid: str
     series_instance_uid: str
@@ -111,12 +111,20 @@ class InstanceRejected(Event, frozen=True, kw_only=True):
 
 
 class StudyComplete(Event, frozen=True, kw_only=True):
-    """No instance arrived for STUDY_QUIET_SECONDS: the study goes to the AI, as `attempt`."""
+    """No instance arrived for STUDY_QUIET_SECONDS: the study goes to the AI, as `attempt`.
+
+    It stays small whatever the study's size: the attempt's instances are the study's
+    InstanceReceived events up to stream sequence `through_sequence`, the latest copy of each
+    SOP Instance UID (pacsor.domain.completion.attempt_instances), read back by subject.
+    Schema 2; schema 1 listed every instance in the event and stopped near 2,350 instances.
+    """
 
     topic: ClassVar[str] = "complete"
 
+    schema_version: int = 2
     attempt: int
-    instances: tuple[InstanceRef, ...]
+    instance_count: int
+    through_sequence: int
     reason: str = "quiet period elapsed"
 
     def idempotency_key(self) -> str:
@@ -193,8 +201,21 @@ class Dispatched(Event, frozen=True, kw_only=True):
         return dispatch_key(self.study_instance_uid, self.core, self.attempt, self.destination)
 
 
+class ObjectStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """What a destination answered to one result object's C-STORE (-1: no answer)."""
+
+    sop_instance_uid: str
+    status: int
+
+
 class DispatchFailed(Event, frozen=True, kw_only=True):
-    """Retries to `destination` are exhausted; the results stay in the results bucket."""
+    """`destination` refused objects for good, or its retries are exhausted.
+
+    `delivered` and `refused` (a permanent failure status: 0xA9xx, 0xCxxx, ...) list objects
+    with the status the destination answered; `undelivered` those still failing transiently
+    (0xA7xx, no answer, not reached) after the last try, with their last status. The results
+    stay in the results bucket.
+    """
 
     topic: ClassVar[str] = "dispatch_failed"
 
@@ -204,6 +225,9 @@ class DispatchFailed(Event, frozen=True, kw_only=True):
     reason: str
     tries: int
     delivered_sop_instance_uids: tuple[str, ...] = ()
+    delivered: tuple[ObjectStatus, ...] = ()
+    refused: tuple[ObjectStatus, ...] = ()
+    undelivered: tuple[ObjectStatus, ...] = ()
 
     def idempotency_key(self) -> str:
         return dispatch_key(self.study_instance_uid, self.core, self.attempt, self.destination)
@@ -211,6 +235,29 @@ class DispatchFailed(Event, frozen=True, kw_only=True):
 
 def dispatch_key(study: str, core: str, attempt: int, destination: str) -> str:
     return f"dispatch:{study}:{core}:{attempt}:{destination}"
+
+
+# --- Any step -----------------------------------------------------------------------------
+
+
+class StepFailed(Event, frozen=True, kw_only=True):
+    """A handler kept failing on one message and gave up after RETRY_MAX_ATTEMPTS tries.
+
+    Recorded by the handler runner for steps that have no failure event of their own (the
+    quiet timer, completion); the upload, result and dispatch steps record theirs instead.
+    `step` is the durable consumer, `message_sequence` the message's sequence in `stream`.
+    """
+
+    topic: ClassVar[str] = "step_failed"
+
+    step: str
+    stream: str
+    message_sequence: int
+    reason: str
+    tries: int
+
+    def idempotency_key(self) -> str:
+        return f"step_failed:{self.step}:{self.stream}:{self.message_sequence}"
 
 
 AnyEvent = (
@@ -223,6 +270,7 @@ AnyEvent = (
     | ResultFailed
     | Dispatched
     | DispatchFailed
+    | StepFailed
 )
 EVENT_TYPES: tuple[type[Event], ...] = (
     InstanceReceived,
@@ -234,6 +282,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     ResultFailed,
     Dispatched,
     DispatchFailed,
+    StepFailed,
 )
 
 _encoder = msgspec.json.Encoder()
