@@ -26,7 +26,7 @@ from pacsor.domain import events as ev
 from pacsor.jetstream.blobs import BlobStore, digest_hex, sha256_digest
 from pacsor.jetstream.eventlog import EventLog
 from pacsor.jetstream.subjects import INSTANCES_BUCKET, instance_object_name
-from tests.harness import of_type, running_gateway, wait_for_event, write_study
+from tests.harness import of_type, running_gateway, wait_for_event
 from tests.nats_server import NatsServer, free_port
 
 TOKEN = "test-token"
