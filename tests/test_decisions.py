@@ -13,13 +13,16 @@ from pacsor.devtools.sample_study import make_image, to_bytes
 from pacsor.dicom.structure import Truncated, check_whole
 from pacsor.domain import events as ev
 from pacsor.domain.completion import (
+    HOLD_LEASE,
     AlreadyComplete,
     Complete,
+    Hold,
     NothingReceived,
     WaitUntil,
     attempt_instances,
     decide_completion,
 )
+from pacsor.domain.dispatch import Progress, is_permanent_refusal, outcome, record_try, to_send
 from pacsor.domain.retry import RetryPolicy
 from pacsor.jetstream.eventlog import RecordedEvent
 from pacsor.jetstream.subjects import event_subject, study_subjects, uid_from_token, uid_token
@@ -153,3 +156,54 @@ def test_result_objects_are_identified_or_refused() -> None:
     assert (identity.study_instance_uid, identity.sop_instance_uid) == (STUDY, ds.SOPInstanceUID)
     with pytest.raises(ValueError, match="not readable DICOM"):
         identify_result(b"<html>502 Bad Gateway</html>")
+
+
+def hold(heartbeat: datetime, associations: int = 1, released: datetime | None = None) -> Hold:
+    return Hold(
+        holder="scp-1", associations=associations, heartbeat_at=heartbeat, released_at=released
+    )
+
+
+def test_an_open_association_holds_the_study_past_its_quiet_period() -> None:
+    h = history(received("1.1", T0))
+    now = T0 + timedelta(seconds=30)
+    held = decide_completion(STUDY, h, now, QUIET, [hold(now - timedelta(seconds=1))])
+    assert isinstance(held, WaitUntil) and held.at > now and held.holds_checked_at is None
+    # Closed: the quiet period runs from when the last association sending it closed.
+    closed = [hold(T0, associations=0, released=now - timedelta(seconds=4))]
+    assert decide_completion(STUDY, h, now, QUIET, closed) == WaitUntil(now + timedelta(seconds=6))
+    later = now + timedelta(seconds=6)
+    assert isinstance(decide_completion(STUDY, h, later, QUIET, closed), Complete)
+
+
+def test_a_stale_hold_is_looked_at_twice_before_it_is_presumed_dead() -> None:
+    """After an outage of JetStream every hold looks stale until its SCP refreshes it; a hold
+    still not refreshed one lease after it was first seen stale was left by a dead SCP."""
+    h = history(received("1.1", T0))
+    stale = hold(T0 + timedelta(seconds=1))
+    first_look = T0 + timedelta(minutes=5)
+    first = decide_completion(STUDY, h, first_look, QUIET, [stale])
+    assert first == WaitUntil(first_look + HOLD_LEASE, "checking a stale hold", first_look)
+    second_look = first_look + HOLD_LEASE
+    refreshed = hold(first_look + timedelta(seconds=1))
+    assert isinstance(
+        decide_completion(STUDY, h, second_look, QUIET, [refreshed], first_look), WaitUntil
+    )
+    assert isinstance(
+        decide_completion(STUDY, h, second_look, QUIET, [stale], first_look), Complete
+    )
+
+
+def test_dispatch_progress_settles_each_object_once() -> None:
+    sops = ["1", "2", "3", "4"]
+    first = record_try(Progress(), [("1", 0x0000), ("2", 0xC000), ("3", 0xA700), ("4", -1)])
+    assert to_send(sops, first) == ["3", "4"]
+    second = record_try(first, [("3", 0xB000), ("4", 0xA702), ("1", 0xC000)])
+    assert second.tries == 2 and second.delivered == {"1": 0x0000, "3": 0xB000}
+    assert to_send(sops, second) == ["4"]
+    result = outcome(sops, second)
+    assert [(o.sop_instance_uid, o.status) for o in result.refused] == [("2", 0xC000)]
+    assert [(o.sop_instance_uid, o.status) for o in result.undelivered] == [("4", 0xA702)]
+    assert result.summary() == "2 delivered, 1 refused (0xC000), 1 not delivered (0xA702)"
+    assert is_permanent_refusal(0xA900) and is_permanent_refusal(0x0122)
+    assert not is_permanent_refusal(0xA700) and not is_permanent_refusal(-1)

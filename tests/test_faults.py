@@ -236,7 +236,7 @@ async def test_an_instance_resent_as_a_then_a_prime_then_a(
     assert (await store.info(first.object_name)) is not None
     stored = await store.get(latest.object_name)
     assert hashlib.sha256(stored).hexdigest() == digest_hex(latest.digest)
-    assert third_upload == digest_hex(latest.digest)  # not A's bytes under A′'s digest
+    assert third_upload == digest_hex(latest.digest)  # not A's bytes under A-prime's digest
 
 
 async def test_the_uploader_refuses_bytes_other_than_the_recorded_ones(nc: Client) -> None:
