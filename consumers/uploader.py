@@ -6,6 +6,11 @@ stays small whatever the study's size. Their bytes are streamed from the PACSOR_
 bucket into the HTTP request, so a large study is never held in memory, and each object's
 digest must be the one its event recorded. 429 and 5xx answers and network errors are retried
 with the shared backoff (and at least the server's Retry-After); other 4xx fail at once.
+
+An upload whose answer was lost (read timeout, dropped connection) may have been received and
+processed by the AI all the same. It is retried like any network error: the whole study again,
+with the same UIDs. If the last try's answer is lost too, UploadFailed says that the AI may
+have the study, so that nobody takes it for a study the AI never saw.
 """
 
 from __future__ import annotations
@@ -79,8 +84,11 @@ async def upload_study(
     except BlobError as err:  # gone (past retention), or not the bytes the event recorded
         return Emit((failed(f"instance not uploadable: {err}")(delivery.num_delivered),))
     except ApiError as err:
+        reason = str(err)
+        if err.answer_lost:
+            reason += " (the request was sent: the AI may have received and processed the study)"
         return retry_or_fail(
-            delivery, policy, str(err), err.retryable, failed(str(err), err.status), err.retry_after
+            delivery, policy, reason, err.retryable, failed(reason, err.status), err.retry_after
         )
     return Emit(
         (
