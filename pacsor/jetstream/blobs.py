@@ -171,10 +171,10 @@ class BlobStore:
         if info.chunks == 1:
             # One round trip, where an ordered consumer costs several (most instances of a
             # radiograph study fit one chunk).
-            msg = await self._js.get_last_msg(
+            only = await self._js.get_last_msg(
                 self.stream, self._chunk_subject(info.nuid), direct=True
             )
-            data = msg.data or b""
+            data = only.data or b""
             self._verify(name, info, hashlib.sha256(data))
             yield data
             return
@@ -191,7 +191,7 @@ class BlobStore:
             await sub.unsubscribe()
         self._verify(name, info, hasher)
 
-    def _verify(self, name: str, info: BlobInfo, hasher: Any) -> None:
+    def _verify(self, name: str, info: BlobInfo, hasher: hashlib._Hash) -> None:
         if DIGEST_PREFIX + base64.urlsafe_b64encode(hasher.digest()).decode() != info.digest:
             raise BlobError(f"{self.bucket}/{name}: digest mismatch, the object is corrupt")
 
