@@ -184,9 +184,9 @@ async def _header(event: ev.ResultReady, ctx: Hl7Context) -> StudyHeader:
     """The study's patient and order facts: a stored instance first, else a result object."""
     candidates: list[tuple[BlobStore, str]] = []
     for recorded in await ctx.events.history(event.study_instance_uid):
-        complete = recorded.event
-        if isinstance(complete, ev.StudyComplete) and complete.attempt == event.attempt:
-            candidates += [(ctx.instances, i.object_name) for i in complete.instances[:1]]
+        if isinstance(recorded.event, ev.InstanceReceived):
+            candidates.append((ctx.instances, recorded.event.object_name))
+            break
     candidates += [(ctx.results, r.object_name) for r in event.results[:1]]
     for store, name in candidates:
         try:
