@@ -33,10 +33,11 @@ def consumer(core: str, destination: Destination) -> ConsumerSpec[ev.ResultReady
         concurrency=2,
         description=f"ResultReady -> C-STORE to {destination}",
         start="new",
-        failed=lambda event, reason, tries: dispatch_failed(
-            event, str(destination), reason, tries, None
-        ),
+        failed=lambda event, reason, tries: dispatch_failed(event, str(destination), reason, tries),
     )
+
+
+NOTHING_KNOWN = dispatch.Outcome()
 
 
 def dispatch_failed(
@@ -44,7 +45,7 @@ def dispatch_failed(
     destination: str,
     reason: str,
     tries: int,
-    outcome: dispatch.Outcome | None,
+    outcome: dispatch.Outcome = NOTHING_KNOWN,
 ) -> ev.DispatchFailed:
     return ev.DispatchFailed(
         study_instance_uid=event.study_instance_uid,
@@ -53,12 +54,10 @@ def dispatch_failed(
         destination=destination,
         reason=reason,
         tries=tries,
-        delivered_sop_instance_uids=tuple(o.sop_instance_uid for o in outcome.delivered)
-        if outcome
-        else (),
-        delivered=outcome.delivered if outcome else (),
-        refused=outcome.refused if outcome else (),
-        undelivered=outcome.undelivered if outcome else (),
+        delivered_sop_instance_uids=tuple(o.sop_instance_uid for o in outcome.delivered),
+        delivered=outcome.delivered,
+        refused=outcome.refused,
+        undelivered=outcome.undelivered,
     )
 
 
