@@ -55,7 +55,7 @@ def consumer(core: str, destination: Destination) -> ConsumerSpec[ev.ResultReady
     )
 
 
-NOTHING_KNOWN = dispatch.Outcome(delivered=(), refused=(), undelivered=())
+NOTHING_KNOWN = dispatch.Outcome()
 
 
 def dispatch_failed(

@@ -293,7 +293,7 @@ async def test_rejected_associations_are_logged_once_and_counted(
     rejected = [r for r in records if r.getMessage() == "association rejected"]
     assert len(rejected) == 2
     by_reason = {r.reason.split(":")[0]: r for r in rejected}  # type: ignore[attr-defined]
-    assert set(by_reason) == {"called AE title not recognised", "2 open associations"}
+    assert set(by_reason) == {"called AE title not recognised", "2 open"}
     for record in rejected:
         assert record.calling_ae_title == "CALLER"  # type: ignore[attr-defined]
         assert record.address.startswith("127.0.0.1:")  # type: ignore[attr-defined]

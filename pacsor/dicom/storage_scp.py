@@ -64,11 +64,11 @@ MISSING_UID = 0xC220  # Study, Series or SOP Instance UID absent
 INVALID_UID = 0xC221  # a UID that is not digits and dots
 MALFORMED = 0xC222  # truncated: an element runs past the end of the dataset
 
-# A-ASSOCIATE-RJ (result, source, diagnostic) as pynetdicom sends them -> (label, reason).
+# A-ASSOCIATE-RJ (result, source, diagnostic) as pynetdicom sends them -> (metric label, why).
 _REJECTIONS = {
-    (0x01, 0x01, 0x07): ("called_ae_title", "called AE title not recognised"),
+    (0x01, 0x01, 0x07): ("called_ae_title", "called AE title not recognised: this SCP is {aet}"),
     (0x01, 0x01, 0x03): ("calling_ae_title", "calling AE title not recognised"),
-    (0x02, 0x03, 0x02): ("association_limit", "MAX_ASSOCIATIONS open associations reached"),
+    (0x02, 0x03, 0x02): ("association_limit", "{limit} open: MAX_ASSOCIATIONS reached"),
     (0x02, 0x02, 0x01): ("user_identity", "user identity not accepted"),
 }
 
@@ -427,11 +427,8 @@ def _on_rejected(event: DicomEvent) -> None:
     assoc = event.assoc
     rj = assoc.acceptor.primitive
     key = (getattr(rj, "result", 0), getattr(rj, "result_source", 0), getattr(rj, "diagnostic", 0))
-    label, reason = _REJECTIONS.get(key, ("other", f"rejected (result, source, diagnostic) {key}"))
-    if label == "association_limit":
-        reason = f"{assoc.ae.maximum_associations} open associations: MAX_ASSOCIATIONS reached"
-    elif label == "called_ae_title":
-        reason = f"called AE title not recognised: this SCP is {assoc.ae.ae_title}"
+    label, why = _REJECTIONS.get(key, ("other", f"rejected (result, source, diagnostic) {key}"))
+    reason = why.format(aet=assoc.ae.ae_title, limit=assoc.ae.maximum_associations)
     ASSOCIATIONS_REJECTED.labels(label).inc()
     log.warning("association rejected", extra={**_peer(assoc), "reason": reason})
 

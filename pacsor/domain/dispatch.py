@@ -80,9 +80,9 @@ def to_send(sop_uids: Sequence[str], progress: Progress) -> list[str]:
 class Outcome(msgspec.Struct, frozen=True, kw_only=True):
     """Every object's status for the Dispatched / DispatchFailed event, in the results' order."""
 
-    delivered: tuple[ObjectStatus, ...]
-    refused: tuple[ObjectStatus, ...]
-    undelivered: tuple[ObjectStatus, ...]
+    delivered: tuple[ObjectStatus, ...] = ()
+    refused: tuple[ObjectStatus, ...] = ()
+    undelivered: tuple[ObjectStatus, ...] = ()
 
     def summary(self) -> str:
         parts = [f"{len(self.delivered)} delivered"]

@@ -46,6 +46,7 @@ M = TypeVar("M")
 
 # JetStream unreachable or unavailable for now: retried until it answers, never given up on.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    TimeoutError,  # a JetStream acknowledgement awaited with a deadline (nats' own subclasses it)
     nats_errors.TimeoutError,
     nats_errors.ConnectionClosedError,
     nats_errors.ConnectionReconnectingError,
