@@ -65,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
         "echo", help="C-ECHO DICOM peers: by default the PACS and every destination"
     )
     echo.add_argument("peers", nargs="*", metavar="AET@host:port")
+    commands.add_parser(
+        "check", help="before going live: NATS, streams, destinations, AI cores, RIS; one line each"
+    )
     health = commands.add_parser(
         "health",
         help="exit 0 when the component running in this container or machine is healthy",
@@ -78,7 +81,29 @@ def main(argv: list[str] | None = None) -> int:
     demo_pacs.add_argument("--aet", default=DEMO_PACS_AET)
     demo_pacs.add_argument("--folder", type=Path, default=Path("demo-pacs"))
 
+    setup = commands.add_parser(
+        "setup",
+        help="answer a site's questions once: writes env-files/.env.SITE and links .env to it",
+    )
+    setup.add_argument("--show", action="store_true", help="print the current configuration")
+    setup.add_argument("--project-dir", type=Path, default=Path("."), help="where .env lives")
+    from pacsor.setup_wizard import QUESTIONS
+
+    for question in QUESTIONS:
+        if question.kind == "yes-no":
+            setup.add_argument(
+                question.option, action=argparse.BooleanOptionalAction, help=question.message
+            )
+        else:
+            setup.add_argument(question.option, metavar="VALUE", help=question.message)
+
     args = parser.parse_args(argv)
+    if args.command == "setup":  # before the settings: setup is how they come to exist
+        try:
+            return _setup(args)
+        except ConfigError as err:
+            print(f"pacsor: {err}", file=sys.stderr)
+            return 2
     try:
         settings = load_settings()
     except ConfigError as err:
@@ -100,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
             return _echo(settings, args.peers)
         if args.command == "relaunch":
             return asyncio.run(_relaunch(settings, args.study, args.cores, args.by))
+        if args.command == "check":
+            return asyncio.run(_check(settings))
         if args.command == "health":
             return asyncio.run(_health(settings, args.component))
         if args.command == "demo-pacs":
@@ -343,6 +370,38 @@ def _echo(settings: Settings, peers: list[str]) -> int:
         )
         failed += problem is not None
         print(f"{destination}: {problem or 'ok'}")
+    return 1 if failed else 0
+
+
+def _setup(args: argparse.Namespace) -> int:
+    from pacsor.setup_wizard import options_of, run_setup, show
+
+    if args.show:
+        print("\n".join(show(args.project_dir)))
+        return 0
+    interactive = sys.stdin.isatty() and sys.stdout.isatty()
+    try:
+        written = run_setup(args.project_dir, options_of(args), interactive)
+    except KeyboardInterrupt:
+        print("pacsor: setup stopped; nothing written", file=sys.stderr)
+        return 130
+    print(f"wrote {written.relative_to(args.project_dir)}; .env now points to it")
+    print(
+        "next: `pacsor check`, then `docker compose up -d` "
+        f"(or `docker compose --env-file {written.relative_to(args.project_dir)} up -d`)"
+    )
+    return 0
+
+
+async def _check(settings: Settings) -> int:
+    from pacsor.preflight import run_checks
+
+    # Each check reports its own failure in its line; pynetdicom would say it again on stderr.
+    logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
+    failed = 0
+    async for check in run_checks(settings):
+        print(check.line(), flush=True)
+        failed += check.problem is not None
     return 1 if failed else 0
 
 
