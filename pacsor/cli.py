@@ -23,6 +23,7 @@ log = logging.getLogger("pacsor")
 
 DEMO_PACS_PORT = 11112
 DEMO_PACS_AET = "DEMOPACS"
+DEMO_RIS_PORT = 0  # any free port: only the demo itself talks to its RIS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -232,6 +233,7 @@ def _send_sample_study(port: int, ae_title: str) -> None:
 @contextlib.contextmanager
 def _demo_peers() -> Iterator[dict[str, str]]:
     from pacsor.devtools.demo_pacs import start_folder_pacs
+    from pacsor.devtools.demo_ris import running_demo_ris
     from pacsor.devtools.simulator import SimulatorSettings, running_simulator
 
     raw = os.environ.get("DEMO_PACS_PORT", str(DEMO_PACS_PORT))
@@ -242,16 +244,32 @@ def _demo_peers() -> Iterator[dict[str, str]]:
         pacs = start_folder_pacs(Path("demo-pacs"), DEMO_PACS_AET, port)
     except OSError as err:
         raise ConfigError(f"DEMO_PACS_PORT: cannot listen on {port}: {err.strerror}") from None
-    try:
-        with running_simulator(SimulatorSettings(running_polls=2)) as (base_url, _state):
-            yield {
-                "API_URL": base_url,
-                "PACS_IP": "127.0.0.1",
-                "PACS_PORT": str(port),
-                "PACS_AET": DEMO_PACS_AET,
-            }
-    finally:
-        pacs.shutdown()
+    ris_raw = os.environ.get("DEMO_RIS_PORT", str(DEMO_RIS_PORT))
+    with contextlib.ExitStack() as stack:
+        stack.callback(pacs.shutdown)
+        if not ris_raw.isdigit() or not 0 <= int(ris_raw) < 65536:
+            raise ConfigError(f"DEMO_RIS_PORT: expected a port number, got {ris_raw!r}")
+        try:
+            ris = stack.enter_context(running_demo_ris(int(ris_raw)))
+        except OSError as err:
+            raise ConfigError(
+                f"DEMO_RIS_PORT: cannot listen on {ris_raw}: {err.strerror}"
+            ) from None
+        base_url, _state = stack.enter_context(
+            running_simulator(SimulatorSettings(running_polls=2))
+        )
+        yield {
+            "API_URL": base_url,
+            "PACS_IP": "127.0.0.1",
+            "PACS_PORT": str(port),
+            "PACS_AET": DEMO_PACS_AET,
+            # The demo RIS takes each study's ORU^R01, with the simulator's written report.
+            "HL7_ENABLE": "true",
+            "HL7_RIS_IP": "127.0.0.1",
+            "HL7_RIS_PORT": str(ris.port),
+            "HL7_INCLUDE_TCR": "true",
+            "TCR_API_URL": base_url,
+        }
 
 
 def _simulator(host: str, port: int) -> int:
