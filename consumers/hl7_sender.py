@@ -330,9 +330,8 @@ async def _header(
     candidates: list[tuple[BlobStore, str]] = []
     for recorded in reversed(await ctx.events.history(study)):
         known = recorded.event
-        if isinstance(known, ev.StudyComplete) and attempt in (None, known.attempt):
-            candidates += [(ctx.instances, i.object_name) for i in known.instances[:1]]
-        elif isinstance(known, ev.InstanceReceived) and attempt is None:
+        # Any stored instance of the study carries its patient and order facts.
+        if isinstance(known, ev.InstanceReceived):
             candidates.append((ctx.instances, known.object_name))
     candidates += [(ctx.results, r.object_name) for r in results[:1]]
     for store, name in candidates[:4]:
