@@ -18,10 +18,14 @@ message, with the same control ID.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
+
+import msgspec
 
 from pacsor.ai.techcare_report import ReportError, TechCareReports
 from pacsor.config import ConfigError, Settings
@@ -76,6 +80,8 @@ class Hl7Context:
     tcr_cores: frozenset[str] = frozenset()
     _ris: MllpClient | None = None
     _applied: tuple[int, Hl7Settings, MessageTemplate | None] | None = None
+    # Two consumers share the context: one of them at a time swaps the RIS connection.
+    _swap: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def in_force(self) -> tuple[Hl7Settings, MessageTemplate | None, MllpClient]:
         """The settings and template of the latest loaded configuration, over the
@@ -91,11 +97,13 @@ class Hl7Context:
             self._applied = (current.sequence, settings, template)
         _, settings, template = self._applied
         target = (settings.ris_ip, settings.ris_port, settings.ris_timeout_seconds)
-        if self._ris is None or (self._ris.host, self._ris.port, self._ris.timeout) != target:
-            if self._ris is not None:
-                await self._ris.aclose()
-            self._ris = MllpClient(*target)
-        return settings, template, self._ris
+        async with self._swap:
+            ris = self._ris
+            if ris is None or (ris.host, ris.port, ris.timeout) != target:
+                if ris is not None:
+                    await ris.aclose()
+                self._ris = ris = MllpClient(*target)
+        return settings, template, ris
 
     async def aclose(self) -> None:
         if self._ris is not None:
@@ -145,6 +153,11 @@ async def send_to_ris(event: ev.ResultReady, delivery: Delivery, ctx: Hl7Context
 
     header = await _header(event.study_instance_uid, event.attempt, event.results, ctx)
     text = build_oru(header, findings, report, settings, cid, event.occurred_at, template)
+    if running:
+        # The redeliveries spent waiting are not tries of the RIS: leave them out of the count
+        # (an upper bound of them: the RIS may get a few more tries, never fewer).
+        waits = min(delivery.num_delivered - 1, _wait_deliveries(settings, ctx.policy))
+        delivery = msgspec.structs.replace(delivery, num_delivered=delivery.num_delivered - waits)
     return await _send(
         ctx,
         ris,
@@ -252,9 +265,19 @@ async def _send(
     )
 
 
+def _wait_step(settings: Hl7Settings, policy: RetryPolicy) -> float:
+    # A few looks during the wait, not one per retry delay: each look is a redelivery.
+    return max(policy.initial_seconds, settings.findings_wait_seconds / 4)
+
+
+def _wait_deliveries(settings: Hl7Settings, policy: RetryPolicy) -> int:
+    """At most how many deliveries a whole wait takes (the first one included)."""
+    return math.ceil(settings.findings_wait_seconds / _wait_step(settings, policy)) + 1
+
+
 def _wait_delay(settings: Hl7Settings, ctx: Hl7Context, waited: float) -> float:
     left = settings.findings_wait_seconds - waited
-    return max(0.1, min(ctx.policy.initial_seconds, left))
+    return max(0.1, min(_wait_step(settings, ctx.policy), left))
 
 
 async def _findings(
@@ -307,9 +330,8 @@ async def _header(
     candidates: list[tuple[BlobStore, str]] = []
     for recorded in reversed(await ctx.events.history(study)):
         known = recorded.event
-        if isinstance(known, ev.StudyComplete) and attempt in (None, known.attempt):
-            candidates += [(ctx.instances, i.object_name) for i in known.instances[:1]]
-        elif isinstance(known, ev.InstanceReceived) and attempt is None:
+        # Any stored instance of the study carries its patient and order facts.
+        if isinstance(known, ev.InstanceReceived):
             candidates.append((ctx.instances, known.object_name))
     candidates += [(ctx.results, r.object_name) for r in results[:1]]
     for store, name in candidates[:4]:
