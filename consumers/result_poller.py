@@ -48,6 +48,12 @@ def consumer(core: str) -> ConsumerSpec[ev.Uploaded]:
         max_ack_pending=1024,
         concurrency=4,
         description=f"Uploaded -> poll AI core {core} -> ResultReady",
+        failed=lambda event, reason, tries: ev.ResultFailed(
+            study_instance_uid=event.study_instance_uid,
+            core=event.core,
+            attempt=event.attempt,
+            reason=f"gave up after {tries} tries: {reason}",
+        ),
     )
 
 
@@ -164,7 +170,8 @@ async def run(rt: Runtime, started: Started) -> None:
                     results=rt.results,
                     settings=PollSettings(
                         core=core.name,
-                        inference_commands=core.inference_commands,
+                        # A tcr core writes a report, fetched by the hl7 component: no objects.
+                        inference_commands=() if core.kind == "tcr" else core.inference_commands,
                         poll_interval=s.poll_interval_seconds,
                         result_timeout=timedelta(seconds=s.result_timeout_seconds),
                     ),

@@ -23,6 +23,7 @@ log = logging.getLogger("pacsor")
 
 DEMO_PACS_PORT = 11112
 DEMO_PACS_AET = "DEMOPACS"
+DEMO_RIS_PORT = 0  # any free port: only the demo itself talks to its RIS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
         "echo", help="C-ECHO DICOM peers: by default the PACS and every destination"
     )
     echo.add_argument("peers", nargs="*", metavar="AET@host:port")
+    commands.add_parser(
+        "check", help="before going live: NATS, streams, destinations, AI cores, RIS; one line each"
+    )
     health = commands.add_parser(
         "health",
         help="exit 0 when the component running in this container or machine is healthy",
@@ -78,7 +82,29 @@ def main(argv: list[str] | None = None) -> int:
     demo_pacs.add_argument("--aet", default=DEMO_PACS_AET)
     demo_pacs.add_argument("--folder", type=Path, default=Path("demo-pacs"))
 
+    setup = commands.add_parser(
+        "setup",
+        help="answer a site's questions once: writes env-files/.env.SITE and links .env to it",
+    )
+    setup.add_argument("--show", action="store_true", help="print the current configuration")
+    setup.add_argument("--project-dir", type=Path, default=Path("."), help="where .env lives")
+    from pacsor.setup_wizard import QUESTIONS
+
+    for question in QUESTIONS:
+        if question.kind == "yes-no":
+            setup.add_argument(
+                question.option, action=argparse.BooleanOptionalAction, help=question.message
+            )
+        else:
+            setup.add_argument(question.option, metavar="VALUE", help=question.message)
+
     args = parser.parse_args(argv)
+    if args.command == "setup":  # before the settings: setup is how they come to exist
+        try:
+            return _setup(args)
+        except ConfigError as err:
+            print(f"pacsor: {err}", file=sys.stderr)
+            return 2
     try:
         settings = load_settings()
     except ConfigError as err:
@@ -100,8 +126,12 @@ def main(argv: list[str] | None = None) -> int:
             return _echo(settings, args.peers)
         if args.command == "relaunch":
             return asyncio.run(_relaunch(settings, args.study, args.cores, args.by))
+        if args.command == "check":
+            return asyncio.run(_check(settings))
         if args.command == "health":
-            return asyncio.run(_health(settings, args.component))
+            from pacsor.health import check_component
+
+            return asyncio.run(check_component(settings, args.component))
         if args.command == "demo-pacs":
             return _demo_pacs(args.host, args.port, args.aet, args.folder)
     except ConfigError as err:
@@ -205,6 +235,7 @@ def _send_sample_study(port: int, ae_title: str) -> None:
 @contextlib.contextmanager
 def _demo_peers() -> Iterator[dict[str, str]]:
     from pacsor.devtools.demo_pacs import start_folder_pacs
+    from pacsor.devtools.demo_ris import running_demo_ris
     from pacsor.devtools.simulator import SimulatorSettings, running_simulator
 
     raw = os.environ.get("DEMO_PACS_PORT", str(DEMO_PACS_PORT))
@@ -215,16 +246,32 @@ def _demo_peers() -> Iterator[dict[str, str]]:
         pacs = start_folder_pacs(Path("demo-pacs"), DEMO_PACS_AET, port)
     except OSError as err:
         raise ConfigError(f"DEMO_PACS_PORT: cannot listen on {port}: {err.strerror}") from None
-    try:
-        with running_simulator(SimulatorSettings(running_polls=2)) as (base_url, _state):
-            yield {
-                "API_URL": base_url,
-                "PACS_IP": "127.0.0.1",
-                "PACS_PORT": str(port),
-                "PACS_AET": DEMO_PACS_AET,
-            }
-    finally:
-        pacs.shutdown()
+    ris_raw = os.environ.get("DEMO_RIS_PORT", str(DEMO_RIS_PORT))
+    with contextlib.ExitStack() as stack:
+        stack.callback(pacs.shutdown)
+        if not ris_raw.isdigit() or not 0 <= int(ris_raw) < 65536:
+            raise ConfigError(f"DEMO_RIS_PORT: expected a port number, got {ris_raw!r}")
+        try:
+            ris = stack.enter_context(running_demo_ris(int(ris_raw)))
+        except OSError as err:
+            raise ConfigError(
+                f"DEMO_RIS_PORT: cannot listen on {ris_raw}: {err.strerror}"
+            ) from None
+        base_url, _state = stack.enter_context(
+            running_simulator(SimulatorSettings(running_polls=2))
+        )
+        yield {
+            "API_URL": base_url,
+            "PACS_IP": "127.0.0.1",
+            "PACS_PORT": str(port),
+            "PACS_AET": DEMO_PACS_AET,
+            # The demo RIS takes each study's ORU^R01, with the simulator's written report.
+            "HL7_ENABLE": "true",
+            "HL7_RIS_IP": "127.0.0.1",
+            "HL7_RIS_PORT": str(ris.port),
+            "HL7_INCLUDE_TCR": "true",
+            "TCR_API_URL": base_url,
+        }
 
 
 def _simulator(host: str, port: int) -> int:
@@ -346,44 +393,36 @@ def _echo(settings: Settings, peers: list[str]) -> int:
     return 1 if failed else 0
 
 
-async def _health(settings: Settings, component: str) -> int:
-    """One line: `ok`, or what is wrong; exit 1 when something is."""
-    from pacsor.dicom.storage_scu import echo
-    from pacsor.jetstream.broker import connect
-    from pacsor.jetstream.liveness import liveness_file, probe
+def _setup(args: argparse.Namespace) -> int:
+    from pacsor.setup_wizard import options_of, run_setup, show
 
-    if component == "admin":
-        import httpx
+    if args.show:
+        print("\n".join(show(args.project_dir)))
+        return 0
+    interactive = sys.stdin.isatty() and sys.stdout.isatty()
+    try:
+        written = run_setup(args.project_dir, options_of(args), interactive)
+    except KeyboardInterrupt:
+        print("pacsor: setup stopped; nothing written", file=sys.stderr)
+        return 130
+    print(f"wrote {written.relative_to(args.project_dir)}; .env now points to it")
+    print(
+        "next: `pacsor check`, then `docker compose up -d` "
+        f"(or `docker compose --env-file {written.relative_to(args.project_dir)} up -d`)"
+    )
+    return 0
 
-        url = f"http://127.0.0.1:{settings.admin_port}/health"
-        try:
-            async with httpx.AsyncClient(timeout=10) as http:
-                answer = await http.get(url)
-        except httpx.HTTPError as err:
-            print(f"admin: no answer from {url}: {str(err) or type(err).__name__}")
-            return 1
-        # 503 is the admin saying the pipeline is unhealthy: the admin itself is up.
-        alive = answer.status_code in (200, 503)
-        print(f"admin: {'ok' if alive else 'answered'} {answer.status_code} at {url}")
-        return 0 if alive else 1
-    if component == "scp":
-        problem = await asyncio.to_thread(
-            echo, "127.0.0.1", settings.port, settings.milvue_aet, settings.milvue_aet
-        )
-        problems = [f"scp: {problem}"] if problem else []
-    else:
-        url = settings.nats_servers or f"nats://127.0.0.1:{settings.embedded_nats_port}"
-        try:
-            nc = await asyncio.wait_for(connect(url, f"pacsor health {component}"), 5)
-        except Exception as err:
-            print(f"{component}: NATS unreachable at {url}: {str(err) or type(err).__name__}")
-            return 1
-        try:
-            problems = await probe(nc, liveness_file(settings.data_dir, component))
-        finally:
-            await nc.close()
-    print("; ".join(problems) or f"{component}: ok")
-    return 1 if problems else 0
+
+async def _check(settings: Settings) -> int:
+    from pacsor.preflight import run_checks
+
+    # Each check reports its own failure in its line; pynetdicom would say it again on stderr.
+    logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
+    failed = 0
+    async for check in run_checks(settings):
+        print(check.line(), flush=True)
+        failed += check.problem is not None
+    return 1 if failed else 0
 
 
 def _demo_pacs(host: str, port: int, ae_title: str, folder: Path) -> int:

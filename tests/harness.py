@@ -20,12 +20,11 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import DeliverPolicy
 from pynetdicom.events import Event as DicomEvent
 
-from pacsor.components import BY_NAME
 from pacsor.config import Settings, load_settings
 from pacsor.devtools.demo_pacs import start_storage_scp
 from pacsor.dicom.storage_scu import echo
 from pacsor.domain import events as ev
-from pacsor.gateway import run_gateway
+from pacsor.gateway import components_of_up, run_gateway
 from pacsor.jetstream.subjects import EVENTS_STREAM, study_subjects
 from tests.nats_server import free_port
 
@@ -55,12 +54,16 @@ def gateway_settings(nats_url: str, api_url: str, pacs: ReceivingPacs, **extra: 
 
 @contextlib.asynccontextmanager
 async def running_gateway(
-    settings: Settings, components: tuple[str, ...] = tuple(BY_NAME)
+    settings: Settings, components: tuple[str, ...] | None = None
 ) -> AsyncIterator[dict[str, Any]]:
     """Run the gateway in this event loop; yields what it reports when ready.
 
+    `components` defaults to what `pacsor up` runs with these settings.
+
     Unless the test chose them, the admin gets a free port and a read model of its own.
     """
+    if components is None:
+        components = components_of_up(settings)
     own_folder: Path | None = None
     if "admin" in components and settings.admin_port == Settings().admin_port:
         own_folder = Path(tempfile.mkdtemp(prefix="pacsor-admin-"))
@@ -84,12 +87,23 @@ async def running_gateway(
 
 
 class ReceivingPacs:
-    """A pynetdicom Storage SCP that records what it receives (the test's PACS)."""
+    """A pynetdicom Storage SCP that records what it receives (the test's PACS).
 
-    def __init__(self, ae_title: str = "TESTPACS", status: int = 0x0000) -> None:
+    `answer(n, sop)` picks the status of the n-th C-STORE (0-based); `calls` lists every
+    C-STORE with the status answered, `received` the objects stored.
+    """
+
+    def __init__(
+        self,
+        ae_title: str = "TESTPACS",
+        status: int = 0x0000,
+        answer: Callable[[int, str], int] | None = None,
+    ) -> None:
         self.ae_title = ae_title
         self.port = free_port()
         self.status = status
+        self.answer = answer
+        self.calls: list[tuple[str, int]] = []  # (sop, status answered)
         self.received: list[tuple[str, str, bytes]] = []  # (study, sop, encoded)
         self._changed = threading.Condition()
         self._server: Any = None
@@ -104,9 +118,14 @@ class ReceivingPacs:
             self._server = None
 
     def _on_store(self, event: DicomEvent) -> int:
-        if self.status != 0x0000:
-            return self.status
         ds = event.dataset
+        with self._changed:
+            status = self.status
+            if self.answer is not None:
+                status = self.answer(len(self.calls), str(ds.SOPInstanceUID))
+            self.calls.append((str(ds.SOPInstanceUID), status))
+        if status != 0x0000:
+            return status
         with self._changed:
             self.received.append(
                 (str(ds.StudyInstanceUID), str(ds.SOPInstanceUID), event.encoded_dataset())

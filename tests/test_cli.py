@@ -45,7 +45,7 @@ async def test_up_demo_runs_a_sample_study_through(tmp_path: Path) -> None:
     seen: list[str] = []
     try:
         async with asyncio.timeout(90):
-            while not any("Dispatched" in line for line in seen):
+            while not all(any(k in line for line in seen) for k in ("Dispatched", "Hl7Sent")):
                 line = (await demo.stderr.readline()).decode()
                 assert line, "pacsor exited:\n" + "".join(seen)
                 seen.append(line)
@@ -57,6 +57,8 @@ async def test_up_demo_runs_a_sample_study_through(tmp_path: Path) -> None:
     assert "pacsor is up (demo)" in text
     for kind in ("InstanceReceived", "StudyComplete", "Uploaded", "ResultReady", "Dispatched"):
         assert kind in text
+    # The demo RIS acknowledged the study's ORU^R01.
+    assert "Hl7Sent" in text and ": AA (control ID" in text
     # The demo PACS wrote the 6 result objects (3 images x 2 inference commands).
     assert len(list((tmp_path / "demo-pacs").rglob("*.dcm"))) == 6
     # The embedded nats-server kept its store under PACSOR_DATA_DIR and was stopped.

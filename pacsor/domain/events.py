@@ -71,7 +71,7 @@ class DestinationEvent(CoreEvent, frozen=True, kw_only=True):
 
 
 class InstanceRef(msgspec.Struct, frozen=True, kw_only=True):
-    """One stored input instance, as listed in StudyComplete."""
+    """One stored input instance of an attempt (see pacsor.domain.completion.attempt_instances)."""
 
     sop_instance_uid: str
     series_instance_uid: str
@@ -155,6 +155,11 @@ class InstanceRejected(Event, frozen=True, kw_only=True):
 class StudyComplete(Event, frozen=True, kw_only=True):
     """No instance arrived for STUDY_QUIET_SECONDS: the study goes to the AI, as `attempt`.
 
+    It stays small whatever the study's size: the attempt's instances are the study's
+    InstanceReceived events up to stream sequence `through_sequence`, the latest copy of each
+    SOP Instance UID (pacsor.domain.completion.attempt_instances), read back by subject.
+    Schema 2; schema 1 listed every instance in the event and stopped near 2,350 instances.
+
     A relaunch asked by a person is marked: `relaunch` is true, `requested_by` says who,
     `relaunch_id` names the RelaunchRequested it answers, and `cores` limits the attempt to
     those AI cores (empty: every core).
@@ -162,8 +167,10 @@ class StudyComplete(Event, frozen=True, kw_only=True):
 
     topic: ClassVar[str] = "complete"
 
+    schema_version: int = 2
     attempt: int
-    instances: tuple[InstanceRef, ...]
+    instance_count: int
+    through_sequence: int
     reason: str = "quiet period elapsed"
     relaunch: bool = False
     requested_by: str = ""
@@ -235,14 +242,32 @@ class Dispatched(DestinationEvent, frozen=True, kw_only=True):
     sop_instance_uids: tuple[str, ...]
 
 
+
+class ObjectStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """What a destination answered to one result object's C-STORE (-1: no answer)."""
+
+    sop_instance_uid: str
+    status: int
+
+
 class DispatchFailed(DestinationEvent, frozen=True, kw_only=True):
-    """Retries to `destination` are exhausted; the results stay in the results bucket."""
+    """`destination` refused objects for good, or its retries are exhausted.
+
+    `delivered` and `refused` (a permanent failure status: 0xA9xx, 0xCxxx, ...) list objects
+    with the status the destination answered; `undelivered` those still failing transiently
+    (0xA7xx, no answer, not reached) after the last try, with their last status. The results
+    stay in the results bucket.
+    """
 
     topic: ClassVar[str] = "dispatch_failed"
 
     reason: str
     tries: int = 1
     delivered_sop_instance_uids: tuple[str, ...] = ()
+    delivered: tuple[ObjectStatus, ...] = ()
+    refused: tuple[ObjectStatus, ...] = ()
+    undelivered: tuple[ObjectStatus, ...] = ()
+
 
 # --- RIS ---------------------------------------------------------------------------------
 
@@ -264,6 +289,11 @@ class Hl7Sent(CoreEvent, frozen=True, kw_only=True):
     tries: int = 1
     missing_findings: tuple[str, ...] = ()
     with_report: bool = False
+    report_id: str = ""  # set when the message carries an external report
+
+    def idempotency_key(self) -> str:
+        key = super().idempotency_key()
+        return f"{key}:report:{self.report_id}" if self.report_id else key
 
 
 class Hl7Failed(CoreEvent, frozen=True, kw_only=True):
@@ -277,6 +307,54 @@ class Hl7Failed(CoreEvent, frozen=True, kw_only=True):
     reason: str
     tries: int = 1
     ack_code: str = ""  # the last MSA-1 when the RIS answered (AE, AR...), else ""
+    report_id: str = ""
+
+    def idempotency_key(self) -> str:
+        key = super().idempotency_key()
+        return f"{key}:report:{self.report_id}" if self.report_id else key
+
+
+class ExternalReportReceived(Event, frozen=True, kw_only=True):
+    """A written report pushed by an external report provider (WEBPS_PROVIDERS).
+
+    It goes to the RIS like the AI's results: Hl7Sent / Hl7Failed with core
+    `webps-<provider>`, attempt 0 and this `report_id`.
+    """
+
+    topic: ClassVar[str] = "external_report"
+
+    provider: str
+    report_id: str
+    title: str
+    indication: str = ""
+    technique: str = ""
+    findings: str = ""
+    conclusion: str = ""
+    language: str = "EN"
+
+    def idempotency_key(self) -> str:
+        return f"webps:{self.study_instance_uid}:{self.provider}:{self.report_id}"
+
+
+class Hl7ConfigLoaded(Event, frozen=True, kw_only=True):
+    """A named HL7 configuration or template was loaded (HL7_CUSTOM_DIR): what is in force.
+
+    Not about a study (`study_instance_uid` is ""). `settings` are HL7 variables that win over
+    the environment; `template` is the template's JSON text ("" for none). The latest one is
+    what the hl7 component applies.
+    """
+
+    topic: ClassVar[str] = "hl7_config_loaded"
+
+    load_id: str
+    name: str
+    kind: str  # "config" or "template"
+    loaded_by: str
+    settings: dict[str, str] = {}
+    template: str = ""
+
+    def idempotency_key(self) -> str:
+        return f"hl7config:{self.load_id}"
 
 
 # --- Operators ----------------------------------------------------------------------------
@@ -335,6 +413,29 @@ class ObjectsExpired(Event, frozen=True, kw_only=True):
 # The failure of a step retried by the runner; it records how many tries were made.
 StepFailure = UploadFailed | DispatchFailed | Hl7Failed
 
+# --- Any step -----------------------------------------------------------------------------
+
+
+class StepFailed(Event, frozen=True, kw_only=True):
+    """A handler kept failing on one message and gave up after RETRY_MAX_ATTEMPTS tries.
+
+    Recorded by the handler runner for steps that have no failure event of their own (the
+    quiet timer, completion); the upload, result and dispatch steps record theirs instead.
+    `step` is the durable consumer, `message_sequence` the message's sequence in `stream`.
+    """
+
+    topic: ClassVar[str] = "step_failed"
+
+    step: str
+    stream: str
+    message_sequence: int
+    reason: str
+    tries: int
+
+    def idempotency_key(self) -> str:
+        return f"step_failed:{self.step}:{self.stream}:{self.message_sequence}"
+
+
 AnyEvent = (
     InstanceReceived
     | InstanceRejected
@@ -350,6 +451,9 @@ AnyEvent = (
     | ObjectsExpired
     | Hl7Sent
     | Hl7Failed
+    | StepFailed
+    | ExternalReportReceived
+    | Hl7ConfigLoaded
 )
 EVENT_TYPES: tuple[type[Event], ...] = (
     InstanceReceived,
@@ -366,7 +470,11 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     ObjectsExpired,
     Hl7Sent,
     Hl7Failed,
+    StepFailed,
+    ExternalReportReceived,
+    Hl7ConfigLoaded,
 )
+
 
 class RecordedEvent(msgspec.Struct, frozen=True):
     """An event as read back from the log, with its position there."""

@@ -1,0 +1,137 @@
+"""`pacsor check`: what must answer before a site goes live, one line per check.
+
+- NATS reachable, with JetStream, and every stream of streams/*.json present;
+- a C-ECHO to every result destination;
+- the AI API of every core (API_URL, API_URL_1, ...) reachable and its token accepted;
+- the RIS port open, when HL7 is on.
+
+Every check runs even when an earlier one failed, so one run lists everything to fix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import httpx
+import msgspec
+
+from pacsor.ai.milvue_api import ApiError, MilvueApi
+from pacsor.config import Settings
+from pacsor.dicom.storage_scu import echo
+from pacsor.jetstream.broker import connect
+from pacsor.jetstream.broker_state import broker_state
+
+# The status of a study no one uploaded: 404 means the API knows the token, 403 that it does
+# not. A valid UID under the 2.25 (UUID) root, never a real study.
+PROBE_STUDY = "2.25.1"
+TIMEOUT = 10.0
+
+
+class Check(msgspec.Struct, frozen=True):
+    name: str
+    problem: str | None  # None: passed
+    detail: str = ""
+
+    def line(self) -> str:
+        if self.problem is None:
+            return f"ok    {self.name}{': ' + self.detail if self.detail else ''}"
+        return f"FAIL  {self.name}: {self.problem}"
+
+
+def nats_url(settings: Settings) -> str:
+    return settings.nats_servers or f"nats://127.0.0.1:{settings.embedded_nats_port}"
+
+
+async def run_checks(settings: Settings) -> AsyncIterator[Check]:
+    async for check in _nats(settings):
+        yield check
+    # Cores may share destinations: each is echoed once.
+    destinations = list(dict.fromkeys(d for core in settings.cores for d in core.destinations))
+    for destination in destinations:
+        problem = await asyncio.to_thread(
+            echo,
+            destination.host,
+            destination.port,
+            destination.ae_title,
+            settings.milvue_aet,
+            TIMEOUT,
+        )
+        yield Check(f"C-ECHO {destination}", problem, "answers")
+    if not destinations:
+        yield Check("destinations", "PACS_IP is not set and DESTINATIONS is empty")
+    for core in settings.cores:
+        if core.kind == "inference":
+            yield await _core(core.name, core.api_url, core.token)
+        else:  # the report API has no study status to ask: that it answers is what we know
+            yield await _answers(f"report core {core.name} {core.api_url}", core.api_url)
+    if settings.hl7.enable:
+        yield await _port_open("RIS (HL7)", settings.hl7.ris_ip, settings.hl7.ris_port)
+
+
+async def _nats(settings: Settings) -> AsyncIterator[Check]:
+    url = nats_url(settings)
+    try:
+        nc = await asyncio.wait_for(connect(url, "pacsor check"), TIMEOUT)
+    except Exception as err:
+        yield Check(f"NATS {url}", f"unreachable: {str(err) or type(err).__name__}")
+        return
+    try:
+        state = await broker_state(nc)
+    finally:
+        await nc.close()
+    present = [s for s in state.streams if s.present]
+    faults = [p for p in state.problems if "is missing" not in p]
+    if faults and not present:
+        yield Check(f"NATS {url}", f"JetStream does not answer: {faults[0]}")
+        return
+    yield Check(f"NATS {url}", None, f"JetStream, {len(present)} streams")
+    for stream in state.streams:
+        name = f"stream {stream.name}"
+        if not stream.present:
+            yield Check(name, "missing: pacsor creates it when it first starts")
+        elif stream.replicas < settings.nats_replicas:
+            wanted = settings.nats_replicas
+            yield Check(name, f"{stream.replicas} copies, NATS_REPLICAS asks for {wanted}")
+        else:
+            yield Check(name, None, f"{stream.messages} messages, {stream.replicas} copies")
+    for fault in faults:
+        yield Check(f"NATS {url}", fault)
+
+
+async def _core(name: str, api_url: str, token: str) -> Check:
+    check = f"AI core {name} {api_url}"
+    if not token:
+        return Check(check, "TOKEN is not set")
+    async with MilvueApi(api_url, token, timeout=TIMEOUT) as api:
+        try:
+            await api.get_status(PROBE_STUDY)
+        except ApiError as err:
+            if err.status == 404:
+                return Check(check, None, "reachable, token accepted")
+            if err.status in (401, 403):
+                return Check(check, f"token refused (HTTP {err.status})")
+            return Check(check, str(err))
+    return Check(check, None, "reachable, token accepted")
+
+
+async def _answers(check: str, url: str) -> Check:
+    try:
+        async with httpx.AsyncClient(timeout=TIMEOUT) as http:
+            answer = await http.get(url)
+    except httpx.HTTPError as err:
+        return Check(check, f"no answer: {str(err) or type(err).__name__}")
+    return Check(check, None, f"answers (HTTP {answer.status_code})")
+
+
+async def _port_open(name: str, host: str, port: int) -> Check:
+    check = f"{name} {host}:{port}"
+    if not host:
+        return Check(check, "HL7_RIS_IP is not set")
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), TIMEOUT)
+    except OSError as err:  # TimeoutError included
+        return Check(check, f"port closed: {err.strerror or str(err) or 'no answer in time'}")
+    writer.close()
+    await writer.wait_closed()
+    return Check(check, None, "port open")
