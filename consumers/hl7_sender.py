@@ -5,7 +5,7 @@ The message is a pure function of the study (pacsor.hl7.oru); this handler gathe
   (listed in ResultReady). Findings still running are waited for, by redelivery, until
   HL7_FINDINGS_WAIT_SECONDS after ResultReady; the message then goes without them and says so
   in an NTE segment and in Hl7Sent.missing_findings;
-- the patient and order facts, from a stored instance of the attempt (or, once the instances
+- the patient and order facts, from a stored instance of the study (or, once the instances
   have expired, from a result object, which carries the same patient and study);
 - the written report from the TechCare Report service, when HL7_INCLUDE_TCR is set, and
   always for a core of kind tcr (CORE_KIND=tcr), whose studies went to that service instead
@@ -151,7 +151,7 @@ async def send_to_ris(event: ev.ResultReady, delivery: Delivery, ctx: Hl7Context
     left_out = (*found.missing, *running, *unavailable)
     findings = StudyFindings(detections=found.detections, measures=found.measures, missing=left_out)
 
-    header = await _header(event.study_instance_uid, event.attempt, event.results, ctx)
+    header = await _header(event.study_instance_uid, event.results, ctx)
     text = build_oru(header, findings, report, settings, cid, event.occurred_at, template)
     if running:
         # The redeliveries spent waiting are not tries of the RIS: leave them out of the count
@@ -200,7 +200,7 @@ async def send_external_report(
         language=event.language,
     )
     settings, template, ris = await ctx.in_force()
-    header = await _header(study, None, (), ctx)
+    header = await _header(study, (), ctx)
     text = build_oru(header, StudyFindings(), report, settings, cid, event.occurred_at, template)
     outcome = _Outcome(study, core, 0, cid, with_report=True, report_id=event.report_id)
     return await _send(ctx, ris, delivery, text, outcome)
@@ -320,21 +320,16 @@ async def _report(event: ev.ResultReady, settings: Hl7Settings, ctx: Hl7Context)
     return await source.fetch(event.study_instance_uid, settings.language)
 
 
-async def _header(
-    study: str, attempt: int | None, results: tuple[ev.ResultObject, ...], ctx: Hl7Context
-) -> StudyHeader:
-    """The study's patient and order facts: a stored instance first, else a result object.
-
-    `attempt` None: any instance of the study, the latest first.
-    """
-    candidates: list[tuple[BlobStore, str]] = []
-    for recorded in reversed(await ctx.events.history(study)):
-        known = recorded.event
-        # Any stored instance of the study carries its patient and order facts.
-        if isinstance(known, ev.InstanceReceived):
-            candidates.append((ctx.instances, known.object_name))
-    candidates += [(ctx.results, r.object_name) for r in results[:1]]
-    for store, name in candidates[:4]:
+async def _header(study: str, results: tuple[ev.ResultObject, ...], ctx: Hl7Context) -> StudyHeader:
+    """The study's patient and order facts: a stored instance (the latest first), else a
+    result object, which carries the same patient and study once the instances expired."""
+    instances = [
+        (ctx.instances, r.event.object_name)
+        for r in reversed(await ctx.events.history(study))
+        if isinstance(r.event, ev.InstanceReceived)
+    ]
+    candidates = instances[:3] + [(ctx.results, r.object_name) for r in results[:1]]
+    for store, name in candidates:
         try:
             return read_study_header(await store.get(name))
         except (BlobNotFound, HeaderError):

@@ -513,9 +513,7 @@ async def outcome_of(nc: Client, study: str) -> ev.AnyEvent:
     )
 
 
-async def test_waiting_for_findings_does_not_use_up_the_ris_tries(
-    nc: Client, ris: DemoRis
-) -> None:
+async def test_waiting_for_findings_does_not_use_up_the_ris_tries(nc: Client, ris: DemoRis) -> None:
     ris.default = "silence"
     async with running_hl7(nc, ris, findings_wait_seconds=1.0):
         ready = await record_results(nc, {"smarturgences": "done", "smartxpert": "running"})
@@ -523,3 +521,42 @@ async def test_waiting_for_findings_does_not_use_up_the_ris_tries(
     assert isinstance(failed, ev.Hl7Failed)
     # Every try of the retry policy reached the RIS, however many redeliveries the wait took.
     assert POLICY.max_attempts <= len(sent_messages(ris, ready)) <= POLICY.max_attempts + 5
+
+
+async def test_patient_facts_come_from_a_result_object_once_instances_expired(
+    nc: Client, ris: DemoRis
+) -> None:
+    js = nc.jetstream()
+    events = EventLog(js)
+    study = new_uid()
+    ds = make_image(study, PatientName="Garnier^Maël", AccessionNumber="ACC-R")
+    data = to_bytes(ds)
+    # The instance was received, then removed from the bucket (retention): only its event stays.
+    await events.publish(
+        ev.InstanceReceived(
+            study_instance_uid=study,
+            series_instance_uid=str(ds.SeriesInstanceUID),
+            sop_instance_uid=str(ds.SOPInstanceUID),
+            sop_class_uid=str(ds.SOPClassUID),
+            transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
+            object_name=f"{study}/gone",
+            size=len(data),
+            digest=sha256_digest(data),
+        )
+    )
+    result_name = f"{study}/{CORE}/1/result"
+    await BlobStore(nc, js, RESULTS_BUCKET).put(result_name, data)
+    result = ev.ResultObject(
+        inference_command="smarturgences",
+        sop_instance_uid=str(ds.SOPInstanceUID),
+        sop_class_uid=str(ds.SOPClassUID),
+        object_name=result_name,
+        size=len(data),
+    )
+    async with running_hl7(nc, ris, include_measures=False, include_detections=False):
+        ready = ev.ResultReady(study_instance_uid=study, core=CORE, attempt=1, results=(result,))
+        await events.publish(ready)
+        assert isinstance(await outcome(nc, ready), ev.Hl7Sent)
+    (oru,) = sent_messages(ris, ready)
+    assert oru.text(oru.segments("PID")[0], 5, 2) == "Maël"
+    assert oru.text(oru.segments("OBR")[0], 2) == "ACC-R"
