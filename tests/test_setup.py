@@ -245,3 +245,31 @@ def test_compose_hands_the_site_file_to_the_containers(tmp_path: Path) -> None:
     assert services["dispatcher"]["environment"]["PACS_IP"] == "pacs.local"
     # The demo's defaults stay underneath what the site did not set.
     assert uploader["NATS_URL"] == "nats://nats:4222"
+
+
+@pytest.mark.skipif(shutil.which("docker") is None, reason="needs the docker CLI with Compose")
+def test_env_example_copied_as_env_keeps_the_demo_working(tmp_path: Path) -> None:
+    # A new user's first try: `cp .env.example .env`, then the demo profile.
+    shutil.copy(PROJECT / ".env.example", tmp_path / ".env")
+    for name in ("compose.yaml", "deploy"):
+        (tmp_path / name).symlink_to(PROJECT / name)
+    env = {k: v for k, v in os.environ.items() if k != "PACSOR_ENV_FILE"}
+    config = subprocess.run(
+        ["docker", "compose", "--profile", "demo", "config", "--format", "json"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if config.returncode != 0 and "is not a docker command" in config.stderr:
+        pytest.skip("needs the Compose v2 plugin")
+    assert config.returncode == 0, config.stderr
+    services = json.loads(config.stdout)["services"]
+    for handler in ("uploader", "poller"):
+        assert services[handler]["environment"]["TOKEN"] == "demo-token"
+        assert services[handler]["environment"]["API_URL"] == "http://simulator:8421"
+    assert services["dispatcher"]["environment"]["PACS_IP"] == "demo-pacs"
+    # The settings pacsor itself reads from them start every handler.
+    settings = load_settings(environ=services["dispatcher"]["environment"], dotenv=None)
+    assert [str(d) for d in settings.all_destinations()] == ["DEMOPACS@demo-pacs:11112"]
