@@ -100,6 +100,10 @@ def test_an_installer_answers_the_wizard_in_a_terminal(tmp_path: Path) -> None:
     answer("Send HL7 results to the RIS?", "y")
     answer("RIS: host or IP", "ris.hospital.local\r")
     answer("RIS: HL7 (MLLP) port", "\r")  # 2575, offered
+    answer("receiving application (MSH-5)", "RIS^X\r")
+    answer("no HL7 delimiter", CLEAR + "RADRIS\r")
+    answer("receiving facility (MSH-6)", "\r")  # none
+    answer("HL7: language of the results", DOWN + "\r")  # FR
     answer("Add a second AI core?", "y")
     answer("Second core: name", CLEAR + "chest\r")
     answer("Second core: product", DOWN * 3 + "\r")  # SmartChest
@@ -124,6 +128,8 @@ def test_an_installer_answers_the_wizard_in_a_terminal(tmp_path: Path) -> None:
         "HL7_ENABLE": "true",
         "HL7_RIS_IP": "ris.hospital.local",
         "HL7_RIS_PORT": "2575",
+        "HL7_LANGUAGE": "FR",
+        "HL7_RECEIVING_APPLICATION": "RADRIS",
         "CORE_NAME_1": "chest",
         "API_URL_1": "http://simulator:8421",
         "TOKEN_1": "other-key",
@@ -134,6 +140,7 @@ def test_an_installer_answers_the_wizard_in_a_terminal(tmp_path: Path) -> None:
     settings = load_settings(environ={}, dotenv=link)
     assert [core.name for core in settings.cores] == ["default", "chest"]
     assert settings.hl7.enable and settings.hl7.ris_port == 2575
+    assert settings.hl7.language == "FR" and settings.hl7.receiving_application == "RADRIS"
 
     shown = pacsor_cli("setup", "--show", cwd=tmp_path)
     assert shown.returncode == 0
