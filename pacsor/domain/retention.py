@@ -47,10 +47,8 @@ def removals_due(
             continue
         if made.at + retention <= now:
             reason = f"retention: results made ready over {hours} ago"
-        elif (
-            output_cleaning
-            and destinations
-            and _everywhere(view, made.core, made.attempt, destinations)
+        elif output_cleaning and _everywhere(
+            view, made.core, made.attempt, destinations.get(made.core, ())
         ):
             reason = "output cleaning: delivered to every destination"
         else:
