@@ -42,6 +42,8 @@ async def dispatch_to_destination(
     calling_ae_title: str,
     policy: RetryPolicy,
 ) -> Outcome:
+    if not event.results:
+        return Emit()  # the API had no result objects (status empty): nothing to send
     objects = [(r.object_name, r.sop_instance_uid) for r in event.results]
     try:
         delivered = await send_objects(destination, calling_ae_title, results, objects)

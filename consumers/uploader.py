@@ -1,21 +1,54 @@
-"""StudyComplete → upload the study to one AI core → Uploaded (or UploadFailed).
+"""StudyComplete → upload the study to one AI core → Uploaded (or UploadFailed, NothingToUpload).
 
-The instances are streamed from the PACSOR_INSTANCES bucket into the HTTP request, so a
-large study is never held in memory. 429 and 5xx answers and network errors are retried with
-the shared backoff (and at least the server's Retry-After); other 4xx fail at once.
+Each core has its own uploader (its own durable consumer), so a core that is down or slow
+holds back no other. For each instance of the attempt, in order:
+
+- one already uploaded to this core in this attempt (a retry, a restart) is not sent again;
+- with NO_DUPLICATE_UPLOAD, one uploaded to this core by an earlier attempt, with the same
+  digest, is skipped ("already uploaded"), unless a person asked for a full relaunch;
+- one that the core's DICOM filters reject is skipped, with the rule that rejected it;
+- the others go in batches of UPLOAD_BATCH_SIZE: multipart STOW, or (SIGNED_URL) a POST of
+  the instances without their pixel data, then a PUT of each full instance to its URL.
+
+Each accepted batch is recorded (InstancesUploaded) before the next one starts, and the skips
+in InstancesSkipped. Instances are streamed from PACSOR_INSTANCES into the request: at most
+the pixel-less headers of one batch are held in memory, never a study. With
+UPLOAD_RATE_LIMIT, every instance waits for a slot shared by all the replicas.
+
+429, 5xx and network errors are retried with the shared backoff (and at least the server's
+Retry-After); 400, 403, 404 and 422 fail at once with the API's message.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import contextlib
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterable
 from functools import partial
 
+import msgspec
+
 from pacsor.ai.milvue_api import ApiError, MilvueApi
+from pacsor.dicom.header import HeaderError, read_header, tag_values
 from pacsor.domain import events as ev
+from pacsor.domain.filters import FilterRule, skipping_rule
 from pacsor.domain.retry import RetryPolicy
 from pacsor.jetstream.blobs import BlobNotFound, BlobStore
+from pacsor.jetstream.eventlog import EventLog
 from pacsor.jetstream.handler_runner import ConsumerSpec, Delivery, Emit, Outcome, retry_or_fail
-from pacsor.jetstream.subjects import EVENTS_STREAM, events_filter
+from pacsor.jetstream.rate_limit import RateLimiter
+from pacsor.jetstream.subjects import EVENTS_STREAM, events_filter, uid_token
+
+# Skips are recorded in parts of at most this many instances (an event stays small).
+SKIPS_PER_EVENT = 500
+
+
+class UploadSettings(msgspec.Struct, frozen=True, kw_only=True):
+    core: str
+    signed_url: bool = False
+    filters: tuple[FilterRule, ...] = ()
+    batch_size: int = 100
+    no_duplicate: bool = True
 
 
 def consumer(core: str) -> ConsumerSpec[ev.StudyComplete]:
@@ -30,15 +63,58 @@ def consumer(core: str) -> ConsumerSpec[ev.StudyComplete]:
     )
 
 
+class _Pending(msgspec.Struct, frozen=True):
+    instance: ev.InstanceRef
+    without_pixels: bytes  # only in signed-URL mode
+
+
+class _Progress(msgspec.Struct, frozen=True):
+    """What this core's history says was uploaded: in this attempt, and before it."""
+
+    this_attempt: frozenset[str]  # SOP Instance UIDs
+    before: frozenset[tuple[str, str]]  # (SOP Instance UID, digest)
+    batches: int  # batches of this attempt already recorded
+
+
+async def _progress(events: EventLog, study: str, core: str, attempt: int) -> _Progress:
+    subject = f"pacsor.study.{uid_token(study)}.{core}.{ev.InstancesUploaded.topic}"
+    this_attempt: set[str] = set()
+    before: set[tuple[str, str]] = set()
+    batches = 0
+    for recorded in await events.read(subject):
+        batch = recorded.event
+        if not isinstance(batch, ev.InstancesUploaded):
+            continue
+        if batch.attempt == attempt:
+            batches = max(batches, batch.batch)
+            this_attempt.update(i.sop_instance_uid for i in batch.instances)
+        elif batch.attempt < attempt:
+            before.update((i.sop_instance_uid, i.digest) for i in batch.instances)
+    return _Progress(frozenset(this_attempt), frozenset(before), batches)
+
+
+def full_relaunch(event: ev.StudyComplete) -> bool:
+    """Whether a person asked for this attempt to upload everything again."""
+    return bool(getattr(event, "full", False))
+
+
+def instances_of(event: ev.StudyComplete) -> Iterable[ev.InstanceRef]:
+    """The instances of the attempt, in the order they were received."""
+    return event.instances
+
+
 async def upload_study(
     event: ev.StudyComplete,
     delivery: Delivery,
     api: MilvueApi,
     instances: BlobStore,
-    core: str,
+    events: EventLog,
+    settings: UploadSettings,
     policy: RetryPolicy,
+    limiter: RateLimiter | None = None,
 ) -> Outcome:
     study = event.study_instance_uid
+    core = settings.core
 
     def failed(reason: str, status: int | None = None) -> Callable[[int], ev.Event]:
         return lambda tries: ev.UploadFailed(
@@ -50,16 +126,117 @@ async def upload_study(
             tries=tries,
         )
 
-    parts: list[Callable[[], AsyncIterator[bytes]]] = [
-        partial(instances.chunks, instance.object_name) for instance in event.instances
-    ]
+    progress = await _progress(events, study, core, event.attempt)
+    dedupe = settings.no_duplicate and not full_relaunch(event)
+    tags = {rule.tag for rule in settings.filters}
+    need_header = settings.signed_url or bool(settings.filters)
+
+    total = 0
+    uploaded = len(progress.this_attempt)
+    batch_number = progress.batches
+    batch: list[_Pending] = []
+    skips: list[ev.SkippedInstance] = []
+    skip_parts = 0
+    skip_reasons: Counter[str] = Counter()
+    api_message = ""
+
+    async def record_skips(final: bool) -> None:
+        nonlocal skip_parts
+        while skips and (final or len(skips) >= SKIPS_PER_EVENT):
+            part, skips[:] = skips[:SKIPS_PER_EVENT], skips[SKIPS_PER_EVENT:]
+            skip_parts += 1
+            await events.publish(
+                ev.InstancesSkipped(
+                    study_instance_uid=study,
+                    core=core,
+                    attempt=event.attempt,
+                    part=skip_parts,
+                    skipped=tuple(part),
+                )
+            )
+
+    def skip(instance: ev.InstanceRef, reason: str, rule: str = "") -> None:
+        skips.append(
+            ev.SkippedInstance(sop_instance_uid=instance.sop_instance_uid, reason=reason, rule=rule)
+        )
+        skip_reasons[f"{reason} ({rule})" if rule else reason] += 1
+
+    async def send_batch() -> None:
+        nonlocal batch_number, uploaded, api_message
+        if not batch:
+            return
+        if settings.signed_url:
+            await _send_signed(api, instances, study, batch, limiter)
+        else:
+            api_message = await _send_stow(api, instances, study, batch, limiter)
+        batch_number += 1
+        await events.publish(
+            ev.InstancesUploaded(
+                study_instance_uid=study,
+                core=core,
+                attempt=event.attempt,
+                batch=batch_number,
+                instances=tuple(
+                    ev.UploadedInstance(
+                        sop_instance_uid=p.instance.sop_instance_uid, digest=p.instance.digest
+                    )
+                    for p in batch
+                ),
+            )
+        )
+        uploaded += len(batch)
+        batch.clear()
+
     try:
-        response = await api.upload_study(study, parts)
+        for instance in instances_of(event):
+            total += 1
+            if instance.sop_instance_uid in progress.this_attempt:
+                continue  # sent before this attempt was interrupted
+            if dedupe and (instance.sop_instance_uid, instance.digest) in progress.before:
+                skip(instance, "already uploaded")
+                continue
+            without_pixels = b""
+            if need_header:
+                try:
+                    async with contextlib.aclosing(instances.chunks(instance.object_name)) as c:
+                        header = await read_header(c)
+                except HeaderError as err:
+                    skip(instance, f"unreadable: {err}")
+                    continue
+                if settings.filters:
+                    rule = skipping_rule(settings.filters, tag_values(header.dataset, tags))
+                    if rule is not None:
+                        skip(instance, "filtered", str(rule))
+                        continue
+                if settings.signed_url:
+                    without_pixels = header.without_pixels
+            batch.append(_Pending(instance, without_pixels))
+            if len(batch) >= settings.batch_size:
+                await send_batch()
+            await record_skips(final=False)
+        await send_batch()
+        await record_skips(final=True)
     except BlobNotFound as err:
         return Emit((failed(f"instance no longer stored: {err}")(delivery.num_delivered),))
     except ApiError as err:
         return retry_or_fail(
             delivery, policy, str(err), err.retryable, failed(str(err), err.status), err.retry_after
+        )
+
+    skipped = sum(skip_reasons.values())
+    filtered = sum(n for reason, n in skip_reasons.items() if reason.startswith("filtered"))
+    if uploaded == 0 and total > 0 and filtered == total:
+        return Emit(
+            (
+                ev.NothingToUpload(
+                    study_instance_uid=study,
+                    core=core,
+                    attempt=event.attempt,
+                    reason=f"all {total} instances filtered out: "
+                    + "; ".join(f"{n} {reason}" for reason, n in skip_reasons.items()),
+                    skipped_count=skipped,
+                ),
+            )
         )
     return Emit(
         (
@@ -67,8 +244,56 @@ async def upload_study(
                 study_instance_uid=study,
                 core=core,
                 attempt=event.attempt,
-                instance_count=len(event.instances),
-                api_message=response.message,
+                instance_count=uploaded,
+                api_message=api_message,
+                skipped_count=skipped,
+                signed_url=settings.signed_url,
             ),
         )
     )
+
+
+def _instance_body(
+    instances: BlobStore, name: str, limiter: RateLimiter | None
+) -> Callable[[], AsyncIterator[bytes]]:
+    """The bytes of one stored instance, sent once the rate limit gives it a slot."""
+
+    async def produce() -> AsyncIterator[bytes]:
+        if limiter is not None:
+            await limiter.acquire()
+        async for chunk in instances.chunks(name):
+            yield chunk
+
+    return produce
+
+
+async def _send_stow(
+    api: MilvueApi,
+    instances: BlobStore,
+    study: str,
+    batch: list[_Pending],
+    limiter: RateLimiter | None,
+) -> str:
+    parts = [_instance_body(instances, p.instance.object_name, limiter) for p in batch]
+    return (await api.upload_study(study, parts)).message
+
+
+async def _one(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+async def _send_signed(
+    api: MilvueApi,
+    instances: BlobStore,
+    study: str,
+    batch: list[_Pending],
+    limiter: RateLimiter | None,
+) -> None:
+    urls = await api.upload_without_pixels(study, [partial(_one, p.without_pixels) for p in batch])
+    for pending in batch:
+        sop = pending.instance.sop_instance_uid
+        url = urls.get(sop)
+        if url is None:
+            raise ApiError(200, f"the API gave no signed URL for instance {sop}", method="POST")
+        body = _instance_body(instances, pending.instance.object_name, limiter)
+        await api.put_instance(url, body, pending.instance.size)

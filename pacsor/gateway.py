@@ -35,6 +35,7 @@ from pacsor.jetstream.broker import BrokerError, EmbeddedNats, apply_streams, co
 from pacsor.jetstream.eventlog import EventLog
 from pacsor.jetstream.handler_runner import run_consumer
 from pacsor.jetstream.quiet_timers import QuietTimers
+from pacsor.jetstream.rate_limit import RateLimiter
 from pacsor.jetstream.subjects import INSTANCES_BUCKET, RESULTS_BUCKET
 
 log = logging.getLogger("pacsor.gateway")
@@ -140,7 +141,7 @@ async def _run(
 ) -> None:
     s = w.settings
     quiet = timedelta(seconds=s.study_quiet_seconds)
-    api = MilvueApi(s.api_url, s.token, timeout=s.api_timeout_seconds)
+    api = MilvueApi(s.api_url, s.token, timeout=s.api_timeout_seconds, signed_url=s.signed_url)
     loops: list[Awaitable[None]] = []
     consume = partial(run_consumer, w.js, w.events, stop=stop, error_policy=w.policy)
 
@@ -161,6 +162,9 @@ async def _run(
             )
         )
     if "uploader" in components:
+        limiter = (
+            RateLimiter(w.js, s.core_name, s.upload_rate_limit) if s.upload_rate_limit else None
+        )
         loops.append(
             consume(
                 spec=uploader.consumer(s.core_name),
@@ -168,8 +172,16 @@ async def _run(
                     uploader.upload_study,
                     api=api,
                     instances=w.instances,
-                    core=s.core_name,
+                    events=w.events,
+                    settings=uploader.UploadSettings(
+                        core=s.core_name,
+                        signed_url=s.signed_url,
+                        filters=s.dicom_filters,
+                        batch_size=s.upload_batch_size,
+                        no_duplicate=s.no_duplicate_upload,
+                    ),
                     policy=w.policy,
+                    limiter=limiter,
                 ),
             )
         )
@@ -179,6 +191,7 @@ async def _run(
             inference_commands=s.inference_commands,
             poll_interval=s.poll_interval_seconds,
             result_timeout=timedelta(seconds=s.result_timeout_seconds),
+            options=s.result_options.query(),
         )
         loops.append(
             consume(

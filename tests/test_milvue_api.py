@@ -259,7 +259,8 @@ async def test_iter_results_gives_one_secondary_capture_per_image_and_command(
     await upload_and_finish(api, files)
     for command in ("smarturgences", "smartxpert"):
         objects = [
-            pydicom.dcmread(io.BytesIO(obj)) for obj in await results_of(api.iter_results(study, command))
+            pydicom.dcmread(io.BytesIO(obj))
+            for obj in await results_of(api.iter_results(study, command))
         ]
         assert [ds.SOPInstanceUID for ds in objects] == [result_sop_uid(s, command) for s in sops]
         assert {ds.SOPClassUID for ds in objects} == {SecondaryCaptureImageStorage}
@@ -524,7 +525,9 @@ async def test_empty_and_forbidden_outcomes(signed: bool) -> None:
         with running_simulator(settings) as (url, _):
             async with MilvueApi(url, TOKEN, signed_url=signed) as api:
                 files = study_files(new_uid(), 1)
-                study = await (signed_upload(api, files) if signed else upload_and_finish(api, files))
+                study = await (
+                    signed_upload(api, files) if signed else upload_and_finish(api, files)
+                )
                 assert (await api.get_status(study)).status == "done"
                 if outcome == "empty":
                     assert await results_of(api.iter_results(study, "smarturgences")) == []

@@ -297,8 +297,8 @@ class MilvueApi:
             )
             urls = self._check_json_status(response, "GET", path, signed=True)
             for url in urls:
-                async with self._download(url) as body:
-                    yield body
+                async with self._download(url) as download:
+                    yield download
             return
         request = self._client.build_request(
             "GET", path, params=params, headers={"Accept": RESULTS_ACCEPT}
@@ -313,15 +313,15 @@ class MilvueApi:
                     return  # JSON "empty": no result objects
                 try:
                     boundary = boundary_from_content_type(response.headers.get("content-type", ""))
-                    async for headers, body in iter_parts(
+                    async for headers, part in iter_parts(
                         response.aiter_bytes(), boundary.encode("latin-1")
                     ):
                         part_type = headers.get("content-type", DICOM_MEDIA_TYPE)
                         if part_type.split(";")[0].strip().lower() == "application/json":
                             # The status, wrapped in a multipart answer (see the OpenAPI text).
-                            self._check_json_status(response, "GET", path, body)
+                            self._check_json_status(response, "GET", path, part)
                             continue
-                        yield _one_chunk(body)
+                        yield _one_chunk(part)
                 except ValueError as exc:
                     raise ApiError(
                         response.status_code,

@@ -16,6 +16,7 @@ from typing import TypeVar
 import msgspec
 
 from pacsor.dicom.profiles import PROFILES
+from pacsor.domain.filters import FilterError, FilterRule, parse_filters
 
 T = TypeVar("T")
 
@@ -38,6 +39,33 @@ class Destination(msgspec.Struct, frozen=True):
         return f"{self.ae_title}@{self.host}:{self.port}"
 
 
+# The result options of the API's results route, with the values the contract allows
+# (timezone: any IANA name). Unset options are not sent: the API's defaults apply.
+RESULT_OPTION_VALUES: dict[str, tuple[str, ...]] = {
+    "output_format": ("overlay", "highbit", "gsps"),
+    "language": ("fr", "en", "es", "de", "it", "pt"),
+    "output_selection": ("all", "no_recap", "no_negatives", "none"),
+    "structured_report_format": ("lite", "normal", "full", "none"),
+    "static_report_format": ("rgb", "pdf", "none"),
+    "recap_theme": ("dark", "light"),
+    "timezone": (),
+}
+
+
+class ResultOptions(msgspec.Struct, frozen=True, kw_only=True):
+    output_format: str = ""
+    language: str = ""
+    output_selection: str = ""
+    structured_report_format: str = ""
+    static_report_format: str = ""
+    recap_theme: str = ""
+    timezone: str = ""
+
+    def query(self) -> dict[str, str]:
+        """The options that are set, as query parameters."""
+        return {k: v for k, v in msgspec.structs.asdict(self).items() if v}
+
+
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # DICOM reception
     milvue_aet: str = "MILVUE"
@@ -52,6 +80,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     poll_interval_seconds: float = 3.0
     result_timeout_seconds: float = 600.0
     api_timeout_seconds: float = 60.0
+    signed_url: bool = True
+    dicom_filters: tuple[FilterRule, ...] = ()
+    result_options: ResultOptions = ResultOptions()
+    upload_batch_size: int = 100
+    upload_rate_limit: float = 0.0  # instances per second per core; 0: unlimited
+    no_duplicate_upload: bool = True
     # Result destinations
     pacs_ip: str = ""
     pacs_port: int = 104
@@ -145,6 +179,47 @@ def _commands(name: str, raw: str) -> tuple[str, ...]:
     return commands
 
 
+def parse_bool(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in {"true", "1", "yes", "on"}:
+        return True
+    if value in {"false", "0", "no", "off"}:
+        return False
+    raise ConfigError(f"{name}: expected true or false, got {raw!r}")
+
+
+def parse_dicom_filters(name: str, raw: str) -> tuple[FilterRule, ...]:
+    try:
+        return parse_filters(raw)
+    except FilterError as err:
+        raise ConfigError(f"{name}: {err}") from None
+
+
+def _rate(name: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}: expected instances per second, got {raw!r}") from None
+    if not value >= 0:
+        raise ConfigError(f"{name}: must be 0 (unlimited) or more, got {raw!r}")
+    return value
+
+
+def _result_options(env: Mapping[str, str]) -> ResultOptions:
+    options: dict[str, str] = {}
+    for field, allowed in RESULT_OPTION_VALUES.items():
+        name = field.upper()
+        raw = (env.get(name) or "").strip()
+        if not raw:
+            continue
+        if allowed and raw not in allowed:
+            raise ConfigError(f"{name}: expected one of {', '.join(allowed)}, got {raw!r}")
+        if not allowed and not re.fullmatch(r"[A-Za-z0-9_+\-/]{1,64}", raw):
+            raise ConfigError(f"{name}: expected a time zone such as Europe/Paris, got {raw!r}")
+        options[field] = raw
+    return ResultOptions(**options)
+
+
 def load_settings(
     environ: Mapping[str, str] | None = None,
     dotenv: Path | None = Path(".env"),
@@ -199,6 +274,12 @@ def load_settings(
     take("POLL_INTERVAL_SECONDS", "poll_interval_seconds", _positive_float)
     take("RESULT_TIMEOUT_SECONDS", "result_timeout_seconds", _positive_float)
     take("API_TIMEOUT_SECONDS", "api_timeout_seconds", _positive_float)
+    take("SIGNED_URL", "signed_url", parse_bool)
+    take("DICOM_FILTERS", "dicom_filters", parse_dicom_filters)
+    take("UPLOAD_BATCH_SIZE", "upload_batch_size", lambda n, r: _int_in(n, r, 1, 10_000))
+    take("UPLOAD_RATE_LIMIT", "upload_rate_limit", _rate)
+    take("NO_DUPLICATE_UPLOAD", "no_duplicate_upload", parse_bool)
+    kwargs["result_options"] = _result_options(env)
     take("PACS_IP", "pacs_ip", lambda n, r: r)
     take("PACS_PORT", "pacs_port", lambda n, r: _int_in(n, r, 1, 65535))
     take("PACS_AET", "pacs_aet", _ae_title)

@@ -8,11 +8,12 @@ leading chunks as it takes (usually one) and the rest of the object is not fetch
 from __future__ import annotations
 
 import io
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 
 import msgspec
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 
 # (7FE0,0010) Pixel Data, as its tag is written in little and big endian encodings.
 _PIXEL_DATA_TAGS = (b"\xe0\x7f\x10\x00", b"\x7f\xe0\x00\x10")
@@ -28,7 +29,7 @@ class InstanceHeader(msgspec.Struct, frozen=True):
     without_pixels: bytes
 
 
-def _parse(prefix: bytes, complete: bool) -> InstanceHeader | None:
+def parse_header(prefix: bytes, complete: bool) -> InstanceHeader | None:
     """The header from a prefix of the file; None when the prefix is too short to tell."""
     buffer = io.BytesIO(prefix)
     try:
@@ -57,9 +58,34 @@ async def read_header(chunks: AsyncIterator[bytes]) -> InstanceHeader:
     prefix = bytearray()
     async for chunk in chunks:
         prefix += chunk
-        found = _parse(bytes(prefix), complete=False)
+        found = parse_header(bytes(prefix), complete=False)
         if found is not None:
             return found
-    found = _parse(bytes(prefix), complete=True)
+    found = parse_header(bytes(prefix), complete=True)
     assert found is not None
     return found
+
+
+def tag_values(dataset: Dataset, tags: Iterable[int]) -> dict[int, str]:
+    """The present attributes among `tags` as text, as DICOM filters see them.
+
+    Multiple values are joined by a backslash; bytes are read as Latin-1; a sequence has no
+    text and counts as missing.
+    """
+    values: dict[int, str] = {}
+    for tag in tags:
+        if tag not in dataset:
+            continue
+        element = dataset[tag]
+        if element.VR == "SQ":
+            continue
+        value = element.value
+        if value is None:
+            values[tag] = ""
+        elif isinstance(value, bytes):
+            values[tag] = value.decode("latin-1").rstrip("\x00 ")
+        elif isinstance(value, MultiValue):
+            values[tag] = "\\".join(str(v) for v in value)
+        else:
+            values[tag] = str(value)
+    return values

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 from pacsor.domain import events as ev
 
 
@@ -17,12 +19,30 @@ def describe(event: ev.Event) -> str:
             detail = f"0x{event.dimse_status:04X} from {event.calling_ae_title}: {event.reason}"
         case ev.StudyComplete():
             detail = f"attempt {event.attempt}, {len(event.instances)} instances ({event.reason})"
+        case ev.InstancesSkipped():
+            reasons = Counter(
+                f"{s.reason} by {s.rule}" if s.rule else s.reason for s in event.skipped
+            )
+            detail = f"{event.core} attempt {event.attempt}: " + ", ".join(
+                f"{count} {reason}" for reason, count in reasons.items()
+            )
+        case ev.InstancesUploaded():
+            detail = (
+                f"{event.core} attempt {event.attempt}, batch {event.batch}: "
+                f"{len(event.instances)} instances"
+            )
         case ev.Uploaded():
             detail = f"{event.core} attempt {event.attempt}, {event.instance_count} instances"
-        case ev.UploadFailed() | ev.ResultFailed():
+            if event.skipped_count:
+                detail += f" ({event.skipped_count} skipped)"
+        case ev.UploadFailed() | ev.ResultFailed() | ev.NothingToUpload():
             detail = f"{event.core} attempt {event.attempt}: {event.reason}"
         case ev.ResultReady():
             detail = f"{event.core} attempt {event.attempt}, {len(event.results)} result objects"
+            if event.findings:
+                detail += ", findings of " + ", ".join(f.inference_command for f in event.findings)
+            if not event.results:
+                detail += " (the API had none: nothing to dispatch)"
         case ev.Dispatched():
             detail = (
                 f"{event.core} attempt {event.attempt} to {event.destination}, "

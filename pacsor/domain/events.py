@@ -60,6 +60,29 @@ class ResultObject(msgspec.Struct, frozen=True, kw_only=True):
     size: int
 
 
+class FindingsObject(msgspec.Struct, frozen=True, kw_only=True):
+    """The JSON findings of one inference command, as the API sent them, in the results
+    bucket (`<study>/<core>/<attempt>/findings/<command>.json`)."""
+
+    inference_command: str
+    object_name: str
+    size: int
+    digest: str
+
+
+class SkippedInstance(msgspec.Struct, frozen=True, kw_only=True):
+    """An instance of the study that was not uploaded to a core, and why."""
+
+    sop_instance_uid: str
+    reason: str  # "filtered" or "already uploaded"
+    rule: str = ""  # the DICOM filter rule that skipped it, as written in the settings
+
+
+class UploadedInstance(msgspec.Struct, frozen=True, kw_only=True):
+    sop_instance_uid: str
+    digest: str
+
+
 # --- Reception ----------------------------------------------------------------------------
 
 
@@ -126,13 +149,47 @@ class StudyComplete(Event, frozen=True, kw_only=True):
 # --- AI API -------------------------------------------------------------------------------
 
 
+class InstancesSkipped(Event, frozen=True, kw_only=True):
+    """Instances of `attempt` not uploaded to `core`: filtered out, or uploaded before.
+
+    A large study has several, `part` 1, 2, ..., each listing at most a few hundred.
+    """
+
+    topic: ClassVar[str] = "skipped"
+
+    core: str
+    attempt: int
+    part: int
+    skipped: tuple[SkippedInstance, ...]
+
+    def idempotency_key(self) -> str:
+        return f"skipped:{self.study_instance_uid}:{self.core}:{self.attempt}:{self.part}"
+
+
+class InstancesUploaded(Event, frozen=True, kw_only=True):
+    """One batch of `attempt` accepted by `core`: what NO_DUPLICATE_UPLOAD reads back, and
+    where an upload interrupted by a crash or a retry resumes."""
+
+    topic: ClassVar[str] = "batch_uploaded"
+
+    core: str
+    attempt: int
+    batch: int
+    instances: tuple[UploadedInstance, ...]
+
+    def idempotency_key(self) -> str:
+        return f"batch:{self.study_instance_uid}:{self.core}:{self.attempt}:{self.batch}"
+
+
 class Uploaded(Event, frozen=True, kw_only=True):
     topic: ClassVar[str] = "uploaded"
 
     core: str
     attempt: int
-    instance_count: int
+    instance_count: int  # uploaded in this attempt
     api_message: str = ""
+    skipped_count: int = 0  # filtered out or uploaded before (see InstancesSkipped)
+    signed_url: bool = False
 
     def idempotency_key(self) -> str:
         return f"upload:{self.study_instance_uid}:{self.core}:{self.attempt}"
@@ -152,13 +209,32 @@ class UploadFailed(Event, frozen=True, kw_only=True):
         return f"upload:{self.study_instance_uid}:{self.core}:{self.attempt}"
 
 
+class NothingToUpload(Event, frozen=True, kw_only=True):
+    """Every instance of `attempt` was filtered out for `core`: the study is not uploaded
+    there. A final state: the reason says which rules left nothing."""
+
+    topic: ClassVar[str] = "nothing_to_upload"
+
+    core: str
+    attempt: int
+    reason: str
+    skipped_count: int
+
+    def idempotency_key(self) -> str:
+        return f"upload:{self.study_instance_uid}:{self.core}:{self.attempt}"
+
+
 class ResultReady(Event, frozen=True, kw_only=True):
+    """The results of `attempt` are in the results bucket. No `results` means the API had
+    none for this study (status `empty`): recorded, and nothing is dispatched."""
+
     topic: ClassVar[str] = "result_ready"
 
     core: str
     attempt: int
     results: tuple[ResultObject, ...]
     api_version: str = ""
+    findings: tuple[FindingsObject, ...] = ()
 
     def idempotency_key(self) -> str:
         return f"result:{self.study_instance_uid}:{self.core}:{self.attempt}"
@@ -217,8 +293,11 @@ AnyEvent = (
     InstanceReceived
     | InstanceRejected
     | StudyComplete
+    | InstancesSkipped
+    | InstancesUploaded
     | Uploaded
     | UploadFailed
+    | NothingToUpload
     | ResultReady
     | ResultFailed
     | Dispatched
@@ -228,8 +307,11 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     InstanceReceived,
     InstanceRejected,
     StudyComplete,
+    InstancesSkipped,
+    InstancesUploaded,
     Uploaded,
     UploadFailed,
+    NothingToUpload,
     ResultReady,
     ResultFailed,
     Dispatched,

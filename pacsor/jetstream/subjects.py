@@ -82,3 +82,7 @@ def instance_object_name(study_uid: str, sop_uid: str) -> str:
 
 def result_object_name(study_uid: str, core: str, attempt: int, sop_uid: str) -> str:
     return f"{study_uid}/{core}/{attempt}/{sop_uid}"
+
+
+def findings_object_name(study_uid: str, core: str, attempt: int, inference_command: str) -> str:
+    return f"{study_uid}/{core}/{attempt}/findings/{inference_command}.json"

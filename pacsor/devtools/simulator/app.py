@@ -455,9 +455,7 @@ def create_app(settings: SimulatorSettings, state: SimulatorState | None = None)
         if settings.outcome == "error":
             return _error(400, f"Inference failed for study {uid}")
         paths = [] if settings.outcome == "empty" else store.instance_paths(uid)
-        inputs = await anyio.to_thread.run_sync(
-            lambda: [results.read_input(p) for _, p in paths]
-        )
+        inputs = await anyio.to_thread.run_sync(lambda: [results.read_input(p) for _, p in paths])
         return _json(build(uid, inputs))
 
     @get("/v3/smarturgences/{study_instance_uid:str}")
