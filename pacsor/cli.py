@@ -52,6 +52,18 @@ def main(argv: list[str] | None = None) -> int:
         "echo", help="C-ECHO DICOM peers: by default the PACS and every destination"
     )
     echo.add_argument("peers", nargs="*", metavar="AET@host:port")
+    health = commands.add_parser(
+        "health",
+        help="exit 0 when the component running in this container or machine is healthy",
+    )
+    health.add_argument("component", choices=COMPONENTS)
+    demo_pacs = commands.add_parser(
+        "demo-pacs", help="run a PACS that writes what it receives to a folder (demo)"
+    )
+    demo_pacs.add_argument("--host", default="127.0.0.1")
+    demo_pacs.add_argument("--port", type=int, default=DEMO_PACS_PORT)
+    demo_pacs.add_argument("--aet", default=DEMO_PACS_AET)
+    demo_pacs.add_argument("--folder", type=Path, default=Path("demo-pacs"))
 
     args = parser.parse_args(argv)
     try:
@@ -73,6 +85,10 @@ def main(argv: list[str] | None = None) -> int:
             return _send(settings, args)
         if args.command == "echo":
             return _echo(settings, args.peers)
+        if args.command == "health":
+            return asyncio.run(_health(settings, args.component))
+        if args.command == "demo-pacs":
+            return _demo_pacs(args.host, args.port, args.aet, args.folder)
     except ConfigError as err:
         print(f"pacsor: {err}", file=sys.stderr)
         return 2
@@ -277,6 +293,52 @@ def _echo(settings: Settings, peers: list[str]) -> int:
         failed += problem is not None
         print(f"{destination}: {problem or 'ok'}")
     return 1 if failed else 0
+
+
+async def _health(settings: Settings, component: str) -> int:
+    """One line: `ok`, or what is wrong; exit 1 when something is."""
+    from pacsor.dicom.storage_scu import echo
+    from pacsor.jetstream.broker import connect
+    from pacsor.jetstream.liveness import liveness_file, probe
+
+    if component == "scp":
+        problem = await asyncio.to_thread(
+            echo, "127.0.0.1", settings.port, settings.milvue_aet, settings.milvue_aet
+        )
+        problems = [f"scp: {problem}"] if problem else []
+    else:
+        url = settings.nats_url or f"nats://127.0.0.1:{settings.embedded_nats_port}"
+        try:
+            nc = await asyncio.wait_for(connect(url, f"pacsor health {component}"), 5)
+        except Exception as err:
+            print(f"{component}: NATS unreachable at {url}: {str(err) or type(err).__name__}")
+            return 1
+        try:
+            problems = await probe(nc, liveness_file(settings.data_dir, component))
+        finally:
+            await nc.close()
+    print("; ".join(problems) or f"{component}: ok")
+    return 1 if problems else 0
+
+
+def _demo_pacs(host: str, port: int, ae_title: str, folder: Path) -> int:
+    from pacsor.devtools.demo_pacs import start_folder_pacs
+
+    if not 0 < port < 65536:
+        raise ConfigError(f"--port: expected a port number, got {port}")
+    # Blocked before the server's threads start, so that they inherit the mask and the signal
+    # waits for sigwait below.
+    stop_signals = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
+    try:
+        server = start_folder_pacs(folder, ae_title, port, host)
+    except OSError as err:
+        raise ConfigError(f"--port: cannot listen on {port}: {err.strerror}") from None
+    log.info("demo PACS ready", extra={"aet": ae_title, "port": port, "folder": str(folder)})
+    stopped = signal.sigwait(stop_signals)
+    log.info("demo PACS stopping", extra={"signal": signal.Signals(stopped).name})
+    server.shutdown()
+    return 0
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from pacsor.jetstream.blobs import BlobStore
 from pacsor.jetstream.broker import BrokerError, EmbeddedNats, apply_streams, connect
 from pacsor.jetstream.eventlog import EventLog
 from pacsor.jetstream.handler_runner import run_consumer
+from pacsor.jetstream.liveness import Heartbeat, liveness_file
 from pacsor.jetstream.quiet_timers import QuietTimers
 from pacsor.jetstream.rate_limit import RateLimiter
 from pacsor.jetstream.subjects import INSTANCES_BUCKET, RESULTS_BUCKET
@@ -144,11 +145,13 @@ async def _run(
     api = MilvueApi(s.api_url, s.token, timeout=s.api_timeout_seconds, signed_url=s.signed_url)
     loops: list[Awaitable[None]] = []
     consume = partial(run_consumer, w.js, w.events, stop=stop, error_policy=w.policy)
+    beat = {c: Heartbeat(liveness_file(s.data_dir, c), w.nc) for c in components}
 
     if "quiet-timer" in components:
         loops.append(
             consume(
                 spec=quiet_timer.CONSUMER,
+                heartbeat=beat["quiet-timer"],
                 handler=partial(quiet_timer.arm_quiet_timer, timers=w.timers, quiet=quiet),
             )
         )
@@ -156,6 +159,7 @@ async def _run(
         loops.append(
             consume(
                 spec=study_completion.CONSUMER,
+                heartbeat=beat["completion"],
                 handler=partial(
                     study_completion.complete_study, events=w.events, timers=w.timers, quiet=quiet
                 ),
@@ -168,6 +172,7 @@ async def _run(
         loops.append(
             consume(
                 spec=uploader.consumer(s.core_name),
+                heartbeat=beat["uploader"],
                 handler=partial(
                     uploader.upload_study,
                     api=api,
@@ -196,6 +201,7 @@ async def _run(
         loops.append(
             consume(
                 spec=result_poller.consumer(s.core_name),
+                heartbeat=beat["poller"],
                 handler=partial(
                     result_poller.poll_results, api=api, results=w.results, settings=poll
                 ),
@@ -206,6 +212,7 @@ async def _run(
             loops.append(
                 consume(
                     spec=dispatcher.consumer(s.core_name, destination),
+                    heartbeat=beat["dispatcher"],
                     handler=partial(
                         dispatcher.dispatch_to_destination,
                         results=w.results,

@@ -58,3 +58,36 @@ async def test_a_changed_stream_file_updates_the_stream(nc: Client) -> None:
     assert (await js.stream_info("PACSOR")).config.description == stream_definitions()["PACSOR"][
         "description"
     ]
+
+
+def test_compose_builds_the_image_once_and_tags_it() -> None:
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    services = compose["services"]
+    builders = [name for name, service in services.items() if "build" in service]
+    assert builders == ["scp"]
+    pacsor_images = {
+        service["image"] for service in services.values() if service["image"].startswith("pacsor")
+    }
+    assert pacsor_images == {"pacsor:${PACSOR_VERSION:-latest}"}
+
+
+def test_every_service_has_a_healthcheck() -> None:
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    for name, service in compose["services"].items():
+        assert service.get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
+
+
+def test_docker_build_context_holds_only_the_sources() -> None:
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert "*" in ignored  # everything is left out unless listed
+    assert {"!pacsor/", "!consumers/", "!streams/", "!pyproject.toml", "!README.md"} <= set(
+        ignored
+    )
+
+
+def test_demo_pacs_refuses_a_bad_port_in_one_line(tmp_path: Path) -> None:
+    from tests.harness import pacsor_cli
+
+    result = pacsor_cli("demo-pacs", "--port", "70000", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr == "pacsor: --port: expected a port number, got 70000\n"

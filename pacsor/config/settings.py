@@ -15,6 +15,7 @@ from typing import TypeVar
 
 import msgspec
 
+from pacsor.config.hl7 import Hl7ConfigError, Hl7Settings, load_hl7_settings
 from pacsor.dicom.profiles import PROFILES
 from pacsor.domain.filters import FilterError, FilterRule, parse_filters
 
@@ -100,6 +101,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     embedded_nats_port: int = 4222
     data_dir: Path = Path(".pacsor")
     log_level: str = "INFO"
+    # HL7 ORU^R01 to the RIS (pacsor.config.hl7)
+    hl7: Hl7Settings = msgspec.field(default_factory=Hl7Settings)
 
     def all_destinations(self) -> tuple[Destination, ...]:
         """The PACS (when PACS_IP is set) followed by every extra destination."""
@@ -291,6 +294,10 @@ def load_settings(
     take("EMBEDDED_NATS_PORT", "embedded_nats_port", lambda n, r: _int_in(n, r, 1, 65535))
     take("PACSOR_DATA_DIR", "data_dir", lambda n, r: Path(r))
     take("LOG_LEVEL", "log_level", level)
+    try:
+        kwargs["hl7"] = load_hl7_settings(env)
+    except Hl7ConfigError as err:
+        raise ConfigError(str(err)) from None
     return Settings(**kwargs)  # type: ignore[arg-type]
 
 
@@ -300,3 +307,5 @@ def require(settings: Settings, component: str) -> None:
         raise ConfigError("TOKEN: not set; the Milvue API needs an API key")
     if component == "dispatcher" and not settings.all_destinations():
         raise ConfigError("PACS_IP: not set and DESTINATIONS is empty; results need a destination")
+    if component == "hl7" and not settings.hl7.ris_ip:
+        raise ConfigError("HL7_RIS_IP: not set; the hl7 component sends to the RIS")

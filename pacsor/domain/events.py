@@ -87,9 +87,15 @@ class UploadedInstance(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class InstanceReceived(Event, frozen=True, kw_only=True):
-    """A C-STORE'd instance is durable in the instances bucket."""
+    """A C-STORE'd instance is durable in the instances bucket.
+
+    Schema version 2 adds what operators search by: the accession number, the study date and
+    description. Version 1 events lack them and read as "". Patient names, IDs and birth dates
+    never enter an event.
+    """
 
     topic: ClassVar[str] = "received"
+    schema_version: int = 2
 
     series_instance_uid: str
     sop_instance_uid: str
@@ -100,6 +106,9 @@ class InstanceReceived(Event, frozen=True, kw_only=True):
     object_name: str
     size: int
     digest: str
+    accession_number: str = ""
+    study_date: str = ""
+    study_description: str = ""
 
     def idempotency_key(self) -> str:
         return f"received:{self.sop_instance_uid}:{self.digest}"
@@ -134,13 +143,25 @@ class InstanceRejected(Event, frozen=True, kw_only=True):
 
 
 class StudyComplete(Event, frozen=True, kw_only=True):
-    """No instance arrived for STUDY_QUIET_SECONDS: the study goes to the AI, as `attempt`."""
+    """No instance arrived for STUDY_QUIET_SECONDS: the study goes to the AI, as `attempt`.
+
+    A relaunch asked by a person is marked: `relaunch` is true, `requested_by` says who,
+    `relaunch_id` names the RelaunchRequested it answers, and `cores` limits the attempt to
+    those AI cores (empty: every core).
+    """
 
     topic: ClassVar[str] = "complete"
 
     attempt: int
     instances: tuple[InstanceRef, ...]
     reason: str = "quiet period elapsed"
+    relaunch: bool = False
+    requested_by: str = ""
+    relaunch_id: str = ""
+    cores: tuple[str, ...] = ()
+
+    def for_core(self, core: str) -> bool:
+        return not self.cores or core in self.cores
 
     def idempotency_key(self) -> str:
         return f"complete:{self.study_instance_uid}:{self.attempt}"
@@ -256,7 +277,10 @@ class ResultFailed(Event, frozen=True, kw_only=True):
 
 
 class Dispatched(Event, frozen=True, kw_only=True):
-    """Every result object of `attempt` was accepted by `destination` (AET@host:port)."""
+    """Every result object of `attempt` was accepted by `destination` (AET@host:port).
+
+    `replay_id` is set when this is a replay to one destination (DispatchReplayRequested).
+    """
 
     topic: ClassVar[str] = "dispatched"
 
@@ -264,9 +288,11 @@ class Dispatched(Event, frozen=True, kw_only=True):
     attempt: int
     destination: str
     sop_instance_uids: tuple[str, ...]
+    replay_id: str = ""
 
     def idempotency_key(self) -> str:
-        return dispatch_key(self.study_instance_uid, self.core, self.attempt, self.destination)
+        key = dispatch_key(self.study_instance_uid, self.core, self.attempt, self.destination)
+        return f"{key}:replay:{self.replay_id}" if self.replay_id else key
 
 
 class DispatchFailed(Event, frozen=True, kw_only=True):
@@ -289,6 +315,61 @@ def dispatch_key(study: str, core: str, attempt: int, destination: str) -> str:
     return f"dispatch:{study}:{core}:{attempt}:{destination}"
 
 
+# --- Operators ----------------------------------------------------------------------------
+
+
+class RelaunchRequested(Event, frozen=True, kw_only=True):
+    """A person asked to send the study to the AI again (all cores, or `cores`).
+
+    The completion handler answers with the StudyComplete of the next attempt, built from the
+    study's InstanceReceived events.
+    """
+
+    topic: ClassVar[str] = "relaunch_requested"
+
+    relaunch_id: str
+    requested_by: str
+    cores: tuple[str, ...] = ()
+
+    def idempotency_key(self) -> str:
+        return f"relaunch:{self.relaunch_id}"
+
+
+class DispatchReplayRequested(Event, frozen=True, kw_only=True):
+    """Send the results of (`core`, `attempt`) again to one `destination` (AET@host:port)."""
+
+    topic: ClassVar[str] = "replay_requested"
+
+    core: str
+    attempt: int
+    destination: str
+    replay_id: str
+    requested_by: str
+    since: datetime
+
+    def idempotency_key(self) -> str:
+        return f"replay:{self.replay_id}:{self.study_instance_uid}:{self.core}:{self.attempt}"
+
+
+class ObjectsExpired(Event, frozen=True, kw_only=True):
+    """Stored DICOM objects of the study were removed, and why (retention, output cleaning).
+
+    `kind` is "instances" (the received images: a relaunch is no longer possible) or
+    "results" (the result objects of `core` / `attempt`, when set).
+    """
+
+    topic: ClassVar[str] = "expired"
+
+    kind: str
+    object_count: int
+    reason: str
+    core: str = ""
+    attempt: int = 0
+
+    def idempotency_key(self) -> str:
+        return f"expired:{self.study_instance_uid}:{self.kind}:{self.core}:{self.attempt}"
+
+
 AnyEvent = (
     InstanceReceived
     | InstanceRejected
@@ -302,6 +383,9 @@ AnyEvent = (
     | ResultFailed
     | Dispatched
     | DispatchFailed
+    | RelaunchRequested
+    | DispatchReplayRequested
+    | ObjectsExpired
 )
 EVENT_TYPES: tuple[type[Event], ...] = (
     InstanceReceived,
@@ -316,6 +400,9 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     ResultFailed,
     Dispatched,
     DispatchFailed,
+    RelaunchRequested,
+    DispatchReplayRequested,
+    ObjectsExpired,
 )
 
 _encoder = msgspec.json.Encoder()

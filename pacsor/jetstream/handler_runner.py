@@ -29,6 +29,7 @@ from nats.js.errors import NotFoundError
 from pacsor.domain.events import Event
 from pacsor.domain.retry import RetryPolicy
 from pacsor.jetstream.eventlog import ConcurrentUpdate, EventLog
+from pacsor.jetstream.liveness import Heartbeat
 
 log = logging.getLogger("pacsor.runner")
 
@@ -113,8 +114,9 @@ async def run_consumer(
     handler: Handler[M],
     stop: asyncio.Event,
     error_policy: RetryPolicy,
+    heartbeat: Heartbeat | None = None,
 ) -> None:
-    """Process messages until `stop` is set."""
+    """Process messages until `stop` is set; `heartbeat` hears of every fetch round."""
     await ensure_consumer(js, spec)
     sub = await js.pull_subscribe_bind(spec.durable, spec.stream)
     log.info("consumer started", extra={"consumer": spec.durable, "filter": spec.filter_subject})
@@ -124,11 +126,15 @@ async def run_consumer(
             try:
                 msgs = await sub.fetch(1, timeout=1.0)
             except (TimeoutError, NatsTimeoutError):
+                if heartbeat is not None:
+                    heartbeat.beat(spec.stream, spec.durable)
                 continue
             except Exception:  # e.g. disconnected: logged, then the loop tries again
                 log.warning("fetch failed", extra={"consumer": spec.durable}, exc_info=True)
                 await asyncio.sleep(1.0)
                 continue
+            if heartbeat is not None:
+                heartbeat.beat(spec.stream, spec.durable)
             for msg in msgs:
                 try:
                     await _process(msg, spec, handler, events, error_policy)

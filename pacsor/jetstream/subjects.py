@@ -40,6 +40,9 @@ def uid_from_token(token: str) -> str:
     return "" if token == UNKNOWN_STUDY else token.replace("_", ".")
 
 
+ALL_STUDY_EVENTS = "pacsor.study.>"
+
+
 def study_subjects(study_uid: str) -> str:
     """Filter for one study's whole history."""
     return f"pacsor.study.{uid_token(study_uid)}.>"

@@ -1,0 +1,106 @@
+"""Projection benchmark: rebuilding the admin's read model from a million recorded events.
+
+Generates the encoded events of synthetic studies (5 instances, StudyComplete, Uploaded,
+ResultReady, 2 Dispatched: 10 events a study), as the admin reads them from the stream, then
+in one run, alternating, 3 rounds, median:
+  - baseline: decoding every event (msgspec), nothing else;
+  - pacsor: decoding, folding and writing the SQLite read model in batches of 1,000 events,
+    each batch one transaction with its stream sequence, into a new file (a rebuild).
+
+    .venv/bin/python bench/projection.py [--events 1000000] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+PROJECT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PROJECT))
+
+from pacsor.admin.projector import BATCH_SIZE  # noqa: E402
+from pacsor.admin.read_model import ReadModel  # noqa: E402
+from pacsor.devtools.sample_events import lifecycle  # noqa: E402
+from pacsor.domain import events as ev  # noqa: E402
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+DESTINATIONS = ("PACS@10.0.0.1:104", "ARCHIVE@10.0.0.2:104")
+
+
+def recorded_events(count: int) -> list[bytes]:
+    encoded: list[bytes] = []
+    study = 0
+    while len(encoded) < count:
+        uid = f"1.2.826.0.1.3680043.8.498.{study}"
+        history = lifecycle(
+            uid, T0 + timedelta(seconds=study), 5, DESTINATIONS, accession=f"A{study:07d}"
+        )
+        encoded.extend(ev.encode(e) for e in history)
+        study += 1
+    return encoded[:count]
+
+
+def decode_only(encoded: list[bytes]) -> float:
+    start = time.perf_counter()
+    for data in encoded:
+        ev.decode(data)
+    return time.perf_counter() - start
+
+
+def rebuild(encoded: list[bytes], folder: Path) -> float:
+    path = folder / "read-model.sqlite"
+    for leftover in folder.glob("read-model.sqlite*"):
+        leftover.unlink()
+    model = ReadModel(path)
+    start = time.perf_counter()
+    for first in range(0, len(encoded), BATCH_SIZE):
+        batch = [
+            (first + n + 1, ev.decode(data))
+            for n, data in enumerate(encoded[first : first + BATCH_SIZE])
+        ]
+        model.apply(batch, batch[-1][0])
+    elapsed = time.perf_counter() - start
+    studies = model._db.execute("SELECT count(*) FROM studies").fetchone()[0]
+    model.close()
+    assert studies == -(-len(encoded) // 10), studies
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+
+    started = time.perf_counter()
+    encoded = recorded_events(args.events)
+    size = sum(map(len, encoded))
+    print(
+        f"{len(encoded):,} events ({size / 1e6:.0f} MB JSON, {len(encoded) // 10:,} studies), "
+        f"generated in {time.perf_counter() - started:.0f} s; "
+        f"{args.rounds} rounds (median), {os.cpu_count()} cores",
+        flush=True,
+    )
+    baseline: list[float] = []
+    pacsor: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="pacsor-bench-") as folder:
+        for _ in range(args.rounds):
+            baseline.append(decode_only(encoded))
+            pacsor.append(rebuild(encoded, Path(folder)))
+    for label, times in (
+        ("decode only (baseline)", baseline),
+        ("decode + fold + SQLite", pacsor),
+    ):
+        median = statistics.median(times)
+        print(f"{label:<26} {len(encoded) / median:>10,.0f} events/s   ({median:.1f} s)")
+    print(f"ratio rebuild / decode: {statistics.median(baseline) / statistics.median(pacsor):.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""The patient and order facts of a study, read from one of its stored DICOM instances."""
+
+from __future__ import annotations
+
+from io import BytesIO
+
+from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
+
+from pacsor.hl7.oru import StudyHeader
+
+
+class HeaderError(ValueError):
+    """The instance is not readable DICOM."""
+
+
+def read_study_header(data: bytes) -> StudyHeader:
+    try:
+        ds = dcmread(BytesIO(data), stop_before_pixels=True, force=True)
+        study_uid = str(ds.StudyInstanceUID)
+    except (InvalidDicomError, AttributeError, ValueError, EOFError) as err:
+        raise HeaderError(f"instance header is not readable DICOM: {err}") from err
+
+    def text(keyword: str) -> str:
+        value = ds.get(keyword)
+        return "" if value is None else str(value)
+
+    return StudyHeader(
+        study_instance_uid=study_uid,
+        patient_id=text("PatientID"),
+        issuer_of_patient_id=text("IssuerOfPatientID"),
+        patient_name=text("PatientName"),
+        birth_date=text("PatientBirthDate"),
+        sex=text("PatientSex"),
+        accession_number=text("AccessionNumber"),
+        study_date=text("StudyDate"),
+        study_time=text("StudyTime"),
+        study_description=text("StudyDescription"),
+        modality=text("Modality"),
+    )

@@ -1,0 +1,196 @@
+"""`docker compose up` for real: the demo profile with no configuration delivers a study.
+
+Needs a Docker engine with Compose v2 (`.ci/run` prepares one). Without one the test skips,
+saying why; with CI set, a missing engine is a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from nats.js.api import DeliverPolicy
+
+from pacsor.domain import events as ev
+from pacsor.jetstream.broker import connect
+from pacsor.jetstream.subjects import EVENTS_STREAM
+from tests.harness import PROJECT, pacsor_cli
+from tests.nats_server import free_port
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def _engine_problem() -> str | None:
+    if shutil.which("docker") is None:
+        return "no docker CLI"
+    info = subprocess.run(["docker", "info"], capture_output=True, text=True, timeout=60)
+    if info.returncode != 0:
+        return "no Docker engine answers: " + info.stderr.strip().splitlines()[-1:][0]
+    version = subprocess.run(
+        ["docker", "compose", "version"], capture_output=True, text=True, timeout=60
+    )
+    if version.returncode != 0:
+        return "no Compose v2 plugin: " + version.stderr.strip()
+    return None
+
+
+class Compose:
+    """`docker compose` on this project, as its own project name with its own host ports."""
+
+    def __init__(self, folder: Path) -> None:
+        self.project = f"pacsor-test-{uuid.uuid4().hex[:8]}"
+        self.nats_port = free_port()
+        self.dicom_port = free_port()
+        # Host ports of our own, so that the test runs beside anything else on the machine.
+        self.override = folder / "ports.yaml"
+        self.override.write_text(
+            "services:\n"
+            f"  nats:\n    ports: !override\n      - '127.0.0.1:{self.nats_port}:4222'\n"
+            f"  scp:\n    ports: !override\n      - '127.0.0.1:{self.dicom_port}:1040'\n"
+        )
+        # No configuration at all: no site file for the containers, none for substitution.
+        empty = folder / "empty.env"
+        empty.write_text("")
+        self.env = {**os.environ, "PACSOR_ENV_FILE": str(folder / "absent.env")}
+        self.env.pop("PACSOR_VERSION", None)
+        self.base = ["docker", "compose", "--env-file", str(empty), "-p", self.project]
+        self.base += ["-f", str(PROJECT / "compose.yaml"), "-f", str(self.override)]
+
+    def __call__(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [*self.base, *args],
+            cwd=PROJECT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        assert result.returncode == 0, f"docker compose {' '.join(args)}:\n{result.stderr}"
+        return result
+
+    def containers(self) -> list[str]:
+        listed = subprocess.run(
+            [
+                "docker",
+                "ps",
+                "-a",
+                "--filter",
+                f"label=com.docker.compose.project={self.project}",
+                "--format",
+                "{{.Names}}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        return listed.stdout.split()
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Compose]:
+    problem = _engine_problem()
+    if problem is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI is set but Docker is not usable: {problem}")
+        pytest.skip(f"needs a Docker engine with Compose v2: {problem}")
+    compose = Compose(tmp_path_factory.mktemp("compose"))
+    try:
+        # --wait: returns once every service's healthcheck passes, or fails.
+        compose("--profile", "demo", "up", "-d", "--build", "--wait", "--wait-timeout", "240")
+        yield compose
+    finally:
+        logs = subprocess.run(
+            [*compose.base, "--profile", "*", "logs", "--no-color"],
+            cwd=PROJECT,
+            env=compose.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        subprocess.run(
+            [*compose.base, "--profile", "*", "down", "-v", "--timeout", "20"],
+            cwd=PROJECT,
+            env=compose.env,
+            capture_output=True,
+            timeout=300,
+        )
+        if os.environ.get("PACSOR_SHOW_COMPOSE_LOGS"):
+            print(logs.stdout[-20000:])
+
+
+def test_every_service_is_healthy(demo: Compose) -> None:
+    listed = demo("--profile", "demo", "ps", "--format", "json").stdout
+    services = [json.loads(line) for line in listed.splitlines() if line.strip()]
+    health = {s["Service"]: s["Health"] for s in services}
+    assert health == {
+        name: "healthy"
+        for name in (
+            "nats",
+            "scp",
+            "quiet-timer",
+            "completion",
+            "uploader",
+            "poller",
+            "dispatcher",
+            "simulator",
+            "demo-pacs",
+        )
+    }
+
+
+def test_a_handler_probe_fails_for_a_component_not_running_there(demo: Compose) -> None:
+    # The uploader's container runs no dispatcher: its probe must say so, not pass blindly.
+    result = subprocess.run(
+        [*demo.base, "exec", "-T", "uploader", "pacsor", "health", "dispatcher"],
+        cwd=PROJECT,
+        env=demo.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert result.stdout.strip() == "dispatcher: no pull loop has fetched yet"
+    assert demo("exec", "-T", "uploader", "pacsor", "health", "uploader").stdout.strip() == (
+        "uploader: ok"
+    )
+
+
+async def test_demo_with_no_configuration_delivers_a_study(demo: Compose, tmp_path: Path) -> None:
+    nc = await connect(f"nats://127.0.0.1:{demo.nats_port}", "compose test")
+    try:
+        js = nc.jetstream()
+        sub = await js.subscribe(
+            "pacsor.study.>",
+            stream=EVENTS_STREAM,
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.NEW,
+        )
+        sent = pacsor_cli("send", "--sample", "3", "--port", str(demo.dicom_port), cwd=tmp_path)
+        assert sent.returncode == 0, sent.stderr
+        while True:
+            event = ev.decode((await sub.next_msg(timeout=120)).data)
+            assert not isinstance(event, ev.UploadFailed | ev.ResultFailed | ev.DispatchFailed)
+            if isinstance(event, ev.Dispatched):
+                break
+    finally:
+        await nc.close()
+    assert event.destination == "DEMOPACS@demo-pacs:11112"
+    stored = demo("exec", "-T", "demo-pacs", "find", "/var/lib/pacsor-demo", "-name", "*.dcm")
+    # 3 images x 2 inference commands, in the demo-pacs volume.
+    assert len(stored.stdout.split()) == 6
+    logs = demo("--profile", "demo", "logs", "--no-color", "demo-pacs").stdout
+    assert logs.count("demo PACS stored") == 6
+
+
+def test_down_as_documented_removes_every_container(demo: Compose) -> None:
+    assert len(demo.containers()) == 9
+    # Compose stops only the profiles it is told about: the README says to name the demo's.
+    demo("--profile", "demo", "down", "--timeout", "20")
+    assert demo.containers() == []

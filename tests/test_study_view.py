@@ -1,0 +1,226 @@
+"""The study view fold (pure, no NATS) and its SQLite read model."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import msgspec
+
+from pacsor.admin.read_model import ReadModel, StudyFilter
+from pacsor.devtools.sample_events import lifecycle, received
+from pacsor.domain import events as ev
+from pacsor.domain.study_view import fold, step_durations
+
+T0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
+STUDY = "1.2.826.0.1.3680043.8.498.10"
+PACS = "PACS@10.0.0.1:104"
+ARCHIVE = "ARCHIVE@10.0.0.2:104"
+
+
+def numbered(events: list[ev.Event], start: int = 1) -> list[tuple[int, ev.Event]]:
+    return [(start + n, e) for n, e in enumerate(events)]
+
+
+def test_a_study_goes_through_every_state() -> None:
+    history = lifecycle(STUDY, T0, images=3, destinations=(PACS, ARCHIVE), accession="ACC1")
+    states = []
+    views: dict[str, object] = {}
+    for pair in numbered(history):
+        views = fold([pair], views)  # type: ignore[arg-type]
+        states.append(views[STUDY].state)  # type: ignore[attr-defined]
+    assert states == ["receiving"] * 3 + [
+        "complete",
+        "uploaded",
+        "results",
+        "dispatched",
+        "dispatched",
+    ]
+    view = fold(numbered(history))[STUDY]
+    assert (view.instance_count, view.accession_number, view.attempt) == (3, "ACC1", 1)
+    assert view.first_received_at == T0 and view.last_received_at == T0 + timedelta(seconds=2)
+    (core,) = view.cores
+    assert (core.core, core.state, core.result_count) == ("default", "dispatched", 6)
+    assert {(d.destination, d.state, d.object_count) for d in view.destinations} == {
+        (PACS, "dispatched", 6),
+        (ARCHIVE, "dispatched", 6),
+    }
+    assert [(r.core, r.attempt) for r in view.results_made] == [("default", 1)]
+
+
+def test_a_failure_shows_with_its_reason_and_a_relaunch_starts_over() -> None:
+    history = lifecycle(STUDY, T0, destinations=(PACS,))
+    history[-1] = ev.DispatchFailed(
+        study_instance_uid=STUDY,
+        core="default",
+        attempt=1,
+        destination=PACS,
+        reason="association rejected",
+        tries=12,
+        occurred_at=T0 + timedelta(minutes=5),
+    )
+    view = fold(numbered(history))[STUDY]
+    assert view.state == "failed"
+    assert view.destinations[0].reason == "association rejected"
+
+    relaunch = ev.RelaunchRequested(
+        study_instance_uid=STUDY,
+        relaunch_id="r1",
+        requested_by="alice",
+        occurred_at=T0 + timedelta(hours=1),
+    )
+    fold(numbered([relaunch], start=100), {STUDY: view})
+    assert view.relaunch_pending
+    second = lifecycle(STUDY, T0 + timedelta(hours=1), destinations=(PACS,), attempt=2)[3:]
+    second[0] = msgspec.structs.replace(second[0], relaunch=True, requested_by="alice")  # type: ignore[type-var]
+    fold(numbered(second, start=101), {STUDY: view})
+    assert not view.relaunch_pending
+    assert [(a.attempt, a.relaunch, a.requested_by) for a in view.attempts] == [
+        (1, False, ""),
+        (2, True, "alice"),
+    ]
+    assert view.state == "dispatched"
+    assert view.destinations[0].attempt == 2 and view.destinations[0].reason == ""
+
+
+def test_late_events_of_an_older_attempt_do_not_move_the_latest() -> None:
+    first = lifecycle(STUDY, T0, destinations=(PACS,))
+    second = lifecycle(STUDY, T0 + timedelta(hours=1), destinations=(PACS,), attempt=2)[3:5]
+    late = first[-1]  # attempt 1's Dispatched, recorded after attempt 2 was uploaded
+    view = fold(numbered([*first[:-1], *second, late]))[STUDY]
+    assert view.cores[0].attempt == 2 and view.cores[0].state == "uploaded"
+    assert view.state == "uploaded"
+
+
+def test_the_same_instance_twice_counts_once_and_old_events_still_read() -> None:
+    # A version 1 InstanceReceived, as recorded before accession numbers were carried.
+    old = msgspec.json.encode(
+        {
+            k: v
+            for k, v in msgspec.to_builtins(received(STUDY, 0, T0)).items()
+            if k not in {"accession_number", "study_date", "study_description"}
+        }
+        | {"schema_version": 1}
+    )
+    decoded = ev.decode(old)
+    assert isinstance(decoded, ev.InstanceReceived)
+    assert (decoded.schema_version, decoded.accession_number) == (1, "")
+    assert received(STUDY, 0, T0).schema_version == 2
+    view = fold(numbered([decoded, received(STUDY, 0, T0, "ACC9"), received(STUDY, 1, T0)]))[STUDY]
+    assert view.instance_count == 2 and view.accession_number == "ACC9"
+
+
+def test_applying_an_event_twice_changes_nothing() -> None:
+    pairs = numbered(lifecycle(STUDY, T0))
+    once = fold(pairs)
+    twice = fold(pairs, fold(pairs))
+    assert msgspec.json.encode(once) == msgspec.json.encode(twice)
+
+
+def test_rejections_are_counted_and_unknown_studies_ignored() -> None:
+    rejected = [
+        ev.InstanceRejected(
+            study_instance_uid=uid,
+            reason="truncated",
+            dimse_status=0xC222,
+            rejection_id=str(n),
+            occurred_at=T0,
+        )
+        for n, uid in enumerate((STUDY, ""))
+    ]
+    views = fold(numbered(rejected))
+    assert list(views) == [STUDY]
+    assert views[STUDY].rejected_count == 1 and views[STUDY].rejections[0].dimse_status == 0xC222
+
+
+def test_step_durations() -> None:
+    history = lifecycle(STUDY, T0, images=3)
+    views: dict[str, object] = {}
+    durations = []
+    for pair in numbered(history):
+        views = fold([pair], views)  # type: ignore[arg-type]
+        durations += step_durations(views[STUDY], pair[1])  # type: ignore[arg-type]
+    assert durations == [
+        ("receive_to_complete", 11.0),
+        ("upload", 2.0),
+        ("ai_wait", 18.0),
+        ("dispatch", 5.0),
+    ]
+
+
+def many_studies(count: int) -> list[ev.Event]:
+    events: list[ev.Event] = []
+    for n in range(count):
+        uid = f"1.2.3.{n}"
+        events += lifecycle(
+            uid, T0 + timedelta(minutes=n), destinations=(PACS, ARCHIVE), accession=f"ACC{n:03d}"
+        )
+    return events
+
+
+def test_read_model_applies_in_batches_like_the_fold(tmp_path: Path) -> None:
+    pairs = numbered(many_studies(30))
+    model = ReadModel(tmp_path / "admin.sqlite")
+    for start in range(0, len(pairs), 7):
+        batch = pairs[start : start + 7]
+        model.apply(batch, batch[-1][0])
+    expected = fold(pairs)
+    assert model.last_sequence == len(pairs)
+    for uid, view in expected.items():
+        assert model.get(uid) == view
+    # A batch already applied (a restart before the commit was seen) changes nothing.
+    assert model.apply(pairs[-5:], pairs[-1][0]) == []
+
+
+def test_queries_filter_sort_and_page(tmp_path: Path) -> None:
+    pairs = numbered(many_studies(30))
+    failed = ev.DispatchFailed(
+        study_instance_uid="1.2.3.7",
+        core="default",
+        attempt=1,
+        destination=ARCHIVE,
+        reason="refused",
+        tries=3,
+        occurred_at=T0 + timedelta(days=1),
+    )
+    pairs.append((len(pairs) + 1, failed))
+    pairs.append((len(pairs) + 1, received("1.2.3.99", 0, T0 + timedelta(days=2), "ZZZ")))
+    model = ReadModel(tmp_path / "admin.sqlite")
+    model.apply(pairs, pairs[-1][0])
+
+    page, total = model.query(StudyFilter(limit=5))
+    assert total == 31
+    assert [v.study_instance_uid for v in page] == [
+        "1.2.3.99",
+        *[f"1.2.3.{n}" for n in (29, 28, 27, 26)],
+    ]
+    page, _ = model.query(StudyFilter(limit=5, offset=5))
+    assert page[0].study_instance_uid == "1.2.3.25"
+
+    assert [v.study_instance_uid for v in model.query(StudyFilter(state="failed"))[0]] == [
+        "1.2.3.7"
+    ]
+    assert model.query(StudyFilter(state="receiving"))[1] == 1
+    by_destination = StudyFilter(destination=ARCHIVE, state="failed")
+    assert [v.study_instance_uid for v in model.query(by_destination)[0]] == ["1.2.3.7"]
+    assert model.query(StudyFilter(destination=PACS, state="dispatched"))[1] == 30
+    assert model.query(StudyFilter(core="default"))[1] == 30
+    assert model.query(StudyFilter(core="other"))[1] == 0
+    assert [v.accession_number for v in model.query(StudyFilter(q="ACC012"))[0]] == ["ACC012"]
+    assert model.query(StudyFilter(q="1.2.3.99"))[1] == 1
+    window = StudyFilter(since=T0 + timedelta(minutes=10), until=T0 + timedelta(minutes=20))
+    assert model.query(window)[1] == 10
+    assert model.state_counts() == {"dispatched": 29, "failed": 1, "receiving": 1}
+    ready = model.results_ready_since(T0 + timedelta(minutes=28))
+    assert [(r.study_instance_uid, r.attempt) for r in ready] == [("1.2.3.28", 1), ("1.2.3.29", 1)]
+
+
+def test_a_file_of_an_older_layout_is_started_again(tmp_path: Path) -> None:
+    path = tmp_path / "admin.sqlite"
+    model = ReadModel(path)
+    pairs = numbered(many_studies(2))
+    model.apply(pairs, pairs[-1][0])
+    model._db.execute("UPDATE meta SET value = 'old' WHERE key = 'layout'")
+    model.close()
+    reopened = ReadModel(path)
+    assert reopened.last_sequence == 0 and reopened.query(StudyFilter())[1] == 0
