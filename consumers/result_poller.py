@@ -25,7 +25,7 @@ import msgspec
 from pydicom.dataset import Dataset
 
 from pacsor.ai.milvue_api import FINDINGS_COMMANDS, ApiError, MilvueApi
-from pacsor.dicom.header import HeaderError, parse_header
+from pacsor.dicom.header import MIN_PREFIX, HeaderError, parse_header
 from pacsor.domain import events as ev
 from pacsor.jetstream.blobs import BlobStore, sha256_digest
 from pacsor.jetstream.handler_runner import ConsumerSpec, Delivery, Emit, Outcome, Retry
@@ -97,7 +97,8 @@ async def _store_result(
             await writer.write(chunk)
             if header is None:
                 prefix += chunk
-                header = parse_header(bytes(prefix), complete=False)
+                if len(prefix) >= MIN_PREFIX:
+                    header = parse_header(bytes(prefix), complete=False)
                 if header is not None:
                     prefix.clear()
         try:

@@ -93,11 +93,6 @@ async def _progress(events: EventLog, study: str, core: str, attempt: int) -> _P
     return _Progress(frozenset(this_attempt), frozenset(before), batches)
 
 
-def full_relaunch(event: ev.StudyComplete) -> bool:
-    """Whether a person asked for this attempt to upload everything again."""
-    return bool(getattr(event, "full", False))
-
-
 def instances_of(event: ev.StudyComplete) -> Iterable[ev.InstanceRef]:
     """The instances of the attempt, in the order they were received."""
     return event.instances
@@ -115,6 +110,8 @@ async def upload_study(
 ) -> Outcome:
     study = event.study_instance_uid
     core = settings.core
+    if not event.for_core(core):
+        return Emit()  # a relaunch asked for other cores only
 
     def failed(reason: str, status: int | None = None) -> Callable[[int], ev.Event]:
         return lambda tries: ev.UploadFailed(
@@ -127,7 +124,8 @@ async def upload_study(
         )
 
     progress = await _progress(events, study, core, event.attempt)
-    dedupe = settings.no_duplicate and not full_relaunch(event)
+    # A relaunch asked for by a person uploads everything again.
+    dedupe = settings.no_duplicate and not event.relaunch
     tags = {rule.tag for rule in settings.filters}
     need_header = settings.signed_url or bool(settings.filters)
 

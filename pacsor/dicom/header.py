@@ -15,6 +15,9 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
+# A prefix shorter than this is not parsed until the object ends: a header cut in the middle
+# of an element would be read (and warned about) for nothing. Stored chunks are larger.
+MIN_PREFIX = 64 * 1024
 # (7FE0,0010) Pixel Data, as its tag is written in little and big endian encodings.
 _PIXEL_DATA_TAGS = (b"\xe0\x7f\x10\x00", b"\x7f\xe0\x00\x10")
 
@@ -58,6 +61,8 @@ async def read_header(chunks: AsyncIterator[bytes]) -> InstanceHeader:
     prefix = bytearray()
     async for chunk in chunks:
         prefix += chunk
+        if len(prefix) < MIN_PREFIX:
+            continue
         found = parse_header(bytes(prefix), complete=False)
         if found is not None:
             return found
