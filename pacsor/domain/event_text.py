@@ -53,6 +53,18 @@ def describe(event: ev.Event) -> str:
                 f"{event.core} attempt {event.attempt} to {event.destination} after "
                 f"{event.tries} tries: {event.reason}"
             )
+        case ev.Hl7Sent():
+            left_out = ", ".join(event.missing_findings)
+            missing = f", without {left_out}" if left_out else ""
+            detail = (
+                f"{event.core} attempt {event.attempt} to {event.ris}: {event.ack_code} "
+                f"(control ID {event.control_id}{missing})"
+            )
+        case ev.Hl7Failed():
+            detail = (
+                f"{event.core} attempt {event.attempt} to {event.ris} after {event.tries} tries: "
+                f"{event.reason}"
+            )
         case _:
             detail = ""
     when = event.occurred_at.isoformat(timespec="seconds")

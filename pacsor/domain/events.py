@@ -315,6 +315,54 @@ def dispatch_key(study: str, core: str, attempt: int, destination: str) -> str:
     return f"dispatch:{study}:{core}:{attempt}:{destination}"
 
 
+# --- RIS ---------------------------------------------------------------------------------
+
+
+class Hl7Sent(Event, frozen=True, kw_only=True):
+    """The RIS acknowledged the ORU^R01 of (`core`, `attempt`) with `ack_code` (AA or CA).
+
+    `missing_findings` names the inference commands whose findings were not in the message
+    (still running when the wait ended, or never produced).
+    """
+
+    topic: ClassVar[str] = "hl7_sent"
+
+    core: str
+    attempt: int
+    ris: str
+    control_id: str
+    ack_code: str
+    ack_text: str = ""
+    tries: int = 1
+    missing_findings: tuple[str, ...] = ()
+    with_report: bool = False
+
+    def idempotency_key(self) -> str:
+        return hl7_key(self.study_instance_uid, self.core, self.attempt)
+
+
+class Hl7Failed(Event, frozen=True, kw_only=True):
+    """The ORU^R01 was not accepted after the last try: `reason` says the RIS's last answer."""
+
+    topic: ClassVar[str] = "hl7_failed"
+
+    core: str
+    attempt: int
+    ris: str
+    control_id: str
+    reason: str
+    tries: int
+    ack_code: str = ""  # the last MSA-1 when the RIS answered (AE, AR...), else ""
+
+    def idempotency_key(self) -> str:
+        return hl7_key(self.study_instance_uid, self.core, self.attempt)
+
+
+def hl7_key(study: str, core: str, attempt: int) -> str:
+    # Sent and failed share it: one attempt has one RIS outcome.
+    return f"hl7:{study}:{core}:{attempt}"
+
+
 # --- Operators ----------------------------------------------------------------------------
 
 
@@ -386,6 +434,8 @@ AnyEvent = (
     | RelaunchRequested
     | DispatchReplayRequested
     | ObjectsExpired
+    | Hl7Sent
+    | Hl7Failed
 )
 EVENT_TYPES: tuple[type[Event], ...] = (
     InstanceReceived,
@@ -403,6 +453,8 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     RelaunchRequested,
     DispatchReplayRequested,
     ObjectsExpired,
+    Hl7Sent,
+    Hl7Failed,
 )
 
 _encoder = msgspec.json.Encoder()

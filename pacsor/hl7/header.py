@@ -6,6 +6,7 @@ from io import BytesIO
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
 
 from pacsor.hl7.oru import StudyHeader
 
@@ -23,7 +24,12 @@ def read_study_header(data: bytes) -> StudyHeader:
 
     def text(keyword: str) -> str:
         value = ds.get(keyword)
-        return "" if value is None else str(value)
+        if value is None:
+            return ""
+        if isinstance(value, MultiValue):
+            # A backslash in a text value reads as a value separator; keep the text whole.
+            return "\\".join(str(item) for item in value)
+        return str(value)
 
     return StudyHeader(
         study_instance_uid=study_uid,

@@ -73,7 +73,7 @@ _WORDS: dict[str, dict[str, str]] = {
         "unknown": "Unknown",
         "out_scope": "Out of scope",
         "score": "score",
-        "missing": "Findings of {command} not available: still running when the message was sent",
+        "missing": "{command}: not available when the message was sent",
         "language": "en^English^ISO639",
     },
     "FR": {
@@ -86,7 +86,7 @@ _WORDS: dict[str, dict[str, str]] = {
         "unknown": "Inconnu",
         "out_scope": "Hors champ",
         "score": "score",
-        "missing": "Résultats de {command} non disponibles : toujours en cours à l'envoi",
+        "missing": "{command} : non disponible à l'envoi du message",
         "language": "fr^Français^ISO639",
     },
 }

@@ -88,4 +88,9 @@ def result_object_name(study_uid: str, core: str, attempt: int, sop_uid: str) ->
 
 
 def findings_object_name(study_uid: str, core: str, attempt: int, inference_command: str) -> str:
+    """Where the JSON findings of one inference command are kept in the results bucket."""
     return f"{study_uid}/{core}/{attempt}/findings/{inference_command}.json"
+
+
+# The RIS sender's durable consumer: every core's ResultReady.
+HL7_DURABLE = "hl7-ris"

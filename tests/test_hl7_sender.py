@@ -1,0 +1,299 @@
+"""The hl7 component end to end: real nats-server, real MLLP listener, stored findings.
+
+Each test records what the poller records (the instance, StudyComplete, the findings JSON
+and ResultReady), runs the hl7 component, and reads what the RIS received and what pacsor
+recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from functools import partial
+from typing import Any
+
+import msgspec
+import pytest
+from nats.aio.client import Client
+from pacsor.consumers import hl7_sender
+
+from pacsor.config.hl7 import Hl7Settings
+from pacsor.devtools.demo_ris import DemoRis
+from pacsor.devtools.simulator import results as simulated
+from pacsor.domain import events as ev
+from pacsor.domain.retry import RetryPolicy
+from pacsor.hl7.mllp import MllpClient
+from pacsor.hl7.oru import control_id
+from pacsor.jetstream.blobs import BlobStore, sha256_digest
+from pacsor.jetstream.eventlog import EventLog
+from pacsor.jetstream.handler_runner import ensure_consumer, run_consumer
+from pacsor.jetstream.subjects import (
+    INSTANCES_BUCKET,
+    RESULTS_BUCKET,
+    findings_object_name,
+    instance_object_name,
+)
+from tests.dicom_factory import make_image, new_uid, to_bytes
+from tests.harness import wait_for_event
+from tests.hl7_reading import ParsedOru
+
+CORE = "default"
+POLICY = RetryPolicy(initial_seconds=0.1, max_seconds=0.5, max_attempts=3)
+HOSTILE = "Smith|Jones ~x\\y&z\r\nnext line\tTAB"
+
+
+@pytest.fixture
+async def ris() -> AsyncIterator[DemoRis]:
+    async with DemoRis() as peer:
+        yield peer
+
+
+@contextlib.asynccontextmanager
+async def running_hl7(
+    nc: Client, ris: DemoRis, policy: RetryPolicy = POLICY, **settings: Any
+) -> AsyncIterator[Hl7Settings]:
+    """The hl7 component, sending to `ris`, until the block ends."""
+    js = nc.jetstream()
+    config = Hl7Settings(
+        enable=True, ris_ip="127.0.0.1", ris_port=ris.port, ris_timeout_seconds=1.0, **settings
+    )
+    client = MllpClient(config.ris_ip, config.ris_port, config.ris_timeout_seconds)
+    ctx = hl7_sender.Hl7Context(
+        settings=config,
+        ris=client,
+        events=EventLog(js),
+        instances=BlobStore(nc, js, INSTANCES_BUCKET),
+        results=BlobStore(nc, js, RESULTS_BUCKET),
+        policy=policy,
+        reports={},
+    )
+    spec = hl7_sender.consumer()
+    await ensure_consumer(js, spec)  # before the first ResultReady: it starts at "new"
+    stop = asyncio.Event()
+    handler = partial(hl7_sender.send_to_ris, ctx=ctx)
+    task = asyncio.create_task(run_consumer(js, ctx.events, spec, handler, stop, policy))
+    try:
+        yield config
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+        await client.aclose()
+
+
+def findings_json(study: str, sop: str, command: str, status: str = "done") -> bytes:
+    instance = simulated.InputInstance(
+        sop_instance_uid=sop,
+        series_instance_uid="1.2.3",
+        rows=256,
+        columns=256,
+        pixel_spacing_mm=0.2,
+    )
+    if status != "done":
+        return msgspec.json.encode({"StudyInstanceUID": study, "status": status})
+    build = (
+        simulated.smartxpert_findings
+        if command == "smartxpert"
+        else simulated.smarturgences_findings
+    )
+    return msgspec.json.encode(build(study, [instance]))
+
+
+async def record_results(
+    nc: Client,
+    commands: dict[str, str] | None = None,
+    attempt: int = 1,
+    **attributes: str,
+) -> ev.ResultReady:
+    """Store a study's instance and findings, record StudyComplete and ResultReady."""
+    js = nc.jetstream()
+    events = EventLog(js)
+    study = new_uid()
+    ds = make_image(study, **attributes)
+    sop = str(ds.SOPInstanceUID)
+    data = to_bytes(ds)
+    name = instance_object_name(study, sop)
+    await BlobStore(nc, js, INSTANCES_BUCKET).put(name, data)
+    ref = ev.InstanceRef(
+        sop_instance_uid=sop,
+        series_instance_uid=str(ds.SeriesInstanceUID),
+        sop_class_uid=str(ds.SOPClassUID),
+        object_name=name,
+        size=len(data),
+        digest=sha256_digest(data),
+    )
+    await events.publish(
+        ev.StudyComplete(study_instance_uid=study, attempt=attempt, instances=(ref,))
+    )
+    results = BlobStore(nc, js, RESULTS_BUCKET)
+    stored = []
+    wanted = {"smarturgences": "done", "smartxpert": "done"} if commands is None else commands
+    for command, status in wanted.items():
+        body = findings_json(study, sop, command, status)
+        object_name = findings_object_name(study, CORE, attempt, command)
+        info = await results.put(object_name, body)
+        stored.append(
+            ev.FindingsObject(
+                inference_command=command,
+                object_name=object_name,
+                size=info.size,
+                digest=info.digest,
+            )
+        )
+    ready = ev.ResultReady(
+        study_instance_uid=study, core=CORE, attempt=attempt, results=(), findings=tuple(stored)
+    )
+    await events.publish(ready)
+    return ready
+
+
+async def outcome(nc: Client, ready: ev.ResultReady, timeout: float = 60.0) -> ev.AnyEvent:
+    return await wait_for_event(
+        nc,
+        ready.study_instance_uid,
+        lambda e: isinstance(e, ev.Hl7Sent | ev.Hl7Failed),
+        timeout,
+    )
+
+
+def sent_messages(ris: DemoRis, ready: ev.ResultReady) -> list[ParsedOru]:
+    cid = control_id(ready.study_instance_uid, ready.core, ready.attempt)
+    return [ParsedOru(r.text) for r in ris.received if r.control_id == cid]
+
+
+@pytest.mark.parametrize(
+    ("language", "effusion", "angle"),
+    [("EN", "Pleural effusion", "Cobb angle"), ("FR", "Épanchement pleural", "Angle de Cobb")],
+)
+async def test_findings_and_measures_reach_the_ris(
+    nc: Client, ris: DemoRis, language: str, effusion: str, angle: str
+) -> None:
+    async with running_hl7(nc, ris, language=language):
+        ready = await record_results(
+            nc, PatientName="Durand^Anaïs", PatientID="P-77", AccessionNumber="ACC-77"
+        )
+        sent = await outcome(nc, ready)
+    assert isinstance(sent, ev.Hl7Sent)
+    assert (sent.ack_code, sent.missing_findings, sent.ris) == ("AA", (), f"127.0.0.1:{ris.port}")
+    assert sent.control_id == control_id(ready.study_instance_uid, CORE, 1)
+    (oru,) = sent_messages(ris, ready)
+    pid = oru.segments("PID")[0]
+    assert (oru.text(pid, 5, 1), oru.text(pid, 5, 2), oru.text(pid, 3)) == (
+        "Durand",
+        "Anaïs",
+        "P-77",
+    )
+    assert oru.text(oru.segments("OBR")[0], 2) == "ACC-77"
+    observations = oru.observations()
+    assert oru.text(observations["110180"], 5) == ready.study_instance_uid
+    for finding in ("fracture", "pleural_effusion", "pneumothorax", "nodule"):
+        assert finding in observations
+    assert oru.text(observations["pleural_effusion"], 3, 2) == effusion
+    assert oru.text(observations["cobb_angle/1"], 3, 2) == angle
+    assert oru.text(observations["cobb_angle/1"], 6) == "deg"
+    assert oru.text(observations["leg_length/1"], 6) == "mm"
+    assert oru.text(oru.segments("MSH")[0], 19) == language.lower()
+
+
+async def test_hostile_text_arrives_escaped(nc: Client, ris: DemoRis) -> None:
+    async with running_hl7(nc, ris):
+        ready = await record_results(
+            nc, PatientName=f"{HOSTILE}^Given", StudyDescription=HOSTILE, AccessionNumber="A|1"
+        )
+        assert isinstance(await outcome(nc, ready), ev.Hl7Sent)
+    (oru,) = sent_messages(ris, ready)
+    assert oru.names()[:5] == ["MSH", "PID", "PV1", "ORC", "OBR"]
+    assert oru.text(oru.segments("PID")[0], 5, 1) == HOSTILE
+    assert oru.text(oru.segments("OBR")[0], 4, 2) == HOSTILE
+    assert oru.text(oru.segments("OBR")[0], 2) == "A|1"
+
+
+async def test_application_error_then_accept_resends_the_same_message(
+    nc: Client, ris: DemoRis
+) -> None:
+    ris.script("AE")
+    async with running_hl7(nc, ris):
+        ready = await record_results(nc)
+        sent = await outcome(nc, ready)
+    assert isinstance(sent, ev.Hl7Sent)
+    assert (sent.ack_code, sent.tries) == ("AA", 2)
+    first, second = sent_messages(ris, ready)
+    assert first.er7 == second.er7  # same control ID, same bytes
+    assert [r.answer for r in ris.received] == ["AE", "AA"]
+
+
+async def test_a_ris_that_never_answers_fails_and_the_next_study_goes_through(
+    nc: Client, ris: DemoRis
+) -> None:
+    ris.default = "silence"
+    async with running_hl7(nc, ris, policy=POLICY):
+        ready = await record_results(nc)
+        failed = await outcome(nc, ready)
+        assert isinstance(failed, ev.Hl7Failed)
+        assert failed.tries == POLICY.max_attempts
+        assert "no acknowledgement" in failed.reason
+        assert len(sent_messages(ris, ready)) == POLICY.max_attempts
+        ris.default = "AA"
+        later = await record_results(nc)
+        assert isinstance(await outcome(nc, later), ev.Hl7Sent)
+    history = [r.event for r in await EventLog(nc.jetstream()).history(ready.study_instance_uid)]
+    assert [type(e).__name__ for e in history] == ["StudyComplete", "ResultReady", "Hl7Failed"]
+
+
+async def test_rejections_are_retried_then_failed_with_the_last_answer(
+    nc: Client, ris: DemoRis
+) -> None:
+    ris.default = "AR"
+    async with running_hl7(nc, ris):
+        ready = await record_results(nc)
+        failed = await outcome(nc, ready)
+    assert isinstance(failed, ev.Hl7Failed)
+    assert (failed.ack_code, failed.tries) == ("AR", POLICY.max_attempts)
+    assert "the RIS answered AR" in failed.reason
+
+
+async def test_a_ris_restarting_mid_message_gets_it_again(nc: Client, ris: DemoRis) -> None:
+    async with running_hl7(nc, ris):
+        first = await record_results(nc)
+        assert isinstance(await outcome(nc, first), ev.Hl7Sent)
+        ris.script("silence")
+        second = await record_results(nc)
+        await ris.wait_for(2)  # the second message is in, unanswered
+        await ris.restart()
+        sent = await outcome(nc, second)
+    assert isinstance(sent, ev.Hl7Sent)
+    assert len(sent_messages(ris, second)) == 2  # at least once: sent again after the restart
+    assert ris.connections >= 2
+
+
+async def test_findings_still_running_are_waited_for_then_left_out(
+    nc: Client, ris: DemoRis
+) -> None:
+    async with running_hl7(nc, ris, findings_wait_seconds=1.5):
+        ready = await record_results(nc, {"smarturgences": "done", "smartxpert": "running"})
+        sent = await outcome(nc, ready)
+    assert isinstance(sent, ev.Hl7Sent)
+    assert sent.missing_findings == ("smartxpert",)
+    assert sent.occurred_at - ready.occurred_at >= timedelta(seconds=1.5)
+    (oru,) = sent_messages(ris, ready)
+    assert "smartxpert" in oru.text(oru.segments("NTE")[0], 3)
+    assert "fracture" in oru.observations()
+    assert not any(key.startswith("cobb_angle") for key in oru.observations())
+
+
+async def test_findings_never_produced_are_not_waited_for(nc: Client, ris: DemoRis) -> None:
+    async with running_hl7(nc, ris, findings_wait_seconds=600):
+        ready = await record_results(nc, {"smarturgences": "done"})
+        sent = await outcome(nc, ready, timeout=30)
+    assert isinstance(sent, ev.Hl7Sent)
+    assert sent.missing_findings == ("smartxpert",)
+
+
+async def test_switched_off_findings_stay_out(nc: Client, ris: DemoRis) -> None:
+    async with running_hl7(nc, ris, include_measures=False, include_study_uid=False):
+        ready = await record_results(nc)
+        sent = await outcome(nc, ready)
+    assert isinstance(sent, ev.Hl7Sent) and sent.missing_findings == ()
+    (oru,) = sent_messages(ris, ready)
+    assert sorted(oru.observations()) == ["fracture", "nodule", "pleural_effusion", "pneumothorax"]
