@@ -1,8 +1,9 @@
-"""Quiet timer elapsed → StudyComplete (or wait longer, or nothing).
+"""Quiet timer elapsed → StudyComplete (or wait longer, or nothing);
+RelaunchRequested → StudyComplete of the next attempt.
 
-The decision is pacsor.domain.completion.decide_completion over the study's events; the
-StudyComplete is written with an expected-last-subject-sequence, so two replicas handling the
-same timer cannot both complete the study.
+The decisions are pacsor.domain.completion.decide_completion and decide_relaunch over the
+study's events; the StudyComplete is written with an expected-last-subject-sequence, so two
+replicas handling the same timer or request cannot both complete the study.
 """
 
 from __future__ import annotations
@@ -10,12 +11,25 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-from pacsor.domain.completion import AlreadyComplete, Complete, WaitUntil, decide_completion
+from pacsor.domain import events as ev
+from pacsor.domain.completion import (
+    AlreadyComplete,
+    Complete,
+    WaitUntil,
+    decide_completion,
+    decide_relaunch,
+)
 from pacsor.domain.events import utc_now
 from pacsor.jetstream.eventlog import EventLog
 from pacsor.jetstream.handler_runner import ConsumerSpec, Delivery, Emit, Outcome
 from pacsor.jetstream.quiet_timers import QuietElapsed, QuietTimers, decode_elapsed
-from pacsor.jetstream.subjects import QUIET_ELAPSED_FILTER, TIMERS_STREAM
+from pacsor.jetstream.subjects import (
+    EVENTS_STREAM,
+    QUIET_ELAPSED_FILTER,
+    RELAUNCH_DURABLE,
+    RELAUNCH_FILTER,
+    TIMERS_STREAM,
+)
 
 log = logging.getLogger("pacsor.domain.completion")
 
@@ -48,4 +62,29 @@ async def complete_study(
         log.info("study still receiving", extra={"study": study, "until": decision.at.isoformat()})
     elif isinstance(decision, AlreadyComplete):
         log.info("study already complete", extra={"study": study, "attempt": decision.attempt})
+    return Emit()
+
+
+RELAUNCH_CONSUMER: ConsumerSpec[ev.RelaunchRequested] = ConsumerSpec(
+    durable=RELAUNCH_DURABLE,
+    stream=EVENTS_STREAM,
+    filter_subject=RELAUNCH_FILTER,
+    decode=ev.decoder(ev.RelaunchRequested),
+    ack_wait=15.0,
+    concurrency=2,
+    description="RelaunchRequested -> StudyComplete of the next attempt",
+)
+
+
+async def relaunch_study(
+    request: ev.RelaunchRequested, delivery: Delivery, events: EventLog
+) -> Outcome:
+    study = request.study_instance_uid
+    decision = decide_relaunch(request, await events.history(study), utc_now())
+    if isinstance(decision, Complete):
+        return Emit((decision.event,), decision.expected_last_subject_sequence)
+    log.warning(
+        "relaunch not done",
+        extra={"study": study, "relaunch": request.relaunch_id, "why": type(decision).__name__},
+    )
     return Emit()

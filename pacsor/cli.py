@@ -48,6 +48,13 @@ def main(argv: list[str] | None = None) -> int:
     send.add_argument("--port", type=int, help="default: PORT")
     send.add_argument("--aet", help="called AE title, default: MILVUE_AET")
 
+    relaunch = commands.add_parser(
+        "relaunch", help="send a study to the AI again, as a new attempt"
+    )
+    relaunch.add_argument("study", metavar="UID", help="StudyInstanceUID")
+    relaunch.add_argument("--cores", default="", help="comma-separated AI cores (default: all)")
+    relaunch.add_argument("--by", default="", help="who asks (default: your user name)")
+
     echo = commands.add_parser(
         "echo", help="C-ECHO DICOM peers: by default the PACS and every destination"
     )
@@ -85,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
             return _send(settings, args)
         if args.command == "echo":
             return _echo(settings, args.peers)
+        if args.command == "relaunch":
+            return asyncio.run(_relaunch(settings, args.study, args.cores, args.by))
         if args.command == "health":
             return asyncio.run(_health(settings, args.component))
         if args.command == "demo-pacs":
@@ -243,6 +252,41 @@ async def _events(settings: Settings, study: str | None) -> int:
         await nc.close()
     for r in recorded:
         print(f"{r.sequence:>7}  {describe(r.event)}")
+    return 0
+
+
+async def _relaunch(settings: Settings, study: str, cores: str, by: str) -> int:
+    import getpass
+    import socket
+
+    from pacsor.admin.operations import Refused, request_relaunch
+    from pacsor.jetstream.blobs import BlobStore
+    from pacsor.jetstream.broker import connect
+    from pacsor.jetstream.eventlog import EventLog
+    from pacsor.jetstream.subjects import INSTANCES_BUCKET
+
+    url = settings.nats_url or f"nats://127.0.0.1:{settings.embedded_nats_port}"
+    try:
+        nc = await asyncio.wait_for(connect(url, "pacsor relaunch"), 10)
+    except Exception as err:
+        raise ConfigError(f"NATS_URL: cannot connect to {url}: {err}") from None
+    who = by or f"{getpass.getuser()}@{socket.gethostname()} (pacsor relaunch)"
+    try:
+        js = nc.jetstream()
+        accepted = await request_relaunch(
+            EventLog(js),
+            BlobStore(nc, js, INSTANCES_BUCKET),
+            settings,
+            study,
+            tuple(c.strip() for c in cores.split(",") if c.strip()),
+            who,
+        )
+    except Refused as err:
+        print(f"pacsor: {err.message}", file=sys.stderr)
+        return 2 if err.status == 400 else 1
+    finally:
+        await nc.close()
+    print(f"{accepted.message}; relaunch {accepted.relaunch_id} at sequence {accepted.sequence}")
     return 0
 
 

@@ -6,6 +6,7 @@
     uploader     StudyComplete      -> Uploaded
     poller       Uploaded           -> ResultReady
     dispatcher   ResultReady        -> Dispatched, one per destination
+    admin        the stream         -> the operators' read model, HTTP API and dashboard
 
 `pacsor up` runs them all; `pacsor run <name>` runs one, and several processes running the
 same component share its work through the durable consumer.
@@ -25,9 +26,17 @@ from typing import Any
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
+from pacsor.admin.server import AdminServer
 from pacsor.ai.milvue_api import MilvueApi
 from pacsor.config import ConfigError, Settings, require
-from pacsor.consumers import dispatcher, quiet_timer, result_poller, study_completion, uploader
+from pacsor.consumers import (
+    dispatch_replay,
+    dispatcher,
+    quiet_timer,
+    result_poller,
+    study_completion,
+    uploader,
+)
 from pacsor.dicom.storage_scp import StorageScp
 from pacsor.domain.retry import RetryPolicy
 from pacsor.jetstream.blobs import BlobStore
@@ -41,7 +50,7 @@ from pacsor.jetstream.subjects import INSTANCES_BUCKET, RESULTS_BUCKET
 
 log = logging.getLogger("pacsor.gateway")
 
-COMPONENTS = ("scp", "quiet-timer", "completion", "uploader", "poller", "dispatcher")
+COMPONENTS = ("scp", "quiet-timer", "completion", "uploader", "poller", "dispatcher", "admin")
 
 
 @dataclass
@@ -113,7 +122,10 @@ async def run_gateway(
         if nc is None:
             return
         try:
-            await apply_streams(nc)
+            try:
+                await apply_streams(nc, settings.nats_replicas)
+            except BrokerError as err:
+                raise ConfigError(str(err)) from None
             js = nc.jetstream(timeout=10)
             wiring = Wiring(
                 settings=settings,
@@ -163,6 +175,12 @@ async def _run(
                 handler=partial(
                     study_completion.complete_study, events=w.events, timers=w.timers, quiet=quiet
                 ),
+            )
+        )
+        loops.append(
+            consume(
+                spec=study_completion.RELAUNCH_CONSUMER,
+                handler=partial(study_completion.relaunch_study, events=w.events),
             )
         )
     if "uploader" in components:
@@ -222,10 +240,27 @@ async def _run(
                     ),
                 )
             )
+            loops.append(
+                consume(
+                    spec=dispatch_replay.consumer(s.core_name, destination),
+                    handler=partial(
+                        dispatch_replay.replay_to_destination,
+                        events=w.events,
+                        results=w.results,
+                        destination=destination,
+                        calling_ae_title=s.milvue_aet,
+                        policy=w.policy,
+                    ),
+                )
+            )
 
     scp: StorageScp | None = None
     try:
         ready: dict[str, Any] = {"nats_url": url, "components": components}
+        if "admin" in components:
+            admin = AdminServer(s, w.nc, w.js)
+            loops.append(admin.run(stop))
+            ready["admin_url"] = admin.url
         if "scp" in components:
             scp = StorageScp(s, asyncio.get_running_loop(), w.instances, w.events)
             ready["dicom_port"] = await asyncio.to_thread(scp.start)

@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from nats.aio.client import Client
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import DeliverPolicy
@@ -30,7 +33,14 @@ from tests.nats_server import free_port
 async def running_gateway(
     settings: Settings, components: tuple[str, ...] = COMPONENTS
 ) -> AsyncIterator[dict[str, Any]]:
-    """Run the gateway in this event loop; yields what it reports when ready."""
+    """Run the gateway in this event loop; yields what it reports when ready.
+
+    Unless the test chose them, the admin gets a free port and a read model of its own.
+    """
+    own_folder: Path | None = None
+    if "admin" in components and settings.admin_port == Settings().admin_port:
+        own_folder = Path(tempfile.mkdtemp(prefix="pacsor-admin-"))
+        settings = msgspec.structs.replace(settings, admin_port=free_port(), data_dir=own_folder)
     stop = asyncio.Event()
     ready: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(run_gateway(settings, components, stop, ready.set_result))
@@ -45,6 +55,8 @@ async def running_gateway(
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)
+        if own_folder is not None:
+            shutil.rmtree(own_folder, ignore_errors=True)
 
 
 class ReceivingPacs:
@@ -157,7 +169,7 @@ PROJECT = Path(__file__).resolve().parents[1]
 
 def cli_env(**extra: str) -> dict[str, str]:
     """This environment, with the project importable and `extra` settings."""
-    return {**os.environ, "PYTHONPATH": str(PROJECT), **extra}
+    return {**os.environ, "PYTHONPATH": str(PROJECT), "ADMIN_PORT": str(free_port()), **extra}
 
 
 def pacsor_cli(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from functools import partial
 from typing import Any
@@ -19,8 +19,11 @@ import pytest
 from nats.aio.client import Client
 from pacsor.consumers import hl7_sender
 
+from pacsor.ai.milvue_api import MilvueApi
+from pacsor.ai.techcare_report import TechCareReports
 from pacsor.config.hl7 import Hl7Settings
 from pacsor.devtools.demo_ris import DemoRis
+from pacsor.devtools.simulator import SimulatorSettings, running_simulator
 from pacsor.devtools.simulator import results as simulated
 from pacsor.domain import events as ev
 from pacsor.domain.retry import RetryPolicy
@@ -40,8 +43,22 @@ from tests.harness import wait_for_event
 from tests.hl7_reading import ParsedOru
 
 CORE = "default"
+TOKEN = "tcr-token"
 POLICY = RetryPolicy(initial_seconds=0.1, max_seconds=0.5, max_attempts=3)
 HOSTILE = "Smith|Jones ~x\\y&z\r\nnext line\tTAB"
+
+
+@pytest.fixture
+def simulator() -> Iterator[str]:
+    with running_simulator(SimulatorSettings(token=TOKEN, running_polls=0)) as (url, _):
+        yield url
+
+
+@pytest.fixture
+async def reports(simulator: str) -> AsyncIterator[TechCareReports]:
+    source = TechCareReports(simulator, TOKEN, timeout=10)
+    yield source
+    await source.aclose()
 
 
 @pytest.fixture
@@ -52,7 +69,11 @@ async def ris() -> AsyncIterator[DemoRis]:
 
 @contextlib.asynccontextmanager
 async def running_hl7(
-    nc: Client, ris: DemoRis, policy: RetryPolicy = POLICY, **settings: Any
+    nc: Client,
+    ris: DemoRis,
+    policy: RetryPolicy = POLICY,
+    reports: dict[str, TechCareReports] | None = None,
+    **settings: Any,
 ) -> AsyncIterator[Hl7Settings]:
     """The hl7 component, sending to `ris`, until the block ends."""
     js = nc.jetstream()
@@ -67,7 +88,7 @@ async def running_hl7(
         instances=BlobStore(nc, js, INSTANCES_BUCKET),
         results=BlobStore(nc, js, RESULTS_BUCKET),
         policy=policy,
-        reports={},
+        reports=reports or {},
     )
     spec = hl7_sender.consumer()
     await ensure_consumer(js, spec)  # before the first ResultReady: it starts at "new"
@@ -104,15 +125,26 @@ async def record_results(
     nc: Client,
     commands: dict[str, str] | None = None,
     attempt: int = 1,
+    simulator: str = "",
     **attributes: str,
 ) -> ev.ResultReady:
-    """Store a study's instance and findings, record StudyComplete and ResultReady."""
+    """Store a study's instance and findings, record StudyComplete and ResultReady.
+
+    With `simulator`, the study is also uploaded there, so that its report exists.
+    """
     js = nc.jetstream()
     events = EventLog(js)
     study = new_uid()
     ds = make_image(study, **attributes)
     sop = str(ds.SOPInstanceUID)
     data = to_bytes(ds)
+    if simulator:
+
+        async def part() -> AsyncIterator[bytes]:
+            yield data
+
+        async with MilvueApi(simulator, TOKEN) as api:
+            await api.upload_study(study, [part])
     name = instance_object_name(study, sop)
     await BlobStore(nc, js, INSTANCES_BUCKET).put(name, data)
     ref = ev.InstanceRef(
@@ -297,3 +329,53 @@ async def test_switched_off_findings_stay_out(nc: Client, ris: DemoRis) -> None:
     assert isinstance(sent, ev.Hl7Sent) and sent.missing_findings == ()
     (oru,) = sent_messages(ris, ready)
     assert sorted(oru.observations()) == ["fracture", "nodule", "pleural_effusion", "pneumothorax"]
+
+
+@pytest.mark.parametrize(
+    ("form", "kind"), [("HTML", "ED/html"), ("B64", "ED/plain"), ("PLAIN", "FT")]
+)
+@pytest.mark.parametrize("language", ["EN", "FR"])
+async def test_the_report_goes_in_each_format(
+    nc: Client,
+    ris: DemoRis,
+    simulator: str,
+    reports: TechCareReports,
+    form: str,
+    kind: str,
+    language: str,
+) -> None:
+    async with running_hl7(
+        nc,
+        ris,
+        reports={CORE: reports},
+        include_tcr=True,
+        tcr_out_format=form,
+        tcr_api_url=simulator,
+        language=language,
+    ):
+        ready = await record_results(nc, simulator=simulator)
+        sent = await outcome(nc, ready)
+    assert isinstance(sent, ev.Hl7Sent)
+    assert (sent.with_report, sent.missing_findings) == (True, ())
+    expected = await reports.fetch(ready.study_instance_uid, language)
+    (oru,) = sent_messages(ris, ready)
+    got_kind, text = oru.report()
+    assert got_kind == kind
+    assert text == (expected.as_html() if form == "HTML" else expected.as_text())
+    if form == "HTML":
+        assert text.startswith("<!DOCTYPE html>") and f'lang="{language.lower()}"' in text
+
+
+async def test_a_report_that_does_not_exist_is_left_out(
+    nc: Client, ris: DemoRis, reports: TechCareReports, simulator: str
+) -> None:
+    async with running_hl7(
+        nc, ris, reports={CORE: reports}, include_tcr=True, tcr_api_url=simulator
+    ):
+        ready = await record_results(nc)  # never uploaded: the service answers 404
+        sent = await outcome(nc, ready)
+    assert isinstance(sent, ev.Hl7Sent)
+    assert (sent.with_report, sent.missing_findings) == (False, ("report",))
+    (oru,) = sent_messages(ris, ready)
+    assert "REPORT" not in oru.observations()
+    assert oru.text(oru.segments("NTE")[0], 3).startswith("report")

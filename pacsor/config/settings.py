@@ -98,9 +98,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     retry_max_attempts: int = 12
     # Broker
     nats_url: str = ""
+    nats_replicas: int = 1  # copies of every stream and bucket: 3 on a three-node cluster
     embedded_nats_port: int = 4222
     data_dir: Path = Path(".pacsor")
     log_level: str = "INFO"
+    # Admin API and dashboard
+    admin_host: str = "127.0.0.1"
+    admin_port: int = 7000
+    admin_token: str = ""
+    # Retention: stored DICOM objects, and events
+    retention_hours: float = 168.0
+    events_retention_days: float = 365.0
+    output_cleaning: bool = False
     # HL7 ORU^R01 to the RIS (pacsor.config.hl7)
     hl7: Hl7Settings = msgspec.field(default_factory=Hl7Settings)
 
@@ -149,6 +158,13 @@ def _int_in(name: str, raw: str, low: int, high: int) -> int:
     if not low <= value <= high:
         raise ConfigError(f"{name}: must be between {low} and {high}, got {value}")
     return value
+
+
+def _boolean(name: str, raw: str) -> bool:
+    value = raw.lower()
+    if value not in {"true", "false", "1", "0", "yes", "no"}:
+        raise ConfigError(f"{name}: expected true or false, got {raw!r}")
+    return value in {"true", "1", "yes"}
 
 
 def _ae_title(name: str, raw: str) -> str:
@@ -291,9 +307,16 @@ def load_settings(
     take("RETRY_MAX_SECONDS", "retry_max_seconds", _positive_float)
     take("RETRY_MAX_ATTEMPTS", "retry_max_attempts", lambda n, r: _int_in(n, r, 1, 1000))
     take("NATS_URL", "nats_url", nats_url)
+    take("NATS_REPLICAS", "nats_replicas", lambda n, r: _int_in(n, r, 1, 5))
     take("EMBEDDED_NATS_PORT", "embedded_nats_port", lambda n, r: _int_in(n, r, 1, 65535))
     take("PACSOR_DATA_DIR", "data_dir", lambda n, r: Path(r))
     take("LOG_LEVEL", "log_level", level)
+    take("ADMIN_HOST", "admin_host", lambda n, r: r)
+    take("ADMIN_PORT", "admin_port", lambda n, r: _int_in(n, r, 1, 65535))
+    take("ADMIN_TOKEN", "admin_token", lambda n, r: r)
+    take("RETENTION_HOURS", "retention_hours", _positive_float)
+    take("EVENTS_RETENTION_DAYS", "events_retention_days", _positive_float)
+    take("OUTPUT_CLEANING", "output_cleaning", _boolean)
     try:
         kwargs["hl7"] = load_hl7_settings(env)
     except Hl7ConfigError as err:

@@ -306,9 +306,11 @@ class DispatchFailed(Event, frozen=True, kw_only=True):
     reason: str
     tries: int
     delivered_sop_instance_uids: tuple[str, ...] = ()
+    replay_id: str = ""
 
     def idempotency_key(self) -> str:
-        return dispatch_key(self.study_instance_uid, self.core, self.attempt, self.destination)
+        key = dispatch_key(self.study_instance_uid, self.core, self.attempt, self.destination)
+        return f"{key}:replay:{self.replay_id}" if self.replay_id else key
 
 
 def dispatch_key(study: str, core: str, attempt: int, destination: str) -> str:

@@ -178,11 +178,15 @@ def apply(view: StudyView, sequence: int, event: ev.Event) -> StudyView:
             _results(view, event)
         case ev.Dispatched():
             _dispatched(view, event)
-        case ev.DispatchFailed():
+        case ev.DispatchFailed(replay_id=""):
             dest = _destination(view, event.destination, event.core, event.attempt)
             if dest is not None:
                 dest.state, dest.at, dest.reason = "failed", at, event.reason
                 dest.object_count = len(event.delivered_sop_instance_uids)
+        case ev.DispatchFailed():
+            dest = view.destination(event.destination, event.core)
+            if dest is not None:
+                dest.reason = f"replay failed: {event.reason}"
         case ev.ObjectsExpired():
             if event.kind == "instances":
                 view.instances_stored = False

@@ -52,7 +52,8 @@ def parse_ack(block: bytes, expected_control_id: str) -> Ack:
         code, acknowledged = str(msa(1)).strip(), str(msa(2)).strip()
         detail = str(msa(3)).strip() if len(msa) > 3 else ""
     except (UnicodeDecodeError, hl7.ParseException, KeyError, IndexError) as err:
-        raise MllpError(f"garbled acknowledgement: {err}; received {block[:80]!r}") from err
+        # The bytes are not quoted: an answer could carry patient data.
+        raise MllpError(f"garbled acknowledgement ({len(block)} bytes): {err}") from err
     if code not in {"AA", "AE", "AR", "CA", "CE", "CR"}:
         raise MllpError(f"garbled acknowledgement: MSA-1 is {code!r}")
     if acknowledged != expected_control_id:

@@ -21,6 +21,8 @@ from pacsor.streams import stream_definitions
 log = logging.getLogger("pacsor.jetstream.broker")
 
 STREAM_IN_USE_WITH_OTHER_CONFIG = 10058
+# The cluster cannot hold that many copies: too few servers, or no cluster at all.
+TOO_FEW_SERVERS = {10023, 10074}
 
 
 class BrokerError(RuntimeError):
@@ -138,11 +140,14 @@ async def connect(url: str, name: str) -> Client:
     return nc
 
 
-async def apply_streams(nc: Client) -> list[str]:
-    """Create or update every stream of streams/*.json; returns their names."""
+async def apply_streams(nc: Client, replicas: int = 1) -> list[str]:
+    """Create or update every stream of streams/*.json, each on `replicas` servers.
+
+    Returns their names. A cluster too small for `replicas` is an error naming NATS_REPLICAS.
+    """
     applied = []
     for name, config in stream_definitions().items():
-        payload = json.dumps(config).encode()
+        payload = json.dumps(config | {"num_replicas": replicas}).encode()
         reply = await _js_api(nc, f"$JS.API.STREAM.CREATE.{name}", payload)
         error = reply.get("error")
         if error and error.get("err_code") == STREAM_IN_USE_WITH_OTHER_CONFIG:
@@ -150,6 +155,11 @@ async def apply_streams(nc: Client) -> list[str]:
             error = reply.get("error")
             if not error:
                 log.info("stream updated from its definition", extra={"stream": name})
+        if error and error.get("err_code") in TOO_FEW_SERVERS and replicas > 1:
+            raise BrokerError(
+                f"NATS_REPLICAS: {replicas} copies of stream {name} need a JetStream cluster of "
+                f"at least {replicas} servers: {error.get('description')}"
+            )
         if error:
             raise BrokerError(f"stream {name}: {error.get('description', error)}")
         applied.append(name)

@@ -94,3 +94,22 @@ def findings_object_name(study_uid: str, core: str, attempt: int, inference_comm
 
 # The RIS sender's durable consumer: every core's ResultReady.
 HL7_DURABLE = "hl7-ris"
+
+
+# --- Operators: relaunch and replay ---------------------------------------------------------
+
+RELAUNCH_FILTER = "pacsor.study.*.relaunch_requested"
+RELAUNCH_DURABLE = "study-relaunch"
+
+
+def destination_slug(destination: str) -> str:
+    """A destination (AET@host:port) as a token usable in a durable consumer's name."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", destination.replace("@", "_").replace(":", "_"))
+
+
+def replay_filter(core: str) -> str:
+    return f"pacsor.study.*.{core}.replay_requested"
+
+
+def replay_durable(core: str, destination: str) -> str:
+    return f"replay-{core}-{destination_slug(destination)}"

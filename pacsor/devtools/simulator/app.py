@@ -37,7 +37,7 @@ from pacsor.ai.multipart import (
     iter_parts,
     new_boundary,
 )
-from pacsor.devtools.simulator import results
+from pacsor.devtools.simulator import reports, results
 from pacsor.devtools.simulator.settings import VERSION, SimulatorSettings
 from pacsor.devtools.simulator.state import SignedResult, SimulatorState
 
@@ -468,6 +468,26 @@ def create_app(settings: SimulatorSettings, state: SimulatorState | None = None)
     async def smartxpert(request: AnyRequest, study_instance_uid: FromPath[str]) -> Response[Any]:
         return await findings(request, study_instance_uid, results.smartxpert_findings)
 
+    @get("/v1/reports/{study_instance_uid:str}")
+    async def techcare_report(
+        request: AnyRequest, study_instance_uid: FromPath[str]
+    ) -> Response[Any]:
+        """The TechCare Report service's route (see pacsor.ai.techcare_report)."""
+        uid = study_instance_uid
+        if (refusal := denied(request)) is not None:
+            return refusal
+        language = request.query_params.get("language", "en")
+        if language not in ("en", "fr"):
+            return _error(400, f"language must be en or fr, got {language!r}")
+        if not store.knows(uid):
+            return unknown(uid)
+        if not is_done(uid):
+            return _json({"StudyInstanceUID": uid, "status": "running"})
+        paths = [path for _, path in store.instance_paths(uid)]
+        inputs = await anyio.to_thread.run_sync(lambda: [results.read_input(p) for p in paths])
+        report = reports.techcare_report(uid, inputs, language)
+        return _json({"StudyInstanceUID": uid, "status": "done", "report": report})
+
     @get("/healthz")
     async def health() -> Response[Any]:
         return _json({"status": "ok", "version": VERSION})
@@ -495,6 +515,7 @@ def create_app(settings: SimulatorSettings, state: SimulatorState | None = None)
             signed_result,
             smarturgences,
             smartxpert,
+            techcare_report,
             health,
             openapi,
         ],

@@ -1,0 +1,360 @@
+"""The admin HTTP API (Litestar, msgspec models, OpenAPI at /schema) and the dashboard.
+
+Every answer about a study comes from the read model folded from the stream; every action
+appends an event. With ADMIN_TOKEN set, everything but /health needs the token: as
+`Authorization: Bearer <token>`, or, for the dashboard in a browser, the cookie set by /login.
+"""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Litestar, Request, Response, get, post
+from litestar.connection import ASGIConnection
+from litestar.exceptions import HTTPException, NotAuthorizedException
+from litestar.handlers.base import BaseRouteHandler
+from litestar.openapi import OpenAPIConfig
+from litestar.params import Parameter
+from litestar.plugins.jinja import JinjaTemplateEngine
+from litestar.template.config import TemplateConfig
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+
+from pacsor.admin.health import Health, check_health
+from pacsor.admin.metrics import AdminMetrics
+from pacsor.admin.operations import (
+    Refused,
+    RelaunchAccepted,
+    ReplayAccepted,
+    check_uid,
+    request_relaunch,
+    request_replay,
+)
+from pacsor.admin.projector import Projector
+from pacsor.admin.read_model import ReadModel, StudyFilter
+from pacsor.config import Settings
+from pacsor.domain.study_view import STATES, StudyView
+from pacsor.jetstream.blobs import BlobStore
+from pacsor.jetstream.eventlog import EventLog
+
+TOKEN_COOKIE = "pacsor_admin"
+TEMPLATES = Path(__file__).with_name("templates")
+SECRET_WORDS = ("token", "password", "secret")
+READ_YOUR_WRITES_SECONDS = 10.0
+Q_HELP = "part of a StudyInstanceUID or accession number"
+
+AnyRequest = Request[Any, Any, Any]
+
+
+@dataclass
+class Admin:
+    """What the admin's routes use, built once per process."""
+
+    settings: Settings
+    nc: Client
+    js: JetStreamContext
+    events: EventLog
+    instances: BlobStore
+    model: ReadModel
+    projector: Projector
+    metrics: AdminMetrics
+
+
+# --- models ---------------------------------------------------------------------------------
+
+
+class StepState(msgspec.Struct, frozen=True):
+    name: str
+    state: str
+    core: str = ""
+
+
+class StudySummary(msgspec.Struct, frozen=True):
+    study_instance_uid: str
+    state: str
+    accession_number: str
+    study_date: str
+    study_description: str
+    first_received_at: datetime | None
+    updated_at: datetime | None
+    instance_count: int
+    attempt: int
+    cores: list[StepState]
+    destinations: list[StepState]
+
+
+class StudyPage(msgspec.Struct, frozen=True):
+    studies: list[StudySummary]
+    total: int
+    limit: int
+    offset: int
+
+
+class RecordedEventOut(msgspec.Struct, frozen=True):
+    sequence: int
+    subject: str
+    type: str
+    event: dict[str, Any]
+
+
+class RelaunchBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    cores: list[str] = msgspec.field(default_factory=list)
+    requested_by: str = ""
+
+
+def summary(view: StudyView) -> StudySummary:
+    return StudySummary(
+        study_instance_uid=view.study_instance_uid,
+        state=view.state,
+        accession_number=view.accession_number,
+        study_date=view.study_date,
+        study_description=view.study_description,
+        first_received_at=view.first_received_at,
+        updated_at=view.updated_at,
+        instance_count=view.instance_count,
+        attempt=view.attempt,
+        cores=[StepState(c.core, c.state) for c in view.cores],
+        destinations=[StepState(d.destination, d.state, d.core) for d in view.destinations],
+    )
+
+
+def masked_settings(settings: Settings) -> dict[str, Any]:
+    """The effective settings, every secret replaced by "***" (or "" when unset)."""
+
+    def mask(value: Any, key: str = "") -> Any:
+        if isinstance(value, dict):
+            return {k: mask(v, k) for k, v in value.items()}
+        if isinstance(value, list):
+            return [mask(v, key) for v in value]
+        if isinstance(value, str) and any(word in key.lower() for word in SECRET_WORDS):
+            return "***" if value else ""
+        if isinstance(value, str) and "://" in value and "@" in value.split("://", 1)[1]:
+            scheme, rest = value.split("://", 1)
+            return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+        return value
+
+    shown: dict[str, Any] = mask(msgspec.to_builtins(settings, enc_hook=str))
+    return shown
+
+
+# --- authentication -------------------------------------------------------------------------
+
+
+def _token_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+    admin: Admin = connection.app.state.admin
+    expected = admin.settings.admin_token
+    if not expected or handler.opt.get("public"):
+        return
+    header = connection.headers.get("authorization", "")
+    scheme, _, supplied = header.partition(" ")
+    if scheme.lower() != "bearer":
+        supplied = connection.cookies.get(TOKEN_COOKIE, "")
+    if not hmac.compare_digest(supplied.strip().encode(), expected.encode()):
+        raise NotAuthorizedException(
+            detail="a valid ADMIN_TOKEN is needed: Authorization: Bearer <token>",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
+def _refused(_: AnyRequest, err: Refused) -> Response[dict[str, Any]]:
+    return Response({"status_code": err.status, "detail": err.message}, status_code=err.status)
+
+
+def _admin(request: AnyRequest) -> Admin:
+    admin: Admin = request.app.state.admin
+    return admin
+
+
+def _utc(at: datetime | None) -> datetime | None:
+    return at.replace(tzinfo=UTC) if at is not None and at.tzinfo is None else at
+
+
+def _who(request: AnyRequest, given: str, via: str) -> str:
+    client = request.client.host if request.client else "unknown"
+    return given.strip()[:64] or f"{via} ({client})"
+
+
+async def _view_after(admin: Admin, uid: str, after: int | None) -> StudyView:
+    if after is not None:
+        await admin.projector.wait_for(after, READ_YOUR_WRITES_SECONDS)
+    view = admin.model.get(uid)
+    if view is None:
+        raise HTTPException(status_code=404, detail=f"no study {uid}")
+    return view
+
+
+# --- the API --------------------------------------------------------------------------------
+
+# `state` is a name Litestar reserves for the application state: the query is mapped to it.
+StateParam = Annotated[
+    str | None,
+    Parameter(query="state", description=f"one of {', '.join(STATES)}", max_length=16),
+]
+
+
+@get("/studies", summary="Studies, newest first", tags=["studies"])
+async def list_studies(
+    request: AnyRequest,
+    study_state: StateParam = None,
+    core: Annotated[str | None, Parameter(max_length=64)] = None,
+    destination: Annotated[str | None, Parameter(max_length=128)] = None,
+    since: Annotated[datetime | None, Parameter(description="received at or after")] = None,
+    until: Annotated[datetime | None, Parameter(description="received before")] = None,
+    q: Annotated[
+        str | None,
+        Parameter(description="part of a StudyInstanceUID or accession number", max_length=64),
+    ] = None,
+    limit: Annotated[int, Parameter(ge=1, le=500)] = 50,
+    offset: Annotated[int, Parameter(ge=0, le=10_000_000)] = 0,
+) -> StudyPage:
+    if study_state is not None and study_state not in STATES:
+        raise HTTPException(status_code=400, detail=f"state: one of {', '.join(STATES)}")
+    where = StudyFilter(
+        state=study_state,
+        core=core,
+        destination=destination,
+        since=_utc(since),
+        until=_utc(until),
+        q=q or None,
+        limit=limit,
+        offset=offset,
+    )
+    views, total = _admin(request).model.query(where)
+    return StudyPage([summary(v) for v in views], total, limit, offset)
+
+
+@get("/studies/{uid:str}", summary="One study's view", tags=["studies"])
+async def get_study(
+    request: AnyRequest,
+    uid: str,
+    after: Annotated[
+        int | None,
+        Parameter(ge=0, description="wait (up to 10 s) until this stream sequence is applied"),
+    ] = None,
+) -> StudyView:
+    return await _view_after(_admin(request), check_uid(uid), after)
+
+
+@get("/studies/{uid:str}/events", summary="The study's events, in stream order", tags=["studies"])
+async def study_events(request: AnyRequest, uid: str) -> list[RecordedEventOut]:
+    history = await _admin(request).events.history(check_uid(uid))
+    if not history:
+        raise HTTPException(status_code=404, detail=f"no study {uid}")
+    return [
+        RecordedEventOut(
+            r.sequence, r.subject, type(r.event).__name__, msgspec.to_builtins(r.event)
+        )
+        for r in history
+    ]
+
+
+async def _relaunch(request: AnyRequest, uid: str, body: RelaunchBody | None) -> RelaunchAccepted:
+    admin = _admin(request)
+    body = body or RelaunchBody()
+    return await request_relaunch(
+        admin.events,
+        admin.instances,
+        admin.settings,
+        uid,
+        tuple(body.cores),
+        _who(request, body.requested_by, "admin API"),
+    )
+
+
+@post(
+    "/studies/{uid:str}/relaunch",
+    status_code=202,
+    summary="Send the study again",
+    tags=["relaunch"],
+)
+async def relaunch(
+    request: AnyRequest, uid: str, data: RelaunchBody | None = None
+) -> RelaunchAccepted:
+    return await _relaunch(request, uid, data)
+
+
+@get(
+    "/relaunch/{uid:str}",
+    status_code=202,
+    summary="Send the study again (every core)",
+    tags=["relaunch"],
+)
+async def relaunch_compatible(request: AnyRequest, uid: str) -> RelaunchAccepted:
+    return await _relaunch(request, uid, None)
+
+
+@post(
+    "/destinations/{name:str}/replay",
+    status_code=202,
+    summary="Send every result made ready since a time again to one destination",
+    tags=["relaunch"],
+)
+async def replay_destination(
+    request: AnyRequest,
+    name: Annotated[str, Parameter(max_length=128)],
+    since: Annotated[datetime, Parameter(description="results made ready at or after")],
+) -> ReplayAccepted:
+    admin = _admin(request)
+    return await request_replay(
+        admin.events,
+        admin.model,
+        admin.settings,
+        name,
+        _utc(since) or since,
+        _who(request, "", "admin API"),
+    )
+
+
+@get("/health", opt={"public": True}, summary="Pipeline health (503 when unhealthy)", tags=["ops"])
+async def health(request: AnyRequest) -> Response[Health]:
+    admin = _admin(request)
+    report = await check_health(admin.nc, admin.js, admin.projector, admin.metrics)
+    return Response(report, status_code=200 if report.healthy else 503)
+
+
+@get("/metrics", media_type="text/plain; version=0.0.4", summary="Prometheus metrics", tags=["ops"])
+async def metrics(request: AnyRequest) -> bytes:
+    admin = _admin(request)
+    await check_health(admin.nc, admin.js, admin.projector, admin.metrics)
+    return admin.metrics.text()
+
+
+@get("/config", summary="The effective configuration, secrets masked", tags=["ops"])
+async def config(request: AnyRequest) -> dict[str, Any]:
+    return masked_settings(_admin(request).settings)
+
+
+API = [
+    list_studies,
+    get_study,
+    study_events,
+    relaunch,
+    relaunch_compatible,
+    replay_destination,
+    health,
+    metrics,
+    config,
+]
+
+
+def create_app(admin: Admin, extra_handlers: list[Any] | None = None) -> Litestar:
+    app = Litestar(
+        route_handlers=[*API, *(extra_handlers or [])],
+        guards=[_token_guard],
+        exception_handlers={Refused: _refused},
+        openapi_config=OpenAPIConfig(
+            title="pacsor admin",
+            version="1",
+            description="Where each study is, what happened to it; relaunch and replay.",
+            path="/schema",
+        ),
+        template_config=TemplateConfig(directory=TEMPLATES, engine=JinjaTemplateEngine),
+        debug=False,
+    )
+    app.state.admin = admin
+    return app

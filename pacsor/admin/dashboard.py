@@ -1,0 +1,157 @@
+"""The dashboard: server-rendered pages for people, plain HTML forms, no JavaScript.
+
+    /                          the study list, a coloured state per core and destination
+    /ui/studies/{uid}          one study: its steps, attempts and timeline; a relaunch button
+    /login                     with ADMIN_TOKEN set, the token once, kept in a cookie
+
+Pages of a study still moving refresh themselves every few seconds (a meta refresh), which is
+all a ward PC needs.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Response, get, post
+from litestar.enums import RequestEncodingType
+from litestar.exceptions import HTTPException
+from litestar.params import Body, Parameter
+from litestar.response import Redirect, Template
+
+from pacsor.admin.app import TOKEN_COOKIE, AnyRequest, _admin, _view_after, _who
+from pacsor.admin.operations import Refused, check_uid, request_relaunch
+from pacsor.admin.read_model import StudyFilter
+from pacsor.domain.event_text import detail
+from pacsor.domain.study_view import STATES
+
+PAGE_SIZE = 50
+REFRESH_SECONDS = 3
+MOVING = {"receiving", "complete", "uploaded", "results"}
+
+
+class LoginForm(msgspec.Struct, frozen=True):
+    token: str = ""
+
+
+class RelaunchForm(msgspec.Struct, frozen=True):
+    requested_by: str = ""
+
+
+def _when(at: datetime | None) -> str:
+    return at.strftime("%Y-%m-%d %H:%M:%S") if at is not None else ""
+
+
+@get("/", include_in_schema=False)
+async def study_list(
+    request: AnyRequest,
+    study_state: Annotated[str | None, Parameter(query="state", max_length=16)] = None,
+    q: Annotated[str | None, Parameter(max_length=64)] = None,
+    page: Annotated[int, Parameter(ge=1, le=100_000)] = 1,
+) -> Template:
+    if study_state not in (None, "", *STATES):
+        raise HTTPException(status_code=400, detail=f"state: one of {', '.join(STATES)}")
+    where = StudyFilter(
+        state=study_state or None, q=q or None, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE
+    )
+    views, total = _admin(request).model.query(where)
+    return Template(
+        template_name="studies.html",
+        context={
+            "studies": views,
+            "total": total,
+            "page": page,
+            "pages": max((total + PAGE_SIZE - 1) // PAGE_SIZE, 1),
+            "state": study_state or "",
+            "q": q or "",
+            "states": STATES,
+            "when": _when,
+        },
+    )
+
+
+@get("/ui/studies/{uid:str}", include_in_schema=False)
+async def study_page(
+    request: AnyRequest,
+    uid: str,
+    after: Annotated[int | None, Parameter(ge=0)] = None,
+) -> Template:
+    admin = _admin(request)
+    view = await _view_after(admin, check_uid(uid), after)
+    history = await admin.events.history(uid)
+    timeline = [
+        {
+            "sequence": r.sequence,
+            "at": _when(r.event.occurred_at),
+            "type": type(r.event).__name__,
+            "detail": detail(r.event),
+        }
+        for r in history
+    ]
+    moving = view.state in MOVING or view.relaunch_pending
+    return Template(
+        template_name="study.html",
+        context={
+            "study": view,
+            "timeline": timeline,
+            "refresh": REFRESH_SECONDS if moving else None,
+            "when": _when,
+            "message": request.query_params.get("message", ""),
+        },
+    )
+
+
+@post("/ui/studies/{uid:str}/relaunch", include_in_schema=False)
+async def relaunch_from_page(
+    request: AnyRequest,
+    uid: str,
+    data: Annotated[RelaunchForm, Body(media_type=RequestEncodingType.URL_ENCODED)],
+) -> Redirect:
+    admin = _admin(request)
+    try:
+        accepted = await request_relaunch(
+            admin.events,
+            admin.instances,
+            admin.settings,
+            uid,
+            (),
+            _who(request, data.requested_by, "dashboard"),
+        )
+    except Refused as err:
+        if err.status == 400:
+            raise
+        return Redirect(path=f"/ui/studies/{uid}", query_params={"message": err.message})
+    return Redirect(
+        path=f"/ui/studies/{uid}",
+        query_params={"after": str(accepted.sequence), "message": "Relaunch requested."},
+    )
+
+
+@get("/login", include_in_schema=False, opt={"public": True})
+async def login_page() -> Template:
+    return Template(template_name="login.html", context={"failed": False})
+
+
+@post("/login", include_in_schema=False, opt={"public": True})
+async def login(
+    request: AnyRequest,
+    data: Annotated[LoginForm, Body(media_type=RequestEncodingType.URL_ENCODED)],
+) -> Response[Any]:
+    import hmac
+
+    expected = _admin(request).settings.admin_token
+    if expected and not hmac.compare_digest(data.token.encode(), expected.encode()):
+        return Template(template_name="login.html", context={"failed": True}, status_code=401)
+    response: Response[Any] = Redirect(path="/")
+    response.set_cookie(
+        TOKEN_COOKIE,
+        data.token,
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
+    return response
+
+
+DASHBOARD = [study_list, study_page, relaunch_from_page, login_page, login]
