@@ -474,7 +474,7 @@ def create_app(settings: SimulatorSettings, state: SimulatorState | None = None)
     ) -> Response[Any]:
         """The TechCare Report service's route (see pacsor.ai.techcare_report)."""
         uid = study_instance_uid
-        if (refusal := denied(request)) is not None:
+        if (refusal := await refused(request)) is not None:
             return refusal
         language = request.query_params.get("language", "en")
         if language not in ("en", "fr"):
