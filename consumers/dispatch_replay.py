@@ -73,14 +73,7 @@ async def replay_to_destination(
     except BlobNotFound as err:
         return Emit((failed(f"result objects no longer stored: {err}"),))
     except SendError as err:
-        failure = err
-        return retry_or_fail(
-            delivery,
-            policy,
-            err.reason,
-            retryable=True,
-            failed=lambda tries: failed(failure.reason, failure.delivered),
-        )
+        return retry_or_fail(delivery, policy, err.reason, True, failed(err.reason, err.delivered))
     return Emit(
         (
             ev.Dispatched(

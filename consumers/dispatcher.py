@@ -7,25 +7,33 @@ DispatchFailed records what was and was not delivered; the objects stay in PACSO
 
 from __future__ import annotations
 
-import re
+from functools import partial
+from typing import Any
 
-from pacsor.config import Destination
+from pacsor.consumers import dispatch_replay
+
+from pacsor.config import ConfigError, Destination, Settings
 from pacsor.dicom.sender import SendError, send_objects
 from pacsor.domain import events as ev
 from pacsor.domain.retry import RetryPolicy
 from pacsor.jetstream.blobs import BlobStore
-from pacsor.jetstream.handler_runner import ConsumerSpec, Delivery, Emit, Outcome, retry_or_fail
-from pacsor.jetstream.subjects import EVENTS_STREAM
+from pacsor.jetstream.handler_runner import (
+    ConsumerSpec,
+    Delivery,
+    Emit,
+    Handler,
+    Outcome,
+    retry_or_fail,
+)
+from pacsor.jetstream.subjects import EVENTS_STREAM, core_events_filter, dispatch_consumer
+from pacsor.runtime import Component, Runtime, Started
 
 
 def consumer(core: str, destination: Destination) -> ConsumerSpec[ev.ResultReady]:
-    slug = re.sub(
-        r"[^A-Za-z0-9_-]", "_", f"{destination.ae_title}_{destination.host}_{destination.port}"
-    )
     return ConsumerSpec(
-        durable=f"dispatch-{core}-{slug}",
+        durable=dispatch_consumer(core, destination.ae_title, destination.host, destination.port),
         stream=EVENTS_STREAM,
-        filter_subject=f"pacsor.study.*.{core}.{ev.ResultReady.topic}",
+        filter_subject=core_events_filter(ev.ResultReady, core),
         decode=ev.decoder(ev.ResultReady),
         ack_wait=15.0,
         concurrency=2,
@@ -48,22 +56,15 @@ async def dispatch_to_destination(
     try:
         delivered = await send_objects(destination, calling_ae_title, results, objects)
     except SendError as err:
-        failure = err
-        return retry_or_fail(
-            delivery,
-            policy,
-            err.reason,
-            retryable=True,
-            failed=lambda tries: ev.DispatchFailed(
-                study_instance_uid=event.study_instance_uid,
-                core=event.core,
-                attempt=event.attempt,
-                destination=str(destination),
-                reason=failure.reason,
-                tries=tries,
-                delivered_sop_instance_uids=failure.delivered,
-            ),
+        failed = ev.DispatchFailed(
+            study_instance_uid=event.study_instance_uid,
+            core=event.core,
+            attempt=event.attempt,
+            destination=str(destination),
+            reason=err.reason,
+            delivered_sop_instance_uids=err.delivered,
         )
+        return retry_or_fail(delivery, policy, err.reason, True, failed)
     return Emit(
         (
             ev.Dispatched(
@@ -75,3 +76,55 @@ async def dispatch_to_destination(
             ),
         )
     )
+
+
+def require_destinations(settings: Settings) -> None:
+    for n, core in enumerate(settings.cores):
+        if not core.destinations:
+            variable = "PACS_IP" if n == 0 else f"DESTINATIONS_{n}"
+            raise ConfigError(
+                f"{variable}: not set and DESTINATIONS is empty; results need a destination"
+            )
+
+
+async def run(rt: Runtime, started: Started) -> None:
+    """Per core and destination, one consumer of the results and one of the replays asked for:
+    a PACS that is down delays no other."""
+    aet, results, policy = rt.settings.milvue_aet, rt.results, rt.policy
+    consumers: list[tuple[ConsumerSpec[Any], Handler[Any]]] = []
+    for core in rt.settings.cores:
+        for destination in core.destinations:
+            consumers.append(
+                (
+                    consumer(core.name, destination),
+                    partial(
+                        dispatch_to_destination,
+                        results=results,
+                        destination=destination,
+                        calling_ae_title=aet,
+                        policy=policy,
+                    ),
+                )
+            )
+            consumers.append(
+                (
+                    dispatch_replay.consumer(core.name, destination),
+                    partial(
+                        dispatch_replay.replay_to_destination,
+                        events=rt.events,
+                        results=results,
+                        destination=destination,
+                        calling_ae_title=aet,
+                        policy=policy,
+                    ),
+                )
+            )
+    await rt.run_consumers(consumers, started)
+
+
+COMPONENT = Component(
+    "dispatcher",
+    "ResultReady -> Dispatched / DispatchFailed, per core and destination",
+    run,
+    check=require_destinations,
+)

@@ -56,7 +56,7 @@ def consumer(ack_wait: float = 60.0) -> ConsumerSpec[ev.ResultReady]:
     return ConsumerSpec(
         durable=HL7_DURABLE,
         stream=EVENTS_STREAM,
-        filter_subject=events_filter(ev.ResultReady.topic, per_core=True),
+        filter_subject=events_filter(ev.ResultReady),
         decode=ev.decoder(ev.ResultReady),
         ack_wait=ack_wait,
         # One MLLP connection, one message at a time, as the RIS reads them.
@@ -101,14 +101,13 @@ async def send_to_ris(event: ev.ResultReady, delivery: Delivery, ctx: Hl7Context
             ctx.policy,
             reason,
             retryable=True,
-            failed=lambda tries: ev.Hl7Failed(
+            failed=ev.Hl7Failed(
                 study_instance_uid=study,
                 core=core,
                 attempt=attempt,
                 ris=str(ctx.ris),
                 control_id=cid,
                 reason=reason,
-                tries=tries,
                 ack_code=code,
             ),
         )

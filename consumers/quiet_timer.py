@@ -8,16 +8,18 @@ arms the same timer.
 from __future__ import annotations
 
 from datetime import timedelta
+from functools import partial
 
 from pacsor.domain import events as ev
 from pacsor.jetstream.handler_runner import ConsumerSpec, Delivery, Emit, Outcome
 from pacsor.jetstream.quiet_timers import QuietTimers
-from pacsor.jetstream.subjects import EVENTS_STREAM, events_filter
+from pacsor.jetstream.subjects import EVENTS_STREAM, QUIET_TIMER_CONSUMER, events_filter
+from pacsor.runtime import Component, Runtime, Started
 
 CONSUMER: ConsumerSpec[ev.InstanceReceived] = ConsumerSpec(
-    durable="quiet-timer",
+    durable=QUIET_TIMER_CONSUMER,
     stream=EVENTS_STREAM,
-    filter_subject=events_filter(ev.InstanceReceived.topic, per_core=False),
+    filter_subject=events_filter(ev.InstanceReceived),
     decode=ev.decoder(ev.InstanceReceived),
     ack_wait=15.0,
     max_ack_pending=1024,
@@ -31,3 +33,14 @@ async def arm_quiet_timer(
 ) -> Outcome:
     await timers.arm(event.study_instance_uid, event.occurred_at + quiet)
     return Emit()
+
+
+async def run(rt: Runtime, started: Started) -> None:
+    quiet = timedelta(seconds=rt.settings.study_quiet_seconds)
+    handler = partial(arm_quiet_timer, timers=rt.timers, quiet=quiet)
+    await rt.run_consumers([(CONSUMER, handler)], started)
+
+
+COMPONENT = Component(
+    "quiet-timer", "InstanceReceived -> re-arms the study's quiet-period timer", run
+)

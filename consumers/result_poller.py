@@ -20,21 +20,26 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import timedelta
+from functools import partial
 
 import msgspec
+from pacsor.consumers.uploader import require_tokens
 from pydicom.dataset import Dataset
 
-from pacsor.ai.milvue_api import FINDINGS_COMMANDS, ApiError, MilvueApi
+from pacsor.ai.milvue_api import FINDINGS_COMMANDS, ApiError, MilvueApi, core_clients
 from pacsor.dicom.header import MIN_PREFIX, HeaderError, parse_header
 from pacsor.domain import events as ev
 from pacsor.jetstream.blobs import BlobStore, sha256_digest
 from pacsor.jetstream.handler_runner import ConsumerSpec, Delivery, Emit, Outcome, Retry
 from pacsor.jetstream.subjects import (
     EVENTS_STREAM,
+    core_events_filter,
     findings_object_name,
     is_valid_uid,
+    poll_consumer,
     result_object_name,
 )
+from pacsor.runtime import Component, Runtime, Started
 
 
 class PollSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -48,9 +53,9 @@ class PollSettings(msgspec.Struct, frozen=True, kw_only=True):
 
 def consumer(core: str) -> ConsumerSpec[ev.Uploaded]:
     return ConsumerSpec(
-        durable=f"poll-{core}",
+        durable=poll_consumer(core),
         stream=EVENTS_STREAM,
-        filter_subject=f"pacsor.study.*.{core}.{ev.Uploaded.topic}",
+        filter_subject=core_events_filter(ev.Uploaded, core),
         decode=ev.decoder(ev.Uploaded),
         ack_wait=15.0,
         max_ack_pending=1024,
@@ -210,3 +215,32 @@ async def poll_results(
             ),
         )
     )
+
+
+async def run(rt: Runtime, started: Started) -> None:
+    s = rt.settings
+    async with core_clients(s) as clients:
+        consumers = [
+            (
+                consumer(core.name),
+                partial(
+                    poll_results,
+                    api=api,
+                    results=rt.results,
+                    settings=PollSettings(
+                        core=core.name,
+                        inference_commands=core.inference_commands,
+                        poll_interval=s.poll_interval_seconds,
+                        result_timeout=timedelta(seconds=s.result_timeout_seconds),
+                        options=s.result_options(),
+                    ),
+                ),
+            )
+            for core, api in clients
+        ]
+        await rt.run_consumers(consumers, started)
+
+
+COMPONENT = Component(
+    "poller", "Uploaded -> ResultReady / ResultFailed, per AI core", run, check=require_tokens
+)

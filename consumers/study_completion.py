@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
+from functools import partial
+from typing import Any
 
 from pacsor.domain import events as ev
 from pacsor.domain.completion import (
@@ -21,20 +23,22 @@ from pacsor.domain.completion import (
 )
 from pacsor.domain.events import utc_now
 from pacsor.jetstream.eventlog import EventLog
-from pacsor.jetstream.handler_runner import ConsumerSpec, Delivery, Emit, Outcome
+from pacsor.jetstream.handler_runner import ConsumerSpec, Delivery, Emit, Handler, Outcome
 from pacsor.jetstream.quiet_timers import QuietElapsed, QuietTimers, decode_elapsed
 from pacsor.jetstream.subjects import (
+    COMPLETION_CONSUMER,
     EVENTS_STREAM,
     QUIET_ELAPSED_FILTER,
     RELAUNCH_DURABLE,
     RELAUNCH_FILTER,
     TIMERS_STREAM,
 )
+from pacsor.runtime import Component, Runtime, Started
 
 log = logging.getLogger("pacsor.domain.completion")
 
 CONSUMER: ConsumerSpec[QuietElapsed] = ConsumerSpec(
-    durable="study-completion",
+    durable=COMPLETION_CONSUMER,
     stream=TIMERS_STREAM,
     filter_subject=QUIET_ELAPSED_FILTER,
     decode=decode_elapsed,
@@ -88,3 +92,15 @@ async def relaunch_study(
         extra={"study": study, "relaunch": request.relaunch_id, "why": type(decision).__name__},
     )
     return Emit()
+
+
+async def run(rt: Runtime, started: Started) -> None:
+    quiet = timedelta(seconds=rt.settings.study_quiet_seconds)
+    consumers: list[tuple[ConsumerSpec[Any], Handler[Any]]] = [
+        (CONSUMER, partial(complete_study, events=rt.events, timers=rt.timers, quiet=quiet)),
+        (RELAUNCH_CONSUMER, partial(relaunch_study, events=rt.events)),
+    ]
+    await rt.run_consumers(consumers, started)
+
+
+COMPONENT = Component("completion", "quiet timer elapsed, RelaunchRequested -> StudyComplete", run)

@@ -28,16 +28,23 @@ from functools import partial
 
 import msgspec
 
-from pacsor.ai.milvue_api import ApiError, MilvueApi
+from pacsor.ai.milvue_api import ApiError, MilvueApi, core_clients
+from pacsor.config import ConfigError, Settings
 from pacsor.dicom.header import HeaderError, read_header, tag_values
 from pacsor.domain import events as ev
-from pacsor.domain.filters import FilterRule, skipping_rule
+from pacsor.domain.filters import FilterError, FilterRule, parse_filters, skipping_rule
 from pacsor.domain.retry import RetryPolicy
 from pacsor.jetstream.blobs import BlobNotFound, BlobStore
 from pacsor.jetstream.eventlog import EventLog
 from pacsor.jetstream.handler_runner import ConsumerSpec, Delivery, Emit, Outcome, retry_or_fail
 from pacsor.jetstream.rate_limit import RateLimiter
-from pacsor.jetstream.subjects import EVENTS_STREAM, events_filter, uid_token
+from pacsor.jetstream.subjects import (
+    EVENTS_STREAM,
+    events_filter,
+    study_core_events,
+    upload_consumer,
+)
+from pacsor.runtime import Component, Runtime, Started
 
 # Skips are recorded in parts of at most this many instances (an event stays small).
 SKIPS_PER_EVENT = 500
@@ -53,9 +60,9 @@ class UploadSettings(msgspec.Struct, frozen=True, kw_only=True):
 
 def consumer(core: str) -> ConsumerSpec[ev.StudyComplete]:
     return ConsumerSpec(
-        durable=f"upload-{core}",
+        durable=upload_consumer(core),
         stream=EVENTS_STREAM,
-        filter_subject=events_filter(ev.StudyComplete.topic, per_core=False),
+        filter_subject=events_filter(ev.StudyComplete),
         decode=ev.decoder(ev.StudyComplete),
         ack_wait=15.0,
         concurrency=4,
@@ -77,7 +84,7 @@ class _Progress(msgspec.Struct, frozen=True):
 
 
 async def _progress(events: EventLog, study: str, core: str, attempt: int) -> _Progress:
-    subject = f"pacsor.study.{uid_token(study)}.{core}.{ev.InstancesUploaded.topic}"
+    subject = study_core_events(study, ev.InstancesUploaded, core)
     this_attempt: set[str] = set()
     before: set[tuple[str, str]] = set()
     batches = 0
@@ -113,14 +120,13 @@ async def upload_study(
     if not event.for_core(core):
         return Emit()  # a relaunch asked for other cores only
 
-    def failed(reason: str, status: int | None = None) -> Callable[[int], ev.Event]:
-        return lambda tries: ev.UploadFailed(
+    def failed(reason: str, status: int | None = None) -> ev.UploadFailed:
+        return ev.UploadFailed(
             study_instance_uid=study,
             core=core,
             attempt=event.attempt,
             reason=reason,
             http_status=status,
-            tries=tries,
         )
 
     progress = await _progress(events, study, core, event.attempt)
@@ -215,7 +221,9 @@ async def upload_study(
         await send_batch()
         await record_skips(final=True)
     except BlobNotFound as err:
-        return Emit((failed(f"instance no longer stored: {err}")(delivery.num_delivered),))
+        return retry_or_fail(
+            delivery, policy, str(err), False, failed(f"instance no longer stored: {err}")
+        )
     except ApiError as err:
         return retry_or_fail(
             delivery, policy, str(err), err.retryable, failed(str(err), err.status), err.retry_after
@@ -295,3 +303,67 @@ async def _send_signed(
             raise ApiError(200, f"the API gave no signed URL for instance {sop}", method="POST")
         body = _instance_body(instances, pending.instance.object_name, limiter)
         await api.put_instance(url, body, pending.instance.size)
+
+
+def require_tokens(settings: Settings) -> None:
+    for n, core in enumerate(settings.cores):
+        if not core.token:
+            variable = "TOKEN" if n == 0 else f"TOKEN_{n}"
+            raise ConfigError(f"{variable}: not set; the Milvue API needs an API key")
+
+
+def core_filters(settings: Settings, n: int) -> tuple[FilterRule, ...]:
+    """The DICOM filters of core `n` (0: the unsuffixed core), parsed; ConfigError names the
+    variable, the rule and the fault."""
+    variable = "DICOM_FILTERS" if n == 0 else f"DICOM_FILTERS_{n}"
+    try:
+        return parse_filters(settings.cores[n].dicom_filters)
+    except FilterError as err:
+        raise ConfigError(f"{variable}: {err}") from None
+
+
+def check(settings: Settings) -> None:
+    """What the uploader cannot start without: a token and well-formed filters, per core."""
+    require_tokens(settings)
+    for n in range(len(settings.cores)):
+        core_filters(settings, n)
+
+
+async def run(rt: Runtime, started: Started) -> None:
+    """One durable consumer per core: a core that is down never delays the others."""
+    s = rt.settings
+    async with core_clients(s) as clients:
+        consumers = [
+            (
+                consumer(core.name),
+                partial(
+                    upload_study,
+                    api=api,
+                    instances=rt.instances,
+                    events=rt.events,
+                    settings=UploadSettings(
+                        core=core.name,
+                        signed_url=core.signed_url,
+                        filters=core_filters(s, n),
+                        batch_size=s.upload_batch_size,
+                        no_duplicate=s.no_duplicate_upload,
+                    ),
+                    policy=rt.policy,
+                    limiter=(
+                        RateLimiter(rt.js, core.name, s.upload_rate_limit)
+                        if s.upload_rate_limit
+                        else None
+                    ),
+                ),
+            )
+            for n, (core, api) in enumerate(clients)
+        ]
+        await rt.run_consumers(consumers, started)
+
+
+COMPONENT = Component(
+    "uploader",
+    "StudyComplete -> Uploaded / UploadFailed / NothingToUpload, per AI core",
+    run,
+    check=check,
+)

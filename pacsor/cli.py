@@ -9,14 +9,15 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from pacsor import logs
+from pacsor.components import BY_NAME
 from pacsor.config import ConfigError, Settings, load_settings, read_dotenv
 from pacsor.domain.event_text import describe
-from pacsor.gateway import COMPONENTS, run_gateway
+from pacsor.gateway import components_of_up, run_gateway
 
 log = logging.getLogger("pacsor")
 
@@ -34,8 +35,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also run the API simulator and a demo PACS writing to ./demo-pacs",
     )
-    run = commands.add_parser("run", help="run one component")
-    run.add_argument("component", choices=COMPONENTS)
+    run = commands.add_parser(
+        "run",
+        help="run one component",
+        description="\n".join(f"{c.name:<12} {c.summary}" for c in BY_NAME.values()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("component", choices=tuple(BY_NAME))
     sim = commands.add_parser("simulator", help="serve the Milvue API simulator")
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=int, default=8421)
@@ -63,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         "health",
         help="exit 0 when the component running in this container or machine is healthy",
     )
-    health.add_argument("component", choices=COMPONENTS)
+    health.add_argument("component", choices=tuple(BY_NAME))
     demo_pacs = commands.add_parser(
         "demo-pacs", help="run a PACS that writes what it receives to a folder (demo)"
     )
@@ -104,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _serve(settings: Settings, components: tuple[str, ...], on_ready: Any = None) -> int:
+def _serve(settings: Settings, components: Sequence[str], on_ready: Any = None) -> int:
     async def serve() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -118,7 +124,7 @@ def _serve(settings: Settings, components: tuple[str, ...], on_ready: Any = None
 
 def _up(settings: Settings, demo: bool) -> int:
     if not demo:
-        return _serve(settings, COMPONENTS)
+        return _serve(settings, components_of_up(settings))
     with _demo_peers() as overrides:
         settings = load_settings(overrides={**_demo_defaults(settings), **overrides})
         logs.configure(settings.log_level)
@@ -144,7 +150,7 @@ def _up(settings: Settings, demo: bool) -> int:
                 loop.run_in_executor(None, _send_sample_study, port, settings.milvue_aet)
             )
 
-        return _serve(settings, COMPONENTS, announce)
+        return _serve(settings, components_of_up(settings), announce)
 
 
 def _demo_defaults(settings: Settings) -> dict[str, str]:
@@ -164,9 +170,10 @@ async def _print_events(nats_url: str) -> None:
     """Print every new event as it is published: the demo's progress."""
     from pacsor.domain import events as ev
     from pacsor.jetstream.broker import connect
+    from pacsor.jetstream.subjects import ALL_EVENTS
 
     nc = await connect(nats_url, "pacsor demo")
-    sub = await nc.subscribe("pacsor.study.>")
+    sub = await nc.subscribe(ALL_EVENTS)
     try:
         async for msg in sub.messages:
             print(describe(ev.decode(msg.data)), file=sys.stderr, flush=True)
@@ -234,19 +241,19 @@ def _simulator(host: str, port: int) -> int:
 async def _events(settings: Settings, study: str | None) -> int:
     from pacsor.jetstream.broker import connect
     from pacsor.jetstream.eventlog import EventLog
-    from pacsor.jetstream.subjects import is_valid_uid, study_subjects
+    from pacsor.jetstream.subjects import ALL_EVENTS, is_valid_uid, study_subjects
 
     if study is not None and not is_valid_uid(study):
         raise ConfigError(f"--study: not a DICOM UID: {study!r}")
     # Without NATS_URL, read the embedded server that `pacsor up` starts.
-    url = settings.nats_url or f"nats://127.0.0.1:{settings.embedded_nats_port}"
+    url = settings.nats_servers or f"nats://127.0.0.1:{settings.embedded_nats_port}"
     try:
         nc = await connect(url, "pacsor events")
     except Exception as err:
         raise ConfigError(f"NATS_URL: cannot connect to {url}: {err}") from None
     try:
         recorded = await EventLog(nc.jetstream()).read(
-            study_subjects(study) if study else "pacsor.study.>"
+            study_subjects(study) if study else ALL_EVENTS
         )
     finally:
         await nc.close()
@@ -265,7 +272,7 @@ async def _relaunch(settings: Settings, study: str, cores: str, by: str) -> int:
     from pacsor.jetstream.eventlog import EventLog
     from pacsor.jetstream.subjects import INSTANCES_BUCKET
 
-    url = settings.nats_url or f"nats://127.0.0.1:{settings.embedded_nats_port}"
+    url = settings.nats_servers or f"nats://127.0.0.1:{settings.embedded_nats_port}"
     try:
         nc = await asyncio.wait_for(connect(url, "pacsor relaunch"), 10)
     except Exception as err:
@@ -345,13 +352,27 @@ async def _health(settings: Settings, component: str) -> int:
     from pacsor.jetstream.broker import connect
     from pacsor.jetstream.liveness import liveness_file, probe
 
+    if component == "admin":
+        import httpx
+
+        url = f"http://127.0.0.1:{settings.admin_port}/health"
+        try:
+            async with httpx.AsyncClient(timeout=10) as http:
+                answer = await http.get(url)
+        except httpx.HTTPError as err:
+            print(f"admin: no answer from {url}: {str(err) or type(err).__name__}")
+            return 1
+        # 503 is the admin saying the pipeline is unhealthy: the admin itself is up.
+        alive = answer.status_code in (200, 503)
+        print(f"admin: {'ok' if alive else 'answered'} {answer.status_code} at {url}")
+        return 0 if alive else 1
     if component == "scp":
         problem = await asyncio.to_thread(
             echo, "127.0.0.1", settings.port, settings.milvue_aet, settings.milvue_aet
         )
         problems = [f"scp: {problem}"] if problem else []
     else:
-        url = settings.nats_url or f"nats://127.0.0.1:{settings.embedded_nats_port}"
+        url = settings.nats_servers or f"nats://127.0.0.1:{settings.embedded_nats_port}"
         try:
             nc = await asyncio.wait_for(connect(url, f"pacsor health {component}"), 5)
         except Exception as err:

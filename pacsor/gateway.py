@@ -1,70 +1,36 @@
-"""Wires the components to JetStream and runs the ones asked for, in one process.
+"""Runs the components asked for in one process, on one connection to NATS.
 
-    scp          C-STORE            -> InstanceReceived
-    quiet-timer  InstanceReceived   -> (re)arm the study's quiet timer
-    completion   timer elapsed      -> StudyComplete
-    uploader     StudyComplete      -> Uploaded
-    poller       Uploaded           -> ResultReady
-    dispatcher   ResultReady        -> Dispatched, one per destination
-    admin        the stream         -> the operators' read model, HTTP API and dashboard
-
-`pacsor up` runs them all; `pacsor run <name>` runs one, and several processes running the
-same component share its work through the durable consumer.
+`pacsor up` runs every component of pacsor.components; `pacsor run <name>` runs one, and
+several processes running the same component share its work through its durable consumers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from datetime import timedelta
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any
 
 from nats.aio.client import Client
-from nats.js import JetStreamContext
 
-from pacsor.admin.server import AdminServer
-from pacsor.ai.milvue_api import MilvueApi
-from pacsor.config import ConfigError, Settings, require
-from pacsor.consumers import (
-    dispatch_replay,
-    dispatcher,
-    quiet_timer,
-    result_poller,
-    study_completion,
-    uploader,
-)
-from pacsor.dicom.storage_scp import StorageScp
-from pacsor.domain.retry import RetryPolicy
+from pacsor.components import BY_NAME
+from pacsor.config import ConfigError, Settings
 from pacsor.jetstream.blobs import BlobStore
 from pacsor.jetstream.broker import BrokerError, EmbeddedNats, apply_streams, connect
 from pacsor.jetstream.eventlog import EventLog
-from pacsor.jetstream.handler_runner import run_consumer
-from pacsor.jetstream.liveness import Heartbeat, liveness_file
 from pacsor.jetstream.quiet_timers import QuietTimers
-from pacsor.jetstream.rate_limit import RateLimiter
-from pacsor.jetstream.subjects import INSTANCES_BUCKET, RESULTS_BUCKET
+from pacsor.jetstream.subjects import INSTANCES_BUCKET, RESULTS_BUCKET, retention_max_ages
+from pacsor.runtime import Component, Runtime, retry_policy
 
 log = logging.getLogger("pacsor.gateway")
 
-COMPONENTS = ("scp", "quiet-timer", "completion", "uploader", "poller", "dispatcher", "admin")
 
-
-@dataclass
-class Wiring:
-    """Everything a component needs, built once per process."""
-
-    settings: Settings
-    nc: Client
-    js: JetStreamContext
-    events: EventLog
-    instances: BlobStore
-    results: BlobStore
-    timers: QuietTimers
-    policy: RetryPolicy
+def components_of_up(settings: Settings) -> tuple[str, ...]:
+    """The components `pacsor up` runs with these settings."""
+    return tuple(name for name, c in BY_NAME.items() if c.in_up(settings))
 
 
 async def _connect_with_patience(
@@ -98,15 +64,19 @@ async def _close(nc: Client) -> None:
 
 async def run_gateway(
     settings: Settings,
-    components: tuple[str, ...],
+    components: Sequence[str],
     stop: asyncio.Event,
     on_ready: Callable[[dict[str, Any]], None] | None = None,
 ) -> None:
     """Run `components` until `stop` is set."""
-    for component in components:
-        require(settings, component)
+    chosen: list[Component] = []
+    for name in components:
+        if name not in BY_NAME:
+            raise ConfigError(f"component: no component named {name!r}")
+        chosen.append(BY_NAME[name])
+        chosen[-1].check(settings)
     embedded: EmbeddedNats | None = None
-    url = settings.nats_url
+    url = settings.nats_servers
     if not url:
         embedded = EmbeddedNats(settings.data_dir / "nats", settings.embedded_nats_port)
         try:
@@ -123,11 +93,15 @@ async def run_gateway(
             return
         try:
             try:
-                await apply_streams(nc, settings.nats_replicas)
+                await apply_streams(
+                    nc,
+                    settings.nats_replicas,
+                    retention_max_ages(settings.events_retention_days, settings.retention_hours),
+                )
             except BrokerError as err:
                 raise ConfigError(str(err)) from None
             js = nc.jetstream(timeout=10)
-            wiring = Wiring(
+            runtime = Runtime(
                 settings=settings,
                 nc=nc,
                 js=js,
@@ -135,9 +109,10 @@ async def run_gateway(
                 instances=BlobStore(nc, js, INSTANCES_BUCKET),
                 results=BlobStore(nc, js, RESULTS_BUCKET),
                 timers=QuietTimers(js),
-                policy=RetryPolicy.from_settings(settings),
+                policy=retry_policy(settings),
+                stop=stop,
             )
-            await _run(wiring, components, stop, url, on_ready)
+            await _run(runtime, chosen, url, on_ready)
         finally:
             await _close(nc)
     finally:
@@ -146,132 +121,40 @@ async def run_gateway(
 
 
 async def _run(
-    w: Wiring,
-    components: tuple[str, ...],
-    stop: asyncio.Event,
+    rt: Runtime,
+    components: Sequence[Component],
     url: str,
     on_ready: Callable[[dict[str, Any]], None] | None,
 ) -> None:
-    s = w.settings
-    quiet = timedelta(seconds=s.study_quiet_seconds)
-    api = MilvueApi(s.api_url, s.token, timeout=s.api_timeout_seconds, signed_url=s.signed_url)
-    loops: list[Awaitable[None]] = []
-    consume = partial(run_consumer, w.js, w.events, stop=stop, error_policy=w.policy)
-    beat = {c: Heartbeat(liveness_file(s.data_dir, c), w.nc) for c in components}
+    """Start every component; report ready once all of them serve; stop them all together."""
+    ready: dict[str, Any] = {"nats_url": url, "components": tuple(c.name for c in components)}
+    waiting = {c.name for c in components}
 
-    if "quiet-timer" in components:
-        loops.append(
-            consume(
-                spec=quiet_timer.CONSUMER,
-                heartbeat=beat["quiet-timer"],
-                handler=partial(quiet_timer.arm_quiet_timer, timers=w.timers, quiet=quiet),
-            )
-        )
-    if "completion" in components:
-        loops.append(
-            consume(
-                spec=study_completion.CONSUMER,
-                heartbeat=beat["completion"],
-                handler=partial(
-                    study_completion.complete_study, events=w.events, timers=w.timers, quiet=quiet
-                ),
-            )
-        )
-        loops.append(
-            consume(
-                spec=study_completion.RELAUNCH_CONSUMER,
-                handler=partial(study_completion.relaunch_study, events=w.events),
-            )
-        )
-    if "uploader" in components:
-        limiter = (
-            RateLimiter(w.js, s.core_name, s.upload_rate_limit) if s.upload_rate_limit else None
-        )
-        loops.append(
-            consume(
-                spec=uploader.consumer(s.core_name),
-                heartbeat=beat["uploader"],
-                handler=partial(
-                    uploader.upload_study,
-                    api=api,
-                    instances=w.instances,
-                    events=w.events,
-                    settings=uploader.UploadSettings(
-                        core=s.core_name,
-                        signed_url=s.signed_url,
-                        filters=s.dicom_filters,
-                        batch_size=s.upload_batch_size,
-                        no_duplicate=s.no_duplicate_upload,
-                    ),
-                    policy=w.policy,
-                    limiter=limiter,
-                ),
-            )
-        )
-    if "poller" in components:
-        poll = result_poller.PollSettings(
-            core=s.core_name,
-            inference_commands=s.inference_commands,
-            poll_interval=s.poll_interval_seconds,
-            result_timeout=timedelta(seconds=s.result_timeout_seconds),
-            options=s.result_options.query(),
-        )
-        loops.append(
-            consume(
-                spec=result_poller.consumer(s.core_name),
-                heartbeat=beat["poller"],
-                handler=partial(
-                    result_poller.poll_results, api=api, results=w.results, settings=poll
-                ),
-            )
-        )
-    if "dispatcher" in components:
-        for destination in s.all_destinations():
-            loops.append(
-                consume(
-                    spec=dispatcher.consumer(s.core_name, destination),
-                    heartbeat=beat["dispatcher"],
-                    handler=partial(
-                        dispatcher.dispatch_to_destination,
-                        results=w.results,
-                        destination=destination,
-                        calling_ae_title=s.milvue_aet,
-                        policy=w.policy,
-                    ),
-                )
-            )
-            loops.append(
-                consume(
-                    spec=dispatch_replay.consumer(s.core_name, destination),
-                    handler=partial(
-                        dispatch_replay.replay_to_destination,
-                        events=w.events,
-                        results=w.results,
-                        destination=destination,
-                        calling_ae_title=s.milvue_aet,
-                        policy=w.policy,
-                    ),
-                )
-            )
+    def started(name: str, facts: Mapping[str, Any]) -> None:
+        ready.update({k: v for k, v in facts.items() if k != "consumers"})
+        waiting.discard(name)
+        if not waiting:
+            log.info("pacsor ready", extra=ready)
+            if on_ready is not None:
+                on_ready(ready)
 
-    scp: StorageScp | None = None
+    if not components:
+        started("", {})
     try:
-        ready: dict[str, Any] = {"nats_url": url, "components": components}
-        if "admin" in components:
-            admin = AdminServer(s, w.nc, w.js)
-            loops.append(admin.run(stop))
-            ready["admin_url"] = admin.url
-        if "scp" in components:
-            scp = StorageScp(s, asyncio.get_running_loop(), w.instances, w.events)
-            ready["dicom_port"] = await asyncio.to_thread(scp.start)
-        log.info("pacsor ready", extra=ready)
-        if on_ready is not None:
-            on_ready(ready)
         async with asyncio.TaskGroup() as group:
-            for loop in loops:
-                group.create_task(loop)  # type: ignore[arg-type]
-            group.create_task(stop.wait())
-    finally:
-        if scp is not None:
-            await asyncio.to_thread(scp.stop)
-        await api.aclose()
+            for component in components:
+                own = dataclasses.replace(rt, component=component.name)
+                group.create_task(
+                    component.run(own, partial(started, component.name)), name=component.name
+                )
+    except ExceptionGroup as failures:
+        # A setting a component found wrong at start (a busy port) is one line, not a trace.
+        config_errors, _ = failures.split(ConfigError)
+        if config_errors is not None:
+            raise _first_leaf(config_errors) from None
+        raise
+
+
+def _first_leaf(group: BaseExceptionGroup[ConfigError]) -> ConfigError:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first

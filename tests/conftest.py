@@ -8,6 +8,7 @@ import pytest
 from nats.aio.client import Client
 
 from pacsor.jetstream.broker import apply_streams, connect
+from tests.harness import ReceivingPacs
 from tests.nats_server import NatsServer
 
 
@@ -34,3 +35,19 @@ async def nc(nats_server: NatsServer) -> AsyncIterator[Client]:
     await apply_streams(client)
     yield client
     await client.close()
+
+
+@pytest.fixture
+def pacs() -> Iterator[ReceivingPacs]:
+    """The site's PACS: a real Storage SCP that records what it receives."""
+    receiver = ReceivingPacs("MAINPACS").start()
+    yield receiver
+    receiver.stop()
+
+
+@pytest.fixture
+def archive() -> Iterator[ReceivingPacs]:
+    """A second destination."""
+    receiver = ReceivingPacs("ARCHIVE").start()
+    yield receiver
+    receiver.stop()

@@ -20,18 +20,42 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import DeliverPolicy
 from pynetdicom.events import Event as DicomEvent
 
-from pacsor.config import Settings
+from pacsor.components import BY_NAME
+from pacsor.config import Settings, load_settings
 from pacsor.devtools.demo_pacs import start_storage_scp
 from pacsor.dicom.storage_scu import echo
 from pacsor.domain import events as ev
-from pacsor.gateway import COMPONENTS, run_gateway
+from pacsor.gateway import run_gateway
 from pacsor.jetstream.subjects import EVENTS_STREAM, study_subjects
 from tests.nats_server import free_port
+
+TOKEN = "test-token"
+
+
+def gateway_settings(nats_url: str, api_url: str, pacs: ReceivingPacs, **extra: str) -> Settings:
+    """Settings for a whole pipeline against `pacs`, with short waits for tests."""
+    return load_settings(
+        {
+            "NATS_URL": nats_url,
+            "PORT": str(free_port()),
+            "API_URL": api_url,
+            "TOKEN": TOKEN,
+            "STUDY_QUIET_SECONDS": "1",
+            "POLL_INTERVAL_SECONDS": "0.2",
+            "RETRY_INITIAL_SECONDS": "0.2",
+            "RETRY_MAX_SECONDS": "1",
+            "PACS_IP": "127.0.0.1",
+            "PACS_PORT": str(pacs.port),
+            "PACS_AET": pacs.ae_title,
+            **extra,
+        },
+        dotenv=None,
+    )
 
 
 @contextlib.asynccontextmanager
 async def running_gateway(
-    settings: Settings, components: tuple[str, ...] = COMPONENTS
+    settings: Settings, components: tuple[str, ...] = tuple(BY_NAME)
 ) -> AsyncIterator[dict[str, Any]]:
     """Run the gateway in this event loop; yields what it reports when ready.
 

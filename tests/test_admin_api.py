@@ -229,8 +229,8 @@ async def test_health_metrics_and_config(
     assert "pacsor_projection_lag_events 0.0" in text
 
     shown = (await admin.get("/config")).json()
-    assert shown["token"] == "***" and shown["admin_token"] == ""
-    assert shown["pacs_ip"] == "10.0.0.1" and "api-key-for-the-ai" not in str(shown)
+    assert shown["TOKEN"] == "***" and shown["ADMIN_TOKEN"] == ""
+    assert shown["PACS_IP"] == "10.0.0.1" and "api-key-for-the-ai" not in str(shown)
 
     nats_server.stop()
     down = await admin.get("/health")
@@ -261,7 +261,7 @@ async def test_every_route_needs_the_token_but_health(
         assert (await client.get("/studies", headers=bearer)).status_code == 200
         assert (await client.get("/schema/openapi.json", headers=bearer)).status_code == 200
         shown = (await client.get("/config", headers=bearer)).json()
-        assert shown["admin_token"] == "***" and ADMIN_TOKEN not in str(shown)
+        assert shown["ADMIN_TOKEN"] == "***" and ADMIN_TOKEN not in str(shown)
 
         # The dashboard: the token once, then a cookie.
         refused = await client.post("/login", data={"token": "guess"})

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from nats.js.api import DeliverPolicy
 
@@ -24,6 +25,9 @@ from tests.harness import PROJECT, pacsor_cli
 from tests.nats_server import free_port
 
 pytestmark = pytest.mark.timeout(600)
+
+# The demo: the API simulator and a demo PACS.
+PROFILES = ("--profile", "demo")
 
 
 def _engine_problem() -> str | None:
@@ -47,12 +51,14 @@ class Compose:
         self.project = f"pacsor-test-{uuid.uuid4().hex[:8]}"
         self.nats_port = free_port()
         self.dicom_port = free_port()
+        self.admin_port = free_port()
         # Host ports of our own, so that the test runs beside anything else on the machine.
         self.override = folder / "ports.yaml"
         self.override.write_text(
             "services:\n"
             f"  nats:\n    ports: !override\n      - '127.0.0.1:{self.nats_port}:4222'\n"
             f"  scp:\n    ports: !override\n      - '127.0.0.1:{self.dicom_port}:1040'\n"
+            f"  admin:\n    ports: !override\n      - '127.0.0.1:{self.admin_port}:7000'\n"
         )
         # No configuration at all: no site file for the containers, none for substitution.
         empty = folder / "empty.env"
@@ -103,7 +109,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Compose]:
     compose = Compose(tmp_path_factory.mktemp("compose"))
     try:
         # --wait: returns once every service's healthcheck passes, or fails.
-        compose("--profile", "demo", "up", "-d", "--build", "--wait", "--wait-timeout", "240")
+        compose(*PROFILES, "up", "-d", "--build", "--wait", "--wait-timeout", "240")
         yield compose
     finally:
         logs = subprocess.run(
@@ -126,7 +132,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Compose]:
 
 
 def test_every_service_is_healthy(demo: Compose) -> None:
-    listed = demo("--profile", "demo", "ps", "--format", "json").stdout
+    listed = demo(*PROFILES, "ps", "--format", "json").stdout
     services = [json.loads(line) for line in listed.splitlines() if line.strip()]
     health = {s["Service"]: s["Health"] for s in services}
     assert health == {
@@ -139,10 +145,17 @@ def test_every_service_is_healthy(demo: Compose) -> None:
             "uploader",
             "poller",
             "dispatcher",
+            "admin",
             "simulator",
             "demo-pacs",
         )
     }
+
+
+def test_the_admin_api_answers_on_the_host(demo: Compose) -> None:
+    answer = httpx.get(f"http://127.0.0.1:{demo.admin_port}/health", timeout=30)
+    assert answer.status_code in (200, 503)  # 503: the admin's verdict on the pipeline
+    assert "healthy" in answer.json()
 
 
 def test_a_handler_probe_fails_for_a_component_not_running_there(demo: Compose) -> None:
@@ -190,7 +203,7 @@ async def test_demo_with_no_configuration_delivers_a_study(demo: Compose, tmp_pa
 
 
 def test_down_as_documented_removes_every_container(demo: Compose) -> None:
-    assert len(demo.containers()) == 9
+    assert len(demo.containers()) == 10
     # Compose stops only the profiles it is told about: the README says to name the demo's.
-    demo("--profile", "demo", "down", "--timeout", "20")
+    demo(*PROFILES, "down", "--timeout", "20")
     assert demo.containers() == []

@@ -75,3 +75,70 @@ def test_the_example_env_file_loads() -> None:
     example = Path(__file__).resolve().parents[1] / ".env.example"
     settings = load_settings({}, dotenv=example)
     assert settings.milvue_aet == "MILVUE" and settings.pacs_port == 104
+
+
+def test_several_cores_take_what_they_do_not_set_from_the_first() -> None:
+    s = load_settings(
+        {
+            "TOKEN": "prod-key",
+            "PACS_IP": "10.0.0.5",
+            "API_URL_1": "https://preprod.example/",
+            "TOKEN_1": "preprod-key",
+            "CORE_NAME_1": "preprod",
+            "INFERENCE_COMMANDS_1": "smartchest",
+            "API_URL_2": "https://research.example",
+            "DESTINATIONS_2": "RESEARCH@research:104",
+        },
+        dotenv=None,
+    )
+    first, preprod, research = s.cores
+    assert (first.name, first.token, first.destinations) == (
+        "default",
+        "prod-key",
+        (Destination("PACS", "10.0.0.5", 104),),
+    )
+    assert (preprod.name, preprod.api_url, preprod.token) == (
+        "preprod",
+        "https://preprod.example",
+        "preprod-key",
+    )
+    assert preprod.inference_commands == ("smartchest",)
+    assert preprod.destinations == first.destinations  # none of its own: the unsuffixed PACS
+    assert (research.name, research.token) == ("core2", "")
+    assert research.inference_commands == first.inference_commands
+    assert research.destinations == (Destination("RESEARCH", "research", 104),)
+
+
+@pytest.mark.parametrize(
+    ("env", "line"),
+    [
+        ({"API_URL_1": "ftp://x"}, "API_URL_1: expected an http:// or https:// URL, got 'ftp://x'"),
+        (
+            {"API_URL_1": "https://a.example", "DESTINATIONS_1": "X@h:0"},
+            "DESTINATIONS_1: expected an integer >= 1, got 'X@h:0'",
+        ),
+        (
+            {"API_URL_1": "https://a.example", "CORE_NAME_1": "default"},
+            "CORE_NAME_1: two cores are named 'default'; names must differ",
+        ),
+        (
+            {"CONFIG_PROFILE": "Everything"},
+            "CONFIG_PROFILE: expected one of All, Default, "
+            "WithRF, WithSC, WithSCRF, got 'Everything'",
+        ),
+    ],
+)
+def test_a_bad_core_setting_is_one_line_naming_it(env: dict[str, str], line: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_settings(env, dotenv=None)
+    assert str(raised.value) == line
+
+
+def test_cli_requires_a_token_for_every_core(tmp_path: Path) -> None:
+    result = pacsor_cli(
+        "run", "uploader", cwd=tmp_path, TOKEN="k", API_URL_1="https://b.example", TOKEN_1=""
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "pacsor: TOKEN_1: not set; the Milvue API needs an API key"
+    ]

@@ -14,9 +14,15 @@ from pacsor.config import load_settings
 from pacsor.devtools.sample_study import make_study
 from pacsor.devtools.simulator import SimulatorSettings, running_simulator
 from pacsor.domain import events as ev
-from tests.harness import of_type, running_gateway, wait_for_dicom, wait_for_event, write_study
+from tests.harness import (
+    TOKEN,
+    of_type,
+    running_gateway,
+    wait_for_dicom,
+    wait_for_event,
+    write_study,
+)
 from tests.nats_server import NatsServer, free_port
-from tests.test_pipeline import TOKEN
 
 # pynetdicom installs its own `storescu`/`storescp` scripts in the virtualenv: use DCMTK's.
 DCMTK = next(

@@ -19,8 +19,8 @@ from pacsor.domain.completion import (
     WaitUntil,
     decide_completion,
 )
+from pacsor.domain.events import RecordedEvent
 from pacsor.domain.retry import RetryPolicy
-from pacsor.jetstream.eventlog import RecordedEvent
 from pacsor.jetstream.subjects import event_subject, study_subjects, uid_from_token, uid_token
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)

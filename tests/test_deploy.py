@@ -11,7 +11,7 @@ import yaml
 from nats.aio.client import Client
 from pacsor.streams import stream_definitions
 
-from pacsor.gateway import COMPONENTS
+from pacsor.components import BY_NAME
 from pacsor.jetstream.broker import apply_streams, nats_server_binary
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,7 +24,7 @@ def test_compose_file_is_valid_and_runs_every_component() -> None:
     # The schema names draft 07 by an address jsonschema does not know; say it directly.
     jsonschema.Draft7Validator(json.loads(schema_path.read_text())).validate(compose)
     commands = [s["command"] for s in compose["services"].values() if "command" in s]
-    assert sorted(c[1] for c in commands if c[0] == "run") == sorted(COMPONENTS)
+    assert sorted(c[1] for c in commands if c[0] == "run") == sorted(BY_NAME)
     assert compose["services"]["scp"]["ports"] == ["1040:1040"]
 
 
@@ -80,9 +80,7 @@ def test_every_service_has_a_healthcheck() -> None:
 def test_docker_build_context_holds_only_the_sources() -> None:
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert "*" in ignored  # everything is left out unless listed
-    assert {"!pacsor/", "!consumers/", "!streams/", "!pyproject.toml", "!README.md"} <= set(
-        ignored
-    )
+    assert {"!pacsor/", "!consumers/", "!streams/", "!pyproject.toml", "!README.md"} <= set(ignored)
 
 
 def test_demo_pacs_refuses_a_bad_port_in_one_line(tmp_path: Path) -> None:

@@ -7,10 +7,8 @@ import signal
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from nats.aio.client import Client
 
 from pacsor.devtools.sample_study import make_study
@@ -19,8 +17,10 @@ from pacsor.dicom.storage_scu import send_files
 from pacsor.domain import events as ev
 from pacsor.jetstream.eventlog import EventLog
 from tests.harness import (
+    TOKEN,
     ReceivingPacs,
     cli_env,
+    gateway_settings,
     of_type,
     running_gateway,
     wait_for_dicom,
@@ -28,7 +28,6 @@ from tests.harness import (
     write_study,
 )
 from tests.nats_server import NatsServer, free_port
-from tests.test_pipeline import TOKEN, gateway_settings
 
 
 class PacsorProcess:
@@ -62,13 +61,6 @@ class PacsorProcess:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             self.process.wait(timeout=30)
-
-
-@pytest.fixture
-def pacs() -> Iterator[ReceivingPacs]:
-    receiver = ReceivingPacs("MAINPACS").start()
-    yield receiver
-    receiver.stop()
 
 
 async def count_events(nc: Client, study: str) -> Counter[str]:

@@ -10,6 +10,7 @@ import pydicom
 import pytest
 
 from pacsor.config import ConfigError, load_settings
+from pacsor.consumers import uploader
 from pacsor.dicom.header import HeaderError, read_header, tag_values
 from pacsor.domain.filters import FilterError, parse_filters, skipping_rule
 from tests.dicom_factory import make_image, new_uid, to_bytes
@@ -82,10 +83,18 @@ def test_patterns_are_searched_and_case_matters() -> None:
 def test_a_malformed_filter_names_the_rule_and_the_fault(raw: str, fault: str) -> None:
     with pytest.raises(FilterError, match=fault.replace("(", r"\(").replace("[", r"\[")):
         parse_filters(raw)
-    with pytest.raises(ConfigError) as stopped:
-        load_settings({"DICOM_FILTERS": raw}, dotenv=None)
-    assert str(stopped.value).startswith("DICOM_FILTERS: ")
-    assert "\n" not in str(stopped.value)
+    # Start-up of a component that uploads stops with one line naming the variable.
+    ok = json.dumps([rule("0008", "0060", "^DX$", True)])
+    env = {"TOKEN": "t", "API_URL_1": "http://127.0.0.1:1", "TOKEN_1": "t"}
+    for n, filters in (
+        (0, {"DICOM_FILTERS": raw}),
+        (1, {"DICOM_FILTERS": ok, "DICOM_FILTERS_1": raw}),
+    ):
+        settings = load_settings({**env, **filters}, dotenv=None)
+        with pytest.raises(ConfigError) as stopped:
+            uploader.COMPONENT.check(settings)
+        assert str(stopped.value).startswith("DICOM_FILTERS: " if n == 0 else "DICOM_FILTERS_1: ")
+        assert "\n" not in str(stopped.value)
 
 
 def test_tag_values_as_filters_see_them() -> None:

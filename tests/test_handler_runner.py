@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from nats.aio.client import Client
+from nats.errors import TimeoutError as NatsTimeoutError
 
 from pacsor.domain import events as ev
 from pacsor.domain.retry import RetryPolicy
@@ -35,7 +37,7 @@ def spec(name: str) -> ConsumerSpec[ev.StudyComplete]:
     return ConsumerSpec(
         durable=name,
         stream=EVENTS_STREAM,
-        filter_subject=events_filter(ev.StudyComplete.topic, per_core=False),
+        filter_subject=events_filter(ev.StudyComplete),
         decode=ev.decoder(ev.StudyComplete),
         ack_wait=5.0,
         concurrency=1,
@@ -110,13 +112,20 @@ async def test_an_unreadable_message_is_terminated_not_retried(nc: Client) -> No
         return Emit()
 
     js = nc.jetstream()
+    # JetStream announces each terminated message; an acknowledged one has no advisory.
+    terminated = await nc.subscribe(f"$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.{EVENTS_STREAM}.>")
     subject = f"pacsor.study.{STUDY.replace('.', '_')}.complete"
-    await js.publish(subject, b'{"type": "StudyComplete", "attempt": "one"}')
-    await EventLog(js).publish(complete())  # a good one after it
+    bad = await js.publish(subject, b'{"type": "StudyComplete", "attempt": "one"}')
+    good = await js.publish(subject, ev.encode(complete()))
     async with consuming(nc, "strict", handler):
         await asyncio.wait_for(handled.wait(), 10)
+        advisory = json.loads((await terminated.next_msg(timeout=10)).data)
+    assert (advisory["consumer"], advisory["stream_seq"]) == ("strict", bad.seq)
     info = await js.consumer_info(EVENTS_STREAM, "strict")
     assert info.num_redelivered == 0 and info.num_ack_pending == 0
+    assert info.ack_floor.stream_seq == good.seq  # the good one was acknowledged
+    with pytest.raises(NatsTimeoutError):  # and only the bad one terminated
+        await terminated.next_msg(timeout=0.5)
 
 
 async def test_expected_sequence_makes_a_decision_atomic(nc: Client) -> None:

@@ -91,9 +91,9 @@ def write_raw(path: Path, meta_from: Path, body: bytes) -> Path:
     return path
 
 
-# pydicom warns while reading the garbage.
-@pytest.mark.filterwarnings("ignore:Expected explicit VR:UserWarning")
-async def test_bad_input_gets_a_failure_status_and_service_continues(
+# pydicom warns while writing the invalid UID.
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI:UserWarning")
+async def test_bad_input_gets_its_failure_status_and_service_continues(
     nc: Client, nats_server: NatsServer, tmp_path: Path
 ) -> None:
     settings = scp_settings(nats_server.url)
@@ -102,20 +102,30 @@ async def test_bad_input_gets_a_failure_status_and_service_continues(
     no_study = make_image(generate_uid())
     del no_study.StudyInstanceUID
     [missing] = write_study(tmp_path / "missing", [no_study])
-    garbage = write_raw(tmp_path / "garbage.dcm", good, b"\xff\xfe\x00\x13not dicom at all" * 7)
+    bad_uid = make_image(generate_uid())
+    bad_uid.SeriesInstanceUID = "1.2.3.not-a-uid"
+    [invalid] = write_study(tmp_path / "invalid", [bad_uid])
+    # Whole, but undecodable: SOP Class UID with a value representation that does not exist.
+    unknown_vr = struct.pack("<HH", 0x0008, 0x0016) + b"ZZ" + struct.pack("<H", 4) + b"1.2\0"
+    garbage = write_raw(tmp_path / "garbage.dcm", good, unknown_vr)
     full = dataset_part(good.read_bytes())
     truncated = write_raw(tmp_path / "truncated.dcm", good, full[: len(full) // 3])
 
     async with running_gateway(settings, ("scp",)):
-        statuses = await send(settings, [garbage, missing, truncated])
-        assert all(0xC000 <= s <= 0xCFFF for s in statuses), [hex(s) for s in statuses]
+        statuses = await send(settings, [garbage, missing, invalid, truncated])
+        # PS3.4 C.4.2.1.4: 0xC000-0xCFFF "cannot understand", refined per fault.
+        assert [hex(s) for s in statuses] == ["0xc210", "0xc220", "0xc221", "0xc222"]
         # Still serving, on a new association.
         assert await send(settings, [good]) == [0]
 
     events = [r.event for r in await EventLog(nc.jetstream()).read()]
     rejected = [e for e in events if isinstance(e, ev.InstanceRejected)]
-    assert len(rejected) == 3
-    assert any("StudyInstanceUID is missing" in e.reason for e in rejected)
+    assert sorted(e.dimse_status for e in rejected) == [0xC210, 0xC220, 0xC221, 0xC222]
+    reasons = {e.dimse_status: e.reason for e in rejected}
+    assert "Unknown Value Representation 'ZZ'" in reasons[0xC210]
+    assert "StudyInstanceUID is missing" in reasons[0xC220]
+    assert "SeriesInstanceUID is not a valid UID" in reasons[0xC221]
+    assert "malformed dataset" in reasons[0xC222]
     assert all(e.calling_ae_title == "PACSOR_SCU" for e in rejected)
     assert len([e for e in events if isinstance(e, ev.InstanceReceived)]) == 1
 

@@ -8,8 +8,8 @@ study: the study is still dispatched exactly once; restarted, the node catches u
 from __future__ import annotations
 
 import asyncio
-import re
 import os
+import re
 import signal
 import subprocess
 from collections import Counter
@@ -216,5 +216,5 @@ def test_replicas_out_of_range_is_one_line(tmp_path: Path) -> None:
     result = pacsor_cli("run", "quiet-timer", cwd=tmp_path, NATS_REPLICAS="0")
     assert (result.returncode, result.stderr) == (
         2,
-        "pacsor: NATS_REPLICAS: must be between 1 and 5, got 0\n",
+        "pacsor: NATS_REPLICAS: expected an integer >= 1, got '0'\n",
     )

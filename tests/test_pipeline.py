@@ -5,15 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter
-from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
 
-import pytest
 from nats.aio.client import Client
 from pydicom import dcmread
 
-from pacsor.config import Settings, load_settings
+from pacsor.config import Settings
 from pacsor.devtools.sample_study import make_study
 from pacsor.devtools.simulator import SimulatorSettings, running_simulator
 from pacsor.dicom.storage_scu import send_files
@@ -21,44 +19,16 @@ from pacsor.domain import events as ev
 from pacsor.jetstream.blobs import BlobStore, sha256_digest
 from pacsor.jetstream.eventlog import EventLog
 from pacsor.jetstream.subjects import RESULTS_BUCKET
-from tests.harness import ReceivingPacs, of_type, running_gateway, wait_for_event, write_study
+from tests.harness import (
+    TOKEN,
+    ReceivingPacs,
+    gateway_settings,
+    of_type,
+    running_gateway,
+    wait_for_event,
+    write_study,
+)
 from tests.nats_server import NatsServer, free_port
-
-TOKEN = "test-token"
-
-
-@pytest.fixture
-def pacs() -> Iterator[ReceivingPacs]:
-    receiver = ReceivingPacs("MAINPACS").start()
-    yield receiver
-    receiver.stop()
-
-
-@pytest.fixture
-def archive() -> Iterator[ReceivingPacs]:
-    receiver = ReceivingPacs("ARCHIVE").start()
-    yield receiver
-    receiver.stop()
-
-
-def gateway_settings(nats_url: str, api_url: str, pacs: ReceivingPacs, **extra: str) -> Settings:
-    return load_settings(
-        {
-            "NATS_URL": nats_url,
-            "PORT": str(free_port()),
-            "API_URL": api_url,
-            "TOKEN": TOKEN,
-            "STUDY_QUIET_SECONDS": "1",
-            "POLL_INTERVAL_SECONDS": "0.2",
-            "RETRY_INITIAL_SECONDS": "0.2",
-            "RETRY_MAX_SECONDS": "1",
-            "PACS_IP": "127.0.0.1",
-            "PACS_PORT": str(pacs.port),
-            "PACS_AET": pacs.ae_title,
-            **extra,
-        },
-        dotenv=None,
-    )
 
 
 async def send_study(settings: Settings, folder: Path, images: int = 3) -> tuple[str, list[str]]:

@@ -22,7 +22,7 @@ T0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
 
 @contextlib.asynccontextmanager
 async def projecting(nc: Client, path: Path) -> AsyncIterator[Projector]:
-    projector = Projector(nc.jetstream(), ReadModel(path))
+    projector = Projector(EventLog(nc.jetstream()), ReadModel(path))
     stop = asyncio.Event()
     task = asyncio.create_task(projector.run(stop))
     try:

@@ -74,7 +74,9 @@ async def test_two_uploader_replicas_keep_the_rate(
     finally:
         pacs.stop()
     measured = rate(arrivals)
-    print(f"\n{len(arrivals)} instances, 2 uploader replicas, UPLOAD_RATE_LIMIT={limit:g}: "
-          f"{measured:.2f} instances/s at the simulator")
+    print(
+        f"\n{len(arrivals)} instances, 2 uploader replicas, UPLOAD_RATE_LIMIT={limit:g}: "
+        f"{measured:.2f} instances/s at the simulator"
+    )
     assert len(arrivals) == 24
     assert limit * 0.8 <= measured <= limit * 1.05

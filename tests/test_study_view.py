@@ -224,3 +224,39 @@ def test_a_file_of_an_older_layout_is_started_again(tmp_path: Path) -> None:
     model.close()
     reopened = ReadModel(path)
     assert reopened.last_sequence == 0 and reopened.query(StudyFilter())[1] == 0
+
+
+def test_the_ris_shows_as_a_destination() -> None:
+    history = lifecycle(STUDY, T0, destinations=(PACS,))
+    history.append(
+        ev.Hl7Failed(
+            study_instance_uid=STUDY,
+            core="default",
+            attempt=1,
+            ris="10.0.0.9:2575",
+            control_id="c1",
+            reason="AE: unknown order",
+            tries=3,
+            occurred_at=T0 + timedelta(minutes=2),
+        )
+    )
+    view = fold(numbered(history))[STUDY]
+    ris = view.destination("RIS 10.0.0.9:2575", "default")
+    assert ris is not None and (ris.state, ris.reason) == ("failed", "AE: unknown order")
+    assert view.state == "failed"
+    sent = ev.Hl7Sent(
+        study_instance_uid=STUDY,
+        core="default",
+        attempt=1,
+        ris="10.0.0.9:2575",
+        control_id="c2",
+        ack_code="AA",
+        missing_findings=("smartxpert",),
+    )
+    view = fold(numbered([*history[:-1], sent]))[STUDY]
+    ris = view.destination("RIS 10.0.0.9:2575", "default")
+    assert ris is not None and (ris.state, ris.reason) == (
+        "dispatched",
+        "ACK AA, without smartxpert",
+    )
+    assert view.state == "dispatched"

@@ -8,6 +8,7 @@ appends an event. With ADMIN_TOKEN set, everything but /health needs the token: 
 from __future__ import annotations
 
 import hmac
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,13 +20,12 @@ from litestar.connection import ASGIConnection
 from litestar.exceptions import HTTPException, NotAuthorizedException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi import OpenAPIConfig
-from litestar.params import Parameter
+from litestar.params import JSONBody, PathParameter, QueryParameter
 from litestar.plugins.jinja import JinjaTemplateEngine
+from litestar.response import Redirect
 from litestar.template.config import TemplateConfig
-from nats.aio.client import Client
-from nats.js import JetStreamContext
 
-from pacsor.admin.health import Health, check_health
+from pacsor.admin.health import Health, judge_health
 from pacsor.admin.metrics import AdminMetrics
 from pacsor.admin.operations import (
     Refused,
@@ -40,6 +40,7 @@ from pacsor.admin.read_model import ReadModel, StudyFilter
 from pacsor.config import Settings
 from pacsor.domain.study_view import STATES, StudyView
 from pacsor.jetstream.blobs import BlobStore
+from pacsor.jetstream.broker_state import BrokerState
 from pacsor.jetstream.eventlog import EventLog
 
 TOKEN_COOKIE = "pacsor_admin"
@@ -47,6 +48,16 @@ TEMPLATES = Path(__file__).with_name("templates")
 SECRET_WORDS = ("token", "password", "secret")
 READ_YOUR_WRITES_SECONDS = 10.0
 Q_HELP = "part of a StudyInstanceUID or accession number"
+UID_PATTERN = r"^[0-9.]{1,64}$"
+
+# Documented, not enforced by Litestar: a malformed UID gets this API's own 400 saying why.
+Uid = Annotated[
+    str,
+    PathParameter(
+        description="a StudyInstanceUID: digits and dots, at most 64",
+        schema_extra={"pattern": UID_PATTERN, "maxLength": 64},
+    ),
+]
 
 AnyRequest = Request[Any, Any, Any]
 
@@ -56,8 +67,8 @@ class Admin:
     """What the admin's routes use, built once per process."""
 
     settings: Settings
-    nc: Client
-    js: JetStreamContext
+    # What the broker says of the streams and consumers (pacsor.jetstream.broker_state).
+    broker: Callable[[], Awaitable[BrokerState]]
     events: EventLog
     instances: BlobStore
     model: ReadModel
@@ -124,7 +135,7 @@ def summary(view: StudyView) -> StudySummary:
 
 
 def masked_settings(settings: Settings) -> dict[str, Any]:
-    """The effective settings, every secret replaced by "***" (or "" when unset)."""
+    """The effective settings by variable name, every secret replaced by "***" (or "")."""
 
     def mask(value: Any, key: str = "") -> Any:
         if isinstance(value, dict):
@@ -165,6 +176,14 @@ def _refused(_: AnyRequest, err: Refused) -> Response[dict[str, Any]]:
     return Response({"status_code": err.status, "detail": err.message}, status_code=err.status)
 
 
+def _unauthorized(request: AnyRequest, err: NotAuthorizedException) -> Response[Any]:
+    """A browser is sent to the sign-in page; a script gets the 401 and why."""
+    if "text/html" in request.headers.get("accept", ""):
+        return Redirect(path="/login")
+    body = {"status_code": 401, "detail": err.detail}
+    return Response(body, status_code=401, headers=err.headers)
+
+
 def _admin(request: AnyRequest) -> Admin:
     admin: Admin = request.app.state.admin
     return admin
@@ -193,7 +212,7 @@ async def _view_after(admin: Admin, uid: str, after: int | None) -> StudyView:
 # `state` is a name Litestar reserves for the application state: the query is mapped to it.
 StateParam = Annotated[
     str | None,
-    Parameter(query="state", description=f"one of {', '.join(STATES)}", max_length=16),
+    QueryParameter(name="state", description=f"one of {', '.join(STATES)}", max_length=16),
 ]
 
 
@@ -201,16 +220,16 @@ StateParam = Annotated[
 async def list_studies(
     request: AnyRequest,
     study_state: StateParam = None,
-    core: Annotated[str | None, Parameter(max_length=64)] = None,
-    destination: Annotated[str | None, Parameter(max_length=128)] = None,
-    since: Annotated[datetime | None, Parameter(description="received at or after")] = None,
-    until: Annotated[datetime | None, Parameter(description="received before")] = None,
+    core: Annotated[str | None, QueryParameter(max_length=64)] = None,
+    destination: Annotated[str | None, QueryParameter(max_length=128)] = None,
+    since: Annotated[datetime | None, QueryParameter(description="received at or after")] = None,
+    until: Annotated[datetime | None, QueryParameter(description="received before")] = None,
     q: Annotated[
         str | None,
-        Parameter(description="part of a StudyInstanceUID or accession number", max_length=64),
+        QueryParameter(description="part of a StudyInstanceUID or accession number", max_length=64),
     ] = None,
-    limit: Annotated[int, Parameter(ge=1, le=500)] = 50,
-    offset: Annotated[int, Parameter(ge=0, le=10_000_000)] = 0,
+    limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
+    offset: Annotated[int, QueryParameter(ge=0, le=10_000_000)] = 0,
 ) -> StudyPage:
     if study_state is not None and study_state not in STATES:
         raise HTTPException(status_code=400, detail=f"state: one of {', '.join(STATES)}")
@@ -231,17 +250,17 @@ async def list_studies(
 @get("/studies/{uid:str}", summary="One study's view", tags=["studies"])
 async def get_study(
     request: AnyRequest,
-    uid: str,
+    uid: Uid,
     after: Annotated[
         int | None,
-        Parameter(ge=0, description="wait (up to 10 s) until this stream sequence is applied"),
+        QueryParameter(ge=0, description="wait (up to 10 s) until this stream sequence is applied"),
     ] = None,
 ) -> StudyView:
     return await _view_after(_admin(request), check_uid(uid), after)
 
 
 @get("/studies/{uid:str}/events", summary="The study's events, in stream order", tags=["studies"])
-async def study_events(request: AnyRequest, uid: str) -> list[RecordedEventOut]:
+async def study_events(request: AnyRequest, uid: Uid) -> list[RecordedEventOut]:
     history = await _admin(request).events.history(check_uid(uid))
     if not history:
         raise HTTPException(status_code=404, detail=f"no study {uid}")
@@ -273,7 +292,7 @@ async def _relaunch(request: AnyRequest, uid: str, body: RelaunchBody | None) ->
     tags=["relaunch"],
 )
 async def relaunch(
-    request: AnyRequest, uid: str, data: RelaunchBody | None = None
+    request: AnyRequest, uid: Uid, data: JSONBody[RelaunchBody | None] = None
 ) -> RelaunchAccepted:
     return await _relaunch(request, uid, data)
 
@@ -284,7 +303,7 @@ async def relaunch(
     summary="Send the study again (every core)",
     tags=["relaunch"],
 )
-async def relaunch_compatible(request: AnyRequest, uid: str) -> RelaunchAccepted:
+async def relaunch_compatible(request: AnyRequest, uid: Uid) -> RelaunchAccepted:
     return await _relaunch(request, uid, None)
 
 
@@ -296,8 +315,8 @@ async def relaunch_compatible(request: AnyRequest, uid: str) -> RelaunchAccepted
 )
 async def replay_destination(
     request: AnyRequest,
-    name: Annotated[str, Parameter(max_length=128)],
-    since: Annotated[datetime, Parameter(description="results made ready at or after")],
+    name: Annotated[str, PathParameter(max_length=128)],
+    since: Annotated[datetime, QueryParameter(description="results made ready at or after")],
 ) -> ReplayAccepted:
     admin = _admin(request)
     return await request_replay(
@@ -313,14 +332,14 @@ async def replay_destination(
 @get("/health", opt={"public": True}, summary="Pipeline health (503 when unhealthy)", tags=["ops"])
 async def health(request: AnyRequest) -> Response[Health]:
     admin = _admin(request)
-    report = await check_health(admin.nc, admin.js, admin.projector, admin.metrics)
+    report = judge_health(await admin.broker(), admin.projector, admin.metrics)
     return Response(report, status_code=200 if report.healthy else 503)
 
 
 @get("/metrics", media_type="text/plain; version=0.0.4", summary="Prometheus metrics", tags=["ops"])
 async def metrics(request: AnyRequest) -> bytes:
     admin = _admin(request)
-    await check_health(admin.nc, admin.js, admin.projector, admin.metrics)
+    judge_health(await admin.broker(), admin.projector, admin.metrics)
     return admin.metrics.text()
 
 
@@ -346,7 +365,7 @@ def create_app(admin: Admin, extra_handlers: list[Any] | None = None) -> Litesta
     app = Litestar(
         route_handlers=[*API, *(extra_handlers or [])],
         guards=[_token_guard],
-        exception_handlers={Refused: _refused},
+        exception_handlers={Refused: _refused, NotAuthorizedException: _unauthorized},
         openapi_config=OpenAPIConfig(
             title="pacsor admin",
             version="1",
@@ -355,6 +374,8 @@ def create_app(admin: Admin, extra_handlers: list[Any] | None = None) -> Litesta
         ),
         template_config=TemplateConfig(directory=TEMPLATES, engine=JinjaTemplateEngine),
         debug=False,
+        # pacsor's JSON-lines logging stays as configured: Litestar would replace the handlers.
+        logging_config=None,
     )
     app.state.admin = admin
     return app

@@ -15,9 +15,8 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Response, get, post
-from litestar.enums import RequestEncodingType
 from litestar.exceptions import HTTPException
-from litestar.params import Body, Parameter
+from litestar.params import PathParameter, QueryParameter, URLEncodedBody
 from litestar.response import Redirect, Template
 
 from pacsor.admin.app import TOKEN_COOKIE, AnyRequest, _admin, _view_after, _who
@@ -46,9 +45,9 @@ def _when(at: datetime | None) -> str:
 @get("/", include_in_schema=False)
 async def study_list(
     request: AnyRequest,
-    study_state: Annotated[str | None, Parameter(query="state", max_length=16)] = None,
-    q: Annotated[str | None, Parameter(max_length=64)] = None,
-    page: Annotated[int, Parameter(ge=1, le=100_000)] = 1,
+    study_state: Annotated[str | None, QueryParameter(name="state", max_length=16)] = None,
+    q: Annotated[str | None, QueryParameter(max_length=64)] = None,
+    page: Annotated[int, QueryParameter(ge=1, le=100_000)] = 1,
 ) -> Template:
     if study_state not in (None, "", *STATES):
         raise HTTPException(status_code=400, detail=f"state: one of {', '.join(STATES)}")
@@ -74,8 +73,8 @@ async def study_list(
 @get("/ui/studies/{uid:str}", include_in_schema=False)
 async def study_page(
     request: AnyRequest,
-    uid: str,
-    after: Annotated[int | None, Parameter(ge=0)] = None,
+    uid: Annotated[str, PathParameter(max_length=64)],
+    after: Annotated[int | None, QueryParameter(ge=0)] = None,
 ) -> Template:
     admin = _admin(request)
     view = await _view_after(admin, check_uid(uid), after)
@@ -105,8 +104,8 @@ async def study_page(
 @post("/ui/studies/{uid:str}/relaunch", include_in_schema=False)
 async def relaunch_from_page(
     request: AnyRequest,
-    uid: str,
-    data: Annotated[RelaunchForm, Body(media_type=RequestEncodingType.URL_ENCODED)],
+    uid: Annotated[str, PathParameter(max_length=64)],
+    data: URLEncodedBody[RelaunchForm],
 ) -> Redirect:
     admin = _admin(request)
     try:
@@ -136,7 +135,7 @@ async def login_page() -> Template:
 @post("/login", include_in_schema=False, opt={"public": True})
 async def login(
     request: AnyRequest,
-    data: Annotated[LoginForm, Body(media_type=RequestEncodingType.URL_ENCODED)],
+    data: URLEncodedBody[LoginForm],
 ) -> Response[Any]:
     import hmac
 

@@ -1,8 +1,7 @@
 """Keeps the read model up to date: follows the PACSOR stream from the last applied sequence.
 
-An ordered consumer (ephemeral, no acknowledgements, recreated by nats-py after a
-reconnection) delivers every event after the read model's last sequence. Events are applied in
-batches of up to BATCH_SIZE, each batch in one transaction with the sequence it reached.
+EventLog.follow delivers every event after the read model's last sequence. Events are applied
+in batches of up to BATCH_SIZE, each batch in one transaction with the sequence it reached.
 """
 
 from __future__ import annotations
@@ -12,15 +11,9 @@ import contextlib
 import logging
 from typing import Protocol
 
-import msgspec
-from nats.aio.msg import Msg
-from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, DeliverPolicy
-
 from pacsor.admin.read_model import ReadModel
 from pacsor.domain import events as ev
-from pacsor.jetstream.subjects import ALL_STUDY_EVENTS, EVENTS_STREAM
+from pacsor.jetstream.eventlog import EventLog
 
 log = logging.getLogger("pacsor.admin.projector")
 
@@ -36,10 +29,8 @@ class Observer(Protocol):
 
 
 class Projector:
-    def __init__(
-        self, js: JetStreamContext, model: ReadModel, observe: Observer | None = None
-    ) -> None:
-        self._js = js
+    def __init__(self, events: EventLog, model: ReadModel, observe: Observer | None = None) -> None:
+        self._events = events
         self.model = model
         self._observe = observe
         self._applied = asyncio.Condition()
@@ -62,43 +53,16 @@ class Projector:
     async def run(self, stop: asyncio.Event) -> None:
         start = self.started_from = self.model.last_sequence + 1
         log.info("projection starts", extra={"from_sequence": start, "file": str(self.model.path)})
-        sub = await self._js.subscribe(
-            ALL_STUDY_EVENTS,
-            stream=EVENTS_STREAM,
-            ordered_consumer=True,
-            config=ConsumerConfig(
-                deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start
-            ),
-        )
+        feed = self._events.follow(start, stop, BATCH_SIZE)
         self.connected = True
         try:
-            while not stop.is_set():
-                try:
-                    first = await sub.next_msg(timeout=1.0)
-                except (TimeoutError, NatsTimeoutError):
-                    continue
-                batch = [first]
-                while len(batch) < BATCH_SIZE and batch[-1].metadata.num_pending > 0:
-                    try:
-                        batch.append(await sub.next_msg(timeout=5.0))
-                    except (TimeoutError, NatsTimeoutError):
-                        break
-                await self._apply(batch)
+            async for batch, through in feed:
+                await self._apply([(r.sequence, r.event) for r in batch], through)
         finally:
             self.connected = False
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+            await feed.aclose()
 
-    async def _apply(self, batch: list[Msg]) -> None:
-        recorded: list[tuple[int, ev.Event]] = []
-        for msg in batch:
-            sequence = msg.metadata.sequence.stream
-            try:
-                recorded.append((sequence, ev.decode(msg.data)))
-            except msgspec.MsgspecError as err:
-                # Unreadable events stay in the stream; the projection passes over them.
-                log.error("unreadable event skipped", extra={"seq": sequence, "error": str(err)})
-        through = batch[-1].metadata.sequence.stream
+    async def _apply(self, recorded: list[tuple[int, ev.Event]], through: int) -> None:
         observe = self._observe
         self.model.apply(recorded, through, observe.step_took if observe else None)
         if observe is not None:

@@ -25,7 +25,7 @@ from pacsor.domain import events as ev
 from pacsor.domain.study_view import StudyView, apply, step_durations
 
 # Bump when StudyView or the tables change: an older file is then rebuilt from the stream.
-LAYOUT_VERSION = "1"
+LAYOUT_VERSION = "2"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -35,8 +35,10 @@ CREATE TABLE IF NOT EXISTS studies (
     state TEXT NOT NULL,
     received_at REAL,
     updated_at REAL,
+    holds_objects INTEGER NOT NULL,
     view BLOB NOT NULL
 );
+CREATE INDEX IF NOT EXISTS studies_holding ON studies (holds_objects, received_at);
 CREATE INDEX IF NOT EXISTS studies_received ON studies (received_at DESC, uid);
 CREATE INDEX IF NOT EXISTS studies_accession ON studies (accession);
 CREATE INDEX IF NOT EXISTS studies_state ON studies (state);
@@ -90,7 +92,7 @@ class ReadModel:
         self._db = sqlite3.connect(path, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
         if self._meta("layout") != LAYOUT_VERSION:
             self._reset()
 
@@ -102,9 +104,12 @@ class ReadModel:
         return None if row is None else str(row[0])
 
     def _reset(self) -> None:
+        """Start again, empty, in this version's layout: the stream rebuilds the rest."""
         with self._transaction():
             for table in ("studies", "steps", "results", "meta"):
-                self._db.execute(f"DELETE FROM {table}")
+                self._db.execute(f"DROP TABLE IF EXISTS {table}")
+        self._db.executescript(_SCHEMA)
+        with self._transaction():
             self._db.execute("INSERT INTO meta VALUES ('layout', ?)", (LAYOUT_VERSION,))
             self._db.execute("INSERT INTO meta VALUES ('sequence', '0')")
 
@@ -178,6 +183,7 @@ class ReadModel:
                     view.state,
                     _epoch(view.first_received_at),
                     _epoch(view.updated_at),
+                    int(view.holds_objects()),
                     _encoder.encode(view),
                 )
             )
@@ -189,9 +195,11 @@ class ReadModel:
             results.extend(
                 (view.study_instance_uid, r.core, r.attempt, r.at.timestamp())
                 for r in view.results_made
+                if not r.removed
             )
-        db.executemany("INSERT OR REPLACE INTO studies VALUES (?, ?, ?, ?, ?, ?)", rows)
+        db.executemany("INSERT OR REPLACE INTO studies VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
         db.executemany("DELETE FROM steps WHERE uid = ?", uids)
+        db.executemany("DELETE FROM results WHERE uid = ?", uids)
         db.executemany("INSERT OR REPLACE INTO steps VALUES (?, ?, ?, ?)", steps)
         db.executemany("INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?)", results)
 
@@ -251,6 +259,15 @@ class ReadModel:
             params.append(core)
         rows = self._db.execute(sql + " ORDER BY at, uid", params).fetchall()
         return [ReadyResults(uid, c, int(a)) for uid, c, a in rows]
+
+    def holding_objects(self, limit: int = 500, offset: int = 0) -> list[StudyView]:
+        """Studies whose stored objects may still be there, oldest first: retention's work."""
+        rows = self._db.execute(
+            "SELECT view FROM studies WHERE holds_objects = 1 "
+            "ORDER BY received_at, uid LIMIT ? OFFSET ?",
+            (limit, offset),
+        ).fetchall()
+        return [_decoder.decode(blob) for (blob,) in rows]
 
     def state_counts(self) -> dict[str, int]:
         rows = self._db.execute("SELECT state, count(*) FROM studies GROUP BY state").fetchall()

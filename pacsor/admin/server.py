@@ -8,21 +8,20 @@ import ipaddress
 import logging
 import socket
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import uvicorn
-from nats.aio.client import Client
-from nats.js import JetStreamContext
 
 from pacsor.admin.app import Admin, create_app
 from pacsor.admin.dashboard import DASHBOARD
 from pacsor.admin.metrics import AdminMetrics
 from pacsor.admin.projector import Projector
 from pacsor.admin.read_model import ReadModel
+from pacsor.admin.retention import RetentionSweeper
 from pacsor.config import ConfigError, Settings
-from pacsor.jetstream.blobs import BlobStore
-from pacsor.jetstream.eventlog import EventLog
-from pacsor.jetstream.subjects import INSTANCES_BUCKET
+from pacsor.jetstream.broker_state import broker_state
+from pacsor.runtime import Component, Runtime, Started
 
 log = logging.getLogger("pacsor.admin")
 
@@ -64,7 +63,8 @@ class AdminServer:
     start-up with one line; `run` then serves until stopped.
     """
 
-    def __init__(self, settings: Settings, nc: Client, js: JetStreamContext) -> None:
+    def __init__(self, rt: Runtime) -> None:
+        settings = rt.settings
         warning = exposure_warning(settings)
         if warning:
             log.warning(warning)
@@ -73,13 +73,19 @@ class AdminServer:
         metrics = AdminMetrics(model)
         self.admin = Admin(
             settings=settings,
-            nc=nc,
-            js=js,
-            events=EventLog(js),
-            instances=BlobStore(nc, js, INSTANCES_BUCKET),
+            broker=partial(broker_state, rt.nc),
+            events=rt.events,
+            instances=rt.instances,
             model=model,
-            projector=Projector(js, model, metrics),
+            projector=Projector(rt.events, model, metrics),
             metrics=metrics,
+        )
+        self.retention = RetentionSweeper(
+            settings,
+            self.admin.projector,
+            self.admin.events,
+            self.admin.instances,
+            rt.results,
         )
         config = uvicorn.Config(
             create_app(self.admin, DASHBOARD), log_level="warning", timeout_graceful_shutdown=5
@@ -96,6 +102,7 @@ class AdminServer:
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self.admin.projector.run(stop))
+                group.create_task(self.retention.run(stop))
                 group.create_task(self._server.serve(sockets=[self._sock]))
                 await stop.wait()
                 self._server.should_exit = True
@@ -121,3 +128,14 @@ def listen(host: str, port: int) -> socket.socket:
             f"ADMIN_PORT: cannot listen on {host}:{port}: {err.strerror or err}"
         ) from None
     return sock
+
+
+async def run(rt: Runtime, started: Started) -> None:
+    admin = AdminServer(rt)
+    started({"admin_url": admin.url})
+    await admin.run(rt.stop)
+
+
+COMPONENT = Component(
+    "admin", "the stream -> the operators' read model, HTTP API, metrics and dashboard", run
+)

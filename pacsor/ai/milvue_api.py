@@ -37,6 +37,7 @@ from pacsor.ai.multipart import (
     iter_parts,
     new_boundary,
 )
+from pacsor.config import CoreSettings, Settings
 
 OWNER_HEADER = "x-goog-meta-owner"
 RESULTS_ACCEPT = f'multipart/related; type="{DICOM_MEDIA_TYPE}"'
@@ -475,3 +476,18 @@ async def _one_chunk(data: bytes) -> AsyncIterator[bytes]:
 def _transport_error(exc: httpx.RequestError, method: str, path: str) -> ApiError:
     detail = str(exc) or "no detail"
     return ApiError(None, f"{type(exc).__name__}: {detail}", method=method, path=path)
+
+
+@contextlib.asynccontextmanager
+async def core_clients(settings: Settings) -> AsyncIterator[list[tuple[CoreSettings, MilvueApi]]]:
+    """A client for each AI core of the settings, closed together."""
+    async with contextlib.AsyncExitStack() as stack:
+        yield [
+            (
+                core,
+                stack.push_async_exit(
+                    MilvueApi(core.api_url, core.token, timeout, signed_url=core.signed_url)
+                ),
+            )
+            for core, timeout in ((c, settings.api_timeout_seconds) for c in settings.cores)
+        ]

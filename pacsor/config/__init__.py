@@ -2,20 +2,20 @@
 
 from pacsor.config.settings import (
     ConfigError,
+    CoreSettings,
     Destination,
     Settings,
     load_settings,
     parse_destination,
     read_dotenv,
-    require,
 )
 
 __all__ = [
     "ConfigError",
+    "CoreSettings",
     "Destination",
     "Settings",
     "load_settings",
     "parse_destination",
     "read_dotenv",
-    "require",
 ]

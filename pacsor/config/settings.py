@@ -1,28 +1,68 @@
 """The one typed configuration of pacsor, read once from the environment and `.env`.
 
 Variable names follow the original Milvue DICOM gateway where the concept is the same
-(MILVUE_AET, PORT, API_URL, TOKEN, PACS_IP, ...). Every error names the variable, so the
-CLI can stop start-up with one line instead of a traceback.
+(MILVUE_AET, PORT, API_URL, TOKEN, PACS_IP, ...). Each Struct field is named after its
+variable; msgspec converts the strings and checks the constraints (`Meta`), and any error
+becomes one line that starts with the variable's name, so the CLI stops start-up with that line
+instead of a traceback.
+
+Several AI cores: the unsuffixed API_URL, TOKEN, ... are the first core; API_URL_1, TOKEN_1,
+... (then _2, ...) add more. A core without its own DESTINATIONS_n sends its results to the
+unsuffixed PACS_* and DESTINATIONS.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TypeVar
+from typing import Annotated, Any, Literal
 
 import msgspec
+from msgspec import Meta
 
 from pacsor.config.hl7 import Hl7ConfigError, Hl7Settings, load_hl7_settings
-from pacsor.dicom.profiles import PROFILES
-from pacsor.domain.filters import FilterError, FilterRule, parse_filters
 
-T = TypeVar("T")
+# An AE title: 1 to 16 printable characters, no backslash (PS3.5 §6.2, AE value representation).
+AeTitle = Annotated[str, Meta(pattern=r"^[\x20-\x5b\x5d-\x7e]{1,16}$")]
+Port = Annotated[int, Meta(ge=1, le=65535)]
+Seconds = Annotated[float, Meta(gt=0)]
+HttpUrl = Annotated[str, Meta(pattern=r"^https?://[^/\s]+")]
+CoreName = Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9-]{0,31}$")]
+InferenceCommand = Annotated[str, Meta(pattern=r"^[a-z][a-z0-9_]*$")]
+NatsUrl = Annotated[str, Meta(pattern=r"^(nats|tls|ws|wss)://[^/\s]+$")]
+# The names of pacsor.dicom.profiles.PROFILES (a test keeps the two in step).
+Profile = Literal["Default", "WithSC", "WithRF", "WithSCRF", "All"]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+CoreKind = Literal["inference", "tcr"]
+# The result options of the API's results route, with the values the contract allows.
+OutputFormat = Literal["overlay", "highbit", "gsps"]
+Language = Literal["fr", "en", "es", "de", "it", "pt"]
+OutputSelection = Literal["all", "no_recap", "no_negatives", "none"]
+StructuredReportFormat = Literal["lite", "normal", "full", "none"]
+StaticReportFormat = Literal["rgb", "pdf", "none"]
+RecapTheme = Literal["dark", "light"]
+TimeZone = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_+\-/]{1,64}$")]
+RESULT_OPTIONS = (
+    "output_format",
+    "language",
+    "output_selection",
+    "structured_report_format",
+    "static_report_format",
+    "recap_theme",
+    "timezone",
+)
 
-AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # 16 chars, no backslash or control
-CORE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
+# What a pattern means, for the one line a person reads.
+_PATTERN_HINTS: dict[Any, str] = {
+    AeTitle: "an AE title is 1 to 16 printable characters without backslash",
+    HttpUrl: "expected an http:// or https:// URL",
+    CoreName: "lower-case letters, digits and '-'",
+    InferenceCommand: "not an inference command name",
+    NatsUrl: "expected nats://host:port",
+    TimeZone: "expected a time zone such as Europe/Paris",
+}
 
 
 class ConfigError(ValueError):
@@ -32,91 +72,147 @@ class ConfigError(ValueError):
 class Destination(msgspec.Struct, frozen=True):
     """A DICOM peer that receives result objects."""
 
-    ae_title: str
+    ae_title: AeTitle
     host: str
-    port: int
+    port: Port
 
     def __str__(self) -> str:
         return f"{self.ae_title}@{self.host}:{self.port}"
 
 
-# The result options of the API's results route, with the values the contract allows
-# (timezone: any IANA name). Unset options are not sent: the API's defaults apply.
-RESULT_OPTION_VALUES: dict[str, tuple[str, ...]] = {
-    "output_format": ("overlay", "highbit", "gsps"),
-    "language": ("fr", "en", "es", "de", "it", "pt"),
-    "output_selection": ("all", "no_recap", "no_negatives", "none"),
-    "structured_report_format": ("lite", "normal", "full", "none"),
-    "static_report_format": ("rgb", "pdf", "none"),
-    "recap_theme": ("dark", "light"),
-    "timezone": (),
-}
+class CoreSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """One AI environment ("core"): where studies are uploaded and where its results go."""
+
+    name: CoreName
+    kind: CoreKind = "inference"
+    api_url: HttpUrl
+    token: str
+    signed_url: bool
+    inference_commands: tuple[InferenceCommand, ...]
+    destinations: tuple[Destination, ...]
+    dicom_filters: str  # JSON rules, as in the original gateway; checked at start-up
 
 
-class ResultOptions(msgspec.Struct, frozen=True, kw_only=True):
-    output_format: str = ""
-    language: str = ""
-    output_selection: str = ""
-    structured_report_format: str = ""
-    static_report_format: str = ""
-    recap_theme: str = ""
-    timezone: str = ""
+class ExtraCore(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
+    """The variables of core n (API_URL_n, ...), read with the suffix removed."""
 
-    def query(self) -> dict[str, str]:
-        """The options that are set, as query parameters."""
-        return {k: v for k, v in msgspec.structs.asdict(self).items() if v}
-
-
-class Settings(msgspec.Struct, frozen=True, kw_only=True):
-    # DICOM reception
-    milvue_aet: str = "MILVUE"
-    port: int = 1040
-    config_profile: str = "WithSC"
-    study_quiet_seconds: float = 10.0
-    # AI API
-    api_url: str = "http://127.0.0.1:8421"
+    api_url: HttpUrl
     token: str = ""
-    core_name: str = "default"
-    inference_commands: tuple[str, ...] = ("smarturgences", "smartxpert")
-    poll_interval_seconds: float = 3.0
-    result_timeout_seconds: float = 600.0
-    api_timeout_seconds: float = 60.0
+    core_name: CoreName | None = None
+    core_kind: CoreKind = "inference"
+    signed_url: bool | None = None
+    inference_commands: Annotated[tuple[InferenceCommand, ...], Meta(min_length=1)] | None = None
+    destinations: tuple[Destination, ...] | None = None
+    dicom_filters: str = ""
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
+    # DICOM reception
+    milvue_aet: AeTitle = "MILVUE"
+    port: Port = 1040
+    config_profile: Profile = "WithSC"
+    study_quiet_seconds: Seconds = 10.0
+    # AI API: the first core
+    api_url: HttpUrl = "http://127.0.0.1:8421"
+    token: str = ""
+    core_name: CoreName = "default"
+    core_kind: CoreKind = "inference"
+    # Signed URLs, as cloud environments take them; false: multipart STOW (on-premise APIs).
     signed_url: bool = True
-    dicom_filters: tuple[FilterRule, ...] = ()
-    result_options: ResultOptions = ResultOptions()
-    upload_batch_size: int = 100
-    upload_rate_limit: float = 0.0  # instances per second per core; 0: unlimited
+    inference_commands: Annotated[tuple[InferenceCommand, ...], Meta(min_length=1)] = (
+        "smarturgences",
+        "smartxpert",
+    )
+    dicom_filters: str = ""
+    poll_interval_seconds: Seconds = 3.0
+    result_timeout_seconds: Seconds = 600.0
+    api_timeout_seconds: Seconds = 60.0
+    # Uploads, for every core
+    upload_batch_size: Annotated[int, Meta(ge=1, le=10_000)] = 100
+    upload_rate_limit: Annotated[float, Meta(ge=0)] = 0.0  # instances/s per core; 0: no limit
     no_duplicate_upload: bool = True
+    # Result options sent with every result request (unset: the API's default)
+    output_format: OutputFormat | None = None
+    language: Language | None = None
+    output_selection: OutputSelection | None = None
+    structured_report_format: StructuredReportFormat | None = None
+    static_report_format: StaticReportFormat | None = None
+    recap_theme: RecapTheme | None = None
+    timezone: TimeZone | None = None
     # Result destinations
     pacs_ip: str = ""
-    pacs_port: int = 104
-    pacs_aet: str = "PACS"
+    pacs_port: Port = 104
+    pacs_aet: AeTitle = "PACS"
     destinations: tuple[Destination, ...] = ()
     # Retry policy shared by every handler
-    retry_initial_seconds: float = 2.0
-    retry_max_seconds: float = 300.0
-    retry_max_attempts: int = 12
+    retry_initial_seconds: Seconds = 2.0
+    retry_max_seconds: Seconds = 300.0
+    retry_max_attempts: Annotated[int, Meta(ge=1, le=1000)] = 12
     # Broker
-    nats_url: str = ""
-    nats_replicas: int = 1  # copies of every stream and bucket: 3 on a three-node cluster
-    embedded_nats_port: int = 4222
-    data_dir: Path = Path(".pacsor")
-    log_level: str = "INFO"
+    nats_url: Annotated[tuple[NatsUrl, ...], Meta(max_length=32)] = ()
+    # Copies of every stream and bucket: 3 on a three-node cluster.
+    nats_replicas: Annotated[int, Meta(ge=1, le=5)] = 1
+    embedded_nats_port: Port = 4222
+    data_dir: Path = msgspec.field(default=Path(".pacsor"), name="PACSOR_DATA_DIR")
+    log_level: LogLevel = "INFO"
     # Admin API and dashboard
     admin_host: str = "127.0.0.1"
-    admin_port: int = 7000
+    admin_port: Port = 7000
     admin_token: str = ""
     # Retention: stored DICOM objects, and events
-    retention_hours: float = 168.0
-    events_retention_days: float = 365.0
+    retention_hours: Seconds = 168.0
+    events_retention_days: Seconds = 365.0
     output_cleaning: bool = False
-    # HL7 ORU^R01 to the RIS (pacsor.config.hl7)
-    hl7: Hl7Settings = msgspec.field(default_factory=Hl7Settings)
+    retention_check_seconds: Seconds = 600.0
+    # Cores 1, 2, ... from API_URL_1, API_URL_2, ...
+    extra_cores: tuple[ExtraCore, ...] = msgspec.field(default=(), name="EXTRA_CORES")
+    # HL7 ORU^R01 to the RIS (pacsor.config.hl7), read from the same environment
+    hl7: Hl7Settings = msgspec.field(default_factory=Hl7Settings, name="HL7")
 
     def all_destinations(self) -> tuple[Destination, ...]:
         """The PACS (when PACS_IP is set) followed by every extra destination."""
         pacs = (Destination(self.pacs_aet, self.pacs_ip, self.pacs_port),) if self.pacs_ip else ()
         return pacs + self.destinations
+
+    def result_options(self) -> dict[str, str]:
+        """The result options that are set, as the results route's query parameters."""
+        options = {name: getattr(self, name) for name in RESULT_OPTIONS}
+        return {name: value for name, value in options.items() if value is not None}
+
+    @property
+    def nats_servers(self) -> str:
+        """NATS_URL as nats-py takes it ("" means the embedded server)."""
+        return ",".join(self.nats_url)
+
+    @property
+    def cores(self) -> tuple[CoreSettings, ...]:
+        """Every AI core: the unsuffixed one first, then cores 1, 2, ..."""
+        first = CoreSettings(
+            name=self.core_name,
+            kind=self.core_kind,
+            api_url=self.api_url,
+            token=self.token,
+            signed_url=self.signed_url,
+            inference_commands=self.inference_commands,
+            destinations=self.all_destinations(),
+            dicom_filters=self.dicom_filters,
+        )
+        extra = tuple(
+            CoreSettings(
+                name=core.core_name or f"core{n}",
+                kind=core.core_kind,
+                api_url=core.api_url,
+                token=core.token,
+                signed_url=self.signed_url if core.signed_url is None else core.signed_url,
+                inference_commands=core.inference_commands or self.inference_commands,
+                destinations=(
+                    self.all_destinations() if core.destinations is None else core.destinations
+                ),
+                dicom_filters=core.dicom_filters,
+            )
+            for n, core in enumerate(self.extra_cores, start=1)
+        )
+        return (first, *extra)
 
 
 def read_dotenv(path: Path) -> dict[str, str]:
@@ -140,103 +236,109 @@ def read_dotenv(path: Path) -> dict[str, str]:
     return values
 
 
-def _positive_float(name: str, raw: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name}: expected a number of seconds, got {raw!r}") from None
-    if not value > 0:
-        raise ConfigError(f"{name}: must be greater than 0, got {raw!r}")
-    return value
-
-
-def _int_in(name: str, raw: str, low: int, high: int) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name}: expected an integer, got {raw!r}") from None
-    if not low <= value <= high:
-        raise ConfigError(f"{name}: must be between {low} and {high}, got {value}")
-    return value
-
-
-def _boolean(name: str, raw: str) -> bool:
-    value = raw.lower()
-    if value not in {"true", "false", "1", "0", "yes", "no"}:
-        raise ConfigError(f"{name}: expected true or false, got {raw!r}")
-    return value in {"true", "1", "yes"}
-
-
-def _ae_title(name: str, raw: str) -> str:
-    value = raw.strip()
-    if not AE_TITLE.match(value):
-        raise ConfigError(f"{name}: an AE title is 1 to 16 printable characters, got {raw!r}")
-    return value
-
-
-def _url(name: str, raw: str) -> str:
-    if not re.match(r"^https?://[^/\s]+", raw):
-        raise ConfigError(f"{name}: expected an http:// or https:// URL, got {raw!r}")
-    return raw.rstrip("/")
-
-
 def parse_destination(name: str, raw: str) -> Destination:
+    """AET@host:port, checked like the settings are."""
+    destination: Destination = _convert(_destination_fields(name, raw), Destination, name, {})
+    return destination
+
+
+def _destination_fields(name: str, raw: str) -> dict[str, Any]:
     match = re.fullmatch(r"\s*([^@]+)@([^:@\s]+):(\d+)\s*", raw)
     if not match:
         raise ConfigError(f"{name}: expected AET@host:port, got {raw!r}")
     aet, host, port = match.groups()
-    return Destination(_ae_title(name, aet), host, _int_in(name, port, 1, 65535))
+    return {"ae_title": aet.strip(), "host": host, "port": port}
 
 
-def _commands(name: str, raw: str) -> tuple[str, ...]:
-    commands = tuple(c.strip() for c in raw.split(",") if c.strip())
-    if not commands:
-        raise ConfigError(f"{name}: at least one inference command is needed")
-    for command in commands:
-        if not re.fullmatch(r"[a-z][a-z0-9_]*", command):
-            raise ConfigError(f"{name}: {command!r} is not an inference command name")
-    return commands
+def _fields(kind: type[msgspec.Struct]) -> dict[str, msgspec.inspect.Field]:
+    info = msgspec.inspect.type_info(kind)
+    assert isinstance(info, msgspec.inspect.StructType)
+    return {field.encode_name: field for field in info.fields}
 
 
-def parse_bool(name: str, raw: str) -> bool:
-    value = raw.strip().lower()
-    if value in {"true", "1", "yes", "on"}:
-        return True
-    if value in {"false", "0", "no", "off"}:
-        return False
-    raise ConfigError(f"{name}: expected true or false, got {raw!r}")
+def _is_list(field: msgspec.inspect.Field) -> bool:
+    kind = field.type
+    if isinstance(kind, msgspec.inspect.UnionType):
+        kind = next(t for t in kind.types if not isinstance(t, msgspec.inspect.NoneType))
+    return isinstance(kind, msgspec.inspect.TupleType | msgspec.inspect.VarTupleType)
 
 
-def parse_dicom_filters(name: str, raw: str) -> tuple[FilterRule, ...]:
-    try:
-        return parse_filters(raw)
-    except FilterError as err:
-        raise ConfigError(f"{name}: {err}") from None
-
-
-def _rate(name: str, raw: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name}: expected instances per second, got {raw!r}") from None
-    if not value >= 0:
-        raise ConfigError(f"{name}: must be 0 (unlimited) or more, got {raw!r}")
-    return value
-
-
-def _result_options(env: Mapping[str, str]) -> ResultOptions:
-    options: dict[str, str] = {}
-    for field, allowed in RESULT_OPTION_VALUES.items():
-        name = field.upper()
-        raw = (env.get(name) or "").strip()
-        if not raw:
+def _raw_fields(
+    env: Mapping[str, str], kind: type[msgspec.Struct], suffix: str = ""
+) -> dict[str, Any]:
+    """The set variables of `kind` (named NAME + suffix), lists split on commas."""
+    raw: dict[str, Any] = {}
+    for name, field in _fields(kind).items():
+        value = env.get(name + suffix, "").strip()
+        if not value or name in {"EXTRA_CORES", "HL7"}:
             continue
-        if allowed and raw not in allowed:
-            raise ConfigError(f"{name}: expected one of {', '.join(allowed)}, got {raw!r}")
-        if not allowed and not re.fullmatch(r"[A-Za-z0-9_+\-/]{1,64}", raw):
-            raise ConfigError(f"{name}: expected a time zone such as Europe/Paris, got {raw!r}")
-        options[field] = raw
-    return ResultOptions(**options)
+        if name == "DESTINATIONS":
+            raw[name] = [
+                _destination_fields(name + suffix, d) for d in value.split(",") if d.strip()
+            ]
+        elif _is_list(field):
+            raw[name] = [item.strip() for item in value.split(",") if item.strip()]
+        elif name == "LOG_LEVEL":
+            raw[name] = value.upper()
+        elif name == "API_URL":
+            raw[name] = value.rstrip("/")
+        else:
+            raw[name] = value
+    return raw
+
+
+def _decode_path(kind: type, value: Any) -> Any:
+    if kind is Path and isinstance(value, str):
+        return Path(value)
+    raise NotImplementedError(kind)
+
+
+def _convert(raw: dict[str, Any], kind: type[Any], name: str, given: Mapping[str, str]) -> Any:
+    try:
+        return msgspec.convert(raw, kind, strict=False, dec_hook=_decode_path)
+    except msgspec.ValidationError as err:
+        raise ConfigError(_explain(err, name, given)) from None
+
+
+def _explain(err: msgspec.ValidationError, default_name: str, given: Mapping[str, str]) -> str:
+    """`Expected int >= 1 - at $.EXTRA_CORES[0].PORT` as `PORT_1: expected ..., got '0'`."""
+    message, _, where = str(err).rpartition(" - at `")
+    path = where.rstrip("`")
+    match = re.match(r"\$(?:\.EXTRA_CORES\[(\d+)\])?\.([A-Z0-9_]+)", path)
+    if match is None:
+        name = default_name
+    else:
+        core, field = match.groups()
+        name = field if core is None else f"{field}_{int(core) + 1}"
+    hint = _hint(message)
+    if message.startswith("Invalid enum value") and match is not None:
+        field = _fields(ExtraCore if match.group(1) else Settings).get(match.group(2))
+        if field is not None and isinstance(field.type, msgspec.inspect.LiteralType):
+            hint = f"expected one of {', '.join(map(str, field.type.values))}"
+    value = given.get(name)
+    got = f", got {value!r}" if value is not None else ""
+    return f"{name}: {hint}{got}"
+
+
+def _hint(message: str) -> str:
+    for kind, hint in _PATTERN_HINTS.items():
+        pattern = next(m for m in kind.__metadata__ if isinstance(m, Meta)).pattern
+        if pattern is not None and repr(pattern) in message:
+            return hint
+    if message.startswith("Object missing required field"):
+        return "not set"
+    if message.startswith("Expected `array` of length >= 1"):
+        return "at least one value is needed"
+    readable = {
+        "`int`": "an integer",
+        "`float`": "a number",
+        "`bool`": "true or false",
+        "`str`": "a string",
+    }
+    for raw, text in readable.items():
+        message = message.replace(raw, text)
+    message = re.sub(r", got an? [a-z]+$|, got `\w+`$", "", message)
+    return message[:1].lower() + message[1:]
 
 
 def load_settings(
@@ -251,84 +353,20 @@ def load_settings(
     env.update(os.environ if environ is None else environ)
     env.update(overrides or {})
 
-    kwargs: dict[str, object] = {}
-
-    def take(name: str, field: str, parse: Callable[[str, str], object]) -> None:
-        raw = env.get(name)
-        if raw is not None and raw.strip() != "":
-            kwargs[field] = parse(name, raw.strip())
-
-    def profile(name: str, raw: str) -> str:
-        if raw not in PROFILES:
-            raise ConfigError(f"{name}: expected one of {', '.join(PROFILES)}, got {raw!r}")
-        return raw
-
-    def core(name: str, raw: str) -> str:
-        if not CORE_NAME.match(raw):
-            raise ConfigError(f"{name}: lower-case letters, digits and '-', got {raw!r}")
-        return raw
-
-    def level(name: str, raw: str) -> str:
-        if raw.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
-            raise ConfigError(f"{name}: expected DEBUG, INFO, WARNING or ERROR, got {raw!r}")
-        return raw.upper()
-
-    def nats_url(name: str, raw: str) -> str:
-        for url in raw.split(","):
-            if not re.match(r"^(nats|tls|ws|wss)://[^/\s]+$", url.strip()):
-                raise ConfigError(f"{name}: expected nats://host:port, got {raw!r}")
-        return raw
-
-    def destinations(name: str, raw: str) -> tuple[Destination, ...]:
-        return tuple(parse_destination(name, d) for d in raw.split(",") if d.strip())
-
-    take("MILVUE_AET", "milvue_aet", _ae_title)
-    take("PORT", "port", lambda n, r: _int_in(n, r, 1, 65535))
-    take("CONFIG_PROFILE", "config_profile", profile)
-    take("STUDY_QUIET_SECONDS", "study_quiet_seconds", _positive_float)
-    take("API_URL", "api_url", _url)
-    take("TOKEN", "token", lambda n, r: r)
-    take("CORE_NAME", "core_name", core)
-    take("INFERENCE_COMMANDS", "inference_commands", _commands)
-    take("POLL_INTERVAL_SECONDS", "poll_interval_seconds", _positive_float)
-    take("RESULT_TIMEOUT_SECONDS", "result_timeout_seconds", _positive_float)
-    take("API_TIMEOUT_SECONDS", "api_timeout_seconds", _positive_float)
-    take("SIGNED_URL", "signed_url", parse_bool)
-    take("DICOM_FILTERS", "dicom_filters", parse_dicom_filters)
-    take("UPLOAD_BATCH_SIZE", "upload_batch_size", lambda n, r: _int_in(n, r, 1, 10_000))
-    take("UPLOAD_RATE_LIMIT", "upload_rate_limit", _rate)
-    take("NO_DUPLICATE_UPLOAD", "no_duplicate_upload", parse_bool)
-    kwargs["result_options"] = _result_options(env)
-    take("PACS_IP", "pacs_ip", lambda n, r: r)
-    take("PACS_PORT", "pacs_port", lambda n, r: _int_in(n, r, 1, 65535))
-    take("PACS_AET", "pacs_aet", _ae_title)
-    take("DESTINATIONS", "destinations", destinations)
-    take("RETRY_INITIAL_SECONDS", "retry_initial_seconds", _positive_float)
-    take("RETRY_MAX_SECONDS", "retry_max_seconds", _positive_float)
-    take("RETRY_MAX_ATTEMPTS", "retry_max_attempts", lambda n, r: _int_in(n, r, 1, 1000))
-    take("NATS_URL", "nats_url", nats_url)
-    take("NATS_REPLICAS", "nats_replicas", lambda n, r: _int_in(n, r, 1, 5))
-    take("EMBEDDED_NATS_PORT", "embedded_nats_port", lambda n, r: _int_in(n, r, 1, 65535))
-    take("PACSOR_DATA_DIR", "data_dir", lambda n, r: Path(r))
-    take("LOG_LEVEL", "log_level", level)
-    take("ADMIN_HOST", "admin_host", lambda n, r: r)
-    take("ADMIN_PORT", "admin_port", lambda n, r: _int_in(n, r, 1, 65535))
-    take("ADMIN_TOKEN", "admin_token", lambda n, r: r)
-    take("RETENTION_HOURS", "retention_hours", _positive_float)
-    take("EVENTS_RETENTION_DAYS", "events_retention_days", _positive_float)
-    take("OUTPUT_CLEANING", "output_cleaning", _boolean)
+    raw = _raw_fields(env, Settings)
+    cores: list[dict[str, Any]] = []
+    while env.get(f"API_URL_{len(cores) + 1}", "").strip():
+        cores.append(_raw_fields(env, ExtraCore, f"_{len(cores) + 1}"))
+    if cores:
+        raw["EXTRA_CORES"] = cores
     try:
-        kwargs["hl7"] = load_hl7_settings(env)
+        raw["HL7"] = msgspec.to_builtins(load_hl7_settings(env))
     except Hl7ConfigError as err:
         raise ConfigError(str(err)) from None
-    return Settings(**kwargs)  # type: ignore[arg-type]
-
-
-def require(settings: Settings, component: str) -> None:
-    """Check the settings a component cannot run without; raise ConfigError naming one."""
-    if component in {"uploader", "poller"} and not settings.token:
-        raise ConfigError("TOKEN: not set; the Milvue API needs an API key")
-    if component == "dispatcher" and not settings.all_destinations():
-        raise ConfigError("PACS_IP: not set and DESTINATIONS is empty; results need a destination")
-    if component == "hl7" and not settings.hl7.ris_ip:
-        raise ConfigError("HL7_RIS_IP: not set; the hl7 component sends to the RIS")
+    settings: Settings = _convert(raw, Settings, "settings", env)
+    names = [core.name for core in settings.cores]
+    for n, name in enumerate(names):
+        if name in names[:n]:
+            variable = "CORE_NAME" if n == 0 else f"CORE_NAME_{n}"
+            raise ConfigError(f"{variable}: two cores are named {name!r}; names must differ")
+    return settings

@@ -9,11 +9,10 @@ from pathlib import Path
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.events import Event as DicomEvent
 from pynetdicom.presentation import AllStoragePresentationContexts
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
-from pacsor.dicom.storage_scu import VERIFICATION
-
-log = logging.getLogger("pacsor.devtools.demo_pacs")
+log = logging.getLogger("pacsor.demo_pacs")
 
 
 def start_storage_scp(
@@ -23,7 +22,7 @@ def start_storage_scp(
     ae = AE(ae_title=ae_title)
     ae.maximum_associations = 32
     ae.maximum_pdu_size = 0
-    ae.add_supported_context(VERIFICATION)
+    ae.add_supported_context(Verification)
     for context in AllStoragePresentationContexts:
         assert context.abstract_syntax is not None
         ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)

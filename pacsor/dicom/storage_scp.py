@@ -22,16 +22,17 @@ import msgspec
 from pydicom.dataset import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.events import Event as DicomEvent
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from pacsor.config import ConfigError, Settings
 from pacsor.dicom.profiles import PROFILES
-from pacsor.dicom.storage_scu import VERIFICATION
 from pacsor.dicom.structure import Truncated, check_whole, dataset_offset
 from pacsor.domain.events import InstanceReceived, InstanceRejected
 from pacsor.jetstream.blobs import BlobStore, sha256_digest
 from pacsor.jetstream.eventlog import EventLog
 from pacsor.jetstream.subjects import instance_object_name, is_valid_uid
+from pacsor.runtime import Component, Runtime, Started
 
 log = logging.getLogger("pacsor.scp")
 
@@ -48,43 +49,58 @@ JETSTREAM_DEADLINE = 15.0
 
 
 class Identity(msgspec.Struct, frozen=True):
-    study_instance_uid: str
-    series_instance_uid: str
-    sop_instance_uid: str
-    sop_class_uid: str
-    modality: str
+    """What a received dataset says it is; a rejected one may have empty or invalid UIDs."""
+
+    study_instance_uid: str = ""
+    series_instance_uid: str = ""
+    sop_instance_uid: str = ""
+    sop_class_uid: str = ""
+    modality: str = ""
+    # What operators search by; never the patient's name, ID or birth date.
+    accession_number: str = ""
+    study_date: str = ""
+    study_description: str = ""
 
 
 class Rejection(Exception):
-    def __init__(self, status: int, reason: str, identity: dict[str, str] | None = None):
+    def __init__(self, status: int, reason: str, identity: Identity | None = None):
         super().__init__(reason)
         self.status = status
         self.reason = reason
-        self.identity = identity or {}
+        self.identity = identity or Identity()
+
+
+def _text(dataset: Dataset, keyword: str, longest: int) -> str:
+    """A short text element as one clean line, at most its VR's length."""
+    value = str(dataset.get(keyword, "") or "")
+    return " ".join(value.replace("\0", " ").split())[:longest]
 
 
 def identify(dataset: Dataset, affected_sop_class: str) -> Identity:
     """Read the identifying UIDs of a received dataset, or raise Rejection."""
     try:
-        found = {
-            "study_instance_uid": str(dataset.get("StudyInstanceUID", "") or "").strip("\0 "),
-            "series_instance_uid": str(dataset.get("SeriesInstanceUID", "") or "").strip("\0 "),
-            "sop_instance_uid": str(dataset.get("SOPInstanceUID", "") or "").strip("\0 "),
-            "sop_class_uid": str(dataset.get("SOPClassUID", "") or affected_sop_class),
-            "modality": str(dataset.get("Modality", "") or ""),
-        }
+        identity = Identity(
+            study_instance_uid=str(dataset.get("StudyInstanceUID", "") or "").strip("\0 "),
+            series_instance_uid=str(dataset.get("SeriesInstanceUID", "") or "").strip("\0 "),
+            sop_instance_uid=str(dataset.get("SOPInstanceUID", "") or "").strip("\0 "),
+            sop_class_uid=str(dataset.get("SOPClassUID", "") or affected_sop_class),
+            modality=str(dataset.get("Modality", "") or ""),
+            accession_number=_text(dataset, "AccessionNumber", 16),
+            study_date=_text(dataset, "StudyDate", 8),
+            study_description=_text(dataset, "StudyDescription", 64),
+        )
     except Exception as err:  # pydicom raises many kinds on a corrupt or truncated stream
         raise Rejection(CANNOT_UNDERSTAND, f"unreadable dataset: {err}") from err
-    for key, label in (
-        ("study_instance_uid", "StudyInstanceUID"),
-        ("series_instance_uid", "SeriesInstanceUID"),
-        ("sop_instance_uid", "SOPInstanceUID"),
+    for uid, label in (
+        (identity.study_instance_uid, "StudyInstanceUID"),
+        (identity.series_instance_uid, "SeriesInstanceUID"),
+        (identity.sop_instance_uid, "SOPInstanceUID"),
     ):
-        if not found[key]:
-            raise Rejection(MISSING_UID, f"{label} is missing", found)
-        if not is_valid_uid(found[key]):
-            raise Rejection(INVALID_UID, f"{label} is not a valid UID: {found[key][:64]!r}", found)
-    return Identity(**found)
+        if not uid:
+            raise Rejection(MISSING_UID, f"{label} is missing", identity)
+        if not is_valid_uid(uid):
+            raise Rejection(INVALID_UID, f"{label} is not a valid UID: {uid[:64]!r}", identity)
+    return identity
 
 
 class StorageScp:
@@ -109,7 +125,7 @@ class StorageScp:
         ae.network_timeout = 60
         ae.dimse_timeout = 60
         ae.require_called_aet = True
-        ae.add_supported_context(VERIFICATION)
+        ae.add_supported_context(Verification)
         for sop_class in PROFILES[self.settings.config_profile]:
             ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
         try:
@@ -202,6 +218,9 @@ class StorageScp:
             sop_class_uid=identity.sop_class_uid,
             transfer_syntax_uid=transfer_syntax,
             modality=identity.modality,
+            accession_number=identity.accession_number,
+            study_date=identity.study_date,
+            study_description=identity.study_description,
             calling_ae_title=calling,
             object_name=name,
             size=len(data),
@@ -211,13 +230,13 @@ class StorageScp:
         return received
 
     def _reject(self, rejection: Rejection, calling: str) -> Dataset:
-        study = rejection.identity.get("study_instance_uid", "")
+        study = rejection.identity.study_instance_uid
         rejected = InstanceRejected(
             study_instance_uid=study if is_valid_uid(study) else "",
             reason=rejection.reason,
             dimse_status=rejection.status,
             calling_ae_title=calling,
-            sop_instance_uid=rejection.identity.get("sop_instance_uid", "")[:64],
+            sop_instance_uid=rejection.identity.sop_instance_uid[:64],
             rejection_id=uuid.uuid4().hex,
         )
         log.warning(
@@ -246,3 +265,16 @@ def _status(code: int, comment: str) -> Dataset:
 
 def _on_c_echo(event: DicomEvent) -> int:
     return SUCCESS
+
+
+async def run(rt: Runtime, started: Started) -> None:
+    scp = StorageScp(rt.settings, asyncio.get_running_loop(), rt.instances, rt.events)
+    port = await asyncio.to_thread(scp.start)
+    try:
+        started({"dicom_port": port})
+        await rt.stop.wait()
+    finally:
+        await asyncio.to_thread(scp.stop)
+
+
+COMPONENT = Component("scp", "C-STORE -> InstanceReceived / InstanceRejected", run)

@@ -13,10 +13,7 @@ from pathlib import Path
 
 from pydicom import dcmread
 from pynetdicom import AE, _config
-
-_config.STORE_SEND_CHUNKED_DATASET = True
-
-VERIFICATION = "1.2.840.10008.1.1"
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 
 def send_files(
@@ -32,6 +29,10 @@ def send_files(
     Stops at the first file without an answer (status -1): the association is gone.
     Raises ConnectionError when no association can be made.
     """
+    # Send each file's dataset bytes as they are on disk instead of decoding and re-encoding
+    # them: faster, and faithful to what the modality produced. A pynetdicom-wide switch, set
+    # here where it is needed rather than on import.
+    _config.STORE_SEND_CHUNKED_DATASET = True
     ae = AE(ae_title=calling_ae_title)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     contexts: dict[str, set[str]] = {}
@@ -70,7 +71,7 @@ def echo(
     """C-ECHO a peer: None when it answers success, else what went wrong."""
     ae = AE(ae_title=calling_ae_title)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
-    ae.add_requested_context(VERIFICATION)
+    ae.add_requested_context(Verification)
     assoc = ae.associate(host, port, ae_title=called_ae_title)
     if not assoc.is_established:
         return "association rejected" if assoc.is_rejected else "refused or unreachable"

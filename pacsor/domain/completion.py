@@ -16,10 +16,10 @@ from pacsor.domain.events import (
     InstanceReceived,
     InstanceRef,
     ObjectsExpired,
+    RecordedEvent,
     RelaunchRequested,
     StudyComplete,
 )
-from pacsor.jetstream.eventlog import RecordedEvent
 
 
 class Complete(msgspec.Struct, frozen=True):

@@ -39,6 +39,37 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag=Tru
         raise NotImplementedError
 
 
+class CoreEvent(Event, frozen=True, kw_only=True):
+    """Base of the events of one AI core's handling of one attempt of a study.
+
+    The outcomes of one step (Uploaded and UploadFailed, ...) share the step's idempotency key,
+    so a step records one outcome, whichever replica gets there first.
+    """
+
+    core: str
+    attempt: int
+
+    step: ClassVar[str] = ""
+
+    def idempotency_key(self) -> str:
+        return f"{self.step}:{self.study_instance_uid}:{self.core}:{self.attempt}"
+
+
+class DestinationEvent(CoreEvent, frozen=True, kw_only=True):
+    """Base of the outcomes of sending one attempt's results to one destination."""
+
+    destination: str  # AET@host:port
+    # Set when this is a replay to one destination (DispatchReplayRequested): a replay is a
+    # step of its own, recorded beside the first dispatch.
+    replay_id: str = ""
+
+    step: ClassVar[str] = "dispatch"
+
+    def idempotency_key(self) -> str:
+        key = f"{super().idempotency_key()}:{self.destination}"
+        return f"{key}:replay:{self.replay_id}" if self.replay_id else key
+
+
 class InstanceRef(msgspec.Struct, frozen=True, kw_only=True):
     """One stored input instance, as listed in StudyComplete."""
 
@@ -74,7 +105,7 @@ class SkippedInstance(msgspec.Struct, frozen=True, kw_only=True):
     """An instance of the study that was not uploaded to a core, and why."""
 
     sop_instance_uid: str
-    reason: str  # "filtered" or "already uploaded"
+    reason: str  # "filtered", "already uploaded" or "unreadable: ..."
     rule: str = ""  # the DICOM filter rule that skipped it, as written in the settings
 
 
@@ -114,14 +145,7 @@ class InstanceReceived(Event, frozen=True, kw_only=True):
         return f"received:{self.sop_instance_uid}:{self.digest}"
 
     def ref(self) -> InstanceRef:
-        return InstanceRef(
-            sop_instance_uid=self.sop_instance_uid,
-            series_instance_uid=self.series_instance_uid,
-            sop_class_uid=self.sop_class_uid,
-            object_name=self.object_name,
-            size=self.size,
-            digest=self.digest,
-        )
+        return msgspec.convert(self, InstanceRef, from_attributes=True)
 
 
 class InstanceRejected(Event, frozen=True, kw_only=True):
@@ -170,157 +194,120 @@ class StudyComplete(Event, frozen=True, kw_only=True):
 # --- AI API -------------------------------------------------------------------------------
 
 
-class InstancesSkipped(Event, frozen=True, kw_only=True):
+class InstancesSkipped(CoreEvent, frozen=True, kw_only=True):
     """Instances of `attempt` not uploaded to `core`: filtered out, or uploaded before.
 
     A large study has several, `part` 1, 2, ..., each listing at most a few hundred.
     """
 
     topic: ClassVar[str] = "skipped"
+    step: ClassVar[str] = "skipped"
 
-    core: str
-    attempt: int
     part: int
     skipped: tuple[SkippedInstance, ...]
 
     def idempotency_key(self) -> str:
-        return f"skipped:{self.study_instance_uid}:{self.core}:{self.attempt}:{self.part}"
+        return f"{super().idempotency_key()}:{self.part}"
 
 
-class InstancesUploaded(Event, frozen=True, kw_only=True):
+class InstancesUploaded(CoreEvent, frozen=True, kw_only=True):
     """One batch of `attempt` accepted by `core`: what NO_DUPLICATE_UPLOAD reads back, and
     where an upload interrupted by a crash or a retry resumes."""
 
     topic: ClassVar[str] = "batch_uploaded"
+    step: ClassVar[str] = "batch"
 
-    core: str
-    attempt: int
     batch: int
     instances: tuple[UploadedInstance, ...]
 
     def idempotency_key(self) -> str:
-        return f"batch:{self.study_instance_uid}:{self.core}:{self.attempt}:{self.batch}"
+        return f"{super().idempotency_key()}:{self.batch}"
 
 
-class Uploaded(Event, frozen=True, kw_only=True):
+class Uploaded(CoreEvent, frozen=True, kw_only=True):
+    """The AI core accepted the study's instances; its answer is in `api_message`."""
+
     topic: ClassVar[str] = "uploaded"
+    step: ClassVar[str] = "upload"
 
-    core: str
-    attempt: int
     instance_count: int  # uploaded in this attempt
     api_message: str = ""
     skipped_count: int = 0  # filtered out or uploaded before (see InstancesSkipped)
     signed_url: bool = False
 
-    def idempotency_key(self) -> str:
-        return f"upload:{self.study_instance_uid}:{self.core}:{self.attempt}"
 
-
-class UploadFailed(Event, frozen=True, kw_only=True):
-    topic: ClassVar[str] = "upload_failed"
-
-    core: str
-    attempt: int
-    reason: str
-    http_status: int | None = None
-    tries: int = 1
-
-    def idempotency_key(self) -> str:
-        # Shares Uploaded's key: one attempt has one upload outcome.
-        return f"upload:{self.study_instance_uid}:{self.core}:{self.attempt}"
-
-
-class NothingToUpload(Event, frozen=True, kw_only=True):
+class NothingToUpload(CoreEvent, frozen=True, kw_only=True):
     """Every instance of `attempt` was filtered out for `core`: the study is not uploaded
     there. A final state: the reason says which rules left nothing."""
 
     topic: ClassVar[str] = "nothing_to_upload"
+    step: ClassVar[str] = "upload"
 
-    core: str
-    attempt: int
     reason: str
     skipped_count: int
 
-    def idempotency_key(self) -> str:
-        return f"upload:{self.study_instance_uid}:{self.core}:{self.attempt}"
+
+class ApiFailure(CoreEvent, frozen=True, kw_only=True):
+    """Base of the AI core's failures: why, in the API's words, and its HTTP status if any."""
+
+    reason: str
+    http_status: int | None = None
 
 
-class ResultReady(Event, frozen=True, kw_only=True):
-    """The results of `attempt` are in the results bucket. No `results` means the API had
-    none for this study (status `empty`): recorded, and nothing is dispatched."""
+class UploadFailed(ApiFailure, frozen=True, kw_only=True):
+    """The AI core refused the upload, or retries are exhausted (`tries`)."""
+
+    topic: ClassVar[str] = "upload_failed"
+    step: ClassVar[str] = "upload"
+
+    tries: int = 1
+
+
+class ResultReady(CoreEvent, frozen=True, kw_only=True):
+    """The AI's result objects are stored in the results bucket, ready to dispatch. No
+    `results` means the API had none for this study (status `empty`): recorded, and nothing
+    is dispatched."""
 
     topic: ClassVar[str] = "result_ready"
+    step: ClassVar[str] = "result"
 
-    core: str
-    attempt: int
     results: tuple[ResultObject, ...]
     api_version: str = ""
     findings: tuple[FindingsObject, ...] = ()
 
-    def idempotency_key(self) -> str:
-        return f"result:{self.study_instance_uid}:{self.core}:{self.attempt}"
 
+class ResultFailed(ApiFailure, frozen=True, kw_only=True):
+    """The AI answered an error for the study, or no result came in time."""
 
-class ResultFailed(Event, frozen=True, kw_only=True):
     topic: ClassVar[str] = "result_failed"
-
-    core: str
-    attempt: int
-    reason: str
-    http_status: int | None = None
-
-    def idempotency_key(self) -> str:
-        return f"result:{self.study_instance_uid}:{self.core}:{self.attempt}"
+    step: ClassVar[str] = "result"
 
 
 # --- Dispatch -----------------------------------------------------------------------------
 
 
-class Dispatched(Event, frozen=True, kw_only=True):
-    """Every result object of `attempt` was accepted by `destination` (AET@host:port).
-
-    `replay_id` is set when this is a replay to one destination (DispatchReplayRequested).
-    """
+class Dispatched(DestinationEvent, frozen=True, kw_only=True):
+    """Every result object of `attempt` was accepted by `destination` (AET@host:port)."""
 
     topic: ClassVar[str] = "dispatched"
 
-    core: str
-    attempt: int
-    destination: str
     sop_instance_uids: tuple[str, ...]
-    replay_id: str = ""
-
-    def idempotency_key(self) -> str:
-        key = dispatch_key(self.study_instance_uid, self.core, self.attempt, self.destination)
-        return f"{key}:replay:{self.replay_id}" if self.replay_id else key
 
 
-class DispatchFailed(Event, frozen=True, kw_only=True):
+class DispatchFailed(DestinationEvent, frozen=True, kw_only=True):
     """Retries to `destination` are exhausted; the results stay in the results bucket."""
 
     topic: ClassVar[str] = "dispatch_failed"
 
-    core: str
-    attempt: int
-    destination: str
     reason: str
-    tries: int
+    tries: int = 1
     delivered_sop_instance_uids: tuple[str, ...] = ()
-    replay_id: str = ""
-
-    def idempotency_key(self) -> str:
-        key = dispatch_key(self.study_instance_uid, self.core, self.attempt, self.destination)
-        return f"{key}:replay:{self.replay_id}" if self.replay_id else key
-
-
-def dispatch_key(study: str, core: str, attempt: int, destination: str) -> str:
-    return f"dispatch:{study}:{core}:{attempt}:{destination}"
 
 
 # --- RIS ---------------------------------------------------------------------------------
 
 
-class Hl7Sent(Event, frozen=True, kw_only=True):
+class Hl7Sent(CoreEvent, frozen=True, kw_only=True):
     """The RIS acknowledged the ORU^R01 of (`core`, `attempt`) with `ack_code` (AA or CA).
 
     `missing_findings` names the inference commands whose findings were not in the message
@@ -328,9 +315,8 @@ class Hl7Sent(Event, frozen=True, kw_only=True):
     """
 
     topic: ClassVar[str] = "hl7_sent"
+    step: ClassVar[str] = "hl7"  # shared with Hl7Failed: one attempt has one RIS outcome
 
-    core: str
-    attempt: int
     ris: str
     control_id: str
     ack_code: str
@@ -339,30 +325,18 @@ class Hl7Sent(Event, frozen=True, kw_only=True):
     missing_findings: tuple[str, ...] = ()
     with_report: bool = False
 
-    def idempotency_key(self) -> str:
-        return hl7_key(self.study_instance_uid, self.core, self.attempt)
 
-
-class Hl7Failed(Event, frozen=True, kw_only=True):
+class Hl7Failed(CoreEvent, frozen=True, kw_only=True):
     """The ORU^R01 was not accepted after the last try: `reason` says the RIS's last answer."""
 
     topic: ClassVar[str] = "hl7_failed"
+    step: ClassVar[str] = "hl7"
 
-    core: str
-    attempt: int
     ris: str
     control_id: str
     reason: str
-    tries: int
+    tries: int = 1
     ack_code: str = ""  # the last MSA-1 when the RIS answered (AE, AR...), else ""
-
-    def idempotency_key(self) -> str:
-        return hl7_key(self.study_instance_uid, self.core, self.attempt)
-
-
-def hl7_key(study: str, core: str, attempt: int) -> str:
-    # Sent and failed share it: one attempt has one RIS outcome.
-    return f"hl7:{study}:{core}:{attempt}"
 
 
 # --- Operators ----------------------------------------------------------------------------
@@ -385,13 +359,11 @@ class RelaunchRequested(Event, frozen=True, kw_only=True):
         return f"relaunch:{self.relaunch_id}"
 
 
-class DispatchReplayRequested(Event, frozen=True, kw_only=True):
+class DispatchReplayRequested(CoreEvent, frozen=True, kw_only=True):
     """Send the results of (`core`, `attempt`) again to one `destination` (AET@host:port)."""
 
     topic: ClassVar[str] = "replay_requested"
 
-    core: str
-    attempt: int
     destination: str
     replay_id: str
     requested_by: str
@@ -419,6 +391,9 @@ class ObjectsExpired(Event, frozen=True, kw_only=True):
     def idempotency_key(self) -> str:
         return f"expired:{self.study_instance_uid}:{self.kind}:{self.core}:{self.attempt}"
 
+
+# The failure of a step retried by the runner; it records how many tries were made.
+StepFailure = UploadFailed | DispatchFailed | Hl7Failed
 
 AnyEvent = (
     InstanceReceived
@@ -458,6 +433,15 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     Hl7Sent,
     Hl7Failed,
 )
+
+
+class RecordedEvent(msgspec.Struct, frozen=True):
+    """An event as read back from the log, with its position there."""
+
+    sequence: int
+    subject: str
+    event: AnyEvent
+
 
 _encoder = msgspec.json.Encoder()
 _decoder: msgspec.json.Decoder[AnyEvent] = msgspec.json.Decoder(AnyEvent)

@@ -8,22 +8,12 @@ from __future__ import annotations
 
 import msgspec
 
-from pacsor.config import Settings
-
 
 class RetryPolicy(msgspec.Struct, frozen=True):
     initial_seconds: float = 2.0
     max_seconds: float = 300.0
     max_attempts: int = 12
     multiplier: float = 2.0
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> RetryPolicy:
-        return cls(
-            initial_seconds=settings.retry_initial_seconds,
-            max_seconds=settings.retry_max_seconds,
-            max_attempts=settings.retry_max_attempts,
-        )
 
     def delay_after(self, tries: int, at_least: float | None = None) -> float | None:
         """Seconds to wait after `tries` failed tries, or None when no try is left.

@@ -13,8 +13,9 @@ States, in the order a study goes through them:
     receiving -> complete -> uploaded -> results -> dispatched        (or failed, with a reason)
 
 A core is `uploaded`, then `results`, then `dispatched` once a destination took its results;
-a destination is `dispatched` or `failed`. The study's own state is the least advanced of its
-cores in the latest attempt, and `failed` when any core or destination of that attempt failed.
+a destination (a DICOM peer, or the RIS for HL7) is `dispatched` or `failed`. The study's own
+state is the least advanced of its cores in the latest attempt, and `failed` when any core or
+destination of that attempt failed.
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ class ResultsMade(msgspec.Struct, kw_only=True):
     attempt: int
     at: datetime
     result_count: int
+    removed: bool = False
 
 
 class StudyView(msgspec.Struct, kw_only=True):
@@ -110,6 +112,10 @@ class StudyView(msgspec.Struct, kw_only=True):
     last_sequence: int = 0
     # The stored instances, so that a copy sent twice counts once.
     sop_instance_uids: list[str] = msgspec.field(default_factory=list)
+
+    def holds_objects(self) -> bool:
+        """Whether stored instances or result objects of the study may still be there."""
+        return self.instances_stored or any(not r.removed for r in self.results_made)
 
     def core(self, name: str) -> CoreView | None:
         return next((c for c in self.cores if c.core == name), None)
@@ -187,9 +193,28 @@ def apply(view: StudyView, sequence: int, event: ev.Event) -> StudyView:
             dest = view.destination(event.destination, event.core)
             if dest is not None:
                 dest.reason = f"replay failed: {event.reason}"
+        case ev.Hl7Sent() | ev.Hl7Failed():
+            # The RIS is shown as one more destination of the core's results.
+            dest = _destination(view, f"RIS {event.ris}", event.core, event.attempt)
+            if dest is not None:
+                dest.at = at
+                if isinstance(event, ev.Hl7Sent):
+                    missing = ", ".join(event.missing_findings)
+                    dest.state = "dispatched"
+                    dest.reason = f"ACK {event.ack_code}" + (
+                        f", without {missing}" if missing else ""
+                    )
+                else:
+                    dest.state, dest.reason = "failed", event.reason
         case ev.ObjectsExpired():
             if event.kind == "instances":
                 view.instances_stored = False
+            for made in view.results_made:
+                if event.kind == "results" and (made.core, made.attempt) == (
+                    event.core,
+                    event.attempt,
+                ):
+                    made.removed = True
             what = (
                 f"{event.kind} {event.core} attempt {event.attempt}" if event.core else event.kind
             )

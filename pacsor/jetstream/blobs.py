@@ -24,7 +24,15 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-log = logging.getLogger("pacsor.jetstream.blobs")
+from pacsor.jetstream.subjects import (
+    ROLLUP_HEADER,
+    ROLLUP_SUBJECT,
+    object_chunk_subject,
+    object_meta_subject,
+    object_store_stream,
+)
+
+log = logging.getLogger("pacsor.blobs")
 
 CHUNK_SIZE = 512 * 1024
 DIGEST_PREFIX = "SHA-256="
@@ -39,12 +47,14 @@ class BlobNotFound(BlobError):
 
 
 class BlobInfo(msgspec.Struct, frozen=True):
+    """An object's metadata message, as the object store writes it (other fields ignored)."""
+
     name: str
     bucket: str
     nuid: str
-    size: int
-    chunks: int
-    digest: str
+    size: int = 0
+    chunks: int = 0
+    digest: str = ""
     deleted: bool = False
 
     @property
@@ -64,17 +74,16 @@ class BlobStore:
         self._nc = nc
         self._js = js
         self.bucket = bucket
-        self.stream = f"OBJ_{bucket}"
+        self.stream = object_store_stream(bucket)
         self._timeout = timeout
         # Larger chunks mean fewer messages; they must fit the server's max_payload.
         self._chunk_size = max(min(CHUNK_SIZE, nc.max_payload - 4096), 16 * 1024)
 
     def _meta_subject(self, name: str) -> str:
-        encoded = base64.urlsafe_b64encode(name.encode()).decode()
-        return f"$O.{self.bucket}.M.{encoded}"
+        return object_meta_subject(self.bucket, name)
 
     def _chunk_subject(self, nuid: str) -> str:
-        return f"$O.{self.bucket}.C.{nuid}"
+        return object_chunk_subject(self.bucket, nuid)
 
     async def info(self, name: str) -> BlobInfo | None:
         """The object's metadata, or None when there is no such (undeleted) object."""
@@ -84,16 +93,7 @@ class BlobStore:
             return None
         if not raw.data:
             return None
-        meta: dict[str, Any] = json.loads(raw.data)
-        info = BlobInfo(
-            name=meta["name"],
-            bucket=meta["bucket"],
-            nuid=meta["nuid"],
-            size=meta.get("size", 0),
-            chunks=meta.get("chunks", 0),
-            digest=meta.get("digest", ""),
-            deleted=bool(meta.get("deleted", False)),
-        )
+        info = msgspec.json.decode(raw.data, type=BlobInfo)
         return None if info.deleted else info
 
     async def put(self, name: str, data: bytes, digest: str | None = None) -> BlobInfo:
@@ -128,7 +128,7 @@ class BlobStore:
             await self._js.publish(
                 self._meta_subject(name),
                 json.dumps(meta).encode(),
-                headers={"Nats-Rollup": "sub"},
+                headers={ROLLUP_HEADER: ROLLUP_SUBJECT},
                 timeout=self._timeout,
             )
         except BaseException:
@@ -160,7 +160,7 @@ class BlobStore:
         await self._js.publish(
             self._meta_subject(name),
             json.dumps(meta).encode(),
-            headers={"Nats-Rollup": "sub"},
+            headers={ROLLUP_HEADER: ROLLUP_SUBJECT},
             timeout=self._timeout,
         )
         if existing is not None:
@@ -198,6 +198,24 @@ class BlobStore:
 
     async def get(self, name: str) -> bytes:
         return b"".join([chunk async for chunk in self.chunks(name)])
+
+    async def delete(self, name: str) -> bool:
+        """Remove the object (the object store's way: its metadata marked deleted, its chunks
+        purged); False when there was no such object."""
+        info = await self.info(name)
+        if info is None:
+            return False
+        gone = {"size": 0, "chunks": 0, "digest": "", "deleted": True}
+        meta = msgspec.structs.asdict(info) | gone
+        meta["mtime"] = datetime.now(UTC).isoformat()
+        await self._js.publish(
+            self._meta_subject(name),
+            json.dumps(meta).encode(),
+            headers={ROLLUP_HEADER: ROLLUP_SUBJECT},
+            timeout=self._timeout,
+        )
+        await self._js.purge_stream(self.stream, subject=self._chunk_subject(info.nuid))
+        return True
 
 
 class BlobWriter:

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,10 @@ import nats
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
+from pacsor.jetstream.subjects import stream_api_subject
 from pacsor.streams import stream_definitions
 
-log = logging.getLogger("pacsor.jetstream.broker")
+log = logging.getLogger("pacsor.broker")
 
 STREAM_IN_USE_WITH_OTHER_CONFIG = 10058
 # The cluster cannot hold that many copies: too few servers, or no cluster at all.
@@ -140,18 +142,24 @@ async def connect(url: str, name: str) -> Client:
     return nc
 
 
-async def apply_streams(nc: Client, replicas: int = 1) -> list[str]:
-    """Create or update every stream of streams/*.json, each on `replicas` servers.
+async def apply_streams(
+    nc: Client, replicas: int = 1, max_ages: Mapping[str, float] | None = None
+) -> list[str]:
+    """Create or update every stream of streams/*.json, each on `replicas` servers, with the
+    `max_ages` (seconds, by stream name) the settings give instead of the files' own.
 
     Returns their names. A cluster too small for `replicas` is an error naming NATS_REPLICAS.
     """
     applied = []
     for name, config in stream_definitions().items():
-        payload = json.dumps(config | {"num_replicas": replicas}).encode()
-        reply = await _js_api(nc, f"$JS.API.STREAM.CREATE.{name}", payload)
+        overrides: dict[str, Any] = {"num_replicas": replicas}
+        if max_ages and name in max_ages:
+            overrides["max_age"] = int(max_ages[name] * 1e9)
+        payload = json.dumps(config | overrides).encode()
+        reply = await _js_api(nc, stream_api_subject("CREATE", name), payload)
         error = reply.get("error")
         if error and error.get("err_code") == STREAM_IN_USE_WITH_OTHER_CONFIG:
-            reply = await _js_api(nc, f"$JS.API.STREAM.UPDATE.{name}", payload)
+            reply = await _js_api(nc, stream_api_subject("UPDATE", name), payload)
             error = reply.get("error")
             if not error:
                 log.info("stream updated from its definition", extra={"stream": name})

@@ -2,29 +2,38 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncGenerator
 
 import msgspec
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import APIError
 
 from pacsor.domain import events as ev
-from pacsor.jetstream.subjects import EVENTS_STREAM, event_subject, study_subjects
+from pacsor.domain.events import RecordedEvent
+from pacsor.jetstream.subjects import (
+    ALL_EVENTS,
+    EVENTS_STREAM,
+    EXPECTED_LAST_SUBJECT_SEQUENCE_HEADER,
+    MSG_ID_HEADER,
+    event_subject,
+    study_subjects,
+)
 
-log = logging.getLogger("pacsor.domain.events")
+log = logging.getLogger("pacsor.events")
 
-WRONG_LAST_SEQUENCE = 10071
+WRONG_LAST_SEQUENCE = 10071  # JetStream's error code for a failed expected-sequence check
+
+__all__ = ["ConcurrentUpdate", "EventLog", "RecordedEvent"]
 
 
 class ConcurrentUpdate(RuntimeError):
     """Another writer changed the subject first: re-read the history and decide again."""
-
-
-class RecordedEvent(msgspec.Struct, frozen=True):
-    sequence: int
-    subject: str
-    event: ev.AnyEvent
 
 
 class EventLog:
@@ -41,9 +50,9 @@ class EventLog:
         still ends at that sequence (0: has no message), which makes a decision taken from the
         history atomic; otherwise ConcurrentUpdate.
         """
-        headers = {"Nats-Msg-Id": event.idempotency_key()}
+        headers = {MSG_ID_HEADER: event.idempotency_key()}
         if expected_last_subject_sequence is not None:
-            headers["Nats-Expected-Last-Subject-Sequence"] = str(expected_last_subject_sequence)
+            headers[EXPECTED_LAST_SUBJECT_SEQUENCE_HEADER] = str(expected_last_subject_sequence)
         try:
             ack = await self._js.publish(
                 event_subject(event),
@@ -67,11 +76,16 @@ class EventLog:
         )
         return int(ack.seq)
 
+    async def last_sequence(self) -> int:
+        """The stream's last sequence: what a reader must have applied to be up to date."""
+        info = await self._js.stream_info(EVENTS_STREAM)
+        return int(info.state.last_seq)
+
     async def history(self, study_uid: str) -> list[RecordedEvent]:
         """Every event of one study, oldest first."""
         return await self.read(study_subjects(study_uid))
 
-    async def read(self, filter_subject: str = "pacsor.study.>") -> list[RecordedEvent]:
+    async def read(self, filter_subject: str = ALL_EVENTS) -> list[RecordedEvent]:
         """Every event on `filter_subject`, oldest first, through an ephemeral consumer."""
         sub = await self._js.pull_subscribe(
             filter_subject,
@@ -103,3 +117,48 @@ class EventLog:
         finally:
             await sub.unsubscribe()
         return recorded
+
+    async def follow(
+        self, from_sequence: int, stop: asyncio.Event, batch_size: int = 1000
+    ) -> AsyncGenerator[tuple[list[RecordedEvent], int], None]:
+        """Every event from `from_sequence` on, live, in batches: (readable events, last seq).
+
+        An ordered consumer (ephemeral, no acknowledgements, recreated by nats-py after a
+        reconnection) delivers them in stream order until `stop` is set. The last sequence of
+        a batch counts unreadable events too, which stay in the stream and are logged.
+        """
+        sub = await self._js.subscribe(
+            ALL_EVENTS,
+            stream=EVENTS_STREAM,
+            ordered_consumer=True,
+            config=ConsumerConfig(
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=from_sequence
+            ),
+        )
+        try:
+            while not stop.is_set():
+                try:
+                    first = await sub.next_msg(timeout=1.0)
+                except (TimeoutError, NatsTimeoutError):
+                    continue
+                batch = [first]
+                while len(batch) < batch_size and batch[-1].metadata.num_pending > 0:
+                    try:
+                        batch.append(await sub.next_msg(timeout=5.0))
+                    except (TimeoutError, NatsTimeoutError):
+                        break
+                yield _readable(batch), batch[-1].metadata.sequence.stream
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+
+def _readable(batch: list[Msg]) -> list[RecordedEvent]:
+    recorded: list[RecordedEvent] = []
+    for msg in batch:
+        sequence = msg.metadata.sequence.stream
+        try:
+            recorded.append(RecordedEvent(sequence, msg.subject, ev.decode(msg.data)))
+        except msgspec.MsgspecError as err:
+            log.error("unreadable event skipped", extra={"seq": sequence, "error": str(err)})
+    return recorded

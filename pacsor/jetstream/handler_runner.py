@@ -26,7 +26,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
-from pacsor.domain.events import Event
+from pacsor.domain.events import Event, StepFailure
 from pacsor.domain.retry import RetryPolicy
 from pacsor.jetstream.eventlog import ConcurrentUpdate, EventLog
 from pacsor.jetstream.liveness import Heartbeat
@@ -222,14 +222,11 @@ def retry_or_fail(
     policy: RetryPolicy,
     reason: str,
     retryable: bool,
-    failed: Callable[[int], Event],
+    failed: StepFailure,
     at_least: float | None = None,
 ) -> Outcome:
-    """Retry with the policy's backoff, or emit the failure event when no try is left.
-
-    `failed` builds the failure event from the number of tries made.
-    """
+    """Retry with the policy's backoff, or emit `failed` with the tries made when none is left."""
     delay = policy.delay_after(delivery.num_delivered, at_least) if retryable else None
     if delay is None:
-        return Emit((failed(delivery.num_delivered),))
+        return Emit((msgspec.structs.replace(failed, tries=delivery.num_delivered),))
     return Retry(delay, reason)

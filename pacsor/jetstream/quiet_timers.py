@@ -14,7 +14,13 @@ from datetime import UTC, datetime
 import msgspec
 from nats.js import JetStreamContext
 
-from pacsor.jetstream.subjects import TIMERS_STREAM, quiet_elapsed_subject, quiet_schedule_subject
+from pacsor.jetstream.subjects import (
+    SCHEDULE_HEADER,
+    SCHEDULE_TARGET_HEADER,
+    TIMERS_STREAM,
+    quiet_elapsed_subject,
+    quiet_schedule_subject,
+)
 
 
 class QuietElapsed(msgspec.Struct, frozen=True):
@@ -42,8 +48,8 @@ class QuietTimers:
             timeout=self._timeout,
             stream=TIMERS_STREAM,
             headers={
-                "Nats-Schedule": f"@at {schedule_time(at)}",
-                "Nats-Schedule-Target": quiet_elapsed_subject(study_uid),
+                SCHEDULE_HEADER: f"@at {schedule_time(at)}",
+                SCHEDULE_TARGET_HEADER: quiet_elapsed_subject(study_uid),
             },
         )
 

@@ -20,7 +20,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-LIMITS_BUCKET = "PACSOR_LIMITS"
+from pacsor.jetstream.subjects import LIMITS_BUCKET, upload_rate_key
 
 
 class RateLimiter:
@@ -30,7 +30,7 @@ class RateLimiter:
         if per_second <= 0:
             raise ValueError("a rate limit is positive; 0 means no limiter at all")
         self._js = js
-        self._key = f"upload.{core}"
+        self._key = upload_rate_key(core)
         self._interval = 1.0 / per_second
         self._kv: KeyValue | None = None
 

@@ -1,4 +1,4 @@
-"""The one place that knows JetStream names: streams, buckets, subjects, consumers.
+"""The one place that knows JetStream names: streams, buckets, subjects, consumers, headers.
 
     pacsor.study.<study>.received|rejected|complete              study-level events
     pacsor.study.<study>.<core>.uploaded|result_ready|...        per AI core events
@@ -11,15 +11,25 @@ DICOM UIDs hold only digits and dots; dots separate NATS tokens, so a UID is wri
 
 from __future__ import annotations
 
+import base64
 import re
 
-from pacsor.domain.events import Event
+from pacsor.domain.events import CoreEvent, Event
 
 EVENTS_STREAM = "PACSOR"
 TIMERS_STREAM = "PACSOR_TIMERS"
 INSTANCES_BUCKET = "PACSOR_INSTANCES"
 RESULTS_BUCKET = "PACSOR_RESULTS"
 
+# Headers JetStream understands.
+MSG_ID_HEADER = "Nats-Msg-Id"  # deduplication within the stream's duplicate window
+EXPECTED_LAST_SUBJECT_SEQUENCE_HEADER = "Nats-Expected-Last-Subject-Sequence"
+ROLLUP_HEADER = "Nats-Rollup"
+ROLLUP_SUBJECT = "sub"  # the message replaces every earlier one on its subject
+SCHEDULE_HEADER = "Nats-Schedule"
+SCHEDULE_TARGET_HEADER = "Nats-Schedule-Target"
+
+ALL_EVENTS = "pacsor.study.>"
 UNKNOWN_STUDY = "unknown"
 _UID = re.compile(r"^[0-9.]{1,64}$")
 
@@ -40,27 +50,41 @@ def uid_from_token(token: str) -> str:
     return "" if token == UNKNOWN_STUDY else token.replace("_", ".")
 
 
-ALL_STUDY_EVENTS = "pacsor.study.>"
-
-
 def study_subjects(study_uid: str) -> str:
     """Filter for one study's whole history."""
     return f"pacsor.study.{uid_token(study_uid)}.>"
 
 
 def event_subject(event: Event) -> str:
-    core = getattr(event, "core", None)
-    middle = (
-        f"{uid_token(event.study_instance_uid)}.{core}"
-        if core
-        else uid_token(event.study_instance_uid)
-    )
-    return f"pacsor.study.{middle}.{event.topic}"
+    study = uid_token(event.study_instance_uid)
+    if isinstance(event, CoreEvent):
+        return f"pacsor.study.{study}.{event.core}.{event.topic}"
+    return f"pacsor.study.{study}.{event.topic}"
 
 
-def events_filter(topic: str, per_core: bool) -> str:
-    """Filter for one event type across all studies (and cores)."""
-    return f"pacsor.study.*.*.{topic}" if per_core else f"pacsor.study.*.{topic}"
+def events_filter(kind: type[Event]) -> str:
+    """Filter for one study-level event type across all studies."""
+    if issubclass(kind, CoreEvent):
+        return core_events_filter(kind, "*")
+    return f"pacsor.study.*.{kind.topic}"
+
+
+def core_events_filter(kind: type[CoreEvent], core: str) -> str:
+    """Filter for one per-core event type of one core (`*`: every core), across studies."""
+    return f"pacsor.study.*.{core}.{kind.topic}"
+
+
+def study_core_events(study_uid: str, kind: type[CoreEvent], core: str) -> str:
+    """Filter for one per-core event type of one study and core."""
+    return f"pacsor.study.{uid_token(study_uid)}.{core}.{kind.topic}"
+
+
+# The key-value bucket of shared limits: `upload.<core>` holds the next free upload slot.
+LIMITS_BUCKET = "PACSOR_LIMITS"
+
+
+def upload_rate_key(core: str) -> str:
+    return f"upload.{core}"
 
 
 def quiet_schedule_subject(study_uid: str) -> str:
@@ -77,6 +101,42 @@ QUIET_ELAPSED_FILTER = "pacsor.timer.*.elapsed"
 def study_from_subject(subject: str) -> str:
     """The study UID in any pacsor.study.* or pacsor.timer.* subject."""
     return uid_from_token(subject.split(".")[2])
+
+
+# Durable consumer names: one per handler, per core and per destination where it applies.
+QUIET_TIMER_CONSUMER = "quiet-timer"
+COMPLETION_CONSUMER = "study-completion"
+
+
+def upload_consumer(core: str) -> str:
+    return f"upload-{core}"
+
+
+def poll_consumer(core: str) -> str:
+    return f"poll-{core}"
+
+
+def dispatch_consumer(core: str, destination_ae: str, host: str, port: int) -> str:
+    slug = re.sub(r"[^A-Za-z0-9_-]", "_", f"{destination_ae}_{host}_{port}")
+    return f"dispatch-{core}-{slug}"
+
+
+def stream_api_subject(action: str, stream: str) -> str:
+    """JetStream's API for streams, used raw to apply the declarations as they are written."""
+    return f"$JS.API.STREAM.{action}.{stream}"
+
+
+# Object-store buckets, in the layout of nats-py's and the `nats` CLI's object store.
+def object_store_stream(bucket: str) -> str:
+    return f"OBJ_{bucket}"
+
+
+def object_meta_subject(bucket: str, name: str) -> str:
+    return f"$O.{bucket}.M.{base64.urlsafe_b64encode(name.encode()).decode()}"
+
+
+def object_chunk_subject(bucket: str, nuid: str) -> str:
+    return f"$O.{bucket}.C.{nuid}"
 
 
 def instance_object_name(study_uid: str, sop_uid: str) -> str:
@@ -113,3 +173,14 @@ def replay_filter(core: str) -> str:
 
 def replay_durable(core: str, destination: str) -> str:
     return f"replay-{core}-{destination_slug(destination)}"
+
+
+def retention_max_ages(events_days: float, objects_hours: float) -> dict[str, float]:
+    """The streams' max_age in seconds: the events for EVENTS_RETENTION_DAYS; the stored objects
+    a day longer than RETENTION_HOURS, a backstop behind the recorded removals."""
+    objects = (objects_hours + 24) * 3600
+    return {
+        EVENTS_STREAM: events_days * 86400,
+        f"OBJ_{INSTANCES_BUCKET}": objects,
+        f"OBJ_{RESULTS_BUCKET}": objects,
+    }

@@ -289,9 +289,13 @@ def create_app(settings: SimulatorSettings, state: SimulatorState | None = None)
             for _, path in staged:
                 path.unlink(missing_ok=True)  # only the full instances are kept
             tokens = store.expect_puts(study_uid, [sop for sop, _ in staged])
+        else:
+            store.store(study_uid, staged)
+        if settings.upload_seconds:
+            await asyncio.sleep(settings.upload_seconds)  # a slow API: the upload stays in flight
+        if signed:
             urls = {sop: f"{base_url(request)}/signed/upload/{t}" for sop, t in tokens.items()}
             return _json({"StudyInstanceUID": study_uid, "signed_urls": urls})
-        store.store(study_uid, staged)
         message = f"{len(staged)} instance(s) received"
         return _json({"StudyInstanceUID": study_uid, "message": message})
 

@@ -45,10 +45,14 @@ class SimulatorSettings(msgspec.Struct, frozen=True, kw_only=True):
     # The first N upload requests (POST /v3/studies or PUT to a signed URL) have their
     # connection cut in the middle of the answer, before anything is stored.
     drop_connections: int = 0
+    # Seconds an accepted upload takes before it is answered: keeps uploads in flight.
+    upload_seconds: float = 0.0
 
     def __post_init__(self) -> None:
         if self.running_polls < 0:
             raise ValueError(f"running_polls must be >= 0, got {self.running_polls}")
+        if not self.upload_seconds >= 0:
+            raise ValueError(f"upload_seconds must be >= 0, got {self.upload_seconds}")
         if self.not_ready_results < 0:
             raise ValueError(f"not_ready_results must be >= 0, got {self.not_ready_results}")
         if self.drop_connections < 0:

@@ -1,0 +1,114 @@
+"""Retention: remove stored DICOM objects that are due, and record each removal as an event.
+
+The admin component sweeps every RETENTION_CHECK_SECONDS. Which objects are due is decided by
+pacsor.domain.retention from the study's view; the objects are deleted first, then
+ObjectsExpired is recorded (with an idempotency key), so a crash in between only repeats a
+deletion that finds nothing. Several admin replicas may sweep: each removal is recorded once.
+
+The events themselves live EVENTS_RETENTION_DAYS (the PACSOR stream's max_age); the
+object-store buckets keep a backstop max_age a day longer than RETENTION_HOURS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import datetime, timedelta
+
+from pacsor.admin.projector import Projector
+from pacsor.config import Settings
+from pacsor.domain import events as ev
+from pacsor.domain.retention import Removal, removals_due
+from pacsor.domain.study_view import StudyView
+from pacsor.jetstream.blobs import BlobStore
+from pacsor.jetstream.eventlog import EventLog
+from pacsor.jetstream.subjects import instance_object_name
+
+log = logging.getLogger("pacsor.admin.retention")
+
+PAGE = 500
+
+
+class RetentionSweeper:
+    def __init__(
+        self,
+        settings: Settings,
+        projector: Projector,
+        events: EventLog,
+        instances: BlobStore,
+        results: BlobStore,
+    ) -> None:
+        self._settings = settings
+        self._projector = projector
+        self._model = projector.model
+        self._events = events
+        self._instances = instances
+        self._results = results
+        self.retention = timedelta(hours=settings.retention_hours)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                if await self.caught_up():
+                    removed = await self.sweep(ev.utc_now())
+                    if removed:
+                        log.info("retention sweep", extra={"removals": removed})
+                else:
+                    log.info("retention sweep postponed: the projection is still catching up")
+            except Exception:  # logged; the next sweep tries again
+                log.exception("retention sweep failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self._settings.retention_check_seconds)
+
+    async def caught_up(self, patience: float = 60.0) -> bool:
+        """Whether the read model holds every event recorded so far: a view still being
+        rebuilt could say an instance is older than it is."""
+        return await self._projector.wait_for(await self._events.last_sequence(), patience)
+
+    async def sweep(self, now: datetime) -> int:
+        """Remove everything due at `now`; returns how many removals were recorded."""
+        destinations = [str(d) for d in self._settings.all_destinations()]
+        removed = 0
+        offset = 0
+        while True:
+            views = self._model.holding_objects(PAGE, offset)
+            for view in views:
+                due = removals_due(
+                    view, now, self.retention, destinations, self._settings.output_cleaning
+                )
+                for removal in due:
+                    await self._remove(view, removal, now)
+                    removed += 1
+            if len(views) < PAGE:
+                return removed
+            offset += PAGE
+
+    async def _remove(self, view: StudyView, removal: Removal, now: datetime) -> None:
+        uid = view.study_instance_uid
+        if removal.kind == "instances":
+            store = self._instances
+            names = [instance_object_name(uid, sop) for sop in view.sop_instance_uids]
+        else:
+            store = self._results
+            names = [
+                result.object_name
+                for r in await self._events.history(uid)
+                if isinstance(r.event, ev.ResultReady)
+                and (r.event.core, r.event.attempt) == (removal.core, removal.attempt)
+                for result in r.event.results
+            ]
+        count = 0
+        for name in names:
+            count += await store.delete(name)
+        await self._events.publish(
+            ev.ObjectsExpired(
+                study_instance_uid=uid,
+                kind=removal.kind,
+                object_count=count,
+                reason=removal.reason,
+                core=removal.core,
+                attempt=removal.attempt,
+                occurred_at=now,
+            )
+        )

@@ -1,0 +1,54 @@
+"""Fuzz the admin API from the OpenAPI document it serves (schemathesis): never a 500."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import sys
+from pathlib import Path
+
+from nats.aio.client import Client
+
+from tests.harness import running_gateway
+from tests.nats_server import NatsServer
+from tests.test_admin_api import admin_settings, fixture_studies
+
+TOKEN = "fuzz-token"
+
+
+def schemathesis_command() -> str:
+    beside = Path(sys.executable).parent / "schemathesis"
+    found = str(beside) if beside.is_file() else shutil.which("schemathesis")
+    assert found, "schemathesis is a dev dependency: pip install -e '.[dev]'"
+    return found
+
+
+async def test_no_request_built_from_the_served_schema_gets_a_500(
+    nc: Client, nats_server: NatsServer, tmp_path: Path
+) -> None:
+    await fixture_studies(nc)
+    settings = admin_settings(nats_server.url, tmp_path, ADMIN_TOKEN=TOKEN)
+    async with running_gateway(settings, ("admin",)) as ready:
+        process = await asyncio.create_subprocess_exec(
+            schemathesis_command(),
+            "run",
+            f"{ready['admin_url']}/schema/openapi.json",
+            "--checks",
+            "not_a_server_error",
+            "--header",
+            f"Authorization: Bearer {TOKEN}",
+            "--max-examples",
+            "40",
+            "--seed",
+            "20260314",
+            "--workers",
+            "1",
+            "--no-color",
+            cwd=tmp_path,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        output, _ = await asyncio.wait_for(process.communicate(), 600)
+    report = output.decode()
+    assert process.returncode == 0, report[-6000:]
+    assert "9 selected / 9 total" in report and "Fuzzing" in report

@@ -1,0 +1,125 @@
+"""The layers of the tree hold: each package imports only what its rule in the README allows."""
+
+from __future__ import annotations
+
+import ast
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+IO_LIBRARIES = {"nats", "pynetdicom", "httpx", "litestar", "uvicorn", "hl7apy", "hl7", "sqlite3"}
+
+
+def modules(*folders: str) -> Iterator[Path]:
+    for folder in folders:
+        yield from sorted((ROOT / folder).rglob("*.py"))
+
+
+def imported(path: Path) -> set[str]:
+    """Every module `path` imports, at any depth of its code (lazy imports included)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def top(name: str) -> str:
+    return name.split(".")[0]
+
+
+def pacsor_package(name: str) -> str:
+    """pacsor.jetstream.subjects -> pacsor.jetstream; consumers install as pacsor.consumers."""
+    parts = name.split(".")
+    return ".".join(parts[:2]) if len(parts) > 1 else name
+
+
+@pytest.mark.parametrize("path", list(modules("pacsor/domain")), ids=lambda p: p.name)
+def test_domain_is_pure(path: Path) -> None:
+    """Facts and decisions: the standard library, msgspec and other domain modules only."""
+    for name in imported(path):
+        if top(name) == "pacsor":
+            assert name.startswith("pacsor.domain"), f"{path.name} imports {name}"
+        else:
+            assert top(name) in sys.stdlib_module_names | {"msgspec"}, f"{path.name}: {name}"
+            assert top(name) not in IO_LIBRARIES, f"{path.name} imports {name}"
+
+
+@pytest.mark.parametrize("path", list(modules("pacsor/config")), ids=lambda p: p.name)
+def test_config_imports_nothing_else_of_pacsor(path: Path) -> None:
+    for name in imported(path):
+        assert top(name) != "pacsor" or name.startswith("pacsor.config"), name
+        assert top(name) not in IO_LIBRARIES, name
+
+
+@pytest.mark.parametrize(
+    "path",
+    [p for p in modules("pacsor", "consumers") if "devtools" not in p.parts and p.name != "cli.py"],
+    ids=lambda p: str(p.relative_to(ROOT)),
+)
+def test_runtime_never_imports_devtools(path: Path) -> None:
+    """The simulator, demo PACS and sample studies stay off the runtime path."""
+    assert not any(n.startswith("pacsor.devtools") for n in imported(path))
+
+
+@pytest.mark.parametrize("path", list(modules("pacsor", "consumers")), ids=lambda p: p.name)
+def test_only_the_jetstream_package_talks_to_nats(path: Path) -> None:
+    relative = path.relative_to(ROOT)
+    allowed = relative.parts[:2] == ("pacsor", "jetstream") or relative.as_posix() in {
+        "pacsor/runtime.py",
+        "pacsor/gateway.py",
+    }
+    if not allowed:
+        assert not any(top(n) == "nats" for n in imported(path)), f"{relative} imports nats"
+
+
+@pytest.mark.parametrize("path", list(modules("pacsor/jetstream")), ids=lambda p: p.name)
+def test_jetstream_does_not_know_the_peers(path: Path) -> None:
+    """The broker layer serves every component and depends on none of them."""
+    for name in imported(path):
+        if top(name) == "pacsor":
+            allowed = {"pacsor.jetstream", "pacsor.domain", "pacsor.streams"}
+            assert pacsor_package(name) in allowed, name
+
+
+def string_constants(path: Path) -> Iterator[str]:
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            yield node.value
+        elif isinstance(node, ast.JoinedStr):
+            parts = [v.value for v in node.values if isinstance(v, ast.Constant)]
+            yield "".join(p for p in parts if isinstance(p, str))
+
+
+NAMES = ("pacsor.study.", "pacsor.timer.", "$O.", "$JS.", "$KV.", "Nats-")
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        p
+        for p in modules("pacsor", "consumers")
+        if p.name != "subjects.py" and "devtools" not in p.parts
+    ],
+    ids=lambda p: str(p.relative_to(ROOT)),
+)
+def test_subject_and_header_names_live_in_one_place(path: Path) -> None:
+    """Every subject, header and durable name is spelled in pacsor/jetstream/subjects.py."""
+    for text in string_constants(path):
+        assert not text.startswith(NAMES), f"{text!r}: spell it in pacsor.jetstream.subjects"
+
+
+def test_profile_names_agree() -> None:
+    """The settings know the profile names without importing the DICOM package; they agree."""
+    from typing import get_args
+
+    from pacsor.config.settings import Profile
+    from pacsor.dicom.profiles import PROFILES
+
+    assert set(get_args(Profile)) == set(PROFILES)

@@ -1,0 +1,187 @@
+"""Retention: what is due (pure), removals against real object stores, recorded as events."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from nats.aio.client import Client
+
+from pacsor.admin.operations import Refused, request_relaunch
+from pacsor.admin.projector import Projector
+from pacsor.admin.read_model import ReadModel
+from pacsor.admin.retention import RetentionSweeper
+from pacsor.config import Settings, load_settings
+from pacsor.devtools.sample_events import lifecycle
+from pacsor.domain import events as ev
+from pacsor.domain.retention import Removal, removals_due
+from pacsor.domain.study_view import fold
+from pacsor.jetstream.blobs import BlobStore
+from pacsor.jetstream.broker import apply_streams
+from pacsor.jetstream.eventlog import EventLog
+from pacsor.jetstream.subjects import (
+    EVENTS_STREAM,
+    INSTANCES_BUCKET,
+    RESULTS_BUCKET,
+    retention_max_ages,
+)
+
+T0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
+WEEK = timedelta(hours=168)
+PACS = "PACS@10.0.0.1:104"
+ARCHIVE = "ARCHIVE@10.0.0.2:104"
+STUDY = "1.2.3.4"
+
+
+def view_of(events: list[ev.Event]):  # type: ignore[no-untyped-def]
+    return fold([(n + 1, e) for n, e in enumerate(events)])[STUDY]
+
+
+def test_instances_and_results_are_due_a_retention_after_they_were_made() -> None:
+    view = view_of(lifecycle(STUDY, T0, destinations=(PACS,)))
+    last_instance = T0 + timedelta(seconds=2)
+    results_at = view.results_made[0].at
+    assert (
+        removals_due(view, last_instance + WEEK - timedelta(seconds=1), WEEK, [PACS], False) == []
+    )
+    assert removals_due(view, last_instance + WEEK, WEEK, [PACS], False) == [
+        Removal("instances", "retention: last instance received over 168 h ago")
+    ]
+    assert [r.kind for r in removals_due(view, results_at + WEEK, WEEK, [PACS], False)] == [
+        "instances",
+        "results",
+    ]
+
+
+def test_output_cleaning_waits_for_every_destination() -> None:
+    soon = T0 + timedelta(hours=1)
+    partly = view_of(lifecycle(STUDY, T0, destinations=(PACS,)))
+    assert removals_due(partly, soon, WEEK, [PACS, ARCHIVE], True) == []
+    assert removals_due(partly, soon, WEEK, [PACS, ARCHIVE], False) == []
+    everywhere = view_of(lifecycle(STUDY, T0, destinations=(PACS, ARCHIVE)))
+    assert removals_due(everywhere, soon, WEEK, [PACS, ARCHIVE], True) == [
+        Removal("results", "output cleaning: delivered to every destination", "default", 1)
+    ]
+
+
+def test_a_removal_recorded_is_not_due_again() -> None:
+    events = lifecycle(STUDY, T0, destinations=(PACS,))
+    late = T0 + 2 * WEEK
+    events += [
+        ev.ObjectsExpired(study_instance_uid=STUDY, kind="instances", object_count=3, reason="r"),
+        ev.ObjectsExpired(
+            study_instance_uid=STUDY,
+            kind="results",
+            object_count=6,
+            reason="r",
+            core="default",
+            attempt=1,
+        ),
+    ]
+    view = view_of(events)
+    assert removals_due(view, late, WEEK, [PACS], True) == []
+    assert not view.holds_objects()
+
+
+def settings(**extra: str) -> Settings:
+    return load_settings({"PACS_IP": "10.0.0.1", "PACS_PORT": "104", **extra}, dotenv=None)
+
+
+async def test_sweep_removes_objects_records_why_and_relaunch_then_says_409(
+    nc: Client, tmp_path: Path
+) -> None:
+    js = nc.jetstream()
+    instances = BlobStore(nc, js, INSTANCES_BUCKET)
+    results = BlobStore(nc, js, RESULTS_BUCKET)
+    events = EventLog(js)
+    history = lifecycle(STUDY, T0, destinations=(PACS,))
+    for event in history:
+        if isinstance(event, ev.InstanceReceived):
+            await instances.put(event.object_name, b"instance " + event.sop_instance_uid.encode())
+        if isinstance(event, ev.ResultReady):
+            for result in event.results:
+                await results.put(result.object_name, b"result " + result.sop_instance_uid.encode())
+        await events.publish(event)
+    keep = lifecycle("1.2.3.5", datetime.now(UTC), destinations=(PACS,))
+    for event in keep:
+        if isinstance(event, ev.InstanceReceived):
+            await instances.put(event.object_name, b"recent")
+        await events.publish(event)
+
+    site = settings(RETENTION_HOURS="168")
+    projector = Projector(EventLog(js), ReadModel(tmp_path / "rm.sqlite"))
+    stop = asyncio.Event()
+    task = asyncio.create_task(projector.run(stop))
+    try:
+        sweeper = RetentionSweeper(site, projector, events, instances, results)
+        assert await sweeper.caught_up(30)
+        assert await request_relaunch(events, instances, site, STUDY, (), "test")
+        assert await sweeper.sweep(datetime.now(UTC)) == 2  # STUDY: instances and results
+
+        for event in history:
+            if isinstance(event, ev.InstanceReceived):
+                assert await instances.info(event.object_name) is None
+            if isinstance(event, ev.ResultReady):
+                for result in event.results:
+                    assert await results.info(result.object_name) is None
+        assert await instances.info(keep[0].object_name) is not None  # type: ignore[attr-defined]
+
+        recorded = [r.event for r in await events.history(STUDY)]
+        expired = [e for e in recorded if isinstance(e, ev.ObjectsExpired)]
+        assert [(e.kind, e.object_count) for e in expired] == [("instances", 3), ("results", 6)]
+        assert expired[0].reason.startswith("retention")
+
+        with pytest.raises(Refused) as refused:
+            await request_relaunch(events, instances, site, STUDY, (), "test")
+        assert refused.value.status == 409 and "retention" in refused.value.message
+
+        # Once the removals are projected, nothing more is due.
+        assert await sweeper.caught_up(30)
+        assert await sweeper.sweep(datetime.now(UTC)) == 0
+        view = projector.model.get(STUDY)
+        assert view is not None and not view.instances_stored and len(view.expired) == 2
+    finally:
+        stop.set()
+        await task
+
+
+async def test_output_cleaning_removes_results_delivered_everywhere(
+    nc: Client, tmp_path: Path
+) -> None:
+    js = nc.jetstream()
+    results = BlobStore(nc, js, RESULTS_BUCKET)
+    events = EventLog(js)
+    history = lifecycle(STUDY, datetime.now(UTC), destinations=(PACS,))
+    for event in history:
+        if isinstance(event, ev.ResultReady):
+            for result in event.results:
+                await results.put(result.object_name, b"result")
+        await events.publish(event)
+    site = settings(OUTPUT_CLEANING="true")
+    projector = Projector(EventLog(js), ReadModel(tmp_path / "rm.sqlite"))
+    stop = asyncio.Event()
+    task = asyncio.create_task(projector.run(stop))
+    try:
+        sweeper = RetentionSweeper(
+            site, projector, events, BlobStore(nc, js, INSTANCES_BUCKET), results
+        )
+        assert await sweeper.caught_up(30)
+        assert await sweeper.sweep(datetime.now(UTC)) == 1
+        (expired,) = [
+            r.event for r in await events.history(STUDY) if isinstance(r.event, ev.ObjectsExpired)
+        ]
+        assert (expired.kind, expired.object_count, expired.core) == ("results", 6, "default")
+        assert expired.reason.startswith("output cleaning")
+    finally:
+        stop.set()
+        await task
+
+
+async def test_streams_take_their_max_age_from_the_settings(nc: Client) -> None:
+    await apply_streams(nc, 1, retention_max_ages(30, 48))
+    js = nc.jetstream()
+    assert (await js.stream_info(EVENTS_STREAM)).config.max_age == 30 * 86400
+    assert (await js.stream_info("OBJ_PACSOR_INSTANCES")).config.max_age == 72 * 3600
+    assert (await js.stream_info("OBJ_PACSOR_RESULTS")).config.max_age == 72 * 3600
