@@ -293,3 +293,52 @@ async def test_an_interrupted_upload_resumes_after_the_last_recorded_batch(
     [uploaded] = [e for e in events if isinstance(e, ev.Uploaded)]
     assert uploaded.instance_count == 4
     assert [e.batch for e in events if isinstance(e, ev.InstancesUploaded)] == [1, 2]
+
+
+async def test_two_cores_one_always_failing(
+    nc: Client, nats_server: NatsServer, tmp_path: Path, pacs: ReceivingPacs
+) -> None:
+    """Every study goes to every core; the healthy core delivers to its own destinations on
+    time while the other core is down, and the failing core ends in a recorded failure."""
+    precert_pacs = ReceivingPacs("PRECERT").start()
+    try:
+        with (
+            running_simulator(SimulatorSettings(token=TOKEN, running_polls=1)) as (url, sim),
+            running_simulator(
+                SimulatorSettings(token=TOKEN, always_fail=503, latency_seconds=0.5)
+            ) as (down_url, down),
+        ):
+            settings = gateway_settings(
+                nats_server.url,
+                url,
+                pacs,
+                API_URL_1=down_url,
+                TOKEN_1=TOKEN,
+                CORE_NAME_1="precert",
+                SIGNED_URL_1="false",
+                INFERENCE_COMMANDS_1="detection",
+                DESTINATIONS_1=precert_pacs.destination,
+                RETRY_MAX_ATTEMPTS="4",
+            )
+            async with running_gateway(settings):
+                study = await send(settings, tmp_path, images(2))
+                complete = await wait_for_event(nc, study, of_type(ev.StudyComplete))
+                healthy = await wait_for_event(
+                    nc, study, lambda e: isinstance(e, ev.Dispatched) and e.core == "default"
+                )
+                failing = await wait_for_event(
+                    nc, study, lambda e: isinstance(e, ev.UploadFailed) and e.core == "precert"
+                )
+            received_once(sim, study, 2)
+            assert down.upload_requests == 4 and down.study(study) is None
+    finally:
+        precert_pacs.stop()
+    # On time: the healthy core did not wait for the other core's retries.
+    assert isinstance(healthy, ev.Dispatched) and healthy.destination == pacs.destination
+    assert (healthy.occurred_at - complete.occurred_at).total_seconds() < 5
+    assert healthy.occurred_at < failing.occurred_at
+    assert isinstance(failing, ev.UploadFailed)
+    assert (failing.http_status, failing.tries) == (503, 4) and "HTTP 503" in failing.reason
+    assert len(pacs.received) == 4 and precert_pacs.received == []
+    cores = {(type(e).__name__, getattr(e, "core", "")) for e in await history(nc, study)}
+    assert ("Uploaded", "precert") not in cores and ("ResultReady", "default") in cores

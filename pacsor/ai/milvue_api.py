@@ -54,6 +54,8 @@ RESULT_OPTIONS = (
     "timezone",
 )
 _RETRYABLE_STATUSES = frozenset({408, 429})
+# A valid UID that no modality uses (2.25 root, UUID 0): `check_access` asks its status.
+PROBE_STUDY_UID = "2.25.0"
 _MAX_ERROR_TEXT = 300
 
 T = TypeVar("T")
@@ -269,6 +271,23 @@ class MilvueApi:
         if size is not None:
             headers["Content-Length"] = str(size)
         await self._send("PUT", url, content=body(), headers=headers, label=_url_path(url))
+
+    async def check_access(self) -> str | None:
+        """None when the API answers and accepts the token, else what is wrong (one line).
+
+        Asks the status of a study no one uploaded: "not found" means the key was accepted.
+        """
+        try:
+            await self.get_status(PROBE_STUDY_UID)
+        except ApiError as err:
+            if err.status == 404:
+                return None
+            if err.status is None:
+                return f"unreachable: {err.message}"
+            if err.status in (401, 403):
+                return f"token refused (HTTP {err.status}): {err.message}"
+            return f"answered HTTP {err.status}: {err.message}"
+        return None
 
     async def get_status(self, study_uid: str) -> StudyStatus:
         """GET /v3/studies/{uid}/status: done, running or error."""
