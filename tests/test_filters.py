@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator
 
 import pydicom
 import pytest
+from pacsor.consumers import uploader
 
 from pacsor.config import ConfigError, load_settings
-from pacsor.consumers import uploader
 from pacsor.dicom.header import HeaderError, read_header, tag_values
 from pacsor.domain.filters import FilterError, parse_filters, skipping_rule
 from tests.dicom_factory import make_image, new_uid, to_bytes
