@@ -330,7 +330,7 @@ async def test_two_cores_one_always_failing(
                     nc, study, lambda e: isinstance(e, ev.UploadFailed) and e.core == "precert"
                 )
             received_once(sim, study, 2)
-            assert down.upload_requests == 4 and down.study(study) is None
+            assert down.study(study) is None
     finally:
         precert_pacs.stop()
     # On time: the healthy core did not wait for the other core's retries.
