@@ -7,7 +7,9 @@ The message is a pure function of the study (pacsor.hl7.oru); this handler gathe
   in an NTE segment and in Hl7Sent.missing_findings;
 - the patient and order facts, from a stored instance of the attempt (or, once the instances
   have expired, from a result object, which carries the same patient and study);
-- the written report from the TechCare Report service, when HL7_INCLUDE_TCR is set.
+- the written report from the TechCare Report service, when HL7_INCLUDE_TCR is set, and
+  always for a core of kind tcr (CORE_KIND=tcr), whose studies went to that service instead
+  of the inference API and which has no findings.
 
 An AE/AR, a garbled answer, silence or no connection is retried with the retry policy, then
 recorded as Hl7Failed. At least once: a crash between the ACK and Hl7Sent re-sends the same
@@ -16,40 +18,90 @@ message, with the same control ID.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
 from pacsor.ai.techcare_report import ReportError, TechCareReports
+from pacsor.config import ConfigError, Settings
 from pacsor.config.hl7 import Hl7Settings
 from pacsor.domain import events as ev
 from pacsor.domain.retry import RetryPolicy
+from pacsor.hl7.config_loading import LoadRefused, current_config, load_named
+from pacsor.hl7.custom_config import CustomConfigError, effective
+from pacsor.hl7.external_reports import answer_request
 from pacsor.hl7.findings import FindingsDocument, FindingsError, StudyFindings, decode_findings
 from pacsor.hl7.header import HeaderError, read_study_header
 from pacsor.hl7.mllp import MllpClient, MllpError
 from pacsor.hl7.oru import StudyHeader, build_oru, control_id
 from pacsor.hl7.report import Report
+from pacsor.hl7.template import MessageTemplate
 from pacsor.jetstream.blobs import BlobNotFound, BlobStore
 from pacsor.jetstream.eventlog import EventLog
 from pacsor.jetstream.handler_runner import (
     ConsumerSpec,
     Delivery,
     Emit,
+    Handler,
     Outcome,
     Retry,
     retry_or_fail,
 )
-from pacsor.jetstream.subjects import EVENTS_STREAM, HL7_DURABLE, events_filter
+from pacsor.jetstream.requests import Responders, answer_requests
+from pacsor.jetstream.subjects import (
+    EVENTS_STREAM,
+    HL7_DURABLE,
+    HL7_EXTERNAL_DURABLE,
+    HL7_WEBPS_QUEUE,
+    WEBPS_SUBJECTS,
+    events_filter,
+)
+from pacsor.runtime import Component, Runtime, Started
+
+log = logging.getLogger("pacsor.hl7")
 
 
-@dataclass(frozen=True)
+@dataclass
 class Hl7Context:
-    settings: Hl7Settings
-    ris: MllpClient
+    # The HL7 settings of the environment; a loaded configuration (Hl7ConfigLoaded) wins.
+    base: Hl7Settings
     events: EventLog
     instances: BlobStore
     results: BlobStore
     policy: RetryPolicy
-    # The TechCare Report service of each core, by core name (HL7_INCLUDE_TCR).
+    # The TechCare Report service of each core, by core name.
     reports: dict[str, TechCareReports]
+    # Cores of kind tcr: their studies went to the report service, their report always goes.
+    tcr_cores: frozenset[str] = frozenset()
+    _ris: MllpClient | None = None
+    _applied: tuple[int, Hl7Settings, MessageTemplate | None] | None = None
+
+    async def in_force(self) -> tuple[Hl7Settings, MessageTemplate | None, MllpClient]:
+        """The settings and template of the latest loaded configuration, over the
+        environment, and the RIS connection they name."""
+        current = await current_config(self.events)
+        if self._applied is None or self._applied[0] != current.sequence:
+            try:
+                settings, template = effective(self.base, current.loaded)
+            except CustomConfigError as err:
+                # Checked when loaded; only a changed environment can make it fail here.
+                log.error("loaded HL7 configuration not applicable", extra={"error": str(err)})
+                settings, template = self.base, None
+            self._applied = (current.sequence, settings, template)
+        _, settings, template = self._applied
+        target = (settings.ris_ip, settings.ris_port, settings.ris_timeout_seconds)
+        if self._ris is None or (self._ris.host, self._ris.port, self._ris.timeout) != target:
+            if self._ris is not None:
+                await self._ris.aclose()
+            self._ris = MllpClient(*target)
+        return settings, template, self._ris
+
+    async def aclose(self) -> None:
+        if self._ris is not None:
+            await self._ris.aclose()
+        for source in self.reports.values():
+            await source.aclose()
 
 
 def consumer(ack_wait: float = 60.0) -> ConsumerSpec[ev.ResultReady]:
@@ -67,34 +119,96 @@ def consumer(ack_wait: float = 60.0) -> ConsumerSpec[ev.ResultReady]:
     )
 
 
-class _Waiting(Exception):
-    """Something the message needs is still being produced."""
-
-
 async def send_to_ris(event: ev.ResultReady, delivery: Delivery, ctx: Hl7Context) -> Outcome:
-    settings = ctx.settings
+    settings, template, ris = await ctx.in_force()
     study, core, attempt = event.study_instance_uid, event.core, event.attempt
     cid = control_id(study, core, attempt)
     waited = (ev.utc_now() - event.occurred_at).total_seconds()
     may_wait = waited < settings.findings_wait_seconds
 
-    found, running = await _findings(event, ctx)
+    # A tcr core's study went to the report service only: its report is the message.
+    found, running = (
+        (StudyFindings(), []) if core in ctx.tcr_cores else await _findings(event, settings, ctx)
+    )
     unavailable: list[str] = []
     report: Report | None = None
-    if settings.include_tcr:
+    if settings.include_tcr or core in ctx.tcr_cores:
         try:
-            report = await _report(event, ctx)
+            report = await _report(event, settings, ctx)
         except ReportError as err:
             # Not written yet, or the service is unreachable for now: worth waiting for.
             (running if err.retryable else unavailable).append("report")
     if running and may_wait:
-        return Retry(_wait_delay(ctx, waited), f"still running: {', '.join(running)}")
+        return Retry(_wait_delay(settings, ctx, waited), f"still running: {', '.join(running)}")
     left_out = (*found.missing, *running, *unavailable)
     findings = StudyFindings(detections=found.detections, measures=found.measures, missing=left_out)
 
-    header = await _header(event, ctx)
-    text = build_oru(header, findings, report, settings, cid, event.occurred_at)
+    header = await _header(event.study_instance_uid, event.attempt, event.results, ctx)
+    text = build_oru(header, findings, report, settings, cid, event.occurred_at, template)
+    return await _send(
+        ctx,
+        ris,
+        delivery,
+        text,
+        _Outcome(study, core, attempt, cid, missing_findings=left_out, with_report=bool(report)),
+    )
 
+
+def external_consumer(ack_wait: float = 60.0) -> ConsumerSpec[ev.ExternalReportReceived]:
+    return ConsumerSpec(
+        durable=HL7_EXTERNAL_DURABLE,
+        stream=EVENTS_STREAM,
+        filter_subject=events_filter(ev.ExternalReportReceived),
+        decode=ev.decoder(ev.ExternalReportReceived),
+        ack_wait=ack_wait,
+        concurrency=1,
+        description="ExternalReportReceived -> ORU^R01 to the RIS over MLLP",
+        start="new",
+    )
+
+
+def external_core(provider: str) -> str:
+    """The `core` of the RIS outcome of an external report: never an AI core's name."""
+    return f"webps-{provider}"
+
+
+async def send_external_report(
+    event: ev.ExternalReportReceived, delivery: Delivery, ctx: Hl7Context
+) -> Outcome:
+    """An external provider's report goes to the RIS like the AI's: same message, same MLLP."""
+    study, core = event.study_instance_uid, external_core(event.provider)
+    cid = control_id(study, core, 0, event.report_id)
+    report = Report(
+        title=event.title,
+        indication=event.indication,
+        technique=event.technique,
+        findings=event.findings,
+        conclusion=event.conclusion,
+        language=event.language,
+    )
+    settings, template, ris = await ctx.in_force()
+    header = await _header(study, None, (), ctx)
+    text = build_oru(header, StudyFindings(), report, settings, cid, event.occurred_at, template)
+    outcome = _Outcome(study, core, 0, cid, with_report=True, report_id=event.report_id)
+    return await _send(ctx, ris, delivery, text, outcome)
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """What Hl7Sent / Hl7Failed will say about the message."""
+
+    study: str
+    core: str
+    attempt: int
+    control_id: str
+    missing_findings: tuple[str, ...] = ()
+    with_report: bool = False
+    report_id: str = ""
+
+
+async def _send(
+    ctx: Hl7Context, ris: MllpClient, delivery: Delivery, text: str, about: _Outcome
+) -> Outcome:
     def failed(reason: str, code: str = "") -> Outcome:
         return retry_or_fail(
             delivery,
@@ -102,18 +216,19 @@ async def send_to_ris(event: ev.ResultReady, delivery: Delivery, ctx: Hl7Context
             reason,
             retryable=True,
             failed=ev.Hl7Failed(
-                study_instance_uid=study,
-                core=core,
-                attempt=attempt,
-                ris=str(ctx.ris),
-                control_id=cid,
+                study_instance_uid=about.study,
+                core=about.core,
+                attempt=about.attempt,
+                ris=str(ris),
+                control_id=about.control_id,
                 reason=reason,
                 ack_code=code,
+                report_id=about.report_id,
             ),
         )
 
     try:
-        ack = await ctx.ris.send(text, cid)
+        ack = await ris.send(text, about.control_id)
     except MllpError as err:
         return failed(str(err))
     if not ack.accepted:
@@ -121,29 +236,31 @@ async def send_to_ris(event: ev.ResultReady, delivery: Delivery, ctx: Hl7Context
     return Emit(
         (
             ev.Hl7Sent(
-                study_instance_uid=study,
-                core=core,
-                attempt=attempt,
-                ris=str(ctx.ris),
-                control_id=cid,
+                study_instance_uid=about.study,
+                core=about.core,
+                attempt=about.attempt,
+                ris=str(ris),
+                control_id=about.control_id,
                 ack_code=ack.code,
                 ack_text=ack.text,
                 tries=delivery.num_delivered,
-                missing_findings=left_out,
-                with_report=report is not None,
+                missing_findings=about.missing_findings,
+                with_report=about.with_report,
+                report_id=about.report_id,
             ),
         )
     )
 
 
-def _wait_delay(ctx: Hl7Context, waited: float) -> float:
-    left = ctx.settings.findings_wait_seconds - waited
+def _wait_delay(settings: Hl7Settings, ctx: Hl7Context, waited: float) -> float:
+    left = settings.findings_wait_seconds - waited
     return max(0.1, min(ctx.policy.initial_seconds, left))
 
 
-async def _findings(event: ev.ResultReady, ctx: Hl7Context) -> tuple[StudyFindings, list[str]]:
+async def _findings(
+    event: ev.ResultReady, settings: Hl7Settings, ctx: Hl7Context
+) -> tuple[StudyFindings, list[str]]:
     """The wanted findings, with the commands missing and those still running."""
-    settings = ctx.settings
     stored = {f.inference_command: f for f in event.findings}
     documents: dict[str, FindingsDocument] = {}
     missing: list[str] = []
@@ -173,25 +290,105 @@ async def _findings(event: ev.ResultReady, ctx: Hl7Context) -> tuple[StudyFindin
     )
 
 
-async def _report(event: ev.ResultReady, ctx: Hl7Context) -> Report:
+async def _report(event: ev.ResultReady, settings: Hl7Settings, ctx: Hl7Context) -> Report:
     source = ctx.reports.get(event.core)
     if source is None:
         raise ReportError(f"no TechCare Report service for core {event.core!r}", False)
-    return await source.fetch(event.study_instance_uid, ctx.settings.language)
+    return await source.fetch(event.study_instance_uid, settings.language)
 
 
-async def _header(event: ev.ResultReady, ctx: Hl7Context) -> StudyHeader:
-    """The study's patient and order facts: a stored instance first, else a result object."""
+async def _header(
+    study: str, attempt: int | None, results: tuple[ev.ResultObject, ...], ctx: Hl7Context
+) -> StudyHeader:
+    """The study's patient and order facts: a stored instance first, else a result object.
+
+    `attempt` None: any instance of the study, the latest first.
+    """
     candidates: list[tuple[BlobStore, str]] = []
-    for recorded in await ctx.events.history(event.study_instance_uid):
-        complete = recorded.event
-        if isinstance(complete, ev.StudyComplete) and complete.attempt == event.attempt:
-            candidates += [(ctx.instances, i.object_name) for i in complete.instances[:1]]
-    candidates += [(ctx.results, r.object_name) for r in event.results[:1]]
-    for store, name in candidates:
+    for recorded in reversed(await ctx.events.history(study)):
+        known = recorded.event
+        if isinstance(known, ev.StudyComplete) and attempt in (None, known.attempt):
+            candidates += [(ctx.instances, i.object_name) for i in known.instances[:1]]
+        elif isinstance(known, ev.InstanceReceived) and attempt is None:
+            candidates.append((ctx.instances, known.object_name))
+    candidates += [(ctx.results, r.object_name) for r in results[:1]]
+    for store, name in candidates[:4]:
         try:
             return read_study_header(await store.get(name))
         except (BlobNotFound, HeaderError):
             continue
-    # Neither is readable any more: the message still tells the RIS which study it is about.
-    return StudyHeader(study_instance_uid=event.study_instance_uid)
+    # Nothing readable is stored: the message still tells the RIS which study it is about.
+    return StudyHeader(study_instance_uid=study)
+
+
+def report_sources(settings: Settings) -> dict[str, TechCareReports]:
+    """The TechCare Report service of each core that has one: a tcr core's own API, else
+    TCR_API_URL when HL7_INCLUDE_TCR is set; each with the core's token."""
+    sources: dict[str, TechCareReports] = {}
+    for core in settings.cores:
+        if core.kind == "tcr":
+            sources[core.name] = TechCareReports(core.api_url, core.token)
+        elif settings.hl7.include_tcr and settings.hl7.tcr_api_url:
+            sources[core.name] = TechCareReports(settings.hl7.tcr_api_url, core.token)
+    return sources
+
+
+async def run(rt: Runtime, started: Started) -> None:
+    """The RIS sender's consumers and, with WEBPS_ENABLE, the providers' NATS subjects."""
+    settings = rt.settings.hl7
+    await load_at_init(rt.events, settings)
+    tcr_cores = frozenset(core.name for core in rt.settings.cores if core.kind == "tcr")
+    ctx = Hl7Context(
+        settings,
+        rt.events,
+        rt.instances,
+        rt.results,
+        rt.policy,
+        report_sources(rt.settings),
+        tcr_cores,
+    )
+    # Long enough for one MLLP exchange; in-progress acks cover longer waits.
+    ack_wait = max(30.0, 3 * settings.ris_timeout_seconds)
+    consumers: list[tuple[ConsumerSpec[Any], Handler[Any]]] = [
+        (consumer(ack_wait), partial(send_to_ris, ctx=ctx)),
+        (external_consumer(ack_wait), partial(send_external_report, ctx=ctx)),
+    ]
+    responders: Responders | None = None
+    try:
+        if settings.webps_enable:
+            # Every provider's subject, unknown providers included, so that they hear why.
+            answer = partial(answer_request, rt.events, settings)
+            responders = await answer_requests(rt.nc, [WEBPS_SUBJECTS], HL7_WEBPS_QUEUE, answer)
+        await rt.run_consumers(consumers, started)
+    finally:
+        if responders is not None:
+            await responders.close()
+        await ctx.aclose()
+
+
+async def load_at_init(events: EventLog, settings: Hl7Settings) -> None:
+    """LOAD_CONFIG_AT_INIT, then LOAD_TEMPLATE_AT_INIT: recorded like a load by a person; a
+    file that cannot be loaded stops start-up with the reason."""
+    for variable, name, kind in (
+        ("LOAD_CONFIG_AT_INIT", settings.load_config_at_init, "config"),
+        ("LOAD_TEMPLATE_AT_INIT", settings.load_template_at_init, "template"),
+    ):
+        if name:
+            try:
+                await load_named(events, settings, name, kind, variable)
+            except LoadRefused as err:
+                raise ConfigError(f"{variable}: {err.reason}") from None
+
+
+def check(settings: Settings) -> None:
+    if not settings.hl7.ris_ip:
+        raise ConfigError("HL7_RIS_IP: not set; the hl7 component sends to the RIS")
+
+
+COMPONENT = Component(
+    "hl7",
+    "ResultReady, ExternalReportReceived -> ORU^R01 to the RIS -> Hl7Sent / Hl7Failed",
+    run,
+    check=check,
+    in_up=lambda settings: settings.hl7.enable,
+)

@@ -229,7 +229,8 @@ async def run(rt: Runtime, started: Started) -> None:
                     results=rt.results,
                     settings=PollSettings(
                         core=core.name,
-                        inference_commands=core.inference_commands,
+                        # A tcr core writes a report, fetched by the hl7 component: no objects.
+                        inference_commands=() if core.kind == "tcr" else core.inference_commands,
                         poll_interval=s.poll_interval_seconds,
                         result_timeout=timedelta(seconds=s.result_timeout_seconds),
                         options=s.result_options(),

@@ -23,6 +23,7 @@ log = logging.getLogger("pacsor")
 
 DEMO_PACS_PORT = 11112
 DEMO_PACS_AET = "DEMOPACS"
+DEMO_RIS_PORT = 0  # any free port: only the demo itself talks to its RIS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
         "echo", help="C-ECHO DICOM peers: by default the PACS and every destination"
     )
     echo.add_argument("peers", nargs="*", metavar="AET@host:port")
+    commands.add_parser(
+        "check", help="before going live: NATS, streams, destinations, AI cores, RIS; one line each"
+    )
     health = commands.add_parser(
         "health",
         help="exit 0 when the component running in this container or machine is healthy",
@@ -78,7 +82,29 @@ def main(argv: list[str] | None = None) -> int:
     demo_pacs.add_argument("--aet", default=DEMO_PACS_AET)
     demo_pacs.add_argument("--folder", type=Path, default=Path("demo-pacs"))
 
+    setup = commands.add_parser(
+        "setup",
+        help="answer a site's questions once: writes env-files/.env.SITE and links .env to it",
+    )
+    setup.add_argument("--show", action="store_true", help="print the current configuration")
+    setup.add_argument("--project-dir", type=Path, default=Path("."), help="where .env lives")
+    from pacsor.setup_wizard import QUESTIONS
+
+    for question in QUESTIONS:
+        if question.kind == "yes-no":
+            setup.add_argument(
+                question.option, action=argparse.BooleanOptionalAction, help=question.message
+            )
+        else:
+            setup.add_argument(question.option, metavar="VALUE", help=question.message)
+
     args = parser.parse_args(argv)
+    if args.command == "setup":  # before the settings: setup is how they come to exist
+        try:
+            return _setup(args)
+        except ConfigError as err:
+            print(f"pacsor: {err}", file=sys.stderr)
+            return 2
     try:
         settings = load_settings()
     except ConfigError as err:
@@ -100,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
             return _echo(settings, args.peers)
         if args.command == "relaunch":
             return asyncio.run(_relaunch(settings, args.study, args.cores, args.by))
+        if args.command == "check":
+            return asyncio.run(_check(settings))
         if args.command == "health":
             return asyncio.run(_health(settings, args.component))
         if args.command == "demo-pacs":
@@ -205,6 +233,7 @@ def _send_sample_study(port: int, ae_title: str) -> None:
 @contextlib.contextmanager
 def _demo_peers() -> Iterator[dict[str, str]]:
     from pacsor.devtools.demo_pacs import start_folder_pacs
+    from pacsor.devtools.demo_ris import running_demo_ris
     from pacsor.devtools.simulator import SimulatorSettings, running_simulator
 
     raw = os.environ.get("DEMO_PACS_PORT", str(DEMO_PACS_PORT))
@@ -215,16 +244,32 @@ def _demo_peers() -> Iterator[dict[str, str]]:
         pacs = start_folder_pacs(Path("demo-pacs"), DEMO_PACS_AET, port)
     except OSError as err:
         raise ConfigError(f"DEMO_PACS_PORT: cannot listen on {port}: {err.strerror}") from None
-    try:
-        with running_simulator(SimulatorSettings(running_polls=2)) as (base_url, _state):
-            yield {
-                "API_URL": base_url,
-                "PACS_IP": "127.0.0.1",
-                "PACS_PORT": str(port),
-                "PACS_AET": DEMO_PACS_AET,
-            }
-    finally:
-        pacs.shutdown()
+    ris_raw = os.environ.get("DEMO_RIS_PORT", str(DEMO_RIS_PORT))
+    with contextlib.ExitStack() as stack:
+        stack.callback(pacs.shutdown)
+        if not ris_raw.isdigit() or not 0 <= int(ris_raw) < 65536:
+            raise ConfigError(f"DEMO_RIS_PORT: expected a port number, got {ris_raw!r}")
+        try:
+            ris = stack.enter_context(running_demo_ris(int(ris_raw)))
+        except OSError as err:
+            raise ConfigError(
+                f"DEMO_RIS_PORT: cannot listen on {ris_raw}: {err.strerror}"
+            ) from None
+        base_url, _state = stack.enter_context(
+            running_simulator(SimulatorSettings(running_polls=2))
+        )
+        yield {
+            "API_URL": base_url,
+            "PACS_IP": "127.0.0.1",
+            "PACS_PORT": str(port),
+            "PACS_AET": DEMO_PACS_AET,
+            # The demo RIS takes each study's ORU^R01, with the simulator's written report.
+            "HL7_ENABLE": "true",
+            "HL7_RIS_IP": "127.0.0.1",
+            "HL7_RIS_PORT": str(ris.port),
+            "HL7_INCLUDE_TCR": "true",
+            "TCR_API_URL": base_url,
+        }
 
 
 def _simulator(host: str, port: int) -> int:
@@ -357,8 +402,41 @@ async def _check_cores(settings: Settings) -> list[tuple[CoreSettings, str | Non
     from pacsor.ai.milvue_api import core_clients
 
     async with core_clients(settings) as clients:
-        problems = await asyncio.gather(*(api.check_access() for _, api in clients))
-        return [(core, problem) for (core, _), problem in zip(clients, problems, strict=True)]
+        inference = [(core, api) for core, api in clients if core.kind == "inference"]
+        problems = await asyncio.gather(*(api.check_access() for _, api in inference))
+        return [(core, problem) for (core, _), problem in zip(inference, problems, strict=True)]
+
+
+def _setup(args: argparse.Namespace) -> int:
+    from pacsor.setup_wizard import options_of, run_setup, show
+
+    if args.show:
+        print("\n".join(show(args.project_dir)))
+        return 0
+    interactive = sys.stdin.isatty() and sys.stdout.isatty()
+    try:
+        written = run_setup(args.project_dir, options_of(args), interactive)
+    except KeyboardInterrupt:
+        print("pacsor: setup stopped; nothing written", file=sys.stderr)
+        return 130
+    print(f"wrote {written.relative_to(args.project_dir)}; .env now points to it")
+    print(
+        "next: `pacsor check`, then `docker compose up -d` "
+        f"(or `docker compose --env-file {written.relative_to(args.project_dir)} up -d`)"
+    )
+    return 0
+
+
+async def _check(settings: Settings) -> int:
+    from pacsor.preflight import run_checks
+
+    # Each check reports its own failure in its line; pynetdicom would say it again on stderr.
+    logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
+    failed = 0
+    async for check in run_checks(settings):
+        print(check.line(), flush=True)
+        failed += check.problem is not None
+    return 1 if failed else 0
 
 
 async def _health(settings: Settings, component: str) -> int:

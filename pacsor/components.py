@@ -6,6 +6,7 @@
     uploader     StudyComplete      -> Uploaded, per core
     poller       Uploaded           -> ResultReady, per core
     dispatcher   ResultReady        -> Dispatched, per core and destination
+    hl7          ResultReady        -> ORU^R01 to the RIS -> Hl7Sent (with HL7_ENABLE)
     admin        the stream         -> the operators' read model, HTTP API and dashboard
 
 Each is declared next to its code (`COMPONENT`); this list is the only other place it appears.
@@ -14,7 +15,14 @@ Each is declared next to its code (`COMPONENT`); this list is the only other pla
 from __future__ import annotations
 
 from pacsor.admin import server as admin_server
-from pacsor.consumers import dispatcher, quiet_timer, result_poller, study_completion, uploader
+from pacsor.consumers import (
+    dispatcher,
+    hl7_sender,
+    quiet_timer,
+    result_poller,
+    study_completion,
+    uploader,
+)
 from pacsor.dicom import storage_scp
 from pacsor.runtime import Component
 
@@ -25,6 +33,7 @@ REGISTRY: tuple[Component, ...] = (
     uploader.COMPONENT,
     result_poller.COMPONENT,
     dispatcher.COMPONENT,
+    hl7_sender.COMPONENT,
     admin_server.COMPONENT,
 )
 

@@ -20,12 +20,11 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import DeliverPolicy
 from pynetdicom.events import Event as DicomEvent
 
-from pacsor.components import BY_NAME
 from pacsor.config import Settings, load_settings
 from pacsor.devtools.demo_pacs import start_storage_scp
 from pacsor.dicom.storage_scu import echo
 from pacsor.domain import events as ev
-from pacsor.gateway import run_gateway
+from pacsor.gateway import components_of_up, run_gateway
 from pacsor.jetstream.subjects import EVENTS_STREAM, study_subjects
 from tests.nats_server import free_port
 
@@ -55,12 +54,16 @@ def gateway_settings(nats_url: str, api_url: str, pacs: ReceivingPacs, **extra: 
 
 @contextlib.asynccontextmanager
 async def running_gateway(
-    settings: Settings, components: tuple[str, ...] = tuple(BY_NAME)
+    settings: Settings, components: tuple[str, ...] | None = None
 ) -> AsyncIterator[dict[str, Any]]:
     """Run the gateway in this event loop; yields what it reports when ready.
 
+    `components` defaults to what `pacsor up` runs with these settings.
+
     Unless the test chose them, the admin gets a free port and a read model of its own.
     """
+    if components is None:
+        components = components_of_up(settings)
     own_folder: Path | None = None
     if "admin" in components and settings.admin_port == Settings().admin_port:
         own_folder = Path(tempfile.mkdtemp(prefix="pacsor-admin-"))

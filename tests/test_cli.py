@@ -46,7 +46,7 @@ async def test_up_demo_runs_a_sample_study_through(tmp_path: Path) -> None:
     seen: list[str] = []
     try:
         async with asyncio.timeout(90):
-            while not any("Dispatched" in line for line in seen):
+            while not all(any(k in line for line in seen) for k in ("Dispatched", "Hl7Sent")):
                 line = (await demo.stderr.readline()).decode()
                 assert line, "pacsor exited:\n" + "".join(seen)
                 seen.append(line)
@@ -58,6 +58,8 @@ async def test_up_demo_runs_a_sample_study_through(tmp_path: Path) -> None:
     assert "pacsor is up (demo)" in text
     for kind in ("InstanceReceived", "StudyComplete", "Uploaded", "ResultReady", "Dispatched"):
         assert kind in text
+    # The demo RIS acknowledged the study's ORU^R01.
+    assert "Hl7Sent" in text and ": AA (control ID" in text
     # The demo PACS wrote the 6 result objects (3 images x 2 inference commands).
     assert len(list((tmp_path / "demo-pacs").rglob("*.dcm"))) == 6
     # The embedded nats-server kept its store under PACSOR_DATA_DIR and was stopped.
@@ -167,7 +169,7 @@ def test_echo_checks_every_core_and_every_destination(tmp_path: Path) -> None:
     assert result.returncode == 1
     lines = result.stdout.splitlines()
     assert lines[0] == f"core default ({good_url}): ok, token accepted"
-    assert lines[1].startswith(f"core precert ({refusing_url}): token refused (HTTP 403): ")
+    assert lines[1] == f"core precert ({refusing_url}): token refused (HTTP 403)"
     assert lines[2].startswith(f"core core2 ({down}): unreachable: ConnectError")
     assert lines[3:] == [
         f"ECHOPACS@127.0.0.1:{pacs.port}: ok",

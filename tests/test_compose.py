@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 from nats.js.api import DeliverPolicy
+from pacsor.streams import stream_definitions
 
 from pacsor.domain import events as ev
 from pacsor.jetstream.broker import connect
@@ -200,6 +201,16 @@ async def test_demo_with_no_configuration_delivers_a_study(demo: Compose, tmp_pa
     assert len(stored.stdout.split()) == 6
     logs = demo("--profile", "demo", "logs", "--no-color", "demo-pacs").stdout
     assert logs.count("demo PACS stored") == 6
+
+
+def test_pacsor_check_passes_inside_the_demo(demo: Compose) -> None:
+    lines = demo("run", "--rm", "--no-deps", "-T", "scp", "check").stdout.splitlines()
+    assert [line.split(":")[0] for line in lines] == [
+        "ok    NATS nats",
+        *(f"ok    stream {name}" for name in stream_definitions()),
+        "ok    C-ECHO DEMOPACS@demo-pacs",
+        "ok    AI core default http",
+    ]
 
 
 def test_down_as_documented_removes_every_container(demo: Compose) -> None:

@@ -265,3 +265,36 @@ def test_hl7_settings_errors_name_the_variable() -> None:
     assert (settings.enable, settings.ris_ip, settings.language) == (True, "10.0.0.9", "FR")
     assert settings.ris_timeout_seconds == 2.0
     assert settings.wanted_commands() == ("smarturgences", "smartxpert")
+
+
+def test_hl7_events_read_as_one_line() -> None:
+    from pacsor.domain import events as ev
+    from pacsor.domain.event_text import detail
+
+    sent = ev.Hl7Sent(
+        study_instance_uid=STUDY,
+        core="default",
+        attempt=1,
+        ris="10.0.0.9:2575",
+        control_id="ABC",
+        ack_code="AA",
+        missing_findings=("smartxpert",),
+    )
+    assert detail(sent) == (
+        "default attempt 1 to 10.0.0.9:2575: AA (control ID ABC, without smartxpert)"
+    )
+    pushed = ev.ExternalReportReceived(
+        study_instance_uid=STUDY, provider="radnet", report_id="R-1", title="T", language="FR"
+    )
+    assert detail(pushed) == "report R-1 from radnet (FR)"
+    loaded = ev.Hl7ConfigLoaded(
+        study_instance_uid="", load_id="x", name="site", kind="config", loaded_by="admin API"
+    )
+    assert detail(loaded) == "HL7 config 'site' loaded by admin API"
+    # Sent and failed share the step's key; an external report's outcome has its own.
+    failed = ev.Hl7Failed(
+        study_instance_uid=STUDY, core="default", attempt=1, ris="r", control_id="c", reason="x"
+    )
+    assert sent.idempotency_key() == failed.idempotency_key()
+    other = msgspec.structs.replace(sent, report_id="R-1")
+    assert other.idempotency_key() != sent.idempotency_key()

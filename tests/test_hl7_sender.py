@@ -11,36 +11,46 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
-from functools import partial
+from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
 from nats.aio.client import Client
-from pacsor.consumers import hl7_sender
 
 from pacsor.ai.milvue_api import MilvueApi
 from pacsor.ai.techcare_report import TechCareReports
-from pacsor.config.hl7 import Hl7Settings
+from pacsor.config import Settings, load_settings
+from pacsor.config.hl7 import Hl7Settings, as_variables
 from pacsor.devtools.demo_ris import DemoRis
+from pacsor.devtools.sample_study import make_study
 from pacsor.devtools.simulator import SimulatorSettings, running_simulator
 from pacsor.devtools.simulator import results as simulated
+from pacsor.dicom.storage_scu import send_files
 from pacsor.domain import events as ev
 from pacsor.domain.retry import RetryPolicy
-from pacsor.hl7.mllp import MllpClient
 from pacsor.hl7.oru import control_id
+from pacsor.hl7.report import Report
 from pacsor.jetstream.blobs import BlobStore, sha256_digest
 from pacsor.jetstream.eventlog import EventLog
-from pacsor.jetstream.handler_runner import ensure_consumer, run_consumer
 from pacsor.jetstream.subjects import (
     INSTANCES_BUCKET,
     RESULTS_BUCKET,
+    events_filter,
     findings_object_name,
     instance_object_name,
+    webps_subject,
 )
 from tests.dicom_factory import make_image, new_uid, to_bytes
-from tests.harness import wait_for_event
+from tests.harness import (
+    ReceivingPacs,
+    gateway_settings,
+    running_gateway,
+    wait_for_event,
+    write_study,
+)
 from tests.hl7_reading import ParsedOru
+from tests.nats_server import NatsServer
 
 CORE = "default"
 TOKEN = "tcr-token"
@@ -69,38 +79,29 @@ async def ris() -> AsyncIterator[DemoRis]:
 
 @contextlib.asynccontextmanager
 async def running_hl7(
-    nc: Client,
-    ris: DemoRis,
-    policy: RetryPolicy = POLICY,
-    reports: dict[str, TechCareReports] | None = None,
-    **settings: Any,
-) -> AsyncIterator[Hl7Settings]:
-    """The hl7 component, sending to `ris`, until the block ends."""
-    js = nc.jetstream()
-    config = Hl7Settings(
+    nc: Client, ris: DemoRis, policy: RetryPolicy = POLICY, **settings: Any
+) -> AsyncIterator[Settings]:
+    """`pacsor run hl7`, in this process, sending to `ris`, until the block ends.
+
+    `settings` are Hl7Settings fields, given to the component as their variables.
+    """
+    hl7 = Hl7Settings(
         enable=True, ris_ip="127.0.0.1", ris_port=ris.port, ris_timeout_seconds=1.0, **settings
     )
-    client = MllpClient(config.ris_ip, config.ris_port, config.ris_timeout_seconds)
-    ctx = hl7_sender.Hl7Context(
-        settings=config,
-        ris=client,
-        events=EventLog(js),
-        instances=BlobStore(nc, js, INSTANCES_BUCKET),
-        results=BlobStore(nc, js, RESULTS_BUCKET),
-        policy=policy,
-        reports=reports or {},
+    config = load_settings(
+        {
+            "NATS_URL": nc.connected_url.geturl() if nc.connected_url else "",
+            "TOKEN": TOKEN,
+            "RETRY_INITIAL_SECONDS": str(policy.initial_seconds),
+            "RETRY_MAX_SECONDS": str(policy.max_seconds),
+            "RETRY_MAX_ATTEMPTS": str(policy.max_attempts),
+            **{name: value for name, value in as_variables(hl7).items() if value},
+        },
+        dotenv=None,
     )
-    spec = hl7_sender.consumer()
-    await ensure_consumer(js, spec)  # before the first ResultReady: it starts at "new"
-    stop = asyncio.Event()
-    handler = partial(hl7_sender.send_to_ris, ctx=ctx)
-    task = asyncio.create_task(run_consumer(js, ctx.events, spec, handler, stop, policy))
-    try:
+    # Its consumers exist once it is ready: they start at "new", after this point.
+    async with running_gateway(config, ("hl7",)):
         yield config
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
-        await client.aclose()
 
 
 def findings_json(study: str, sop: str, command: str, status: str = "done") -> bytes:
@@ -347,7 +348,6 @@ async def test_the_report_goes_in_each_format(
     async with running_hl7(
         nc,
         ris,
-        reports={CORE: reports},
         include_tcr=True,
         tcr_out_format=form,
         tcr_api_url=simulator,
@@ -370,7 +370,10 @@ async def test_a_report_that_does_not_exist_is_left_out(
     nc: Client, ris: DemoRis, reports: TechCareReports, simulator: str
 ) -> None:
     async with running_hl7(
-        nc, ris, reports={CORE: reports}, include_tcr=True, tcr_api_url=simulator
+        nc,
+        ris,
+        include_tcr=True,
+        tcr_api_url=simulator,
     ):
         ready = await record_results(nc)  # never uploaded: the service answers 404
         sent = await outcome(nc, ready)
@@ -379,3 +382,121 @@ async def test_a_report_that_does_not_exist_is_left_out(
     (oru,) = sent_messages(ris, ready)
     assert "REPORT" not in oru.observations()
     assert oru.text(oru.segments("NTE")[0], 3).startswith("report")
+
+
+def external_report(study: str, **changes: str) -> dict[str, str]:
+    return {
+        "StudyInstanceUID": study,
+        "report_id": "R-1",
+        "title": "Radiographie thoracique",
+        "indication": "Toux | fièvre",
+        "technique": "Face",
+        "findings": "Opacité basale droite.\nPas d'épanchement.",
+        "conclusion": "Pneumopathie <basale> droite.",
+        "language": "FR",
+        **changes,
+    }
+
+
+async def push(nc: Client, provider: str, body: object) -> dict[str, Any]:
+    data = body if isinstance(body, bytes) else msgspec.json.encode(body)
+    reply = await nc.request(webps_subject(provider), data, timeout=10)
+    answer: dict[str, Any] = msgspec.json.decode(reply.data)
+    return answer
+
+
+async def test_an_external_report_pushed_on_nats_reaches_the_ris(nc: Client, ris: DemoRis) -> None:
+    async with running_hl7(
+        nc, ris, webps_enable=True, webps_providers=("radnet",), tcr_out_format="HTML"
+    ):
+        ready = await record_results(nc, PatientName="Petit^Léa", AccessionNumber="ACC-W1")
+        assert isinstance(await outcome(nc, ready), ev.Hl7Sent)
+        body = external_report(ready.study_instance_uid)
+        answer = await push(nc, "radnet", body)
+        assert answer["status"] == "accepted" and answer["report_id"] == "R-1"
+        again = await push(nc, "radnet", body)  # pushed twice, recorded once
+        assert again["sequence"] == answer["sequence"]
+        sent = await wait_for_event(
+            nc,
+            ready.study_instance_uid,
+            lambda e: isinstance(e, ev.Hl7Sent | ev.Hl7Failed) and e.report_id == "R-1",
+        )
+    assert isinstance(sent, ev.Hl7Sent)
+    assert (sent.core, sent.attempt, sent.with_report) == ("webps-radnet", 0, True)
+    (oru,) = [ParsedOru(r.text) for r in ris.received if r.control_id == sent.control_id]
+    pid = oru.segments("PID")[0]
+    assert (oru.text(pid, 5, 1), oru.text(oru.segments("OBR")[0], 2)) == ("Petit", "ACC-W1")
+    expected = Report(
+        **{k: v for k, v in body.items() if k not in ("StudyInstanceUID", "report_id")}
+    )
+    assert oru.report() == ("ED/html", expected.as_html())
+    assert sent.control_id != control_id(ready.study_instance_uid, CORE, 1)
+
+
+@pytest.mark.parametrize(
+    ("provider", "body", "code", "reason"),
+    [
+        ("unknown", None, 404, "unknown report provider"),
+        ("radnet", b"{not json", 400, "not JSON"),
+        ("radnet", {"title": ""}, 422, "title"),
+        ("radnet", {"StudyInstanceUID": "1.2.x"}, 422, "StudyInstanceUID"),
+        ("radnet", {"report_id": "../x"}, 422, "report_id"),
+        ("radnet", {"findings": "", "conclusion": ""}, 422, "neither findings nor"),
+        ("radnet", {"language": "DE"}, 422, "language"),
+        ("radnet", {"script": "x"}, 422, "unknown field"),
+    ],
+)
+async def test_bad_external_reports_are_refused_and_record_nothing(
+    nc: Client, ris: DemoRis, provider: str, body: object, code: int, reason: str
+) -> None:
+    study = new_uid()
+    payload = body if isinstance(body, bytes) else {**external_report(study), **(body or {})}
+    async with running_hl7(nc, ris, webps_enable=True, webps_providers=("radnet",)):
+        answer = await push(nc, provider, payload)
+    assert (answer["status"], answer["code"]) == ("refused", code)
+    assert reason in answer["reason"]
+    assert await EventLog(nc.jetstream()).read(events_filter(ev.ExternalReportReceived)) == []
+
+
+async def test_a_tcr_core_sends_its_report_to_the_ris(
+    nc: Client, nats_server: NatsServer, tmp_path: Path, pacs: ReceivingPacs, ris: DemoRis
+) -> None:
+    """CORE_KIND=tcr: the study goes to the report service, its report to the RIS."""
+    with running_simulator(SimulatorSettings(token=TOKEN, running_polls=1)) as (url, sim):
+        settings = gateway_settings(
+            nats_server.url,
+            url,
+            pacs,
+            TOKEN=TOKEN,
+            CORE_NAME="reports",
+            CORE_KIND="tcr",
+            HL7_ENABLE="true",
+            HL7_RIS_IP="127.0.0.1",
+            HL7_RIS_PORT=str(ris.port),
+            HL7_LANGUAGE="FR",
+            HL7_TCR_OUT_FORMAT="HTML",
+        )
+        async with running_gateway(settings) as ready:
+            assert "hl7" in ready["components"]
+            study = make_study(2, rows=64, columns=64)
+            for ds in study:
+                ds.PatientName = "Roux^Inès"
+            paths = write_study(tmp_path, study)
+            await asyncio.to_thread(send_files, "127.0.0.1", settings.port, "MILVUE", paths)
+            uid = str(study[0].StudyInstanceUID)
+            sent = await outcome_of(nc, uid)
+        assert sim.study(uid) is not None  # uploaded to the report service
+    assert isinstance(sent, ev.Hl7Sent)
+    assert (sent.core, sent.with_report, sent.missing_findings) == ("reports", True, ())
+    (oru,) = [ParsedOru(r.text) for r in ris.received if r.control_id == sent.control_id]
+    kind, page = oru.report()
+    assert kind == "ED/html" and "<h1>Radiographie thoracique</h1>" in page
+    assert oru.text(oru.segments("PID")[0], 5, 2) == "Inès"
+    assert not [key for key in oru.observations() if key not in ("110180", "REPORT")]
+    assert pacs.received == []  # a report core makes no result image
+
+
+async def outcome_of(nc: Client, study: str) -> ev.AnyEvent:
+    return await wait_for_event(
+        nc, study, lambda e: isinstance(e, ev.Hl7Sent | ev.Hl7Failed), timeout=90
+    )

@@ -15,6 +15,7 @@ import uvicorn
 
 from pacsor.admin.app import Admin, create_app
 from pacsor.admin.dashboard import DASHBOARD
+from pacsor.admin.hl7_routes import HL7_ROUTES
 from pacsor.admin.metrics import AdminMetrics
 from pacsor.admin.projector import Projector
 from pacsor.admin.read_model import ReadModel
@@ -88,7 +89,9 @@ class AdminServer:
             rt.results,
         )
         config = uvicorn.Config(
-            create_app(self.admin, DASHBOARD), log_level="warning", timeout_graceful_shutdown=5
+            create_app(self.admin, [*DASHBOARD, *HL7_ROUTES]),
+            log_level="warning",
+            timeout_graceful_shutdown=5,
         )
         self._server = _Server(config)
         host, port = settings.admin_host, self._sock.getsockname()[1]

@@ -285,8 +285,8 @@ class MilvueApi:
             if err.status is None:
                 return f"unreachable: {err.message}"
             if err.status in (401, 403):
-                return f"token refused (HTTP {err.status}): {err.message}"
-            return f"answered HTTP {err.status}: {err.message}"
+                return f"token refused (HTTP {err.status})"
+            return str(err)
         return None
 
     async def get_status(self, study_uid: str) -> StudyStatus:

@@ -17,8 +17,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import hl7
 import msgspec
@@ -131,6 +132,7 @@ class DemoRis:
         async with self._changed:
             self.received.append(ReceivedMessage(control_id, text, answer))
             self._changed.notify_all()
+        log.info("demo RIS received", extra={"control_id": control_id, "answer": answer})
         if answer == "silence":
             return True
         if answer == "hang-up":
@@ -145,3 +147,20 @@ class DemoRis:
         with contextlib.suppress(ConnectionError):
             await writer.drain()
         return True
+
+
+@contextlib.contextmanager
+def running_demo_ris(port: int, host: str = "127.0.0.1") -> Iterator[DemoRis]:
+    """A DemoRis accepting everything, on its own event loop in a thread (for the demo)."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name=f"demo-ris-{port}", daemon=True)
+    thread.start()
+    ris = DemoRis(host, port)
+    try:
+        asyncio.run_coroutine_threadsafe(ris.start(), loop).result(timeout=10)
+        yield ris
+    finally:
+        asyncio.run_coroutine_threadsafe(ris.stop(), loop).result(timeout=10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        loop.close()

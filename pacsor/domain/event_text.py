@@ -85,6 +85,10 @@ def detail(event: ev.Event) -> str:
                 f"{event.core} attempt {event.attempt} to {event.ris} after {event.tries} tries: "
                 f"{event.reason}"
             )
+        case ev.ExternalReportReceived():
+            text = f"report {event.report_id} from {event.provider} ({event.language})"
+        case ev.Hl7ConfigLoaded():
+            text = f"HL7 {event.kind} {event.name!r} loaded by {event.loaded_by}"
         case _:
             text = ""
     return text

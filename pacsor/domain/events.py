@@ -324,6 +324,11 @@ class Hl7Sent(CoreEvent, frozen=True, kw_only=True):
     tries: int = 1
     missing_findings: tuple[str, ...] = ()
     with_report: bool = False
+    report_id: str = ""  # set when the message carries an external report
+
+    def idempotency_key(self) -> str:
+        key = super().idempotency_key()
+        return f"{key}:report:{self.report_id}" if self.report_id else key
 
 
 class Hl7Failed(CoreEvent, frozen=True, kw_only=True):
@@ -337,6 +342,54 @@ class Hl7Failed(CoreEvent, frozen=True, kw_only=True):
     reason: str
     tries: int = 1
     ack_code: str = ""  # the last MSA-1 when the RIS answered (AE, AR...), else ""
+    report_id: str = ""
+
+    def idempotency_key(self) -> str:
+        key = super().idempotency_key()
+        return f"{key}:report:{self.report_id}" if self.report_id else key
+
+
+class ExternalReportReceived(Event, frozen=True, kw_only=True):
+    """A written report pushed by an external report provider (WEBPS_PROVIDERS).
+
+    It goes to the RIS like the AI's results: Hl7Sent / Hl7Failed with core
+    `webps-<provider>`, attempt 0 and this `report_id`.
+    """
+
+    topic: ClassVar[str] = "external_report"
+
+    provider: str
+    report_id: str
+    title: str
+    indication: str = ""
+    technique: str = ""
+    findings: str = ""
+    conclusion: str = ""
+    language: str = "EN"
+
+    def idempotency_key(self) -> str:
+        return f"webps:{self.study_instance_uid}:{self.provider}:{self.report_id}"
+
+
+class Hl7ConfigLoaded(Event, frozen=True, kw_only=True):
+    """A named HL7 configuration or template was loaded (HL7_CUSTOM_DIR): what is in force.
+
+    Not about a study (`study_instance_uid` is ""). `settings` are HL7 variables that win over
+    the environment; `template` is the template's JSON text ("" for none). The latest one is
+    what the hl7 component applies.
+    """
+
+    topic: ClassVar[str] = "hl7_config_loaded"
+
+    load_id: str
+    name: str
+    kind: str  # "config" or "template"
+    loaded_by: str
+    settings: dict[str, str] = {}
+    template: str = ""
+
+    def idempotency_key(self) -> str:
+        return f"hl7config:{self.load_id}"
 
 
 # --- Operators ----------------------------------------------------------------------------
@@ -413,6 +466,8 @@ AnyEvent = (
     | ObjectsExpired
     | Hl7Sent
     | Hl7Failed
+    | ExternalReportReceived
+    | Hl7ConfigLoaded
 )
 EVENT_TYPES: tuple[type[Event], ...] = (
     InstanceReceived,
@@ -432,6 +487,8 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     ObjectsExpired,
     Hl7Sent,
     Hl7Failed,
+    ExternalReportReceived,
+    Hl7ConfigLoaded,
 )
 
 

@@ -36,6 +36,7 @@ from pacsor.config.hl7 import Hl7Settings
 from pacsor.hl7.escaping import escape
 from pacsor.hl7.findings import Finding, Measure, StudyFindings
 from pacsor.hl7.report import Report
+from pacsor.hl7.template import MessageTemplate
 
 VERSION = "2.5.1"
 CODING_SYSTEM = "MILVUE"
@@ -93,9 +94,14 @@ _WORDS: dict[str, dict[str, str]] = {
 _ABNORMAL_FLAG = {"abnormal": "A", "normal": "N"}  # HL7 table 0078; others have no flag
 
 
-def control_id(study_uid: str, core: str, attempt: int) -> str:
+def control_id(study_uid: str, core: str, attempt: int, report_id: str = "") -> str:
     """MSH-10: the same for every send of one study's results (at most 20 characters)."""
-    digest = hashlib.sha256(f"{study_uid}\x1f{core}\x1f{attempt}".encode()).hexdigest()
+    key = (
+        f"{study_uid}\x1f{core}\x1f{attempt}\x1f{report_id}"
+        if report_id
+        else f"{study_uid}\x1f{core}\x1f{attempt}"
+    )
+    digest = hashlib.sha256(key.encode()).hexdigest()
     return digest[:20].upper()
 
 
@@ -183,6 +189,28 @@ def _report_obx(report: Report, form: str, words: dict[str, str]) -> tuple[str, 
     return ("ED", identifier, "", f"^text^plain^Base64^{data}", "", "", "")
 
 
+def _placeholders(header: StudyHeader, message_control_id: str, now: str) -> dict[str, str]:
+    """The values a template may use, each escaped."""
+    family, given, *_ = _xpn(header.patient_name)
+    values = {
+        "study_instance_uid": escape(header.study_instance_uid),
+        "patient_id": escape(header.patient_id),
+        "issuer_of_patient_id": escape(header.issuer_of_patient_id),
+        "patient_family_name": family,
+        "patient_given_name": given,
+        "birth_date": escape(header.birth_date),
+        "sex": _sex(header.sex),
+        "accession_number": escape(header.accession_number),
+        "study_date": escape(header.study_date),
+        "study_time": escape(header.study_time),
+        "study_description": escape(header.study_description),
+        "modality": escape(header.modality),
+        "control_id": message_control_id,
+        "message_time": now,
+    }
+    return values
+
+
 def build_oru(
     header: StudyHeader,
     findings: StudyFindings,
@@ -190,11 +218,23 @@ def build_oru(
     settings: Hl7Settings,
     message_control_id: str,
     created_at: datetime,
+    template: MessageTemplate | None = None,
 ) -> str:
-    """The ORU^R01 as ER7 text (segments separated by CR), checked to parse back."""
+    """The ORU^R01 as ER7 text (segments separated by CR), checked to parse back.
+
+    A `template` leaves optional segments out and sets fields (pacsor.hl7.template).
+    """
     words = _WORDS[settings.language]
     now = hl7_time(created_at)
     accession = escape(header.accession_number)
+    layout = template or MessageTemplate()
+    values = _placeholders(header, message_control_id, now)
+
+    def laid_out(segment: Segment) -> Segment:
+        for rule in layout.rules_for(segment.name):
+            setattr(segment, f"{segment.name.lower()}_{rule.number}", rule.render(values))
+        return segment
+
     try:
         message = Message("ORU_R01", version=VERSION, validation_level=VALIDATION_LEVEL.TOLERANT)
         msh = message.msh
@@ -211,9 +251,10 @@ def build_oru(
         _field(msh, 16, "NE")
         _field(msh, 18, CHARACTER_SET)
         _field(msh, 19, words["language"])
+        laid_out(msh)
 
         result = message.add_group("ORU_R01_PATIENT_RESULT")
-        if settings.include_pid:
+        if settings.include_pid and "PID" not in layout.omit:
             patient = result.add_group("ORU_R01_PATIENT")
             pid = patient.add_segment("PID")
             _field(pid, 1, "1")
@@ -229,19 +270,22 @@ def build_oru(
             _field(pid, 5, *_xpn(header.patient_name))
             _field(pid, 7, "".join(c for c in header.birth_date if c.isdigit())[:8])
             _field(pid, 8, _sex(header.sex))
+            laid_out(pid)
             # PV1 belongs to the patient group, so it cannot go without PID.
-            if settings.include_pv1:
+            if settings.include_pv1 and "PV1" not in layout.omit:
                 pv1 = patient.add_group("ORU_R01_VISIT").add_segment("PV1")
                 _field(pv1, 1, "1")
                 _field(pv1, 2, "O")
+                laid_out(pv1)
 
         order = result.add_group("ORU_R01_ORDER_OBSERVATION")
-        if settings.include_orc:
+        if settings.include_orc and "ORC" not in layout.omit:
             orc = order.add_segment("ORC")
             _field(orc, 1, "RE")
             _field(orc, 2, accession)
             _field(orc, 3, accession)
             _field(orc, 5, "CM")
+            laid_out(orc)
         obr = order.add_segment("OBR")
         _field(obr, 1, "1")
         _field(obr, 2, accession)
@@ -252,11 +296,14 @@ def build_oru(
         _field(obr, 22, now)
         _field(obr, 24, "RAD")
         _field(obr, 25, "F")
-        for rank, command in enumerate(findings.missing, start=1):
+        laid_out(obr)
+        notes = () if "NTE" in layout.omit else findings.missing
+        for rank, command in enumerate(notes, start=1):
             nte = order.add_segment("NTE")
             _field(nte, 1, str(rank))
             _field(nte, 2, "L")
             _field(nte, 3, escape(words["missing"].format(command=command)))
+            laid_out(nte)
 
         observations: list[tuple[str, ...]] = []
         if settings.include_study_uid:
@@ -288,10 +335,13 @@ def build_oru(
             _field(obx, 8, flag)
             _field(obx, 11, "F")
             _field(obx, 14, now)
+            laid_out(obx)
         _freeze(message)
         text: str = message.to_er7()
     except HL7apyException as err:
         raise MessageError(f"hl7apy refused the message: {err}") from err
+    except (KeyError, ValueError) as err:  # a template's field hl7apy does not know
+        raise MessageError(f"the template does not fit the message: {err}") from err
     parse_oru(text)
     return text
 
@@ -305,3 +355,34 @@ def parse_oru(text: str) -> Message:
     if message.name != "ORU_R01":
         raise MessageError(f"expected an ORU_R01, parsed a {message.name}")
     return message
+
+
+SAMPLE_HEADER = StudyHeader(
+    study_instance_uid="1.2.826.0.1.3680043.8.498.10000000000000000000000000000000000001",
+    patient_id="SAMPLE-1",
+    issuer_of_patient_id="SAMPLE",
+    patient_name="Sample^Patient",
+    birth_date="19700101",
+    sex="O",
+    accession_number="SAMPLE-ACC",
+    study_date="20260101",
+    study_time="120000",
+    study_description="Sample study",
+    modality="CR",
+)
+
+
+def check_template(template: MessageTemplate, settings: Hl7Settings) -> str:
+    """A sample message built with `template`; MessageError when hl7apy cannot parse it.
+
+    The sample is parsed with hl7apy's strict validation too (datatypes, lengths, tables),
+    which real messages are not: their report data is longer than v2.5.1's length limits.
+    """
+    sample = StudyFindings(missing=("sample",))
+    when = datetime(2026, 1, 1, tzinfo=UTC)
+    text = build_oru(SAMPLE_HEADER, sample, None, settings, "SAMPLE0000", when, template)
+    try:
+        parse_message(text, validation_level=VALIDATION_LEVEL.STRICT, find_groups=True)
+    except (HL7apyException, ValueError) as err:
+        raise MessageError(f"hl7apy (strict) refuses the sample message: {err}") from err
+    return text

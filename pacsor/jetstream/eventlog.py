@@ -12,7 +12,7 @@ from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import APIError
+from nats.js.errors import APIError, NotFoundError
 
 from pacsor.domain import events as ev
 from pacsor.domain.events import RecordedEvent
@@ -80,6 +80,16 @@ class EventLog:
         """The stream's last sequence: what a reader must have applied to be up to date."""
         info = await self._js.stream_info(EVENTS_STREAM)
         return int(info.state.last_seq)
+
+    async def last(self, subject: str) -> RecordedEvent | None:
+        """The latest event on `subject` (one subject, no wildcard), or None."""
+        try:
+            msg = await self._js.get_last_msg(EVENTS_STREAM, subject)
+        except NotFoundError:
+            return None
+        if msg.data is None or msg.seq is None:
+            return None
+        return RecordedEvent(int(msg.seq), subject, ev.decode(msg.data))
 
     async def history(self, study_uid: str) -> list[RecordedEvent]:
         """Every event of one study, oldest first."""

@@ -184,3 +184,20 @@ def retention_max_ages(events_days: float, objects_hours: float) -> dict[str, fl
         f"OBJ_{INSTANCES_BUCKET}": objects,
         f"OBJ_{RESULTS_BUCKET}": objects,
     }
+
+
+# External report providers push reports here (core NATS request/reply, not JetStream).
+WEBPS_SUBJECT_PREFIX = "pacsor.webps"
+# The hl7 component's consumer of ExternalReportReceived.
+HL7_EXTERNAL_DURABLE = "hl7-external-reports"
+
+
+def webps_subject(provider: str) -> str:
+    return f"{WEBPS_SUBJECT_PREFIX}.{provider}.report"
+
+
+HL7_WEBPS_QUEUE = "hl7-webps"  # queue group: one replica answers each pushed report
+WEBPS_SUBJECTS = f"{WEBPS_SUBJECT_PREFIX}.*.report"
+
+# Configuration events are not about a study: they live under the "unknown" study's subjects.
+HL7_CONFIG_SUBJECT = f"pacsor.study.{UNKNOWN_STUDY}.hl7_config_loaded"

@@ -1,0 +1,133 @@
+"""`pacsor check`: what must answer before a site goes live, one line per check.
+
+- NATS reachable, with JetStream, and every stream of streams/*.json present;
+- a C-ECHO to every result destination;
+- the AI API of every core (API_URL, API_URL_1, ...) reachable and its token accepted;
+- the RIS port open, when HL7 is on.
+
+Every check runs even when an earlier one failed, so one run lists everything to fix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import httpx
+import msgspec
+from nats.js.errors import NotFoundError
+
+from pacsor.ai.milvue_api import MilvueApi
+from pacsor.config import Settings
+from pacsor.dicom.storage_scu import echo
+from pacsor.jetstream.broker import connect
+from pacsor.streams import stream_definitions
+
+TIMEOUT = 10.0
+
+
+class Check(msgspec.Struct, frozen=True):
+    name: str
+    problem: str | None  # None: passed
+    detail: str = ""
+
+    def line(self) -> str:
+        if self.problem is None:
+            return f"ok    {self.name}{': ' + self.detail if self.detail else ''}"
+        return f"FAIL  {self.name}: {self.problem}"
+
+
+def nats_url(settings: Settings) -> str:
+    return settings.nats_servers or f"nats://127.0.0.1:{settings.embedded_nats_port}"
+
+
+async def run_checks(settings: Settings) -> AsyncIterator[Check]:
+    async for check in _nats(settings):
+        yield check
+    # Cores may share destinations: each is echoed once.
+    destinations = list(dict.fromkeys(d for core in settings.cores for d in core.destinations))
+    for destination in destinations:
+        problem = await asyncio.to_thread(
+            echo,
+            destination.host,
+            destination.port,
+            destination.ae_title,
+            settings.milvue_aet,
+            TIMEOUT,
+        )
+        yield Check(f"C-ECHO {destination}", problem, "answers")
+    if not destinations:
+        yield Check("destinations", "PACS_IP is not set and DESTINATIONS is empty")
+    for core in settings.cores:
+        if core.kind == "inference":
+            yield await _core(core.name, core.api_url, core.token)
+        else:  # the report API has no study status to ask: that it answers is what we know
+            yield await _answers(f"report core {core.name} {core.api_url}", core.api_url)
+    if settings.hl7.enable:
+        yield await _port_open("RIS (HL7)", settings.hl7.ris_ip, settings.hl7.ris_port)
+
+
+async def _nats(settings: Settings) -> AsyncIterator[Check]:
+    url = nats_url(settings)
+    try:
+        nc = await asyncio.wait_for(connect(url, "pacsor check"), TIMEOUT)
+    except Exception as err:
+        yield Check(f"NATS {url}", f"unreachable: {str(err) or type(err).__name__}")
+        return
+    try:
+        js = nc.jetstream(timeout=TIMEOUT)
+        try:
+            account = await js.account_info()
+        except Exception as err:
+            yield Check(f"NATS {url}", f"JetStream does not answer: {err}")
+            return
+        yield Check(f"NATS {url}", None, f"JetStream, {account.streams} streams")
+        for name in stream_definitions():
+            try:
+                info = await js.stream_info(name)
+            except NotFoundError:
+                yield Check(f"stream {name}", "missing: pacsor creates it when it first starts")
+                continue
+            replicas = info.config.num_replicas or 1
+            if replicas < settings.nats_replicas:
+                yield Check(
+                    f"stream {name}",
+                    f"{replicas} copies, NATS_REPLICAS asks for {settings.nats_replicas}",
+                )
+                continue
+            yield Check(
+                f"stream {name}", None, f"{info.state.messages} messages, {replicas} copies"
+            )
+    finally:
+        await nc.close()
+
+
+async def _core(name: str, api_url: str, token: str) -> Check:
+    check = f"AI core {name} {api_url}"
+    if not token:
+        return Check(check, "TOKEN is not set")
+    async with MilvueApi(api_url, token, timeout=TIMEOUT) as api:
+        problem = await api.check_access()
+    return Check(check, problem, "reachable, token accepted")
+
+
+async def _answers(check: str, url: str) -> Check:
+    try:
+        async with httpx.AsyncClient(timeout=TIMEOUT) as http:
+            answer = await http.get(url)
+    except httpx.HTTPError as err:
+        return Check(check, f"no answer: {str(err) or type(err).__name__}")
+    return Check(check, None, f"answers (HTTP {answer.status_code})")
+
+
+async def _port_open(name: str, host: str, port: int) -> Check:
+    check = f"{name} {host}:{port}"
+    if not host:
+        return Check(check, "HL7_RIS_IP is not set")
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), TIMEOUT)
+    except OSError as err:  # TimeoutError included
+        return Check(check, f"port closed: {err.strerror or str(err) or 'no answer in time'}")
+    writer.close()
+    await writer.wait_closed()
+    return Check(check, None, "port open")
