@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pacsor.config import Destination
 from pacsor.dicom.sender import SendError, send_objects
+from pacsor.domain import dispatch
 from pacsor.domain import events as ev
 from pacsor.domain.retry import RetryPolicy
 from pacsor.jetstream.blobs import BlobNotFound, BlobStore
@@ -69,11 +70,19 @@ async def replay_to_destination(
         return Emit((failed("no results recorded for this attempt"),))
     objects = [(r.object_name, r.sop_instance_uid) for r in ready.results]
     try:
-        delivered = await send_objects(destination, calling_ae_title, results, objects)
+        answers = await send_objects(destination, calling_ae_title, results, objects)
     except BlobNotFound as err:
         return Emit((failed(f"result objects no longer stored: {err}"),))
     except SendError as err:
-        return retry_or_fail(delivery, policy, err.reason, True, failed(err.reason, err.delivered))
+        return retry_or_fail(delivery, policy, err.reason, True, failed(err.reason))
+    delivered = tuple(sop for sop, status in answers if dispatch.is_stored(status))
+    if len(delivered) < len(answers):
+        reason = ", ".join(
+            f"{sop}: {dispatch.status_text(status)}"
+            for sop, status in answers
+            if not dispatch.is_stored(status)
+        )
+        return retry_or_fail(delivery, policy, reason, True, failed(reason, delivered))
     return Emit(
         (
             ev.Dispatched(

@@ -1,8 +1,12 @@
 """ResultReady → C-STORE the result objects to one destination → Dispatched (or DispatchFailed).
 
 Each destination has its own durable consumer, so a destination that is down waits and
-retries on its own and never holds back the others. When the retries are exhausted,
-DispatchFailed records what was and was not delivered; the objects stay in PACSOR_RESULTS.
+retries on its own and never holds back the others. What the destination accepted or refused
+is remembered across tries (pacsor.jetstream.dispatch_progress), so a retry sends only the
+rest. An object refused for good (0xA9xx, 0xCxxx) is not sent again: once every object is
+accepted or refused, DispatchFailed says so at once; objects failing transiently (0xA7xx, no
+answer, network) are retried with backoff, and DispatchFailed after the last try lists every
+object with its status. The objects stay in PACSOR_RESULTS.
 """
 
 from __future__ import annotations
@@ -14,9 +18,11 @@ from pacsor.consumers import dispatch_replay
 
 from pacsor.config import ConfigError, Destination, Settings
 from pacsor.dicom.sender import SendError, send_objects
+from pacsor.domain import dispatch
 from pacsor.domain import events as ev
 from pacsor.domain.retry import RetryPolicy
 from pacsor.jetstream.blobs import BlobStore
+from pacsor.jetstream.dispatch_progress import DispatchProgress
 from pacsor.jetstream.handler_runner import (
     ConsumerSpec,
     Delivery,
@@ -25,13 +31,19 @@ from pacsor.jetstream.handler_runner import (
     Outcome,
     retry_or_fail,
 )
-from pacsor.jetstream.subjects import EVENTS_STREAM, core_events_filter, dispatch_consumer
+from pacsor.jetstream.subjects import (
+    EVENTS_STREAM,
+    core_events_filter,
+    dispatch_consumer,
+    dispatch_progress_key,
+)
+from pacsor.metrics import DISPATCH_REFUSED
 from pacsor.runtime import Component, Runtime, Started
 
 
 def consumer(core: str, destination: Destination) -> ConsumerSpec[ev.ResultReady]:
     return ConsumerSpec(
-        durable=dispatch_consumer(core, destination.ae_title, destination.host, destination.port),
+        durable=dispatch_consumer(core, str(destination)),
         stream=EVENTS_STREAM,
         filter_subject=core_events_filter(ev.ResultReady, core),
         decode=ev.decoder(ev.ResultReady),
@@ -39,6 +51,31 @@ def consumer(core: str, destination: Destination) -> ConsumerSpec[ev.ResultReady
         concurrency=2,
         description=f"ResultReady -> C-STORE to {destination}",
         start="new",
+        failed=lambda event, reason, tries: dispatch_failed(event, str(destination), reason, tries),
+    )
+
+
+NOTHING_KNOWN = dispatch.Outcome()
+
+
+def dispatch_failed(
+    event: ev.ResultReady,
+    destination: str,
+    reason: str,
+    tries: int,
+    outcome: dispatch.Outcome = NOTHING_KNOWN,
+) -> ev.DispatchFailed:
+    return ev.DispatchFailed(
+        study_instance_uid=event.study_instance_uid,
+        core=event.core,
+        attempt=event.attempt,
+        destination=destination,
+        reason=reason,
+        tries=tries,
+        delivered_sop_instance_uids=tuple(o.sop_instance_uid for o in outcome.delivered),
+        delivered=outcome.delivered,
+        refused=outcome.refused,
+        undelivered=outcome.undelivered,
     )
 
 
@@ -46,36 +83,48 @@ async def dispatch_to_destination(
     event: ev.ResultReady,
     delivery: Delivery,
     results: BlobStore,
+    progress_store: DispatchProgress,
     destination: Destination,
     calling_ae_title: str,
     policy: RetryPolicy,
 ) -> Outcome:
     if not event.results:
         return Emit()  # the API had no result objects (status empty): nothing to send
-    objects = [(r.object_name, r.sop_instance_uid) for r in event.results]
-    try:
-        delivered = await send_objects(destination, calling_ae_title, results, objects)
-    except SendError as err:
-        failed = ev.DispatchFailed(
-            study_instance_uid=event.study_instance_uid,
-            core=event.core,
-            attempt=event.attempt,
-            destination=str(destination),
-            reason=err.reason,
-            delivered_sop_instance_uids=err.delivered,
+    where = str(destination)
+    key = dispatch_progress_key(event.study_instance_uid, event.core, event.attempt, where)
+    sop_uids = [r.sop_instance_uid for r in event.results]
+    progress = await progress_store.get(key)
+    names = {r.sop_instance_uid: r.object_name for r in event.results}
+    pending = dispatch.to_send(sop_uids, progress)
+    error = ""
+    if pending:
+        try:
+            answers = await send_objects(
+                destination, calling_ae_title, results, [(names[sop], sop) for sop in pending]
+            )
+        except SendError as err:
+            answers, error = [(sop, dispatch.NO_ANSWER) for sop in pending], err.reason
+        before = len(progress.refused)
+        progress = await progress_store.record(key, answers)
+        DISPATCH_REFUSED.labels(where).inc(len(progress.refused) - before)
+
+    outcome = dispatch.outcome(sop_uids, progress)
+    if not outcome.refused and not outcome.undelivered:
+        return Emit(
+            (
+                ev.Dispatched(
+                    study_instance_uid=event.study_instance_uid,
+                    core=event.core,
+                    attempt=event.attempt,
+                    destination=where,
+                    sop_instance_uids=tuple(o.sop_instance_uid for o in outcome.delivered),
+                ),
+            )
         )
-        return retry_or_fail(delivery, policy, err.reason, True, failed)
-    return Emit(
-        (
-            ev.Dispatched(
-                study_instance_uid=event.study_instance_uid,
-                core=event.core,
-                attempt=event.attempt,
-                destination=str(destination),
-                sop_instance_uids=delivered,
-            ),
-        )
-    )
+    reason = f"{where}: {outcome.summary()}" + (f"; {error}" if error else "")
+    # Refusals alone: no try can change them.
+    failed = dispatch_failed(event, where, reason, delivery.num_delivered, outcome)
+    return retry_or_fail(delivery, policy, reason, bool(outcome.undelivered), failed)
 
 
 def require_destinations(settings: Settings) -> None:
@@ -91,6 +140,7 @@ async def run(rt: Runtime, started: Started) -> None:
     """Per core and destination, one consumer of the results and one of the replays asked for:
     a PACS that is down delays no other."""
     aet, results, policy = rt.settings.milvue_aet, rt.results, rt.policy
+    progress = DispatchProgress(rt.js)
     consumers: list[tuple[ConsumerSpec[Any], Handler[Any]]] = []
     for core in rt.settings.cores:
         for destination in core.destinations:
@@ -100,6 +150,7 @@ async def run(rt: Runtime, started: Started) -> None:
                     partial(
                         dispatch_to_destination,
                         results=results,
+                        progress_store=progress,
                         destination=destination,
                         calling_ae_title=aet,
                         policy=policy,

@@ -5,7 +5,7 @@ The message is a pure function of the study (pacsor.hl7.oru); this handler gathe
   (listed in ResultReady). Findings still running are waited for, by redelivery, until
   HL7_FINDINGS_WAIT_SECONDS after ResultReady; the message then goes without them and says so
   in an NTE segment and in Hl7Sent.missing_findings;
-- the patient and order facts, from a stored instance of the attempt (or, once the instances
+- the patient and order facts, from a stored instance of the study (or, once the instances
   have expired, from a result object, which carries the same patient and study);
 - the written report from the TechCare Report service, when HL7_INCLUDE_TCR is set, and
   always for a core of kind tcr (CORE_KIND=tcr), whose studies went to that service instead
@@ -18,10 +18,14 @@ message, with the same control ID.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
+
+import msgspec
 
 from pacsor.ai.techcare_report import ReportError, TechCareReports
 from pacsor.config import ConfigError, Settings
@@ -76,6 +80,8 @@ class Hl7Context:
     tcr_cores: frozenset[str] = frozenset()
     _ris: MllpClient | None = None
     _applied: tuple[int, Hl7Settings, MessageTemplate | None] | None = None
+    # Two consumers share the context: one of them at a time swaps the RIS connection.
+    _swap: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def in_force(self) -> tuple[Hl7Settings, MessageTemplate | None, MllpClient]:
         """The settings and template of the latest loaded configuration, over the
@@ -91,11 +97,13 @@ class Hl7Context:
             self._applied = (current.sequence, settings, template)
         _, settings, template = self._applied
         target = (settings.ris_ip, settings.ris_port, settings.ris_timeout_seconds)
-        if self._ris is None or (self._ris.host, self._ris.port, self._ris.timeout) != target:
-            if self._ris is not None:
-                await self._ris.aclose()
-            self._ris = MllpClient(*target)
-        return settings, template, self._ris
+        async with self._swap:
+            ris = self._ris
+            if ris is None or (ris.host, ris.port, ris.timeout) != target:
+                if ris is not None:
+                    await ris.aclose()
+                self._ris = ris = MllpClient(*target)
+        return settings, template, ris
 
     async def aclose(self) -> None:
         if self._ris is not None:
@@ -143,8 +151,13 @@ async def send_to_ris(event: ev.ResultReady, delivery: Delivery, ctx: Hl7Context
     left_out = (*found.missing, *running, *unavailable)
     findings = StudyFindings(detections=found.detections, measures=found.measures, missing=left_out)
 
-    header = await _header(event.study_instance_uid, event.attempt, event.results, ctx)
+    header = await _header(event.study_instance_uid, event.results, ctx)
     text = build_oru(header, findings, report, settings, cid, event.occurred_at, template)
+    if running:
+        # The redeliveries spent waiting are not tries of the RIS: leave them out of the count
+        # (an upper bound of them: the RIS may get a few more tries, never fewer).
+        waits = min(delivery.num_delivered - 1, _wait_deliveries(settings, ctx.policy))
+        delivery = msgspec.structs.replace(delivery, num_delivered=delivery.num_delivered - waits)
     return await _send(
         ctx,
         ris,
@@ -187,7 +200,7 @@ async def send_external_report(
         language=event.language,
     )
     settings, template, ris = await ctx.in_force()
-    header = await _header(study, None, (), ctx)
+    header = await _header(study, (), ctx)
     text = build_oru(header, StudyFindings(), report, settings, cid, event.occurred_at, template)
     outcome = _Outcome(study, core, 0, cid, with_report=True, report_id=event.report_id)
     return await _send(ctx, ris, delivery, text, outcome)
@@ -252,9 +265,19 @@ async def _send(
     )
 
 
+def _wait_step(settings: Hl7Settings, policy: RetryPolicy) -> float:
+    # A few looks during the wait, not one per retry delay: each look is a redelivery.
+    return max(policy.initial_seconds, settings.findings_wait_seconds / 4)
+
+
+def _wait_deliveries(settings: Hl7Settings, policy: RetryPolicy) -> int:
+    """At most how many deliveries a whole wait takes (the first one included)."""
+    return math.ceil(settings.findings_wait_seconds / _wait_step(settings, policy)) + 1
+
+
 def _wait_delay(settings: Hl7Settings, ctx: Hl7Context, waited: float) -> float:
     left = settings.findings_wait_seconds - waited
-    return max(0.1, min(ctx.policy.initial_seconds, left))
+    return max(0.1, min(_wait_step(settings, ctx.policy), left))
 
 
 async def _findings(
@@ -297,22 +320,16 @@ async def _report(event: ev.ResultReady, settings: Hl7Settings, ctx: Hl7Context)
     return await source.fetch(event.study_instance_uid, settings.language)
 
 
-async def _header(
-    study: str, attempt: int | None, results: tuple[ev.ResultObject, ...], ctx: Hl7Context
-) -> StudyHeader:
-    """The study's patient and order facts: a stored instance first, else a result object.
-
-    `attempt` None: any instance of the study, the latest first.
-    """
-    candidates: list[tuple[BlobStore, str]] = []
-    for recorded in reversed(await ctx.events.history(study)):
-        known = recorded.event
-        if isinstance(known, ev.StudyComplete) and attempt in (None, known.attempt):
-            candidates += [(ctx.instances, i.object_name) for i in known.instances[:1]]
-        elif isinstance(known, ev.InstanceReceived) and attempt is None:
-            candidates.append((ctx.instances, known.object_name))
-    candidates += [(ctx.results, r.object_name) for r in results[:1]]
-    for store, name in candidates[:4]:
+async def _header(study: str, results: tuple[ev.ResultObject, ...], ctx: Hl7Context) -> StudyHeader:
+    """The study's patient and order facts: a stored instance (the latest first), else a
+    result object, which carries the same patient and study once the instances expired."""
+    instances = [
+        (ctx.instances, r.event.object_name)
+        for r in reversed(await ctx.events.history(study))
+        if isinstance(r.event, ev.InstanceReceived)
+    ]
+    candidates = instances[:3] + [(ctx.results, r.object_name) for r in results[:1]]
+    for store, name in candidates:
         try:
             return read_study_header(await store.get(name))
         except (BlobNotFound, HeaderError):

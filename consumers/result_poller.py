@@ -61,6 +61,12 @@ def consumer(core: str) -> ConsumerSpec[ev.Uploaded]:
         max_ack_pending=1024,
         concurrency=4,
         description=f"Uploaded -> poll AI core {core} -> ResultReady",
+        failed=lambda event, reason, tries: ev.ResultFailed(
+            study_instance_uid=event.study_instance_uid,
+            core=event.core,
+            attempt=event.attempt,
+            reason=f"gave up after {tries} tries: {reason}",
+        ),
     )
 
 

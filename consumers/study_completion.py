@@ -1,9 +1,10 @@
 """Quiet timer elapsed → StudyComplete (or wait longer, or nothing);
 RelaunchRequested → StudyComplete of the next attempt.
 
-The decisions are pacsor.domain.completion.decide_completion and decide_relaunch over the
-study's events; the StudyComplete is written with an expected-last-subject-sequence, so two
-replicas handling the same timer or request cannot both complete the study.
+The decisions are pacsor.domain.completion.decide_completion (over the study's events and
+the SCPs' holds: associations still sending it) and decide_relaunch; the StudyComplete is
+written with an expected-last-subject-sequence, so two replicas handling the same timer or
+request cannot both complete the study.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pacsor.domain.completion import (
 from pacsor.domain.events import utc_now
 from pacsor.jetstream.eventlog import EventLog
 from pacsor.jetstream.handler_runner import ConsumerSpec, Delivery, Emit, Handler, Outcome
+from pacsor.jetstream.holds import Holds
 from pacsor.jetstream.quiet_timers import QuietElapsed, QuietTimers, decode_elapsed
 from pacsor.jetstream.subjects import (
     COMPLETION_CONSUMER,
@@ -53,17 +55,24 @@ async def complete_study(
     delivery: Delivery,
     events: EventLog,
     timers: QuietTimers,
+    holds: Holds,
     quiet: timedelta,
 ) -> Outcome:
     study = elapsed.study_instance_uid
     history = await events.history(study)
-    decision = decide_completion(study, history, utc_now(), quiet)
+    decision = decide_completion(
+        study, history, utc_now(), quiet, await holds.of_study(study), elapsed.holds_checked_at
+    )
     if isinstance(decision, Complete):
         return Emit((decision.event,), decision.expected_last_subject_sequence)
     if isinstance(decision, WaitUntil):
-        # An instance arrived after this timer was armed; its own timer may not be armed yet.
-        await timers.arm(study, decision.at)
-        log.info("study still receiving", extra={"study": study, "until": decision.at.isoformat()})
+        # An instance arrived after this timer was armed (its own timer may not be armed yet),
+        # or an association sending the study is still open.
+        await timers.arm(study, decision.at, decision.holds_checked_at)
+        log.info(
+            "study still receiving",
+            extra={"study": study, "until": decision.at.isoformat(), "reason": decision.reason},
+        )
     elif isinstance(decision, AlreadyComplete):
         log.info("study already complete", extra={"study": study, "attempt": decision.attempt})
     return Emit()
@@ -97,7 +106,12 @@ async def relaunch_study(
 async def run(rt: Runtime, started: Started) -> None:
     quiet = timedelta(seconds=rt.settings.study_quiet_seconds)
     consumers: list[tuple[ConsumerSpec[Any], Handler[Any]]] = [
-        (CONSUMER, partial(complete_study, events=rt.events, timers=rt.timers, quiet=quiet)),
+        (
+            CONSUMER,
+            partial(
+                complete_study, events=rt.events, timers=rt.timers, holds=rt.holds, quiet=quiet
+            ),
+        ),
         (RELAUNCH_CONSUMER, partial(relaunch_study, events=rt.events)),
     ]
     await rt.run_consumers(consumers, started)

@@ -11,19 +11,27 @@ holds back no other. For each instance of the attempt, in order:
   the instances without their pixel data, then a PUT of each full instance to its URL.
 
 Each accepted batch is recorded (InstancesUploaded) before the next one starts, and the skips
-in InstancesSkipped. Instances are streamed from PACSOR_INSTANCES into the request: at most
-the pixel-less headers of one batch are held in memory, never a study. With
-UPLOAD_RATE_LIMIT, every instance waits for a slot shared by all the replicas.
+in InstancesSkipped. The attempt's instances are read back from the study's InstanceReceived
+events up to the StudyComplete's `through_sequence` (pacsor.domain.completion
+.attempt_instances), so the event stays small whatever the study's size. Their bytes are
+streamed from PACSOR_INSTANCES into the request, and each object's digest must be the one its
+event recorded: at most the pixel-less headers of one batch are held in memory, never a study.
+With UPLOAD_RATE_LIMIT, every instance waits for a slot shared by all the replicas.
 
 429, 5xx and network errors are retried with the shared backoff (and at least the server's
 Retry-After); 400, 403, 404 and 422 fail at once with the API's message.
+
+An upload whose answer was lost (read timeout, dropped connection) may have been received and
+processed by the AI all the same. It is retried like any network error: that batch again, with
+the same UIDs. If the last try's answer is lost too, UploadFailed says that the AI may have
+the study, so that nobody takes it for a study the AI never saw.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable
 from functools import partial
 
 import msgspec
@@ -32,9 +40,10 @@ from pacsor.ai.milvue_api import ApiError, MilvueApi, core_clients
 from pacsor.config import ConfigError, Settings
 from pacsor.dicom.header import HeaderError, read_header, tag_values
 from pacsor.domain import events as ev
+from pacsor.domain.completion import attempt_instances
 from pacsor.domain.filters import FilterError, FilterRule, parse_filters, skipping_rule
 from pacsor.domain.retry import RetryPolicy
-from pacsor.jetstream.blobs import BlobNotFound, BlobStore
+from pacsor.jetstream.blobs import BlobError, BlobStore
 from pacsor.jetstream.eventlog import EventLog
 from pacsor.jetstream.handler_runner import ConsumerSpec, Delivery, Emit, Outcome, retry_or_fail
 from pacsor.jetstream.rate_limit import RateLimiter
@@ -67,6 +76,20 @@ def consumer(core: str) -> ConsumerSpec[ev.StudyComplete]:
         ack_wait=15.0,
         concurrency=4,
         description=f"StudyComplete -> upload to AI core {core}",
+        failed=lambda event, reason, tries: upload_failed(event, core, reason, tries=tries),
+    )
+
+
+def upload_failed(
+    event: ev.StudyComplete, core: str, reason: str, status: int | None = None, tries: int = 1
+) -> ev.UploadFailed:
+    return ev.UploadFailed(
+        study_instance_uid=event.study_instance_uid,
+        core=core,
+        attempt=event.attempt,
+        reason=reason,
+        http_status=status,
+        tries=tries,
     )
 
 
@@ -100,11 +123,6 @@ async def _progress(events: EventLog, study: str, core: str, attempt: int) -> _P
     return _Progress(frozenset(this_attempt), frozenset(before), batches)
 
 
-def instances_of(event: ev.StudyComplete) -> Iterable[ev.InstanceRef]:
-    """The instances of the attempt, in the order they were received."""
-    return event.instances
-
-
 async def upload_study(
     event: ev.StudyComplete,
     delivery: Delivery,
@@ -120,14 +138,14 @@ async def upload_study(
     if not event.for_core(core):
         return Emit()  # a relaunch asked for other cores only
 
-    def failed(reason: str, status: int | None = None) -> ev.UploadFailed:
-        return ev.UploadFailed(
-            study_instance_uid=study,
-            core=core,
-            attempt=event.attempt,
-            reason=reason,
-            http_status=status,
+    received = await events.received(study, event.through_sequence)
+    refs = attempt_instances(received, event.through_sequence)
+    if len(refs) != event.instance_count:
+        reason = (
+            f"the stream holds {len(refs)} of the attempt's {event.instance_count} instances "
+            f"(InstanceReceived up to sequence {event.through_sequence})"
         )
+        return retry_or_fail(delivery, policy, reason, False, upload_failed(event, core, reason))
 
     progress = await _progress(events, study, core, event.attempt)
     # A relaunch asked for by a person uploads everything again.
@@ -192,7 +210,7 @@ async def upload_study(
         batch.clear()
 
     try:
-        for instance in instances_of(event):
+        for instance in refs:
             total += 1
             if instance.sop_instance_uid in progress.this_attempt:
                 continue  # sent before this attempt was interrupted
@@ -202,7 +220,8 @@ async def upload_study(
             without_pixels = b""
             if need_header:
                 try:
-                    async with contextlib.aclosing(instances.chunks(instance.object_name)) as c:
+                    chunks = instances.chunks(instance.object_name, instance.digest)
+                    async with contextlib.aclosing(chunks) as c:
                         header = await read_header(c)
                 except HeaderError as err:
                     skip(instance, f"unreadable: {err}")
@@ -220,14 +239,15 @@ async def upload_study(
             await record_skips(final=False)
         await send_batch()
         await record_skips(final=True)
-    except BlobNotFound as err:
-        return retry_or_fail(
-            delivery, policy, str(err), False, failed(f"instance no longer stored: {err}")
-        )
+    except BlobError as err:  # gone (past retention), or not the bytes the event recorded
+        reason = f"instance not uploadable: {err}"
+        return retry_or_fail(delivery, policy, reason, False, upload_failed(event, core, reason))
     except ApiError as err:
-        return retry_or_fail(
-            delivery, policy, str(err), err.retryable, failed(str(err), err.status), err.retry_after
-        )
+        reason = str(err)
+        if err.answer_lost:
+            reason += " (the request was sent: the AI may have received and processed the study)"
+        failed = upload_failed(event, core, reason, err.status)
+        return retry_or_fail(delivery, policy, reason, err.retryable, failed, err.retry_after)
 
     skipped = sum(skip_reasons.values())
     filtered = sum(n for reason, n in skip_reasons.items() if reason.startswith("filtered"))
@@ -260,14 +280,14 @@ async def upload_study(
 
 
 def _instance_body(
-    instances: BlobStore, name: str, limiter: RateLimiter | None
+    instances: BlobStore, ref: ev.InstanceRef, limiter: RateLimiter | None
 ) -> Callable[[], AsyncIterator[bytes]]:
     """The bytes of one stored instance, sent once the rate limit gives it a slot."""
 
     async def produce() -> AsyncIterator[bytes]:
         if limiter is not None:
             await limiter.acquire()
-        async for chunk in instances.chunks(name):
+        async for chunk in instances.chunks(ref.object_name, ref.digest):
             yield chunk
 
     return produce
@@ -280,7 +300,7 @@ async def _send_stow(
     batch: list[_Pending],
     limiter: RateLimiter | None,
 ) -> str:
-    parts = [_instance_body(instances, p.instance.object_name, limiter) for p in batch]
+    parts = [_instance_body(instances, p.instance, limiter) for p in batch]
     return (await api.upload_study(study, parts)).message
 
 
@@ -301,7 +321,7 @@ async def _send_signed(
         url = urls.get(sop)
         if url is None:
             raise ApiError(200, f"the API gave no signed URL for instance {sop}", method="POST")
-        body = _instance_body(instances, pending.instance.object_name, limiter)
+        body = _instance_body(instances, pending.instance, limiter)
         await api.put_instance(url, body, pending.instance.size)
 
 

@@ -1,5 +1,5 @@
 import sys
 
-from pacsor.cli import main
+from pacsor.launcher import main
 
 sys.exit(main())

@@ -129,7 +129,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "check":
             return asyncio.run(_check(settings))
         if args.command == "health":
-            return asyncio.run(_health(settings, args.component))
+            from pacsor.health import check_component
+
+            return asyncio.run(check_component(settings, args.component))
         if args.command == "demo-pacs":
             return _demo_pacs(args.host, args.port, args.aet, args.folder)
     except ConfigError as err:
@@ -437,46 +439,6 @@ async def _check(settings: Settings) -> int:
         print(check.line(), flush=True)
         failed += check.problem is not None
     return 1 if failed else 0
-
-
-async def _health(settings: Settings, component: str) -> int:
-    """One line: `ok`, or what is wrong; exit 1 when something is."""
-    from pacsor.dicom.storage_scu import echo
-    from pacsor.jetstream.broker import connect
-    from pacsor.jetstream.liveness import liveness_file, probe
-
-    if component == "admin":
-        import httpx
-
-        url = f"http://127.0.0.1:{settings.admin_port}/health"
-        try:
-            async with httpx.AsyncClient(timeout=10) as http:
-                answer = await http.get(url)
-        except httpx.HTTPError as err:
-            print(f"admin: no answer from {url}: {str(err) or type(err).__name__}")
-            return 1
-        # 503 is the admin saying the pipeline is unhealthy: the admin itself is up.
-        alive = answer.status_code in (200, 503)
-        print(f"admin: {'ok' if alive else 'answered'} {answer.status_code} at {url}")
-        return 0 if alive else 1
-    if component == "scp":
-        problem = await asyncio.to_thread(
-            echo, "127.0.0.1", settings.port, settings.milvue_aet, settings.milvue_aet
-        )
-        problems = [f"scp: {problem}"] if problem else []
-    else:
-        url = settings.nats_servers or f"nats://127.0.0.1:{settings.embedded_nats_port}"
-        try:
-            nc = await asyncio.wait_for(connect(url, f"pacsor health {component}"), 5)
-        except Exception as err:
-            print(f"{component}: NATS unreachable at {url}: {str(err) or type(err).__name__}")
-            return 1
-        try:
-            problems = await probe(nc, liveness_file(settings.data_dir, component))
-        finally:
-            await nc.close()
-    print("; ".join(problems) or f"{component}: ok")
-    return 1 if problems else 0
 
 
 def _demo_pacs(host: str, port: int, ae_title: str, folder: Path) -> int:

@@ -21,6 +21,7 @@ from pacsor.config import ConfigError, Settings
 from pacsor.jetstream.blobs import BlobStore
 from pacsor.jetstream.broker import BrokerError, EmbeddedNats, apply_streams, connect
 from pacsor.jetstream.eventlog import EventLog
+from pacsor.jetstream.holds import Holds
 from pacsor.jetstream.quiet_timers import QuietTimers
 from pacsor.jetstream.subjects import INSTANCES_BUCKET, RESULTS_BUCKET, retention_max_ages
 from pacsor.runtime import Component, Runtime, retry_policy
@@ -109,6 +110,7 @@ async def run_gateway(
                 instances=BlobStore(nc, js, INSTANCES_BUCKET),
                 results=BlobStore(nc, js, RESULTS_BUCKET),
                 timers=QuietTimers(js),
+                holds=Holds(js),
                 policy=retry_policy(settings),
                 stop=stop,
             )

@@ -15,13 +15,12 @@ from collections.abc import AsyncIterator
 
 import httpx
 import msgspec
-from nats.js.errors import NotFoundError
 
 from pacsor.ai.milvue_api import MilvueApi
 from pacsor.config import Settings
 from pacsor.dicom.storage_scu import echo
 from pacsor.jetstream.broker import connect
-from pacsor.streams import stream_definitions
+from pacsor.jetstream.broker_state import broker_state
 
 TIMEOUT = 10.0
 
@@ -75,31 +74,26 @@ async def _nats(settings: Settings) -> AsyncIterator[Check]:
         yield Check(f"NATS {url}", f"unreachable: {str(err) or type(err).__name__}")
         return
     try:
-        js = nc.jetstream(timeout=TIMEOUT)
-        try:
-            account = await js.account_info()
-        except Exception as err:
-            yield Check(f"NATS {url}", f"JetStream does not answer: {err}")
-            return
-        yield Check(f"NATS {url}", None, f"JetStream, {account.streams} streams")
-        for name in stream_definitions():
-            try:
-                info = await js.stream_info(name)
-            except NotFoundError:
-                yield Check(f"stream {name}", "missing: pacsor creates it when it first starts")
-                continue
-            replicas = info.config.num_replicas or 1
-            if replicas < settings.nats_replicas:
-                yield Check(
-                    f"stream {name}",
-                    f"{replicas} copies, NATS_REPLICAS asks for {settings.nats_replicas}",
-                )
-                continue
-            yield Check(
-                f"stream {name}", None, f"{info.state.messages} messages, {replicas} copies"
-            )
+        state = await broker_state(nc)
     finally:
         await nc.close()
+    present = [s for s in state.streams if s.present]
+    faults = [p for p in state.problems if "is missing" not in p]
+    if faults and not present:
+        yield Check(f"NATS {url}", f"JetStream does not answer: {faults[0]}")
+        return
+    yield Check(f"NATS {url}", None, f"JetStream, {len(present)} streams")
+    for stream in state.streams:
+        name = f"stream {stream.name}"
+        if not stream.present:
+            yield Check(name, "missing: pacsor creates it when it first starts")
+        elif stream.replicas < settings.nats_replicas:
+            wanted = settings.nats_replicas
+            yield Check(name, f"{stream.replicas} copies, NATS_REPLICAS asks for {wanted}")
+        else:
+            yield Check(name, None, f"{stream.messages} messages, {stream.replicas} copies")
+    for fault in faults:
+        yield Check(f"NATS {url}", fault)
 
 
 async def _core(name: str, api_url: str, token: str) -> Check:

@@ -20,6 +20,7 @@ from pacsor.domain.retry import RetryPolicy
 from pacsor.jetstream.blobs import BlobStore
 from pacsor.jetstream.eventlog import EventLog
 from pacsor.jetstream.handler_runner import ConsumerSpec, Handler, ensure_consumer, run_consumer
+from pacsor.jetstream.holds import Holds
 from pacsor.jetstream.liveness import Heartbeat, liveness_file
 from pacsor.jetstream.quiet_timers import QuietTimers
 
@@ -47,6 +48,7 @@ class Runtime:
     instances: BlobStore
     results: BlobStore
     timers: QuietTimers
+    holds: Holds
     policy: RetryPolicy
     stop: asyncio.Event
     # The component this runtime was handed to (its liveness file is named after it).

@@ -87,12 +87,23 @@ async def running_gateway(
 
 
 class ReceivingPacs:
-    """A pynetdicom Storage SCP that records what it receives (the test's PACS)."""
+    """A pynetdicom Storage SCP that records what it receives (the test's PACS).
 
-    def __init__(self, ae_title: str = "TESTPACS", status: int = 0x0000) -> None:
+    `answer(n, sop)` picks the status of the n-th C-STORE (0-based); `calls` lists every
+    C-STORE with the status answered, `received` the objects stored.
+    """
+
+    def __init__(
+        self,
+        ae_title: str = "TESTPACS",
+        status: int = 0x0000,
+        answer: Callable[[int, str], int] | None = None,
+    ) -> None:
         self.ae_title = ae_title
         self.port = free_port()
         self.status = status
+        self.answer = answer
+        self.calls: list[tuple[str, int]] = []  # (sop, status answered)
         self.received: list[tuple[str, str, bytes]] = []  # (study, sop, encoded)
         self._changed = threading.Condition()
         self._server: Any = None
@@ -107,9 +118,14 @@ class ReceivingPacs:
             self._server = None
 
     def _on_store(self, event: DicomEvent) -> int:
-        if self.status != 0x0000:
-            return self.status
         ds = event.dataset
+        with self._changed:
+            status = self.status
+            if self.answer is not None:
+                status = self.answer(len(self.calls), str(ds.SOPInstanceUID))
+            self.calls.append((str(ds.SOPInstanceUID), status))
+        if status != 0x0000:
+            return status
         with self._changed:
             self.received.append(
                 (str(ds.StudyInstanceUID), str(ds.SOPInstanceUID), event.encoded_dataset())

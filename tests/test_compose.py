@@ -20,7 +20,8 @@ from nats.js.api import DeliverPolicy
 from pacsor.streams import stream_definitions
 
 from pacsor.domain import events as ev
-from pacsor.jetstream.broker import connect
+from pacsor.jetstream.broker import apply_streams, connect
+from pacsor.jetstream.eventlog import EventLog
 from pacsor.jetstream.subjects import EVENTS_STREAM
 from tests.harness import PROJECT, pacsor_cli
 from tests.nats_server import free_port
@@ -48,7 +49,7 @@ def _engine_problem() -> str | None:
 class Compose:
     """`docker compose` on this project, as its own project name with its own host ports."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, *more_files: Path) -> None:
         self.project = f"pacsor-test-{uuid.uuid4().hex[:8]}"
         self.nats_port = free_port()
         self.dicom_port = free_port()
@@ -67,7 +68,9 @@ class Compose:
         self.env = {**os.environ, "PACSOR_ENV_FILE": str(folder / "absent.env")}
         self.env.pop("PACSOR_VERSION", None)
         self.base = ["docker", "compose", "--env-file", str(empty), "-p", self.project]
-        self.base += ["-f", str(PROJECT / "compose.yaml"), "-f", str(self.override)]
+        self.base += ["-f", str(PROJECT / "compose.yaml")]
+        for more in (*more_files, self.override):
+            self.base += ["-f", str(more)]
 
     def __call__(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
@@ -100,13 +103,17 @@ class Compose:
         return listed.stdout.split()
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Compose]:
+def _engine_or_skip() -> None:
     problem = _engine_problem()
     if problem is not None:
         if os.environ.get("CI"):
             pytest.fail(f"CI is set but Docker is not usable: {problem}")
         pytest.skip(f"needs a Docker engine with Compose v2: {problem}")
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Compose]:
+    _engine_or_skip()
     compose = Compose(tmp_path_factory.mktemp("compose"))
     try:
         # --wait: returns once every service's healthcheck passes, or fails.
@@ -218,3 +225,41 @@ def test_down_as_documented_removes_every_container(demo: Compose) -> None:
     # Compose stops only the profiles it is told about: the README says to name the demo's.
     demo(*PROFILES, "down", "--timeout", "20")
     assert demo.containers() == []
+
+
+async def test_the_cluster_override_runs_three_nodes_that_survive_one_lost(
+    tmp_path: Path,
+) -> None:
+    _engine_or_skip()
+    cluster = Compose(tmp_path, PROJECT / "deploy" / "nats" / "compose.cluster.yaml")
+    try:
+        cluster("up", "-d", "--wait", "--wait-timeout", "120", "nats", "nats-2", "nats-3")
+        nc = await connect(f"nats://127.0.0.1:{cluster.nats_port}", "compose cluster test")
+        try:
+            await apply_streams(nc, replicas=3)
+            js = nc.jetstream(timeout=10)
+            info = await js.stream_info(EVENTS_STREAM)
+            assert info.cluster is not None and info.cluster.name == "pacsor"
+            peers = {info.cluster.leader, *(p.name for p in info.cluster.replicas or [])}
+            assert peers == {"nats-1", "nats-2", "nats-3"}
+            # A node other than the one we talk to is lost: the stream still takes writes.
+            cluster("kill", "nats-3")
+            event = ev.InstanceRejected(
+                study_instance_uid="1.2.3",
+                reason="compose cluster test",
+                dimse_status=0xC210,
+                rejection_id="compose-cluster-test",
+            )
+            await EventLog(js).publish(event)
+            info = await js.stream_info(EVENTS_STREAM)
+            assert info.state.messages == 1
+        finally:
+            await nc.close()
+    finally:
+        subprocess.run(
+            [*cluster.base, "down", "-v", "--timeout", "20"],
+            cwd=PROJECT,
+            env=cluster.env,
+            capture_output=True,
+            timeout=300,
+        )

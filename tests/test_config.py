@@ -20,6 +20,7 @@ def test_defaults() -> None:
     )
     assert s.inference_commands == ("smarturgences", "smartxpert")
     assert s.all_destinations() == ()
+    assert (s.max_associations, s.scp_store_timeout_seconds) == (32, 5.0)
 
 
 def test_environment_and_dotenv(tmp_path: Path) -> None:
@@ -48,6 +49,8 @@ def test_environment_and_dotenv(tmp_path: Path) -> None:
         ("DESTINATIONS", "PACS@host"),
         ("NATS_URL", "localhost:4222"),
         ("INFERENCE_COMMANDS", ","),
+        ("MAX_ASSOCIATIONS", "0"),
+        ("SCP_STORE_TIMEOUT_SECONDS", "soon"),
     ],
 )
 def test_bad_setting_names_the_variable(name: str, value: str) -> None:

@@ -13,12 +13,16 @@ from pacsor.devtools.sample_study import make_image, to_bytes
 from pacsor.dicom.structure import Truncated, check_whole
 from pacsor.domain import events as ev
 from pacsor.domain.completion import (
+    HOLD_LEASE,
     AlreadyComplete,
     Complete,
+    Hold,
     NothingReceived,
     WaitUntil,
+    attempt_instances,
     decide_completion,
 )
+from pacsor.domain.dispatch import Progress, is_permanent_refusal, outcome, record_try, to_send
 from pacsor.domain.events import RecordedEvent
 from pacsor.domain.retry import RetryPolicy
 from pacsor.jetstream.subjects import event_subject, study_subjects, uid_from_token, uid_token
@@ -64,7 +68,9 @@ def test_completes_once_with_every_instance_once() -> None:
     assert isinstance(decision, Complete)
     assert decision.event.attempt == 1
     assert decision.expected_last_subject_sequence == 0
-    assert sorted(i.sop_instance_uid for i in decision.event.instances) == ["1.1", "1.2"]
+    assert decision.event.instance_count == 2 and decision.event.through_sequence == 3
+    instances = attempt_instances(h, decision.event.through_sequence)
+    assert [i.sop_instance_uid for i in instances] == ["1.2", "1.1"]  # in the order recorded
 
     done = history(*(r.event for r in h), decision.event)
     assert decide_completion(STUDY, done, T0 + timedelta(seconds=30), QUIET) == AlreadyComplete(1)
@@ -79,7 +85,9 @@ def test_new_instances_after_completion_make_attempt_two() -> None:
     assert isinstance(second, Complete)
     assert second.event.attempt == 2
     assert second.expected_last_subject_sequence == 2
-    assert {i.sop_instance_uid for i in second.event.instances} == {"1.1", "1.2"}
+    assert (second.event.instance_count, second.event.through_sequence) == (2, 3)
+    assert {i.sop_instance_uid for i in attempt_instances(h, 3)} == {"1.1", "1.2"}
+    assert [i.sop_instance_uid for i in attempt_instances(h, 1)] == ["1.1"]  # attempt 1's
 
 
 def test_retry_policy_backs_off_and_gives_up() -> None:
@@ -100,10 +108,12 @@ def test_uid_tokens_round_trip_and_subjects_hold_the_study() -> None:
 
 
 def test_events_are_readable_json_with_type_and_version() -> None:
-    event = ev.StudyComplete(study_instance_uid=STUDY, attempt=1, instances=(), occurred_at=T0)
+    event = ev.StudyComplete(
+        study_instance_uid=STUDY, attempt=1, instance_count=3, through_sequence=9, occurred_at=T0
+    )
     body = msgspec.json.decode(ev.encode(event))
     assert body["type"] == "StudyComplete"
-    assert body["schema_version"] == ev.SCHEMA_VERSION
+    assert body["schema_version"] == 2  # StudyComplete's own: no instance list since schema 2
     assert body["study_instance_uid"] == STUDY
     assert body["occurred_at"] == "2026-01-01T12:00:00Z"
     assert ev.decode(ev.encode(event)) == event
@@ -150,3 +160,54 @@ def test_result_objects_are_identified_or_refused() -> None:
     assert (identity.study_instance_uid, identity.sop_instance_uid) == (STUDY, ds.SOPInstanceUID)
     with pytest.raises(HeaderError, match="not a readable DICOM"):
         parse_header(b"<html>502 Bad Gateway</html>", complete=True)
+
+
+def hold(heartbeat: datetime, associations: int = 1, released: datetime | None = None) -> Hold:
+    return Hold(
+        holder="scp-1", associations=associations, heartbeat_at=heartbeat, released_at=released
+    )
+
+
+def test_an_open_association_holds_the_study_past_its_quiet_period() -> None:
+    h = history(received("1.1", T0))
+    now = T0 + timedelta(seconds=30)
+    held = decide_completion(STUDY, h, now, QUIET, [hold(now - timedelta(seconds=1))])
+    assert isinstance(held, WaitUntil) and held.at > now and held.holds_checked_at is None
+    # Closed: the quiet period runs from when the last association sending it closed.
+    closed = [hold(T0, associations=0, released=now - timedelta(seconds=4))]
+    assert decide_completion(STUDY, h, now, QUIET, closed) == WaitUntil(now + timedelta(seconds=6))
+    later = now + timedelta(seconds=6)
+    assert isinstance(decide_completion(STUDY, h, later, QUIET, closed), Complete)
+
+
+def test_a_stale_hold_is_looked_at_twice_before_it_is_presumed_dead() -> None:
+    """After an outage of JetStream every hold looks stale until its SCP refreshes it; a hold
+    still not refreshed one lease after it was first seen stale was left by a dead SCP."""
+    h = history(received("1.1", T0))
+    stale = hold(T0 + timedelta(seconds=1))
+    first_look = T0 + timedelta(minutes=5)
+    first = decide_completion(STUDY, h, first_look, QUIET, [stale])
+    assert first == WaitUntil(first_look + HOLD_LEASE, "checking a stale hold", first_look)
+    second_look = first_look + HOLD_LEASE
+    refreshed = hold(first_look + timedelta(seconds=1))
+    assert isinstance(
+        decide_completion(STUDY, h, second_look, QUIET, [refreshed], first_look), WaitUntil
+    )
+    assert isinstance(
+        decide_completion(STUDY, h, second_look, QUIET, [stale], first_look), Complete
+    )
+
+
+def test_dispatch_progress_settles_each_object_once() -> None:
+    sops = ["1", "2", "3", "4"]
+    first = record_try(Progress(), [("1", 0x0000), ("2", 0xC000), ("3", 0xA700), ("4", -1)])
+    assert to_send(sops, first) == ["3", "4"]
+    second = record_try(first, [("3", 0xB000), ("4", 0xA702), ("1", 0xC000)])
+    assert second.tries == 2 and second.delivered == {"1": 0x0000, "3": 0xB000}
+    assert to_send(sops, second) == ["4"]
+    result = outcome(sops, second)
+    assert [(o.sop_instance_uid, o.status) for o in result.refused] == [("2", 0xC000)]
+    assert [(o.sop_instance_uid, o.status) for o in result.undelivered] == [("4", 0xA702)]
+    assert result.summary() == "2 delivered, 1 refused (0xC000), 1 not delivered (0xA702)"
+    assert is_permanent_refusal(0xA900) and is_permanent_refusal(0x0122)
+    assert not is_permanent_refusal(0xA700) and not is_permanent_refusal(-1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -24,13 +25,17 @@ from pacsor.jetstream.handler_runner import (
     run_consumer,
 )
 from pacsor.jetstream.subjects import EVENTS_STREAM, events_filter
+from pacsor.metrics import HANDLER_ERRORS
+from tests.harness import of_type, wait_for_event
 
 STUDY = "1.2.826.0.1.3680043.8.498.77"
 POLICY = RetryPolicy(initial_seconds=0.1, max_seconds=0.2, max_attempts=5)
 
 
 def complete(attempt: int = 1, study: str = STUDY) -> ev.StudyComplete:
-    return ev.StudyComplete(study_instance_uid=study, attempt=attempt, instances=())
+    return ev.StudyComplete(
+        study_instance_uid=study, attempt=attempt, instance_count=0, through_sequence=0
+    )
 
 
 def spec(name: str) -> ConsumerSpec[ev.StudyComplete]:
@@ -138,3 +143,80 @@ async def test_expected_sequence_makes_a_decision_atomic(nc: Client) -> None:
     assert [r.event.attempt for r in await log.history(study)] == [1, 2]  # type: ignore[union-attr]
     # The same fact published again is stored once.
     assert await log.publish(complete(2, study)) == (await log.history(study))[-1].sequence
+
+
+async def test_a_step_that_can_never_succeed_ends_in_a_recorded_failure(nc: Client) -> None:
+    """The 3,000-instance study's symptom: an event over the 1 MB limit, retried forever
+    before. Now, at the RETRY_MAX_ATTEMPTS-th try, StepFailed says why, and it stops."""
+    deliveries: list[int] = []
+
+    async def too_big(event: ev.StudyComplete, delivery: Delivery) -> Outcome:
+        deliveries.append(delivery.num_delivered)
+        huge = ev.Uploaded(
+            study_instance_uid=event.study_instance_uid,
+            core="c",
+            attempt=1,
+            instance_count=0,
+            api_message="x" * 2_000_000,
+        )
+        return Emit((huge,))
+
+    js = nc.jetstream()
+    log = EventLog(js)
+    study = "1.2.826.0.1.3680043.8.498.79"
+    await log.publish(complete(study=study))
+    async with consuming(nc, "too-big", too_big):
+        failed = await wait_for_event(nc, study, of_type(ev.StepFailed), 20)
+        await asyncio.sleep(1.0)  # longer than the backoff: no more tries come
+    assert deliveries == [1, 2, 3, 4, 5]
+    assert isinstance(failed, ev.StepFailed)
+    assert (failed.step, failed.tries, failed.stream) == ("too-big", 5, EVENTS_STREAM)
+    assert "MaxPayloadError" in failed.reason
+    info = await js.consumer_info(EVENTS_STREAM, "too-big")
+    assert info.num_ack_pending == 0 and info.num_pending == 0
+    assert info.num_redelivered == 0  # terminated: nothing left to redeliver
+    assert HANDLER_ERRORS.labels("too-big", "false")._value.get() == 5
+
+
+async def test_the_steps_own_failure_event_and_transient_errors(nc: Client) -> None:
+    """A step with a failure event of its own records it; a lost connection to JetStream
+    is retried past RETRY_MAX_ATTEMPTS, as it only delays."""
+    js = nc.jetstream()
+    log = EventLog(js)
+    study_a, study_b = "1.2.826.0.1.3680043.8.498.80", "1.2.826.0.1.3680043.8.498.81"
+    tries: dict[str, int] = {}
+
+    async def handler(event: ev.StudyComplete, delivery: Delivery) -> Outcome:
+        tries[event.study_instance_uid] = delivery.num_delivered
+        if event.study_instance_uid == study_a:
+            raise KeyError("a bug")
+        if delivery.num_delivered <= 7:
+            raise NatsTimeoutError
+        return Emit((uploaded(event),))
+
+    own = dataclasses.replace(
+        spec("own"),
+        concurrency=2,
+        failed=lambda event, reason, n: ev.UploadFailed(
+            study_instance_uid=event.study_instance_uid,
+            core="c",
+            attempt=event.attempt,
+            reason=reason,
+            tries=n,
+        ),
+    )
+    await log.publish(complete(study=study_a))
+    await log.publish(complete(study=study_b))
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_consumer(js, log, own, handler, stop, POLICY))
+    try:
+        failed = await wait_for_event(nc, study_a, of_type(ev.UploadFailed), 20)
+        done = await wait_for_event(nc, study_b, of_type(ev.Uploaded), 20)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+    assert isinstance(failed, ev.UploadFailed) and failed.tries == 5
+    assert failed.reason == "KeyError: 'a bug'"
+    assert isinstance(done, ev.Uploaded) and tries[study_b] == 8
+    kinds = [type(r.event).__name__ for r in await log.history(study_b)]
+    assert kinds == ["StudyComplete", "Uploaded"]

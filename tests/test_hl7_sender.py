@@ -31,7 +31,7 @@ from pacsor.domain import events as ev
 from pacsor.domain.retry import RetryPolicy
 from pacsor.hl7.oru import control_id
 from pacsor.hl7.report import Report
-from pacsor.jetstream.blobs import BlobStore, sha256_digest
+from pacsor.jetstream.blobs import BlobStore, digest_hex, sha256_digest
 from pacsor.jetstream.eventlog import EventLog
 from pacsor.jetstream.subjects import (
     INSTANCES_BUCKET,
@@ -146,18 +146,24 @@ async def record_results(
 
         async with MilvueApi(simulator, TOKEN) as api:
             await api.upload_study(study, [part])
-    name = instance_object_name(study, sop)
+    digest = sha256_digest(data)
+    name = instance_object_name(study, sop, digest_hex(digest))
     await BlobStore(nc, js, INSTANCES_BUCKET).put(name, data)
-    ref = ev.InstanceRef(
-        sop_instance_uid=sop,
+    received = ev.InstanceReceived(
+        study_instance_uid=study,
         series_instance_uid=str(ds.SeriesInstanceUID),
+        sop_instance_uid=sop,
         sop_class_uid=str(ds.SOPClassUID),
+        transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
         object_name=name,
         size=len(data),
-        digest=sha256_digest(data),
+        digest=digest,
     )
+    through = await events.publish(received)
     await events.publish(
-        ev.StudyComplete(study_instance_uid=study, attempt=attempt, instances=(ref,))
+        ev.StudyComplete(
+            study_instance_uid=study, attempt=attempt, instance_count=1, through_sequence=through
+        )
     )
     results = BlobStore(nc, js, RESULTS_BUCKET)
     stored = []
@@ -271,7 +277,12 @@ async def test_a_ris_that_never_answers_fails_and_the_next_study_goes_through(
         later = await record_results(nc)
         assert isinstance(await outcome(nc, later), ev.Hl7Sent)
     history = [r.event for r in await EventLog(nc.jetstream()).history(ready.study_instance_uid)]
-    assert [type(e).__name__ for e in history] == ["StudyComplete", "ResultReady", "Hl7Failed"]
+    assert [type(e).__name__ for e in history] == [
+        "InstanceReceived",
+        "StudyComplete",
+        "ResultReady",
+        "Hl7Failed",
+    ]
 
 
 async def test_rejections_are_retried_then_failed_with_the_last_answer(
@@ -500,3 +511,52 @@ async def outcome_of(nc: Client, study: str) -> ev.AnyEvent:
     return await wait_for_event(
         nc, study, lambda e: isinstance(e, ev.Hl7Sent | ev.Hl7Failed), timeout=90
     )
+
+
+async def test_waiting_for_findings_does_not_use_up_the_ris_tries(nc: Client, ris: DemoRis) -> None:
+    ris.default = "silence"
+    async with running_hl7(nc, ris, findings_wait_seconds=1.0):
+        ready = await record_results(nc, {"smarturgences": "done", "smartxpert": "running"})
+        failed = await outcome(nc, ready)
+    assert isinstance(failed, ev.Hl7Failed)
+    # Every try of the retry policy reached the RIS, however many redeliveries the wait took.
+    assert POLICY.max_attempts <= len(sent_messages(ris, ready)) <= POLICY.max_attempts + 5
+
+
+async def test_patient_facts_come_from_a_result_object_once_instances_expired(
+    nc: Client, ris: DemoRis
+) -> None:
+    js = nc.jetstream()
+    events = EventLog(js)
+    study = new_uid()
+    ds = make_image(study, PatientName="Garnier^Maël", AccessionNumber="ACC-R")
+    data = to_bytes(ds)
+    # The instance was received, then removed from the bucket (retention): only its event stays.
+    await events.publish(
+        ev.InstanceReceived(
+            study_instance_uid=study,
+            series_instance_uid=str(ds.SeriesInstanceUID),
+            sop_instance_uid=str(ds.SOPInstanceUID),
+            sop_class_uid=str(ds.SOPClassUID),
+            transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
+            object_name=f"{study}/gone",
+            size=len(data),
+            digest=sha256_digest(data),
+        )
+    )
+    result_name = f"{study}/{CORE}/1/result"
+    await BlobStore(nc, js, RESULTS_BUCKET).put(result_name, data)
+    result = ev.ResultObject(
+        inference_command="smarturgences",
+        sop_instance_uid=str(ds.SOPInstanceUID),
+        sop_class_uid=str(ds.SOPClassUID),
+        object_name=result_name,
+        size=len(data),
+    )
+    async with running_hl7(nc, ris, include_measures=False, include_detections=False):
+        ready = ev.ResultReady(study_instance_uid=study, core=CORE, attempt=1, results=(result,))
+        await events.publish(ready)
+        assert isinstance(await outcome(nc, ready), ev.Hl7Sent)
+    (oru,) = sent_messages(ris, ready)
+    assert oru.text(oru.segments("PID")[0], 5, 2) == "Maël"
+    assert oru.text(oru.segments("OBR")[0], 2) == "ACC-R"

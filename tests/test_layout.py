@@ -51,6 +51,11 @@ def test_domain_is_pure(path: Path) -> None:
             assert top(name) not in IO_LIBRARIES, f"{path.name} imports {name}"
 
 
+def test_metrics_depend_on_nothing_of_pacsor() -> None:
+    """Every layer may count; so the metrics module may import nothing of pacsor itself."""
+    assert not any(top(n) == "pacsor" for n in imported(ROOT / "pacsor" / "metrics.py"))
+
+
 @pytest.mark.parametrize("path", list(modules("pacsor/config")), ids=lambda p: p.name)
 def test_config_imports_nothing_else_of_pacsor(path: Path) -> None:
     for name in imported(path):
@@ -84,7 +89,7 @@ def test_jetstream_does_not_know_the_peers(path: Path) -> None:
     """The broker layer serves every component and depends on none of them."""
     for name in imported(path):
         if top(name) == "pacsor":
-            allowed = {"pacsor.jetstream", "pacsor.domain", "pacsor.streams"}
+            allowed = {"pacsor.jetstream", "pacsor.domain", "pacsor.streams", "pacsor.metrics"}
             assert pacsor_package(name) in allowed, name
 
 

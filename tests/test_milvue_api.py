@@ -362,6 +362,7 @@ async def test_connection_refused_is_a_retryable_transport_error() -> None:
         assert error.status is None and error.retryable
         assert str(error).startswith("transport error from GET /v3/studies/1.2.3")
         assert "ConnectError" in error.message
+        assert not error.answer_lost  # never sent: the API cannot have acted on it
 
 
 async def test_timeout_is_a_retryable_transport_error() -> None:
@@ -375,6 +376,7 @@ async def test_timeout_is_a_retryable_transport_error() -> None:
                 await api.get_status("1.2.3")
     assert timed_out.value.status is None and timed_out.value.retryable
     assert "Timeout" in timed_out.value.message
+    assert timed_out.value.answer_lost  # sent, then no answer: the API may have acted on it
 
 
 @contextmanager

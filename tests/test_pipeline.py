@@ -16,6 +16,7 @@ from pacsor.devtools.sample_study import make_study
 from pacsor.devtools.simulator import SimulatorSettings, running_simulator
 from pacsor.dicom.storage_scu import send_files
 from pacsor.domain import events as ev
+from pacsor.domain.completion import attempt_instances
 from pacsor.jetstream.blobs import BlobStore, sha256_digest
 from pacsor.jetstream.eventlog import EventLog
 from pacsor.jetstream.subjects import RESULTS_BUCKET
@@ -78,7 +79,8 @@ async def test_study_goes_through_to_every_destination(
             assert result.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture
             assert result.SamplesPerPixel == 3
 
-    history = [r.event for r in await EventLog(nc.jetstream()).history(study)]
+    events = EventLog(nc.jetstream())
+    history = [r.event for r in await events.history(study)]
     kinds = [type(e).__name__ for e in history]
     assert kinds[:7] == ["InstanceReceived"] * 3 + [
         "StudyComplete",
@@ -89,7 +91,9 @@ async def test_study_goes_through_to_every_destination(
     assert sorted(kinds[7:]) == ["Dispatched", "Dispatched"]
     complete, batch, uploaded, ready = history[3:7]
     assert isinstance(complete, ev.StudyComplete) and complete.attempt == 1
-    assert sorted(i.sop_instance_uid for i in complete.instances) == sorted(sops)
+    assert complete.instance_count == len(sops)
+    attempt = attempt_instances(await events.history(study), complete.through_sequence)
+    assert sorted(i.sop_instance_uid for i in attempt) == sorted(sops)
     assert isinstance(batch, ev.InstancesUploaded)
     assert sorted(i.sop_instance_uid for i in batch.instances) == sorted(sops)
     assert isinstance(uploaded, ev.Uploaded) and (uploaded.core, uploaded.attempt) == ("default", 1)

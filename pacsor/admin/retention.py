@@ -23,7 +23,6 @@ from pacsor.domain.retention import Removal, removals_due
 from pacsor.domain.study_view import StudyView
 from pacsor.jetstream.blobs import BlobStore
 from pacsor.jetstream.eventlog import EventLog
-from pacsor.jetstream.subjects import instance_object_name
 
 log = logging.getLogger("pacsor.admin.retention")
 
@@ -88,7 +87,12 @@ class RetentionSweeper:
         uid = view.study_instance_uid
         if removal.kind == "instances":
             store = self._instances
-            names = [instance_object_name(uid, sop) for sop in view.sop_instance_uids]
+            # Every version of every instance: each is stored under its own name.
+            names = [
+                r.event.object_name
+                for r in await self._events.history(uid)
+                if isinstance(r.event, ev.InstanceReceived)
+            ]
         else:
             store = self._results
             names = [

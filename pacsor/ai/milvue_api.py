@@ -75,6 +75,7 @@ class ApiError(Exception):
         method: str = "",
         path: str = "",
         retry_after: float | None = None,
+        answer_lost: bool = False,
     ) -> None:
         super().__init__(status, message)
         self.status = status
@@ -82,6 +83,9 @@ class ApiError(Exception):
         self.method = method
         self.path = path
         self.retry_after = retry_after
+        # The request went out but its answer never came (read timeout, connection dropped):
+        # the API may have acted on it.
+        self.answer_lost = answer_lost
 
     @property
     def retryable(self) -> bool:
@@ -494,7 +498,10 @@ async def _one_chunk(data: bytes) -> AsyncIterator[bytes]:
 
 def _transport_error(exc: httpx.RequestError, method: str, path: str) -> ApiError:
     detail = str(exc) or "no detail"
-    return ApiError(None, f"{type(exc).__name__}: {detail}", method=method, path=path)
+    lost = isinstance(exc, (httpx.ReadTimeout, httpx.ReadError, httpx.RemoteProtocolError))
+    return ApiError(
+        None, f"{type(exc).__name__}: {detail}", method=method, path=path, answer_lost=lost
+    )
 
 
 @contextlib.asynccontextmanager

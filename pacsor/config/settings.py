@@ -112,6 +112,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     port: Port = 1040
     config_profile: Profile = "WithSC"
     study_quiet_seconds: Seconds = 10.0
+    # Associations served at once; more are refused (and logged, and counted).
+    max_associations: Annotated[int, Meta(ge=1, le=1000)] = 32
+    # How long a C-STORE waits for JetStream before answering 0xA700 (the sender retries).
+    scp_store_timeout_seconds: Seconds = 5.0
     # AI API: the first core
     api_url: HttpUrl = "http://127.0.0.1:8421"
     token: str = ""

@@ -48,7 +48,10 @@ def lifecycle(
     complete = ev.StudyComplete(
         study_instance_uid=study,
         attempt=attempt,
-        instances=tuple(i.ref() for i in instances),
+        instance_count=len(instances),
+        # Where the attempt's instances end in the stream; these samples are folded, not
+        # published, and the fold does not read it.
+        through_sequence=0,
         occurred_at=done,
     )
     results = tuple(

@@ -13,17 +13,16 @@ from pathlib import Path
 
 from pacsor.config import Destination
 from pacsor.dicom.storage_scu import send_files
+from pacsor.domain.dispatch import NO_ANSWER
 from pacsor.jetstream.blobs import BlobStore
-
-# 0xB000, 0xB006, 0xB007: stored, with a warning (coercion, elements discarded).
-STORED_STATUSES = {0x0000, 0xB000, 0xB006, 0xB007}
 
 
 class SendError(Exception):
-    def __init__(self, reason: str, delivered: Sequence[str]) -> None:
+    """No association could be made: nothing was sent."""
+
+    def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
-        self.delivered = tuple(delivered)
 
 
 async def send_objects(
@@ -32,13 +31,15 @@ async def send_objects(
     store: BlobStore,
     objects: Sequence[tuple[str, str]],
     timeout: float = 30.0,
-) -> tuple[str, ...]:
-    """C-STORE every (object name, SOP Instance UID); returns the delivered UIDs in order.
+) -> list[tuple[str, int]]:
+    """C-STORE every (object name, SOP Instance UID) over one association.
 
-    Raises SendError, carrying what was delivered before the failure.
+    Returns (SOP Instance UID, DIMSE status) for every object, in order: NO_ANSWER (-1) for
+    the objects after the association was lost. Raises SendError when no association could
+    be made.
     """
     if not objects:
-        return ()
+        return []
     with tempfile.TemporaryDirectory(prefix="pacsor-send-") as folder:
         files: dict[Path, str] = {}
         for index, (name, sop_uid) in enumerate(objects):
@@ -58,13 +59,6 @@ async def send_objects(
                 timeout,
             )
         except (ConnectionError, OSError, RuntimeError, ValueError) as err:
-            raise SendError(f"{destination}: {err}", ()) from err
-    delivered: list[str] = []
-    for path, status in results:
-        if status not in STORED_STATUSES:
-            text = "no answer" if status == -1 else f"status 0x{status:04X}"
-            raise SendError(f"{destination}: C-STORE of {files[path]}: {text}", delivered)
-        delivered.append(files[path])
-    if len(delivered) < len(files):
-        raise SendError(f"{destination}: association ended early", delivered)
-    return tuple(delivered)
+            raise SendError(f"{destination}: {err}") from err
+    answered = {path: status for path, status in results}
+    return [(sop, answered.get(path, NO_ANSWER)) for path, sop in files.items()]

@@ -6,21 +6,36 @@ JetStream: a success means the instance is durable. The bytes are stored exactly
 (file meta + the dataset in its transfer syntax), never decoded and re-encoded.
 
 pynetdicom serves each association on its own thread; the JetStream work runs on the asyncio
-loop, and the association thread waits for it with a deadline.
+loop, and the association thread waits for it at most SCP_STORE_TIMEOUT_SECONDS (and not at all
+while the connection to NATS is down) before answering 0xA700, so the sender retries.
+
+While an association that has sent instances of a study is open, the SCP holds the study: it
+writes a Hold (pacsor.jetstream.holds) every HOLD_HEARTBEAT, and the completion handler does not
+complete a held study. A sender kept waiting by pacsor, or resending what was refused, does not
+see its study split. When the last such association closes, the quiet period starts again.
+
+Rejected associations (wrong called AE title, MAX_ASSOCIATIONS reached, ...) and refused
+presentation contexts (a SOP class outside CONFIG_PROFILE) are logged once each, with the
+caller's AE title and address, and counted (pacsor.metrics).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import threading
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from concurrent.futures import TimeoutError as FutureTimeout
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import msgspec
 from pydicom.dataset import Dataset
+from pydicom.uid import UID
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
+from pynetdicom.association import Association
 from pynetdicom.events import Event as DicomEvent
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
@@ -28,10 +43,14 @@ from pynetdicom.transport import ThreadedAssociationServer
 from pacsor.config import ConfigError, Settings
 from pacsor.dicom.profiles import PROFILES
 from pacsor.dicom.structure import Truncated, check_whole, dataset_offset
-from pacsor.domain.events import InstanceReceived, InstanceRejected
-from pacsor.jetstream.blobs import BlobStore, sha256_digest
+from pacsor.domain.completion import HOLD_HEARTBEAT, Hold
+from pacsor.domain.events import InstanceReceived, InstanceRejected, utc_now
+from pacsor.jetstream.blobs import BlobStore, digest_hex, sha256_digest
 from pacsor.jetstream.eventlog import EventLog
+from pacsor.jetstream.holds import Holds
+from pacsor.jetstream.quiet_timers import QuietTimers
 from pacsor.jetstream.subjects import instance_object_name, is_valid_uid
+from pacsor.metrics import ASSOCIATIONS_REJECTED, CONTEXTS_REJECTED, STORES_UNAVAILABLE
 from pacsor.runtime import Component, Runtime, Started
 
 log = logging.getLogger("pacsor.scp")
@@ -45,7 +64,13 @@ MISSING_UID = 0xC220  # Study, Series or SOP Instance UID absent
 INVALID_UID = 0xC221  # a UID that is not digits and dots
 MALFORMED = 0xC222  # truncated: an element runs past the end of the dataset
 
-JETSTREAM_DEADLINE = 15.0
+# A-ASSOCIATE-RJ (result, source, diagnostic) as pynetdicom sends them -> (metric label, why).
+_REJECTIONS = {
+    (0x01, 0x01, 0x07): ("called_ae_title", "called AE title not recognised: this SCP is {aet}"),
+    (0x01, 0x01, 0x03): ("calling_ae_title", "calling AE title not recognised"),
+    (0x02, 0x03, 0x02): ("association_limit", "{limit} open: MAX_ASSOCIATIONS reached"),
+    (0x02, 0x02, 0x01): ("user_identity", "user identity not accepted"),
+}
 
 
 class Identity(msgspec.Struct, frozen=True):
@@ -110,17 +135,30 @@ class StorageScp:
         loop: asyncio.AbstractEventLoop,
         instances: BlobStore,
         events: EventLog,
+        holds: Holds,
+        timers: QuietTimers,
+        connected: Callable[[], bool] = lambda: True,
     ) -> None:
         self.settings = settings
         self._loop = loop
         self._instances = instances
         self._events = events
+        self._holds = holds
+        self._timers = timers
+        self._connected = connected
         self._server: ThreadedAssociationServer | None = None
+        # This process's name in its holds, and what it holds: association -> studies it sent,
+        # study -> open associations that sent it; studies released but not yet recorded.
+        self.holder = f"scp-{uuid.uuid4().hex[:12]}"
+        self._lock = threading.Lock()
+        self._sent_by: dict[Association, set[str]] = {}
+        self._held: dict[str, int] = {}
+        self._released: dict[str, datetime] = {}
 
     def start(self, host: str = "0.0.0.0") -> int:
         """Start serving on PORT (0: any free port); returns the port."""
         ae = AE(ae_title=self.settings.milvue_aet)
-        ae.maximum_associations = 32
+        ae.maximum_associations = self.settings.max_associations
         ae.maximum_pdu_size = 0  # no limit: fewer, larger PDUs from senders that allow it
         ae.network_timeout = 60
         ae.dimse_timeout = 60
@@ -132,7 +170,15 @@ class StorageScp:
             server = ae.start_server(
                 (host, self.settings.port),
                 block=False,
-                evt_handlers=[(evt.EVT_C_STORE, self._on_c_store), (evt.EVT_C_ECHO, _on_c_echo)],
+                evt_handlers=[
+                    (evt.EVT_C_STORE, self._on_c_store),
+                    (evt.EVT_C_ECHO, _on_c_echo),
+                    (evt.EVT_REJECTED, _on_rejected),
+                    (evt.EVT_ACCEPTED, self._on_accepted),
+                    (evt.EVT_RELEASED, self._on_closed),
+                    (evt.EVT_ABORTED, self._on_closed),
+                    (evt.EVT_CONN_CLOSE, self._on_closed),
+                ],
             )
         except OSError as err:
             raise ConfigError(
@@ -147,6 +193,7 @@ class StorageScp:
                 "ae_title": self.settings.milvue_aet,
                 "port": port,
                 "profile": self.settings.config_profile,
+                "max_associations": self.settings.max_associations,
             },
         )
         return port
@@ -157,7 +204,101 @@ class StorageScp:
             self._server = None
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(JETSTREAM_DEADLINE)
+        """Run `coro` on the loop, waiting at most SCP_STORE_TIMEOUT_SECONDS; raises
+        ConnectionError at once while NATS is disconnected."""
+        if not self._connected():
+            coro.close()
+            raise ConnectionError("not connected to NATS")
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return future.result(self.settings.scp_store_timeout_seconds)
+        except FutureTimeout:
+            future.cancel()  # nothing half-stored: an interrupted put discards its chunks
+            raise
+
+    # --- holds: which studies open associations are sending -----------------------------
+
+    def _hold(self, assoc: Association, study: str) -> None:
+        with self._lock:
+            studies = self._sent_by.setdefault(assoc, set())
+            if study in studies:
+                return
+            studies.add(study)
+            self._held[study] = self._held.get(study, 0) + 1
+            self._released.pop(study, None)
+            count = self._held[study]
+        # Recorded at once (best effort); the heartbeat keeps it, or records it later.
+        self._spawn(self._write_hold(study, count, None))
+
+    def _on_closed(self, event: DicomEvent) -> None:
+        with self._lock:
+            studies = self._sent_by.pop(event.assoc, set())
+            for study in studies:
+                self._held[study] -= 1
+                if self._held[study] == 0:
+                    del self._held[study]
+                    self._released[study] = utc_now()
+        if studies:
+            self._spawn(self._write_releases())
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run `coro` on the loop without waiting for it (from an association's thread)."""
+        try:
+            asyncio.run_coroutine_threadsafe(coro, self._loop)
+        except RuntimeError:  # the loop is closed: pacsor is stopping
+            coro.close()
+
+    def held_studies(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._held)
+
+    async def _write_hold(self, study: str, count: int, released_at: datetime | None) -> bool:
+        hold = Hold(
+            holder=self.holder, associations=count, heartbeat_at=utc_now(), released_at=released_at
+        )
+        try:
+            await self._holds.put(study, hold)
+        except Exception as err:  # JetStream away: the next heartbeat writes it
+            log.debug("hold not recorded yet", extra={"study": study, "error": repr(err)})
+            return False
+        return True
+
+    async def _write_releases(self) -> None:
+        with self._lock:
+            released = dict(self._released)
+        quiet = timedelta(seconds=self.settings.study_quiet_seconds)
+        for study, at in released.items():
+            if await self._write_hold(study, 0, at):
+                with contextlib.suppress(Exception):  # the completion re-arms it anyway
+                    await self._timers.arm(study, at + quiet)
+                with self._lock:
+                    if self._released.get(study) == at:
+                        del self._released[study]
+
+    async def keep_holds(self, stop: asyncio.Event) -> None:
+        """Refresh the holds of the studies being received, until `stop`."""
+        while not stop.is_set():
+            for study, count in self.held_studies().items():
+                await self._write_hold(study, count, None)
+            await self._write_releases()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), HOLD_HEARTBEAT.total_seconds())
+
+    def _on_accepted(self, event: DicomEvent) -> None:
+        assoc = event.assoc
+        accepted = {str(cx.abstract_syntax) for cx in assoc.accepted_contexts}
+        refused = sorted({str(cx.abstract_syntax) for cx in assoc.rejected_contexts} - accepted)
+        if not refused:
+            return
+        names = [UID(uid).name or uid for uid in refused]
+        for name in names:
+            CONTEXTS_REJECTED.labels(name).inc()
+        log.warning(
+            "presentation contexts refused: SOP classes outside CONFIG_PROFILE",
+            extra={**_peer(assoc), "sop_classes": names, "profile": self.settings.config_profile},
+        )
+
+    # --- C-STORE ------------------------------------------------------------------------
 
     def _on_c_store(self, event: DicomEvent) -> int | Dataset:
         calling = event.assoc.requestor.ae_title
@@ -182,11 +323,14 @@ class StorageScp:
         except Exception as err:  # decoding the P-DATA itself failed
             return self._reject(Rejection(CANNOT_UNDERSTAND, f"unreadable dataset: {err}"), calling)
 
+        # Held from now on, stored or not: the sender may be resending what was refused.
+        self._hold(event.assoc, identity.study_instance_uid)
         try:
             received = self._run(
                 self._store(identity, data, digest, str(event.context.transfer_syntax), calling)
             )
         except (FutureTimeout, TimeoutError, ConnectionError, OSError) as err:
+            STORES_UNAVAILABLE.inc()
             log.warning(
                 "JetStream unavailable; answering out of resources so the sender retries",
                 extra={
@@ -209,7 +353,9 @@ class StorageScp:
     async def _store(
         self, identity: Identity, data: bytes, digest: str, transfer_syntax: str, calling: str
     ) -> InstanceReceived:
-        name = instance_object_name(identity.study_instance_uid, identity.sop_instance_uid)
+        name = instance_object_name(
+            identity.study_instance_uid, identity.sop_instance_uid, digest_hex(digest)
+        )
         await self._instances.put(name, data, digest)
         received = InstanceReceived(
             study_instance_uid=identity.study_instance_uid,
@@ -267,12 +413,40 @@ def _on_c_echo(event: DicomEvent) -> int:
     return SUCCESS
 
 
+def _peer(assoc: Association) -> dict[str, Any]:
+    requestor = assoc.requestor
+    primitive = requestor.primitive
+    return {
+        "calling_ae_title": requestor.ae_title,
+        "called_ae_title": getattr(primitive, "called_ae_title", "") if primitive else "",
+        "address": f"{requestor.address}:{requestor.port}",
+    }
+
+
+def _on_rejected(event: DicomEvent) -> None:
+    assoc = event.assoc
+    rj = assoc.acceptor.primitive
+    key = (getattr(rj, "result", 0), getattr(rj, "result_source", 0), getattr(rj, "diagnostic", 0))
+    label, why = _REJECTIONS.get(key, ("other", f"rejected (result, source, diagnostic) {key}"))
+    reason = why.format(aet=assoc.ae.ae_title, limit=assoc.ae.maximum_associations)
+    ASSOCIATIONS_REJECTED.labels(label).inc()
+    log.warning("association rejected", extra={**_peer(assoc), "reason": reason})
+
+
 async def run(rt: Runtime, started: Started) -> None:
-    scp = StorageScp(rt.settings, asyncio.get_running_loop(), rt.instances, rt.events)
+    scp = StorageScp(
+        rt.settings,
+        asyncio.get_running_loop(),
+        rt.instances,
+        rt.events,
+        rt.holds,
+        rt.timers,
+        connected=lambda: rt.nc.is_connected,
+    )
     port = await asyncio.to_thread(scp.start)
     try:
         started({"dicom_port": port})
-        await rt.stop.wait()
+        await scp.keep_holds(rt.stop)
     finally:
         await asyncio.to_thread(scp.stop)
 

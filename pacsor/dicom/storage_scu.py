@@ -15,6 +15,8 @@ from pydicom import dcmread
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+SOP_CLASS_NOT_SUPPORTED = 0x0122
+
 
 def send_files(
     host: str,
@@ -26,6 +28,7 @@ def send_files(
 ) -> list[tuple[Path, int]]:
     """C-STORE each file over one association; returns (file, DIMSE status) in order.
 
+    A file whose SOP class the peer did not accept gets 0x0122 (SOP class not supported).
     Stops at the first file without an answer (status -1): the association is gone.
     Raises ConnectionError when no association can be made.
     """
@@ -50,7 +53,11 @@ def send_files(
     results: list[tuple[Path, int]] = []
     try:
         for path in files:
-            status = assoc.send_c_store(path)
+            try:
+                status = assoc.send_c_store(path)
+            except ValueError:  # no accepted presentation context for this SOP class
+                results.append((path, SOP_CLASS_NOT_SUPPORTED))
+                continue
             code = int(status.Status) if "Status" in status else -1
             results.append((path, code))
             if code == -1:

@@ -25,7 +25,7 @@ def detail(event: ev.Event) -> str:
         case ev.InstanceRejected():
             text = f"0x{event.dimse_status:04X} from {event.calling_ae_title}: {event.reason}"
         case ev.StudyComplete():
-            text = f"attempt {event.attempt}, {len(event.instances)} instances ({event.reason})"
+            text = f"attempt {event.attempt}, {event.instance_count} instances ({event.reason})"
             if event.cores:
                 text += f", cores: {', '.join(event.cores)}"
         case ev.InstancesSkipped():
@@ -85,6 +85,8 @@ def detail(event: ev.Event) -> str:
                 f"{event.core} attempt {event.attempt} to {event.ris} after {event.tries} tries: "
                 f"{event.reason}"
             )
+        case ev.StepFailed():
+            text = f"{event.step} after {event.tries} tries: {event.reason}"
         case ev.ExternalReportReceived():
             text = f"report {event.report_id} from {event.provider} ({event.language})"
         case ev.Hl7ConfigLoaded():

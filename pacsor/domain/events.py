@@ -71,7 +71,7 @@ class DestinationEvent(CoreEvent, frozen=True, kw_only=True):
 
 
 class InstanceRef(msgspec.Struct, frozen=True, kw_only=True):
-    """One stored input instance, as listed in StudyComplete."""
+    """One stored input instance of an attempt (see pacsor.domain.completion.attempt_instances)."""
 
     sop_instance_uid: str
     series_instance_uid: str
@@ -169,6 +169,11 @@ class InstanceRejected(Event, frozen=True, kw_only=True):
 class StudyComplete(Event, frozen=True, kw_only=True):
     """No instance arrived for STUDY_QUIET_SECONDS: the study goes to the AI, as `attempt`.
 
+    It stays small whatever the study's size: the attempt's instances are the study's
+    InstanceReceived events up to stream sequence `through_sequence`, the latest copy of each
+    SOP Instance UID (pacsor.domain.completion.attempt_instances), read back by subject.
+    Schema 2; schema 1 listed every instance in the event and stopped near 2,350 instances.
+
     A relaunch asked by a person is marked: `relaunch` is true, `requested_by` says who,
     `relaunch_id` names the RelaunchRequested it answers, and `cores` limits the attempt to
     those AI cores (empty: every core).
@@ -176,8 +181,10 @@ class StudyComplete(Event, frozen=True, kw_only=True):
 
     topic: ClassVar[str] = "complete"
 
+    schema_version: int = 2
     attempt: int
-    instances: tuple[InstanceRef, ...]
+    instance_count: int
+    through_sequence: int
     reason: str = "quiet period elapsed"
     relaunch: bool = False
     requested_by: str = ""
@@ -294,14 +301,30 @@ class Dispatched(DestinationEvent, frozen=True, kw_only=True):
     sop_instance_uids: tuple[str, ...]
 
 
+class ObjectStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """What a destination answered to one result object's C-STORE (-1: no answer)."""
+
+    sop_instance_uid: str
+    status: int
+
+
 class DispatchFailed(DestinationEvent, frozen=True, kw_only=True):
-    """Retries to `destination` are exhausted; the results stay in the results bucket."""
+    """`destination` refused objects for good, or its retries are exhausted.
+
+    `delivered` and `refused` (a permanent failure status: 0xA9xx, 0xCxxx, ...) list objects
+    with the status the destination answered; `undelivered` those still failing transiently
+    (0xA7xx, no answer, not reached) after the last try, with their last status. The results
+    stay in the results bucket.
+    """
 
     topic: ClassVar[str] = "dispatch_failed"
 
     reason: str
     tries: int = 1
     delivered_sop_instance_uids: tuple[str, ...] = ()
+    delivered: tuple[ObjectStatus, ...] = ()
+    refused: tuple[ObjectStatus, ...] = ()
+    undelivered: tuple[ObjectStatus, ...] = ()
 
 
 # --- RIS ---------------------------------------------------------------------------------
@@ -448,6 +471,29 @@ class ObjectsExpired(Event, frozen=True, kw_only=True):
 # The failure of a step retried by the runner; it records how many tries were made.
 StepFailure = UploadFailed | DispatchFailed | Hl7Failed
 
+# --- Any step -----------------------------------------------------------------------------
+
+
+class StepFailed(Event, frozen=True, kw_only=True):
+    """A handler kept failing on one message and gave up after RETRY_MAX_ATTEMPTS tries.
+
+    Recorded by the handler runner for steps that have no failure event of their own (the
+    quiet timer, completion); the upload, result and dispatch steps record theirs instead.
+    `step` is the durable consumer, `message_sequence` the message's sequence in `stream`.
+    """
+
+    topic: ClassVar[str] = "step_failed"
+
+    step: str
+    stream: str
+    message_sequence: int
+    reason: str
+    tries: int
+
+    def idempotency_key(self) -> str:
+        return f"step_failed:{self.step}:{self.stream}:{self.message_sequence}"
+
+
 AnyEvent = (
     InstanceReceived
     | InstanceRejected
@@ -466,6 +512,7 @@ AnyEvent = (
     | ObjectsExpired
     | Hl7Sent
     | Hl7Failed
+    | StepFailed
     | ExternalReportReceived
     | Hl7ConfigLoaded
 )
@@ -487,6 +534,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     ObjectsExpired,
     Hl7Sent,
     Hl7Failed,
+    StepFailed,
     ExternalReportReceived,
     Hl7ConfigLoaded,
 )

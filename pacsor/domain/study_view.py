@@ -266,7 +266,7 @@ def _complete(view: StudyView, event: ev.StudyComplete) -> None:
             relaunch=event.relaunch,
             requested_by=event.requested_by,
             cores=event.cores,
-            instance_count=len(event.instances),
+            instance_count=event.instance_count,
         )
     )
     view.attempt = max(view.attempt, event.attempt)

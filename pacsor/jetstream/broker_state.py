@@ -22,6 +22,7 @@ class StreamState(msgspec.Struct, frozen=True):
     name: str
     present: bool
     messages: int = 0
+    replicas: int = 0
 
 
 class BrokerState(msgspec.Struct, frozen=True):
@@ -55,7 +56,7 @@ async def broker_state(nc: Client) -> BrokerState:
         except Exception as err:  # reported, not raised: health says what it could not read
             problems.append(f"stream {name}: {type(err).__name__}: {err}")
             continue
-        streams.append(StreamState(name, True, info.state.messages))
+        streams.append(StreamState(name, True, info.state.messages, info.config.num_replicas or 1))
         if name == EVENTS_STREAM:
             last_sequence = info.state.last_seq
         if _is_bucket(name):

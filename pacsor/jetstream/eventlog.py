@@ -22,6 +22,7 @@ from pacsor.jetstream.subjects import (
     EXPECTED_LAST_SUBJECT_SEQUENCE_HEADER,
     MSG_ID_HEADER,
     event_subject,
+    received_subject,
     study_subjects,
 )
 
@@ -95,8 +96,15 @@ class EventLog:
         """Every event of one study, oldest first."""
         return await self.read(study_subjects(study_uid))
 
-    async def read(self, filter_subject: str = ALL_EVENTS) -> list[RecordedEvent]:
-        """Every event on `filter_subject`, oldest first, through an ephemeral consumer."""
+    async def received(self, study_uid: str, through_sequence: int) -> list[RecordedEvent]:
+        """The study's InstanceReceived events up to `through_sequence`, oldest first."""
+        return await self.read(received_subject(study_uid), through_sequence)
+
+    async def read(
+        self, filter_subject: str = ALL_EVENTS, through_sequence: int | None = None
+    ) -> list[RecordedEvent]:
+        """Every event on `filter_subject` (up to `through_sequence`), oldest first, through an
+        ephemeral consumer."""
         sub = await self._js.pull_subscribe(
             filter_subject,
             stream=EVENTS_STREAM,
@@ -112,9 +120,12 @@ class EventLog:
             info = await sub.consumer_info()
             remaining = info.num_pending or 0
             while remaining > 0:
-                for msg in await sub.fetch(min(remaining, 256), timeout=self._timeout):
+                for msg in await sub.fetch(min(remaining, 1000), timeout=self._timeout):
                     meta = msg.metadata
                     remaining = meta.num_pending
+                    if through_sequence is not None and meta.sequence.stream > through_sequence:
+                        remaining = 0
+                        break
                     try:
                         event = ev.decode(msg.data)
                     except msgspec.MsgspecError as err:

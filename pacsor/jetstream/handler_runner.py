@@ -6,6 +6,13 @@ its idempotency key) *before* acknowledging the message, so a crash anywhere mea
 redelivery and never a lost step; it turns Retry into a NAK with delay, keeps long handlers
 alive with in-progress acks, and logs every error with the study it concerns.
 
+A handler error is retried with the retry policy's backoff. One that is not a lost connection
+to JetStream (which only delays, and after which nothing could be recorded anyway) ends, at
+the RETRY_MAX_ATTEMPTS-th delivery, in a failure event for that study and step (the step's own,
+from `ConsumerSpec.failed`, else StepFailed with the error) and the message is terminated:
+nothing is retried forever unseen. Each error is logged, counted (pacsor.metrics) and shows in
+the consumer's redelivery count.
+
 Several processes running the same handler share its durable consumer, and so the work.
 """
 
@@ -20,20 +27,35 @@ from datetime import UTC, datetime
 from typing import Generic, Literal, TypeVar
 
 import msgspec
+from nats import errors as nats_errors
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import NotFoundError
+from nats.js.errors import NotFoundError, ServiceUnavailableError
 
-from pacsor.domain.events import Event, StepFailure
+from pacsor.domain.events import Event, StepFailed, StepFailure
 from pacsor.domain.retry import RetryPolicy
 from pacsor.jetstream.eventlog import ConcurrentUpdate, EventLog
 from pacsor.jetstream.liveness import Heartbeat
+from pacsor.metrics import HANDLER_ERRORS, STEPS_FAILED
 
 log = logging.getLogger("pacsor.runner")
 
 M = TypeVar("M")
+
+# JetStream unreachable or unavailable for now: retried until it answers, never given up on.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    TimeoutError,  # a JetStream acknowledgement awaited with a deadline (nats' own subclasses it)
+    nats_errors.TimeoutError,
+    nats_errors.ConnectionClosedError,
+    nats_errors.ConnectionReconnectingError,
+    nats_errors.NoRespondersError,
+    nats_errors.NoServersError,
+    nats_errors.StaleConnectionError,
+    nats_errors.OutboundBufferLimitError,
+    ServiceUnavailableError,
+)
 
 
 class Emit(msgspec.Struct, frozen=True):
@@ -76,6 +98,9 @@ class ConsumerSpec(Generic[M]):
     # (a destination added later must not receive every past study's results).
     start: Literal["all", "new"] = "all"
     study_of: Callable[[M], str] = field(default=lambda m: getattr(m, "study_instance_uid", ""))
+    # The step's own failure event from (message, error, tries), recorded when the handler
+    # keeps failing; None: StepFailed.
+    failed: Callable[[M, str, int], Event] | None = None
 
 
 Handler = Callable[[M, Delivery], Awaitable[Outcome]]
@@ -101,6 +126,9 @@ async def ensure_consumer(js: JetStreamContext, spec: ConsumerSpec[M]) -> None:
         opt_start_time=start_time,
         ack_policy=AckPolicy.EXPLICIT,
         ack_wait=spec.ack_wait,
+        # Unbounded on purpose: polling redelivers as long as the AI runs. Handler errors are
+        # bounded by the runner (RETRY_MAX_ATTEMPTS, then a failure event), retries by each
+        # handler's policy.
         max_deliver=-1,
         max_ack_pending=spec.max_ack_pending,
     )
@@ -199,15 +227,61 @@ async def _process(
     except asyncio.CancelledError:
         # Stopping: leave the message unacknowledged; it is redelivered after ack_wait.
         raise
-    except Exception:
-        delay = error_policy.delay_after(delivery.num_delivered) or error_policy.max_seconds
-        log.exception(
+    except Exception as err:
+        transient = isinstance(err, TRANSIENT_ERRORS)
+        HANDLER_ERRORS.labels(spec.durable, str(transient).lower()).inc()
+        tries = delivery.num_delivered
+        if not transient and tries >= error_policy.max_attempts:
+            await _give_up(msg, message, delivery, spec, events, study, err)
+            return
+        delay = error_policy.delay_after(tries) or error_policy.max_seconds
+        log.warning(
             "handler failed; the message will be redelivered",
-            extra={"consumer": spec.durable, "study": study, "delay": delay},
+            extra={
+                "consumer": spec.durable,
+                "study": study,
+                "delay": delay,
+                "delivery": tries,
+                "transient": transient,
+            },
+            exc_info=True,
         )
         await msg.nak(delay=delay)
     finally:
         heartbeat.cancel()
+
+
+async def _give_up(
+    msg: Msg,
+    message: M,
+    delivery: Delivery,
+    spec: ConsumerSpec[M],
+    events: EventLog,
+    study: str,
+    err: Exception,
+) -> None:
+    """Record the step's failure with the error, then terminate the message."""
+    reason = f"{type(err).__name__}: {err}"[:2000]
+    tries = delivery.num_delivered
+    if spec.failed is not None:
+        failure = spec.failed(message, reason, tries)
+    else:
+        failure = StepFailed(
+            study_instance_uid=study,
+            step=spec.durable,
+            stream=spec.stream,
+            message_sequence=delivery.stream_sequence,
+            reason=reason,
+            tries=tries,
+        )
+    log.error(
+        "handler failed on its last try; the step is recorded as failed",
+        extra={"consumer": spec.durable, "study": study, "tries": tries, "error": reason},
+        exc_info=err,
+    )
+    await events.publish(failure)
+    await msg.term()
+    STEPS_FAILED.labels(spec.durable).inc()
 
 
 async def _keep_alive(msg: Msg, ack_wait: float) -> None:

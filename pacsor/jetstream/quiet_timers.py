@@ -28,6 +28,8 @@ class QuietElapsed(msgspec.Struct, frozen=True):
 
     study_instance_uid: str
     armed_for: datetime
+    # When the completion found a stale hold and looks again (pacsor.domain.completion).
+    holds_checked_at: datetime | None = None
 
 
 def schedule_time(at: datetime) -> str:
@@ -41,10 +43,12 @@ class QuietTimers:
         self._js = js
         self._timeout = timeout
 
-    async def arm(self, study_uid: str, at: datetime) -> None:
+    async def arm(
+        self, study_uid: str, at: datetime, holds_checked_at: datetime | None = None
+    ) -> None:
         await self._js.publish(
             quiet_schedule_subject(study_uid),
-            msgspec.json.encode(QuietElapsed(study_uid, at)),
+            msgspec.json.encode(QuietElapsed(study_uid, at, holds_checked_at)),
             timeout=self._timeout,
             stream=TIMERS_STREAM,
             headers={

@@ -4,6 +4,7 @@
     pacsor.study.<study>.<core>.uploaded|result_ready|...        per AI core events
     pacsor.timer.<study>.quiet    the pending quiet-period schedule (replaced on each instance)
     pacsor.timer.<study>.elapsed  where the server publishes it when it fires
+    pacsor.hold.<study>.<holder>  an SCP's open associations sending the study (last value)
 
 DICOM UIDs hold only digits and dots; dots separate NATS tokens, so a UID is written with
 `_` in place of `.` (reversible).
@@ -18,8 +19,10 @@ from pacsor.domain.events import CoreEvent, Event
 
 EVENTS_STREAM = "PACSOR"
 TIMERS_STREAM = "PACSOR_TIMERS"
+HOLDS_STREAM = "PACSOR_HOLDS"
 INSTANCES_BUCKET = "PACSOR_INSTANCES"
 RESULTS_BUCKET = "PACSOR_RESULTS"
+DISPATCH_PROGRESS_BUCKET = "PACSOR_DISPATCH"
 
 # Headers JetStream understands.
 MSG_ID_HEADER = "Nats-Msg-Id"  # deduplication within the stream's duplicate window
@@ -116,9 +119,30 @@ def poll_consumer(core: str) -> str:
     return f"poll-{core}"
 
 
-def dispatch_consumer(core: str, destination_ae: str, host: str, port: int) -> str:
-    slug = re.sub(r"[^A-Za-z0-9_-]", "_", f"{destination_ae}_{host}_{port}")
-    return f"dispatch-{core}-{slug}"
+def destination_token(destination: str) -> str:
+    """A destination `AET@host:port` as one name token: `AET_host_port`."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", destination)
+
+
+def dispatch_consumer(core: str, destination: str) -> str:
+    return f"dispatch-{core}-{destination_token(destination)}"
+
+
+def dispatch_progress_key(study_uid: str, core: str, attempt: int, destination: str) -> str:
+    return f"{uid_token(study_uid)}.{core}.{attempt}.{destination_token(destination)}"
+
+
+def received_subject(study_uid: str) -> str:
+    """Where a study's InstanceReceived events are: read back to list an attempt's instances."""
+    return f"pacsor.study.{uid_token(study_uid)}.received"
+
+
+def hold_subject(study_uid: str, holder: str) -> str:
+    return f"pacsor.hold.{uid_token(study_uid)}.{holder}"
+
+
+def holds_filter(study_uid: str) -> str:
+    return f"pacsor.hold.{uid_token(study_uid)}.*"
 
 
 def stream_api_subject(action: str, stream: str) -> str:
@@ -139,8 +163,10 @@ def object_chunk_subject(bucket: str, nuid: str) -> str:
     return f"$O.{bucket}.C.{nuid}"
 
 
-def instance_object_name(study_uid: str, sop_uid: str) -> str:
-    return f"{study_uid}/{sop_uid}"
+def instance_object_name(study_uid: str, sop_uid: str, digest_hex: str) -> str:
+    """One version of an instance: a resent, changed instance is another object, never a
+    replacement, so an event always names the bytes it describes."""
+    return f"{study_uid}/{sop_uid}/{digest_hex}"
 
 
 def result_object_name(study_uid: str, core: str, attempt: int, sop_uid: str) -> str:

@@ -1,0 +1,110 @@
+"""What a destination has accepted across tries, and what to do next: pure decisions.
+
+A destination's answers are remembered per attempt (pacsor.jetstream.dispatch_progress), so a
+retry sends only what it has not yet accepted or refused. DIMSE statuses (PS3.4 annex B, C.4.2):
+success and warnings (0xB...) mean stored; 0xA9xx (data set does not match SOP class),
+0xCxxx (cannot understand) and 0x0122 (SOP class not supported) mean this destination refuses
+this object for good; anything else (0xA7xx out of resources, no answer, not reached) may
+succeed later.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import msgspec
+
+from pacsor.domain.events import ObjectStatus
+
+NO_ANSWER = -1  # no status came back: association lost, or the object was not reached
+SOP_CLASS_NOT_SUPPORTED = 0x0122
+
+
+def is_stored(status: int) -> bool:
+    return status == 0x0000 or 0xB000 <= status <= 0xBFFF
+
+
+def is_permanent_refusal(status: int) -> bool:
+    return (
+        0xA900 <= status <= 0xA9FF
+        or 0xC000 <= status <= 0xCFFF
+        or status == SOP_CLASS_NOT_SUPPORTED
+    )
+
+
+def status_text(status: int) -> str:
+    return "no answer" if status == NO_ANSWER else f"0x{status:04X}"
+
+
+class Progress(msgspec.Struct, frozen=True, kw_only=True):
+    """A destination's answers for one attempt's result objects, by SOP Instance UID."""
+
+    tries: int = 0
+    delivered: dict[str, int] = msgspec.field(default_factory=dict)
+    refused: dict[str, int] = msgspec.field(default_factory=dict)
+    failing: dict[str, int] = msgspec.field(default_factory=dict)  # last transient status
+
+    def settled(self, sop_uid: str) -> bool:
+        return sop_uid in self.delivered or sop_uid in self.refused
+
+
+def record_try(progress: Progress, answers: Iterable[tuple[str, int]]) -> Progress:
+    """`progress` after one more try that got `answers` ((SOP UID, status) per object sent).
+
+    A settled object keeps its first outcome: an object is never both delivered and refused.
+    """
+    delivered, refused, failing = (
+        dict(progress.delivered),
+        dict(progress.refused),
+        dict(progress.failing),
+    )
+    for sop_uid, status in answers:
+        if sop_uid in delivered or sop_uid in refused:
+            continue
+        if is_stored(status):
+            delivered[sop_uid] = status
+            failing.pop(sop_uid, None)
+        elif is_permanent_refusal(status):
+            refused[sop_uid] = status
+            failing.pop(sop_uid, None)
+        else:
+            failing[sop_uid] = status
+    return Progress(tries=progress.tries + 1, delivered=delivered, refused=refused, failing=failing)
+
+
+def to_send(sop_uids: Sequence[str], progress: Progress) -> list[str]:
+    """The objects still to send: neither accepted nor refused for good."""
+    return [sop for sop in sop_uids if not progress.settled(sop)]
+
+
+class Outcome(msgspec.Struct, frozen=True, kw_only=True):
+    """Every object's status for the Dispatched / DispatchFailed event, in the results' order."""
+
+    delivered: tuple[ObjectStatus, ...] = ()
+    refused: tuple[ObjectStatus, ...] = ()
+    undelivered: tuple[ObjectStatus, ...] = ()
+
+    def summary(self) -> str:
+        parts = [f"{len(self.delivered)} delivered"]
+        if self.refused:
+            statuses = sorted({status_text(o.status) for o in self.refused})
+            parts.append(f"{len(self.refused)} refused ({', '.join(statuses)})")
+        if self.undelivered:
+            statuses = sorted({status_text(o.status) for o in self.undelivered})
+            parts.append(f"{len(self.undelivered)} not delivered ({', '.join(statuses)})")
+        return ", ".join(parts)
+
+
+def outcome(sop_uids: Sequence[str], progress: Progress) -> Outcome:
+    delivered, refused, undelivered = [], [], []
+    for sop in sop_uids:
+        if sop in progress.delivered:
+            delivered.append(ObjectStatus(sop_instance_uid=sop, status=progress.delivered[sop]))
+        elif sop in progress.refused:
+            refused.append(ObjectStatus(sop_instance_uid=sop, status=progress.refused[sop]))
+        else:
+            status = progress.failing.get(sop, NO_ANSWER)
+            undelivered.append(ObjectStatus(sop_instance_uid=sop, status=status))
+    return Outcome(
+        delivered=tuple(delivered), refused=tuple(refused), undelivered=tuple(undelivered)
+    )

@@ -1,0 +1,63 @@
+"""What each destination accepted or refused, per attempt, in the PACSOR_DISPATCH KV bucket.
+
+One key per (study, core, attempt, destination); each try merges its answers into the value
+with an expected revision (compare-and-set), so two writers can never lose each other's
+answers. The decisions are pacsor.domain.dispatch; the outcome events stay in PACSOR.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import msgspec
+from nats.js import JetStreamContext
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+from pacsor.domain.dispatch import Progress, record_try
+from pacsor.jetstream.subjects import DISPATCH_PROGRESS_BUCKET
+
+_MAX_CONFLICTS = 10
+
+
+class DispatchProgress:
+    def __init__(self, js: JetStreamContext) -> None:
+        self._js = js
+        self._kv: KeyValue | None = None
+
+    async def _bucket(self) -> KeyValue:
+        if self._kv is None:
+            self._kv = await self._js.key_value(DISPATCH_PROGRESS_BUCKET)
+        return self._kv
+
+    async def _read(self, key: str) -> tuple[Progress, int]:
+        """The progress and its revision (0: none yet)."""
+        kv = await self._bucket()
+        try:
+            entry = await kv.get(key)
+        except KeyNotFoundError:
+            return Progress(), 0
+        if not entry.value:
+            return Progress(), entry.revision or 0
+        return msgspec.json.decode(entry.value, type=Progress), entry.revision or 0
+
+    async def get(self, key: str) -> Progress:
+        return (await self._read(key))[0]
+
+    async def record(self, key: str, answers: Iterable[tuple[str, int]]) -> Progress:
+        """Merge one try's answers into the stored progress, atomically; returns it."""
+        answers = list(answers)
+        kv = await self._bucket()
+        for _ in range(_MAX_CONFLICTS):
+            progress, revision = await self._read(key)
+            merged = record_try(progress, answers)
+            value = msgspec.json.encode(merged)
+            try:
+                if revision == 0:
+                    await kv.create(key, value)
+                else:
+                    await kv.update(key, value, last=revision)
+            except KeyWrongLastSequenceError:
+                continue  # another writer recorded first: merge into theirs
+            return merged
+        raise RuntimeError(f"dispatch progress {key}: too many concurrent updates")

@@ -1,0 +1,305 @@
+"""Faults with real parts: a nats-server restart during a send, a PACS refusing objects, an
+instance resent with other bytes, rejected associations. Each failed before its fix."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from nats.aio.client import Client
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pynetdicom import AE
+from pynetdicom.sop_class import ComputedRadiographyImageStorage, Verification
+
+from pacsor.config import Settings
+from pacsor.devtools.sample_study import make_image, make_study
+from pacsor.devtools.simulator import SimulatorSettings, running_simulator
+from pacsor.dicom.storage_scu import send_files
+from pacsor.domain import events as ev
+from pacsor.jetstream.blobs import BlobStore, digest_hex
+from pacsor.jetstream.eventlog import EventLog
+from pacsor.jetstream.subjects import INSTANCES_BUCKET
+from pacsor.metrics import ASSOCIATIONS_REJECTED, CONTEXTS_REJECTED
+from tests.harness import ReceivingPacs, of_type, running_gateway, wait_for_event, write_study
+from tests.nats_server import NatsServer
+from tests.test_pipeline import TOKEN, gateway_settings
+
+INGEST = ("scp", "quiet-timer", "completion")
+UPLOAD = (*INGEST, "uploader")
+
+
+@pytest.fixture
+def pacs() -> Iterator[ReceivingPacs]:
+    receiver = ReceivingPacs("MAINPACS").start()
+    yield receiver
+    receiver.stop()
+
+
+async def count_events(nc: Client, study: str) -> Counter[str]:
+    return Counter(type(r.event).__name__ for r in await EventLog(nc.jetstream()).history(study))
+
+
+# --- A nats-server restart during a send does not split the study ---------------------------
+
+
+class PatientModality:
+    """Sends files over one association, resending each refused one after `backoff` seconds,
+    as a modality's queue does; pauses after `pause_after` files until `resume` is set."""
+
+    def __init__(self, settings: Settings, paths: list[Path], pause_after: int, backoff: float):
+        self.settings, self.paths = settings, paths
+        self.pause_after, self.backoff = pause_after, backoff
+        self.paused, self.resume = threading.Event(), threading.Event()
+        self.answers: list[tuple[int, float]] = []  # (status, seconds to answer)
+
+    def run(self) -> None:
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context(ComputedRadiographyImageStorage, ExplicitVRLittleEndian)
+        assoc = ae.associate("127.0.0.1", self.settings.port, ae_title=self.settings.milvue_aet)
+        assert assoc.is_established
+        try:
+            for n, path in enumerate(self.paths, start=1):
+                while True:
+                    started = time.monotonic()
+                    status = int(assoc.send_c_store(path).Status)
+                    self.answers.append((status, time.monotonic() - started))
+                    if status == 0:
+                        break
+                    time.sleep(self.backoff)
+                if n == self.pause_after:
+                    self.paused.set()
+                    self.resume.wait(30)
+        finally:
+            assoc.release()
+
+
+async def test_a_nats_restart_during_a_send_does_not_split_the_study(
+    nc: Client, nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """The sender stays connected, waiting to resend what was refused while JetStream was away:
+    the study's quiet period (2 s) runs out meanwhile, but the SCP holds the study."""
+    settings = gateway_settings(
+        nats_server.url,
+        "http://127.0.0.1:9",
+        ReceivingPacs(),
+        STUDY_QUIET_SECONDS="2",
+        SCP_STORE_TIMEOUT_SECONDS="1",
+    )
+    study = make_study(30, rows=32, columns=32)
+    study_uid = str(study[0].StudyInstanceUID)
+    modality = PatientModality(settings, write_study(tmp_path, study), pause_after=10, backoff=4)
+    async with running_gateway(settings, INGEST):
+        sending = asyncio.create_task(asyncio.to_thread(modality.run))
+        assert await asyncio.to_thread(modality.paused.wait, 30)
+        nats_server.stop()
+        modality.resume.set()  # its next C-STORE is refused: it waits 4 s, then resends
+        await asyncio.sleep(2.5)  # the study's timer falls due while the server is away
+        nats_server.start()
+        await sending
+        complete = await wait_for_event(nc, study_uid, of_type(ev.StudyComplete), 30)
+        await asyncio.sleep(3)  # a second completion would come within the quiet period
+    refused = [seconds for status, seconds in modality.answers if status == 0xA700]
+    assert refused, "the restart did not refuse any C-STORE"
+    assert max(refused) < 1.5  # answered within SCP_STORE_TIMEOUT_SECONDS, not 15 s later
+    assert isinstance(complete, ev.StudyComplete) and complete.instance_count == 30
+    counts = await count_events(nc, study_uid)
+    assert counts["StudyComplete"] == 1 and counts["InstanceReceived"] == 30
+
+
+# --- Dispatch remembers what each destination accepted -------------------------------------
+
+
+async def test_a_pacs_that_refuses_objects_for_good(
+    nc: Client, nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """It accepts the first object, then answers 0xC000 to everything: one try, the accepted
+    object is never sent again, and DispatchFailed lists each object with its status."""
+    refusing = ReceivingPacs("REFUSING", answer=lambda n, sop: 0x0000 if n == 0 else 0xC000)
+    refusing.start()
+    try:
+        with running_simulator(SimulatorSettings(token=TOKEN, running_polls=0)) as (api_url, _):
+            settings = gateway_settings(nats_server.url, api_url, refusing, RETRY_MAX_ATTEMPTS="4")
+            async with running_gateway(settings):
+                study = make_study(2, rows=32, columns=32)
+                study_uid = str(study[0].StudyInstanceUID)
+                paths = write_study(tmp_path, study)
+                await asyncio.to_thread(
+                    send_files, "127.0.0.1", settings.port, settings.milvue_aet, paths
+                )
+                failed = await wait_for_event(nc, study_uid, of_type(ev.DispatchFailed), 60)
+                await asyncio.sleep(1.5)  # longer than the retry delays: no other try comes
+    finally:
+        refusing.stop()
+    assert isinstance(failed, ev.DispatchFailed)
+    [accepted] = refusing.sop_uids()
+    assert [sop for sop, _ in refusing.calls].count(accepted) == 1
+    assert len(refusing.calls) == 4  # each of the 4 result objects sent once
+    assert failed.tries == 1  # a refusal for good is not retried
+    assert failed.delivered_sop_instance_uids == (accepted,)
+    assert [(o.sop_instance_uid, o.status) for o in failed.delivered] == [(accepted, 0)]
+    assert {o.status for o in failed.refused} == {0xC000} and len(failed.refused) == 3
+    assert failed.undelivered == ()
+    assert "1 delivered, 3 refused (0xC000)" in failed.reason
+
+
+async def test_a_retry_sends_only_what_the_pacs_has_not_accepted(
+    nc: Client, nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """Out of resources (0xA700) for the second object once: the retry sends that one only."""
+    busy = ReceivingPacs("BUSY", answer=lambda n, sop: 0xA700 if n == 1 else 0x0000).start()
+    try:
+        with running_simulator(SimulatorSettings(token=TOKEN, running_polls=0)) as (api_url, _):
+            settings = gateway_settings(nats_server.url, api_url, busy)
+            async with running_gateway(settings):
+                study = make_study(2, rows=32, columns=32)
+                study_uid = str(study[0].StudyInstanceUID)
+                await asyncio.to_thread(
+                    send_files,
+                    "127.0.0.1",
+                    settings.port,
+                    settings.milvue_aet,
+                    write_study(tmp_path, study),
+                )
+                done = await wait_for_event(nc, study_uid, of_type(ev.Dispatched), 60)
+    finally:
+        busy.stop()
+    assert isinstance(done, ev.Dispatched) and len(done.sop_instance_uids) == 4
+    assert Counter(busy.sop_uids()) == Counter(done.sop_instance_uids)  # each stored once
+    sent = [sop for sop, _ in busy.calls]
+    assert len(sent) == 5 and sent[4] == sent[1]  # the retry: the refused one alone
+
+
+# --- What an event says is what is stored and uploaded -------------------------------------
+
+
+def sha256_hex(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+async def test_an_instance_resent_as_a_then_a_prime_then_a(
+    nc: Client, nats_server: NatsServer, tmp_path: Path, pacs: ReceivingPacs
+) -> None:
+    study_uid, series, sop = str(generate_uid()), str(generate_uid()), str(generate_uid())
+    a = make_image(study_uid, series_uid=series, sop_uid=sop, rows=32, columns=32)
+    a_prime = make_image(study_uid, series_uid=series, sop_uid=sop, rows=48, columns=48)
+    [path_a] = write_study(tmp_path / "a", [a])
+    [path_a_prime] = write_study(tmp_path / "a_prime", [a_prime])
+    [path_other] = write_study(tmp_path / "other", [make_image(study_uid, series_uid=series)])
+    js = nc.jetstream()
+    store = BlobStore(nc, js, INSTANCES_BUCKET)
+
+    async def latest_received() -> ev.InstanceReceived:
+        history = await EventLog(js).history(study_uid)
+        mine = [r.event for r in history if isinstance(r.event, ev.InstanceReceived)]
+        return [e for e in mine if e.sop_instance_uid == sop][-1]
+
+    with running_simulator(SimulatorSettings(token=TOKEN, running_polls=10_000)) as (api_url, sim):
+        settings = gateway_settings(nats_server.url, api_url, pacs)
+
+        async def send(path: Path) -> None:
+            statuses = await asyncio.to_thread(
+                send_files, "127.0.0.1", settings.port, settings.milvue_aet, [path]
+            )
+            assert [s for _, s in statuses] == [0]
+
+        async def uploaded(attempt: int) -> str:
+            """The SHA-256 of what the simulator received for `sop` in `attempt`."""
+            await wait_for_event(
+                nc, study_uid, lambda e: isinstance(e, ev.Uploaded) and e.attempt == attempt
+            )
+            [file] = [p for uid, p in sim.instance_paths(study_uid) if uid == sop]
+            return sha256_hex(file)
+
+        async with running_gateway(settings, UPLOAD):
+            await send(path_a)
+            first = await latest_received()
+            assert await uploaded(1) == digest_hex(first.digest)
+            await send(path_a_prime)
+            second = await latest_received()
+            assert second.digest != first.digest
+            assert await uploaded(2) == digest_hex(second.digest)
+            await send(path_a)  # A again: Success, and a copy pacsor already has
+            await send(path_other)  # a new instance: attempt 3, with `sop` as recorded
+            third_upload = await uploaded(3)
+
+    latest = await latest_received()
+    assert latest.digest == second.digest  # A again within 24 h is not a new fact
+    # Both versions are kept, each under its digest; the event names the bytes it describes.
+    assert digest_hex(first.digest) in first.object_name
+    assert (await store.info(first.object_name)) is not None
+    stored = await store.get(latest.object_name)
+    assert hashlib.sha256(stored).hexdigest() == digest_hex(latest.digest)
+    assert third_upload == digest_hex(latest.digest)  # not A's bytes under A-prime's digest
+
+
+async def test_the_uploader_refuses_bytes_other_than_the_recorded_ones(nc: Client) -> None:
+    store = BlobStore(nc, nc.jetstream(), INSTANCES_BUCKET)
+    info = await store.put("1.2.3/1.2.3.4/x", b"A" * 100)
+    assert await store.get("1.2.3/1.2.3.4/x") == b"A" * 100
+    with pytest.raises(Exception, match="not the recorded"):
+        async for _ in store.chunks("1.2.3/1.2.3.4/x", expected_digest="SHA-256=other"):
+            pass
+    assert [c async for c in store.chunks("1.2.3/1.2.3.4/x", info.digest)] == [b"A" * 100]
+
+
+# --- Rejected associations leave a trace ---------------------------------------------------
+
+
+def associate(port: int, called: str, *contexts: str) -> bool:
+    ae = AE(ae_title="CALLER")
+    for context in contexts or (Verification,):
+        ae.add_requested_context(context)
+    assoc = ae.associate("127.0.0.1", port, ae_title=called)
+    established = bool(assoc.is_established)
+    if established:
+        assoc.release()
+    return established
+
+
+async def test_rejected_associations_are_logged_once_and_counted(
+    nats_server: NatsServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = gateway_settings(
+        nats_server.url, "http://127.0.0.1:9", ReceivingPacs(), MAX_ASSOCIATIONS="2"
+    )
+    wrong_aet = ASSOCIATIONS_REJECTED.labels("called_ae_title")._value.get()
+    over_limit = ASSOCIATIONS_REJECTED.labels("association_limit")._value.get()
+    ct = CONTEXTS_REJECTED.labels("CT Image Storage")._value.get()
+    caplog.set_level(logging.WARNING, logger="pacsor.scp")
+    async with running_gateway(settings, ("scp",)):
+        port = settings.port
+        assert not await asyncio.to_thread(associate, port, "NOTME")
+        # CT is not in the WithSC profile: the association is accepted, its context refused.
+        assert await asyncio.to_thread(associate, port, "MILVUE", Verification, CTImageStorage)
+        # Two held open, the third over MAX_ASSOCIATIONS.
+        held = []
+        for _ in range(2):
+            ae = AE(ae_title="HOLDER")
+            ae.add_requested_context(Verification)
+            held.append(await asyncio.to_thread(ae.associate, "127.0.0.1", port, ae_title="MILVUE"))
+        assert all(a.is_established for a in held)
+        assert not await asyncio.to_thread(associate, port, "MILVUE")
+        for assoc in held:
+            assoc.release()
+
+    records = [r for r in caplog.records if r.name == "pacsor.scp"]
+    rejected = [r for r in records if r.getMessage() == "association rejected"]
+    assert len(rejected) == 2
+    by_reason = {r.reason.split(":")[0]: r for r in rejected}  # type: ignore[attr-defined]
+    assert set(by_reason) == {"called AE title not recognised", "2 open"}
+    for record in rejected:
+        assert record.calling_ae_title == "CALLER"  # type: ignore[attr-defined]
+        assert record.address.startswith("127.0.0.1:")  # type: ignore[attr-defined]
+    assert by_reason["called AE title not recognised"].called_ae_title == "NOTME"  # type: ignore[attr-defined]
+    [contexts] = [r for r in records if r.getMessage().startswith("presentation contexts refused")]
+    assert contexts.sop_classes == ["CT Image Storage"]  # type: ignore[attr-defined]
+    assert ASSOCIATIONS_REJECTED.labels("called_ae_title")._value.get() == wrong_aet + 1
+    assert ASSOCIATIONS_REJECTED.labels("association_limit")._value.get() == over_limit + 1
+    assert CONTEXTS_REJECTED.labels("CT Image Storage")._value.get() == ct + 1
