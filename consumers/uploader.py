@@ -138,12 +138,14 @@ async def upload_study(
     if not event.for_core(core):
         return Emit()  # a relaunch asked for other cores only
 
-    received = await events.received(study, event.through_sequence)
-    refs = attempt_instances(received, event.through_sequence)
+    # 0: a schema 1 event, whose instances are all those received before it.
+    through = event.through_sequence or delivery.stream_sequence
+    received = await events.received(study, through)
+    refs = attempt_instances(received, through)
     if len(refs) != event.instance_count:
         reason = (
             f"the stream holds {len(refs)} of the attempt's {event.instance_count} instances "
-            f"(InstanceReceived up to sequence {event.through_sequence})"
+            f"(InstanceReceived up to sequence {through})"
         )
         return retry_or_fail(delivery, policy, reason, False, upload_failed(event, core, reason))
 

@@ -173,6 +173,9 @@ class StudyComplete(Event, frozen=True, kw_only=True):
     InstanceReceived events up to stream sequence `through_sequence`, the latest copy of each
     SOP Instance UID (pacsor.domain.completion.attempt_instances), read back by subject.
     Schema 2; schema 1 listed every instance in the event and stopped near 2,350 instances.
+    A schema 1 event reads with `instance_count` from its list and `through_sequence` 0,
+    meaning "up to this event itself": `decode_at` puts in its own stream sequence (the list
+    was every instance received before it).
 
     A relaunch asked by a person is marked: `relaunch` is true, `requested_by` says who,
     `relaunch_id` names the RelaunchRequested it answers, and `cores` limits the attempt to
@@ -183,8 +186,9 @@ class StudyComplete(Event, frozen=True, kw_only=True):
 
     schema_version: int = 2
     attempt: int
-    instance_count: int
-    through_sequence: int
+    # Defaults only for schema 1 events, which lack both; schema 2 always writes them.
+    instance_count: int = 0
+    through_sequence: int = 0
     reason: str = "quiet period elapsed"
     relaunch: bool = False
     requested_by: str = ""
@@ -556,9 +560,30 @@ def encode(event: Event) -> bytes:
     return _encoder.encode(event)
 
 
+class _ListedInstances(msgspec.Struct):
+    """What schema 1 of StudyComplete held in place of instance_count and through_sequence."""
+
+    instances: list[dict[str, object]] = msgspec.field(default_factory=list)
+
+
 def decode(data: bytes) -> AnyEvent:
-    """Decode any event; raises msgspec.ValidationError / DecodeError on a malformed one."""
-    return _decoder.decode(data)
+    """Decode any event; raises msgspec.ValidationError / DecodeError on a malformed one.
+
+    Older schemas come out in today's shape (see StudyComplete)."""
+    event = _decoder.decode(data)
+    if isinstance(event, StudyComplete) and event.schema_version == 1:
+        listed = msgspec.json.decode(data, type=_ListedInstances).instances
+        event = msgspec.structs.replace(event, instance_count=len(listed))
+    return event
+
+
+def decode_at(data: bytes, sequence: int) -> AnyEvent:
+    """Decode an event read from stream sequence `sequence`; a schema 1 StudyComplete gets
+    that sequence as its `through_sequence`."""
+    event = decode(data)
+    if isinstance(event, StudyComplete) and not event.through_sequence:
+        event = msgspec.structs.replace(event, through_sequence=sequence)
+    return event
 
 
 E = TypeVar("E", bound=Event)
