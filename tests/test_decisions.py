@@ -151,11 +151,15 @@ def test_truncated_datasets_are_detected() -> None:
 def test_result_objects_are_identified_or_refused() -> None:
     from pacsor.consumers.result_poller import identify_result
 
+    from pacsor.dicom.header import HeaderError, parse_header
+
     ds = make_image(STUDY)
-    identity = identify_result(to_bytes(ds))
+    header = parse_header(to_bytes(ds), complete=True)
+    assert header is not None
+    identity = identify_result(header.dataset)
     assert (identity.study_instance_uid, identity.sop_instance_uid) == (STUDY, ds.SOPInstanceUID)
-    with pytest.raises(ValueError, match="not readable DICOM"):
-        identify_result(b"<html>502 Bad Gateway</html>")
+    with pytest.raises(HeaderError, match="not a readable DICOM"):
+        parse_header(b"<html>502 Bad Gateway</html>", complete=True)
 
 
 def hold(heartbeat: datetime, associations: int = 1, released: datetime | None = None) -> Hold:

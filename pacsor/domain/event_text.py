@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 from pacsor.domain import events as ev
 
 
@@ -35,12 +37,25 @@ def _particulars(event: ev.Event) -> str:
                 f"attempt {event.attempt}, {event.instance_count} instances ({event.reason})"
                 + cores
             )
+        case ev.InstancesSkipped():
+            reasons = Counter(
+                f"{s.reason} by {s.rule}" if s.rule else s.reason for s in event.skipped
+            )
+            return ": " + ", ".join(f"{count} {reason}" for reason, count in reasons.items())
+        case ev.InstancesUploaded():
+            return f", batch {event.batch}: {len(event.instances)} instances"
         case ev.Uploaded():
-            return f", {event.instance_count} instances"
-        case ev.UploadFailed() | ev.ResultFailed():
+            skipped = f" ({event.skipped_count} skipped)" if event.skipped_count else ""
+            return f", {event.instance_count} instances{skipped}"
+        case ev.UploadFailed() | ev.ResultFailed() | ev.NothingToUpload():
             return f": {event.reason}"
         case ev.ResultReady():
-            return f", {len(event.results)} result objects"
+            findings = ", ".join(f.inference_command for f in event.findings)
+            return (
+                f", {len(event.results)} result objects"
+                + (f", findings of {findings}" if findings else "")
+                + ("" if event.results else " (the API had none: nothing to dispatch)")
+            )
         case ev.Dispatched():
             replay = f" (replay {event.replay_id[:8]})" if event.replay_id else ""
             return f" to {event.destination}, {len(event.sop_instance_uids)} objects{replay}"
