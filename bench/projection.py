@@ -8,12 +8,18 @@ in one run, alternating, 3 rounds, median:
     each batch one transaction with its stream sequence, into a new file (a rebuild).
 
     .venv/bin/python bench/projection.py [--events 1000000] [--rounds 3]
+
+With --stream, the events are first published to a real nats-server (file storage), and each
+round reads them back from the PACSOR stream: the baseline through an ordered consumer that
+only decodes, pacsor through the admin's own Projector into a new read model.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
+import socket
 import statistics
 import sys
 import tempfile
@@ -24,24 +30,28 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
-from pacsor.admin.projector import BATCH_SIZE  # noqa: E402
+from pacsor.admin.projector import BATCH_SIZE, Projector  # noqa: E402
 from pacsor.admin.read_model import ReadModel  # noqa: E402
 from pacsor.devtools.sample_events import lifecycle  # noqa: E402
 from pacsor.domain import events as ev  # noqa: E402
+from pacsor.jetstream.broker import EmbeddedNats, apply_streams, connect  # noqa: E402
+from pacsor.jetstream.eventlog import EventLog  # noqa: E402
+from pacsor.jetstream.subjects import ALL_EVENTS, EVENTS_STREAM, event_subject  # noqa: E402
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 DESTINATIONS = ("PACS@10.0.0.1:104", "ARCHIVE@10.0.0.2:104")
 
 
-def recorded_events(count: int) -> list[bytes]:
-    encoded: list[bytes] = []
+def recorded_events(count: int) -> list[tuple[str, bytes]]:
+    """(subject, encoded event) pairs, in stream order."""
+    encoded: list[tuple[str, bytes]] = []
     study = 0
     while len(encoded) < count:
         uid = f"1.2.826.0.1.3680043.8.498.{study}"
         history = lifecycle(
             uid, T0 + timedelta(seconds=study), 5, DESTINATIONS, accession=f"A{study:07d}"
         )
-        encoded.extend(ev.encode(e) for e in history)
+        encoded.extend((event_subject(e), ev.encode(e)) for e in history)
         study += 1
     return encoded[:count]
 
@@ -72,14 +82,66 @@ def rebuild(encoded: list[bytes], folder: Path) -> float:
     return elapsed
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def from_stream(
+    recorded: list[tuple[str, bytes]], rounds: int, folder: Path
+) -> tuple[list[float], list[float]]:
+    server = EmbeddedNats(folder / "nats", free_port())
+    server.start()
+    nc = await connect(server.url, "projection bench")
+    try:
+        await apply_streams(nc)
+        js = nc.jetstream(timeout=30)
+        started = time.perf_counter()
+        for first in range(0, len(recorded), 5000):
+            for subject, data in recorded[first : first + 5000]:
+                await js.publish_async(subject, data, stream=EVENTS_STREAM)
+            await js.publish_async_completed()
+        last = (await js.stream_info(EVENTS_STREAM)).state.last_seq
+        print(f"published in {time.perf_counter() - started:.0f} s", flush=True)
+        baseline: list[float] = []
+        pacsor: list[float] = []
+        for _ in range(rounds):
+            started = time.perf_counter()
+            sub = await js.subscribe(ALL_EVENTS, stream=EVENTS_STREAM, ordered_consumer=True)
+            for _ in range(last):
+                ev.decode((await sub.next_msg(timeout=30)).data)
+            await sub.unsubscribe()
+            baseline.append(time.perf_counter() - started)
+
+            for leftover in folder.glob("read-model.sqlite*"):
+                leftover.unlink()
+            model = ReadModel(folder / "read-model.sqlite")
+            projector = Projector(EventLog(js), model)
+            stop = asyncio.Event()
+            started = time.perf_counter()
+            task = asyncio.create_task(projector.run(stop))
+            assert await projector.wait_for(last, 600)
+            pacsor.append(time.perf_counter() - started)
+            stop.set()
+            await task
+            model.close()
+        return baseline, pacsor
+    finally:
+        await nc.close()
+        server.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--stream", action="store_true", help="read from a real nats-server")
     args = parser.parse_args()
 
     started = time.perf_counter()
-    encoded = recorded_events(args.events)
+    recorded = recorded_events(args.events)
+    encoded = [data for _, data in recorded]
     size = sum(map(len, encoded))
     print(
         f"{len(encoded):,} events ({size / 1e6:.0f} MB JSON, {len(encoded) // 10:,} studies), "
@@ -90,16 +152,19 @@ def main() -> None:
     baseline: list[float] = []
     pacsor: list[float] = []
     with tempfile.TemporaryDirectory(prefix="pacsor-bench-") as folder:
-        for _ in range(args.rounds):
-            baseline.append(decode_only(encoded))
-            pacsor.append(rebuild(encoded, Path(folder)))
-    for label, times in (
-        ("decode only (baseline)", baseline),
-        ("decode + fold + SQLite", pacsor),
-    ):
+        if args.stream:
+            baseline, pacsor = asyncio.run(from_stream(recorded, args.rounds, Path(folder)))
+            labels = ("stream, decode only", "stream, Projector")
+        else:
+            for _ in range(args.rounds):
+                baseline.append(decode_only(encoded))
+                pacsor.append(rebuild(encoded, Path(folder)))
+            labels = ("decode only (baseline)", "decode + fold + SQLite")
+    for label, times in zip(labels, (baseline, pacsor), strict=True):
         median = statistics.median(times)
-        print(f"{label:<26} {len(encoded) / median:>10,.0f} events/s   ({median:.1f} s)")
-    print(f"ratio rebuild / decode: {statistics.median(baseline) / statistics.median(pacsor):.2f}x")
+        print(f"{label:<26} {len(recorded) / median:>10,.0f} events/s   ({median:.1f} s)")
+    ratio = statistics.median(baseline) / statistics.median(pacsor)
+    print(f"ratio rebuild / decode: {ratio:.2f}x")
 
 
 if __name__ == "__main__":

@@ -107,6 +107,21 @@ def check_product(value: str) -> str | None:
     return None if value in PRODUCTS else f"one of: {', '.join(PRODUCTS)}"
 
 
+HL7_LANGUAGES = ("EN", "FR")
+
+
+def check_hl7_name(value: str) -> str | None:
+    if any(c in value for c in "^|~\\&") or any(ord(c) < 0x20 for c in value):
+        return "no HL7 delimiter (^ | ~ \\ &) and no control characters"
+    if len(value) > 180:
+        return "at most 180 characters"
+    return None
+
+
+def check_language(value: str) -> str | None:
+    return None if value in HL7_LANGUAGES else f"one of: {', '.join(HL7_LANGUAGES)}"
+
+
 def check_yes_no(value: str) -> str | None:
     return None if value in ("yes", "no") else "yes or no"
 
@@ -122,6 +137,7 @@ class Question:
     check: Validator
     default: str = ""
     asked_when: Callable[[Mapping[str, str]], bool] = field(default=lambda answers: True)
+    choices: tuple[str, ...] = tuple(PRODUCTS)  # of a "select"
 
     @property
     def option(self) -> str:
@@ -150,6 +166,25 @@ QUESTIONS: tuple[Question, ...] = (
     Question("hl7", "Send HL7 results to the RIS?", "yes-no", check_yes_no, "no"),
     Question("ris_host", "RIS: host or IP", "text", check_host, asked_when=_hl7),
     Question("ris_port", "RIS: HL7 (MLLP) port", "text", check_port, "2575", asked_when=_hl7),
+    Question(
+        "ris_application",
+        "RIS: receiving application (MSH-5)",
+        "text",
+        check_hl7_name,
+        asked_when=_hl7,
+    ),
+    Question(
+        "ris_facility", "RIS: receiving facility (MSH-6)", "text", check_hl7_name, asked_when=_hl7
+    ),
+    Question(
+        "hl7_language",
+        "HL7: language of the results",
+        "select",
+        check_language,
+        "EN",
+        asked_when=_hl7,
+        choices=HL7_LANGUAGES,
+    ),
     Question("second_core", "Add a second AI core?", "yes-no", check_yes_no, "no"),
     Question("core2_name", "Second core: name", "text", check_core_name, "core2", _core2),
     Question("core2_product", "Second core: product", "select", check_product, "", _core2),
@@ -167,7 +202,7 @@ def _ask(question: Question) -> str:
 
     if question.kind == "select":
         answer = questionary.select(
-            question.message, choices=list(PRODUCTS), default=question.default or None
+            question.message, choices=list(question.choices), default=question.default or None
         ).unsafe_ask()
     elif question.kind == "url":
         choice = questionary.select(
@@ -205,7 +240,7 @@ def collect(
             answers[question.key] = value
         elif interactive:
             answers[question.key] = ask(question)
-        elif question.default or question.key == "filters":
+        elif question.default or question.check("") is None:  # an empty answer is fine
             answers[question.key] = question.default
         else:
             raise ConfigError(f"{question.option}: needed when setup does not run in a terminal")
@@ -230,6 +265,13 @@ def site_settings(answers: Mapping[str, str]) -> dict[str, str]:
     if answers["hl7"] == "yes":
         env["HL7_RIS_IP"] = answers["ris_host"]
         env["HL7_RIS_PORT"] = answers["ris_port"]
+        env["HL7_LANGUAGE"] = answers["hl7_language"]
+        for key, name in (
+            ("ris_application", "HL7_RECEIVING_APPLICATION"),
+            ("ris_facility", "HL7_RECEIVING_FACILITY"),
+        ):
+            if answers[key]:
+                env[name] = answers[key]
     if answers["second_core"] == "yes":
         env["CORE_NAME_1"] = answers["core2_name"]
         env["API_URL_1"] = answers["core2_url"]

@@ -100,6 +100,10 @@ def test_an_installer_answers_the_wizard_in_a_terminal(tmp_path: Path) -> None:
     answer("Send HL7 results to the RIS?", "y")
     answer("RIS: host or IP", "ris.hospital.local\r")
     answer("RIS: HL7 (MLLP) port", "\r")  # 2575, offered
+    answer("receiving application (MSH-5)", "RIS^X\r")
+    answer("no HL7 delimiter", CLEAR + "RADRIS\r")
+    answer("receiving facility (MSH-6)", "\r")  # none
+    answer("HL7: language of the results", DOWN + "\r")  # FR
     answer("Add a second AI core?", "y")
     answer("Second core: name", CLEAR + "chest\r")
     answer("Second core: product", DOWN * 3 + "\r")  # SmartChest
@@ -124,6 +128,8 @@ def test_an_installer_answers_the_wizard_in_a_terminal(tmp_path: Path) -> None:
         "HL7_ENABLE": "true",
         "HL7_RIS_IP": "ris.hospital.local",
         "HL7_RIS_PORT": "2575",
+        "HL7_LANGUAGE": "FR",
+        "HL7_RECEIVING_APPLICATION": "RADRIS",
         "CORE_NAME_1": "chest",
         "API_URL_1": "http://simulator:8421",
         "TOKEN_1": "other-key",
@@ -134,6 +140,7 @@ def test_an_installer_answers_the_wizard_in_a_terminal(tmp_path: Path) -> None:
     settings = load_settings(environ={}, dotenv=link)
     assert [core.name for core in settings.cores] == ["default", "chest"]
     assert settings.hl7.enable and settings.hl7.ris_port == 2575
+    assert settings.hl7.language == "FR" and settings.hl7.receiving_application == "RADRIS"
 
     shown = pacsor_cli("setup", "--show", cwd=tmp_path)
     assert shown.returncode == 0
@@ -232,8 +239,10 @@ def test_compose_hands_the_site_file_to_the_containers(tmp_path: Path) -> None:
         text=True,
         timeout=60,
     )
-    if config.returncode != 0 and "compose" in config.stderr and "is not a docker command" in (
-        config.stderr
+    if (
+        config.returncode != 0
+        and "compose" in config.stderr
+        and "is not a docker command" in (config.stderr)
     ):
         pytest.skip("needs the Compose v2 plugin")
     assert config.returncode == 0, config.stderr
@@ -245,3 +254,31 @@ def test_compose_hands_the_site_file_to_the_containers(tmp_path: Path) -> None:
     assert services["dispatcher"]["environment"]["PACS_IP"] == "pacs.local"
     # The demo's defaults stay underneath what the site did not set.
     assert uploader["NATS_URL"] == "nats://nats:4222"
+
+
+@pytest.mark.skipif(shutil.which("docker") is None, reason="needs the docker CLI with Compose")
+def test_env_example_copied_as_env_keeps_the_demo_working(tmp_path: Path) -> None:
+    # A new user's first try: `cp .env.example .env`, then the demo profile.
+    shutil.copy(PROJECT / ".env.example", tmp_path / ".env")
+    for name in ("compose.yaml", "deploy"):
+        (tmp_path / name).symlink_to(PROJECT / name)
+    env = {k: v for k, v in os.environ.items() if k != "PACSOR_ENV_FILE"}
+    config = subprocess.run(
+        ["docker", "compose", "--profile", "demo", "config", "--format", "json"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if config.returncode != 0 and "is not a docker command" in config.stderr:
+        pytest.skip("needs the Compose v2 plugin")
+    assert config.returncode == 0, config.stderr
+    services = json.loads(config.stdout)["services"]
+    for handler in ("uploader", "poller"):
+        assert services[handler]["environment"]["TOKEN"] == "demo-token"
+        assert services[handler]["environment"]["API_URL"] == "http://simulator:8421"
+    assert services["dispatcher"]["environment"]["PACS_IP"] == "demo-pacs"
+    # The settings pacsor itself reads from them start every handler.
+    settings = load_settings(environ=services["dispatcher"]["environment"], dotenv=None)
+    assert [str(d) for d in settings.all_destinations()] == ["DEMOPACS@demo-pacs:11112"]

@@ -51,6 +51,14 @@ def test_every_event_of_0_1_decodes() -> None:
             if name in again:
                 assert again[name] == value, (raw["type"], name)
         kinds[raw["type"]] += 1
+        if isinstance(event, ev.StudyComplete):
+            # Schema 1 listed the instances; today's shape counts them and reads them back
+            # from the stream up to the event itself.
+            instances = raw["instances"]
+            assert isinstance(instances, list) and event.instance_count == len(instances)
+            at = ev.decode_at(json.dumps(raw).encode(), int(str(entry["sequence"])))
+            assert isinstance(at, ev.StudyComplete)
+            assert at.through_sequence == entry["sequence"]
     assert kinds == {
         "InstanceReceived": 4,
         "InstanceRejected": 1,
@@ -64,7 +72,10 @@ def test_every_event_of_0_1_decodes() -> None:
 
 def test_the_study_views_of_0_1_events() -> None:
     pairs = [
-        (int(str(e["sequence"])), ev.decode(json.dumps(e["event"]).encode()))
+        (
+            int(str(e["sequence"])),
+            ev.decode_at(json.dumps(e["event"]).encode(), int(str(e["sequence"]))),
+        )
         for e in recorded_by_0_1()
     ]
     views = fold(pairs)
@@ -116,9 +127,7 @@ async def test_a_study_in_flight_under_0_1_finishes_on_this_version(
         assert {study for study, _, _ in pacs.received} == {STUDIES["in_flight"]}
         # The finished study is left as it was: nothing redone, nothing added.
         assert await events.history(STUDIES["dispatched"]) == before
-        kinds = Counter(
-            type(r.event).__name__ for r in await events.history(STUDIES["in_flight"])
-        )
+        kinds = Counter(type(r.event).__name__ for r in await events.history(STUDIES["in_flight"]))
         assert kinds["StudyComplete"] == kinds["Uploaded"] == kinds["ResultReady"] == 1
     finally:
         await nc.close()

@@ -90,7 +90,7 @@ class EventLog:
             return None
         if msg.data is None or msg.seq is None:
             return None
-        return RecordedEvent(int(msg.seq), subject, ev.decode(msg.data))
+        return RecordedEvent(int(msg.seq), subject, ev.decode_at(msg.data, int(msg.seq)))
 
     async def history(self, study_uid: str) -> list[RecordedEvent]:
         """Every event of one study, oldest first."""
@@ -127,7 +127,7 @@ class EventLog:
                         remaining = 0
                         break
                     try:
-                        event = ev.decode(msg.data)
+                        event = ev.decode_at(msg.data, meta.sequence.stream)
                     except msgspec.MsgspecError as err:
                         log.error(
                             "unreadable event skipped",
@@ -179,7 +179,7 @@ def _readable(batch: list[Msg]) -> list[RecordedEvent]:
     for msg in batch:
         sequence = msg.metadata.sequence.stream
         try:
-            recorded.append(RecordedEvent(sequence, msg.subject, ev.decode(msg.data)))
+            recorded.append(RecordedEvent(sequence, msg.subject, ev.decode_at(msg.data, sequence)))
         except msgspec.MsgspecError as err:
             log.error("unreadable event skipped", extra={"seq": sequence, "error": str(err)})
     return recorded
