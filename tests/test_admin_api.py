@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote_plus
 
 import httpx
 import pytest
@@ -36,6 +37,8 @@ def admin_settings(nats_url: str, tmp_path: Path, **extra: str) -> Settings:
             "TOKEN": "api-key-for-the-ai",
             "PACS_IP": "10.0.0.1",
             "PACS_PORT": "104",
+            # The fixture studies are months old: no retention sweep may add events here.
+            "RETENTION_HOURS": "100000",
             **extra,
         },
         dotenv=None,
@@ -306,3 +309,25 @@ async def test_pacsor_run_admin_warns_when_exposed(nats_server: NatsServer, tmp_
         process.terminate()
         await process.wait()
     assert any("ADMIN_TOKEN: not set" in line and "WARNING" in line for line in lines)
+
+
+async def test_the_dashboard_form_replays_a_day_to_one_destination(
+    nc: Client, admin: httpx.AsyncClient
+) -> None:
+    last = await fixture_studies(nc)
+    await admin.get("/studies/1.2.3.99", params={"after": last})
+    page = await admin.get("/")
+    assert 'action="/ui/replay"' in page.text and PACS in page.text
+    since = (T0 + timedelta(minutes=9)).strftime("%Y-%m-%dT%H:%M")
+    sent = await admin.post("/ui/replay", data={"destination": "PACS", "since": since})
+    assert sent.status_code in {302, 303}
+    assert "3 result set(s)" in unquote_plus(sent.headers["location"])
+    recorded = await EventLog(nc.jetstream()).read("pacsor.study.*.*.replay_requested")
+    assert sorted(r.event.study_instance_uid for r in recorded) == [
+        "1.2.3.10",
+        "1.2.3.11",
+        "1.2.3.9",
+    ]
+    assert {getattr(r.event, "destination", "") for r in recorded} == {PACS}
+    bad = await admin.post("/ui/replay", data={"destination": "PACS", "since": "soon"})
+    assert bad.status_code in {302, 303} and "Not a time" in unquote_plus(bad.headers["location"])

@@ -11,7 +11,7 @@ all a ward PC needs.
 from __future__ import annotations
 
 import hmac
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import msgspec
@@ -21,7 +21,7 @@ from litestar.params import PathParameter, QueryParameter, URLEncodedBody
 from litestar.response import Redirect, Template
 
 from pacsor.admin.app import TOKEN_COOKIE, AnyRequest, _admin, _view_after, _who
-from pacsor.admin.operations import Refused, check_uid, request_relaunch
+from pacsor.admin.operations import Refused, check_uid, request_relaunch, request_replay
 from pacsor.admin.read_model import StudyFilter
 from pacsor.domain.event_text import detail
 from pacsor.domain.study_view import STATES
@@ -37,6 +37,11 @@ class LoginForm(msgspec.Struct, frozen=True):
 
 class RelaunchForm(msgspec.Struct, frozen=True):
     requested_by: str = ""
+
+
+class ReplayForm(msgspec.Struct, frozen=True):
+    destination: str = ""
+    since: str = ""
 
 
 def _when(at: datetime | None) -> str:
@@ -55,10 +60,14 @@ async def study_list(
     where = StudyFilter(
         state=study_state or None, q=q or None, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE
     )
-    views, total = _admin(request).model.query(where)
+    admin = _admin(request)
+    views, total = admin.model.query(where)
+    destinations = dict.fromkeys(str(d) for core in admin.settings.cores for d in core.destinations)
     return Template(
         template_name="studies.html",
         context={
+            "destinations": list(destinations),
+            "message": request.query_params.get("message", ""),
             "studies": views,
             "total": total,
             "page": page,
@@ -128,6 +137,28 @@ async def relaunch_from_page(
     )
 
 
+@post("/ui/replay", include_in_schema=False)
+async def replay_from_page(request: AnyRequest, data: URLEncodedBody[ReplayForm]) -> Redirect:
+    """The list page's form: every result made ready since a time, again to one destination."""
+    admin = _admin(request)
+    try:
+        since = datetime.fromisoformat(data.since)
+    except ValueError:
+        return Redirect(path="/", query_params={"message": f"Not a time: {data.since[:40]!r}"})
+    try:
+        accepted = await request_replay(
+            admin.events,
+            admin.model,
+            admin.settings,
+            data.destination,
+            since if since.tzinfo else since.replace(tzinfo=UTC),
+            _who(request, "", "dashboard"),
+        )
+    except Refused as err:
+        return Redirect(path="/", query_params={"message": err.message})
+    return Redirect(path="/", query_params={"message": accepted.message})
+
+
 @get("/login", include_in_schema=False, opt={"public": True})
 async def login_page() -> Template:
     return Template(template_name="login.html", context={"failed": False})
@@ -152,4 +183,4 @@ async def login(
     return response
 
 
-DASHBOARD = [study_list, study_page, relaunch_from_page, login_page, login]
+DASHBOARD = [study_list, study_page, relaunch_from_page, replay_from_page, login_page, login]
