@@ -88,6 +88,8 @@ async def dispatch_to_destination(
     calling_ae_title: str,
     policy: RetryPolicy,
 ) -> Outcome:
+    if not event.results:
+        return Emit()  # the API had no result objects (status empty): nothing to send
     where = str(destination)
     key = dispatch_progress_key(event.study_instance_uid, event.core, event.attempt, where)
     sop_uids = [r.sop_instance_uid for r in event.results]

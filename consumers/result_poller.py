@@ -1,29 +1,40 @@
-"""Uploaded → poll the AI's status → fetch each inference command's result objects →
-store them in PACSOR_RESULTS → ResultReady (or ResultFailed).
+"""Uploaded → poll the AI's status → fetch each inference command's result objects and
+JSON findings → store them in PACSOR_RESULTS → ResultReady (or ResultFailed).
 
 Polling is a NAK with delay: the wait between polls is kept by JetStream, not by this
-process, so a restart resumes polling where it was. A study that has no result
-RESULT_TIMEOUT_SECONDS after its upload fails with ResultFailed.
+process, so a restart resumes polling where it was. Every answer has its outcome:
+
+- status `error`, or results `forbidden`: ResultFailed with the API's message, no retry;
+- results `empty`: ResultReady with no objects (nothing is dispatched);
+- results still "running" after the status said done (the original's TimeoutReady), 429,
+  5xx and network errors: asked again, until RESULT_TIMEOUT_SECONDS after the upload, then
+  ResultFailed;
+- other 4xx: ResultFailed at once.
+
+Result objects are streamed into the bucket one by one (as multipart parts or from their
+signed URLs): one object at most is in memory, and only its header is kept to name it.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import timedelta
 from functools import partial
-from io import BytesIO
 
 import msgspec
 from pacsor.consumers.uploader import require_tokens
-from pydicom import dcmread
+from pydicom.dataset import Dataset
 
-from pacsor.ai.milvue_api import ApiError, MilvueApi, core_clients
+from pacsor.ai.milvue_api import FINDINGS_COMMANDS, ApiError, MilvueApi, core_clients
+from pacsor.dicom.header import MIN_PREFIX, HeaderError, parse_header
 from pacsor.domain import events as ev
 from pacsor.jetstream.blobs import BlobStore, sha256_digest
 from pacsor.jetstream.handler_runner import ConsumerSpec, Delivery, Emit, Outcome, Retry
 from pacsor.jetstream.subjects import (
     EVENTS_STREAM,
     core_events_filter,
+    findings_object_name,
     is_valid_uid,
     poll_consumer,
     result_object_name,
@@ -31,11 +42,13 @@ from pacsor.jetstream.subjects import (
 from pacsor.runtime import Component, Runtime, Started
 
 
-class PollSettings(msgspec.Struct, frozen=True):
+class PollSettings(msgspec.Struct, frozen=True, kw_only=True):
     core: str
     inference_commands: tuple[str, ...]
     poll_interval: float
     result_timeout: timedelta
+    # Query options of the results route (output_format, language, ...), from settings.
+    options: Mapping[str, str] = msgspec.field(default_factory=dict)
 
 
 def consumer(core: str) -> ConsumerSpec[ev.Uploaded]:
@@ -63,10 +76,9 @@ class ResultIdentity(msgspec.Struct, frozen=True):
     sop_class_uid: str
 
 
-def identify_result(data: bytes) -> ResultIdentity:
-    """The UIDs of a result object; ValueError when it is not usable DICOM."""
+def identify_result(ds: Dataset) -> ResultIdentity:
+    """The UIDs of a result object's header; ValueError when it is not usable DICOM."""
     try:
-        ds = dcmread(BytesIO(data), stop_before_pixels=True)
         identity = ResultIdentity(
             study_instance_uid=str(ds.StudyInstanceUID),
             sop_instance_uid=str(ds.SOPInstanceUID),
@@ -79,6 +91,40 @@ def identify_result(data: bytes) -> ResultIdentity:
             f"result object has an invalid SOPInstanceUID {identity.sop_instance_uid!r}"
         )
     return identity
+
+
+async def _store_result(
+    body: AsyncIterator[bytes], results: BlobStore, name_of: Callable[[str], str]
+) -> tuple[ResultIdentity, str, int]:
+    """Stream one result object into the bucket: (identity, object name, size).
+
+    The chunks are written as they come; the header, read from the first bytes, names it.
+    """
+    writer = results.writer()
+    prefix = bytearray()
+    header = None
+    try:
+        async for chunk in body:
+            await writer.write(chunk)
+            if header is None:
+                prefix += chunk
+                if len(prefix) >= MIN_PREFIX:
+                    header = parse_header(bytes(prefix), complete=False)
+                if header is not None:
+                    prefix.clear()
+        try:
+            header = header or parse_header(bytes(prefix), complete=True)
+        except HeaderError as err:
+            raise ValueError(f"result object is not readable DICOM: {err}") from err
+        assert header is not None
+        identity = identify_result(header.dataset)
+        name = name_of(identity.sop_instance_uid)
+        size = writer.size
+        await writer.commit(name)
+    except BaseException:
+        await writer.abort()
+        raise
+    return identity, name, size
 
 
 async def poll_results(
@@ -111,35 +157,53 @@ async def poll_results(
             )
         return Retry(max(settings.poll_interval, at_least or 0.0), reason)
 
+    def name_of(sop_uid: str) -> str:
+        return result_object_name(study, event.core, event.attempt, sop_uid)
+
+    stored: list[ev.ResultObject] = []
+    findings: list[ev.FindingsObject] = []
     try:
         status = await api.get_status(study)
         if status.status == "running":
             return wait("AI still running")
         if status.status != "done":
-            return failed(f"AI answered status {status.status!r}: {status.message}")
+            message = status.message or "no message"
+            return failed(f"AI answered status {status.status!r}: {message}")
 
-        stored: list[ev.ResultObject] = []
         for command in settings.inference_commands:
             # aclosing: leaving the loop early (a bad object) still releases the connection.
-            async with contextlib.aclosing(api.iter_results(study, command)) as objects:
-                async for data in objects:
+            async with contextlib.aclosing(
+                api.iter_results(study, command, settings.options)
+            ) as objects:
+                async for body in objects:
                     try:
-                        identity = identify_result(data)
+                        identity, name, size = await _store_result(body, results, name_of)
                     except ValueError as err:
                         return failed(f"{command}: {err}")
-                    name = result_object_name(
-                        study, event.core, event.attempt, identity.sop_instance_uid
-                    )
-                    await results.put(name, data, sha256_digest(data))
                     stored.append(
                         ev.ResultObject(
                             inference_command=command,
                             sop_instance_uid=identity.sop_instance_uid,
                             sop_class_uid=identity.sop_class_uid,
                             object_name=name,
-                            size=len(data),
+                            size=size,
                         )
                     )
+            if command in FINDINGS_COMMANDS:
+                options = (
+                    {"language": settings.options["language"]}
+                    if (command == "smarturgences" and "language" in settings.options)
+                    else {}
+                )
+                data = await api.get_findings(study, command, options)
+                name = findings_object_name(study, event.core, event.attempt, command)
+                digest = sha256_digest(data)
+                await results.put(name, data, digest)
+                findings.append(
+                    ev.FindingsObject(
+                        inference_command=command, object_name=name, size=len(data), digest=digest
+                    )
+                )
     except ApiError as err:
         if not err.retryable:
             return failed(str(err), err.status)
@@ -153,6 +217,7 @@ async def poll_results(
                 attempt=event.attempt,
                 results=tuple(stored),
                 api_version=status.version,
+                findings=tuple(findings),
             ),
         )
     )
@@ -174,6 +239,7 @@ async def run(rt: Runtime, started: Started) -> None:
                         inference_commands=() if core.kind == "tcr" else core.inference_commands,
                         poll_interval=s.poll_interval_seconds,
                         result_timeout=timedelta(seconds=s.result_timeout_seconds),
+                        options=s.result_options(),
                     ),
                 ),
             )

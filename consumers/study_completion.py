@@ -117,6 +117,4 @@ async def run(rt: Runtime, started: Started) -> None:
     await rt.run_consumers(consumers, started)
 
 
-COMPONENT = Component(
-    "completion", "quiet timer elapsed, RelaunchRequested -> StudyComplete", run
-)
+COMPONENT = Component("completion", "quiet timer elapsed, RelaunchRequested -> StudyComplete", run)

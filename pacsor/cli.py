@@ -15,7 +15,7 @@ from typing import Any
 
 from pacsor import logs
 from pacsor.components import BY_NAME
-from pacsor.config import ConfigError, Settings, load_settings, read_dotenv
+from pacsor.config import ConfigError, CoreSettings, Settings, load_settings, read_dotenv
 from pacsor.domain.event_text import describe
 from pacsor.gateway import components_of_up, run_gateway
 
@@ -379,11 +379,17 @@ def _echo(settings: Settings, peers: list[str]) -> int:
     from pacsor.config import parse_destination
     from pacsor.dicom.storage_scu import echo
 
-    destinations = [parse_destination("echo", peer) for peer in peers]
-    destinations = destinations or list(settings.all_destinations())
-    if not destinations:
-        raise ConfigError("PACS_IP: not set and DESTINATIONS is empty; name peers to echo")
     failed = 0
+    destinations = [parse_destination("echo", peer) for peer in peers]
+    if not destinations:
+        # Every AI core's API (reachable, token accepted), then every destination of any core.
+        for core, problem in asyncio.run(_check_cores(settings)):
+            failed += problem is not None
+            print(f"core {core.name} ({core.api_url}): {problem or 'ok, token accepted'}")
+        destinations = list(dict.fromkeys(d for core in settings.cores for d in core.destinations))
+        if not destinations:
+            print("no destination: PACS_IP is not set and DESTINATIONS is empty")
+            return 1
     for destination in destinations:
         problem = echo(
             destination.host, destination.port, destination.ae_title, settings.milvue_aet
@@ -391,6 +397,16 @@ def _echo(settings: Settings, peers: list[str]) -> int:
         failed += problem is not None
         print(f"{destination}: {problem or 'ok'}")
     return 1 if failed else 0
+
+
+async def _check_cores(settings: Settings) -> list[tuple[CoreSettings, str | None]]:
+    """Each core's API asked at once: a core that is down delays no other's answer."""
+    from pacsor.ai.milvue_api import core_clients
+
+    async with core_clients(settings) as clients:
+        inference = [(core, api) for core, api in clients if core.kind == "inference"]
+        problems = await asyncio.gather(*(api.check_access() for _, api in inference))
+        return [(core, problem) for (core, _), problem in zip(inference, problems, strict=True)]
 
 
 def _setup(args: argparse.Namespace) -> int:

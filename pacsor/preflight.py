@@ -16,15 +16,12 @@ from collections.abc import AsyncIterator
 import httpx
 import msgspec
 
-from pacsor.ai.milvue_api import ApiError, MilvueApi
+from pacsor.ai.milvue_api import MilvueApi
 from pacsor.config import Settings
 from pacsor.dicom.storage_scu import echo
 from pacsor.jetstream.broker import connect
 from pacsor.jetstream.broker_state import broker_state
 
-# The status of a study no one uploaded: 404 means the API knows the token, 403 that it does
-# not. A valid UID under the 2.25 (UUID) root, never a real study.
-PROBE_STUDY = "2.25.1"
 TIMEOUT = 10.0
 
 
@@ -104,15 +101,8 @@ async def _core(name: str, api_url: str, token: str) -> Check:
     if not token:
         return Check(check, "TOKEN is not set")
     async with MilvueApi(api_url, token, timeout=TIMEOUT) as api:
-        try:
-            await api.get_status(PROBE_STUDY)
-        except ApiError as err:
-            if err.status == 404:
-                return Check(check, None, "reachable, token accepted")
-            if err.status in (401, 403):
-                return Check(check, f"token refused (HTTP {err.status})")
-            return Check(check, str(err))
-    return Check(check, None, "reachable, token accepted")
+        problem = await api.check_access()
+    return Check(check, problem, "reachable, token accepted")
 
 
 async def _answers(check: str, url: str) -> Check:

@@ -11,6 +11,7 @@ from pathlib import Path
 from nats.aio.client import Client
 
 from pacsor.config import load_settings
+from pacsor.devtools.simulator import SimulatorSettings, running_simulator
 from pacsor.domain import events as ev
 from tests.harness import (
     ReceivingPacs,
@@ -136,22 +137,52 @@ def test_a_bad_demo_setting_is_one_line(tmp_path: Path) -> None:
     ]
 
 
-def test_echo_checks_every_destination(tmp_path: Path) -> None:
+def test_echo_checks_every_core_and_every_destination(tmp_path: Path) -> None:
     pacs = ReceivingPacs("ECHOPACS").start()
+    archive = ReceivingPacs("ARCHIVE").start()
+    down = f"http://127.0.0.1:{free_port()}"
     try:
-        nobody = f"NOBODY@127.0.0.1:{free_port()}"
-        result = pacsor_cli(
-            "echo",
-            cwd=tmp_path,
-            PACS_IP="127.0.0.1",
-            PACS_PORT=str(pacs.port),
-            PACS_AET="ECHOPACS",
-            DESTINATIONS=nobody,
-        )
+        with (
+            running_simulator(SimulatorSettings(token="good")) as (good_url, _),
+            running_simulator(SimulatorSettings(token="other")) as (refusing_url, _),
+        ):
+            nobody = f"NOBODY@127.0.0.1:{free_port()}"
+            result = pacsor_cli(
+                "echo",
+                cwd=tmp_path,
+                API_URL=good_url,
+                TOKEN="good",
+                API_URL_1=refusing_url,
+                TOKEN_1="good",
+                CORE_NAME_1="precert",
+                DESTINATIONS_1=archive.destination,
+                API_URL_2=down,
+                TOKEN_2="good",
+                PACS_IP="127.0.0.1",
+                PACS_PORT=str(pacs.port),
+                PACS_AET="ECHOPACS",
+                DESTINATIONS=nobody,
+            )
     finally:
         pacs.stop()
+        archive.stop()
     assert result.returncode == 1
-    assert result.stdout.splitlines() == [
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"core default ({good_url}): ok, token accepted"
+    assert lines[1] == f"core precert ({refusing_url}): token refused (HTTP 403)"
+    assert lines[2].startswith(f"core core2 ({down}): unreachable: ConnectError")
+    assert lines[3:] == [
         f"ECHOPACS@127.0.0.1:{pacs.port}: ok",
         f"{nobody}: refused or unreachable",
+        f"{archive.destination}: ok",
     ]
+
+
+def test_echo_of_named_peers_only(tmp_path: Path) -> None:
+    pacs = ReceivingPacs("ECHOPACS").start()
+    try:
+        result = pacsor_cli("echo", pacs.destination, cwd=tmp_path)
+    finally:
+        pacs.stop()
+    assert result.returncode == 0
+    assert result.stdout.splitlines() == [f"{pacs.destination}: ok"]

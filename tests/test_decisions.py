@@ -151,11 +151,15 @@ def test_truncated_datasets_are_detected() -> None:
 def test_result_objects_are_identified_or_refused() -> None:
     from pacsor.consumers.result_poller import identify_result
 
+    from pacsor.dicom.header import HeaderError, parse_header
+
     ds = make_image(STUDY)
-    identity = identify_result(to_bytes(ds))
+    header = parse_header(to_bytes(ds), complete=True)
+    assert header is not None
+    identity = identify_result(header.dataset)
     assert (identity.study_instance_uid, identity.sop_instance_uid) == (STUDY, ds.SOPInstanceUID)
-    with pytest.raises(ValueError, match="not readable DICOM"):
-        identify_result(b"<html>502 Bad Gateway</html>")
+    with pytest.raises(HeaderError, match="not a readable DICOM"):
+        parse_header(b"<html>502 Bad Gateway</html>", complete=True)
 
 
 def hold(heartbeat: datetime, associations: int = 1, released: datetime | None = None) -> Hold:
@@ -207,3 +211,23 @@ def test_dispatch_progress_settles_each_object_once() -> None:
     assert result.summary() == "2 delivered, 1 refused (0xC000), 1 not delivered (0xA702)"
     assert is_permanent_refusal(0xA900) and is_permanent_refusal(0x0122)
     assert not is_permanent_refusal(0xA700) and not is_permanent_refusal(-1)
+
+
+def test_events_read_as_one_line_naming_the_core_and_attempt() -> None:
+    from pacsor.domain.event_text import describe
+
+    uploaded = ev.Uploaded(
+        study_instance_uid="1.2.3", core="preprod", attempt=2, instance_count=3
+    )
+    failed = ev.DispatchFailed(
+        study_instance_uid="1.2.3",
+        core="default",
+        attempt=1,
+        destination="PACS@10.0.0.5:104",
+        reason="0xC000 for 1 object",
+        tries=4,
+    )
+    assert describe(uploaded).endswith("1.2.3  preprod attempt 2, 3 instances")
+    assert describe(failed).endswith(
+        "default attempt 1 to PACS@10.0.0.5:104 after 4 tries: 0xC000 for 1 object"
+    )

@@ -80,9 +80,7 @@ def test_every_service_has_a_healthcheck() -> None:
 def test_docker_build_context_holds_only_the_sources() -> None:
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert "*" in ignored  # everything is left out unless listed
-    assert {"!pacsor/", "!consumers/", "!streams/", "!pyproject.toml", "!README.md"} <= set(
-        ignored
-    )
+    assert {"!pacsor/", "!consumers/", "!streams/", "!pyproject.toml", "!README.md"} <= set(ignored)
 
 
 def test_demo_pacs_refuses_a_bad_port_in_one_line(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import random
 import socket
 import threading
@@ -14,7 +15,13 @@ import pydicom
 import pytest
 from pydicom.uid import SecondaryCaptureImageStorage
 
-from pacsor.ai.milvue_api import ApiError, MilvueApi, ResultsNotReady, StudyStatus
+from pacsor.ai.milvue_api import (
+    ApiError,
+    MilvueApi,
+    ResultsNotReady,
+    ResultsRefused,
+    StudyStatus,
+)
 from pacsor.ai.multipart import (
     boundary_from_content_type,
     content_type,
@@ -58,6 +65,11 @@ async def encode(parts: list[bytes], boundary: str) -> bytes:
 
 async def parse(chunks: list[bytes], boundary: bytes) -> list[tuple[dict[str, str], bytes]]:
     return [part async for part in iter_parts(from_chunks(chunks), boundary)]
+
+
+async def results_of(objects: AsyncIterator[AsyncIterator[bytes]]) -> list[bytes]:
+    """Every result object of an iter_results answer, read one after the other."""
+    return [b"".join([chunk async for chunk in body]) async for body in objects]
 
 
 def study_files(study: str, count: int) -> list[bytes]:
@@ -232,7 +244,7 @@ async def test_results_before_done_raise_results_not_ready(api: MilvueApi) -> No
     study = new_uid()
     await api.upload_study(study, [chunked(data, 4096) for data in study_files(study, 1)])
     with pytest.raises(ResultsNotReady) as raised:
-        _ = [obj async for obj in api.iter_results(study, "smarturgences")]
+        _ = await results_of(api.iter_results(study, "smarturgences"))
     assert raised.value.retryable
     with pytest.raises(ResultsNotReady):
         await api.get_findings(study, "smartxpert")
@@ -247,23 +259,24 @@ async def test_iter_results_gives_one_secondary_capture_per_image_and_command(
     await upload_and_finish(api, files)
     for command in ("smarturgences", "smartxpert"):
         objects = [
-            pydicom.dcmread(io.BytesIO(obj)) async for obj in api.iter_results(study, command)
+            pydicom.dcmread(io.BytesIO(obj))
+            for obj in await results_of(api.iter_results(study, command))
         ]
         assert [ds.SOPInstanceUID for ds in objects] == [result_sop_uid(s, command) for s in sops]
         assert {ds.SOPClassUID for ds in objects} == {SecondaryCaptureImageStorage}
         assert {ds.StudyInstanceUID for ds in objects} == {study}
     nothing = api.iter_results(study, "smarturgences", {"output_selection": "none"})
-    assert [obj async for obj in nothing] == []
+    assert await results_of(nothing) == []
 
 
 async def test_get_findings(api: MilvueApi) -> None:
     study = new_uid()
     files = study_files(study, 1)
     await upload_and_finish(api, files)
-    findings = await api.get_findings(study, "smarturgences")
+    findings = json.loads(await api.get_findings(study, "smarturgences", {"language": "fr"}))
     assert findings["status"] == "done" and findings["StudyInstanceUID"] == study
     assert findings["instances"][0]["bounding_boxes"]
-    measures = (await api.get_findings(study, "smartxpert"))["instances"][0]["measures"]
+    measures = json.loads(await api.get_findings(study, "smartxpert"))["instances"][0]["measures"]
     assert {m["type"] for m in measures} == {"angle", "length"}
     with pytest.raises(ValueError, match="smarturgences and smartxpert"):
         await api.get_findings(study, "detection")
@@ -275,8 +288,8 @@ async def test_not_ready_after_done_then_ready() -> None:
         async with MilvueApi(url, "any") as api:
             study = await upload_and_finish(api, study_files(new_uid(), 1))
             with pytest.raises(ResultsNotReady, match="not ready"):
-                _ = [obj async for obj in api.iter_results(study, "smartxpert")]
-            assert len([obj async for obj in api.iter_results(study, "smartxpert")]) == 1
+                _ = await results_of(api.iter_results(study, "smartxpert"))
+            assert len(await results_of(api.iter_results(study, "smartxpert"))) == 1
 
 
 async def test_quota_and_server_errors_are_retryable() -> None:
@@ -294,10 +307,10 @@ async def test_quota_and_server_errors_are_retryable() -> None:
 
             await api.get_status(study)
             with pytest.raises(ApiError) as failure:
-                _ = [obj async for obj in api.iter_results(study, "smarturgences")]
+                _ = await results_of(api.iter_results(study, "smarturgences"))
             assert failure.value.status == 500 and failure.value.retryable
             assert failure.value.retry_after is None
-            assert len([obj async for obj in api.iter_results(study, "smarturgences")]) == 1
+            assert len(await results_of(api.iter_results(study, "smarturgences"))) == 1
 
 
 async def test_wrong_token_unknown_study_and_bad_command_are_not_retryable(
@@ -321,7 +334,7 @@ async def test_wrong_token_unknown_study_and_bad_command_are_not_retryable(
 
     await api.upload_study(study, [chunked(d, 4096) for d in study_files(study, 1)])
     with pytest.raises(ApiError) as invalid:
-        _ = [obj async for obj in api.iter_results(study, "no-such-command")]
+        _ = await results_of(api.iter_results(study, "no-such-command"))
     assert invalid.value.status == 422 and not invalid.value.retryable
     assert "query.inference_command" in invalid.value.message
 
@@ -344,7 +357,7 @@ async def test_connection_refused_is_a_retryable_transport_error() -> None:
             with pytest.raises(ApiError) as refused:
                 await api.get_status("1.2.3")
             with pytest.raises(ApiError) as refused_results:
-                _ = [obj async for obj in api.iter_results("1.2.3", "smarturgences")]
+                _ = await results_of(api.iter_results("1.2.3", "smarturgences"))
     for error in (refused.value, refused_results.value):
         assert error.status is None and error.retryable
         assert str(error).startswith("transport error from GET /v3/studies/1.2.3")
@@ -410,10 +423,10 @@ async def test_iter_results_reads_the_other_answer_forms(
     with canned_server(content_type, body) as url:
         async with MilvueApi(url, TOKEN) as api:
             if expected is None:
-                assert [obj async for obj in api.iter_results("1.2", "smarturgences")] == []
+                assert await results_of(api.iter_results("1.2", "smarturgences")) == []
                 return
             with pytest.raises(expected) as raised:
-                _ = [obj async for obj in api.iter_results("1.2", "smarturgences")]
+                _ = await results_of(api.iter_results("1.2", "smarturgences"))
     assert raised.value.retryable == (expected is ResultsNotReady)
     assert raised.value.status == 200
 
@@ -423,3 +436,150 @@ def test_retryable_classification() -> None:
     assert [ApiError(s, "x").retryable for s in (400, 401, 403, 404, 409, 422)] == [False] * 6
     assert ApiError(None, "x").retryable
     assert ResultsNotReady(200, "running").retryable
+
+
+# --- signed URLs and the simulator's switches -------------------------------------------------
+
+
+def without_pixels(data: bytes) -> bytes:
+    ds = pydicom.dcmread(io.BytesIO(data))
+    del ds.PixelData
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+async def signed_upload(api: MilvueApi, files: list[bytes]) -> str:
+    study = str(pydicom.dcmread(io.BytesIO(files[0])).StudyInstanceUID)
+    urls = await api.upload_without_pixels(
+        study, [chunked(without_pixels(data), 1000) for data in files]
+    )
+    for data in files:
+        sop = str(pydicom.dcmread(io.BytesIO(data)).SOPInstanceUID)
+        await api.put_instance(urls[sop], chunked(data, 777), len(data))
+    return study
+
+
+async def test_signed_url_upload_and_results() -> None:
+    settings = SimulatorSettings(token=TOKEN, running_polls=1, signed_url="require")
+    with running_simulator(settings) as (url, state):
+        async with MilvueApi(url, TOKEN, signed_url=True) as api:
+            study = new_uid()
+            files = study_files(study, 3)
+            sops = [str(pydicom.dcmread(io.BytesIO(data)).SOPInstanceUID) for data in files]
+            urls = await api.upload_without_pixels(
+                study, [chunked(without_pixels(data), 1000) for data in files]
+            )
+            assert sorted(urls) == sorted(sops)
+            assert all(u.startswith(f"{url}/signed/upload/") for u in urls.values())
+            # Until every instance is PUT, the study is not done.
+            assert (await api.get_status(study)).status == "running"
+            for data, sop in zip(files, sops, strict=True):
+                await api.put_instance(urls[sop], chunked(data, 777), len(data))
+            snapshot = state.study(study)
+            assert snapshot is not None and snapshot.awaiting_put == ()
+            assert snapshot.headers_received == 3 and list(snapshot.instances) == sops
+            [(_, stored)] = [p for p in state.instance_paths(study) if p[0] == sops[0]]
+            assert stored.read_bytes() == files[0]  # the instance as it was sent
+            statuses = [(await api.get_status(study)).status for _ in range(2)]
+            assert statuses == ["running", "done"]
+            objects = await results_of(api.iter_results(study, "smartxpert"))
+            assert [pydicom.dcmread(io.BytesIO(o)).SOPInstanceUID for o in objects] == [
+                result_sop_uid(sop, "smartxpert") for sop in sops
+            ]
+            # A full instance in the POST is refused: the pixels go by PUT.
+            with pytest.raises(ApiError) as full:
+                await api.upload_without_pixels(study, [chunked(files[0], 1000)])
+            assert full.value.status == 400 and "pixel data" in full.value.message
+            # The plain STOW is refused by an environment that requires signed URLs.
+            with pytest.raises(ApiError) as stow:
+                await api.upload_study(study, [chunked(files[0], 1000)])
+            assert stow.value.status == 400 and "signed_url=true" in stow.value.message
+
+
+async def test_signed_put_faults_and_a_put_of_the_wrong_instance() -> None:
+    settings = SimulatorSettings(running_polls=0, put_faults=(503,))
+    with running_simulator(settings) as (url, _):
+        async with MilvueApi(url, TOKEN, signed_url=True) as api:
+            study = new_uid()
+            first, second = study_files(study, 2)
+            urls = await api.upload_without_pixels(
+                study, [chunked(without_pixels(d), 1000) for d in (first, second)]
+            )
+            sop = str(pydicom.dcmread(io.BytesIO(first)).SOPInstanceUID)
+            with pytest.raises(ApiError) as unavailable:
+                await api.put_instance(urls[sop], chunked(first, 1000))
+            assert unavailable.value.status == 503 and unavailable.value.retryable
+            assert "?" not in str(unavailable.value)  # no signature in messages
+            with pytest.raises(ApiError) as wrong:
+                await api.put_instance(urls[sop], chunked(second, 1000))
+            assert wrong.value.status == 400 and not wrong.value.retryable
+            await api.put_instance(urls[sop], chunked(first, 1000))
+            with pytest.raises(ApiError) as expired:
+                await api.put_instance(f"{url}/signed/upload/forged", chunked(first, 1000))
+            assert expired.value.status == 403
+
+
+@pytest.mark.parametrize("signed", [False, True])
+async def test_empty_and_forbidden_outcomes(signed: bool) -> None:
+    for outcome in ("empty", "forbidden"):
+        settings = SimulatorSettings(running_polls=0, outcome=outcome)  # type: ignore[arg-type]
+        with running_simulator(settings) as (url, _):
+            async with MilvueApi(url, TOKEN, signed_url=signed) as api:
+                files = study_files(new_uid(), 1)
+                study = await (
+                    signed_upload(api, files) if signed else upload_and_finish(api, files)
+                )
+                assert (await api.get_status(study)).status == "done"
+                if outcome == "empty":
+                    assert await results_of(api.iter_results(study, "smarturgences")) == []
+                    assert json.loads(await api.get_findings(study, "smarturgences"))["findings"]
+                    continue
+                with pytest.raises(ResultsRefused) as refused:
+                    await results_of(api.iter_results(study, "smarturgences"))
+                assert "forbidden" in str(refused.value) and "licence" in str(refused.value)
+                assert not refused.value.retryable
+                with pytest.raises(ResultsRefused):
+                    await api.get_findings(study, "smartxpert")
+
+
+async def test_error_outcome_is_in_the_status() -> None:
+    with running_simulator(SimulatorSettings(running_polls=1, outcome="error")) as (url, _):
+        async with MilvueApi(url, TOKEN) as api:
+            study = await upload_and_finish_or_error(api, study_files(new_uid(), 1))
+            status = await api.get_status(study)
+            assert status.status == "error" and "Simulated" in status.message
+
+
+async def upload_and_finish_or_error(api: MilvueApi, files: list[bytes]) -> str:
+    study = str(pydicom.dcmread(io.BytesIO(files[0])).StudyInstanceUID)
+    await api.upload_study(study, [chunked(data, 1000) for data in files])
+    assert (await api.get_status(study)).status == "running"
+    return study
+
+
+@pytest.mark.parametrize("signed", [False, True])
+async def test_a_dropped_connection_is_a_retryable_transport_error(signed: bool) -> None:
+    with running_simulator(SimulatorSettings(running_polls=0, drop_connections=1)) as (url, st):
+        async with MilvueApi(url, TOKEN, signed_url=signed) as api:
+            files = study_files(new_uid(), 1)
+            with pytest.raises(ApiError) as dropped:
+                await (signed_upload(api, files) if signed else upload_and_finish(api, files))
+            assert dropped.value.status is None and dropped.value.retryable
+            study = await (signed_upload(api, files) if signed else upload_and_finish(api, files))
+            snapshot = st.study(study)
+            assert snapshot is not None and list(snapshot.instances.values()) == [1]
+
+
+async def test_latency_and_always_failing() -> None:
+    with running_simulator(SimulatorSettings(latency_seconds=0.3)) as (url, _):
+        async with MilvueApi(url, TOKEN, timeout=0.1) as api:
+            with pytest.raises(ApiError) as slow:
+                await api.get_status("1.2.3")
+            assert slow.value.status is None and "Timeout" in slow.value.message
+    with running_simulator(SimulatorSettings(always_fail=503)) as (url, _):
+        async with MilvueApi(url, TOKEN) as api:
+            for _ in range(3):
+                with pytest.raises(ApiError) as down:
+                    await api.get_status("1.2.3")
+                assert down.value.status == 503

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import Counter
 from io import BytesIO
 from pathlib import Path
@@ -16,7 +17,7 @@ from pacsor.devtools.simulator import SimulatorSettings, running_simulator
 from pacsor.dicom.storage_scu import send_files
 from pacsor.domain import events as ev
 from pacsor.domain.completion import attempt_instances
-from pacsor.jetstream.blobs import BlobStore
+from pacsor.jetstream.blobs import BlobStore, sha256_digest
 from pacsor.jetstream.eventlog import EventLog
 from pacsor.jetstream.subjects import RESULTS_BUCKET
 from tests.harness import (
@@ -81,16 +82,33 @@ async def test_study_goes_through_to_every_destination(
     events = EventLog(nc.jetstream())
     history = [r.event for r in await events.history(study)]
     kinds = [type(e).__name__ for e in history]
-    assert kinds[:6] == ["InstanceReceived"] * 3 + ["StudyComplete", "Uploaded", "ResultReady"]
-    assert sorted(kinds[6:]) == ["Dispatched", "Dispatched"]
-    complete, uploaded, ready = history[3], history[4], history[5]
+    assert kinds[:7] == ["InstanceReceived"] * 3 + [
+        "StudyComplete",
+        "InstancesUploaded",
+        "Uploaded",
+        "ResultReady",
+    ]
+    assert sorted(kinds[7:]) == ["Dispatched", "Dispatched"]
+    complete, batch, uploaded, ready = history[3:7]
     assert isinstance(complete, ev.StudyComplete) and complete.attempt == 1
     assert complete.instance_count == len(sops)
     attempt = attempt_instances(await events.history(study), complete.through_sequence)
     assert sorted(i.sop_instance_uid for i in attempt) == sorted(sops)
+    assert isinstance(batch, ev.InstancesUploaded)
+    assert sorted(i.sop_instance_uid for i in batch.instances) == sorted(sops)
     assert isinstance(uploaded, ev.Uploaded) and (uploaded.core, uploaded.attempt) == ("default", 1)
+    assert uploaded.signed_url and uploaded.instance_count == 3  # SIGNED_URL is the default
     assert isinstance(ready, ev.ResultReady) and len(ready.results) == 2 * len(sops)
     assert {r.inference_command for r in ready.results} == {"smarturgences", "smartxpert"}
+    # The JSON findings of both commands are in the results bucket, as the API sent them.
+    assert [f.inference_command for f in ready.findings] == ["smarturgences", "smartxpert"]
+    store = BlobStore(nc, nc.jetstream(), RESULTS_BUCKET)
+    for findings in ready.findings:
+        data = await store.get(findings.object_name)
+        assert len(data) == findings.size and sha256_digest(data) == findings.digest
+        body = json.loads(data)
+        assert body["status"] == "done" and body["StudyInstanceUID"] == study
+        assert sorted(i["SOPInstanceUID"] for i in body["instances"]) == sorted(sops)
 
 
 async def test_a_destination_down_never_blocks_the_others(

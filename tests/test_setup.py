@@ -239,8 +239,10 @@ def test_compose_hands_the_site_file_to_the_containers(tmp_path: Path) -> None:
         text=True,
         timeout=60,
     )
-    if config.returncode != 0 and "compose" in config.stderr and "is not a docker command" in (
-        config.stderr
+    if (
+        config.returncode != 0
+        and "compose" in config.stderr
+        and "is not a docker command" in (config.stderr)
     ):
         pytest.skip("needs the Compose v2 plugin")
     assert config.returncode == 0, config.stderr

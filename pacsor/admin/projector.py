@@ -29,9 +29,7 @@ class Observer(Protocol):
 
 
 class Projector:
-    def __init__(
-        self, events: EventLog, model: ReadModel, observe: Observer | None = None
-    ) -> None:
+    def __init__(self, events: EventLog, model: ReadModel, observe: Observer | None = None) -> None:
         self._events = events
         self.model = model
         self._observe = observe

@@ -3,6 +3,15 @@
 Every failure surfaces as ApiError, whose `retryable` tells the caller whether trying again
 later may help; the retry policy itself belongs to the caller. Uploads and result downloads
 are streamed: neither a whole study nor a whole result body is held in memory.
+
+Two ways of moving DICOM, as the API offers them:
+
+- multipart STOW/WADO (on-premise APIs): `upload_study` posts the instances in one
+  multipart/related body, `iter_results` reads the result objects from one;
+- signed URLs (cloud environments): `upload_without_pixels` posts the instances without their
+  pixel data and gets one URL per SOPInstanceUID, `put_instance` PUTs each full instance to
+  its URL; with `signed_url=True`, `iter_results` lists the results as URLs and downloads them
+  one by one.
 """
 
 from __future__ import annotations
@@ -32,8 +41,21 @@ from pacsor.config import CoreSettings, Settings
 
 OWNER_HEADER = "x-goog-meta-owner"
 RESULTS_ACCEPT = f'multipart/related; type="{DICOM_MEDIA_TYPE}"'
+# The commands whose findings the contract defines as JSON (GET /v3/<command>/{uid}).
 FINDINGS_COMMANDS = ("smarturgences", "smartxpert")
+# The query options of the results route, by the name of their setting.
+RESULT_OPTIONS = (
+    "output_format",
+    "language",
+    "output_selection",
+    "structured_report_format",
+    "static_report_format",
+    "recap_theme",
+    "timezone",
+)
 _RETRYABLE_STATUSES = frozenset({408, 429})
+# A valid UID that no modality uses (2.25 root, UUID 0): `check_access` asks its status.
+PROBE_STUDY_UID = "2.25.0"
 _MAX_ERROR_TEXT = 300
 
 T = TypeVar("T")
@@ -89,9 +111,22 @@ class ResultsNotReady(ApiError):
         return True
 
 
+class ResultsRefused(ApiError):
+    """The API answered `forbidden` (or `error`) where results were asked for: final."""
+
+    @property
+    def retryable(self) -> bool:
+        return False
+
+
 class UploadResponse(msgspec.Struct, frozen=True):
     study_instance_uid: str = msgspec.field(name="StudyInstanceUID")
     message: str = ""
+
+
+class SignedUploadResponse(msgspec.Struct, frozen=True):
+    study_instance_uid: str = msgspec.field(name="StudyInstanceUID")
+    signed_urls: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 class StudyStatus(msgspec.Struct, frozen=True):
@@ -105,6 +140,10 @@ class _JsonStatus(msgspec.Struct, frozen=True):
 
     status: str
     message: str = ""
+    signed_urls: list[str] | None = None
+
+
+ResultBody = AsyncIterator[bytes]
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -163,7 +202,12 @@ def _is_json(response: httpx.Response) -> bool:
 class MilvueApi:
     """Async client of the Milvue v3 API; use as an async context manager or call aclose()."""
 
-    def __init__(self, base_url: str, token: str, timeout: float = 60.0) -> None:
+    def __init__(
+        self, base_url: str, token: str, timeout: float = 60.0, signed_url: bool = False
+    ) -> None:
+        self.signed_url = signed_url
+        # One client (and so one connection pool) per API: a slow core holds no other's.
+        # The owner header goes to signed URLs too: they are signed for it.
         self._client = httpx.AsyncClient(
             base_url=base_url.rstrip("/"),
             headers={OWNER_HEADER: token},
@@ -202,6 +246,53 @@ class MilvueApi:
         )
         return self._decode(response, "POST", path, UploadResponse)
 
+    async def upload_without_pixels(
+        self, study_uid: str, parts: Sequence[PartFactory]
+    ) -> dict[str, str]:
+        """POST /v3/studies?signed_url=true: the instances without their pixel data.
+
+        Returns the URL to PUT each full instance to, by SOPInstanceUID.
+        """
+        if not parts:
+            raise ValueError(f"study {study_uid}: nothing to upload")
+        boundary = new_boundary()
+        path = "/v3/studies"
+        response = await self._send(
+            "POST",
+            path,
+            params={"signed_url": "true"},
+            content=encode_related(parts, boundary),
+            headers={"Content-Type": content_type(boundary), "Accept": "application/json"},
+        )
+        return self._decode(response, "POST", path, SignedUploadResponse).signed_urls
+
+    async def put_instance(self, url: str, body: PartFactory, size: int | None = None) -> None:
+        """PUT one full instance, streamed, to its signed URL (Content-Type application/dicom).
+
+        With its `size`, the body goes with a Content-Length rather than chunked.
+        """
+        headers = {"Content-Type": DICOM_MEDIA_TYPE}
+        if size is not None:
+            headers["Content-Length"] = str(size)
+        await self._send("PUT", url, content=body(), headers=headers, label=_url_path(url))
+
+    async def check_access(self) -> str | None:
+        """None when the API answers and accepts the token, else what is wrong (one line).
+
+        Asks the status of a study no one uploaded: "not found" means the key was accepted.
+        """
+        try:
+            await self.get_status(PROBE_STUDY_UID)
+        except ApiError as err:
+            if err.status == 404:
+                return None
+            if err.status is None:
+                return f"unreachable: {err.message}"
+            if err.status in (401, 403):
+                return f"token refused (HTTP {err.status})"
+            return str(err)
+        return None
+
     async def get_status(self, study_uid: str) -> StudyStatus:
         """GET /v3/studies/{uid}/status: done, running or error."""
         path = f"/v3/studies/{_uid(study_uid)}/status"
@@ -213,14 +304,26 @@ class MilvueApi:
         study_uid: str,
         inference_command: str,
         options: Mapping[str, str] | None = None,
-    ) -> AsyncGenerator[bytes, None]:
+    ) -> AsyncGenerator[ResultBody, None]:
         """GET /v3/studies/{uid}?inference_command=...: yield each result DICOM object.
 
-        `options` adds query parameters (output_format, language, ...). An empty multipart
-        answer yields nothing. Raises ResultsNotReady when the server says "running".
+        Each object is an async iterator of its bytes, to be read before asking for the next
+        one. `options` adds query parameters (output_format, language, ...). No objects
+        ("empty", or an empty multipart body) yields nothing. Raises ResultsNotReady when the
+        server says "running", ResultsRefused when it says "forbidden".
         """
         path = f"/v3/studies/{_uid(study_uid)}"
         params = {**(options or {}), "inference_command": inference_command}
+        if self.signed_url:
+            params["signed_url"] = "true"
+            response = await self._send(
+                "GET", path, params=params, headers={"Accept": "application/json"}
+            )
+            urls = self._check_json_status(response, "GET", path, signed=True)
+            for url in urls:
+                async with self._download(url) as download:
+                    yield download
+            return
         request = self._client.build_request(
             "GET", path, params=params, headers={"Accept": RESULTS_ACCEPT}
         )
@@ -234,15 +337,15 @@ class MilvueApi:
                     return  # JSON "empty": no result objects
                 try:
                     boundary = boundary_from_content_type(response.headers.get("content-type", ""))
-                    async for headers, body in iter_parts(
+                    async for headers, part in iter_parts(
                         response.aiter_bytes(), boundary.encode("latin-1")
                     ):
                         part_type = headers.get("content-type", DICOM_MEDIA_TYPE)
                         if part_type.split(";")[0].strip().lower() == "application/json":
                             # The status, wrapped in a multipart answer (see the OpenAPI text).
-                            self._check_json_status(response, "GET", path, body)
+                            self._check_json_status(response, "GET", path, part)
                             continue
-                        yield body
+                        yield _one_chunk(part)
                 except ValueError as exc:
                     raise ApiError(
                         response.status_code,
@@ -255,10 +358,38 @@ class MilvueApi:
         except httpx.RequestError as exc:
             raise _transport_error(exc, "GET", path) from exc
 
-    async def get_findings(self, study_uid: str, inference_command: str) -> dict[str, Any]:
-        """GET /v3/{smarturgences|smartxpert}/{uid}: the findings as JSON.
+    @contextlib.asynccontextmanager
+    async def _download(self, url: str) -> AsyncIterator[ResultBody]:
+        """GET one signed URL, its body streamed."""
+        path = _url_path(url)
+        request = self._client.build_request("GET", url, headers={"Accept": DICOM_MEDIA_TYPE})
+        try:
+            response = await self._client.send(request, stream=True)
+        except httpx.RequestError as exc:
+            raise _transport_error(exc, "GET", path) from exc
+        try:
+            if response.is_error:
+                await response.aread()
+                self._raise_for_status(response, "GET", path)
 
-        Raises ResultsNotReady while the answer's status is "running".
+            async def body() -> AsyncIterator[bytes]:
+                try:
+                    async for chunk in response.aiter_bytes():
+                        yield chunk
+                except httpx.RequestError as exc:
+                    raise _transport_error(exc, "GET", path) from exc
+
+            yield body()
+        finally:
+            await response.aclose()
+
+    async def get_findings(
+        self, study_uid: str, inference_command: str, options: Mapping[str, str] | None = None
+    ) -> bytes:
+        """GET /v3/{smarturgences|smartxpert}/{uid}: the findings, as the JSON the API sent.
+
+        Raises ResultsNotReady while the answer's status is "running", ResultsRefused when it
+        is "forbidden".
         """
         if inference_command not in FINDINGS_COMMANDS:
             raise ValueError(
@@ -266,18 +397,24 @@ class MilvueApi:
                 f"not {inference_command!r}"
             )
         path = f"/v3/{inference_command}/{_uid(study_uid)}"
-        response = await self._send("GET", path, headers={"Accept": "application/json"})
+        response = await self._send(
+            "GET", path, params=dict(options or {}), headers={"Accept": "application/json"}
+        )
         findings: dict[str, Any] = self._decode(response, "GET", path, dict)
         if findings.get("status") != "done":
             self._check_json_status(response, "GET", path)
-        return findings
+        return response.content
 
-    async def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    async def _send(
+        self, method: str, path: str, label: str | None = None, **kwargs: Any
+    ) -> httpx.Response:
+        """One request; `label` names it in errors (a signed URL's query is a secret)."""
+        label = label or path
         try:
             response = await self._client.request(method, path, **kwargs)
         except httpx.RequestError as exc:
-            raise _transport_error(exc, method, path) from exc
-        self._raise_for_status(response, method, path)
+            raise _transport_error(exc, method, label) from exc
+        self._raise_for_status(response, method, label)
         return response
 
     @staticmethod
@@ -306,12 +443,18 @@ class MilvueApi:
 
     @classmethod
     def _check_json_status(
-        cls, response: httpx.Response, method: str, path: str, body: bytes | None = None
-    ) -> None:
+        cls,
+        response: httpx.Response,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        signed: bool = False,
+    ) -> list[str]:
         """Act on a JSON status received where result objects were expected.
 
-        "running" raises ResultsNotReady and "empty" means no objects; anything else (done,
-        forbidden, unparseable) is an error, since objects or findings were asked for.
+        "running" raises ResultsNotReady, "forbidden" (and "error") ResultsRefused; "empty"
+        means no objects. With `signed` (results asked as signed URLs), "done" returns the
+        URLs it lists, none when it lists none.
         """
         raw = response.content if body is None else body
         try:
@@ -324,7 +467,9 @@ class MilvueApi:
                 path=path,
             ) from exc
         if status.status == "empty":
-            return
+            return []
+        if status.status == "done" and signed:
+            return status.signed_urls or []
         if status.status == "running":
             message = "results not ready (status running)"
             if status.message:
@@ -333,11 +478,22 @@ class MilvueApi:
         message = f"answered status {status.status!r} instead of results"
         if status.message:
             message += f": {status.message}"
+        if status.status in ("forbidden", "error"):
+            raise ResultsRefused(response.status_code, message, method=method, path=path)
         raise ApiError(response.status_code, message, method=method, path=path)
 
 
 def _uid(uid: str) -> str:
     return quote(uid, safe="")
+
+
+def _url_path(url: str) -> str:
+    """A URL without its query, for messages: the signature of a signed URL stays secret."""
+    return url.split("?", 1)[0]
+
+
+async def _one_chunk(data: bytes) -> AsyncIterator[bytes]:
+    yield data
 
 
 def _transport_error(exc: httpx.RequestError, method: str, path: str) -> ApiError:
@@ -353,6 +509,11 @@ async def core_clients(settings: Settings) -> AsyncIterator[list[tuple[CoreSetti
     """A client for each AI core of the settings, closed together."""
     async with contextlib.AsyncExitStack() as stack:
         yield [
-            (core, stack.push_async_exit(MilvueApi(core.api_url, core.token, timeout)))
+            (
+                core,
+                stack.push_async_exit(
+                    MilvueApi(core.api_url, core.token, timeout, signed_url=core.signed_url)
+                ),
+            )
             for core, timeout in ((c, settings.api_timeout_seconds) for c in settings.cores)
         ]

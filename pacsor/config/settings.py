@@ -36,6 +36,23 @@ NatsUrl = Annotated[str, Meta(pattern=r"^(nats|tls|ws|wss)://[^/\s]+$")]
 Profile = Literal["Default", "WithSC", "WithRF", "WithSCRF", "All"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 CoreKind = Literal["inference", "tcr"]
+# The result options of the API's results route, with the values the contract allows.
+OutputFormat = Literal["overlay", "highbit", "gsps"]
+Language = Literal["fr", "en", "es", "de", "it", "pt"]
+OutputSelection = Literal["all", "no_recap", "no_negatives", "none"]
+StructuredReportFormat = Literal["lite", "normal", "full", "none"]
+StaticReportFormat = Literal["rgb", "pdf", "none"]
+RecapTheme = Literal["dark", "light"]
+TimeZone = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_+\-/]{1,64}$")]
+RESULT_OPTIONS = (
+    "output_format",
+    "language",
+    "output_selection",
+    "structured_report_format",
+    "static_report_format",
+    "recap_theme",
+    "timezone",
+)
 
 # What a pattern means, for the one line a person reads.
 _PATTERN_HINTS: dict[Any, str] = {
@@ -44,6 +61,7 @@ _PATTERN_HINTS: dict[Any, str] = {
     CoreName: "lower-case letters, digits and '-'",
     InferenceCommand: "not an inference command name",
     NatsUrl: "expected nats://host:port",
+    TimeZone: "expected a time zone such as Europe/Paris",
 }
 
 
@@ -103,7 +121,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     token: str = ""
     core_name: CoreName = "default"
     core_kind: CoreKind = "inference"
-    signed_url: bool = False
+    # Signed URLs, as cloud environments take them; false: multipart STOW (on-premise APIs).
+    signed_url: bool = True
     inference_commands: Annotated[tuple[InferenceCommand, ...], Meta(min_length=1)] = (
         "smarturgences",
         "smartxpert",
@@ -112,6 +131,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     poll_interval_seconds: Seconds = 3.0
     result_timeout_seconds: Seconds = 600.0
     api_timeout_seconds: Seconds = 60.0
+    # Uploads, for every core
+    upload_batch_size: Annotated[int, Meta(ge=1, le=10_000)] = 100
+    upload_rate_limit: Annotated[float, Meta(ge=0)] = 0.0  # instances/s per core; 0: no limit
+    no_duplicate_upload: bool = True
+    # Result options sent with every result request (unset: the API's default)
+    output_format: OutputFormat | None = None
+    language: Language | None = None
+    output_selection: OutputSelection | None = None
+    structured_report_format: StructuredReportFormat | None = None
+    static_report_format: StaticReportFormat | None = None
+    recap_theme: RecapTheme | None = None
+    timezone: TimeZone | None = None
     # Result destinations
     pacs_ip: str = ""
     pacs_port: Port = 104
@@ -146,6 +177,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
         """The PACS (when PACS_IP is set) followed by every extra destination."""
         pacs = (Destination(self.pacs_aet, self.pacs_ip, self.pacs_port),) if self.pacs_ip else ()
         return pacs + self.destinations
+
+    def result_options(self) -> dict[str, str]:
+        """The result options that are set, as the results route's query parameters."""
+        options = {name: getattr(self, name) for name in RESULT_OPTIONS}
+        return {name: value for name, value in options.items() if value is not None}
 
     @property
     def nats_servers(self) -> str:

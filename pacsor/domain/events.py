@@ -92,11 +92,25 @@ class ResultObject(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class FindingsObject(msgspec.Struct, frozen=True, kw_only=True):
-    """The JSON findings of one inference command, stored in the results bucket."""
+    """The JSON findings of one inference command, as the API sent them, in the results
+    bucket (`<study>/<core>/<attempt>/findings/<command>.json`)."""
 
     inference_command: str
     object_name: str
     size: int
+    digest: str
+
+
+class SkippedInstance(msgspec.Struct, frozen=True, kw_only=True):
+    """An instance of the study that was not uploaded to a core, and why."""
+
+    sop_instance_uid: str
+    reason: str  # "filtered", "already uploaded" or "unreadable: ..."
+    rule: str = ""  # the DICOM filter rule that skipped it, as written in the settings
+
+
+class UploadedInstance(msgspec.Struct, frozen=True, kw_only=True):
+    sop_instance_uid: str
     digest: str
 
 
@@ -191,14 +205,57 @@ class StudyComplete(Event, frozen=True, kw_only=True):
 # --- AI API -------------------------------------------------------------------------------
 
 
+class InstancesSkipped(CoreEvent, frozen=True, kw_only=True):
+    """Instances of `attempt` not uploaded to `core`: filtered out, or uploaded before.
+
+    A large study has several, `part` 1, 2, ..., each listing at most a few hundred.
+    """
+
+    topic: ClassVar[str] = "skipped"
+    step: ClassVar[str] = "skipped"
+
+    part: int
+    skipped: tuple[SkippedInstance, ...]
+
+    def idempotency_key(self) -> str:
+        return f"{super().idempotency_key()}:{self.part}"
+
+
+class InstancesUploaded(CoreEvent, frozen=True, kw_only=True):
+    """One batch of `attempt` accepted by `core`: what NO_DUPLICATE_UPLOAD reads back, and
+    where an upload interrupted by a crash or a retry resumes."""
+
+    topic: ClassVar[str] = "batch_uploaded"
+    step: ClassVar[str] = "batch"
+
+    batch: int
+    instances: tuple[UploadedInstance, ...]
+
+    def idempotency_key(self) -> str:
+        return f"{super().idempotency_key()}:{self.batch}"
+
+
 class Uploaded(CoreEvent, frozen=True, kw_only=True):
     """The AI core accepted the study's instances; its answer is in `api_message`."""
 
     topic: ClassVar[str] = "uploaded"
     step: ClassVar[str] = "upload"
 
-    instance_count: int
+    instance_count: int  # uploaded in this attempt
     api_message: str = ""
+    skipped_count: int = 0  # filtered out or uploaded before (see InstancesSkipped)
+    signed_url: bool = False
+
+
+class NothingToUpload(CoreEvent, frozen=True, kw_only=True):
+    """Every instance of `attempt` was filtered out for `core`: the study is not uploaded
+    there. A final state: the reason says which rules left nothing."""
+
+    topic: ClassVar[str] = "nothing_to_upload"
+    step: ClassVar[str] = "upload"
+
+    reason: str
+    skipped_count: int
 
 
 class ApiFailure(CoreEvent, frozen=True, kw_only=True):
@@ -218,7 +275,9 @@ class UploadFailed(ApiFailure, frozen=True, kw_only=True):
 
 
 class ResultReady(CoreEvent, frozen=True, kw_only=True):
-    """The AI's result objects are stored in the results bucket, ready to dispatch."""
+    """The AI's result objects are stored in the results bucket, ready to dispatch. No
+    `results` means the API had none for this study (status `empty`): recorded, and nothing
+    is dispatched."""
 
     topic: ClassVar[str] = "result_ready"
     step: ClassVar[str] = "result"
@@ -244,7 +303,6 @@ class Dispatched(DestinationEvent, frozen=True, kw_only=True):
     topic: ClassVar[str] = "dispatched"
 
     sop_instance_uids: tuple[str, ...]
-
 
 
 class ObjectStatus(msgspec.Struct, frozen=True, kw_only=True):
@@ -444,8 +502,11 @@ AnyEvent = (
     InstanceReceived
     | InstanceRejected
     | StudyComplete
+    | InstancesSkipped
+    | InstancesUploaded
     | Uploaded
     | UploadFailed
+    | NothingToUpload
     | ResultReady
     | ResultFailed
     | Dispatched
@@ -463,8 +524,11 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     InstanceReceived,
     InstanceRejected,
     StudyComplete,
+    InstancesSkipped,
+    InstancesUploaded,
     Uploaded,
     UploadFailed,
+    NothingToUpload,
     ResultReady,
     ResultFailed,
     Dispatched,

@@ -15,8 +15,9 @@ import base64
 import hashlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from datetime import UTC, datetime
+from typing import Any
 
 import msgspec
 from nats.aio.client import Client
@@ -144,6 +145,33 @@ class BlobStore:
             await self._discard_chunks(self._chunk_subject(existing.nuid))
         return info
 
+    def writer(self) -> BlobWriter:
+        """Write an object whose bytes arrive in pieces and whose name is known at the end."""
+        return BlobWriter(self)
+
+    async def _commit(self, name: str, nuid: str, size: int, chunks: int, digest: str) -> BlobInfo:
+        """Publish the metadata that makes written chunks the object `name`."""
+        existing = await self.info(name)
+        if existing is not None and existing.digest == digest and existing.size == size:
+            await self._discard_chunks(self._chunk_subject(nuid))
+            return existing
+        info = BlobInfo(
+            name=name, bucket=self.bucket, nuid=nuid, size=size, chunks=chunks, digest=digest
+        )
+        meta = msgspec.structs.asdict(info)
+        del meta["deleted"]
+        meta["mtime"] = datetime.now(UTC).isoformat()
+        meta["options"] = {"max_chunk_size": self._chunk_size}
+        await self._js.publish(
+            self._meta_subject(name),
+            json.dumps(meta).encode(),
+            headers={ROLLUP_HEADER: ROLLUP_SUBJECT},
+            timeout=self._timeout,
+        )
+        if existing is not None:
+            await self._discard_chunks(self._chunk_subject(existing.nuid))
+        return info
+
     async def _discard_chunks(self, chunk_subject: str) -> None:
         # Orphaned chunks only waste space until max_age; failing to purge them is not an error
         # worth hiding the original one for.
@@ -152,7 +180,9 @@ class BlobStore:
         except Exception:  # logged, not swallowed: the caller's own error is the one raised
             log.warning("could not purge chunks", extra={"subject": chunk_subject}, exc_info=True)
 
-    async def chunks(self, name: str, expected_digest: str | None = None) -> AsyncIterator[bytes]:
+    async def chunks(
+        self, name: str, expected_digest: str | None = None
+    ) -> AsyncGenerator[bytes, None]:
         """Yield the object's bytes chunk by chunk.
 
         Raises BlobError when the bytes do not match the object's digest, or the object's
@@ -214,3 +244,57 @@ class BlobStore:
         )
         await self._js.purge_stream(self.stream, subject=self._chunk_subject(info.nuid))
         return True
+
+
+class BlobWriter:
+    """Chunks published as the bytes come (never more than one chunk held), named on commit.
+
+    Until `commit`, the chunks belong to no object; `abort` (or an error) purges them.
+    """
+
+    def __init__(self, store: BlobStore) -> None:
+        self._store = store
+        self._nuid = store._nc._nuid.next().decode()
+        self._subject = store._chunk_subject(self._nuid)
+        self._buffer = bytearray()
+        self._hasher = hashlib.sha256()
+        self._pending: list[asyncio.Future[Any]] = []
+        self.size = 0
+
+    @property
+    def digest(self) -> str:
+        return DIGEST_PREFIX + base64.urlsafe_b64encode(self._hasher.digest()).decode()
+
+    async def write(self, data: bytes) -> None:
+        self._hasher.update(data)
+        self.size += len(data)
+        self._buffer += data
+        size = self._store._chunk_size
+        while len(self._buffer) >= size:
+            await self._publish(bytes(self._buffer[:size]))
+            del self._buffer[:size]
+
+    async def _publish(self, chunk: bytes) -> None:
+        self._pending.append(await self._store._js.publish_async(self._subject, chunk))
+        if len(self._pending) >= 8:  # bounded in flight: await the oldest acknowledgements
+            await asyncio.wait_for(asyncio.gather(*self._pending), self._store._timeout)
+            self._pending.clear()
+
+    async def commit(self, name: str) -> BlobInfo:
+        try:
+            if self._buffer:
+                await self._publish(bytes(self._buffer))
+                self._buffer.clear()
+            await asyncio.wait_for(asyncio.gather(*self._pending), self._store._timeout)
+        except BaseException:
+            await self.abort()
+            raise
+        # Every chunk but the last is exactly chunk-sized.
+        chunks = -(-self.size // self._store._chunk_size)
+        return await self._store._commit(name, self._nuid, self.size, chunks, self.digest)
+
+    async def abort(self) -> None:
+        for future in self._pending:
+            future.cancel()
+        self._pending.clear()
+        await self._store._discard_chunks(self._subject)

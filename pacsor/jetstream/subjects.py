@@ -77,6 +77,19 @@ def core_events_filter(kind: type[CoreEvent], core: str) -> str:
     return f"pacsor.study.*.{core}.{kind.topic}"
 
 
+def study_core_events(study_uid: str, kind: type[CoreEvent], core: str) -> str:
+    """Filter for one per-core event type of one study and core."""
+    return f"pacsor.study.{uid_token(study_uid)}.{core}.{kind.topic}"
+
+
+# The key-value bucket of shared limits: `upload.<core>` holds the next free upload slot.
+LIMITS_BUCKET = "PACSOR_LIMITS"
+
+
+def upload_rate_key(core: str) -> str:
+    return f"upload.{core}"
+
+
 def quiet_schedule_subject(study_uid: str) -> str:
     return f"pacsor.timer.{uid_token(study_uid)}.quiet"
 

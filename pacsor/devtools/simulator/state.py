@@ -8,9 +8,11 @@ the server writes.
 from __future__ import annotations
 
 import hashlib
+import secrets
 import shutil
 import tempfile
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -28,6 +30,24 @@ class StudySnapshot(msgspec.Struct, frozen=True, kw_only=True):
     status_polls: int
     result_requests: int
     findings_requests: int
+    awaiting_put: tuple[str, ...] = ()  # SOP Instance UIDs announced with signed_url=true
+    headers_received: int = 0  # instances posted without pixel data (signed_url=true)
+
+
+class SignedUpload(msgspec.Struct, frozen=True):
+    """What a signed upload URL is for."""
+
+    study_uid: str
+    sop_uid: str
+
+
+class SignedResult(msgspec.Struct, frozen=True):
+    """What a signed result URL serves."""
+
+    study_uid: str
+    sop_uid: str
+    inference_command: str
+    number: int
 
 
 @dataclass
@@ -39,6 +59,8 @@ class _Study:
     result_requests: int = 0
     done_result_requests: int = 0
     findings_requests: int = 0
+    awaiting_put: set[str] = field(default_factory=set)
+    headers_received: int = 0
 
 
 class SimulatorState:
@@ -49,6 +71,12 @@ class SimulatorState:
         self._studies: dict[str, _Study] = {}
         self._upload_requests = 0
         self._result_requests = 0
+        self._put_requests = 0
+        self._status_requests = 0
+        self._cut_requests = 0
+        self._signed_uploads: dict[str, SignedUpload] = {}
+        self._signed_results: dict[str, SignedResult] = {}
+        self._arrivals: list[float] = []
         self._root: Path | None = None
         self._closed = False
 
@@ -96,13 +124,72 @@ class SimulatorState:
             self._result_requests += 1
             return self._result_requests - 1
 
-    def store(self, study_uid: str, files: list[tuple[str, Path]]) -> None:
-        """Record one accepted upload: (SOP Instance UID, staged file) pairs, moved in place."""
-        root = self.staging_dir()
+    def next_put_request(self) -> int:
+        """Count a PUT to a signed URL; returns its 0-based rank."""
+        with self._lock:
+            self._put_requests += 1
+            return self._put_requests - 1
+
+    def next_status_request(self) -> int:
+        """Count a status request; returns its 0-based rank."""
+        with self._lock:
+            self._status_requests += 1
+            return self._status_requests - 1
+
+    def next_cut(self) -> int:
+        """Count an upload request that may have its connection cut; its 0-based rank."""
+        with self._lock:
+            self._cut_requests += 1
+            return self._cut_requests - 1
+
+    def expect_puts(self, study_uid: str, sop_uids: list[str]) -> dict[str, str]:
+        """Record instances posted without pixel data: a new secret token for each one."""
+        tokens: dict[str, str] = {}
         with self._lock:
             study = self._studies.setdefault(study_uid, _Study())
             study.uploads += 1
+            study.headers_received += len(sop_uids)
+            for sop_uid in sop_uids:
+                token = secrets.token_urlsafe(24)
+                self._signed_uploads[token] = SignedUpload(study_uid, sop_uid)
+                study.awaiting_put.add(sop_uid)
+                tokens[sop_uid] = token
+        return tokens
+
+    def signed_upload(self, token: str) -> SignedUpload | None:
+        with self._lock:
+            return self._signed_uploads.get(token)
+
+    def sign_result(self, result: SignedResult) -> str:
+        token = secrets.token_urlsafe(24)
+        with self._lock:
+            self._signed_results[token] = result
+        return token
+
+    def signed_result(self, token: str) -> SignedResult | None:
+        with self._lock:
+            return self._signed_results.get(token)
+
+    def awaiting_put(self, study_uid: str) -> bool:
+        """Whether an instance announced with signed_url=true has not been PUT yet."""
+        with self._lock:
+            study = self._studies.get(study_uid)
+            return study is not None and bool(study.awaiting_put)
+
+    def store(self, study_uid: str, files: list[tuple[str, Path]], put: bool = False) -> None:
+        """Record one accepted upload: (SOP Instance UID, staged file) pairs, moved in place.
+
+        `put`: the file came by PUT to a signed URL, not as an upload request of its own.
+        """
+        root = self.staging_dir()
+        with self._lock:
+            study = self._studies.setdefault(study_uid, _Study())
+            if not put:
+                study.uploads += 1
+            now = time.monotonic()
             for sop_uid, staged in files:
+                study.awaiting_put.discard(sop_uid)
+                self._arrivals.append(now)
                 target = root / _digest(study_uid) / f"{_digest(sop_uid)}.dcm"
                 target.parent.mkdir(exist_ok=True)
                 staged.replace(target)  # a re-sent instance replaces the previous copy
@@ -159,6 +246,8 @@ class SimulatorState:
                 status_polls=study.status_polls,
                 result_requests=study.result_requests,
                 findings_requests=study.findings_requests,
+                awaiting_put=tuple(sorted(study.awaiting_put)),
+                headers_received=study.headers_received,
             )
 
     def study_uids(self) -> list[str]:
@@ -170,6 +259,17 @@ class SimulatorState:
         """Authenticated upload requests, including those refused (fault, bad body)."""
         with self._lock:
             return self._upload_requests
+
+    @property
+    def put_requests(self) -> int:
+        """PUTs to signed URLs, including those refused."""
+        with self._lock:
+            return self._put_requests
+
+    def arrivals(self) -> list[float]:
+        """time.monotonic() at which each full instance was stored, in order."""
+        with self._lock:
+            return list(self._arrivals)
 
 
 def _digest(uid: str) -> str:
