@@ -10,11 +10,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from nats.aio.client import Client
 
 from pacsor.devtools.simulator import SimulatorSettings, running_simulator
 from pacsor.domain import events as ev
+from pacsor.jetstream.eventlog import EventLog
 from tests.harness import ReceivingPacs, running_gateway, wait_for_event
 from tests.nats_server import NatsServer
 from tests.test_pipeline import TOKEN, gateway_settings, send_study
@@ -77,6 +79,15 @@ async def test_open_list_open_study_relaunch_see_attempt_2(
                 nc, study, lambda e: isinstance(e, ev.Dispatched) and e.attempt == 1
             )
             url = ready["admin_url"]
+            # The list is not refreshed: let the read model catch up with the delivery first.
+            last = (await EventLog(nc.jetstream()).history(study))[-1].sequence
+            async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+                caught_up = await http.get(
+                    f"/studies/{study}",
+                    params={"after": last},
+                    headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+                )
+                assert caught_up.json()["state"] == "dispatched"
 
             def drive() -> None:
                 wait = WebDriverWait(browser, 60)
