@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -51,4 +52,7 @@ async def test_no_request_built_from_the_served_schema_gets_a_500(
         output, _ = await asyncio.wait_for(process.communicate(), 600)
     report = output.decode()
     assert process.returncode == 0, report[-6000:]
-    assert "9 selected / 9 total" in report and "Fuzzing" in report
+    # Every operation of the document was tested, through the fuzzing phase.
+    selected = re.search(r"Operations:\s+(\d+) selected / (\d+) total", report)
+    assert selected and selected.group(1) == selected.group(2) and int(selected.group(1)) >= 9
+    assert "Fuzzing" in report

@@ -6,6 +6,7 @@ saying why; with CI set, a missing engine is a failure.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -16,7 +17,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import DeliverPolicy
+from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
 from pacsor.streams import stream_definitions
 
 from pacsor.domain import events as ev
@@ -27,6 +31,9 @@ from tests.harness import PROJECT, pacsor_cli
 from tests.nats_server import free_port
 
 pytestmark = pytest.mark.timeout(600)
+
+# What JetStream answers while a stream elects a new leader.
+LEADERLESS = (NoRespondersError, NoStreamResponseError, NatsTimeoutError, ServiceUnavailableError)
 
 # The demo: the API simulator and a demo PACS.
 PROFILES = ("--profile", "demo")
@@ -242,16 +249,26 @@ async def test_the_cluster_override_runs_three_nodes_that_survive_one_lost(
             assert info.cluster is not None and info.cluster.name == "pacsor"
             peers = {info.cluster.leader, *(p.name for p in info.cluster.replicas or [])}
             assert peers == {"nats-1", "nats-2", "nats-3"}
-            # A node other than the one we talk to is lost: the stream still takes writes.
-            cluster("kill", "nats-3")
+            # A node is lost, the stream's leader when that is not the node we talk to (nats-1):
+            # the stream still takes writes.
+            leader = info.cluster.leader
+            cluster("kill", leader if leader in ("nats-2", "nats-3") else "nats-3")
             event = ev.InstanceRejected(
                 study_instance_uid="1.2.3",
                 reason="compose cluster test",
                 dimse_status=0xC210,
                 rejection_id="compose-cluster-test",
             )
-            await EventLog(js).publish(event)
-            info = await js.stream_info(EVENTS_STREAM)
+            # If the lost node led the stream, the other two elect a leader first: until then
+            # the stream does not answer.
+            async with asyncio.timeout(60):
+                while True:
+                    try:
+                        await EventLog(js).publish(event)
+                        info = await js.stream_info(EVENTS_STREAM)
+                        break
+                    except LEADERLESS:
+                        await asyncio.sleep(0.5)
             assert info.state.messages == 1
         finally:
             await nc.close()

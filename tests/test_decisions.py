@@ -211,3 +211,23 @@ def test_dispatch_progress_settles_each_object_once() -> None:
     assert result.summary() == "2 delivered, 1 refused (0xC000), 1 not delivered (0xA702)"
     assert is_permanent_refusal(0xA900) and is_permanent_refusal(0x0122)
     assert not is_permanent_refusal(0xA700) and not is_permanent_refusal(-1)
+
+
+def test_events_read_as_one_line_naming_the_core_and_attempt() -> None:
+    from pacsor.domain.event_text import describe
+
+    uploaded = ev.Uploaded(
+        study_instance_uid="1.2.3", core="preprod", attempt=2, instance_count=3
+    )
+    failed = ev.DispatchFailed(
+        study_instance_uid="1.2.3",
+        core="default",
+        attempt=1,
+        destination="PACS@10.0.0.5:104",
+        reason="0xC000 for 1 object",
+        tries=4,
+    )
+    assert describe(uploaded).endswith("1.2.3  preprod attempt 2, 3 instances")
+    assert describe(failed).endswith(
+        "default attempt 1 to PACS@10.0.0.5:104 after 4 tries: 0xC000 for 1 object"
+    )

@@ -17,7 +17,7 @@ from pacsor.devtools.demo_ris import DemoRis
 from pacsor.domain import events as ev
 from pacsor.jetstream.eventlog import EventLog
 from pacsor.jetstream.subjects import HL7_CONFIG_SUBJECT, event_subject, events_filter
-from tests.harness import running_gateway, wait_for_event
+from tests.harness import pacsor_cli, running_gateway, wait_for_event
 from tests.hl7_reading import ParsedOru
 from tests.nats_server import NatsServer, free_port
 from tests.test_hl7_sender import external_report, outcome, record_results, sent_messages
@@ -209,3 +209,24 @@ async def test_a_bad_configuration_at_start_stops_start_up(
     with pytest.raises(ConfigError, match=r"^LOAD_CONFIG_AT_INIT: .*HL7_TCR_OUT_FORMAT"):
         async with running_gateway(settings, ("hl7",)):
             pass
+
+
+async def test_a_loaded_configuration_can_move_the_ris(
+    nc: Client, admin: httpx.AsyncClient, ris: DemoRis, tmp_path: Path
+) -> None:
+    async with DemoRis() as new_ris:
+        write_config(tmp_path, "moved", {"settings": {"HL7_RIS_PORT": new_ris.port}})
+        assert (await admin.post("/hl7/config/load/moved")).status_code == 200
+        ready = await record_results(nc)
+        sent = await outcome(nc, ready)
+        assert isinstance(sent, ev.Hl7Sent) and sent.ris == f"127.0.0.1:{new_ris.port}"
+        assert len(sent_messages(new_ris, ready)) == 1
+    assert sent_messages(ris, ready) == []
+
+
+def test_run_hl7_without_a_ris_is_one_line(tmp_path: Path) -> None:
+    result = pacsor_cli("run", "hl7", cwd=tmp_path, HL7_RIS_IP="")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "pacsor: HL7_RIS_IP: not set; the hl7 component sends to the RIS"
+    ]

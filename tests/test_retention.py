@@ -33,6 +33,8 @@ WEEK = timedelta(hours=168)
 PACS = "PACS@10.0.0.1:104"
 ARCHIVE = "ARCHIVE@10.0.0.2:104"
 STUDY = "1.2.3.4"
+TO_PACS = {"default": [PACS]}
+TO_BOTH = {"default": [PACS, ARCHIVE]}
 
 
 def view_of(events: list[ev.Event]):  # type: ignore[no-untyped-def]
@@ -44,12 +46,12 @@ def test_instances_and_results_are_due_a_retention_after_they_were_made() -> Non
     last_instance = T0 + timedelta(seconds=2)
     results_at = view.results_made[0].at
     assert (
-        removals_due(view, last_instance + WEEK - timedelta(seconds=1), WEEK, [PACS], False) == []
+        removals_due(view, last_instance + WEEK - timedelta(seconds=1), WEEK, TO_PACS, False) == []
     )
-    assert removals_due(view, last_instance + WEEK, WEEK, [PACS], False) == [
+    assert removals_due(view, last_instance + WEEK, WEEK, TO_PACS, False) == [
         Removal("instances", "retention: last instance received over 168 h ago")
     ]
-    assert [r.kind for r in removals_due(view, results_at + WEEK, WEEK, [PACS], False)] == [
+    assert [r.kind for r in removals_due(view, results_at + WEEK, WEEK, TO_PACS, False)] == [
         "instances",
         "results",
     ]
@@ -58,12 +60,14 @@ def test_instances_and_results_are_due_a_retention_after_they_were_made() -> Non
 def test_output_cleaning_waits_for_every_destination() -> None:
     soon = T0 + timedelta(hours=1)
     partly = view_of(lifecycle(STUDY, T0, destinations=(PACS,)))
-    assert removals_due(partly, soon, WEEK, [PACS, ARCHIVE], True) == []
-    assert removals_due(partly, soon, WEEK, [PACS, ARCHIVE], False) == []
+    assert removals_due(partly, soon, WEEK, TO_BOTH, True) == []
+    assert removals_due(partly, soon, WEEK, TO_BOTH, False) == []
     everywhere = view_of(lifecycle(STUDY, T0, destinations=(PACS, ARCHIVE)))
-    assert removals_due(everywhere, soon, WEEK, [PACS, ARCHIVE], True) == [
+    assert removals_due(everywhere, soon, WEEK, TO_BOTH, True) == [
         Removal("results", "output cleaning: delivered to every destination", "default", 1)
     ]
+    # Another core's destinations say nothing about this core's results.
+    assert removals_due(everywhere, soon, WEEK, {"other": [PACS]}, True) == []
 
 
 def test_a_removal_recorded_is_not_due_again() -> None:
@@ -81,7 +85,7 @@ def test_a_removal_recorded_is_not_due_again() -> None:
         ),
     ]
     view = view_of(events)
-    assert removals_due(view, late, WEEK, [PACS], True) == []
+    assert removals_due(view, late, WEEK, TO_PACS, True) == []
     assert not view.holds_objects()
 
 

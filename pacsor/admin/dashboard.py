@@ -10,6 +10,7 @@ all a ward PC needs.
 
 from __future__ import annotations
 
+import hmac
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -137,8 +138,6 @@ async def login(
     request: AnyRequest,
     data: URLEncodedBody[LoginForm],
 ) -> Response[Any]:
-    import hmac
-
     expected = _admin(request).settings.admin_token
     if expected and not hmac.compare_digest(data.token.encode(), expected.encode()):
         return Template(template_name="login.html", context={"failed": True}, status_code=401)

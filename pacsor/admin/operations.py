@@ -48,7 +48,7 @@ class ReplayAccepted(msgspec.Struct, frozen=True):
 
 
 def configured_cores(settings: Settings) -> tuple[str, ...]:
-    return (settings.core_name,)
+    return tuple(core.name for core in settings.cores)
 
 
 def check_uid(uid: str) -> str:
@@ -103,8 +103,8 @@ async def request_relaunch(
 
 
 def find_destination(settings: Settings, name: str) -> Destination:
-    """A configured destination, named by its AE title or in full (AET@host:port)."""
-    configured = settings.all_destinations()
+    """A configured destination of any core, named by its AE title or in full (AET@host:port)."""
+    configured = tuple(dict.fromkeys(d for core in settings.cores for d in core.destinations))
     for destination in configured:
         if name in {str(destination), destination.ae_title}:
             return destination
@@ -125,7 +125,9 @@ async def request_replay(
     if since.tzinfo is None:
         raise Refused(400, "since: give a time zone, e.g. 2026-01-31T00:00:00Z")
     replay_id = uuid.uuid4().hex
-    ready = model.results_ready_since(since)
+    # Only the results of the cores that send to this destination.
+    cores = {core.name for core in settings.cores if destination in core.destinations}
+    ready = [r for r in model.results_ready_since(since) if r.core in cores]
     sequence = 0
     for results in ready:
         sequence = await events.publish(

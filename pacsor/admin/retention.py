@@ -67,7 +67,9 @@ class RetentionSweeper:
 
     async def sweep(self, now: datetime) -> int:
         """Remove everything due at `now`; returns how many removals were recorded."""
-        destinations = [str(d) for d in self._settings.all_destinations()]
+        destinations = {
+            core.name: [str(d) for d in core.destinations] for core in self._settings.cores
+        }
         removed = 0
         offset = 0
         while True:

@@ -16,81 +16,69 @@ def describe(event: ev.Event) -> str:
 
 def detail(event: ev.Event) -> str:
     """The event's particulars, without its time, type and study."""
+    text = _particulars(event)
+    if isinstance(event, ev.CoreEvent):  # every step of a core names the core and attempt first
+        return f"{event.core} attempt {event.attempt}{text}"
+    return text
+
+
+def _particulars(event: ev.Event) -> str:
     match event:
         case ev.InstanceReceived():
-            text = (
+            return (
                 f"{event.modality or '?'} {event.sop_instance_uid} from {event.calling_ae_title} "
                 f"({event.size / 1e6:.1f} MB)"
             )
         case ev.InstanceRejected():
-            text = f"0x{event.dimse_status:04X} from {event.calling_ae_title}: {event.reason}"
+            return f"0x{event.dimse_status:04X} from {event.calling_ae_title}: {event.reason}"
         case ev.StudyComplete():
-            text = f"attempt {event.attempt}, {event.instance_count} instances ({event.reason})"
-            if event.cores:
-                text += f", cores: {', '.join(event.cores)}"
+            cores = f", cores: {', '.join(event.cores)}" if event.cores else ""
+            return (
+                f"attempt {event.attempt}, {event.instance_count} instances ({event.reason})"
+                + cores
+            )
         case ev.InstancesSkipped():
             reasons = Counter(
                 f"{s.reason} by {s.rule}" if s.rule else s.reason for s in event.skipped
             )
-            text = f"{event.core} attempt {event.attempt}: " + ", ".join(
-                f"{count} {reason}" for reason, count in reasons.items()
-            )
+            return ": " + ", ".join(f"{count} {reason}" for reason, count in reasons.items())
         case ev.InstancesUploaded():
-            text = (
-                f"{event.core} attempt {event.attempt}, batch {event.batch}: "
-                f"{len(event.instances)} instances"
-            )
+            return f", batch {event.batch}: {len(event.instances)} instances"
         case ev.Uploaded():
-            text = f"{event.core} attempt {event.attempt}, {event.instance_count} instances"
-            if event.skipped_count:
-                text += f" ({event.skipped_count} skipped)"
+            skipped = f" ({event.skipped_count} skipped)" if event.skipped_count else ""
+            return f", {event.instance_count} instances{skipped}"
         case ev.UploadFailed() | ev.ResultFailed() | ev.NothingToUpload():
-            text = f"{event.core} attempt {event.attempt}: {event.reason}"
+            return f": {event.reason}"
         case ev.ResultReady():
-            text = f"{event.core} attempt {event.attempt}, {len(event.results)} result objects"
-            if event.findings:
-                text += ", findings of " + ", ".join(f.inference_command for f in event.findings)
-            if not event.results:
-                text += " (the API had none: nothing to dispatch)"
+            findings = ", ".join(f.inference_command for f in event.findings)
+            return (
+                f", {len(event.results)} result objects"
+                + (f", findings of {findings}" if findings else "")
+                + ("" if event.results else " (the API had none: nothing to dispatch)")
+            )
         case ev.Dispatched():
-            text = (
-                f"{event.core} attempt {event.attempt} to {event.destination}, "
-                f"{len(event.sop_instance_uids)} objects"
-            )
-            if event.replay_id:
-                text += f" (replay {event.replay_id[:8]})"
+            replay = f" (replay {event.replay_id[:8]})" if event.replay_id else ""
+            return f" to {event.destination}, {len(event.sop_instance_uids)} objects{replay}"
         case ev.DispatchFailed():
-            text = (
-                f"{event.core} attempt {event.attempt} to {event.destination} after "
-                f"{event.tries} tries: {event.reason}"
-            )
+            return f" to {event.destination} after {event.tries} tries: {event.reason}"
         case ev.RelaunchRequested():
-            text = f"by {event.requested_by}, cores: {', '.join(event.cores) or 'all'}"
+            return f"by {event.requested_by}, cores: {', '.join(event.cores) or 'all'}"
         case ev.DispatchReplayRequested():
-            text = (
-                f"{event.core} attempt {event.attempt} to {event.destination}, "
-                f"by {event.requested_by} (results since {event.since.isoformat()})"
-            )
+            since = event.since.isoformat()
+            return f" to {event.destination}, by {event.requested_by} (results since {since})"
         case ev.ObjectsExpired():
-            text = f"{event.object_count} {event.kind} removed: {event.reason}"
+            return f"{event.object_count} {event.kind} removed: {event.reason}"
         case ev.Hl7Sent():
             left_out = ", ".join(event.missing_findings)
             missing = f", without {left_out}" if left_out else ""
-            text = (
-                f"{event.core} attempt {event.attempt} to {event.ris}: {event.ack_code} "
-                f"(control ID {event.control_id}{missing})"
-            )
+            return f" to {event.ris}: {event.ack_code} (control ID {event.control_id}{missing})"
         case ev.Hl7Failed():
-            text = (
-                f"{event.core} attempt {event.attempt} to {event.ris} after {event.tries} tries: "
-                f"{event.reason}"
-            )
+            return f" to {event.ris} after {event.tries} tries: {event.reason}"
         case ev.StepFailed():
-            text = f"{event.step} after {event.tries} tries: {event.reason}"
+            return f"{event.step} after {event.tries} tries: {event.reason}"
         case ev.ExternalReportReceived():
-            text = f"report {event.report_id} from {event.provider} ({event.language})"
+            return f"report {event.report_id} from {event.provider} ({event.language})"
         case ev.Hl7ConfigLoaded():
-            text = f"HL7 {event.kind} {event.name!r} loaded by {event.loaded_by}"
+            return f"HL7 {event.kind} {event.name!r} loaded by {event.loaded_by}"
         case _:
-            text = ""
-    return text
+            return ""

@@ -11,7 +11,7 @@ Each removal is then recorded as an ObjectsExpired event saying why.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 
 import msgspec
@@ -30,9 +30,10 @@ def removals_due(
     view: StudyView,
     now: datetime,
     retention: timedelta,
-    destinations: Sequence[str],
+    destinations: Mapping[str, Sequence[str]],
     output_cleaning: bool,
 ) -> list[Removal]:
+    """`destinations`: each core's destinations (AET@host:port), for output cleaning."""
     hours = f"{retention.total_seconds() / 3600:g} h"
     due: list[Removal] = []
     if (
@@ -46,10 +47,8 @@ def removals_due(
             continue
         if made.at + retention <= now:
             reason = f"retention: results made ready over {hours} ago"
-        elif (
-            output_cleaning
-            and destinations
-            and _everywhere(view, made.core, made.attempt, destinations)
+        elif output_cleaning and _everywhere(
+            view, made.core, made.attempt, destinations.get(made.core, ())
         ):
             reason = "output cleaning: delivered to every destination"
         else:
