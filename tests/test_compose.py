@@ -7,6 +7,7 @@ saying why; with CI set, a missing engine is a failure.
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import os
 import shutil
@@ -78,6 +79,15 @@ class Compose:
         self.base += ["-f", str(PROJECT / "compose.yaml")]
         for more in (*more_files, self.override):
             self.base += ["-f", str(more)]
+
+    def with_env_file(self, env_file: Path) -> Compose:
+        """The same project, reading `env_file`: for substitution and as the containers' site
+        file (which names itself relative to its own project; here it lives elsewhere)."""
+        other = copy.copy(self)
+        other.env = {**self.env, "PACSOR_ENV_FILE": str(env_file)}
+        other.base = [*self.base]
+        other.base[other.base.index("--env-file") + 1] = str(env_file)
+        return other
 
     def __call__(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
@@ -225,6 +235,61 @@ def test_pacsor_check_passes_inside_the_demo(demo: Compose) -> None:
         "ok    C-ECHO DEMOPACS@demo-pacs",
         "ok    AI core default http",
     ]
+
+
+async def test_a_site_written_by_the_wizard_runs_with_compose(
+    demo: Compose, tmp_path: Path
+) -> None:
+    # An operator answers the wizard (here as options), then `up -d` with the site's file:
+    # every container is recreated with the site's settings and a study goes through.
+    written = pacsor_cli(
+        "setup",
+        "--project-dir",
+        str(tmp_path),
+        "--site=lyon",
+        "--product=SmartChest",
+        "--api-url=http://simulator:8421",
+        "--token=site-token",
+        "--pacs-aet=DEMOPACS",
+        "--pacs-host=demo-pacs",
+        "--pacs-port=11112",
+        "--aet=SITEGW",
+        "--no-hl7",
+        "--no-second-core",
+        cwd=tmp_path,
+    )
+    assert written.returncode == 0, written.stderr
+    site_file = tmp_path / "env-files" / ".env.lyon"
+    site = demo.with_env_file(site_file)
+    site(*PROFILES, "up", "-d", "--wait", "--wait-timeout", "240")
+    printed = site("exec", "-T", "uploader", "printenv", "TOKEN", "INFERENCE_COMMANDS").stdout
+    assert printed.split() == ["site-token", "smartchest"]
+
+    nc = await connect(f"nats://127.0.0.1:{demo.nats_port}", "compose site test")
+    try:
+        sub = await nc.jetstream().subscribe(
+            "pacsor.study.*.*.dispatched",
+            stream=EVENTS_STREAM,
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.NEW,
+        )
+        sent = pacsor_cli(
+            "send",
+            "--sample",
+            "2",
+            "--port",
+            str(demo.dicom_port),
+            "--aet",
+            "SITEGW",
+            cwd=tmp_path,
+        )
+        assert sent.returncode == 0, sent.stderr
+        event = ev.decode((await sub.next_msg(timeout=120)).data)
+    finally:
+        await nc.close()
+    assert isinstance(event, ev.Dispatched)
+    # One result per image: SmartChest is one inference command.
+    assert len(event.sop_instance_uids) == 2
 
 
 def test_down_as_documented_removes_every_container(demo: Compose) -> None:

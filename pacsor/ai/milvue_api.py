@@ -43,16 +43,6 @@ OWNER_HEADER = "x-goog-meta-owner"
 RESULTS_ACCEPT = f'multipart/related; type="{DICOM_MEDIA_TYPE}"'
 # The commands whose findings the contract defines as JSON (GET /v3/<command>/{uid}).
 FINDINGS_COMMANDS = ("smarturgences", "smartxpert")
-# The query options of the results route, by the name of their setting.
-RESULT_OPTIONS = (
-    "output_format",
-    "language",
-    "output_selection",
-    "structured_report_format",
-    "static_report_format",
-    "recap_theme",
-    "timezone",
-)
 _RETRYABLE_STATUSES = frozenset({408, 429})
 # A valid UID that no modality uses (2.25 root, UUID 0): `check_access` asks its status.
 PROBE_STUDY_UID = "2.25.0"
