@@ -22,10 +22,12 @@ from pynetdicom.events import Event as DicomEvent
 
 from pacsor.config import Settings, load_settings
 from pacsor.devtools.demo_pacs import start_storage_scp
-from pacsor.dicom.storage_scu import echo
+from pacsor.devtools.sample_study import make_study
+from pacsor.dicom.storage_scu import echo, send_files
 from pacsor.domain import events as ev
 from pacsor.gateway import components_of_up, run_gateway
 from pacsor.jetstream.subjects import EVENTS_STREAM, study_subjects
+from tests.dicom_factory import make_image, new_uid
 from tests.nats_server import free_port
 
 TOKEN = "test-token"
@@ -225,3 +227,27 @@ def pacsor_cli(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess
         text=True,
         timeout=60,
     )
+
+
+async def send_study(settings: Settings, folder: Path, images: int = 3) -> tuple[str, list[str]]:
+    study = make_study(images, rows=128, columns=128)
+    paths = write_study(folder, study)
+    results = await asyncio.to_thread(
+        send_files, "127.0.0.1", settings.port, settings.milvue_aet, paths
+    )
+    assert [status for _, status in results] == [0] * images
+    return str(study[0].StudyInstanceUID), [str(ds.SOPInstanceUID) for ds in study]
+
+
+async def send_datasets(settings: Settings, folder: Path, datasets: list[Any]) -> str:
+    paths = write_study(folder, datasets)
+    statuses = await asyncio.to_thread(
+        send_files, "127.0.0.1", settings.port, settings.milvue_aet, paths
+    )
+    assert [status for _, status in statuses] == [0] * len(datasets)
+    return str(datasets[0].StudyInstanceUID)
+
+
+def images(count: int, study: str | None = None, **attributes: Any) -> list[Any]:
+    study = study or new_uid()
+    return [make_image(study, rows=96, cols=96, **attributes) for _ in range(count)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote_plus
@@ -16,66 +16,13 @@ from nats.aio.client import Client
 
 from pacsor.admin.server import exposure_warning
 from pacsor.config import Settings, load_settings
-from pacsor.devtools.sample_events import lifecycle, received
 from pacsor.domain import events as ev
 from pacsor.jetstream.eventlog import EventLog
+from tests.admin_data import ARCHIVE, PACS, T0, admin_settings, fixture_studies, publish
 from tests.harness import cli_env, running_gateway
-from tests.nats_server import NatsServer, free_port
+from tests.nats_server import NatsServer
 
-T0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
-PACS = "PACS@10.0.0.1:104"
-ARCHIVE = "ARCHIVE@10.0.0.2:104"
 ADMIN_TOKEN = "s3cret-admin-token"
-
-
-def admin_settings(nats_url: str, tmp_path: Path, **extra: str) -> Settings:
-    return load_settings(
-        {
-            "NATS_URL": nats_url,
-            "ADMIN_PORT": str(free_port()),
-            "PACSOR_DATA_DIR": str(tmp_path / "data"),
-            "TOKEN": "api-key-for-the-ai",
-            "PACS_IP": "10.0.0.1",
-            "PACS_PORT": "104",
-            # The fixture studies are months old: no retention sweep may add events here.
-            "RETENTION_HOURS": "100000",
-            **extra,
-        },
-        dotenv=None,
-    )
-
-
-async def publish(nc: Client, events: list[ev.Event]) -> int:
-    log = EventLog(nc.jetstream())
-    sequence = 0
-    for event in events:
-        sequence = await log.publish(event)
-    return sequence
-
-
-async def fixture_studies(nc: Client) -> int:
-    """Twelve studies through; one failed at the archive; one still receiving."""
-    events: list[ev.Event] = []
-    for n in range(12):
-        events += lifecycle(
-            f"1.2.3.{n}",
-            T0 + timedelta(minutes=n),
-            destinations=(PACS, ARCHIVE) if n != 4 else (PACS,),
-            accession=f"ACC{n:03d}",
-        )
-    events.append(
-        ev.DispatchFailed(
-            study_instance_uid="1.2.3.4",
-            core="default",
-            attempt=1,
-            destination=ARCHIVE,
-            reason="association rejected",
-            tries=12,
-            occurred_at=T0 + timedelta(hours=1),
-        )
-    )
-    events.append(received("1.2.3.99", 0, T0 + timedelta(hours=2), "ZZ-1"))
-    return await publish(nc, events)
 
 
 @pytest.fixture

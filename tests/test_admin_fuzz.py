@@ -10,9 +10,9 @@ from pathlib import Path
 
 from nats.aio.client import Client
 
+from tests.admin_data import admin_settings, fixture_studies
 from tests.harness import running_gateway
 from tests.nats_server import NatsServer
-from tests.test_admin_api import admin_settings, fixture_studies
 
 TOKEN = "fuzz-token"
 

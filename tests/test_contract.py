@@ -8,20 +8,25 @@ import json
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from nats.aio.client import Client
 
-from pacsor.config import Settings
 from pacsor.devtools.simulator import SimulatorSettings, SimulatorState, running_simulator
-from pacsor.dicom.storage_scu import send_files
 from pacsor.domain import events as ev
 from pacsor.jetstream.eventlog import EventLog
 from tests.dicom_factory import make_image, new_uid
-from tests.harness import ReceivingPacs, of_type, running_gateway, wait_for_event, write_study
+from tests.harness import (
+    TOKEN,
+    ReceivingPacs,
+    gateway_settings,
+    images,
+    of_type,
+    running_gateway,
+    send_datasets,
+    wait_for_event,
+)
 from tests.nats_server import NatsServer
-from tests.test_pipeline import TOKEN, gateway_settings
 
 FINAL = (ev.Dispatched, ev.ResultFailed, ev.UploadFailed, ev.NothingToUpload)
 
@@ -31,20 +36,6 @@ def pacs() -> Iterator[ReceivingPacs]:
     receiver = ReceivingPacs("MAINPACS").start()
     yield receiver
     receiver.stop()
-
-
-async def send(settings: Settings, folder: Path, datasets: list[Any]) -> str:
-    paths = write_study(folder, datasets)
-    statuses = await asyncio.to_thread(
-        send_files, "127.0.0.1", settings.port, settings.milvue_aet, paths
-    )
-    assert [status for _, status in statuses] == [0] * len(datasets)
-    return str(datasets[0].StudyInstanceUID)
-
-
-def images(count: int, study: str | None = None, **attributes: Any) -> list[Any]:
-    study = study or new_uid()
-    return [make_image(study, rows=96, cols=96, **attributes) for _ in range(count)]
 
 
 async def history(nc: Client, study: str) -> list[ev.AnyEvent]:
@@ -83,7 +74,7 @@ async def test_each_mode_in_batches_with_transient_faults(
             nats_server.url, api_url, pacs, SIGNED_URL=signed, UPLOAD_BATCH_SIZE="2"
         )
         async with running_gateway(settings):
-            study = await send(settings, tmp_path, images(5))
+            study = await send_datasets(settings, tmp_path, images(5))
             done = await final_event(nc, study, 90)
         received_once(sim, study, 5)
     assert isinstance(done, ev.Dispatched) and len(done.sop_instance_uids) == 10
@@ -111,7 +102,7 @@ async def test_error_and_forbidden_fail_with_the_api_message_and_no_retry(
     with running_simulator(sim_settings) as (api_url, sim):
         settings = gateway_settings(nats_server.url, api_url, pacs)
         async with running_gateway(settings):
-            study = await send(settings, tmp_path, images(1))
+            study = await send_datasets(settings, tmp_path, images(1))
             failed = await final_event(nc, study)
             await asyncio.sleep(1.0)  # time for a retry, were there one
         snapshot = sim.study(study)
@@ -128,7 +119,7 @@ async def test_empty_results_are_ready_with_nothing_to_dispatch(
     with running_simulator(sim_settings) as (api_url, _):
         settings = gateway_settings(nats_server.url, api_url, pacs)
         async with running_gateway(settings):
-            study = await send(settings, tmp_path, images(2))
+            study = await send_datasets(settings, tmp_path, images(2))
             ready = await wait_for_event(nc, study, of_type(ev.ResultReady))
             await asyncio.sleep(1.5)  # the dispatcher had its chance
     assert isinstance(ready, ev.ResultReady) and ready.results == ()
@@ -145,7 +136,7 @@ async def test_a_refused_upload_fails_at_once_with_the_api_message(
     with running_simulator(SimulatorSettings(token=TOKEN, upload_faults=(status,))) as (url, sim):
         settings = gateway_settings(nats_server.url, url, pacs)
         async with running_gateway(settings):
-            study = await send(settings, tmp_path, images(1))
+            study = await send_datasets(settings, tmp_path, images(1))
             failed = await final_event(nc, study)
         assert sim.upload_requests == 1
     assert isinstance(failed, ev.UploadFailed)
@@ -163,7 +154,7 @@ async def test_retry_after_is_honoured(
     with running_simulator(SimulatorSettings(token=TOKEN, upload_faults=(429,))) as (url, sim):
         settings = gateway_settings(nats_server.url, url, pacs, SIGNED_URL="false")
         async with running_gateway(settings):
-            study = await send(settings, tmp_path, images(1))
+            study = await send_datasets(settings, tmp_path, images(1))
             complete = await wait_for_event(nc, study, of_type(ev.StudyComplete))
             uploaded = await wait_for_event(nc, study, of_type(ev.Uploaded), 30)
         assert sim.upload_requests == 2
@@ -197,8 +188,8 @@ async def test_filters_end_to_end(
             nats_server.url, url, pacs, DICOM_FILTERS=FILTERS, SIGNED_URL=signed
         )
         async with running_gateway(settings):
-            await send(settings, tmp_path / "mixed", list(cases.values()))
-            other = await send(settings, tmp_path / "filtered", everything_filtered)
+            await send_datasets(settings, tmp_path / "mixed", list(cases.values()))
+            other = await send_datasets(settings, tmp_path / "filtered", everything_filtered)
             done = await final_event(nc, study)
             nothing = await final_event(nc, other)
         snapshot = sim.study(study)
@@ -223,10 +214,10 @@ async def test_no_duplicate_upload_unless_a_person_relaunches(
     with running_simulator(SimulatorSettings(token=TOKEN, running_polls=0)) as (url, sim):
         settings = gateway_settings(nats_server.url, url, pacs)
         async with running_gateway(settings):
-            await send(settings, tmp_path / "first", first)
+            await send_datasets(settings, tmp_path / "first", first)
             await wait_for_event(nc, study, lambda e: isinstance(e, ev.Dispatched))
             # The modality sends the study again later, with one new image.
-            await send(settings, tmp_path / "again", [*first, *later])
+            await send_datasets(settings, tmp_path / "again", [*first, *later])
             second = await wait_for_event(
                 nc, study, lambda e: isinstance(e, ev.Dispatched) and e.attempt == 2
             )
@@ -285,7 +276,7 @@ async def test_an_interrupted_upload_resumes_after_the_last_recorded_batch(
     with running_simulator(SimulatorSettings(token=TOKEN, running_polls=0)) as (url, sim):
         settings = gateway_settings(nats_server.url, url, pacs, UPLOAD_BATCH_SIZE="2")
         async with running_gateway(settings):
-            await send(settings, tmp_path, datasets)
+            await send_datasets(settings, tmp_path, datasets)
             await final_event(nc, study)
         snapshot = sim.study(study)
     assert snapshot is not None
@@ -322,7 +313,7 @@ async def test_two_cores_one_always_failing(
                 RETRY_MAX_ATTEMPTS="4",
             )
             async with running_gateway(settings):
-                study = await send(settings, tmp_path, images(2))
+                study = await send_datasets(settings, tmp_path, images(2))
                 complete = await wait_for_event(nc, study, of_type(ev.StudyComplete))
                 healthy = await wait_for_event(
                     nc, study, lambda e: isinstance(e, ev.Dispatched) and e.core == "default"

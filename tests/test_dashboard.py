@@ -17,9 +17,15 @@ from nats.aio.client import Client
 from pacsor.devtools.simulator import SimulatorSettings, running_simulator
 from pacsor.domain import events as ev
 from pacsor.jetstream.eventlog import EventLog
-from tests.harness import ReceivingPacs, running_gateway, wait_for_event
+from tests.harness import (
+    TOKEN,
+    ReceivingPacs,
+    gateway_settings,
+    running_gateway,
+    send_study,
+    wait_for_event,
+)
 from tests.nats_server import NatsServer
-from tests.test_pipeline import TOKEN, gateway_settings, send_study
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"

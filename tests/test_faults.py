@@ -27,9 +27,16 @@ from pacsor.jetstream.blobs import BlobStore, digest_hex
 from pacsor.jetstream.eventlog import EventLog
 from pacsor.jetstream.subjects import INSTANCES_BUCKET
 from pacsor.metrics import ASSOCIATIONS_REJECTED, CONTEXTS_REJECTED
-from tests.harness import ReceivingPacs, of_type, running_gateway, wait_for_event, write_study
+from tests.harness import (
+    TOKEN,
+    ReceivingPacs,
+    gateway_settings,
+    of_type,
+    running_gateway,
+    wait_for_event,
+    write_study,
+)
 from tests.nats_server import NatsServer
-from tests.test_pipeline import TOKEN, gateway_settings
 
 INGEST = ("scp", "quiet-timer", "completion")
 UPLOAD = (*INGEST, "uploader")

@@ -26,10 +26,18 @@ from pacsor.domain import events as ev
 from pacsor.jetstream.broker import connect, nats_server_binary
 from pacsor.jetstream.eventlog import EventLog
 from pacsor.jetstream.subjects import EVENTS_STREAM, RESULTS_BUCKET
-from tests.harness import PROJECT, ReceivingPacs, of_type, pacsor_cli, running_gateway
+from tests.harness import (
+    PROJECT,
+    TOKEN,
+    ReceivingPacs,
+    gateway_settings,
+    of_type,
+    pacsor_cli,
+    running_gateway,
+    send_study,
+)
 from tests.harness import wait_for_event as wait_for_event_once
 from tests.nats_server import NatsServer, free_port
-from tests.test_pipeline import TOKEN, gateway_settings, send_study
 
 CLUSTER_CONF = PROJECT / "deploy" / "nats" / "cluster.conf"
 

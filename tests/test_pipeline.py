@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections import Counter
 from io import BytesIO
@@ -11,10 +10,7 @@ from pathlib import Path
 from nats.aio.client import Client
 from pydicom import dcmread
 
-from pacsor.config import Settings
-from pacsor.devtools.sample_study import make_study
 from pacsor.devtools.simulator import SimulatorSettings, running_simulator
-from pacsor.dicom.storage_scu import send_files
 from pacsor.domain import events as ev
 from pacsor.domain.completion import attempt_instances
 from pacsor.jetstream.blobs import BlobStore, sha256_digest
@@ -26,20 +22,10 @@ from tests.harness import (
     gateway_settings,
     of_type,
     running_gateway,
+    send_study,
     wait_for_event,
-    write_study,
 )
 from tests.nats_server import NatsServer, free_port
-
-
-async def send_study(settings: Settings, folder: Path, images: int = 3) -> tuple[str, list[str]]:
-    study = make_study(images, rows=128, columns=128)
-    paths = write_study(folder, study)
-    results = await asyncio.to_thread(
-        send_files, "127.0.0.1", settings.port, settings.milvue_aet, paths
-    )
-    assert [status for _, status in results] == [0] * images
-    return str(study[0].StudyInstanceUID), [str(ds.SOPInstanceUID) for ds in study]
 
 
 def is_dispatched_to(destination: str):  # type: ignore[no-untyped-def]

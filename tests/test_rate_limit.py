@@ -12,10 +12,16 @@ from pacsor.devtools.simulator import SimulatorSettings, running_simulator
 from pacsor.domain import events as ev
 from pacsor.jetstream.broker import connect
 from pacsor.jetstream.rate_limit import RateLimiter
-from tests.harness import ReceivingPacs, running_gateway, wait_for_event
+from tests.harness import (
+    TOKEN,
+    ReceivingPacs,
+    gateway_settings,
+    images,
+    running_gateway,
+    send_datasets,
+    wait_for_event,
+)
 from tests.nats_server import NatsServer
-from tests.test_contract import images, send
-from tests.test_pipeline import TOKEN, gateway_settings
 
 
 def rate(times: list[float]) -> float:
@@ -66,7 +72,7 @@ async def test_two_uploader_replicas_keep_the_rate(
             second = gateway_settings(nats_server.url, url, pacs, **extra)
             async with running_gateway(first), running_gateway(second, ("uploader",)):
                 studies = await asyncio.gather(
-                    *(send(first, tmp_path / str(n), images(6)) for n in range(4))
+                    *(send_datasets(first, tmp_path / str(n), images(6)) for n in range(4))
                 )
                 for study in studies:
                     await wait_for_event(nc, study, lambda e: isinstance(e, ev.Uploaded), 60)

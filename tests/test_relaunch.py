@@ -15,9 +15,16 @@ from nats.aio.client import Client
 from pacsor.devtools.simulator import SimulatorSettings, running_simulator
 from pacsor.domain import events as ev
 from pacsor.jetstream.eventlog import EventLog
-from tests.harness import ReceivingPacs, pacsor_cli, running_gateway, wait_for_event
+from tests.harness import (
+    TOKEN,
+    ReceivingPacs,
+    gateway_settings,
+    pacsor_cli,
+    running_gateway,
+    send_study,
+    wait_for_event,
+)
 from tests.nats_server import NatsServer
-from tests.test_pipeline import TOKEN, gateway_settings, send_study
 
 IMAGES = 2
 RESULTS = 2 * IMAGES  # one per image and inference command

@@ -24,9 +24,15 @@ from pacsor.dicom.storage_scu import send_files
 from pacsor.domain import events as ev
 from pacsor.jetstream.eventlog import EventLog
 from pacsor.jetstream.subjects import EVENTS_STREAM
-from tests.harness import ReceivingPacs, cli_env, running_gateway, write_study
+from tests.harness import (
+    TOKEN,
+    ReceivingPacs,
+    cli_env,
+    gateway_settings,
+    running_gateway,
+    write_study,
+)
 from tests.nats_server import NatsServer
-from tests.test_pipeline import TOKEN, gateway_settings
 
 pytestmark = pytest.mark.timeout(300)
 

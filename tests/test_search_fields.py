@@ -13,9 +13,9 @@ from nats.aio.client import Client
 from pacsor.devtools.sample_study import make_study
 from pacsor.dicom.storage_scu import send_files
 from pacsor.jetstream.subjects import ALL_EVENTS, EVENTS_STREAM
+from tests.admin_data import admin_settings
 from tests.harness import running_gateway, write_study
 from tests.nats_server import NatsServer, free_port
-from tests.test_admin_api import admin_settings
 
 PATIENT = ("DOE^JANE", "PID-4711-X", "19011231")
 
