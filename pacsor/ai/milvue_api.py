@@ -224,6 +224,16 @@ class MilvueApi:
         Each factory yields the bytes of one DICOM file (with its file meta); it is called
         when its part is sent. An exception raised by a factory propagates unchanged.
         """
+        return await self._post_study(study_uid, parts, UploadResponse, {})
+
+    async def _post_study(
+        self,
+        study_uid: str,
+        parts: Sequence[PartFactory],
+        answer: type[T],
+        params: dict[str, str],
+    ) -> T:
+        """POST /v3/studies with one multipart/related part per instance, streamed."""
         if not parts:
             raise ValueError(f"study {study_uid}: nothing to upload")
         boundary = new_boundary()
@@ -231,10 +241,11 @@ class MilvueApi:
         response = await self._send(
             "POST",
             path,
+            params=params,
             content=encode_related(parts, boundary),
             headers={"Content-Type": content_type(boundary), "Accept": "application/json"},
         )
-        return self._decode(response, "POST", path, UploadResponse)
+        return self._decode(response, "POST", path, answer)
 
     async def upload_without_pixels(
         self, study_uid: str, parts: Sequence[PartFactory]
@@ -243,18 +254,8 @@ class MilvueApi:
 
         Returns the URL to PUT each full instance to, by SOPInstanceUID.
         """
-        if not parts:
-            raise ValueError(f"study {study_uid}: nothing to upload")
-        boundary = new_boundary()
-        path = "/v3/studies"
-        response = await self._send(
-            "POST",
-            path,
-            params={"signed_url": "true"},
-            content=encode_related(parts, boundary),
-            headers={"Content-Type": content_type(boundary), "Accept": "application/json"},
-        )
-        return self._decode(response, "POST", path, SignedUploadResponse).signed_urls
+        signed = {"signed_url": "true"}
+        return (await self._post_study(study_uid, parts, SignedUploadResponse, signed)).signed_urls
 
     async def put_instance(self, url: str, body: PartFactory, size: int | None = None) -> None:
         """PUT one full instance, streamed, to its signed URL (Content-Type application/dicom).

@@ -125,17 +125,7 @@ class BlobStore:
                 chunks=len(pending),
                 digest=digest,
             )
-            meta = msgspec.structs.asdict(info)
-            del meta["deleted"]
-            meta["mtime"] = datetime.now(UTC).isoformat()
-            meta["options"] = {"max_chunk_size": self._chunk_size}
-            # Rollup: the new metadata replaces the old one on its subject.
-            await self._js.publish(
-                self._meta_subject(name),
-                json.dumps(meta).encode(),
-                headers={ROLLUP_HEADER: ROLLUP_SUBJECT},
-                timeout=self._timeout,
-            )
+            await self._publish_meta(info)
         except BaseException:
             for future in pending:
                 future.cancel()
@@ -158,19 +148,25 @@ class BlobStore:
         info = BlobInfo(
             name=name, bucket=self.bucket, nuid=nuid, size=size, chunks=chunks, digest=digest
         )
+        await self._publish_meta(info)
+        if existing is not None:
+            await self._discard_chunks(self._chunk_subject(existing.nuid))
+        return info
+
+    async def _publish_meta(self, info: BlobInfo) -> None:
+        """The metadata message makes chunks an object (or marks it deleted); as a rollup, it
+        replaces the earlier metadata of that name."""
         meta = msgspec.structs.asdict(info)
-        del meta["deleted"]
+        if not info.deleted:
+            del meta["deleted"]
+            meta["options"] = {"max_chunk_size": self._chunk_size}
         meta["mtime"] = datetime.now(UTC).isoformat()
-        meta["options"] = {"max_chunk_size": self._chunk_size}
         await self._js.publish(
-            self._meta_subject(name),
+            self._meta_subject(info.name),
             json.dumps(meta).encode(),
             headers={ROLLUP_HEADER: ROLLUP_SUBJECT},
             timeout=self._timeout,
         )
-        if existing is not None:
-            await self._discard_chunks(self._chunk_subject(existing.nuid))
-        return info
 
     async def _discard_chunks(self, chunk_subject: str) -> None:
         # Orphaned chunks only waste space until max_age; failing to purge them is not an error
@@ -233,15 +229,8 @@ class BlobStore:
         info = await self.info(name)
         if info is None:
             return False
-        gone = {"size": 0, "chunks": 0, "digest": "", "deleted": True}
-        meta = msgspec.structs.asdict(info) | gone
-        meta["mtime"] = datetime.now(UTC).isoformat()
-        await self._js.publish(
-            self._meta_subject(name),
-            json.dumps(meta).encode(),
-            headers={ROLLUP_HEADER: ROLLUP_SUBJECT},
-            timeout=self._timeout,
-        )
+        gone = msgspec.structs.replace(info, size=0, chunks=0, digest="", deleted=True)
+        await self._publish_meta(gone)
         await self._js.purge_stream(self.stream, subject=self._chunk_subject(info.nuid))
         return True
 

@@ -11,11 +11,12 @@ import msgspec
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import APIError, NotFoundError
 
 from pacsor.domain import events as ev
 from pacsor.domain.events import RecordedEvent
+from pacsor.jetstream.snapshot import messages_now
 from pacsor.jetstream.subjects import (
     ALL_EVENTS,
     EVENTS_STREAM,
@@ -105,38 +106,21 @@ class EventLog:
     ) -> list[RecordedEvent]:
         """Every event on `filter_subject` (up to `through_sequence`), oldest first, through an
         ephemeral consumer."""
-        sub = await self._js.pull_subscribe(
-            filter_subject,
-            stream=EVENTS_STREAM,
-            config=ConsumerConfig(
-                deliver_policy=DeliverPolicy.ALL,
-                ack_policy=AckPolicy.NONE,
-                inactive_threshold=30.0,
-                mem_storage=True,
-            ),
-        )
         recorded: list[RecordedEvent] = []
-        try:
-            info = await sub.consumer_info()
-            remaining = info.num_pending or 0
-            while remaining > 0:
-                for msg in await sub.fetch(min(remaining, 1000), timeout=self._timeout):
-                    meta = msg.metadata
-                    remaining = meta.num_pending
-                    if through_sequence is not None and meta.sequence.stream > through_sequence:
-                        remaining = 0
-                        break
-                    try:
-                        event = ev.decode_at(msg.data, meta.sequence.stream)
-                    except msgspec.MsgspecError as err:
-                        log.error(
-                            "unreadable event skipped",
-                            extra={"seq": meta.sequence.stream, "error": str(err)},
-                        )
-                        continue
-                    recorded.append(RecordedEvent(meta.sequence.stream, msg.subject, event))
-        finally:
-            await sub.unsubscribe()
+        feed = messages_now(self._js, EVENTS_STREAM, filter_subject, self._timeout)
+        async with contextlib.aclosing(feed) as messages:
+            async for msg in messages:
+                sequence = msg.metadata.sequence.stream
+                if through_sequence is not None and sequence > through_sequence:
+                    break
+                try:
+                    event = ev.decode_at(msg.data, sequence)
+                except msgspec.MsgspecError as err:
+                    log.error(
+                        "unreadable event skipped", extra={"seq": sequence, "error": str(err)}
+                    )
+                    continue
+                recorded.append(RecordedEvent(sequence, msg.subject, event))
         return recorded
 
     async def follow(

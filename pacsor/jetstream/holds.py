@@ -8,13 +8,15 @@ reads them to decide (pacsor.domain.completion); nothing else depends on them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import msgspec
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.api import DeliverPolicy
 
 from pacsor.domain.completion import Hold
+from pacsor.jetstream.snapshot import messages_now
 from pacsor.jetstream.subjects import HOLDS_STREAM, hold_subject, holds_filter
 
 log = logging.getLogger("pacsor.jetstream.holds")
@@ -34,26 +36,19 @@ class Holds:
         )
 
     async def of_study(self, study_uid: str) -> list[Hold]:
-        sub = await self._js.pull_subscribe(
-            holds_filter(study_uid),
-            stream=HOLDS_STREAM,
-            config=ConsumerConfig(
-                deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
-                ack_policy=AckPolicy.NONE,
-                inactive_threshold=30.0,
-                mem_storage=True,
-            ),
-        )
         holds: list[Hold] = []
-        try:
-            remaining = (await sub.consumer_info()).num_pending or 0
-            while remaining > 0:
-                for msg in await sub.fetch(min(remaining, 100), timeout=self._timeout):
-                    remaining = msg.metadata.num_pending
-                    try:
-                        holds.append(msgspec.json.decode(msg.data, type=Hold))
-                    except msgspec.MsgspecError as err:
-                        log.error("unreadable hold skipped", extra={"error": str(err)})
-        finally:
-            await sub.unsubscribe()
+        feed = messages_now(
+            self._js,
+            HOLDS_STREAM,
+            holds_filter(study_uid),
+            self._timeout,
+            DeliverPolicy.LAST_PER_SUBJECT,
+            batch=100,
+        )
+        async with contextlib.aclosing(feed) as messages:
+            async for msg in messages:
+                try:
+                    holds.append(msgspec.json.decode(msg.data, type=Hold))
+                except msgspec.MsgspecError as err:
+                    log.error("unreadable hold skipped", extra={"error": str(err)})
         return holds
