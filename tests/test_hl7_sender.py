@@ -560,3 +560,33 @@ async def test_patient_facts_come_from_a_result_object_once_instances_expired(
     (oru,) = sent_messages(ris, ready)
     assert oru.text(oru.segments("PID")[0], 5, 2) == "Maël"
     assert oru.text(oru.segments("OBR")[0], 2) == "ACC-R"
+
+
+async def test_the_whole_pipeline_sends_findings_and_measures_to_the_ris(
+    nc: Client, nats_server: NatsServer, tmp_path: Path, pacs: ReceivingPacs, ris: DemoRis
+) -> None:
+    """pacsor up with HL7_ENABLE: C-STORE, the simulated AI, its findings JSON, the RIS."""
+    with running_simulator(SimulatorSettings(token=TOKEN, running_polls=1)) as (url, _):
+        settings = gateway_settings(
+            nats_server.url,
+            url,
+            pacs,
+            TOKEN=TOKEN,
+            HL7_ENABLE="true",
+            HL7_RIS_IP="127.0.0.1",
+            HL7_RIS_PORT=str(ris.port),
+            HL7_LANGUAGE="FR",
+        )
+        async with running_gateway(settings):
+            study = make_study(2, rows=64, columns=64)
+            paths = write_study(tmp_path, study)
+            await asyncio.to_thread(send_files, "127.0.0.1", settings.port, "MILVUE", paths)
+            sent = await outcome_of(nc, str(study[0].StudyInstanceUID))
+    assert isinstance(sent, ev.Hl7Sent)
+    assert (sent.ack_code, sent.missing_findings) == ("AA", ())
+    (oru,) = [ParsedOru(r.text) for r in ris.received if r.control_id == sent.control_id]
+    observations = oru.observations()
+    assert oru.text(observations["pleural_effusion"], 3, 2) == "Épanchement pleural"
+    # One measure of each kind per image, each with the image's rank as its sub-ID.
+    assert {"cobb_angle/1", "cobb_angle/2", "leg_length/1", "leg_length/2"} <= set(observations)
+    assert oru.text(oru.segments("OBR")[0], 2) == str(study[0].AccessionNumber)
