@@ -18,9 +18,9 @@ from pacsor.domain import events as ev
 from pacsor.jetstream.eventlog import EventLog
 from pacsor.jetstream.subjects import HL7_CONFIG_SUBJECT, event_subject, events_filter
 from tests.harness import pacsor_cli, running_gateway, wait_for_event
+from tests.hl7_fixtures import external_report, outcome, record_results, sent_messages
 from tests.hl7_reading import ParsedOru
 from tests.nats_server import NatsServer, free_port
-from tests.test_hl7_sender import external_report, outcome, record_results, sent_messages
 
 FRENCH = {
     "settings": {"HL7_LANGUAGE": "FR", "HL7_RECEIVING_APPLICATION": "RIS_FR"},

@@ -18,27 +18,22 @@ import msgspec
 import pytest
 from nats.aio.client import Client
 
-from pacsor.ai.milvue_api import MilvueApi
 from pacsor.ai.techcare_report import TechCareReports
 from pacsor.config import Settings, load_settings
 from pacsor.config.hl7 import Hl7Settings, as_variables
 from pacsor.devtools.demo_ris import DemoRis
 from pacsor.devtools.sample_study import make_study
 from pacsor.devtools.simulator import SimulatorSettings, running_simulator
-from pacsor.devtools.simulator import results as simulated
 from pacsor.dicom.storage_scu import send_files
 from pacsor.domain import events as ev
 from pacsor.domain.retry import RetryPolicy
 from pacsor.hl7.oru import control_id
 from pacsor.hl7.report import Report
-from pacsor.jetstream.blobs import BlobStore, digest_hex, sha256_digest
+from pacsor.jetstream.blobs import BlobStore, sha256_digest
 from pacsor.jetstream.eventlog import EventLog
 from pacsor.jetstream.subjects import (
-    INSTANCES_BUCKET,
     RESULTS_BUCKET,
     events_filter,
-    findings_object_name,
-    instance_object_name,
     webps_subject,
 )
 from tests.dicom_factory import make_image, new_uid, to_bytes
@@ -49,11 +44,17 @@ from tests.harness import (
     wait_for_event,
     write_study,
 )
+from tests.hl7_fixtures import (
+    CORE,
+    TOKEN,
+    external_report,
+    outcome,
+    record_results,
+    sent_messages,
+)
 from tests.hl7_reading import ParsedOru
 from tests.nats_server import NatsServer
 
-CORE = "default"
-TOKEN = "tcr-token"
 POLICY = RetryPolicy(initial_seconds=0.1, max_seconds=0.5, max_attempts=3)
 HOSTILE = "Smith|Jones ~x\\y&z\r\nnext line\tTAB"
 
@@ -102,103 +103,6 @@ async def running_hl7(
     # Its consumers exist once it is ready: they start at "new", after this point.
     async with running_gateway(config, ("hl7",)):
         yield config
-
-
-def findings_json(study: str, sop: str, command: str, status: str = "done") -> bytes:
-    instance = simulated.InputInstance(
-        sop_instance_uid=sop,
-        series_instance_uid="1.2.3",
-        rows=256,
-        columns=256,
-        pixel_spacing_mm=0.2,
-    )
-    if status != "done":
-        return msgspec.json.encode({"StudyInstanceUID": study, "status": status})
-    build = (
-        simulated.smartxpert_findings
-        if command == "smartxpert"
-        else simulated.smarturgences_findings
-    )
-    return msgspec.json.encode(build(study, [instance]))
-
-
-async def record_results(
-    nc: Client,
-    commands: dict[str, str] | None = None,
-    attempt: int = 1,
-    simulator: str = "",
-    **attributes: str,
-) -> ev.ResultReady:
-    """Store a study's instance and findings, record StudyComplete and ResultReady.
-
-    With `simulator`, the study is also uploaded there, so that its report exists.
-    """
-    js = nc.jetstream()
-    events = EventLog(js)
-    study = new_uid()
-    ds = make_image(study, **attributes)
-    sop = str(ds.SOPInstanceUID)
-    data = to_bytes(ds)
-    if simulator:
-
-        async def part() -> AsyncIterator[bytes]:
-            yield data
-
-        async with MilvueApi(simulator, TOKEN) as api:
-            await api.upload_study(study, [part])
-    digest = sha256_digest(data)
-    name = instance_object_name(study, sop, digest_hex(digest))
-    await BlobStore(nc, js, INSTANCES_BUCKET).put(name, data)
-    received = ev.InstanceReceived(
-        study_instance_uid=study,
-        series_instance_uid=str(ds.SeriesInstanceUID),
-        sop_instance_uid=sop,
-        sop_class_uid=str(ds.SOPClassUID),
-        transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
-        object_name=name,
-        size=len(data),
-        digest=digest,
-    )
-    through = await events.publish(received)
-    await events.publish(
-        ev.StudyComplete(
-            study_instance_uid=study, attempt=attempt, instance_count=1, through_sequence=through
-        )
-    )
-    results = BlobStore(nc, js, RESULTS_BUCKET)
-    stored = []
-    wanted = {"smarturgences": "done", "smartxpert": "done"} if commands is None else commands
-    for command, status in wanted.items():
-        body = findings_json(study, sop, command, status)
-        object_name = findings_object_name(study, CORE, attempt, command)
-        info = await results.put(object_name, body)
-        stored.append(
-            ev.FindingsObject(
-                inference_command=command,
-                object_name=object_name,
-                size=info.size,
-                digest=info.digest,
-            )
-        )
-    ready = ev.ResultReady(
-        study_instance_uid=study, core=CORE, attempt=attempt, results=(), findings=tuple(stored)
-    )
-    await events.publish(ready)
-    return ready
-
-
-async def outcome(nc: Client, ready: ev.ResultReady, timeout: float = 60.0) -> ev.AnyEvent:
-    return await wait_for_event(
-        nc,
-        ready.study_instance_uid,
-        lambda e: isinstance(e, ev.Hl7Sent | ev.Hl7Failed),
-        timeout,
-    )
-
-
-def sent_messages(ris: DemoRis, ready: ev.ResultReady) -> list[ParsedOru]:
-    cid = control_id(ready.study_instance_uid, ready.core, ready.attempt)
-    return [ParsedOru(r.text) for r in ris.received if r.control_id == cid]
 
 
 @pytest.mark.parametrize(
@@ -393,20 +297,6 @@ async def test_a_report_that_does_not_exist_is_left_out(
     (oru,) = sent_messages(ris, ready)
     assert "REPORT" not in oru.observations()
     assert oru.text(oru.segments("NTE")[0], 3).startswith("report")
-
-
-def external_report(study: str, **changes: str) -> dict[str, str]:
-    return {
-        "StudyInstanceUID": study,
-        "report_id": "R-1",
-        "title": "Radiographie thoracique",
-        "indication": "Toux | fièvre",
-        "technique": "Face",
-        "findings": "Opacité basale droite.\nPas d'épanchement.",
-        "conclusion": "Pneumopathie <basale> droite.",
-        "language": "FR",
-        **changes,
-    }
 
 
 async def push(nc: Client, provider: str, body: object) -> dict[str, Any]:
