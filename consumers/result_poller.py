@@ -26,11 +26,12 @@ import msgspec
 from pacsor.consumers.uploader import require_tokens
 from pydicom.dataset import Dataset
 
-from pacsor.ai.milvue_api import FINDINGS_COMMANDS, ApiError, MilvueApi, core_clients
+from pacsor.ai.milvue_api import FINDINGS_COMMANDS, ApiError, MilvueApi
+from pacsor.config import CoreSettings
 from pacsor.dicom.header import MIN_PREFIX, HeaderError, parse_header
 from pacsor.domain import events as ev
 from pacsor.jetstream.blobs import BlobStore, sha256_digest
-from pacsor.jetstream.handler_runner import ConsumerSpec, Delivery, Emit, Outcome, Retry
+from pacsor.jetstream.handler_runner import ConsumerSpec, Delivery, Emit, Handler, Outcome, Retry
 from pacsor.jetstream.subjects import (
     EVENTS_STREAM,
     core_events_filter,
@@ -39,7 +40,7 @@ from pacsor.jetstream.subjects import (
     poll_consumer,
     result_object_name,
 )
-from pacsor.runtime import Component, Runtime, Started
+from pacsor.runtime import Component, Runtime, Started, run_per_core
 
 
 class PollSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -225,27 +226,19 @@ async def poll_results(
 
 async def run(rt: Runtime, started: Started) -> None:
     s = rt.settings
-    async with core_clients(s) as clients:
-        consumers = [
-            (
-                consumer(core.name),
-                partial(
-                    poll_results,
-                    api=api,
-                    results=rt.results,
-                    settings=PollSettings(
-                        core=core.name,
-                        # A tcr core writes a report, fetched by the hl7 component: no objects.
-                        inference_commands=() if core.kind == "tcr" else core.inference_commands,
-                        poll_interval=s.poll_interval_seconds,
-                        result_timeout=timedelta(seconds=s.result_timeout_seconds),
-                        options=s.result_options(),
-                    ),
-                ),
-            )
-            for core, api in clients
-        ]
-        await rt.run_consumers(consumers, started)
+
+    def poll(core: CoreSettings, api: MilvueApi) -> Handler[ev.Uploaded]:
+        settings = PollSettings(
+            core=core.name,
+            # A tcr core writes a report, fetched by the hl7 component: no objects.
+            inference_commands=() if core.kind == "tcr" else core.inference_commands,
+            poll_interval=s.poll_interval_seconds,
+            result_timeout=timedelta(seconds=s.result_timeout_seconds),
+            options=s.result_options(),
+        )
+        return partial(poll_results, api=api, results=rt.results, settings=settings)
+
+    await run_per_core(rt, started, consumer, poll)
 
 
 COMPONENT = Component(

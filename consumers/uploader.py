@@ -36,8 +36,8 @@ from functools import partial
 
 import msgspec
 
-from pacsor.ai.milvue_api import ApiError, MilvueApi, core_clients
-from pacsor.config import ConfigError, Settings
+from pacsor.ai.milvue_api import ApiError, MilvueApi
+from pacsor.config import ConfigError, CoreSettings, Settings
 from pacsor.dicom.header import HeaderError, read_header, tag_values
 from pacsor.domain import events as ev
 from pacsor.domain.completion import attempt_instances
@@ -45,7 +45,14 @@ from pacsor.domain.filters import FilterError, FilterRule, parse_filters, skippi
 from pacsor.domain.retry import RetryPolicy
 from pacsor.jetstream.blobs import BlobError, BlobStore
 from pacsor.jetstream.eventlog import EventLog
-from pacsor.jetstream.handler_runner import ConsumerSpec, Delivery, Emit, Outcome, retry_or_fail
+from pacsor.jetstream.handler_runner import (
+    ConsumerSpec,
+    Delivery,
+    Emit,
+    Handler,
+    Outcome,
+    retry_or_fail,
+)
 from pacsor.jetstream.rate_limit import RateLimiter
 from pacsor.jetstream.subjects import (
     EVENTS_STREAM,
@@ -53,7 +60,7 @@ from pacsor.jetstream.subjects import (
     study_core_events,
     upload_consumer,
 )
-from pacsor.runtime import Component, Runtime, Started
+from pacsor.runtime import Component, Runtime, Started, run_per_core
 
 # Skips are recorded in parts of at most this many instances (an event stays small).
 SKIPS_PER_EVENT = 500
@@ -354,33 +361,28 @@ def check(settings: Settings) -> None:
 async def run(rt: Runtime, started: Started) -> None:
     """One durable consumer per core: a core that is down never delays the others."""
     s = rt.settings
-    async with core_clients(s) as clients:
-        consumers = [
-            (
-                consumer(core.name),
-                partial(
-                    upload_study,
-                    api=api,
-                    instances=rt.instances,
-                    events=rt.events,
-                    settings=UploadSettings(
-                        core=core.name,
-                        signed_url=core.signed_url,
-                        filters=core_filters(s, n),
-                        batch_size=s.upload_batch_size,
-                        no_duplicate=s.no_duplicate_upload,
-                    ),
-                    policy=rt.policy,
-                    limiter=(
-                        RateLimiter(rt.js, core.name, s.upload_rate_limit)
-                        if s.upload_rate_limit
-                        else None
-                    ),
-                ),
-            )
-            for n, (core, api) in enumerate(clients)
-        ]
-        await rt.run_consumers(consumers, started)
+    index = {core.name: n for n, core in enumerate(s.cores)}
+
+    def upload(core: CoreSettings, api: MilvueApi) -> Handler[ev.StudyComplete]:
+        settings = UploadSettings(
+            core=core.name,
+            signed_url=core.signed_url,
+            filters=core_filters(s, index[core.name]),
+            batch_size=s.upload_batch_size,
+            no_duplicate=s.no_duplicate_upload,
+        )
+        limit = s.upload_rate_limit
+        return partial(
+            upload_study,
+            api=api,
+            instances=rt.instances,
+            events=rt.events,
+            settings=settings,
+            policy=rt.policy,
+            limiter=RateLimiter(rt.js, core.name, limit) if limit else None,
+        )
+
+    await run_per_core(rt, started, consumer, upload)
 
 
 COMPONENT = Component(

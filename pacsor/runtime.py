@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from pacsor.config import Settings
+from pacsor.ai.milvue_api import MilvueApi, core_clients
+from pacsor.config import CoreSettings, Settings
 from pacsor.domain.retry import RetryPolicy
 from pacsor.jetstream.blobs import BlobStore
 from pacsor.jetstream.eventlog import EventLog
@@ -23,6 +24,8 @@ from pacsor.jetstream.handler_runner import ConsumerSpec, Handler, ensure_consum
 from pacsor.jetstream.holds import Holds
 from pacsor.jetstream.liveness import Heartbeat, liveness_file
 from pacsor.jetstream.quiet_timers import QuietTimers
+
+M = TypeVar("M")
 
 # A component calls this once it serves (its consumers exist, its port listens), with what
 # a person needs to reach it (for example the DICOM port).
@@ -90,3 +93,16 @@ class Component:
     check: Callable[[Settings], None] = _no_requirement
     # Whether `pacsor up` runs it (optional parts are switched by settings).
     in_up: Callable[[Settings], bool] = _always
+
+
+async def run_per_core(
+    rt: Runtime,
+    started: Started,
+    consumer: Callable[[str], ConsumerSpec[M]],
+    handler: Callable[[CoreSettings, MilvueApi], Handler[M]],
+) -> None:
+    """Run one durable consumer per AI core, each with its own client: a core that is down
+    or slow never delays the others."""
+    async with core_clients(rt.settings) as clients:
+        consumers = [(consumer(core.name), handler(core, api)) for core, api in clients]
+        await rt.run_consumers(consumers, started)
