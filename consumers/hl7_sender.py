@@ -191,14 +191,7 @@ async def send_external_report(
     """An external provider's report goes to the RIS like the AI's: same message, same MLLP."""
     study, core = event.study_instance_uid, external_core(event.provider)
     cid = control_id(study, core, 0, event.report_id)
-    report = Report(
-        title=event.title,
-        indication=event.indication,
-        technique=event.technique,
-        findings=event.findings,
-        conclusion=event.conclusion,
-        language=event.language,
-    )
+    report = msgspec.convert(event.report, Report, from_attributes=True)
     settings, template, ris = await ctx.in_force()
     header = await _header(study, (), ctx)
     text = build_oru(header, StudyFindings(), report, settings, cid, event.occurred_at, template)

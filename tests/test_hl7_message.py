@@ -284,7 +284,10 @@ def test_hl7_events_read_as_one_line() -> None:
         "default attempt 1 to 10.0.0.9:2575: AA (control ID ABC, without smartxpert)"
     )
     pushed = ev.ExternalReportReceived(
-        study_instance_uid=STUDY, provider="radnet", report_id="R-1", title="T", language="FR"
+        study_instance_uid=STUDY,
+        provider="radnet",
+        report_id="R-1",
+        report=ev.WrittenReport(title="T", language="FR"),
     )
     assert detail(pushed) == "report R-1 from radnet (FR)"
     loaded = ev.Hl7ConfigLoaded(

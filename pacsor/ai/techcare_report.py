@@ -22,6 +22,7 @@ from urllib.parse import quote
 import httpx
 import msgspec
 
+from pacsor.domain.events import WrittenReport
 from pacsor.hl7.report import Report
 
 OWNER_HEADER = "x-goog-meta-owner"
@@ -38,13 +39,8 @@ class ReportNotReady(ReportError):
         super().__init__(f"report of {study_uid} still being written", retryable=True)
 
 
-class _ReportBody(msgspec.Struct, frozen=True):
-    title: str
-    indication: str = ""
-    technique: str = ""
-    findings: str = ""
-    conclusion: str = ""
-    language: str = ""
+class _ReportBody(WrittenReport, frozen=True, kw_only=True):
+    language: str = ""  # none given: the language asked for
 
 
 class _Answer(msgspec.Struct, frozen=True, rename={"study": "StudyInstanceUID"}):
@@ -82,14 +78,8 @@ class TechCareReports:
         if answer.status != "done" or answer.report is None:
             raise ReportError(f"TCR GET {path}: status {answer.status!r} without a report", False)
         body = answer.report
-        return Report(
-            title=body.title,
-            indication=body.indication,
-            technique=body.technique,
-            findings=body.findings,
-            conclusion=body.conclusion,
-            language=(body.language or language).upper(),
-        )
+        report = msgspec.convert(body, Report, from_attributes=True)
+        return msgspec.structs.replace(report, language=(body.language or language).upper())
 
     async def aclose(self) -> None:
         await self._client.aclose()

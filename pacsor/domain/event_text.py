@@ -77,7 +77,7 @@ def _particulars(event: ev.Event) -> str:
         case ev.StepFailed():
             return f"{event.step} after {event.tries} tries: {event.reason}"
         case ev.ExternalReportReceived():
-            return f"report {event.report_id} from {event.provider} ({event.language})"
+            return f"report {event.report_id} from {event.provider} ({event.report.language})"
         case ev.Hl7ConfigLoaded():
             return f"HL7 {event.kind} {event.name!r} loaded by {event.loaded_by}"
         case _:

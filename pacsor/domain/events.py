@@ -376,6 +376,17 @@ class Hl7Failed(CoreEvent, frozen=True, kw_only=True):
         return f"{key}:report:{self.report_id}" if self.report_id else key
 
 
+class WrittenReport(msgspec.Struct, frozen=True, kw_only=True):
+    """A radiology report's text: what the RIS shows under the study."""
+
+    title: str
+    indication: str = ""
+    technique: str = ""
+    findings: str = ""
+    conclusion: str = ""
+    language: str = "EN"
+
+
 class ExternalReportReceived(Event, frozen=True, kw_only=True):
     """A written report pushed by an external report provider (WEBPS_PROVIDERS).
 
@@ -387,12 +398,7 @@ class ExternalReportReceived(Event, frozen=True, kw_only=True):
 
     provider: str
     report_id: str
-    title: str
-    indication: str = ""
-    technique: str = ""
-    findings: str = ""
-    conclusion: str = ""
-    language: str = "EN"
+    report: WrittenReport
 
     def idempotency_key(self) -> str:
         return f"webps:{self.study_instance_uid}:{self.provider}:{self.report_id}"

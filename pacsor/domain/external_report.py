@@ -61,14 +61,10 @@ def accept_report(
         raise ReportRefused(400, f"the report is not JSON: {err}") from err
     if not (payload.findings or payload.conclusion):
         raise ReportRefused(422, "invalid report: it has neither findings nor a conclusion")
+    report = msgspec.convert(payload, ev.WrittenReport, from_attributes=True)
     return ev.ExternalReportReceived(
         study_instance_uid=payload.study_instance_uid,
         provider=provider,
         report_id=payload.report_id,
-        title=payload.title,
-        indication=payload.indication,
-        technique=payload.technique,
-        findings=payload.findings,
-        conclusion=payload.conclusion,
-        language=payload.language.upper(),
+        report=msgspec.structs.replace(report, language=payload.language.upper()),
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import html
 
-import msgspec
+from pacsor.domain.events import WrittenReport
 
 _HEADINGS = {
     "EN": ("Indication", "Technique", "Findings", "Conclusion"),
@@ -12,13 +12,8 @@ _HEADINGS = {
 }
 
 
-class Report(msgspec.Struct, frozen=True, kw_only=True):
-    title: str
-    indication: str = ""
-    technique: str = ""
-    findings: str = ""
-    conclusion: str = ""
-    language: str = "EN"
+class Report(WrittenReport, frozen=True, kw_only=True):
+    """A report as the message carries it: its sections, as text or as an HTML page."""
 
     def sections(self) -> list[tuple[str, str]]:
         headings = _HEADINGS.get(self.language.upper(), _HEADINGS["EN"])
