@@ -348,7 +348,7 @@ def _send(settings: Settings, args: argparse.Namespace) -> int:
     import tempfile
 
     from pacsor.devtools.sample_study import make_study
-    from pacsor.dicom.storage_scu import send_files
+    from pacsor.dicom.storage_scu import NotDicom, send_files
 
     with tempfile.TemporaryDirectory(prefix="pacsor-sample-") as folder:
         files: list[Path] = []
@@ -365,7 +365,7 @@ def _send(settings: Settings, args: argparse.Namespace) -> int:
             results = send_files(
                 args.host, args.port or settings.port, args.aet or settings.milvue_aet, files
             )
-        except ConnectionError as err:
+        except (ConnectionError, NotDicom) as err:
             print(f"pacsor: {err}", file=sys.stderr)
             return 1
     failed = [r for r in results if r[1] != 0]

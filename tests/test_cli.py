@@ -95,6 +95,15 @@ def test_send_to_nobody_says_so(tmp_path: Path) -> None:
     assert "refused or unreachable" in result.stderr
 
 
+def test_send_a_file_that_is_not_dicom_is_one_line(tmp_path: Path) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not an image")
+    result = pacsor_cli("send", str(notes), "--port", str(free_port()), cwd=tmp_path)
+    assert result.returncode == 1
+    [line] = result.stderr.splitlines()  # one line, no traceback
+    assert line.startswith(f"pacsor: {notes}: not a DICOM Part 10 file (")
+
+
 async def test_waits_for_nats_and_stops_on_sigterm(tmp_path: Path) -> None:
     scp = await asyncio.create_subprocess_exec(
         sys.executable,

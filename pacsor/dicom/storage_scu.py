@@ -12,10 +12,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 SOP_CLASS_NOT_SUPPORTED = 0x0122
+
+
+class NotDicom(ValueError):
+    """A file to send is not DICOM with its file meta (PS3.10): nothing is sent."""
 
 
 def send_files(
@@ -40,10 +45,12 @@ def send_files(
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     contexts: dict[str, set[str]] = {}
     for path in files:
-        meta = dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"]).file_meta
-        contexts.setdefault(str(meta.MediaStorageSOPClassUID), set()).add(
-            str(meta.TransferSyntaxUID)
-        )
+        try:
+            meta = dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"]).file_meta
+            sop_class, syntax = meta.MediaStorageSOPClassUID, meta.TransferSyntaxUID
+        except (InvalidDicomError, AttributeError, OSError) as err:
+            raise NotDicom(f"{path}: not a DICOM Part 10 file ({err})") from None
+        contexts.setdefault(str(sop_class), set()).add(str(syntax))
     for sop_class, syntaxes in contexts.items():
         ae.add_requested_context(sop_class, sorted(syntaxes))
     assoc = ae.associate(host, port, ae_title=called_ae_title, max_pdu=0)
