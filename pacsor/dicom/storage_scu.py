@@ -47,10 +47,10 @@ def send_files(
     for path in files:
         try:
             meta = dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"]).file_meta
-            sop_class, syntax = meta.MediaStorageSOPClassUID, meta.TransferSyntaxUID
+            stored_as = (str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID))
         except (InvalidDicomError, AttributeError, OSError) as err:
             raise NotDicom(f"{path}: not a DICOM Part 10 file ({err})") from None
-        contexts.setdefault(str(sop_class), set()).add(str(syntax))
+        contexts.setdefault(stored_as[0], set()).add(stored_as[1])
     for sop_class, syntaxes in contexts.items():
         ae.add_requested_context(sop_class, sorted(syntaxes))
     assoc = ae.associate(host, port, ae_title=called_ae_title, max_pdu=0)
