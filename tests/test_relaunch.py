@@ -4,12 +4,11 @@ admin API over HTTP and the `pacsor relaunch` command."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
-import pytest
 from nats.aio.client import Client
 
 from pacsor.devtools.simulator import SimulatorSettings, running_simulator
@@ -28,20 +27,6 @@ from tests.nats_server import NatsServer
 
 IMAGES = 2
 RESULTS = 2 * IMAGES  # one per image and inference command
-
-
-@pytest.fixture
-def pacs() -> Iterator[ReceivingPacs]:
-    receiver = ReceivingPacs("MAINPACS").start()
-    yield receiver
-    receiver.stop()
-
-
-@pytest.fixture
-def archive() -> Iterator[ReceivingPacs]:
-    receiver = ReceivingPacs("ARCHIVE").start()
-    yield receiver
-    receiver.stop()
 
 
 def dispatched(
