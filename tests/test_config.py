@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from pacsor.config import ConfigError, Destination, load_settings
+from pacsor.config.hl7 import as_variables, load_hl7_settings, with_overrides
 from tests.harness import pacsor_cli
 
 
@@ -145,3 +146,91 @@ def test_cli_requires_a_token_for_every_core(tmp_path: Path) -> None:
     assert result.stderr.strip().splitlines() == [
         "pacsor: TOKEN_1: not set; the Milvue API needs an API key"
     ]
+
+
+@pytest.mark.parametrize(
+    ("env", "line"),
+    [
+        ({"HL7_LANGUAGE": "DE"}, "HL7_LANGUAGE: expected one of EN, FR, got 'DE'"),
+        ({"HL7_RIS_PORT": "0"}, "HL7_RIS_PORT: expected an integer >= 1, got '0'"),
+        ({"RIS_TIMEOUT": "soon"}, "RIS_TIMEOUT: expected a number, got 'soon'"),
+        ({"HL7_ENABLE": "maybe"}, "HL7_ENABLE: expected true or false, got 'maybe'"),
+        (
+            {"HL7_SENDING_FACILITY": "A|B"},
+            "HL7_SENDING_FACILITY: HL7 delimiters |^~\\& and control characters are not "
+            "allowed, got 'A|B'",
+        ),
+        (
+            {"HL7_CUSTOM_DIR": "/etc/pacsor", "LOAD_CONFIG_AT_INIT": "../secrets"},
+            "LOAD_CONFIG_AT_INIT: a file name of letters, digits, _ . -, got '../secrets'",
+        ),
+        (
+            {"MEASURE_INFERENCE_COMMAND": "smartchest"},
+            "MEASURE_INFERENCE_COMMAND: expected one of measures, smartxpert, got 'smartchest'",
+        ),
+        (
+            {"WEBPS_PROVIDERS": "acme,Other"},
+            "WEBPS_PROVIDERS: lower-case letters, digits and '-', got 'acme,Other'",
+        ),
+        (
+            {"WEBPS_PROVIDERS": "acme,acme"},
+            "WEBPS_PROVIDERS: a provider is named twice in 'acme,acme'",
+        ),
+        (
+            {"HL7_ENABLE": "true"},
+            "HL7_RIS_IP: not set; HL7_ENABLE=true needs the RIS address",
+        ),
+        (
+            {"TCR_API_URL": "ftp://x"},
+            "TCR_API_URL: expected an http:// or https:// URL, got 'ftp://x'",
+        ),
+        ({"UPLOAD_CONCURRENCY": "0"}, "UPLOAD_CONCURRENCY: expected an integer >= 1, got '0'"),
+    ],
+)
+def test_a_bad_hl7_or_upload_setting_is_one_line_naming_it(env: dict[str, str], line: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_settings(env, dotenv=None)
+    assert str(raised.value) == line
+
+
+def test_hl7_settings_read_as_every_other_setting() -> None:
+    s = load_settings(
+        {
+            "HL7_ENABLE": "yes",  # yes/no and on/off, for every true-or-false setting
+            "NO_DUPLICATE_UPLOAD": "off",
+            "HL7_RIS_IP": "ris.example",
+            "HL7_LANGUAGE": "fr",  # the case of a fixed choice does not matter
+            "HL7_TCR_OUT_FORMAT": "plain",
+            "HL7_INCLUDE_TCR": "1",
+            "TCR_API_URL": "https://reports.example/",
+            "WEBPS_PROVIDERS": "acme, radco",
+            "UPLOAD_CONCURRENCY": "16",
+        },
+        dotenv=None,
+    )
+    hl7 = s.hl7
+    assert (hl7.enable, hl7.ris_ip, hl7.language, hl7.tcr_out_format) == (
+        True,
+        "ris.example",
+        "FR",
+        "PLAIN",
+    )
+    assert (hl7.include_tcr, hl7.tcr_api_url) == (True, "https://reports.example")
+    assert hl7.webps_providers == ("acme", "radco")
+    assert (s.no_duplicate_upload, s.upload_concurrency) == (False, 16)
+
+
+def test_hl7_variables_give_back_the_same_settings() -> None:
+    hl7 = load_settings(
+        {
+            "HL7_ENABLE": "true",
+            "HL7_RIS_IP": "ris",
+            "WEBPS_ENABLE": "true",
+            "WEBPS_PROVIDERS": "a,b",
+        },
+        dotenv=None,
+    ).hl7
+    assert load_hl7_settings(as_variables(hl7)) == hl7
+    assert with_overrides(hl7, {"HL7_LANGUAGE": "FR"}).language == "FR"
+    with pytest.raises(ConfigError, match=r"^HL7_COLOUR: not an HL7 setting$"):
+        with_overrides(hl7, {"HL7_COLOUR": "blue"})

@@ -22,16 +22,22 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-from pacsor.config.hl7 import Hl7ConfigError, Hl7Settings, load_hl7_settings
+from pacsor.config.hl7 import Hl7Settings, load_hl7_settings
+from pacsor.config.variables import (
+    AeTitle,
+    ConfigError,
+    CoreName,
+    HttpUrl,
+    InferenceCommand,
+    NatsUrl,
+    Port,
+    Seconds,
+    TimeZone,
+    convert,
+    raw_fields,
+    read_dotenv,
+)
 
-# An AE title: 1 to 16 printable characters, no backslash (PS3.5 §6.2, AE value representation).
-AeTitle = Annotated[str, Meta(pattern=r"^[\x20-\x5b\x5d-\x7e]{1,16}$")]
-Port = Annotated[int, Meta(ge=1, le=65535)]
-Seconds = Annotated[float, Meta(gt=0)]
-HttpUrl = Annotated[str, Meta(pattern=r"^https?://[^/\s]+")]
-CoreName = Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9-]{0,31}$")]
-InferenceCommand = Annotated[str, Meta(pattern=r"^[a-z][a-z0-9_]*$")]
-NatsUrl = Annotated[str, Meta(pattern=r"^(nats|tls|ws|wss)://[^/\s]+$")]
 # The names of pacsor.dicom.profiles.PROFILES (a test keeps the two in step).
 Profile = Literal["Default", "WithSC", "WithRF", "WithSCRF", "All"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
@@ -43,7 +49,6 @@ OutputSelection = Literal["all", "no_recap", "no_negatives", "none"]
 StructuredReportFormat = Literal["lite", "normal", "full", "none"]
 StaticReportFormat = Literal["rgb", "pdf", "none"]
 RecapTheme = Literal["dark", "light"]
-TimeZone = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_+\-/]{1,64}$")]
 RESULT_OPTIONS = (
     "output_format",
     "language",
@@ -54,19 +59,7 @@ RESULT_OPTIONS = (
     "timezone",
 )
 
-# What a pattern means, for the one line a person reads.
-_PATTERN_HINTS: dict[Any, str] = {
-    AeTitle: "an AE title is 1 to 16 printable characters without backslash",
-    HttpUrl: "expected an http:// or https:// URL",
-    CoreName: "lower-case letters, digits and '-'",
-    InferenceCommand: "not an inference command name",
-    NatsUrl: "expected nats://host:port",
-    TimeZone: "expected a time zone such as Europe/Paris",
-}
-
-
-class ConfigError(ValueError):
-    """A setting is missing or malformed; the message starts with the variable's name."""
+__all__ = ["ConfigError", "CoreSettings", "Destination", "Settings", "load_settings", "read_dotenv"]
 
 
 class Destination(msgspec.Struct, frozen=True):
@@ -133,6 +126,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     api_timeout_seconds: Seconds = 60.0
     # Uploads, for every core
     upload_batch_size: Annotated[int, Meta(ge=1, le=10_000)] = 100
+    # Signed-URL PUTs of one batch in flight at once (each is one round trip to the cloud)
+    upload_concurrency: Annotated[int, Meta(ge=1, le=64)] = 8
     upload_rate_limit: Annotated[float, Meta(ge=0)] = 0.0  # instances/s per core; 0: no limit
     no_duplicate_upload: bool = True
     # Result options sent with every result request (unset: the API's default)
@@ -219,31 +214,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
         return (first, *extra)
 
 
-def read_dotenv(path: Path) -> dict[str, str]:
-    """Parse a `.env` file: KEY=VALUE lines, `#` comments, optional quotes."""
-    values: dict[str, str] = {}
-    if not path.is_file():
-        return values
-    for number, raw in enumerate(path.read_text().splitlines(), start=1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.startswith("export "):
-            line = line[len("export ") :]
-        key, sep, value = line.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"{path}: line {number} is not KEY=VALUE")
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        values[key.strip()] = value
-    return values
-
-
 def parse_destination(name: str, raw: str) -> Destination:
     """AET@host:port, checked like the settings are."""
-    destination: Destination = _convert(_destination_fields(name, raw), Destination, name, {})
-    return destination
+    return convert(_destination_fields(name, raw), Destination, {}, name)
 
 
 def _destination_fields(name: str, raw: str) -> dict[str, Any]:
@@ -254,95 +227,11 @@ def _destination_fields(name: str, raw: str) -> dict[str, Any]:
     return {"ae_title": aet.strip(), "host": host, "port": port}
 
 
-def _fields(kind: type[msgspec.Struct]) -> dict[str, msgspec.inspect.Field]:
-    info = msgspec.inspect.type_info(kind)
-    assert isinstance(info, msgspec.inspect.StructType)
-    return {field.encode_name: field for field in info.fields}
+def _destinations(name: str, raw: str) -> list[dict[str, Any]]:
+    return [_destination_fields(name, d) for d in raw.split(",") if d.strip()]
 
 
-def _is_list(field: msgspec.inspect.Field) -> bool:
-    kind = field.type
-    if isinstance(kind, msgspec.inspect.UnionType):
-        kind = next(t for t in kind.types if not isinstance(t, msgspec.inspect.NoneType))
-    return isinstance(kind, msgspec.inspect.TupleType | msgspec.inspect.VarTupleType)
-
-
-def _raw_fields(
-    env: Mapping[str, str], kind: type[msgspec.Struct], suffix: str = ""
-) -> dict[str, Any]:
-    """The set variables of `kind` (named NAME + suffix), lists split on commas."""
-    raw: dict[str, Any] = {}
-    for name, field in _fields(kind).items():
-        value = env.get(name + suffix, "").strip()
-        if not value or name in {"EXTRA_CORES", "HL7"}:
-            continue
-        if name == "DESTINATIONS":
-            raw[name] = [
-                _destination_fields(name + suffix, d) for d in value.split(",") if d.strip()
-            ]
-        elif _is_list(field):
-            raw[name] = [item.strip() for item in value.split(",") if item.strip()]
-        elif name == "LOG_LEVEL":
-            raw[name] = value.upper()
-        elif name == "API_URL":
-            raw[name] = value.rstrip("/")
-        else:
-            raw[name] = value
-    return raw
-
-
-def _decode_path(kind: type, value: Any) -> Any:
-    if kind is Path and isinstance(value, str):
-        return Path(value)
-    raise NotImplementedError(kind)
-
-
-def _convert(raw: dict[str, Any], kind: type[Any], name: str, given: Mapping[str, str]) -> Any:
-    try:
-        return msgspec.convert(raw, kind, strict=False, dec_hook=_decode_path)
-    except msgspec.ValidationError as err:
-        raise ConfigError(_explain(err, name, given)) from None
-
-
-def _explain(err: msgspec.ValidationError, default_name: str, given: Mapping[str, str]) -> str:
-    """`Expected int >= 1 - at $.EXTRA_CORES[0].PORT` as `PORT_1: expected ..., got '0'`."""
-    message, _, where = str(err).rpartition(" - at `")
-    path = where.rstrip("`")
-    match = re.match(r"\$(?:\.EXTRA_CORES\[(\d+)\])?\.([A-Z0-9_]+)", path)
-    if match is None:
-        name = default_name
-    else:
-        core, field = match.groups()
-        name = field if core is None else f"{field}_{int(core) + 1}"
-    hint = _hint(message)
-    if message.startswith("Invalid enum value") and match is not None:
-        field = _fields(ExtraCore if match.group(1) else Settings).get(match.group(2))
-        if field is not None and isinstance(field.type, msgspec.inspect.LiteralType):
-            hint = f"expected one of {', '.join(map(str, field.type.values))}"
-    value = given.get(name)
-    got = f", got {value!r}" if value is not None else ""
-    return f"{name}: {hint}{got}"
-
-
-def _hint(message: str) -> str:
-    for kind, hint in _PATTERN_HINTS.items():
-        pattern = next(m for m in kind.__metadata__ if isinstance(m, Meta)).pattern
-        if pattern is not None and repr(pattern) in message:
-            return hint
-    if message.startswith("Object missing required field"):
-        return "not set"
-    if message.startswith("Expected `array` of length >= 1"):
-        return "at least one value is needed"
-    readable = {
-        "`int`": "an integer",
-        "`float`": "a number",
-        "`bool`": "true or false",
-        "`str`": "a string",
-    }
-    for raw, text in readable.items():
-        message = message.replace(raw, text)
-    message = re.sub(r", got an? [a-z]+$|, got `\w+`$", "", message)
-    return message[:1].lower() + message[1:]
+_READERS = {"DESTINATIONS": _destinations}
 
 
 def load_settings(
@@ -357,17 +246,15 @@ def load_settings(
     env.update(os.environ if environ is None else environ)
     env.update(overrides or {})
 
-    raw = _raw_fields(env, Settings)
+    raw = raw_fields(env, Settings, readers=_READERS)
     cores: list[dict[str, Any]] = []
     while env.get(f"API_URL_{len(cores) + 1}", "").strip():
-        cores.append(_raw_fields(env, ExtraCore, f"_{len(cores) + 1}"))
+        cores.append(raw_fields(env, ExtraCore, f"_{len(cores) + 1}", readers=_READERS))
     if cores:
         raw["EXTRA_CORES"] = cores
-    try:
-        raw["HL7"] = msgspec.to_builtins(load_hl7_settings(env))
-    except Hl7ConfigError as err:
-        raise ConfigError(str(err)) from None
-    settings: Settings = _convert(raw, Settings, "settings", env)
+    settings = msgspec.structs.replace(
+        convert(raw, Settings, env, "settings"), hl7=load_hl7_settings(env)
+    )
     names = [core.name for core in settings.cores]
     for n, name in enumerate(names):
         if name in names[:n]:
