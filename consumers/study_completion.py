@@ -18,9 +18,11 @@ from pacsor.domain import events as ev
 from pacsor.domain.completion import (
     AlreadyComplete,
     Complete,
+    Decision,
     WaitUntil,
     decide_completion,
     decide_relaunch,
+    still_arriving,
 )
 from pacsor.domain.events import utc_now
 from pacsor.jetstream.eventlog import EventLog
@@ -59,10 +61,12 @@ async def complete_study(
     quiet: timedelta,
 ) -> Outcome:
     study = elapsed.study_instance_uid
-    history = await events.history(study)
-    decision = decide_completion(
-        study, history, utc_now(), quiet, await holds.of_study(study), elapsed.holds_checked_at
-    )
+    decision: Decision | None = still_arriving(await events.last_received(study), utc_now(), quiet)
+    if decision is None:
+        history = await events.history(study)
+        decision = decide_completion(
+            study, history, utc_now(), quiet, await holds.of_study(study), elapsed.holds_checked_at
+        )
     if isinstance(decision, Complete):
         return Emit((decision.event,), decision.expected_last_subject_sequence)
     if isinstance(decision, WaitUntil):

@@ -21,6 +21,7 @@ from pacsor.domain.completion import (
     WaitUntil,
     attempt_instances,
     decide_completion,
+    still_arriving,
 )
 from pacsor.domain.dispatch import Progress, is_permanent_refusal, outcome, record_try, to_send
 from pacsor.domain.events import RecordedEvent
@@ -58,6 +59,17 @@ def test_waits_for_the_quiet_period_after_the_last_instance() -> None:
     h = history(received("1.1", T0), received("1.2", T0 + timedelta(seconds=5)))
     decision = decide_completion(STUDY, h, T0 + timedelta(seconds=12), QUIET)
     assert decision == WaitUntil(T0 + timedelta(seconds=15))
+
+
+def test_the_last_arrival_alone_says_a_study_is_still_arriving() -> None:
+    [last] = history(received("1.2", T0 + timedelta(seconds=5)))
+    # Within the quiet period: wait, without reading the rest of the history.
+    assert still_arriving(last, T0 + timedelta(seconds=12), QUIET) == WaitUntil(
+        T0 + timedelta(seconds=15)
+    )
+    # After it, or with nothing received: the whole history decides.
+    assert still_arriving(last, T0 + timedelta(seconds=15), QUIET) is None
+    assert still_arriving(None, T0, QUIET) is None
 
 
 def test_completes_once_with_every_instance_once() -> None:
@@ -216,9 +228,7 @@ def test_dispatch_progress_settles_each_object_once() -> None:
 def test_events_read_as_one_line_naming_the_core_and_attempt() -> None:
     from pacsor.domain.event_text import describe
 
-    uploaded = ev.Uploaded(
-        study_instance_uid="1.2.3", core="preprod", attempt=2, instance_count=3
-    )
+    uploaded = ev.Uploaded(study_instance_uid="1.2.3", core="preprod", attempt=2, instance_count=3)
     failed = ev.DispatchFailed(
         study_instance_uid="1.2.3",
         core="default",

@@ -112,6 +112,22 @@ def next_attempt(
     )
 
 
+def still_arriving(
+    last_received: RecordedEvent | None, now: datetime, quiet: timedelta
+) -> WaitUntil | None:
+    """The cheap first look, from the study's last InstanceReceived alone: an arrival within
+    the quiet period means the study is still arriving, whatever else its history says.
+
+    Timers fire early while arrivals are being processed out of order or with a backlog (an
+    earlier arrival re-arms the timer for an earlier time); this keeps each such firing from
+    reading a history of thousands of instances.
+    """
+    if last_received is None or not isinstance(last_received.event, InstanceReceived):
+        return None
+    until = last_received.event.occurred_at + quiet
+    return WaitUntil(until) if until > now else None
+
+
 def decide_completion(
     study_uid: str,
     history: Sequence[RecordedEvent],

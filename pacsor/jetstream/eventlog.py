@@ -101,6 +101,10 @@ class EventLog:
         """The study's InstanceReceived events up to `through_sequence`, oldest first."""
         return await self.read(received_subject(study_uid), through_sequence)
 
+    async def last_received(self, study_uid: str) -> RecordedEvent | None:
+        """The study's latest InstanceReceived, by one direct read."""
+        return await self.last(received_subject(study_uid))
+
     async def read(
         self, filter_subject: str = ALL_EVENTS, through_sequence: int | None = None
     ) -> list[RecordedEvent]:
