@@ -47,9 +47,7 @@ async def replay_to_destination(
 
     def failed(reason: str, delivered: tuple[str, ...] = ()) -> ev.DispatchFailed:
         return ev.DispatchFailed(
-            study_instance_uid=study,
-            core=request.core,
-            attempt=request.attempt,
+            **request.key,
             destination=request.destination,
             reason=reason,
             tries=delivery.num_delivered,
@@ -86,9 +84,7 @@ async def replay_to_destination(
     return Emit(
         (
             ev.Dispatched(
-                study_instance_uid=study,
-                core=request.core,
-                attempt=request.attempt,
+                **request.key,
                 destination=request.destination,
                 sop_instance_uids=delivered,
                 replay_id=request.replay_id,

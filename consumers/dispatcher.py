@@ -66,9 +66,7 @@ def dispatch_failed(
     outcome: dispatch.Outcome = NOTHING_KNOWN,
 ) -> ev.DispatchFailed:
     return ev.DispatchFailed(
-        study_instance_uid=event.study_instance_uid,
-        core=event.core,
-        attempt=event.attempt,
+        **event.key,
         destination=destination,
         reason=reason,
         tries=tries,
@@ -113,9 +111,7 @@ async def dispatch_to_destination(
         return Emit(
             (
                 ev.Dispatched(
-                    study_instance_uid=event.study_instance_uid,
-                    core=event.core,
-                    attempt=event.attempt,
+                    **event.key,
                     destination=where,
                     sop_instance_uids=tuple(o.sop_instance_uid for o in outcome.delivered),
                 ),

@@ -23,7 +23,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -112,19 +112,26 @@ class Hl7Context:
             await source.aclose()
 
 
-def consumer(ack_wait: float = 60.0) -> ConsumerSpec[ev.ResultReady]:
+RisEvent = TypeVar("RisEvent", ev.ResultReady, ev.ExternalReportReceived)
+
+
+def _ris_consumer(durable: str, kind: type[RisEvent], ack_wait: float) -> ConsumerSpec[RisEvent]:
     return ConsumerSpec(
-        durable=HL7_DURABLE,
+        durable=durable,
         stream=EVENTS_STREAM,
-        filter_subject=events_filter(ev.ResultReady),
-        decode=ev.decoder(ev.ResultReady),
+        filter_subject=events_filter(kind),
+        decode=ev.decoder(kind),
         ack_wait=ack_wait,
         # One MLLP connection, one message at a time, as the RIS reads them.
         concurrency=1,
-        description="ResultReady -> ORU^R01 to the RIS over MLLP",
+        description=f"{kind.__name__} -> ORU^R01 to the RIS over MLLP",
         # Enabling HL7 on a running gateway must not send every past study to the RIS.
         start="new",
     )
+
+
+def consumer(ack_wait: float = 60.0) -> ConsumerSpec[ev.ResultReady]:
+    return _ris_consumer(HL7_DURABLE, ev.ResultReady, ack_wait)
 
 
 async def send_to_ris(event: ev.ResultReady, delivery: Delivery, ctx: Hl7Context) -> Outcome:
@@ -163,21 +170,12 @@ async def send_to_ris(event: ev.ResultReady, delivery: Delivery, ctx: Hl7Context
         ris,
         delivery,
         text,
-        _Outcome(study, core, attempt, cid, missing_findings=left_out, with_report=bool(report)),
+        _Outcome(event.key, cid, missing_findings=left_out, with_report=bool(report)),
     )
 
 
 def external_consumer(ack_wait: float = 60.0) -> ConsumerSpec[ev.ExternalReportReceived]:
-    return ConsumerSpec(
-        durable=HL7_EXTERNAL_DURABLE,
-        stream=EVENTS_STREAM,
-        filter_subject=events_filter(ev.ExternalReportReceived),
-        decode=ev.decoder(ev.ExternalReportReceived),
-        ack_wait=ack_wait,
-        concurrency=1,
-        description="ExternalReportReceived -> ORU^R01 to the RIS over MLLP",
-        start="new",
-    )
+    return _ris_consumer(HL7_EXTERNAL_DURABLE, ev.ExternalReportReceived, ack_wait)
 
 
 def external_core(provider: str) -> str:
@@ -195,7 +193,8 @@ async def send_external_report(
     settings, template, ris = await ctx.in_force()
     header = await _header(study, (), ctx)
     text = build_oru(header, StudyFindings(), report, settings, cid, event.occurred_at, template)
-    outcome = _Outcome(study, core, 0, cid, with_report=True, report_id=event.report_id)
+    key = ev.AttemptKey(study_instance_uid=study, core=core, attempt=0)
+    outcome = _Outcome(key, cid, with_report=True, report_id=event.report_id)
     return await _send(ctx, ris, delivery, text, outcome)
 
 
@@ -203,9 +202,7 @@ async def send_external_report(
 class _Outcome:
     """What Hl7Sent / Hl7Failed will say about the message."""
 
-    study: str
-    core: str
-    attempt: int
+    key: ev.AttemptKey
     control_id: str
     missing_findings: tuple[str, ...] = ()
     with_report: bool = False
@@ -222,9 +219,7 @@ async def _send(
             reason,
             retryable=True,
             failed=ev.Hl7Failed(
-                study_instance_uid=about.study,
-                core=about.core,
-                attempt=about.attempt,
+                **about.key,
                 ris=str(ris),
                 control_id=about.control_id,
                 reason=reason,
@@ -242,9 +237,7 @@ async def _send(
     return Emit(
         (
             ev.Hl7Sent(
-                study_instance_uid=about.study,
-                core=about.core,
-                attempt=about.attempt,
+                **about.key,
                 ris=str(ris),
                 control_id=about.control_id,
                 ack_code=ack.code,

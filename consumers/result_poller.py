@@ -63,9 +63,7 @@ def consumer(core: str) -> ConsumerSpec[ev.Uploaded]:
         concurrency=4,
         description=f"Uploaded -> poll AI core {core} -> ResultReady",
         failed=lambda event, reason, tries: ev.ResultFailed(
-            study_instance_uid=event.study_instance_uid,
-            core=event.core,
-            attempt=event.attempt,
+            **event.key,
             reason=f"gave up after {tries} tries: {reason}",
         ),
     )
@@ -142,9 +140,7 @@ async def poll_results(
         return Emit(
             (
                 ev.ResultFailed(
-                    study_instance_uid=study,
-                    core=event.core,
-                    attempt=event.attempt,
+                    **event.key,
                     reason=reason,
                     http_status=status,
                 ),
@@ -213,9 +209,7 @@ async def poll_results(
     return Emit(
         (
             ev.ResultReady(
-                study_instance_uid=study,
-                core=event.core,
-                attempt=event.attempt,
+                **event.key,
                 results=tuple(stored),
                 api_version=status.version,
                 findings=tuple(findings),

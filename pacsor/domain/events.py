@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import ClassVar, TypeVar
+from typing import ClassVar, TypedDict, TypeVar
 
 import msgspec
 
@@ -39,6 +39,15 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag=Tru
         raise NotImplementedError
 
 
+class AttemptKey(TypedDict):
+    """The study, AI core and attempt an event is about: `ev.Uploaded(**key, ...)` records an
+    outcome of the same attempt as the event that led to it."""
+
+    study_instance_uid: str
+    core: str
+    attempt: int
+
+
 class CoreEvent(Event, frozen=True, kw_only=True):
     """Base of the events of one AI core's handling of one attempt of a study.
 
@@ -53,6 +62,12 @@ class CoreEvent(Event, frozen=True, kw_only=True):
 
     def idempotency_key(self) -> str:
         return f"{self.step}:{self.study_instance_uid}:{self.core}:{self.attempt}"
+
+    @property
+    def key(self) -> AttemptKey:
+        return AttemptKey(
+            study_instance_uid=self.study_instance_uid, core=self.core, attempt=self.attempt
+        )
 
 
 class DestinationEvent(CoreEvent, frozen=True, kw_only=True):
@@ -197,6 +212,12 @@ class StudyComplete(Event, frozen=True, kw_only=True):
 
     def for_core(self, core: str) -> bool:
         return not self.cores or core in self.cores
+
+    def key_for(self, core: str) -> AttemptKey:
+        """The key of this attempt's events on `core`."""
+        return AttemptKey(
+            study_instance_uid=self.study_instance_uid, core=core, attempt=self.attempt
+        )
 
     def idempotency_key(self) -> str:
         return f"complete:{self.study_instance_uid}:{self.attempt}"
