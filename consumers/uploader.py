@@ -8,10 +8,13 @@ holds back no other. For each instance of the attempt, in order:
   digest, is skipped ("already uploaded"), unless a person asked for a full relaunch;
 - one that the core's DICOM filters reject is skipped, with the rule that rejected it;
 - the others go in batches of UPLOAD_BATCH_SIZE: multipart STOW, or (SIGNED_URL) a POST of
-  the instances without their pixel data, then a PUT of each full instance to its URL.
+  the instances without their pixel data, then a PUT of each full instance to its URL,
+  UPLOAD_CONCURRENCY at a time (each PUT is a round trip to the cloud: one after another, a
+  study of 20,000 instances would take their sum).
 
 Each accepted batch is recorded (InstancesUploaded) before the next one starts, and the skips
-in InstancesSkipped. The attempt's instances are read back from the study's InstanceReceived
+in InstancesSkipped. When a PUT fails, no other starts, those in flight finish, and the ones
+that were accepted are recorded before the failure is retried: the retry PUTs only the rest. The attempt's instances are read back from the study's InstanceReceived
 events up to the StudyComplete's `through_sequence` (pacsor.domain.completion
 .attempt_instances), so the event stays small whatever the study's size. Their bytes are
 streamed from PACSOR_INSTANCES into the request, and each object's digest must be the one its
@@ -29,6 +32,7 @@ the study, so that nobody takes it for a study the AI never saw.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -71,6 +75,7 @@ class UploadSettings(msgspec.Struct, frozen=True, kw_only=True):
     signed_url: bool = False
     filters: tuple[FilterRule, ...] = ()
     batch_size: int = 100
+    concurrency: int = 8  # signed-URL PUTs in flight at once
     no_duplicate: bool = True
 
 
@@ -91,9 +96,7 @@ def upload_failed(
     event: ev.StudyComplete, core: str, reason: str, status: int | None = None, tries: int = 1
 ) -> ev.UploadFailed:
     return ev.UploadFailed(
-        study_instance_uid=event.study_instance_uid,
-        core=core,
-        attempt=event.attempt,
+        **event.key_for(core),
         reason=reason,
         http_status=status,
         tries=tries,
@@ -178,9 +181,7 @@ async def upload_study(
             skip_parts += 1
             await events.publish(
                 ev.InstancesSkipped(
-                    study_instance_uid=study,
-                    core=core,
-                    attempt=event.attempt,
+                    **event.key_for(core),
                     part=skip_parts,
                     skipped=tuple(part),
                 )
@@ -192,30 +193,38 @@ async def upload_study(
         )
         skip_reasons[f"{reason} ({rule})" if rule else reason] += 1
 
-    async def send_batch() -> None:
-        nonlocal batch_number, uploaded, api_message
-        if not batch:
-            return
-        if settings.signed_url:
-            await _send_signed(api, instances, study, batch, limiter)
-        else:
-            api_message = await _send_stow(api, instances, study, batch, limiter)
+    async def record(sent: list[_Pending]) -> None:
+        nonlocal batch_number, uploaded
         batch_number += 1
         await events.publish(
             ev.InstancesUploaded(
-                study_instance_uid=study,
-                core=core,
-                attempt=event.attempt,
+                **event.key_for(core),
                 batch=batch_number,
                 instances=tuple(
                     ev.UploadedInstance(
                         sop_instance_uid=p.instance.sop_instance_uid, digest=p.instance.digest
                     )
-                    for p in batch
+                    for p in sent
                 ),
             )
         )
-        uploaded += len(batch)
+        uploaded += len(sent)
+
+    async def send_batch() -> None:
+        nonlocal api_message
+        if not batch:
+            return
+        if settings.signed_url:
+            sent, failure = await _send_signed(
+                api, instances, study, batch, limiter, settings.concurrency
+            )
+            if sent:  # what was PUT before a failure is not PUT again by the retry
+                await record(sent)
+            if failure is not None:
+                raise failure
+        else:
+            api_message = await _send_stow(api, instances, study, batch, limiter)
+            await record(batch)
         batch.clear()
 
     try:
@@ -264,9 +273,7 @@ async def upload_study(
         return Emit(
             (
                 ev.NothingToUpload(
-                    study_instance_uid=study,
-                    core=core,
-                    attempt=event.attempt,
+                    **event.key_for(core),
                     reason=f"all {total} instances filtered out: "
                     + "; ".join(f"{n} {reason}" for reason, n in skip_reasons.items()),
                     skipped_count=skipped,
@@ -276,9 +283,7 @@ async def upload_study(
     return Emit(
         (
             ev.Uploaded(
-                study_instance_uid=study,
-                core=core,
-                attempt=event.attempt,
+                **event.key_for(core),
                 instance_count=uploaded,
                 api_message=api_message,
                 skipped_count=skipped,
@@ -323,15 +328,44 @@ async def _send_signed(
     study: str,
     batch: list[_Pending],
     limiter: RateLimiter | None,
-) -> None:
+    concurrency: int,
+) -> tuple[list[_Pending], ApiError | BlobError | None]:
+    """POST the batch without pixel data, then PUT each instance, `concurrency` at a time.
+
+    Returns the instances PUT, and the first failure, if any. After a failure no PUT starts,
+    and those in flight finish: a PUT cut off might have reached the API all the same.
+    """
     urls = await api.upload_without_pixels(study, [partial(_one, p.without_pixels) for p in batch])
-    for pending in batch:
-        sop = pending.instance.sop_instance_uid
-        url = urls.get(sop)
-        if url is None:
-            raise ApiError(200, f"the API gave no signed URL for instance {sop}", method="POST")
-        body = _instance_body(instances, pending.instance, limiter)
-        await api.put_instance(url, body, pending.instance.size)
+    missing = [
+        p.instance.sop_instance_uid for p in batch if p.instance.sop_instance_uid not in urls
+    ]
+    if missing:
+        raise ApiError(200, f"the API gave no signed URL for instance {missing[0]}", method="POST")
+    sent: list[_Pending] = []
+    failures: list[ApiError | BlobError] = []
+    todo = iter(batch)  # shared by the workers: each instance is taken once
+
+    async def put_each() -> None:
+        for pending in todo:
+            if failures:
+                return
+            ref = pending.instance
+            try:
+                body = _instance_body(instances, ref, limiter)
+                await api.put_instance(urls[ref.sop_instance_uid], body, ref.size)
+            except (ApiError, BlobError) as err:
+                failures.append(err)
+                return
+            sent.append(pending)
+
+    workers = [asyncio.create_task(put_each()) for _ in range(min(concurrency, len(batch)))]
+    try:
+        await asyncio.gather(*workers)
+    finally:  # on anything unforeseen (a cancelled handler), stop the other PUTs
+        for worker in workers:
+            worker.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+    return sent, (failures[0] if failures else None)
 
 
 def require_tokens(settings: Settings) -> None:
@@ -369,6 +403,7 @@ async def run(rt: Runtime, started: Started) -> None:
             signed_url=core.signed_url,
             filters=core_filters(s, index[core.name]),
             batch_size=s.upload_batch_size,
+            concurrency=s.upload_concurrency,
             no_duplicate=s.no_duplicate_upload,
         )
         limit = s.upload_rate_limit

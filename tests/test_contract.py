@@ -70,8 +70,14 @@ async def test_each_mode_in_batches_with_transient_faults(
         signed_url="require" if signed == "true" else "refuse",
     )
     with running_simulator(sim_settings) as (api_url, sim):
+        # One PUT at a time, so that the batches below are exact (see the next test).
         settings = gateway_settings(
-            nats_server.url, api_url, pacs, SIGNED_URL=signed, UPLOAD_BATCH_SIZE="2"
+            nats_server.url,
+            api_url,
+            pacs,
+            SIGNED_URL=signed,
+            UPLOAD_BATCH_SIZE="2",
+            UPLOAD_CONCURRENCY="1",
         )
         async with running_gateway(settings):
             study = await send_datasets(settings, tmp_path, images(5))
@@ -84,6 +90,39 @@ async def test_each_mode_in_batches_with_transient_faults(
     assert [(b.batch, len(b.instances)) for b in batches] == [(1, 2), (2, 2), (3, 1)]
     [uploaded] = [e for e in events if isinstance(e, ev.Uploaded)]
     assert uploaded.instance_count == 5 and uploaded.signed_url == (signed == "true")
+
+
+async def test_signed_url_puts_go_several_at_a_time_and_a_failure_loses_none(
+    nc: Client, nats_server: NatsServer, tmp_path: Path, pacs: ReceivingPacs
+) -> None:
+    """UPLOAD_CONCURRENCY PUTs in flight at once. The first PUT fails: no other starts, those
+    in flight finish and are recorded, and the retry PUTs only the rest."""
+    sim_settings = SimulatorSettings(
+        token=TOKEN, running_polls=1, put_faults=(503,), latency_seconds=0.2
+    )
+    with running_simulator(sim_settings) as (api_url, sim):
+        settings = gateway_settings(
+            nats_server.url,
+            api_url,
+            pacs,
+            SIGNED_URL="true",
+            UPLOAD_BATCH_SIZE="8",
+            UPLOAD_CONCURRENCY="4",
+        )
+        async with running_gateway(settings):
+            study = await send_datasets(settings, tmp_path, images(12))
+            done = await final_event(nc, study, 90)
+        received_once(sim, study, 12)
+        assert sim.max_puts_in_flight == 4
+    assert isinstance(done, ev.Dispatched)
+    events = await history(nc, study)
+    batches = [e for e in events if isinstance(e, ev.InstancesUploaded)]
+    # The three PUTs beside the failed one, then the other nine in batches of eight.
+    assert [len(b.instances) for b in batches] == [3, 8, 1]
+    uploaded = Counter(i.sop_instance_uid for b in batches for i in b.instances)
+    assert len(uploaded) == 12 and set(uploaded.values()) == {1}
+    [upload] = [e for e in events if isinstance(e, ev.Uploaded)]
+    assert upload.instance_count == 12
 
 
 @pytest.mark.parametrize(

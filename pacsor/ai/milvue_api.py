@@ -508,4 +508,3 @@ async def core_clients(settings: Settings) -> AsyncIterator[list[tuple[CoreSetti
             )
             for core, timeout in ((c, settings.api_timeout_seconds) for c in settings.cores)
         ]
-

@@ -301,6 +301,10 @@ def create_app(settings: SimulatorSettings, state: SimulatorState | None = None)
 
     @put("/signed/upload/{token:str}", status_code=200)
     async def signed_upload(request: AnyRequest, token: FromPath[str]) -> Response[Any]:
+        with store.put_in_flight():
+            return await receive_put(request, token)
+
+    async def receive_put(request: AnyRequest, token: str) -> Response[Any]:
         chunks = request.stream()
         if settings.latency_seconds:
             await asyncio.sleep(settings.latency_seconds)
@@ -323,7 +327,10 @@ def create_app(settings: SimulatorSettings, state: SimulatorState | None = None)
             with path.open("wb") as out:
                 async for chunk in chunks:
                     out.write(chunk)
-            ds = await anyio.to_thread.run_sync(lambda: pydicom.dcmread(path))
+            # Only its identity is checked: the pixel data need not be parsed.
+            ds = await anyio.to_thread.run_sync(
+                lambda: pydicom.dcmread(path, stop_before_pixels=True)
+            )
             sop_uid, study_uid = _identify(ds, "the instance")
             if (sop_uid, study_uid) != (target.sop_uid, target.study_uid):
                 raise BadUpload(

@@ -7,12 +7,14 @@ the server writes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import secrets
 import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -72,6 +74,8 @@ class SimulatorState:
         self._upload_requests = 0
         self._result_requests = 0
         self._put_requests = 0
+        self._puts_in_flight = 0
+        self._max_puts_in_flight = 0
         self._status_requests = 0
         self._cut_requests = 0
         self._signed_uploads: dict[str, SignedUpload] = {}
@@ -129,6 +133,18 @@ class SimulatorState:
         with self._lock:
             self._put_requests += 1
             return self._put_requests - 1
+
+    @contextlib.contextmanager
+    def put_in_flight(self) -> Iterator[None]:
+        """Count a PUT as in flight while it is being answered."""
+        with self._lock:
+            self._puts_in_flight += 1
+            self._max_puts_in_flight = max(self._max_puts_in_flight, self._puts_in_flight)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._puts_in_flight -= 1
 
     def next_status_request(self) -> int:
         """Count a status request; returns its 0-based rank."""
@@ -265,6 +281,12 @@ class SimulatorState:
         """PUTs to signed URLs, including those refused."""
         with self._lock:
             return self._put_requests
+
+    @property
+    def max_puts_in_flight(self) -> int:
+        """The most PUTs that were being answered at once."""
+        with self._lock:
+            return self._max_puts_in_flight
 
     def arrivals(self) -> list[float]:
         """time.monotonic() at which each full instance was stored, in order."""
