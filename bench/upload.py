@@ -32,9 +32,10 @@ from pacsor.config import load_settings  # noqa: E402
 from pacsor.devtools.bulk_study import record_as_the_scp, tiny_study  # noqa: E402
 from pacsor.domain import events as ev  # noqa: E402
 from pacsor.gateway import run_gateway  # noqa: E402
+from pacsor.jetstream.blobs import BlobStore  # noqa: E402
 from pacsor.jetstream.broker import nats_server_binary  # noqa: E402
 from pacsor.jetstream.eventlog import EventLog  # noqa: E402
-from pacsor.jetstream.subjects import study_core_events  # noqa: E402
+from pacsor.jetstream.subjects import INSTANCES_BUCKET, study_core_events  # noqa: E402
 
 TOKEN = "bench-token"
 
@@ -80,7 +81,9 @@ async def upload_once(
     try:
         await asyncio.wait_for(ready, 30)
         study, images = tiny_study(instances)
-        last = await record_as_the_scp(nc, study, images)
+        js = nc.jetstream()
+        store = BlobStore(nc, js, INSTANCES_BUCKET)
+        last = await record_as_the_scp(store, EventLog(js), study, images)
         done = asyncio.Event()
 
         async def uploaded(_msg: object) -> None:
@@ -88,7 +91,7 @@ async def upload_once(
 
         sub = await nc.subscribe(study_core_events(study, ev.Uploaded, core), cb=uploaded)
         started = time.monotonic()
-        await EventLog(nc.jetstream()).publish(
+        await EventLog(js).publish(
             ev.StudyComplete(
                 study_instance_uid=study,
                 attempt=1,

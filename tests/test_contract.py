@@ -52,6 +52,26 @@ def received_once(sim: SimulatorState, study: str, count: int) -> None:
     assert len(snapshot.instances) == count and set(snapshot.instances.values()) == {1}
 
 
+async def send_through(
+    nc: Client,
+    nats_server: NatsServer,
+    folder: Path,
+    pacs: ReceivingPacs,
+    sim_settings: SimulatorSettings,
+    count: int,
+    **extra: str,
+) -> tuple[str, ev.AnyEvent, int]:
+    """Send `count` images through the whole pipeline, checking that the simulator received
+    each once: (study, final event, the most PUTs the simulator was answering at once)."""
+    with running_simulator(sim_settings) as (api_url, sim):
+        settings = gateway_settings(nats_server.url, api_url, pacs, **extra)
+        async with running_gateway(settings):
+            study = await send_datasets(settings, folder, images(count))
+            done = await final_event(nc, study, 90)
+        received_once(sim, study, count)
+        return study, done, sim.max_puts_in_flight
+
+
 @pytest.mark.parametrize("signed", ["true", "false"])
 async def test_each_mode_in_batches_with_transient_faults(
     nc: Client, nats_server: NatsServer, tmp_path: Path, pacs: ReceivingPacs, signed: str
@@ -69,20 +89,18 @@ async def test_each_mode_in_batches_with_transient_faults(
         drop_connections=1,
         signed_url="require" if signed == "true" else "refuse",
     )
-    with running_simulator(sim_settings) as (api_url, sim):
-        # One PUT at a time, so that the batches below are exact (see the next test).
-        settings = gateway_settings(
-            nats_server.url,
-            api_url,
-            pacs,
-            SIGNED_URL=signed,
-            UPLOAD_BATCH_SIZE="2",
-            UPLOAD_CONCURRENCY="1",
-        )
-        async with running_gateway(settings):
-            study = await send_datasets(settings, tmp_path, images(5))
-            done = await final_event(nc, study, 90)
-        received_once(sim, study, 5)
+    # One PUT at a time, so that the batches below are exact (see the next test).
+    study, done, _ = await send_through(
+        nc,
+        nats_server,
+        tmp_path,
+        pacs,
+        sim_settings,
+        5,
+        SIGNED_URL=signed,
+        UPLOAD_BATCH_SIZE="2",
+        UPLOAD_CONCURRENCY="1",
+    )
     assert isinstance(done, ev.Dispatched) and len(done.sop_instance_uids) == 10
     assert Counter(pacs.sop_uids()).most_common(1)[0][1] == 1
     events = await history(nc, study)
@@ -100,20 +118,18 @@ async def test_signed_url_puts_go_several_at_a_time_and_a_failure_loses_none(
     sim_settings = SimulatorSettings(
         token=TOKEN, running_polls=1, put_faults=(503,), latency_seconds=0.2
     )
-    with running_simulator(sim_settings) as (api_url, sim):
-        settings = gateway_settings(
-            nats_server.url,
-            api_url,
-            pacs,
-            SIGNED_URL="true",
-            UPLOAD_BATCH_SIZE="8",
-            UPLOAD_CONCURRENCY="4",
-        )
-        async with running_gateway(settings):
-            study = await send_datasets(settings, tmp_path, images(12))
-            done = await final_event(nc, study, 90)
-        received_once(sim, study, 12)
-        assert sim.max_puts_in_flight == 4
+    study, done, most_puts_at_once = await send_through(
+        nc,
+        nats_server,
+        tmp_path,
+        pacs,
+        sim_settings,
+        12,
+        SIGNED_URL="true",
+        UPLOAD_BATCH_SIZE="8",
+        UPLOAD_CONCURRENCY="4",
+    )
+    assert most_puts_at_once == 4
     assert isinstance(done, ev.Dispatched)
     events = await history(nc, study)
     batches = [e for e in events if isinstance(e, ev.InstancesUploaded)]

@@ -21,6 +21,9 @@ from pacsor.devtools.bulk_study import record_as_the_scp, tiny_study
 from pacsor.devtools.simulator import SimulatorSettings, running_simulator
 from pacsor.dicom.storage_scu import send_files
 from pacsor.domain import events as ev
+from pacsor.jetstream.blobs import BlobStore
+from pacsor.jetstream.eventlog import EventLog
+from pacsor.jetstream.subjects import INSTANCES_BUCKET
 from tests.harness import of_type, running_gateway, wait_for_event
 from tests.nats_server import NatsServer, free_port
 
@@ -63,7 +66,10 @@ async def test_a_study_above_the_old_limit_is_uploaded_whole(
         settings = settings_for(nats_server.url, api_url)
         async with running_gateway(settings, UPLOAD_PATH):
             started = time.monotonic()
-            await record_as_the_scp(nc, study, images)
+            js = nc.jetstream()
+            await record_as_the_scp(
+                BlobStore(nc, js, INSTANCES_BUCKET), EventLog(js), study, images
+            )
             recorded = time.monotonic() - started
             uploaded = await wait_for_event(nc, study, of_type(ev.Uploaded), UPLOAD_WAIT)
             elapsed = time.monotonic() - started

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import asyncio
 
-from nats.aio.client import Client
 from pydicom.uid import ComputedRadiographyImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from pacsor.devtools.sample_study import make_image, to_bytes
 from pacsor.domain import events as ev
 from pacsor.jetstream.blobs import BlobStore, digest_hex, sha256_digest
 from pacsor.jetstream.eventlog import EventLog
-from pacsor.jetstream.subjects import INSTANCES_BUCKET, instance_object_name
+from pacsor.jetstream.subjects import instance_object_name
 
 # Instances written to JetStream at once.
 _IN_FLIGHT = 500
@@ -31,13 +30,12 @@ def tiny_study(count: int) -> tuple[str, list[tuple[str, bytes]]]:
     return study, [(uid, template.replace(uids[0].encode(), uid.encode())) for uid in uids]
 
 
-async def record_as_the_scp(nc: Client, study: str, images: list[tuple[str, bytes]]) -> int:
-    """Store each image and publish its InstanceReceived, as the SCP does after a C-STORE.
-
-    Returns the stream sequence of the last InstanceReceived.
+async def record_as_the_scp(
+    store: BlobStore, log: EventLog, study: str, images: list[tuple[str, bytes]]
+) -> int:
+    """Store each image in `store` (PACSOR_INSTANCES) and publish its InstanceReceived, as the
+    SCP does after a C-STORE. Returns the stream sequence of the last InstanceReceived.
     """
-    js = nc.jetstream()
-    store, log = BlobStore(nc, js, INSTANCES_BUCKET), EventLog(js)
 
     async def one(sop: str, data: bytes) -> int:
         digest = sha256_digest(data)
