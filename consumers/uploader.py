@@ -14,9 +14,11 @@ holds back no other. For each instance of the attempt, in order:
 
 Each accepted batch is recorded (InstancesUploaded) before the next one starts, and the skips
 in InstancesSkipped. When a PUT fails, no other starts, those in flight finish, and the ones
-that were accepted are recorded before the failure is retried: the retry PUTs only the rest. The attempt's instances are read back from the study's InstanceReceived
-events up to the StudyComplete's `through_sequence` (pacsor.domain.completion
-.attempt_instances), so the event stays small whatever the study's size. Their bytes are
+that were accepted are recorded before the failure is retried: the retry PUTs only the rest.
+
+The attempt's instances are read back from the study's InstanceReceived events up to the
+StudyComplete's `through_sequence` (pacsor.domain.completion.attempt_instances), so the event
+stays small whatever the study's size. Their bytes are
 streamed from PACSOR_INSTANCES into the request, and each object's digest must be the one its
 event recorded: at most the pixel-less headers of one batch are held in memory, never a study.
 With UPLOAD_RATE_LIMIT, every instance waits for a slot shared by all the replicas.
