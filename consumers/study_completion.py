@@ -21,8 +21,8 @@ from pacsor.domain.completion import (
     Decision,
     WaitUntil,
     decide_completion,
+    decide_from_latest,
     decide_relaunch,
-    still_arriving,
 )
 from pacsor.domain.events import utc_now
 from pacsor.jetstream.eventlog import EventLog
@@ -61,7 +61,12 @@ async def complete_study(
     quiet: timedelta,
 ) -> Outcome:
     study = elapsed.study_instance_uid
-    decision: Decision | None = still_arriving(await events.last_received(study), utc_now(), quiet)
+    decision: Decision | None = decide_from_latest(
+        await events.latest(study, ev.InstanceReceived),
+        await events.latest(study, ev.StudyComplete),
+        utc_now(),
+        quiet,
+    )
     if decision is None:
         history = await events.history(study)
         decision = decide_completion(

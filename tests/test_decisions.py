@@ -21,7 +21,7 @@ from pacsor.domain.completion import (
     WaitUntil,
     attempt_instances,
     decide_completion,
-    still_arriving,
+    decide_from_latest,
 )
 from pacsor.domain.dispatch import Progress, is_permanent_refusal, outcome, record_try, to_send
 from pacsor.domain.events import RecordedEvent
@@ -61,15 +61,25 @@ def test_waits_for_the_quiet_period_after_the_last_instance() -> None:
     assert decision == WaitUntil(T0 + timedelta(seconds=15))
 
 
-def test_the_last_arrival_alone_says_a_study_is_still_arriving() -> None:
-    [last] = history(received("1.2", T0 + timedelta(seconds=5)))
-    # Within the quiet period: wait, without reading the rest of the history.
-    assert still_arriving(last, T0 + timedelta(seconds=12), QUIET) == WaitUntil(
+def test_the_latest_arrival_and_completion_decide_without_the_history() -> None:
+    first, last = history(received("1.1", T0), received("1.2", T0 + timedelta(seconds=5)))
+    # An arrival within the quiet period: wait.
+    assert decide_from_latest(last, None, T0 + timedelta(seconds=12), QUIET) == WaitUntil(
         T0 + timedelta(seconds=15)
     )
-    # After it, or with nothing received: the whole history decides.
-    assert still_arriving(last, T0 + timedelta(seconds=15), QUIET) is None
-    assert still_arriving(None, T0, QUIET) is None
+    later = T0 + timedelta(seconds=15)
+    complete = ev.StudyComplete(
+        study_instance_uid=STUDY, attempt=1, instance_count=2, through_sequence=last.sequence
+    )
+    [recorded] = [RecordedEvent(3, event_subject(complete), complete)]
+    # The last attempt holds the last arrival: already complete.
+    assert decide_from_latest(last, recorded, later, QUIET) == AlreadyComplete(1)
+    # Never completed, an arrival after the attempt, or nothing received: the history decides.
+    assert decide_from_latest(last, None, later, QUIET) is None
+    behind = msgspec.structs.replace(complete, through_sequence=first.sequence)
+    stale = RecordedEvent(3, event_subject(behind), behind)
+    assert decide_from_latest(last, stale, later, QUIET) is None
+    assert decide_from_latest(None, None, T0, QUIET) is None
 
 
 def test_completes_once_with_every_instance_once() -> None:

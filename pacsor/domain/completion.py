@@ -112,20 +112,30 @@ def next_attempt(
     )
 
 
-def still_arriving(
-    last_received: RecordedEvent | None, now: datetime, quiet: timedelta
-) -> WaitUntil | None:
-    """The cheap first look, from the study's last InstanceReceived alone: an arrival within
-    the quiet period means the study is still arriving, whatever else its history says.
+def decide_from_latest(
+    last_received: RecordedEvent | None,
+    last_complete: RecordedEvent | None,
+    now: datetime,
+    quiet: timedelta,
+) -> WaitUntil | AlreadyComplete | None:
+    """The cheap first look, from the study's last InstanceReceived and last StudyComplete
+    alone; None when the whole history must decide.
 
-    Timers fire early while arrivals are being processed out of order or with a backlog (an
-    earlier arrival re-arms the timer for an earlier time); this keeps each such firing from
-    reading a history of thousands of instances.
+    An arrival within the quiet period means the study is still arriving; no arrival after the
+    last attempt's `through_sequence` means that attempt holds every instance. Timers fire
+    many times while a large study's arrivals are processed late and out of order (each re-arms
+    the timer, for an earlier time too): this keeps those firings from each reading a history
+    of thousands of instances.
     """
     if last_received is None or not isinstance(last_received.event, InstanceReceived):
         return None
     until = last_received.event.occurred_at + quiet
-    return WaitUntil(until) if until > now else None
+    if until > now:
+        return WaitUntil(until)
+    complete = last_complete.event if last_complete is not None else None
+    if isinstance(complete, StudyComplete) and complete.through_sequence >= last_received.sequence:
+        return AlreadyComplete(complete.attempt)
+    return None
 
 
 def decide_completion(

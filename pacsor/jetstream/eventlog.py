@@ -24,6 +24,7 @@ from pacsor.jetstream.subjects import (
     MSG_ID_HEADER,
     event_subject,
     received_subject,
+    study_events,
     study_subjects,
 )
 
@@ -101,9 +102,9 @@ class EventLog:
         """The study's InstanceReceived events up to `through_sequence`, oldest first."""
         return await self.read(received_subject(study_uid), through_sequence)
 
-    async def last_received(self, study_uid: str) -> RecordedEvent | None:
-        """The study's latest InstanceReceived, by one direct read."""
-        return await self.last(received_subject(study_uid))
+    async def latest(self, study_uid: str, kind: type[ev.Event]) -> RecordedEvent | None:
+        """The study's latest event of a study-level `kind`, by one direct read."""
+        return await self.last(study_events(study_uid, kind))
 
     async def read(
         self, filter_subject: str = ALL_EVENTS, through_sequence: int | None = None

@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 import re
 
-from pacsor.domain.events import CoreEvent, Event
+from pacsor.domain.events import CoreEvent, Event, InstanceReceived
 
 EVENTS_STREAM = "PACSOR"
 TIMERS_STREAM = "PACSOR_TIMERS"
@@ -77,6 +77,13 @@ def core_events_filter(kind: type[CoreEvent], core: str) -> str:
     return f"pacsor.study.*.{core}.{kind.topic}"
 
 
+def study_events(study_uid: str, kind: type[Event]) -> str:
+    """The subject of one study-level event type of one study."""
+    if issubclass(kind, CoreEvent):
+        raise ValueError(f"{kind.__name__} is recorded per core: see study_core_events")
+    return f"pacsor.study.{uid_token(study_uid)}.{kind.topic}"
+
+
 def study_core_events(study_uid: str, kind: type[CoreEvent], core: str) -> str:
     """Filter for one per-core event type of one study and core."""
     return f"pacsor.study.{uid_token(study_uid)}.{core}.{kind.topic}"
@@ -134,7 +141,7 @@ def dispatch_progress_key(study_uid: str, core: str, attempt: int, destination: 
 
 def received_subject(study_uid: str) -> str:
     """Where a study's InstanceReceived events are: read back to list an attempt's instances."""
-    return f"pacsor.study.{uid_token(study_uid)}.received"
+    return study_events(study_uid, InstanceReceived)
 
 
 def hold_subject(study_uid: str, holder: str) -> str:
