@@ -42,6 +42,13 @@ async def test_studies_are_listed_newest_first_filtered_and_paged(
 ) -> None:
     last = await fixture_studies(nc)
     assert (await admin.get("/studies/1.2.3.99", params={"after": last})).status_code == 200
+    # A sequence the stream has not reached is refused at once, not waited for.
+    beyond = await admin.get("/studies/1.2.3.99", params={"after": last + 1000})
+    assert beyond.status_code == 400
+    assert (
+        beyond.json()["detail"]
+        == f"after: sequence {last + 1000} is beyond the stream's last, {last}"
+    )
 
     page = (await admin.get("/studies", params={"limit": 5})).json()
     assert page["total"] == 13

@@ -35,7 +35,7 @@ from pacsor.admin.operations import (
     request_relaunch,
     request_replay,
 )
-from pacsor.admin.projector import Projector
+from pacsor.admin.projector import BeyondTheStream, Projector
 from pacsor.admin.read_model import ReadModel, StudyFilter
 from pacsor.config import Settings
 from pacsor.domain.study_view import STATES, StudyView
@@ -200,7 +200,10 @@ def _who(request: AnyRequest, given: str, via: str) -> str:
 
 async def _view_after(admin: Admin, uid: str, after: int | None) -> StudyView:
     if after is not None:
-        await admin.projector.wait_for(after, READ_YOUR_WRITES_SECONDS)
+        try:
+            await admin.projector.wait_for(after, READ_YOUR_WRITES_SECONDS)
+        except BeyondTheStream as err:
+            raise HTTPException(status_code=400, detail=f"after: {err}") from None
     view = admin.model.get(uid)
     if view is None:
         raise HTTPException(status_code=404, detail=f"no study {uid}")

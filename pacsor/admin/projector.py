@@ -28,6 +28,15 @@ class Observer(Protocol):
     def step_took(self, name: str, seconds: float) -> None: ...
 
 
+class BeyondTheStream(ValueError):
+    """A sequence asked for that the stream has not reached: waiting would not bring it."""
+
+    def __init__(self, sequence: int, last: int) -> None:
+        super().__init__(f"sequence {sequence} is beyond the stream's last, {last}")
+        self.sequence = sequence
+        self.last = last
+
+
 class Projector:
     def __init__(self, events: EventLog, model: ReadModel, observe: Observer | None = None) -> None:
         self._events = events
@@ -42,7 +51,14 @@ class Projector:
         return self.model.last_sequence
 
     async def wait_for(self, sequence: int, timeout: float) -> bool:
-        """Wait until the read model has applied `sequence`; False when `timeout` passed."""
+        """Wait until the read model has applied `sequence`; False when `timeout` passed.
+
+        Raises BeyondTheStream, at once, for a sequence the stream has not reached.
+        """
+        if sequence > self.model.last_sequence:
+            last = await self._events.last_sequence()
+            if sequence > last:
+                raise BeyondTheStream(sequence, last)
         async with self._applied:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(
