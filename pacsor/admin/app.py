@@ -201,9 +201,10 @@ def _who(request: AnyRequest, given: str, via: str) -> str:
 async def _view_after(admin: Admin, uid: str, after: int | None) -> StudyView:
     if after is not None:
         try:
-            await admin.projector.wait_for(after, READ_YOUR_WRITES_SECONDS)
+            await admin.projector.check_reached(after)
         except BeyondTheStream as err:
             raise HTTPException(status_code=400, detail=f"after: {err}") from None
+        await admin.projector.wait_for(after, READ_YOUR_WRITES_SECONDS)
     view = admin.model.get(uid)
     if view is None:
         raise HTTPException(status_code=404, detail=f"no study {uid}")

@@ -50,15 +50,15 @@ class Projector:
     def applied_sequence(self) -> int:
         return self.model.last_sequence
 
-    async def wait_for(self, sequence: int, timeout: float) -> bool:
-        """Wait until the read model has applied `sequence`; False when `timeout` passed.
-
-        Raises BeyondTheStream, at once, for a sequence the stream has not reached.
-        """
+    async def check_reached(self, sequence: int) -> None:
+        """BeyondTheStream when the stream has not reached `sequence`: no wait would bring it."""
         if sequence > self.model.last_sequence:
             last = await self._events.last_sequence()
             if sequence > last:
                 raise BeyondTheStream(sequence, last)
+
+    async def wait_for(self, sequence: int, timeout: float) -> bool:
+        """Wait until the read model has applied `sequence`; False when `timeout` passed."""
         async with self._applied:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(
