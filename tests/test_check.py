@@ -26,13 +26,6 @@ def api_url() -> Iterator[str]:
 
 
 @pytest.fixture
-def pacs() -> Iterator[ReceivingPacs]:
-    receiver = ReceivingPacs("MAINPACS").start()
-    yield receiver
-    receiver.stop()
-
-
-@pytest.fixture
 def ris() -> Iterator[int]:
     """A listening TCP port standing for the RIS's MLLP port."""
     with socket.socket() as listener:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,13 +28,6 @@ from tests.harness import (
 from tests.nats_server import NatsServer
 
 FINAL = (ev.Dispatched, ev.ResultFailed, ev.UploadFailed, ev.NothingToUpload)
-
-
-@pytest.fixture
-def pacs() -> Iterator[ReceivingPacs]:
-    receiver = ReceivingPacs("MAINPACS").start()
-    yield receiver
-    receiver.stop()
 
 
 async def history(nc: Client, study: str) -> list[ev.AnyEvent]:

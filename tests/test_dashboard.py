@@ -65,13 +65,6 @@ def browser() -> Iterator[Any]:
         driver.quit()
 
 
-@pytest.fixture
-def pacs() -> Iterator[ReceivingPacs]:
-    receiver = ReceivingPacs("MAINPACS").start()
-    yield receiver
-    receiver.stop()
-
-
 async def test_open_list_open_study_relaunch_see_attempt_2(
     nc: Client, nats_server: NatsServer, tmp_path: Path, pacs: ReceivingPacs, browser: Any
 ) -> None:

@@ -9,7 +9,6 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -40,13 +39,6 @@ from tests.nats_server import NatsServer
 
 INGEST = ("scp", "quiet-timer", "completion")
 UPLOAD = (*INGEST, "uploader")
-
-
-@pytest.fixture
-def pacs() -> Iterator[ReceivingPacs]:
-    receiver = ReceivingPacs("MAINPACS").start()
-    yield receiver
-    receiver.stop()
 
 
 async def count_events(nc: Client, study: str) -> Counter[str]:

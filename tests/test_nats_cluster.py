@@ -13,7 +13,7 @@ import re
 import signal
 import subprocess
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -126,13 +126,6 @@ async def cluster(tmp_path: Path) -> AsyncIterator[list[ClusterNode]]:
     finally:
         for node in nodes:
             node.stop()
-
-
-@pytest.fixture
-def pacs() -> Iterator[ReceivingPacs]:
-    receiver = ReceivingPacs("MAINPACS").start()
-    yield receiver
-    receiver.stop()
 
 
 async def wait_for_event(nc: Client, study: str, match: type[ev.Event]) -> ev.AnyEvent:

@@ -88,13 +88,6 @@ class Replica:
 
 
 @pytest.fixture
-def pacs() -> Iterator[ReceivingPacs]:
-    receiver = ReceivingPacs("MAINPACS").start()
-    yield receiver
-    receiver.stop()
-
-
-@pytest.fixture
 def simulator() -> Iterator[tuple[str, SimulatorState]]:
     settings = SimulatorSettings(token=TOKEN, running_polls=0, upload_seconds=UPLOAD_SECONDS)
     with running_simulator(settings) as running:

@@ -59,10 +59,9 @@ def study_subjects(study_uid: str) -> str:
 
 
 def event_subject(event: Event) -> str:
-    study = uid_token(event.study_instance_uid)
     if isinstance(event, CoreEvent):
-        return f"pacsor.study.{study}.{event.core}.{event.topic}"
-    return f"pacsor.study.{study}.{event.topic}"
+        return study_core_events(event.study_instance_uid, type(event), event.core)
+    return study_events(event.study_instance_uid, type(event))
 
 
 def events_filter(kind: type[Event]) -> str:
