@@ -45,13 +45,14 @@ async def replay_to_destination(
         return Emit()
     study = request.study_instance_uid
 
-    def failed(reason: str, delivered: tuple[str, ...] = ()) -> ev.DispatchFailed:
+    def failed(reason: str, delivered: int = 0, total: int = 0) -> ev.DispatchFailed:
         return ev.DispatchFailed(
             **request.key,
             destination=request.destination,
             reason=reason,
             tries=delivery.num_delivered,
-            delivered_sop_instance_uids=delivered,
+            delivered_count=delivered,
+            undelivered_count=total - delivered,
             replay_id=request.replay_id,
         )
 
@@ -66,27 +67,32 @@ async def replay_to_destination(
     )
     if ready is None:
         return Emit((failed("no results recorded for this attempt"),))
-    objects = [(r.object_name, r.sop_instance_uid) for r in ready.results]
+    objects = [(r.object_name, r.sop_instance_uid) for r in await events.result_objects(ready)]
+    total = len(objects)
     try:
         answers = await send_objects(destination, calling_ae_title, results, objects)
     except BlobNotFound as err:
-        return Emit((failed(f"result objects no longer stored: {err}"),))
+        return Emit((failed(f"result objects no longer stored: {err}", 0, total),))
     except SendError as err:
-        return retry_or_fail(delivery, policy, err.reason, True, failed(err.reason))
-    delivered = tuple(sop for sop, status in answers if dispatch.is_stored(status))
-    if len(delivered) < len(answers):
-        reason = ", ".join(
+        return retry_or_fail(delivery, policy, err.reason, True, failed(err.reason, 0, total))
+    delivered = sum(1 for _, status in answers if dispatch.is_stored(status))
+    if delivered < len(answers):
+        failing = [
             f"{sop}: {dispatch.status_text(status)}"
             for sop, status in answers
             if not dispatch.is_stored(status)
-        )
-        return retry_or_fail(delivery, policy, reason, True, failed(reason, delivered))
+        ]
+        # The reason names the first few: an event stays small whatever the count.
+        more = len(failing) - ev.STATUS_SAMPLE
+        reason = ", ".join(failing[: ev.STATUS_SAMPLE]) + (f" and {more} more" if more > 0 else "")
+        return retry_or_fail(delivery, policy, reason, True, failed(reason, delivered, total))
     return Emit(
         (
             ev.Dispatched(
                 **request.key,
                 destination=request.destination,
-                sop_instance_uids=delivered,
+                object_count=delivered,
+                results_digest=ready.results_digest,
                 replay_id=request.replay_id,
             ),
         )

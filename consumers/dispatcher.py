@@ -23,6 +23,7 @@ from pacsor.domain import events as ev
 from pacsor.domain.retry import RetryPolicy
 from pacsor.jetstream.blobs import BlobStore
 from pacsor.jetstream.dispatch_progress import DispatchProgress
+from pacsor.jetstream.eventlog import EventLog
 from pacsor.jetstream.handler_runner import (
     ConsumerSpec,
     Delivery,
@@ -70,29 +71,33 @@ def dispatch_failed(
         destination=destination,
         reason=reason,
         tries=tries,
-        delivered_sop_instance_uids=tuple(o.sop_instance_uid for o in outcome.delivered),
-        delivered=outcome.delivered,
-        refused=outcome.refused,
-        undelivered=outcome.undelivered,
+        delivered_count=len(outcome.delivered),
+        refused_count=len(outcome.refused),
+        undelivered_count=len(outcome.undelivered),
+        refused=outcome.refused[: ev.STATUS_SAMPLE],
+        undelivered=outcome.undelivered[: ev.STATUS_SAMPLE],
     )
 
 
 async def dispatch_to_destination(
     event: ev.ResultReady,
     delivery: Delivery,
+    events: EventLog,
     results: BlobStore,
     progress_store: DispatchProgress,
     destination: Destination,
     calling_ae_title: str,
     policy: RetryPolicy,
 ) -> Outcome:
-    if not event.results:
+    if not event.result_count:
         return Emit()  # the API had no result objects (status empty): nothing to send
+    # The list is read back from the ResultReady's pages: the event only counts it.
+    listed = await events.result_objects(event)
     where = str(destination)
     key = dispatch_progress_key(event.study_instance_uid, event.core, event.attempt, where)
-    sop_uids = [r.sop_instance_uid for r in event.results]
+    sop_uids = [r.sop_instance_uid for r in listed]
     progress = await progress_store.get(key)
-    names = {r.sop_instance_uid: r.object_name for r in event.results}
+    names = {r.sop_instance_uid: r.object_name for r in listed}
     pending = dispatch.to_send(sop_uids, progress)
     error = ""
     if pending:
@@ -113,7 +118,8 @@ async def dispatch_to_destination(
                 ev.Dispatched(
                     **event.key,
                     destination=where,
-                    sop_instance_uids=tuple(o.sop_instance_uid for o in outcome.delivered),
+                    object_count=len(outcome.delivered),
+                    results_digest=event.results_digest,
                 ),
             )
         )
@@ -145,6 +151,7 @@ async def run(rt: Runtime, started: Started) -> None:
                     consumer(core.name, destination),
                     partial(
                         dispatch_to_destination,
+                        events=rt.events,
                         results=results,
                         progress_store=progress,
                         destination=destination,

@@ -158,7 +158,7 @@ async def send_to_ris(event: ev.ResultReady, delivery: Delivery, ctx: Hl7Context
     left_out = (*found.missing, *running, *unavailable)
     findings = StudyFindings(detections=found.detections, measures=found.measures, missing=left_out)
 
-    header = await _header(event.study_instance_uid, event.results, ctx)
+    header = await _header(event.study_instance_uid, event, ctx)
     text = build_oru(header, findings, report, settings, cid, event.occurred_at, template)
     if running:
         # The redeliveries spent waiting are not tries of the RIS: leave them out of the count
@@ -191,7 +191,7 @@ async def send_external_report(
     cid = control_id(study, core, 0, event.report_id)
     report = msgspec.convert(event.report, Report, from_attributes=True)
     settings, template, ris = await ctx.in_force()
-    header = await _header(study, (), ctx)
+    header = await _header(study, None, ctx)
     text = build_oru(header, StudyFindings(), report, settings, cid, event.occurred_at, template)
     key = ev.AttemptKey(study_instance_uid=study, core=core, attempt=0)
     outcome = _Outcome(key, cid, with_report=True, report_id=event.report_id)
@@ -306,7 +306,7 @@ async def _report(event: ev.ResultReady, settings: Hl7Settings, ctx: Hl7Context)
     return await source.fetch(event.study_instance_uid, settings.language)
 
 
-async def _header(study: str, results: tuple[ev.ResultObject, ...], ctx: Hl7Context) -> StudyHeader:
+async def _header(study: str, ready: ev.ResultReady | None, ctx: Hl7Context) -> StudyHeader:
     """The study's patient and order facts: a stored instance (the latest first), else a
     result object, which carries the same patient and study once the instances expired."""
     instances = [
@@ -314,10 +314,16 @@ async def _header(study: str, results: tuple[ev.ResultObject, ...], ctx: Hl7Cont
         for r in reversed(await ctx.events.history(study))
         if isinstance(r.event, ev.InstanceReceived)
     ]
-    candidates = instances[:3] + [(ctx.results, r.object_name) for r in results[:1]]
-    for store, name in candidates:
+    for store, name in instances[:3]:
         try:
             return read_study_header(await store.get(name))
+        except (BlobNotFound, HeaderError):
+            continue
+    # The result list is read back (from its pages) only when no instance is readable.
+    results = await ctx.events.result_objects(ready) if ready is not None else ()
+    for r in results[:1]:
+        try:
+            return read_study_header(await ctx.results.get(r.object_name))
         except (BlobNotFound, HeaderError):
             continue
     # Nothing readable is stored: the message still tells the RIS which study it is about.

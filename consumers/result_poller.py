@@ -206,16 +206,17 @@ async def poll_results(
             return failed(str(err), err.status)
         return wait(str(err), err.retry_after)
 
-    return Emit(
-        (
-            ev.ResultReady(
-                **event.key,
-                results=tuple(stored),
-                api_version=status.version,
-                findings=tuple(findings),
-            ),
-        )
+    # The list goes in pages recorded first; ResultReady, published last, counts them.
+    pages, digest = ev.list_results(event.key, stored)
+    ready = ev.ResultReady(
+        **event.key,
+        result_count=len(stored),
+        results_digest=digest,
+        result_pages=len(pages),
+        api_version=status.version,
+        findings=tuple(findings),
     )
+    return Emit((*pages, ready))
 
 
 async def run(rt: Runtime, started: Started) -> None:

@@ -26,6 +26,7 @@ from pacsor.devtools.sample_study import make_study
 from pacsor.dicom.storage_scu import echo, send_files
 from pacsor.domain import events as ev
 from pacsor.gateway import components_of_up, run_gateway
+from pacsor.jetstream.eventlog import EventLog
 from pacsor.jetstream.subjects import EVENTS_STREAM, study_subjects
 from tests.dicom_factory import make_image, new_uid
 from tests.nats_server import free_port
@@ -186,6 +187,26 @@ async def wait_for_event(
 
 def of_type(kind: type[ev.Event]) -> Callable[[ev.AnyEvent], bool]:
     return lambda event: isinstance(event, kind)
+
+
+async def result_objects(nc: Client, study_uid: str) -> tuple[ev.ResultObject, ...]:
+    """The result objects of the study's (first) ResultReady, read back from its pages."""
+    ready = await wait_for_event(nc, study_uid, of_type(ev.ResultReady))
+    assert isinstance(ready, ev.ResultReady)
+    return await EventLog(nc.jetstream()).result_objects(ready)
+
+
+async def dispatched_uids(nc: Client, done: ev.Dispatched) -> list[str]:
+    """The SOP Instance UIDs a Dispatched counts: those of its attempt's result list."""
+    ready = await wait_for_event(
+        nc,
+        done.study_instance_uid,
+        lambda e: isinstance(e, ev.ResultReady) and (e.core, e.attempt) == (done.core, done.attempt),
+    )
+    assert isinstance(ready, ev.ResultReady) and ready.results_digest == done.results_digest
+    listed = await EventLog(nc.jetstream()).result_objects(ready)
+    assert len(listed) == done.object_count
+    return [r.sop_instance_uid for r in listed]
 
 
 def write_study(folder: Path, datasets: list[Any]) -> list[Path]:

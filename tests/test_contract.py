@@ -93,7 +93,7 @@ async def test_each_mode_in_batches_with_transient_faults(
         UPLOAD_BATCH_SIZE="2",
         UPLOAD_CONCURRENCY="1",
     )
-    assert isinstance(done, ev.Dispatched) and len(done.sop_instance_uids) == 10
+    assert isinstance(done, ev.Dispatched) and done.object_count == 10
     assert Counter(pacs.sop_uids()).most_common(1)[0][1] == 1
     events = await history(nc, study)
     batches = [e for e in events if isinstance(e, ev.InstancesUploaded)]
@@ -169,7 +169,8 @@ async def test_empty_results_are_ready_with_nothing_to_dispatch(
             study = await send_datasets(settings, tmp_path, images(2))
             ready = await wait_for_event(nc, study, of_type(ev.ResultReady))
             await asyncio.sleep(1.5)  # the dispatcher had its chance
-    assert isinstance(ready, ev.ResultReady) and ready.results == ()
+    assert isinstance(ready, ev.ResultReady) and ready.result_count == 0
+    assert ready.results == () and ready.result_pages == 0
     assert [f.inference_command for f in ready.findings] == ["smarturgences", "smartxpert"]
     kinds = [type(e).__name__ for e in await history(nc, study)]
     assert "Dispatched" not in kinds and "DispatchFailed" not in kinds
@@ -243,7 +244,7 @@ async def test_filters_end_to_end(
         assert sim.study(other) is None  # nothing left: not uploaded
     assert snapshot is not None
     assert sorted(snapshot.instances) == sorted([sop["NOT_A_TEST SR"], sop["NOT_A_TEST none"]])
-    assert isinstance(done, ev.Dispatched) and len(done.sop_instance_uids) == 4
+    assert isinstance(done, ev.Dispatched) and done.object_count == 4
     [skipped] = [e for e in await history(nc, study) if isinstance(e, ev.InstancesSkipped)]
     assert {s.sop_instance_uid: (s.reason, s.rule) for s in skipped.skipped} == {
         sop["TEST SR"]: ("filtered", "rule 1: (0010,0010) must not match ^TEST.*"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import struct
 from datetime import UTC, datetime, timedelta
 
@@ -147,7 +148,7 @@ def test_events_are_readable_json_with_type_and_version() -> None:
 
 def test_outcome_events_of_one_attempt_share_an_idempotency_key() -> None:
     ok = ev.Dispatched(
-        study_instance_uid=STUDY, core="c", attempt=1, destination="P@h:1", sop_instance_uids=()
+        study_instance_uid=STUDY, core="c", attempt=1, destination="P@h:1"
     )
     ko = ev.DispatchFailed(
         study_instance_uid=STUDY, core="c", attempt=1, destination="P@h:1", reason="x", tries=3
@@ -156,7 +157,7 @@ def test_outcome_events_of_one_attempt_share_an_idempotency_key() -> None:
     assert (
         ok.idempotency_key()
         != ev.Dispatched(
-            study_instance_uid=STUDY, core="c", attempt=2, destination="P@h:1", sop_instance_uids=()
+            study_instance_uid=STUDY, core="c", attempt=2, destination="P@h:1"
         ).idempotency_key()
     )
 
@@ -251,3 +252,78 @@ def test_events_read_as_one_line_naming_the_core_and_attempt() -> None:
     assert describe(failed).endswith(
         "default attempt 1 to PACS@10.0.0.5:104 after 4 tries: 0xC000 for 1 object"
     )
+
+
+def _v1_result(n: int) -> dict[str, object]:
+    return {
+        "inference_command": "smarturgences",
+        "sop_instance_uid": f"1.2.3.{n}",
+        "sop_class_uid": "1.2.840.10008.5.1.4.1.1.7",
+        "object_name": f"{STUDY}/c/1/1.2.3.{n}",
+        "size": 10,
+    }
+
+
+def test_schema_1_result_and_dispatch_events_still_read() -> None:
+    """Bytes as the previous version wrote them, lists and all, come out in today's shape."""
+    head = {"study_instance_uid": STUDY, "core": "c", "attempt": 1, "schema_version": 1}
+    listed = [_v1_result(n) for n in range(3)]
+    ready = ev.decode(json.dumps({"type": "ResultReady", **head, "results": listed}).encode())
+    assert isinstance(ready, ev.ResultReady)
+    assert (ready.result_count, ready.result_pages, len(ready.results)) == (3, 0, 3)
+    assert ready.results_digest == ev.results_digest(ready.results)
+    # A schema 1 ResultReady is its own list: nothing to read back.
+    assert ev.assemble_results(ready, ()) == ready.results
+
+    dest = {**head, "destination": "P@h:1"}
+    uids = ["1.2.3.0", "1.2.3.1", "1.2.3.2"]
+    done = ev.decode(
+        json.dumps({"type": "Dispatched", **dest, "sop_instance_uids": uids}).encode()
+    )
+    assert isinstance(done, ev.Dispatched) and done.object_count == 3
+
+    status = [{"sop_instance_uid": u, "status": 0} for u in uids[:2]]
+    failed = ev.decode(
+        json.dumps(
+            {
+                "type": "DispatchFailed",
+                **dest,
+                "reason": "x",
+                "delivered_sop_instance_uids": uids[:2],
+                "delivered": status,
+                "refused": [{"sop_instance_uid": uids[2], "status": 0xC000}],
+            }
+        ).encode()
+    )
+    assert isinstance(failed, ev.DispatchFailed)
+    assert (failed.delivered_count, failed.refused_count, failed.undelivered_count) == (2, 1, 0)
+    assert failed.refused[0].status == 0xC000
+
+
+def test_a_result_list_of_any_length_is_paged_and_read_back_whole() -> None:
+    key = ev.AttemptKey(study_instance_uid=STUDY, core="c", attempt=1)
+    objects = [msgspec.convert(_v1_result(n), ev.ResultObject) for n in range(4_000)]
+    pages, digest = ev.list_results(key, objects)
+    assert len(pages) == 16 and [p.part for p in pages] == list(range(1, 17))
+    assert max(len(ev.encode(p)) for p in pages) < 100_000
+    ready = ev.ResultReady(**key, result_count=4_000, results_digest=digest, result_pages=16)
+    assert len(ev.encode(ready)) < 1024  # whatever the number of results
+    # Pages come back in any order, repeated; another list's pages are left out.
+    other, _ = ev.list_results(key, objects[:10])
+    assert ev.assemble_results(ready, [*reversed(pages), pages[0], *other]) == tuple(objects)
+    with pytest.raises(ev.ResultListIncomplete, match="1 of 16 result pages not found"):
+        ev.assemble_results(ready, pages[:7] + pages[8:])
+    altered = msgspec.structs.replace(pages[3], results=pages[3].results[:-1])
+    with pytest.raises(ev.ResultListIncomplete, match="digest"):
+        ev.assemble_results(ready, [*pages[:3], altered, *pages[4:]])
+    # Dispatched and DispatchFailed count, whatever the number of objects.
+    failed = ev.DispatchFailed(
+        **key,
+        destination="P@h:1",
+        reason="x",
+        refused_count=4_000,
+        refused=tuple(
+            ev.ObjectStatus(sop_instance_uid=o.sop_instance_uid, status=0xC000) for o in objects
+        )[: ev.STATUS_SAMPLE],
+    )
+    assert len(ev.encode(failed)) < 10_000

@@ -18,6 +18,7 @@ from pacsor.domain import events as ev
 from pacsor.jetstream.eventlog import EventLog
 from tests.harness import (
     TOKEN,
+    dispatched_uids,
     ReceivingPacs,
     cli_env,
     gateway_settings,
@@ -142,4 +143,4 @@ async def test_nats_restart_during_quiet_period_completes_once(
     assert isinstance(done, ev.Dispatched)
     counts = await count_events(nc, study_uid)
     assert counts["StudyComplete"] == 1 and counts["InstanceReceived"] == 2
-    assert sorted(pacs.sop_uids()) == sorted(done.sop_instance_uids)
+    assert sorted(pacs.sop_uids()) == sorted(await dispatched_uids(nc, done))

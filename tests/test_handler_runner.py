@@ -9,6 +9,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+import msgspec
 import pytest
 from nats.aio.client import Client
 from nats.errors import TimeoutError as NatsTimeoutError
@@ -147,7 +148,8 @@ async def test_expected_sequence_makes_a_decision_atomic(nc: Client) -> None:
 
 async def test_a_step_that_can_never_succeed_ends_in_a_recorded_failure(nc: Client) -> None:
     """The 3,000-instance study's symptom: an event over the 1 MB limit, retried forever
-    before. Now, at the RETRY_MAX_ATTEMPTS-th try, StepFailed says why, and it stops."""
+    before. It can never be published: StepFailed says why at the first try, and it stops
+    (no backoff loop: the 4,000-result study waited an hour for its ResultFailed)."""
     deliveries: list[int] = []
 
     async def too_big(event: ev.StudyComplete, delivery: Delivery) -> Outcome:
@@ -168,14 +170,46 @@ async def test_a_step_that_can_never_succeed_ends_in_a_recorded_failure(nc: Clie
     async with consuming(nc, "too-big", too_big):
         failed = await wait_for_event(nc, study, of_type(ev.StepFailed), 20)
         await asyncio.sleep(1.0)  # longer than the backoff: no more tries come
-    assert deliveries == [1, 2, 3, 4, 5]
+    assert deliveries == [1]
     assert isinstance(failed, ev.StepFailed)
-    assert (failed.step, failed.tries, failed.stream) == ("too-big", 5, EVENTS_STREAM)
+    assert (failed.step, failed.tries, failed.stream) == ("too-big", 1, EVENTS_STREAM)
     assert "MaxPayloadError" in failed.reason
     info = await js.consumer_info(EVENTS_STREAM, "too-big")
     assert info.num_ack_pending == 0 and info.num_pending == 0
     assert info.num_redelivered == 0  # terminated: nothing left to redeliver
-    assert HANDLER_ERRORS.labels("too-big", "false")._value.get() == 5
+    assert HANDLER_ERRORS.labels("too-big", "false")._value.get() == 1
+
+
+async def test_an_event_too_large_is_the_steps_own_failure_at_once(nc: Client) -> None:
+    """With a failure event of its own (ResultFailed, DispatchFailed...), that is what a
+    too-large event becomes, at the first delivery."""
+    deliveries: list[int] = []
+
+    async def too_big(event: ev.StudyComplete, delivery: Delivery) -> Outcome:
+        deliveries.append(delivery.num_delivered)
+        return Emit((msgspec.structs.replace(uploaded(event), api_message="x" * 2_000_000),))
+
+    own = dataclasses.replace(
+        spec("too-big-own"),
+        failed=lambda event, reason, n: ev.ResultFailed(
+            study_instance_uid=event.study_instance_uid, core="c", attempt=1, reason=reason
+        ),
+    )
+    js = nc.jetstream()
+    log = EventLog(js)
+    study = "1.2.826.0.1.3680043.8.498.82"
+    await log.publish(complete(study=study))
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_consumer(js, log, own, too_big, stop, POLICY))
+    try:
+        failed = await wait_for_event(nc, study, of_type(ev.ResultFailed), 20)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+    assert deliveries == [1]
+    assert isinstance(failed, ev.ResultFailed) and "maximum payload" in failed.reason
+    kinds = [type(r.event).__name__ for r in await log.history(study)]
+    assert kinds == ["StudyComplete", "ResultFailed"]
 
 
 async def test_the_steps_own_failure_event_and_transient_errors(nc: Client) -> None:

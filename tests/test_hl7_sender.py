@@ -444,7 +444,10 @@ async def test_patient_facts_come_from_a_result_object_once_instances_expired(
         size=len(data),
     )
     async with running_hl7(nc, ris, include_measures=False, include_detections=False):
-        ready = ev.ResultReady(study_instance_uid=study, core=CORE, attempt=1, results=(result,))
+        key = ev.AttemptKey(study_instance_uid=study, core=CORE, attempt=1)
+        (page,), digest = ev.list_results(key, (result,))
+        await events.publish(page)  # the list is read back from its page
+        ready = ev.ResultReady(**key, result_count=1, results_digest=digest, result_pages=1)
         await events.publish(ready)
         assert isinstance(await outcome(nc, ready), ev.Hl7Sent)
     (oru,) = sent_messages(ris, ready)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -24,11 +25,19 @@ from pacsor.domain import events as ev
 from pacsor.jetstream.blobs import BlobStore
 from pacsor.jetstream.eventlog import EventLog
 from pacsor.jetstream.subjects import INSTANCES_BUCKET
-from tests.harness import of_type, running_gateway, wait_for_event
+from tests.harness import (
+    ReceivingPacs,
+    dispatched_uids,
+    gateway_settings,
+    of_type,
+    running_gateway,
+    wait_for_event,
+)
 from tests.nats_server import NatsServer, free_port
 
 TOKEN = "test-token"
 UPLOAD_PATH = ("quiet-timer", "completion", "uploader")
+RESULT_PATH = ("uploader", "poller", "dispatcher")
 
 
 def settings_for(nats_url: str, api_url: str, **extra: str) -> Settings:
@@ -117,3 +126,51 @@ async def test_a_study_above_the_old_limit_through_the_scp(
         snapshot = sim.study(study)
     assert isinstance(uploaded, ev.Uploaded) and uploaded.instance_count == count
     assert snapshot is not None and len(snapshot.instances) == count
+
+
+RESULT_STUDY = int(os.environ.get("PACSOR_LARGE_RESULTS", 4_000))
+
+
+@pytest.mark.timeout(600)
+async def test_a_study_with_a_result_per_instance_is_dispatched_whole(
+    nc: Client, nats_server: NatsServer, pacs: ReceivingPacs
+) -> None:
+    """An API answering one result object per input image, 4,000 of them: the list is far
+    over 1 MB as JSON. ResultReady and Dispatched stay small, the list is recorded in pages,
+    and the PACS receives every result object once."""
+    count = RESULT_STUDY
+    study, images = tiny_study(count)
+    with running_simulator(SimulatorSettings(token=TOKEN, running_polls=0)) as (api_url, _):
+        settings = gateway_settings(
+            nats_server.url,
+            api_url,
+            pacs,
+            STUDY_QUIET_SECONDS="2",
+            INFERENCE_COMMANDS="smarturgences",  # one result object per instance
+            RETRY_INITIAL_SECONDS="0.2",
+        )
+        async with running_gateway(settings, ("quiet-timer", "completion", *RESULT_PATH)):
+            js = nc.jetstream()
+            await record_as_the_scp(
+                BlobStore(nc, js, INSTANCES_BUCKET), EventLog(js), study, images
+            )
+            done = await wait_for_event(
+                nc, study, lambda e: isinstance(e, ev.Dispatched | ev.DispatchFailed), 540
+            )
+    assert isinstance(done, ev.Dispatched), done
+    assert done.object_count == count and len(ev.encode(done)) < 1024
+    ready = await wait_for_event(nc, study, of_type(ev.ResultReady))
+    assert isinstance(ready, ev.ResultReady) and ready.result_count == count
+    assert len(ev.encode(ready)) < 2048 and ready.result_pages == -(-count // ev.RESULTS_PAGE_SIZE)
+    received = pacs.sop_uids()
+    assert len(received) == count and len(set(received)) == count  # each once
+    assert sorted(received) == sorted(await dispatched_uids(nc, done))
+    history = [r.event for r in await EventLog(nc.jetstream()).history(study)]
+    kinds = Counter(type(e).__name__ for e in history)
+    at = {type(e).__name__: e.occurred_at for e in history}
+    print(
+        f"{count} results: "
+        + ", ".join(f"{k} +{(at[k] - at['StudyComplete']).total_seconds():.1f} s" for k in at)
+    )
+    assert kinds["ResultReady"] == 1 and kinds["Dispatched"] == 1
+    assert "ResultFailed" not in kinds and "DispatchFailed" not in kinds

@@ -18,6 +18,7 @@ from pacsor.jetstream.eventlog import EventLog
 from pacsor.jetstream.subjects import RESULTS_BUCKET
 from tests.harness import (
     TOKEN,
+    dispatched_uids,
     ReceivingPacs,
     gateway_settings,
     of_type,
@@ -68,14 +69,15 @@ async def test_study_goes_through_to_every_destination(
     events = EventLog(nc.jetstream())
     history = [r.event for r in await events.history(study)]
     kinds = [type(e).__name__ for e in history]
-    assert kinds[:7] == ["InstanceReceived"] * 3 + [
+    assert kinds[:8] == ["InstanceReceived"] * 3 + [
         "StudyComplete",
         "InstancesUploaded",
         "Uploaded",
+        "ResultObjectsListed",
         "ResultReady",
     ]
-    assert sorted(kinds[7:]) == ["Dispatched", "Dispatched"]
-    complete, batch, uploaded, ready = history[3:7]
+    assert sorted(kinds[8:]) == ["Dispatched", "Dispatched"]
+    complete, batch, uploaded, page, ready = history[3:8]
     assert isinstance(complete, ev.StudyComplete) and complete.attempt == 1
     assert complete.instance_count == len(sops)
     attempt = attempt_instances(await events.history(study), complete.through_sequence)
@@ -84,8 +86,12 @@ async def test_study_goes_through_to_every_destination(
     assert sorted(i.sop_instance_uid for i in batch.instances) == sorted(sops)
     assert isinstance(uploaded, ev.Uploaded) and (uploaded.core, uploaded.attempt) == ("default", 1)
     assert uploaded.signed_url and uploaded.instance_count == 3  # SIGNED_URL is the default
-    assert isinstance(ready, ev.ResultReady) and len(ready.results) == 2 * len(sops)
-    assert {r.inference_command for r in ready.results} == {"smarturgences", "smartxpert"}
+    assert isinstance(ready, ev.ResultReady) and ready.result_count == 2 * len(sops)
+    # The list is in its page, not in the event; the event names it by digest.
+    assert isinstance(page, ev.ResultObjectsListed) and ready.results == ()
+    listed = await events.result_objects(ready)
+    assert listed == page.results and len(listed) == 2 * len(sops)
+    assert {r.inference_command for r in listed} == {"smarturgences", "smartxpert"}
     # The JSON findings of both commands are in the results bucket, as the API sent them.
     assert [f.inference_command for f in ready.findings] == ["smarturgences", "smartxpert"]
     store = BlobStore(nc, nc.jetstream(), RESULTS_BUCKET)
@@ -111,14 +117,14 @@ async def test_a_destination_down_never_blocks_the_others(
                 nc, study, is_dispatched_to(settings.all_destinations()[0].__str__())
             )
             failed = await wait_for_event(nc, study, is_dispatched_to(down), 60)
-    assert isinstance(ok, ev.Dispatched) and len(ok.sop_instance_uids) == 4
+    assert isinstance(ok, ev.Dispatched) and ok.object_count == 4
     assert isinstance(failed, ev.DispatchFailed)
     assert failed.tries == 3 and "NOBODY" in failed.reason
     # The results stay available for a later relaunch.
     ready = await wait_for_event(nc, study, of_type(ev.ResultReady))
     assert isinstance(ready, ev.ResultReady)
     store = BlobStore(nc, nc.jetstream(), RESULTS_BUCKET)
-    for result in ready.results:
+    for result in await EventLog(nc.jetstream()).result_objects(ready):
         assert await store.info(result.object_name) is not None
 
 
@@ -137,7 +143,7 @@ async def test_a_destination_that_comes_back_gets_the_results(
             finally:
                 late.stop()
     assert isinstance(done, ev.Dispatched)
-    assert sorted(late.sop_uids()) == sorted(done.sop_instance_uids)
+    assert sorted(late.sop_uids()) == sorted(await dispatched_uids(nc, done))
 
 
 async def test_api_429_and_500_are_retried_until_uploaded(
@@ -156,7 +162,7 @@ async def test_api_429_and_500_are_retried_until_uploaded(
             study, _ = await send_study(settings, tmp_path, images=1)
             done = await wait_for_event(nc, study, of_type(ev.Dispatched), 60)
         assert sim.upload_requests == 3
-    assert isinstance(done, ev.Dispatched) and len(done.sop_instance_uids) == 2
+    assert isinstance(done, ev.Dispatched) and done.object_count == 2
     kinds = [type(r.event).__name__ for r in await EventLog(nc.jetstream()).history(study)]
     assert kinds.count("Uploaded") == 1 and "UploadFailed" not in kinds
 

@@ -104,7 +104,7 @@ async def test_sweep_removes_objects_records_why_and_relaunch_then_says_409(
     for event in history:
         if isinstance(event, ev.InstanceReceived):
             await instances.put(event.object_name, b"instance " + event.sop_instance_uid.encode())
-        if isinstance(event, ev.ResultReady):
+        if isinstance(event, ev.ResultObjectsListed):
             for result in event.results:
                 await results.put(result.object_name, b"result " + result.sop_instance_uid.encode())
         await events.publish(event)
@@ -127,7 +127,7 @@ async def test_sweep_removes_objects_records_why_and_relaunch_then_says_409(
         for event in history:
             if isinstance(event, ev.InstanceReceived):
                 assert await instances.info(event.object_name) is None
-            if isinstance(event, ev.ResultReady):
+            if isinstance(event, ev.ResultObjectsListed):
                 for result in event.results:
                     assert await results.info(result.object_name) is None
         assert await instances.info(keep[0].object_name) is not None  # type: ignore[attr-defined]
@@ -159,7 +159,7 @@ async def test_output_cleaning_removes_results_delivered_everywhere(
     events = EventLog(js)
     history = lifecycle(STUDY, datetime.now(UTC), destinations=(PACS,))
     for event in history:
-        if isinstance(event, ev.ResultReady):
+        if isinstance(event, ev.ResultObjectsListed):
             for result in event.results:
                 await results.put(result.object_name, b"result")
         await events.publish(event)

@@ -102,7 +102,7 @@ class RetentionSweeper:
                 for r in await self._events.history(uid)
                 if isinstance(r.event, ev.ResultReady)
                 and (r.event.core, r.event.attempt) == (removal.core, removal.attempt)
-                for result in r.event.results
+                for result in await self._events.result_objects(r.event)
             ]
         count = 0
         for name in names:

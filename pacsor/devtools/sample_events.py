@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+import msgspec
+
 from pacsor.domain import events as ev
 
 SC = "1.2.840.10008.5.1.4.1.1.7"
@@ -65,6 +67,8 @@ def lifecycle(
         for n in range(images)
         for k, command in enumerate(("smarturgences", "smartxpert"))
     )
+    key = ev.AttemptKey(study_instance_uid=study, core=core, attempt=attempt)
+    pages, digest = ev.list_results(key, results)
     history: list[ev.Event] = [
         *instances,
         complete,
@@ -75,11 +79,12 @@ def lifecycle(
             instance_count=images,
             occurred_at=done + 2 * step,
         ),
+        *(msgspec.structs.replace(page, occurred_at=done + 20 * step) for page in pages),
         ev.ResultReady(
-            study_instance_uid=study,
-            core=core,
-            attempt=attempt,
-            results=results,
+            **key,
+            result_count=len(results),
+            results_digest=digest,
+            result_pages=len(pages),
             occurred_at=done + 20 * step,
         ),
     ]
@@ -89,7 +94,8 @@ def lifecycle(
             core=core,
             attempt=attempt,
             destination=destination,
-            sop_instance_uids=tuple(r.sop_instance_uid for r in results),
+            object_count=len(results),
+            results_digest=digest,
             occurred_at=done + 25 * step,
         )
         for destination in destinations

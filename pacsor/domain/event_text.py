@@ -52,13 +52,13 @@ def _particulars(event: ev.Event) -> str:
         case ev.ResultReady():
             findings = ", ".join(f.inference_command for f in event.findings)
             return (
-                f", {len(event.results)} result objects"
+                f", {event.result_count} result objects"
                 + (f", findings of {findings}" if findings else "")
-                + ("" if event.results else " (the API had none: nothing to dispatch)")
+                + ("" if event.result_count else " (the API had none: nothing to dispatch)")
             )
         case ev.Dispatched():
             replay = f" (replay {event.replay_id[:8]})" if event.replay_id else ""
-            return f" to {event.destination}, {len(event.sop_instance_uids)} objects{replay}"
+            return f" to {event.destination}, {event.object_count} objects{replay}"
         case ev.DispatchFailed():
             return f" to {event.destination} after {event.tries} tries: {event.reason}"
         case ev.RelaunchRequested():

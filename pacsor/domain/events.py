@@ -11,7 +11,8 @@ Adding a field with a default keeps old events readable; removing or retyping on
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import hashlib
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import ClassVar, TypedDict, TypeVar
 
@@ -295,17 +296,101 @@ class UploadFailed(ApiFailure, frozen=True, kw_only=True):
     tries: int = 1
 
 
+# Result objects per ResultObjectsListed page: a page of 250 is about 50 KB of JSON, far
+# under JetStream's 1 MB message limit whatever the UIDs' length.
+RESULTS_PAGE_SIZE = 250
+
+
+def results_digest(results: Iterable[ResultObject]) -> str:
+    """SHA-256 (hex) of a result list, in order: names the list that pages and events share."""
+    h = hashlib.sha256()
+    for r in results:
+        h.update(_encoder.encode(r))
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+class ResultObjectsListed(CoreEvent, frozen=True, kw_only=True):
+    """One page (`part` 1, 2, ...) of the result objects of (`core`, `attempt`), recorded
+    before the ResultReady that counts them; pages of another list (`results_digest`) are
+    never mixed in."""
+
+    topic: ClassVar[str] = "results_listed"
+    step: ClassVar[str] = "results_listed"
+
+    results_digest: str
+    part: int
+    results: tuple[ResultObject, ...]
+
+    def idempotency_key(self) -> str:
+        return f"{super().idempotency_key()}:{self.results_digest}:{self.part}"
+
+
 class ResultReady(CoreEvent, frozen=True, kw_only=True):
-    """The AI's result objects are stored in the results bucket, ready to dispatch. No
-    `results` means the API had none for this study (status `empty`): recorded, and nothing
-    is dispatched."""
+    """The AI's result objects are stored in the results bucket, ready to dispatch. A
+    `result_count` of 0 means the API had none for this study (status `empty`): recorded,
+    and nothing is dispatched.
+
+    Schema 2 stays small whatever the number of results: it carries their count, the digest
+    of their list and the number of ResultObjectsListed pages recorded before it, which hold
+    the list (read back by pacsor.jetstream.eventlog.EventLog.result_objects). Schema 1
+    listed every object in `results` and broke the 1 MB limit near 4,000 objects; it reads
+    with its count and digest computed from that list and `result_pages` 0.
+    """
 
     topic: ClassVar[str] = "result_ready"
     step: ClassVar[str] = "result"
 
-    results: tuple[ResultObject, ...]
+    schema_version: int = 2
+    result_count: int = 0
+    results_digest: str = ""
+    result_pages: int = 0
+    # Schema 1 only: the list itself. Schema 2 writes it empty, in pages instead.
+    results: tuple[ResultObject, ...] = ()
     api_version: str = ""
     findings: tuple[FindingsObject, ...] = ()
+
+
+def list_results(
+    key: AttemptKey, results: Sequence[ResultObject], page_size: int = RESULTS_PAGE_SIZE
+) -> tuple[tuple[ResultObjectsListed, ...], str]:
+    """The pages recording `results` (none for an empty list), and the list's digest."""
+    digest = results_digest(results)
+    pages = tuple(
+        ResultObjectsListed(
+            **key,
+            results_digest=digest,
+            part=n + 1,
+            results=tuple(results[start : start + page_size]),
+        )
+        for n, start in enumerate(range(0, len(results), page_size))
+    )
+    return pages, digest
+
+
+class ResultListIncomplete(ValueError):
+    """The pages read back do not make the list a ResultReady counts (missing, or altered)."""
+
+
+def assemble_results(
+    ready: ResultReady, pages: Iterable[ResultObjectsListed]
+) -> tuple[ResultObject, ...]:
+    """The result list of `ready`, from its own inline list (schema 1) or from its pages."""
+    if not ready.result_pages:
+        return ready.results
+    by_part: dict[int, ResultObjectsListed] = {}
+    for page in pages:
+        if (page.attempt, page.results_digest) == (ready.attempt, ready.results_digest):
+            by_part.setdefault(page.part, page)
+    missing = [n for n in range(1, ready.result_pages + 1) if n not in by_part]
+    if missing:
+        raise ResultListIncomplete(
+            f"{len(missing)} of {ready.result_pages} result pages not found (first: {missing[0]})"
+        )
+    listed = tuple(r for n in range(1, ready.result_pages + 1) for r in by_part[n].results)
+    if len(listed) != ready.result_count or results_digest(listed) != ready.results_digest:
+        raise ResultListIncomplete("the result pages do not match the ResultReady's digest")
+    return listed
 
 
 class ResultFailed(ApiFailure, frozen=True, kw_only=True):
@@ -319,11 +404,17 @@ class ResultFailed(ApiFailure, frozen=True, kw_only=True):
 
 
 class Dispatched(DestinationEvent, frozen=True, kw_only=True):
-    """Every result object of `attempt` was accepted by `destination` (AET@host:port)."""
+    """Every result object of `attempt` was accepted by `destination` (AET@host:port).
+
+    Schema 2 carries their count and the digest of the ResultReady's list (the list is in
+    its pages); schema 1 listed their SOP Instance UIDs and reads with the count of them.
+    """
 
     topic: ClassVar[str] = "dispatched"
 
-    sop_instance_uids: tuple[str, ...]
+    schema_version: int = 2
+    object_count: int = 0
+    results_digest: str = ""
 
 
 class ObjectStatus(msgspec.Struct, frozen=True, kw_only=True):
@@ -333,21 +424,30 @@ class ObjectStatus(msgspec.Struct, frozen=True, kw_only=True):
     status: int
 
 
+# Objects a DispatchFailed names with their status, at most, per kind: every answer is in
+# the PACSOR_DISPATCH bucket; the event says how many and shows the first ones.
+STATUS_SAMPLE = 50
+
+
 class DispatchFailed(DestinationEvent, frozen=True, kw_only=True):
     """`destination` refused objects for good, or its retries are exhausted.
 
-    `delivered` and `refused` (a permanent failure status: 0xA9xx, 0xCxxx, ...) list objects
-    with the status the destination answered; `undelivered` those still failing transiently
-    (0xA7xx, no answer, not reached) after the last try, with their last status. The results
-    stay in the results bucket.
+    `delivered_count`, `refused_count` (a permanent failure status: 0xA9xx, 0xCxxx, ...) and
+    `undelivered_count` (still failing transiently: 0xA7xx, no answer, not reached, after the
+    last try) count the objects; `refused` and `undelivered` show the first STATUS_SAMPLE of
+    each with the status the destination answered, every answer being in the PACSOR_DISPATCH
+    bucket. The results stay in the results bucket. Schema 1 listed every object (and the
+    delivered ones twice); it reads with the counts of its lists.
     """
 
     topic: ClassVar[str] = "dispatch_failed"
 
+    schema_version: int = 2
     reason: str
     tries: int = 1
-    delivered_sop_instance_uids: tuple[str, ...] = ()
-    delivered: tuple[ObjectStatus, ...] = ()
+    delivered_count: int = 0
+    refused_count: int = 0
+    undelivered_count: int = 0
     refused: tuple[ObjectStatus, ...] = ()
     undelivered: tuple[ObjectStatus, ...] = ()
 
@@ -534,6 +634,7 @@ AnyEvent = (
     | Uploaded
     | UploadFailed
     | NothingToUpload
+    | ResultObjectsListed
     | ResultReady
     | ResultFailed
     | Dispatched
@@ -556,6 +657,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     Uploaded,
     UploadFailed,
     NothingToUpload,
+    ResultObjectsListed,
     ResultReady,
     ResultFailed,
     Dispatched,
@@ -593,14 +695,48 @@ class _ListedInstances(msgspec.Struct):
     instances: list[dict[str, object]] = msgspec.field(default_factory=list)
 
 
+class _ListedUids(msgspec.Struct):
+    """What schema 1 of Dispatched held in place of object_count."""
+
+    sop_instance_uids: list[str] = msgspec.field(default_factory=list)
+
+
+class _ListedStatuses(msgspec.Struct):
+    """What schema 1 of DispatchFailed held in place of its counts."""
+
+    delivered_sop_instance_uids: list[str] = msgspec.field(default_factory=list)
+    delivered: list[dict[str, object]] = msgspec.field(default_factory=list)
+
+
 def decode(data: bytes) -> AnyEvent:
     """Decode any event; raises msgspec.ValidationError / DecodeError on a malformed one.
 
-    Older schemas come out in today's shape (see StudyComplete)."""
+    Older schemas come out in today's shape (see StudyComplete, ResultReady, Dispatched,
+    DispatchFailed)."""
     event = _decoder.decode(data)
-    if isinstance(event, StudyComplete) and event.schema_version == 1:
-        listed = msgspec.json.decode(data, type=_ListedInstances).instances
-        event = msgspec.structs.replace(event, instance_count=len(listed))
+    if event.schema_version != 1:
+        return event
+    match event:
+        case StudyComplete():
+            listed = msgspec.json.decode(data, type=_ListedInstances).instances
+            return msgspec.structs.replace(event, instance_count=len(listed))
+        case ResultReady():
+            return msgspec.structs.replace(
+                event,
+                result_count=len(event.results),
+                results_digest=results_digest(event.results),
+            )
+        case Dispatched():
+            uids = msgspec.json.decode(data, type=_ListedUids).sop_instance_uids
+            return msgspec.structs.replace(event, object_count=len(uids))
+        case DispatchFailed():
+            old = msgspec.json.decode(data, type=_ListedStatuses)
+            return msgspec.structs.replace(
+                event,
+                delivered_count=max(len(old.delivered), len(old.delivered_sop_instance_uids)),
+                refused_count=len(event.refused),
+                undelivered_count=len(event.undelivered),
+            )
     return event
 
 

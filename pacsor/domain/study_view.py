@@ -188,7 +188,7 @@ def apply(view: StudyView, sequence: int, event: ev.Event) -> StudyView:
             dest = _destination(view, event.destination, event.core, event.attempt)
             if dest is not None:
                 dest.state, dest.at, dest.reason = "failed", at, event.reason
-                dest.object_count = len(event.delivered_sop_instance_uids)
+                dest.object_count = event.delivered_count
         case ev.DispatchFailed():
             dest = view.destination(event.destination, event.core)
             if dest is not None:
@@ -306,13 +306,13 @@ def _results(view: StudyView, event: ev.ResultReady) -> None:
             core=event.core,
             attempt=event.attempt,
             at=event.occurred_at,
-            result_count=len(event.results),
+            result_count=event.result_count,
         )
     )
     core = _core(view, event.core, event.attempt)
     if core is not None and core.state != "dispatched":
         core.state, core.results_at, core.reason = "results", event.occurred_at, ""
-        core.result_count = len(event.results)
+        core.result_count = event.result_count
 
 
 def _dispatched(view: StudyView, event: ev.Dispatched) -> None:
@@ -326,7 +326,7 @@ def _dispatched(view: StudyView, event: ev.Dispatched) -> None:
                 attempt=event.attempt,
                 state="dispatched",
                 at=event.occurred_at,
-                object_count=len(event.sop_instance_uids),
+                object_count=event.object_count,
             )
             view.destinations.append(dest)
         dest.replays += 1
@@ -335,7 +335,7 @@ def _dispatched(view: StudyView, event: ev.Dispatched) -> None:
     dest = _destination(view, event.destination, event.core, event.attempt)
     if dest is not None:
         dest.state, dest.at, dest.reason = "dispatched", event.occurred_at, ""
-        dest.object_count = len(event.sop_instance_uids)
+        dest.object_count = event.object_count
     core = _core(view, event.core, event.attempt)
     if core is not None and core.state in {"results", "dispatched"}:
         core.state = "dispatched"

@@ -24,6 +24,7 @@ from pacsor.jetstream.subjects import (
     MSG_ID_HEADER,
     event_subject,
     received_subject,
+    study_core_events,
     study_events,
     study_subjects,
 )
@@ -101,6 +102,17 @@ class EventLog:
     async def received(self, study_uid: str, through_sequence: int) -> list[RecordedEvent]:
         """The study's InstanceReceived events up to `through_sequence`, oldest first."""
         return await self.read(received_subject(study_uid), through_sequence)
+
+    async def result_objects(self, ready: ev.ResultReady) -> tuple[ev.ResultObject, ...]:
+        """The result objects `ready` counts: its own list (schema 1), else its pages, read
+        back by subject; ResultListIncomplete when they do not make that list."""
+        if not ready.result_pages:
+            return ready.results
+        subject = study_core_events(ready.study_instance_uid, ev.ResultObjectsListed, ready.core)
+        pages = [
+            r.event for r in await self.read(subject) if isinstance(r.event, ev.ResultObjectsListed)
+        ]
+        return ev.assemble_results(ready, pages)
 
     async def latest(self, study_uid: str, kind: type[ev.Event]) -> RecordedEvent | None:
         """The study's latest event of a study-level `kind`, by one direct read."""

@@ -10,7 +10,8 @@ A handler error is retried with the retry policy's backoff. One that is not a lo
 to JetStream (which only delays, and after which nothing could be recorded anyway) ends, at
 the RETRY_MAX_ATTEMPTS-th delivery, in a failure event for that study and step (the step's own,
 from `ConsumerSpec.failed`, else StepFailed with the error) and the message is terminated:
-nothing is retried forever unseen. Each error is logged, counted (pacsor.metrics) and shows in
+nothing is retried forever unseen. An event too large to publish (MaxPayloadError) can never
+succeed: it is that failure event at once. Each error is logged, counted (pacsor.metrics) and shows in
 the consumer's redelivery count.
 
 Several processes running the same handler share its durable consumer, and so the work.
@@ -224,6 +225,10 @@ async def _process(
     except ConcurrentUpdate as err:
         log.info("concurrent update, deciding again", extra={"study": study, "error": str(err)})
         await msg.nak()
+    except nats_errors.MaxPayloadError as err:
+        # An event too large to publish is too large on every try: recorded as failed at once.
+        HANDLER_ERRORS.labels(spec.durable, "false").inc()
+        await _give_up(msg, message, delivery, spec, events, study, err)
     except asyncio.CancelledError:
         # Stopping: leave the message unacknowledged; it is redelivered after ack_wait.
         raise
