@@ -201,7 +201,9 @@ async def dispatched_uids(nc: Client, done: ev.Dispatched) -> list[str]:
     ready = await wait_for_event(
         nc,
         done.study_instance_uid,
-        lambda e: isinstance(e, ev.ResultReady) and (e.core, e.attempt) == (done.core, done.attempt),
+        lambda e: (
+            isinstance(e, ev.ResultReady) and (e.core, e.attempt) == (done.core, done.attempt)
+        ),
     )
     assert isinstance(ready, ev.ResultReady) and ready.results_digest == done.results_digest
     listed = await EventLog(nc.jetstream()).result_objects(ready)

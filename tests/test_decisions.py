@@ -147,9 +147,7 @@ def test_events_are_readable_json_with_type_and_version() -> None:
 
 
 def test_outcome_events_of_one_attempt_share_an_idempotency_key() -> None:
-    ok = ev.Dispatched(
-        study_instance_uid=STUDY, core="c", attempt=1, destination="P@h:1"
-    )
+    ok = ev.Dispatched(study_instance_uid=STUDY, core="c", attempt=1, destination="P@h:1")
     ko = ev.DispatchFailed(
         study_instance_uid=STUDY, core="c", attempt=1, destination="P@h:1", reason="x", tries=3
     )
@@ -277,9 +275,7 @@ def test_schema_1_result_and_dispatch_events_still_read() -> None:
 
     dest = {**head, "destination": "P@h:1"}
     uids = ["1.2.3.0", "1.2.3.1", "1.2.3.2"]
-    done = ev.decode(
-        json.dumps({"type": "Dispatched", **dest, "sop_instance_uids": uids}).encode()
-    )
+    done = ev.decode(json.dumps({"type": "Dispatched", **dest, "sop_instance_uids": uids}).encode())
     assert isinstance(done, ev.Dispatched) and done.object_count == 3
 
     status = [{"sop_instance_uid": u, "status": 0} for u in uids[:2]]

@@ -18,9 +18,9 @@ from pacsor.domain import events as ev
 from pacsor.jetstream.eventlog import EventLog
 from tests.harness import (
     TOKEN,
-    dispatched_uids,
     ReceivingPacs,
     cli_env,
+    dispatched_uids,
     gateway_settings,
     of_type,
     running_gateway,

@@ -18,8 +18,8 @@ from pacsor.jetstream.eventlog import EventLog
 from pacsor.jetstream.subjects import RESULTS_BUCKET
 from tests.harness import (
     TOKEN,
-    dispatched_uids,
     ReceivingPacs,
+    dispatched_uids,
     gateway_settings,
     of_type,
     running_gateway,

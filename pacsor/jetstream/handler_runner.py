@@ -11,8 +11,8 @@ to JetStream (which only delays, and after which nothing could be recorded anywa
 the RETRY_MAX_ATTEMPTS-th delivery, in a failure event for that study and step (the step's own,
 from `ConsumerSpec.failed`, else StepFailed with the error) and the message is terminated:
 nothing is retried forever unseen. An event too large to publish (MaxPayloadError) can never
-succeed: it is that failure event at once. Each error is logged, counted (pacsor.metrics) and shows in
-the consumer's redelivery count.
+succeed: it is that failure event at once. Each error is logged, counted (pacsor.metrics) and
+shows in the consumer's redelivery count.
 
 Several processes running the same handler share its durable consumer, and so the work.
 """
