@@ -114,14 +114,15 @@ class _Progress(msgspec.Struct, frozen=True):
     """What this core's history says was uploaded: in this attempt, and before it."""
 
     this_attempt: frozenset[str]  # SOP Instance UIDs
-    before: frozenset[tuple[str, str]]  # (SOP Instance UID, digest)
+    before: dict[str, str]  # SOP Instance UID -> digest of the copy last uploaded
     batches: int  # batches of this attempt already recorded
 
 
 async def _progress(events: EventLog, study: str, core: str, attempt: int) -> _Progress:
     subject = study_core_events(study, ev.InstancesUploaded, core)
     this_attempt: set[str] = set()
-    before: set[tuple[str, str]] = set()
+    # The copy the core last received of each SOP Instance: A, A', A uploads A again.
+    before: dict[str, str] = {}
     batches = 0
     for recorded in await events.read(subject):
         batch = recorded.event
@@ -132,7 +133,7 @@ async def _progress(events: EventLog, study: str, core: str, attempt: int) -> _P
             this_attempt.update(i.sop_instance_uid for i in batch.instances)
         elif batch.attempt < attempt:
             before.update((i.sop_instance_uid, i.digest) for i in batch.instances)
-    return _Progress(frozenset(this_attempt), frozenset(before), batches)
+    return _Progress(frozenset(this_attempt), before, batches)
 
 
 async def upload_study(
@@ -234,7 +235,7 @@ async def upload_study(
             total += 1
             if instance.sop_instance_uid in progress.this_attempt:
                 continue  # sent before this attempt was interrupted
-            if dedupe and (instance.sop_instance_uid, instance.digest) in progress.before:
+            if dedupe and progress.before.get(instance.sop_instance_uid) == instance.digest:
                 skip(instance, "already uploaded")
                 continue
             without_pixels = b""

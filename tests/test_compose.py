@@ -289,7 +289,7 @@ async def test_a_site_written_by_the_wizard_runs_with_compose(
         await nc.close()
     assert isinstance(event, ev.Dispatched)
     # One result per image: SmartChest is one inference command.
-    assert len(event.sop_instance_uids) == 2
+    assert event.object_count == 2
 
 
 def test_down_as_documented_removes_every_container(demo: Compose) -> None:

@@ -29,6 +29,7 @@ from pacsor.metrics import ASSOCIATIONS_REJECTED, CONTEXTS_REJECTED
 from tests.harness import (
     TOKEN,
     ReceivingPacs,
+    dispatched_uids,
     gateway_settings,
     of_type,
     running_gateway,
@@ -141,9 +142,9 @@ async def test_a_pacs_that_refuses_objects_for_good(
     assert [sop for sop, _ in refusing.calls].count(accepted) == 1
     assert len(refusing.calls) == 4  # each of the 4 result objects sent once
     assert failed.tries == 1  # a refusal for good is not retried
-    assert failed.delivered_sop_instance_uids == (accepted,)
-    assert [(o.sop_instance_uid, o.status) for o in failed.delivered] == [(accepted, 0)]
+    assert (failed.delivered_count, failed.refused_count, failed.undelivered_count) == (1, 3, 0)
     assert {o.status for o in failed.refused} == {0xC000} and len(failed.refused) == 3
+    assert accepted not in {o.sop_instance_uid for o in failed.refused}
     assert failed.undelivered == ()
     assert "1 delivered, 3 refused (0xC000)" in failed.reason
 
@@ -169,8 +170,8 @@ async def test_a_retry_sends_only_what_the_pacs_has_not_accepted(
                 done = await wait_for_event(nc, study_uid, of_type(ev.Dispatched), 60)
     finally:
         busy.stop()
-    assert isinstance(done, ev.Dispatched) and len(done.sop_instance_uids) == 4
-    assert Counter(busy.sop_uids()) == Counter(done.sop_instance_uids)  # each stored once
+    assert isinstance(done, ev.Dispatched) and done.object_count == 4
+    assert Counter(busy.sop_uids()) == Counter(await dispatched_uids(nc, done))  # each once
     sent = [sop for sop, _ in busy.calls]
     assert len(sent) == 5 and sent[4] == sent[1]  # the retry: the refused one alone
 
@@ -224,18 +225,28 @@ async def test_an_instance_resent_as_a_then_a_prime_then_a(
             second = await latest_received()
             assert second.digest != first.digest
             assert await uploaded(2) == digest_hex(second.digest)
-            await send(path_a)  # A again: Success, and a copy pacsor already has
+            await send(path_a)  # A again: the sender's last word, after A'
+            await send(path_a)  # and again: identical to the latest copy, recorded once
             await send(path_other)  # a new instance: attempt 3, with `sop` as recorded
             third_upload = await uploaded(3)
 
     latest = await latest_received()
-    assert latest.digest == second.digest  # A again within 24 h is not a new fact
+    # A after A' is a new fact: the latest copy is A again, recorded as following A'.
+    assert latest.digest == first.digest and latest.object_name == first.object_name
+    history = await EventLog(js).history(study_uid)
+    copies = [
+        (r.sequence, r.event)
+        for r in history
+        if isinstance(r.event, ev.InstanceReceived) and r.event.sop_instance_uid == sop
+    ]
+    assert [e.digest for _, e in copies] == [first.digest, second.digest, first.digest]
+    assert latest.follows == copies[1][0]
     # Both versions are kept, each under its digest; the event names the bytes it describes.
     assert digest_hex(first.digest) in first.object_name
     assert (await store.info(first.object_name)) is not None
     stored = await store.get(latest.object_name)
     assert hashlib.sha256(stored).hexdigest() == digest_hex(latest.digest)
-    assert third_upload == digest_hex(latest.digest)  # not A's bytes under A-prime's digest
+    assert third_upload == digest_hex(first.digest)  # A's bytes, as the sender last sent
 
 
 async def test_the_uploader_refuses_bytes_other_than_the_recorded_ones(nc: Client) -> None:

@@ -356,7 +356,6 @@ class StorageScp:
         name = instance_object_name(
             identity.study_instance_uid, identity.sop_instance_uid, digest_hex(digest)
         )
-        await self._instances.put(name, data, digest)
         received = InstanceReceived(
             study_instance_uid=identity.study_instance_uid,
             series_instance_uid=identity.series_instance_uid,
@@ -372,7 +371,15 @@ class StorageScp:
             size=len(data),
             digest=digest,
         )
-        await self._events.publish(received)
+        # One round trip: the chunks, the object's metadata and the event go out back to
+        # back and their acknowledgements are awaited together; success waits for them all.
+        pending = await self._instances.publish_named(name, data, digest)
+        pending.append(await self._events.publish_pending(received))
+        acks = await asyncio.gather(*pending)
+        ack = acks[-1]
+        self._events.logged(received, ack)
+        if ack.duplicate:  # the same bytes again: new only if another version came between
+            await self._events.received_again(received, int(ack.seq))
         return received
 
     def _reject(self, rejection: Rejection, calling: str) -> Dataset:

@@ -156,9 +156,13 @@ class InstanceReceived(Event, frozen=True, kw_only=True):
     accession_number: str = ""
     study_date: str = ""
     study_description: str = ""
+    # The stream sequence of the other version this copy comes after, when the same bytes
+    # were received before it (A, A', A): the sender's last word is a new fact. 0 otherwise.
+    follows: int = 0
 
     def idempotency_key(self) -> str:
-        return f"received:{self.sop_instance_uid}:{self.digest}"
+        key = f"received:{self.sop_instance_uid}:{self.digest}"
+        return f"{key}:after:{self.follows}" if self.follows else key
 
     def ref(self) -> InstanceRef:
         return msgspec.convert(self, InstanceRef, from_attributes=True)

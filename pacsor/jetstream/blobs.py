@@ -25,6 +25,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from pacsor.jetstream.subjects import (
+    MSG_ID_HEADER,
     ROLLUP_HEADER,
     ROLLUP_SUBJECT,
     object_chunk_subject,
@@ -135,6 +136,44 @@ class BlobStore:
             await self._discard_chunks(self._chunk_subject(existing.nuid))
         return info
 
+    async def publish_named(self, name: str, data: bytes, digest: str) -> list[asyncio.Future[Any]]:
+        """Publish a content-addressed object (its name carries its digest) without waiting:
+        the chunks and the metadata go out back to back; the caller awaits the returned
+        acknowledgements together with its own (one round trip in all).
+
+        No lookup first: every message has an idempotency key derived from the name, so an
+        identical resend within the bucket's duplicate window is stored once (JetStream drops
+        the repeats), and a retry after a partial failure completes the object. For the same
+        reason a failure purges nothing: the same name's retry reuses what was stored.
+        """
+        nuid = hashlib.sha256(name.encode()).hexdigest()[:22]
+        chunk_subject = self._chunk_subject(nuid)
+        view = memoryview(data)
+        pending: list[asyncio.Future[Any]] = []
+        for n, offset in enumerate(range(0, len(data), self._chunk_size)):
+            chunk = bytes(view[offset : offset + self._chunk_size])
+            pending.append(
+                await self._js.publish_async(
+                    chunk_subject, chunk, headers={MSG_ID_HEADER: f"{nuid}.{n}"}
+                )
+            )
+        info = BlobInfo(
+            name=name,
+            bucket=self.bucket,
+            nuid=nuid,
+            size=len(data),
+            chunks=len(pending),
+            digest=digest,
+        )
+        pending.append(
+            await self._js.publish_async(
+                self._meta_subject(name),
+                self._meta_body(info),
+                headers={ROLLUP_HEADER: ROLLUP_SUBJECT, MSG_ID_HEADER: f"{nuid}.meta"},
+            )
+        )
+        return pending
+
     def writer(self) -> BlobWriter:
         """Write an object whose bytes arrive in pieces and whose name is known at the end."""
         return BlobWriter(self)
@@ -153,17 +192,20 @@ class BlobStore:
             await self._discard_chunks(self._chunk_subject(existing.nuid))
         return info
 
-    async def _publish_meta(self, info: BlobInfo) -> None:
-        """The metadata message makes chunks an object (or marks it deleted); as a rollup, it
-        replaces the earlier metadata of that name."""
+    def _meta_body(self, info: BlobInfo) -> bytes:
         meta = msgspec.structs.asdict(info)
         if not info.deleted:
             del meta["deleted"]
             meta["options"] = {"max_chunk_size": self._chunk_size}
         meta["mtime"] = datetime.now(UTC).isoformat()
+        return json.dumps(meta).encode()
+
+    async def _publish_meta(self, info: BlobInfo) -> None:
+        """The metadata message makes chunks an object (or marks it deleted); as a rollup, it
+        replaces the earlier metadata of that name."""
         await self._js.publish(
             self._meta_subject(info.name),
-            json.dumps(meta).encode(),
+            self._meta_body(info),
             headers={ROLLUP_HEADER: ROLLUP_SUBJECT},
             timeout=self._timeout,
         )

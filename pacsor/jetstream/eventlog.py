@@ -11,7 +11,7 @@ import msgspec
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.api import ConsumerConfig, DeliverPolicy, PubAck
 from nats.js.errors import APIError, NotFoundError
 
 from pacsor.domain import events as ev
@@ -79,6 +79,51 @@ class EventLog:
             },
         )
         return int(ack.seq)
+
+    async def publish_pending(self, event: ev.Event) -> asyncio.Future[PubAck]:
+        """Publish `event` once (Nats-Msg-Id) without waiting: the future is its
+        acknowledgement, to await with others (see `logged`)."""
+        return await self._js.publish_async(
+            event_subject(event),
+            ev.encode(event),
+            stream=EVENTS_STREAM,
+            headers={MSG_ID_HEADER: event.idempotency_key()},
+        )
+
+    def logged(self, event: ev.Event, ack: PubAck) -> int:
+        log.info(
+            type(event).__name__,
+            extra={
+                "study": event.study_instance_uid,
+                "event": msgspec.to_builtins(event),
+                "seq": ack.seq,
+                "duplicate": bool(ack.duplicate),
+            },
+        )
+        return int(ack.seq)
+
+    async def received_again(self, event: ev.InstanceReceived, first: int) -> int:
+        """`event` was a duplicate of the copy at sequence `first`: when another version of
+        that SOP Instance was received since, record it again as following that version (the
+        sender's last word wins). Read only on a duplicate; returns the sequence in force."""
+        latest: tuple[int, ev.InstanceReceived] | None = None
+        feed = messages_now(
+            self._js,
+            EVENTS_STREAM,
+            received_subject(event.study_instance_uid),
+            self._timeout,
+            start_sequence=first + 1,
+        )
+        async with contextlib.aclosing(feed) as messages:
+            async for msg in messages:
+                other = ev.decode(msg.data)
+                if isinstance(other, ev.InstanceReceived) and (
+                    other.sop_instance_uid == event.sop_instance_uid
+                ):
+                    latest = (msg.metadata.sequence.stream, other)
+        if latest is None or latest[1].digest == event.digest:
+            return first
+        return await self.publish(msgspec.structs.replace(event, follows=latest[0]))
 
     async def last_sequence(self) -> int:
         """The stream's last sequence: what a reader must have applied to be up to date."""

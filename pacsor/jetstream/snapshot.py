@@ -16,6 +16,7 @@ async def messages_now(
     timeout: float,
     deliver: DeliverPolicy = DeliverPolicy.ALL,
     batch: int = 1000,
+    start_sequence: int | None = None,
 ) -> AsyncGenerator[Msg, None]:
     """Every message on `filter_subject` that the stream holds when called, oldest first.
 
@@ -26,7 +27,8 @@ async def messages_now(
         filter_subject,
         stream=stream,
         config=ConsumerConfig(
-            deliver_policy=deliver,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE if start_sequence else deliver,
+            opt_start_seq=start_sequence,
             ack_policy=AckPolicy.NONE,
             inactive_threshold=30.0,
             mem_storage=True,
