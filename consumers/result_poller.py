@@ -30,6 +30,7 @@ from pacsor.ai.milvue_api import FINDINGS_COMMANDS, ApiError, MilvueApi
 from pacsor.config import CoreSettings
 from pacsor.dicom.header import MIN_PREFIX, HeaderError, parse_header
 from pacsor.domain import events as ev
+from pacsor.domain.retry import poll_delay
 from pacsor.jetstream.blobs import BlobStore, sha256_digest
 from pacsor.jetstream.handler_runner import ConsumerSpec, Delivery, Emit, Handler, Outcome, Retry
 from pacsor.jetstream.subjects import (
@@ -152,7 +153,8 @@ async def poll_results(
             return failed(
                 f"no result {settings.result_timeout.total_seconds():g} s after upload: {reason}"
             )
-        return Retry(max(settings.poll_interval, at_least or 0.0), reason)
+        delay = poll_delay(delivery.num_delivered, settings.poll_interval)
+        return Retry(max(delay, at_least or 0.0), reason)
 
     def name_of(sop_uid: str) -> str:
         return result_object_name(study, event.core, event.attempt, sop_uid)

@@ -60,7 +60,10 @@ async def _close(nc: Client) -> None:
         await asyncio.wait_for(nc.drain(), 10)
     except Exception as err:
         log.warning("NATS connection closed without draining", extra={"error": repr(err)})
-        await nc.close()
+        try:
+            await nc.close()
+        except OSError as lost:  # the server went first: what was buffered cannot be flushed
+            log.warning("NATS connection lost while closing", extra={"error": repr(lost)})
 
 
 async def run_gateway(

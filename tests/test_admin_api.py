@@ -114,6 +114,7 @@ async def test_one_study_and_its_events(nc: Client, admin: httpx.AsyncClient) ->
         *["InstanceReceived"] * 3,
         "StudyComplete",
         "Uploaded",
+        "ResultObjectsListed",
         "ResultReady",
         "Dispatched",
         "DispatchFailed",

@@ -323,3 +323,10 @@ def test_a_result_list_of_any_length_is_paged_and_read_back_whole() -> None:
         )[: ev.STATUS_SAMPLE],
     )
     assert len(ev.encode(failed)) < 10_000
+
+
+def test_a_ready_result_is_polled_soon_and_a_long_one_at_the_interval() -> None:
+    from pacsor.domain.retry import poll_delay
+
+    assert [poll_delay(n, 3.0) for n in range(1, 7)] == [0.25, 0.5, 1.0, 2.0, 3.0, 3.0]
+    assert poll_delay(1, 0.2) == 0.2  # never beyond the interval

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import AsyncGenerator
 
 import msgspec
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.errors import ConnectionClosedError, ConnectionReconnectingError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, DeliverPolicy, PubAck
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, PubAck
 from nats.js.errors import APIError, NotFoundError
 
 from pacsor.domain import events as ev
@@ -190,34 +193,153 @@ class EventLog:
     ) -> AsyncGenerator[tuple[list[RecordedEvent], int], None]:
         """Every event from `from_sequence` on, live, in batches: (readable events, last seq).
 
-        An ordered consumer (ephemeral, no acknowledgements, recreated by nats-py after a
-        reconnection) delivers them in stream order until `stop` is set. The last sequence of
-        a batch counts unreadable events too, which stay in the stream and are logged.
+        Read in large ordered batches through a pull consumer without acknowledgements, its
+        messages taken from a plain subscription: nats-py's per-message JetStream handling
+        (next_msg, metadata objects) was what bounded a rebuild, not the server. At most two
+        batches are requested at once (bounded memory). A gap (a reconnection, the consumer
+        gone) starts a new consumer after the last event yielded. The last sequence of a
+        batch counts unreadable events too, which stay in the stream and are logged.
         """
-        sub = await self._js.subscribe(
-            ALL_EVENTS,
-            stream=EVENTS_STREAM,
-            ordered_consumer=True,
-            config=ConsumerConfig(
-                deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=from_sequence
-            ),
-        )
+        reader = _BatchReader(self._js, from_sequence, batch_size, self._timeout)
         try:
             while not stop.is_set():
-                try:
-                    first = await sub.next_msg(timeout=1.0)
-                except (TimeoutError, NatsTimeoutError):
-                    continue
-                batch = [first]
-                while len(batch) < batch_size and batch[-1].metadata.num_pending > 0:
-                    try:
-                        batch.append(await sub.next_msg(timeout=5.0))
-                    except (TimeoutError, NatsTimeoutError):
-                        break
-                yield _readable(batch), batch[-1].metadata.sequence.stream
+                batch = await reader.next_batch(stop)
+                if batch:
+                    yield _decoded(batch), batch[-1][0]
         finally:
+            await reader.close()
+
+
+class _BatchReader:
+    """Ordered batches of (stream sequence, subject, data) from the PACSOR stream."""
+
+    def __init__(self, js: JetStreamContext, start: int, batch: int, timeout: float) -> None:
+        self._js = js
+        self._nc = js._nc
+        self._next = start  # the next stream sequence wanted
+        self._batch = batch
+        self._timeout = timeout
+        self._consumer: str | None = None
+        self._sub: Subscription | None = None
+        self._received: list[tuple[int, str, bytes]] = []
+        self._requested = 0  # messages asked for and not yet received
+        self._expected_cseq = 1
+        self._arrived = asyncio.Event()
+        self._caught_up = False
+        self._broken = False
+
+    async def _open(self) -> None:
+        await self.close()
+        inbox = self._nc.new_inbox()
+        self._sub = await self._nc.subscribe(
+            inbox, cb=self._on_msg, pending_msgs_limit=4 * self._batch + 100
+        )
+        info = await self._js.add_consumer(
+            EVENTS_STREAM,
+            ConsumerConfig(
+                filter_subject=ALL_EVENTS,
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                opt_start_seq=self._next,
+                ack_policy=AckPolicy.NONE,
+                mem_storage=True,
+                inactive_threshold=60.0,
+                max_waiting=16,
+            ),
+        )
+        self._consumer, self._inbox = info.name, inbox
+        self._received, self._requested, self._expected_cseq = [], 0, 1
+        self._broken = self._caught_up = False
+
+    async def _request(self) -> None:
+        assert self._consumer is not None
+        body = json.dumps({"batch": self._batch, "expires": int(1e9)}).encode()
+        await self._nc.publish(
+            f"$JS.API.CONSUMER.MSG.NEXT.{EVENTS_STREAM}.{self._consumer}",
+            body,
+            reply=self._inbox,
+        )
+        self._requested += self._batch
+
+    async def _on_msg(self, msg: Msg) -> None:
+        if not msg.reply:
+            # A status ends a request: 408 expired, 404 nothing now, 409 (too many waiting,
+            # ...). 503 (no consumer: it went away during a disconnection) starts again.
+            headers = msg.headers or {}
+            status = headers.get("Status", "")
+            if status == "503" or "deleted" in headers.get("Description", "").lower():
+                self._broken = True
+            self._requested = 0
+            self._caught_up = True
+            self._arrived.set()
+            return
+        tokens = msg.reply.split(".")
+        if len(tokens) == 9:
+            stream_seq, consumer_seq, pending = tokens[5], tokens[6], tokens[8]
+        else:
+            stream_seq, consumer_seq, pending = tokens[7], tokens[8], tokens[10]
+        if int(consumer_seq) != self._expected_cseq:
+            self._broken = True  # a gap: start again after what was yielded
+            self._arrived.set()
+            return
+        self._expected_cseq += 1
+        self._received.append((int(stream_seq), msg.subject, msg.data))
+        self._requested -= 1
+        self._caught_up = pending == "0"
+        if len(self._received) >= self._batch or self._caught_up:
+            self._arrived.set()
+
+    async def next_batch(self, stop: asyncio.Event) -> list[tuple[int, str, bytes]]:
+        """The next batch: a full one, or what is there once the stream is caught up (an
+        empty one after a second with nothing new)."""
+        if not self._nc.is_connected:
+            await asyncio.sleep(0.5)
+            return []
+        if self._consumer is None or self._broken:
+            try:
+                await self._open()
+            except (TimeoutError, NatsTimeoutError, APIError) as err:
+                log.warning("event feed could not start; trying again", extra={"error": str(err)})
+                await asyncio.sleep(1.0)
+                return []
+        if self._requested < self._batch:
+            try:
+                await self._request()
+            except (ConnectionReconnectingError, ConnectionClosedError):
+                await asyncio.sleep(0.5)  # the client reconnects; the next call asks again
+                return []
+        if len(self._received) < self._batch and not self._caught_up:
+            self._arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), 1.0)
+        if stop.is_set() or self._broken:
+            return []
+        batch = self._received[: self._batch]
+        del self._received[: len(batch)]
+        if batch:
+            self._next = batch[-1][0] + 1
+        if not self._received:
+            self._caught_up = False
+        return batch
+
+    async def close(self) -> None:
+        if self._sub is not None:
             with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+                await self._sub.unsubscribe()
+            self._sub = None
+        if self._consumer is not None:
+            with contextlib.suppress(Exception):
+                await self._js.delete_consumer(EVENTS_STREAM, self._consumer)
+            self._consumer = None
+
+
+def _decoded(batch: list[tuple[int, str, bytes]]) -> list[RecordedEvent]:
+    recorded: list[RecordedEvent] = []
+    for sequence, subject, data in batch:
+        try:
+            recorded.append(RecordedEvent(sequence, subject, ev.decode_at(data, sequence)))
+        except msgspec.MsgspecError as err:
+            log.error("unreadable event skipped", extra={"seq": sequence, "error": str(err)})
+    return recorded
 
 
 def _readable(batch: list[Msg]) -> list[RecordedEvent]:
