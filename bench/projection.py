@@ -7,7 +7,7 @@ in one run, alternating, 3 rounds, median:
   - pacsor: decoding, folding and writing the SQLite read model in batches of 1,000 events,
     each batch one transaction with its stream sequence, into a new file (a rebuild).
 
-    .venv/bin/python bench/projection.py [--events 1000000] [--rounds 3]
+    .venv/bin/python bench/projection.py [--events 200000] [--rounds 3] [--stream]
 
 With --stream, the events are first published to a real nats-server (file storage), and each
 round reads them back from the PACSOR stream: the baseline through an ordered consumer that
@@ -134,7 +134,7 @@ async def from_stream(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--events", type=int, default=200_000, help="1000000 for the 60 s aim")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--stream", action="store_true", help="read from a real nats-server")
     args = parser.parse_args()

@@ -1,0 +1,234 @@
+"""Pipeline benchmark: N studies of 4 instances through `pacsor up`, completion to dispatch.
+
+Runs `pacsor up` (embedded nats-server), the API simulator answering `done` at once
+(`pacsor simulator`, SIMULATOR_RUNNING_POLLS=0) and a bare pynetdicom PACS, each a process of
+its own. Sends N studies of 4 small images over 4 associations, waits for every study's
+Dispatched, and reports studies per minute, the median and 95th percentile from a study's
+quiet period ending (its last InstanceReceived + STUDY_QUIET_SECONDS) to its Dispatched, and
+the largest backlog (pending + unacknowledged, from JetStream consumer info) of each handler.
+Then again with a second process running the handler whose backlog was the largest.
+
+    .venv/bin/python bench/pipeline.py [--studies 200] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PROJECT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PROJECT))
+
+import nats  # noqa: E402
+
+from pacsor.devtools.sample_study import make_study  # noqa: E402
+from pacsor.dicom.storage_scu import echo, send_files  # noqa: E402
+from pacsor.domain import events as ev  # noqa: E402
+from pacsor.jetstream.subjects import ALL_EVENTS, EVENTS_STREAM  # noqa: E402
+
+QUIET = 1.0
+# Which component runs each durable consumer (by the start of its name).
+COMPONENT_OF = {
+    "quiet-timer": "quiet-timer",
+    "study-completion": "completion",
+    "upload": "uploader",
+    "poll": "poller",
+    "dispatch": "dispatcher",
+    "replay": "dispatcher",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(check: object, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():  # type: ignore[operator]
+            return
+        time.sleep(0.2)
+    raise TimeoutError(what)
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def component_of(durable: str) -> str:
+    for prefix, component in COMPONENT_OF.items():
+        if durable.startswith(prefix):
+            return component
+    return durable
+
+
+async def watch(nats_url: str, studies: set[str], stop: asyncio.Event) -> tuple[dict, dict]:
+    """Each study's quiet end and Dispatched time, and each consumer's largest backlog."""
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    last_received: dict[str, float] = {}
+    dispatched: dict[str, float] = {}
+    backlog: dict[str, int] = {}
+
+    async def on_event(msg: nats.aio.msg.Msg) -> None:
+        event = ev.decode(msg.data)
+        uid = event.study_instance_uid
+        if uid not in studies:
+            return
+        at = event.occurred_at.timestamp()
+        if isinstance(event, ev.InstanceReceived):
+            last_received[uid] = max(last_received.get(uid, 0.0), at)
+        elif isinstance(event, ev.Dispatched) and uid not in dispatched:
+            dispatched[uid] = at
+            if len(dispatched) == len(studies):
+                stop.set()
+
+    sub = await js.subscribe(ALL_EVENTS, cb=on_event, ordered_consumer=True)
+    try:
+        while not stop.is_set():
+            for info in await js.consumers_info(EVENTS_STREAM):
+                name = info.name
+                waiting = (info.num_pending or 0) + (info.num_ack_pending or 0)
+                backlog[name] = max(backlog.get(name, 0), waiting)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.5)
+    finally:
+        await sub.unsubscribe()
+        await nc.close()
+    latency = {uid: dispatched[uid] - (last_received[uid] + QUIET) for uid in dispatched}
+    return latency, backlog
+
+
+def one_run(studies: int, workdir: Path, replica: str | None) -> tuple[float, list[float], dict]:
+    nats_port, dicom_port, api_port, pacs_port = (free_port() for _ in range(4))
+    data = workdir / f"run-{replica or 'one'}"
+    data.mkdir()
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(PROJECT),
+        "LOG_LEVEL": "WARNING",
+        "PACSOR_DATA_DIR": str(data / "pacsor"),
+        "EMBEDDED_NATS_PORT": str(nats_port),
+        "PORT": str(dicom_port),
+        "API_URL": f"http://127.0.0.1:{api_port}",
+        "TOKEN": "bench",
+        "STUDY_QUIET_SECONDS": str(QUIET),
+        "PACS_IP": "127.0.0.1",
+        "PACS_PORT": str(pacs_port),
+        "PACS_AET": "MILVUE",
+        "ADMIN_PORT": str(free_port()),
+        "SIMULATOR_RUNNING_POLLS": "0",
+    }
+    procs = []
+
+    def spawn(args: list[str], **extra: str) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            args,
+            env={**env, **extra},
+            cwd=data,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        procs.append(proc)
+        return proc
+
+    pacsor = [sys.executable, "-m", "pacsor"]
+    try:
+        spawn(
+            [
+                sys.executable,
+                str(PROJECT / "bench" / "bare_scp.py"),
+                str(pacs_port),
+                str(data / "pacs"),
+            ]
+        )
+        spawn([*pacsor, "simulator", "--host", "127.0.0.1", "--port", str(api_port)])
+        spawn([*pacsor, "up"])
+        wait_until(
+            lambda: echo("127.0.0.1", dicom_port, "MILVUE", "BENCH", 2.0) is None, "pacsor's SCP"
+        )
+        wait_until(lambda: port_open(api_port), "the simulator")
+        nats_url = f"nats://127.0.0.1:{nats_port}"
+        if replica is not None:
+            spawn([*pacsor, "run", replica], NATS_URL=nats_url)
+            time.sleep(3)  # its consumers bind
+        folders = []
+        uids: set[str] = set()
+        for n in range(studies):
+            folder = data / "send" / f"{n:04d}"
+            folder.mkdir(parents=True)
+            study = make_study(4, rows=64, columns=64)
+            uids.add(str(study[0].StudyInstanceUID))
+            for i, ds in enumerate(study):
+                ds.save_as(folder / f"{i}.dcm", enforce_file_format=True)
+            folders.append(sorted(folder.iterdir()))
+
+        async def measure() -> tuple[float, dict, dict]:
+            stop = asyncio.Event()
+            watcher = asyncio.create_task(watch(nats_url, uids, stop))
+            await asyncio.sleep(1.0)
+            started = time.monotonic()
+
+            def send(share: list[list[Path]]) -> None:
+                for files in share:
+                    statuses = send_files("127.0.0.1", dicom_port, "MILVUE", files)
+                    assert [s for _, s in statuses] == [0] * len(files), statuses
+
+            await asyncio.gather(*(asyncio.to_thread(send, folders[i::4]) for i in range(4)))
+            await asyncio.wait_for(stop.wait(), 120 + studies)
+            elapsed = time.monotonic() - started
+            latency, backlog = await watcher
+            return elapsed, latency, backlog
+
+        elapsed, latency, backlog = asyncio.run(measure())
+        return elapsed, sorted(latency.values()), backlog
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
+def report(label: str, studies: int, elapsed: float, latency: list[float], backlog: dict) -> str:
+    p95 = latency[min(len(latency) - 1, int(0.95 * len(latency)))]
+    print(
+        f"{label}: {studies} studies in {elapsed:.1f} s, {studies * 60 / elapsed:.0f} studies/min; "
+        f"quiet end -> Dispatched median {statistics.median(latency):.2f} s, p95 {p95:.2f} s"
+    )
+    by_component: dict[str, int] = {}
+    for durable, waiting in backlog.items():
+        component = component_of(durable)
+        by_component[component] = max(by_component.get(component, 0), waiting)
+    for component, waiting in sorted(by_component.items(), key=lambda kv: -kv[1]):
+        print(f"    largest backlog {component:<12} {waiting:5d}")
+    return max(by_component, key=lambda c: by_component[c])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    parser.add_argument("--studies", type=int, default=200)
+    parser.add_argument("--quick", action="store_true", help="40 studies")
+    args = parser.parse_args()
+    studies = 40 if args.quick else args.studies
+    with tempfile.TemporaryDirectory(prefix="pacsor-pipeline-") as tmp:
+        workdir = Path(tmp)
+        print(f"{studies} studies of 4 instances, quiet period {QUIET:g} s, {os.cpu_count()} cores")
+        elapsed, latency, backlog = one_run(studies, workdir, None)
+        busiest = report("pacsor up", studies, elapsed, latency, backlog)
+        elapsed, latency, backlog = one_run(studies, workdir, busiest)
+        report(f"pacsor up + a second {busiest}", studies, elapsed, latency, backlog)
+
+
+if __name__ == "__main__":
+    main()
