@@ -42,6 +42,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from pacsor.config import ConfigError, Settings
 from pacsor.dicom.profiles import PROFILES
+from pacsor.dicom.storage_scu import no_delay
 from pacsor.dicom.structure import Truncated, check_whole, dataset_offset
 from pacsor.domain.completion import HOLD_HEARTBEAT, Hold
 from pacsor.domain.events import InstanceReceived, InstanceRejected, utc_now
@@ -175,6 +176,7 @@ class StorageScp:
                     (evt.EVT_C_ECHO, _on_c_echo),
                     (evt.EVT_REJECTED, _on_rejected),
                     (evt.EVT_ACCEPTED, self._on_accepted),
+                    (evt.EVT_CONN_OPEN, _on_connected),
                     (evt.EVT_RELEASED, self._on_closed),
                     (evt.EVT_ABORTED, self._on_closed),
                     (evt.EVT_CONN_CLOSE, self._on_closed),
@@ -414,6 +416,11 @@ def _status(code: int, comment: str) -> Dataset:
     status.Status = code
     status.ErrorComment = comment[:64]
     return status
+
+
+def _on_connected(event: DicomEvent) -> None:
+    # The C-STORE responses go out at once, not after the sender's delayed ACK.
+    no_delay(event.assoc)
 
 
 def _on_c_echo(event: DicomEvent) -> int:

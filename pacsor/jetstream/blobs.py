@@ -36,6 +36,9 @@ from pacsor.jetstream.subjects import (
 log = logging.getLogger("pacsor.blobs")
 
 CHUNK_SIZE = 512 * 1024
+# Chunks of one object published before their acknowledgements are awaited: 8 MiB, so an
+# instance of up to 8 MiB costs one round trip and a larger one holds 8 MiB in flight at most.
+IN_FLIGHT_CHUNKS = 16
 DIGEST_PREFIX = "SHA-256="
 
 
@@ -151,6 +154,10 @@ class BlobStore:
         view = memoryview(data)
         pending: list[asyncio.Future[Any]] = []
         for n, offset in enumerate(range(0, len(data), self._chunk_size)):
+            if n and n % IN_FLIGHT_CHUNKS == 0:
+                # A large object waits for its earlier chunks: at most IN_FLIGHT_CHUNKS
+                # copies are buffered by the client, whatever the object's size.
+                await asyncio.wait_for(asyncio.gather(*pending), self._timeout)
             chunk = bytes(view[offset : offset + self._chunk_size])
             pending.append(
                 await self._js.publish_async(
