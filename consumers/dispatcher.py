@@ -37,8 +37,8 @@ from pacsor.jetstream.subjects import (
     dispatch_consumer,
     dispatch_progress_key,
 )
-from pacsor.metrics import DISPATCH_REFUSED
-from pacsor.runtime import Component, Runtime, Started
+from pacsor.process.counters import DISPATCH_REFUSED
+from pacsor.process.runtime import Component, Runtime, Started
 
 
 def consumer(core: str, destination: Destination) -> ConsumerSpec[ev.ResultReady]:

@@ -36,10 +36,10 @@ from pacsor.hl7.config_loading import LoadRefused, current_config, load_named
 from pacsor.hl7.custom_config import CustomConfigError, effective
 from pacsor.hl7.external_reports import answer_request
 from pacsor.hl7.findings import FindingsDocument, FindingsError, StudyFindings, decode_findings
-from pacsor.hl7.header import HeaderError, read_study_header
 from pacsor.hl7.mllp import MllpClient, MllpError
 from pacsor.hl7.oru import StudyHeader, build_oru, control_id
 from pacsor.hl7.report import Report
+from pacsor.hl7.study_header import HeaderError, read_study_header
 from pacsor.hl7.template import MessageTemplate
 from pacsor.jetstream.blobs import BlobNotFound, BlobStore
 from pacsor.jetstream.eventlog import EventLog
@@ -61,7 +61,7 @@ from pacsor.jetstream.subjects import (
     WEBPS_SUBJECTS,
     events_filter,
 )
-from pacsor.runtime import Component, Runtime, Started
+from pacsor.process.runtime import Component, Runtime, Started
 
 log = logging.getLogger("pacsor.hl7")
 

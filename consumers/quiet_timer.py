@@ -14,7 +14,7 @@ from pacsor.domain import events as ev
 from pacsor.jetstream.handler_runner import ConsumerSpec, Delivery, Emit, Outcome
 from pacsor.jetstream.quiet_timers import QuietTimers
 from pacsor.jetstream.subjects import EVENTS_STREAM, QUIET_TIMER_CONSUMER, events_filter
-from pacsor.runtime import Component, Runtime, Started
+from pacsor.process.runtime import Component, Runtime, Started
 
 CONSUMER: ConsumerSpec[ev.InstanceReceived] = ConsumerSpec(
     durable=QUIET_TIMER_CONSUMER,

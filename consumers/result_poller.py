@@ -40,7 +40,7 @@ from pacsor.jetstream.subjects import (
     poll_consumer,
     result_object_name,
 )
-from pacsor.runtime import Component, Runtime, Started, run_per_core
+from pacsor.process.runtime import Component, Runtime, Started, run_per_core
 
 
 class PollSettings(msgspec.Struct, frozen=True, kw_only=True):

@@ -37,7 +37,7 @@ from pacsor.jetstream.subjects import (
     RELAUNCH_FILTER,
     TIMERS_STREAM,
 )
-from pacsor.runtime import Component, Runtime, Started
+from pacsor.process.runtime import Component, Runtime, Started
 
 log = logging.getLogger("pacsor.domain.completion")
 

@@ -66,7 +66,7 @@ from pacsor.jetstream.subjects import (
     study_core_events,
     upload_consumer,
 )
-from pacsor.runtime import Component, Runtime, Started, run_per_core
+from pacsor.process.runtime import Component, Runtime, Started, run_per_core
 
 # Skips are recorded in parts of at most this many instances (an event stays small).
 SKIPS_PER_EVENT = 500

@@ -25,7 +25,7 @@ from pacsor.jetstream.handler_runner import (
     run_consumer,
 )
 from pacsor.jetstream.subjects import EVENTS_STREAM, events_filter
-from pacsor.metrics import HANDLER_ERRORS
+from pacsor.process.counters import HANDLER_ERRORS
 from tests.harness import of_type, wait_for_event
 
 STUDY = "1.2.826.0.1.3680043.8.498.77"

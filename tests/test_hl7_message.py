@@ -12,9 +12,9 @@ from pacsor.config.hl7 import Hl7Settings
 from pacsor.devtools.simulator import results as simulated
 from pacsor.hl7.escaping import escape, unescape
 from pacsor.hl7.findings import FindingsError, StudyFindings, decode_findings
-from pacsor.hl7.header import HeaderError, read_study_header
 from pacsor.hl7.oru import MessageError, StudyHeader, build_oru, control_id, parse_oru
 from pacsor.hl7.report import Report
+from pacsor.hl7.study_header import HeaderError, read_study_header
 from tests.dicom_factory import make_image, new_uid, to_bytes
 from tests.hl7_reading import ParsedOru
 

@@ -16,7 +16,7 @@ see its study split. When the last such association closes, the quiet period sta
 
 Rejected associations (wrong called AE title, MAX_ASSOCIATIONS reached, ...) and refused
 presentation contexts (a SOP class outside CONFIG_PROFILE) are logged once each, with the
-caller's AE title and address, and counted (pacsor.metrics).
+caller's AE title and address, and counted (pacsor.process.counters).
 """
 
 from __future__ import annotations
@@ -50,8 +50,8 @@ from pacsor.jetstream.eventlog import EventLog
 from pacsor.jetstream.holds import Holds
 from pacsor.jetstream.quiet_timers import QuietTimers
 from pacsor.jetstream.subjects import instance_object_name, is_valid_uid
-from pacsor.metrics import ASSOCIATIONS_REJECTED, CONTEXTS_REJECTED, STORES_UNAVAILABLE
-from pacsor.runtime import Component, Runtime, Started
+from pacsor.process.counters import ASSOCIATIONS_REJECTED, CONTEXTS_REJECTED, STORES_UNAVAILABLE
+from pacsor.process.runtime import Component, Runtime, Started
 
 log = logging.getLogger("pacsor.scp")
 
