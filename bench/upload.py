@@ -93,7 +93,7 @@ async def upload_once(
         started = time.monotonic()
         await EventLog(js).publish(
             ev.StudyComplete(
-                study_instance_uid=study,
+                study_uid=study,
                 attempt=1,
                 instance_count=instances,
                 through_sequence=last,

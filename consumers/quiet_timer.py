@@ -31,7 +31,7 @@ CONSUMER: ConsumerSpec[ev.InstanceReceived] = ConsumerSpec(
 async def arm_quiet_timer(
     event: ev.InstanceReceived, delivery: Delivery, timers: QuietTimers, quiet: timedelta
 ) -> Outcome:
-    await timers.arm(event.study_instance_uid, event.occurred_at + quiet)
+    await timers.arm(event.study_uid, event.occurred_at + quiet)
     return Emit()
 
 

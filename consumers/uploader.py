@@ -145,7 +145,7 @@ async def upload_study(
     policy: RetryPolicy,
     limiter: RateLimiter | None = None,
 ) -> Outcome:
-    study = event.study_instance_uid
+    study = event.study_uid
     core = settings.core
     if not event.for_core(core):
         return Emit()  # a relaunch asked for other cores only

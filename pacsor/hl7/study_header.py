@@ -32,7 +32,7 @@ def read_study_header(data: bytes) -> StudyHeader:
         return str(value)
 
     return StudyHeader(
-        study_instance_uid=study_uid,
+        study_uid=study_uid,
         patient_id=text("PatientID"),
         issuer_of_patient_id=text("IssuerOfPatientID"),
         patient_name=text("PatientName"),

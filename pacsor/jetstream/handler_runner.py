@@ -97,7 +97,7 @@ class ConsumerSpec(Generic[M]):
     # not miss events published before it first ran); "new": at the time it is first created
     # (a destination added later must not receive every past study's results).
     start: Literal["all", "new"] = "all"
-    study_of: Callable[[M], str] = field(default=lambda m: getattr(m, "study_instance_uid", ""))
+    study_of: Callable[[M], str] = field(default=lambda m: getattr(m, "study_uid", ""))
     # The step's own failure event from (message, error, tries), recorded when the handler
     # keeps failing; None: StepFailed.
     failed: Callable[[M, str, int], Event] | None = None
@@ -267,7 +267,7 @@ async def _give_up(
         failure = spec.failed(message, reason, tries)
     else:
         failure = StepFailed(
-            study_instance_uid=study,
+            study_uid=study,
             step=spec.durable,
             stream=spec.stream,
             message_sequence=delivery.stream_sequence,
