@@ -33,6 +33,7 @@ from hl7apy.exceptions import HL7apyException
 from hl7apy.parser import parse_message
 
 from pacsor.config.hl7 import Hl7Settings
+from pacsor.errors import InvalidInput
 from pacsor.hl7.escaping import escape
 from pacsor.hl7.findings import Finding, Measure, StudyFindings
 from pacsor.hl7.report import Report
@@ -43,7 +44,7 @@ CODING_SYSTEM = "MILVUE"
 CHARACTER_SET = "UNICODE UTF-8"
 
 
-class MessageError(ValueError):
+class MessageError(InvalidInput):
     """The message could not be built, or does not parse back."""
 
 

@@ -8,10 +8,11 @@ from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 
+from pacsor.errors import InvalidInput
 from pacsor.hl7.oru import StudyHeader
 
 
-class HeaderError(ValueError):
+class HeaderError(InvalidInput):
     """The instance is not readable DICOM."""
 
 
