@@ -84,7 +84,7 @@ async def watch(nats_url: str, studies: set[str], stop: asyncio.Event) -> tuple[
 
     async def on_event(msg: nats.aio.msg.Msg) -> None:
         event = ev.decode(msg.data)
-        uid = event.study_instance_uid
+        uid = event.study_uid
         if uid not in studies:
             return
         at = event.occurred_at.timestamp()

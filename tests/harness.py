@@ -25,9 +25,9 @@ from pacsor.devtools.demo_pacs import start_storage_scp
 from pacsor.devtools.sample_study import make_study
 from pacsor.dicom.storage_scu import echo, send_files
 from pacsor.domain import events as ev
-from pacsor.gateway import components_of_up, run_gateway
 from pacsor.jetstream.eventlog import EventLog
 from pacsor.jetstream.subjects import EVENTS_STREAM, study_subjects
+from pacsor.process.gateway import components_of_up, run_gateway
 from tests.dicom_factory import make_image, new_uid
 from tests.nats_server import free_port
 
@@ -200,7 +200,7 @@ async def dispatched_uids(nc: Client, done: ev.Dispatched) -> list[str]:
     """The SOP Instance UIDs a Dispatched counts: those of its attempt's result list."""
     ready = await wait_for_event(
         nc,
-        done.study_instance_uid,
+        done.study_uid,
         lambda e: (
             isinstance(e, ev.ResultReady) and (e.core, e.attempt) == (done.core, done.attempt)
         ),

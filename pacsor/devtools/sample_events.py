@@ -17,7 +17,7 @@ def received(
 ) -> ev.InstanceReceived:
     sop = f"{study}.{n}"
     return ev.InstanceReceived(
-        study_instance_uid=study,
+        study_uid=study,
         series_instance_uid=f"{study}.0",
         sop_instance_uid=sop,
         sop_class_uid=DX,
@@ -48,7 +48,7 @@ def lifecycle(
     instances = [received(study, n, t0 + n * step, accession) for n in range(images)]
     done = t0 + (images + 10) * step
     complete = ev.StudyComplete(
-        study_instance_uid=study,
+        study_uid=study,
         attempt=attempt,
         instance_count=len(instances),
         # Where the attempt's instances end in the stream; these samples are folded, not
@@ -67,13 +67,13 @@ def lifecycle(
         for n in range(images)
         for k, command in enumerate(("smarturgences", "smartxpert"))
     )
-    key = ev.AttemptKey(study_instance_uid=study, core=core, attempt=attempt)
+    key = ev.AttemptKey(study_uid=study, core=core, attempt=attempt)
     pages, digest = ev.list_results(key, results)
     history: list[ev.Event] = [
         *instances,
         complete,
         ev.Uploaded(
-            study_instance_uid=study,
+            study_uid=study,
             core=core,
             attempt=attempt,
             instance_count=images,
@@ -90,7 +90,7 @@ def lifecycle(
     ]
     history.extend(
         ev.Dispatched(
-            study_instance_uid=study,
+            study_uid=study,
             core=core,
             attempt=attempt,
             destination=destination,

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 
 import msgspec
 
-from pacsor.domain.events import ObjectStatus
+from pacsor.domain.events import STATUS_SAMPLE, AttemptKey, DispatchFailed, ObjectStatus
 
 NO_ANSWER = -1  # no status came back: association lost, or the object was not reached
 SOP_CLASS_NOT_SUPPORTED = 0x0122
@@ -107,4 +107,32 @@ def outcome(sop_uids: Sequence[str], progress: Progress) -> Outcome:
             undelivered.append(ObjectStatus(sop_instance_uid=sop, status=status))
     return Outcome(
         delivered=tuple(delivered), refused=tuple(refused), undelivered=tuple(undelivered)
+    )
+
+
+NOTHING_KNOWN = Outcome()
+
+
+def failure(
+    key: AttemptKey,
+    destination: str,
+    reason: str,
+    tries: int,
+    outcome: Outcome = NOTHING_KNOWN,
+    replay_id: str = "",
+) -> DispatchFailed:
+    """The DispatchFailed of a delivery (or of a replay): every count, and the first
+    STATUS_SAMPLE refused and undelivered objects with their status (small whatever the
+    number of objects; every answer is in the PACSOR_DISPATCH bucket)."""
+    return DispatchFailed(
+        **key,
+        destination=destination,
+        reason=reason,
+        tries=tries,
+        delivered_count=len(outcome.delivered),
+        refused_count=len(outcome.refused),
+        undelivered_count=len(outcome.undelivered),
+        refused=outcome.refused[:STATUS_SAMPLE],
+        undelivered=outcome.undelivered[:STATUS_SAMPLE],
+        replay_id=replay_id,
     )

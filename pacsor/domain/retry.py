@@ -35,4 +35,4 @@ def poll_delay(polls_made: int, interval: float) -> float:
     """The wait before the next status poll: short at first (0.25 s, 0.5 s, 1 s, ...) and
     POLL_INTERVAL_SECONDS at most, so a result ready soon after the upload is fetched soon,
     and a long inference is polled at the usual pace. The first poll is at once (Uploaded)."""
-    return min(interval, FIRST_POLL_DELAY * 2 ** max(polls_made - 1, 0))
+    return float(min(interval, FIRST_POLL_DELAY * 2.0 ** max(polls_made - 1, 0)))

@@ -24,6 +24,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
+from pacsor.errors import PacsorError
 from pacsor.jetstream.subjects import (
     MSG_ID_HEADER,
     ROLLUP_HEADER,
@@ -42,7 +43,7 @@ IN_FLIGHT_CHUNKS = 16
 DIGEST_PREFIX = "SHA-256="
 
 
-class BlobError(RuntimeError):
+class BlobError(PacsorError):
     pass
 
 

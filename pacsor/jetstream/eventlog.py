@@ -19,12 +19,14 @@ from nats.js.errors import APIError, NotFoundError
 
 from pacsor.domain import events as ev
 from pacsor.domain.events import RecordedEvent
+from pacsor.errors import TransientError
 from pacsor.jetstream.snapshot import messages_now
 from pacsor.jetstream.subjects import (
     ALL_EVENTS,
     EVENTS_STREAM,
     EXPECTED_LAST_SUBJECT_SEQUENCE_HEADER,
     MSG_ID_HEADER,
+    consumer_next_subject,
     event_subject,
     received_subject,
     study_core_events,
@@ -39,7 +41,7 @@ WRONG_LAST_SEQUENCE = 10071  # JetStream's error code for a failed expected-sequ
 __all__ = ["ConcurrentUpdate", "EventLog", "RecordedEvent"]
 
 
-class ConcurrentUpdate(RuntimeError):
+class ConcurrentUpdate(TransientError):
     """Another writer changed the subject first: re-read the history and decide again."""
 
 
@@ -75,7 +77,7 @@ class EventLog:
         log.info(
             type(event).__name__,
             extra={
-                "study": event.study_instance_uid,
+                "study": event.study_uid,
                 "event": msgspec.to_builtins(event),
                 "seq": ack.seq,
                 "duplicate": bool(ack.duplicate),
@@ -97,7 +99,7 @@ class EventLog:
         log.info(
             type(event).__name__,
             extra={
-                "study": event.study_instance_uid,
+                "study": event.study_uid,
                 "event": msgspec.to_builtins(event),
                 "seq": ack.seq,
                 "duplicate": bool(ack.duplicate),
@@ -113,7 +115,7 @@ class EventLog:
         feed = messages_now(
             self._js,
             EVENTS_STREAM,
-            received_subject(event.study_instance_uid),
+            received_subject(event.study_uid),
             self._timeout,
             start_sequence=first + 1,
         )
@@ -156,7 +158,7 @@ class EventLog:
         back by subject; ResultListIncomplete when they do not make that list."""
         if not ready.result_pages:
             return ready.results
-        subject = study_core_events(ready.study_instance_uid, ev.ResultObjectsListed, ready.core)
+        subject = study_core_events(ready.study_uid, ev.ResultObjectsListed, ready.core)
         pages = [
             r.event for r in await self.read(subject) if isinstance(r.event, ev.ResultObjectsListed)
         ]
@@ -254,7 +256,7 @@ class _BatchReader:
         assert self._consumer is not None
         body = json.dumps({"batch": self._batch, "expires": int(1e9)}).encode()
         await self._nc.publish(
-            f"$JS.API.CONSUMER.MSG.NEXT.{EVENTS_STREAM}.{self._consumer}",
+            consumer_next_subject(EVENTS_STREAM, self._consumer),
             body,
             reply=self._inbox,
         )
