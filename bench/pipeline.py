@@ -81,6 +81,7 @@ async def watch(nats_url: str, studies: set[str], stop: asyncio.Event) -> tuple[
     last_received: dict[str, float] = {}
     dispatched: dict[str, float] = {}
     backlog: dict[str, int] = {}
+    steps: dict[str, dict[str, float]] = {}
 
     async def on_event(msg: nats.aio.msg.Msg) -> None:
         event = ev.decode(msg.data)
@@ -90,6 +91,8 @@ async def watch(nats_url: str, studies: set[str], stop: asyncio.Event) -> tuple[
         at = event.occurred_at.timestamp()
         if isinstance(event, ev.InstanceReceived):
             last_received[uid] = max(last_received.get(uid, 0.0), at)
+        elif isinstance(event, ev.StudyComplete | ev.Uploaded | ev.ResultReady):
+            steps.setdefault(uid, {})[type(event).__name__] = at
         elif isinstance(event, ev.Dispatched) and uid not in dispatched:
             dispatched[uid] = at
             if len(dispatched) == len(studies):
@@ -99,6 +102,8 @@ async def watch(nats_url: str, studies: set[str], stop: asyncio.Event) -> tuple[
     try:
         while not stop.is_set():
             for info in await js.consumers_info(EVENTS_STREAM):
+                if not info.config.durable_name:
+                    continue  # a reader's ephemeral consumer, not a handler
                 name = info.name
                 waiting = (info.num_pending or 0) + (info.num_ack_pending or 0)
                 backlog[name] = max(backlog.get(name, 0), waiting)
@@ -108,6 +113,19 @@ async def watch(nats_url: str, studies: set[str], stop: asyncio.Event) -> tuple[
         await sub.unsubscribe()
         await nc.close()
     latency = {uid: dispatched[uid] - (last_received[uid] + QUIET) for uid in dispatched}
+    # Where the time goes, at the median: each step from the one before it.
+    marks = ["StudyComplete", "Uploaded", "ResultReady"]
+    parts = []
+    for uid in dispatched:
+        times = [last_received[uid] + QUIET, *(steps[uid][m] for m in marks), dispatched[uid]]
+        parts.append([b - a for a, b in zip(times, times[1:], strict=False)])
+    names = ["to StudyComplete", "upload", "result", "dispatch"]
+    print(
+        "    median per step: "
+        + ", ".join(
+            f"{n} {statistics.median(p[i] for p in parts):.2f} s" for i, n in enumerate(names)
+        )
+    )
     return latency, backlog
 
 
