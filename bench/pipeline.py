@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import os
 import socket
 import statistics
@@ -118,7 +119,7 @@ async def watch(nats_url: str, studies: set[str], stop: asyncio.Event) -> tuple[
     parts = []
     for uid in dispatched:
         times = [last_received[uid] + QUIET, *(steps[uid][m] for m in marks), dispatched[uid]]
-        parts.append([b - a for a, b in zip(times, times[1:], strict=False)])
+        parts.append([b - a for a, b in itertools.pairwise(times)])
     names = ["to StudyComplete", "upload", "result", "dispatch"]
     print(
         "    median per step: "
