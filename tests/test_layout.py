@@ -1,4 +1,4 @@
-"""The layers of the tree hold: each package imports only what its rule in the README allows."""
+"""The layers of the tree hold: each package imports only what its rule in docs/architecture.md (Layout) allows."""
 
 from __future__ import annotations
 
