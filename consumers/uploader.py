@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from functools import partial
@@ -67,6 +68,8 @@ from pacsor.jetstream.subjects import (
     upload_consumer,
 )
 from pacsor.runtime import Component, Runtime, Started, run_per_core
+
+log = logging.getLogger("pacsor.uploader")
 
 # Skips are recorded in parts of at most this many instances (an event stays small).
 SKIPS_PER_EVENT = 500
@@ -211,6 +214,17 @@ async def upload_study(
             )
         )
         uploaded += len(sent)
+        batch_size = settings.batch_size
+        # Progress of a long upload, with its totals (the event says the batch alone).
+        log.info(
+            "upload progress",
+            extra={
+                "study": study,
+                "core": core,
+                "batch": f"{batch_number}/{max(batch_number, -(-len(refs) // batch_size))}",
+                "instances": f"{uploaded}/{len(refs)}",
+            },
+        )
 
     async def send_batch() -> None:
         nonlocal api_message

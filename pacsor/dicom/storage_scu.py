@@ -8,7 +8,7 @@ transfer syntax, which is both faster and faithful to what the AI or the modalit
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pydicom import dcmread
@@ -23,6 +23,15 @@ class NotDicom(ValueError):
     """A file to send is not DICOM with its file meta (PS3.10): nothing is sent."""
 
 
+def stored_as(path: Path) -> tuple[str, str]:
+    """The file's SOP class and transfer syntax, from its file meta; NotDicom without one."""
+    try:
+        meta = dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"]).file_meta
+        return str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID)
+    except (InvalidDicomError, AttributeError, OSError) as err:
+        raise NotDicom(f"{path}: not a DICOM Part 10 file ({err})") from None
+
+
 def send_files(
     host: str,
     port: int,
@@ -30,8 +39,11 @@ def send_files(
     files: Sequence[Path],
     calling_ae_title: str = "PACSOR_SCU",
     timeout: float = 30.0,
+    on_result: Callable[[int, Path, int], None] | None = None,
 ) -> list[tuple[Path, int]]:
     """C-STORE each file over one association; returns (file, DIMSE status) in order.
+
+    `on_result(n, file, status)` hears of each file as soon as it is answered (n from 1).
 
     A file whose SOP class the peer did not accept gets 0x0122 (SOP class not supported).
     Stops at the first file without an answer (status -1): the association is gone.
@@ -45,12 +57,8 @@ def send_files(
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     contexts: dict[str, set[str]] = {}
     for path in files:
-        try:
-            meta = dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"]).file_meta
-            stored_as = (str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID))
-        except (InvalidDicomError, AttributeError, OSError) as err:
-            raise NotDicom(f"{path}: not a DICOM Part 10 file ({err})") from None
-        contexts.setdefault(stored_as[0], set()).add(stored_as[1])
+        sop_class, syntax = stored_as(path)
+        contexts.setdefault(sop_class, set()).add(syntax)
     for sop_class, syntaxes in contexts.items():
         ae.add_requested_context(sop_class, sorted(syntaxes))
     assoc = ae.associate(host, port, ae_title=called_ae_title, max_pdu=0)
@@ -63,10 +71,12 @@ def send_files(
             try:
                 status = assoc.send_c_store(path)
             except ValueError:  # no accepted presentation context for this SOP class
-                results.append((path, SOP_CLASS_NOT_SUPPORTED))
-                continue
-            code = int(status.Status) if "Status" in status else -1
+                code = SOP_CLASS_NOT_SUPPORTED
+            else:
+                code = int(status.Status) if "Status" in status else -1
             results.append((path, code))
+            if on_result is not None:
+                on_result(len(results), path, code)
             if code == -1:
                 break
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 
 from pacsor.domain import events as ev
 
@@ -14,20 +15,32 @@ def describe(event: ev.Event) -> str:
     return f"{when}  {type(event).__name__:<16} {study}  {detail(event)}"
 
 
-def detail(event: ev.Event) -> str:
-    """The event's particulars, without its time, type and study."""
-    text = _particulars(event)
+def short_uid(uid: str) -> str:
+    """A UID a person can tell apart in a line: `1.2.826.…498.12` (first 8, last 6)."""
+    return uid if len(uid) <= 18 else f"{uid[:8]}…{uid[-6:]}"
+
+
+def describe_short(event: ev.Event) -> str:
+    """`describe` for a line that scrolls by: the time of day, the study shortened."""
+    when = event.occurred_at.astimezone().strftime("%H:%M:%S")
+    study = short_uid(event.study_instance_uid) if event.study_instance_uid else "(unknown)"
+    return f"{when}  {type(event).__name__:<16} {study}  {detail(event, short=True)}"
+
+
+def detail(event: ev.Event, short: bool = False) -> str:
+    """The event's particulars, without its time, type and study (UIDs shortened if short)."""
+    text = _particulars(event, short_uid if short else str)
     if isinstance(event, ev.CoreEvent):  # every step of a core names the core and attempt first
         return f"{event.core} attempt {event.attempt}{text}"
     return text
 
 
-def _particulars(event: ev.Event) -> str:
+def _particulars(event: ev.Event, uid: Callable[[str], str]) -> str:
     match event:
         case ev.InstanceReceived():
             return (
-                f"{event.modality or '?'} {event.sop_instance_uid} from {event.calling_ae_title} "
-                f"({event.size / 1e6:.1f} MB)"
+                f"{event.modality or '?'} {uid(event.sop_instance_uid)} "
+                f"from {event.calling_ae_title} ({event.size / 1e6:.1f} MB)"
             )
         case ev.InstanceRejected():
             return f"0x{event.dimse_status:04X} from {event.calling_ae_title}: {event.reason}"
