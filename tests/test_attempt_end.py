@@ -47,7 +47,7 @@ def test_a_dispatch_failure_ends_it_as_failed() -> None:
     *events, dispatched = attempt_two()
     assert isinstance(dispatched, ev.Dispatched)
     failed = ev.DispatchFailed(
-        study_instance_uid=STUDY,
+        study_uid=STUDY,
         core="default",
         attempt=2,
         destination=dispatched.destination,
@@ -70,7 +70,7 @@ def test_with_hl7_the_ris_answer_is_awaited() -> None:
     events = attempt_two((PACS,))
     assert not attempt_end(events, ID, {"default": (PACS,)}, ris=True).ended
     sent = ev.Hl7Sent(
-        study_instance_uid=STUDY,
+        study_uid=STUDY,
         core="default",
         attempt=2,
         ris="10.0.0.9:2575",
@@ -85,10 +85,10 @@ def test_a_core_that_failed_or_had_nothing_ends_without_destinations() -> None:
     complete = attempt_two()[0]
     assert isinstance(complete, ev.StudyComplete)
     failed = ev.UploadFailed(
-        study_instance_uid=STUDY, core="default", attempt=2, reason="403", occurred_at=T0
+        study_uid=STUDY, core="default", attempt=2, reason="403", occurred_at=T0
     )
     nothing = ev.NothingToUpload(
-        study_instance_uid=STUDY,
+        study_uid=STUDY,
         core="second",
         attempt=2,
         reason="filtered",

@@ -18,7 +18,7 @@ from pacsor.config import ConfigError, load_settings
 from pacsor.devtools.sample_events import lifecycle
 from pacsor.dicom.storage_scu import echo
 from pacsor.jetstream.eventlog import EventLog
-from pacsor.logs import JsonLines, NamePeer, TextLines, chosen_format
+from pacsor.process.logs import JsonLines, NamePeer, TextLines, chosen_format
 from tests.harness import cli_env
 from tests.nats_server import free_port
 
