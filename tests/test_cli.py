@@ -106,7 +106,7 @@ def test_send_of_nothing_but_a_file_that_is_not_dicom_is_two_lines(tmp_path: Pat
     result = pacsor_cli("send", str(notes), "--port", str(free_port()), cwd=tmp_path)
     assert result.returncode == 1
     skipped, nothing = result.stderr.splitlines()  # no traceback
-    assert skipped.startswith(f"skipped  {notes}: not a DICOM Part 10 file (")
+    assert skipped == f"skipped  {notes}: not a DICOM Part 10 file (no DICOM file meta header)"
     assert nothing == "pacsor: nothing to send (1 skipped)"
 
 

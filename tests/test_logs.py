@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import os
 import signal
 import socket
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +24,42 @@ from pacsor.jetstream.eventlog import EventLog
 from pacsor.process.logs import JsonLines, NamePeer, TextLines, chosen_format
 from tests.harness import cli_env
 from tests.nats_server import free_port
+
+
+async def up_process(cwd: Path, nats_port: int) -> asyncio.subprocess.Process:
+    """`pacsor up` with text logs, its own ports and an embedded nats-server."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "pacsor",
+        "up",
+        cwd=cwd,
+        env=cli_env(
+            EMBEDDED_NATS_PORT=str(nats_port),
+            PORT=str(free_port()),
+            LOG_FORMAT="text",
+            TOKEN="t",
+            PACS_IP="127.0.0.1",
+            PACS_PORT=str(free_port()),
+        ),
+        stderr=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.DEVNULL,
+    )
+
+
+def killed(process: asyncio.subprocess.Process) -> None:
+    """A test that failed leaves nothing running: pacsor, and its nats-server (a child in a
+    session of its own, which a SIGKILL of pacsor would leave behind)."""
+    if process.returncode is not None:
+        return
+    children = subprocess.run(
+        ["pgrep", "-P", str(process.pid)], capture_output=True, text=True, check=False
+    ).stdout.split()
+    process.kill()
+    for child in children:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(child), signal.SIGTERM)
+
 
 STUDY = "1.2.826.0.1.3680043.8.498.12345678901234567890123456789012345678"
 
@@ -93,40 +132,46 @@ def test_log_format_is_a_setting() -> None:
 
 async def test_second_ctrl_c_stops_at_once(tmp_path: Path) -> None:
     nats_port = free_port()
-    up = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "pacsor",
-        "up",
-        cwd=tmp_path,
-        env=cli_env(
-            EMBEDDED_NATS_PORT=str(nats_port),
-            PORT=str(free_port()),
-            LOG_FORMAT="text",
-            TOKEN="t",
-            PACS_IP="127.0.0.1",
-            PACS_PORT=str(free_port()),
-        ),
-        stderr=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.DEVNULL,
-    )
-    assert up.stderr is not None
-    lines: list[str] = []
-    async with asyncio.timeout(60):
-        while not any("pacsor ready" in line for line in lines):
-            line = (await up.stderr.readline()).decode()
-            assert line, "pacsor exited:\n" + "".join(lines)
-            lines.append(line)
-    assert all(not line.startswith("{") for line in lines)  # LOG_FORMAT=text
-    up.send_signal(signal.SIGINT)
-    async with asyncio.timeout(30):
-        while "pacsor: stopping" not in (line := (await up.stderr.readline()).decode()):
-            assert line, "pacsor exited without saying it stops"
-    assert "Ctrl-C again to stop at once" in line
-    up.send_signal(signal.SIGINT)
-    rest = (await asyncio.wait_for(up.stderr.read(), 30)).decode()
-    assert await asyncio.wait_for(up.wait(), 30) == 130
-    assert "pacsor: stopping now" in rest
-    # The embedded nats-server was stopped with it: its port is free again.
-    with socket.socket() as probe:
-        assert probe.connect_ex(("127.0.0.1", nats_port)) != 0
+    up = await up_process(tmp_path, nats_port)
+    try:
+        assert up.stderr is not None
+        lines: list[str] = []
+        async with asyncio.timeout(60):
+            while not any("pacsor ready" in line for line in lines):
+                line = (await up.stderr.readline()).decode()
+                assert line, "pacsor exited:\n" + "".join(lines)
+                lines.append(line)
+        assert all(not line.startswith("{") for line in lines)  # LOG_FORMAT=text
+        up.send_signal(signal.SIGINT)
+        async with asyncio.timeout(30):
+            while "pacsor: stopping" not in (line := (await up.stderr.readline()).decode()):
+                assert line, "pacsor exited without saying it stops"
+        assert "Ctrl-C again to stop at once" in line
+        up.send_signal(signal.SIGINT)
+        rest = (await asyncio.wait_for(up.stderr.read(), 30)).decode()
+        assert await asyncio.wait_for(up.wait(), 30) == 130
+        assert "pacsor: stopping now" in rest
+        # The embedded nats-server was stopped with it: its port is free again.
+        with socket.socket() as probe:
+            assert probe.connect_ex(("127.0.0.1", nats_port)) != 0
+    finally:
+        killed(up)
+
+
+async def test_a_stop_signal_stops_even_when_stderr_is_gone(tmp_path: Path) -> None:
+    """The terminal closed (a pipe with no reader): SIGTERM still stops pacsor and its
+    embedded nats-server, instead of failing to say so."""
+    nats_port = free_port()
+    up = await up_process(tmp_path, nats_port)
+    try:
+        assert up.stderr is not None
+        async with asyncio.timeout(60):
+            while b"pacsor ready" not in (line := await up.stderr.readline()):
+                assert line, "pacsor exited before it was ready"
+        up._transport.get_pipe_transport(2).close()  # type: ignore[attr-defined]  # no reader left
+        up.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(up.wait(), 30) == 0
+        with socket.socket() as probe:
+            assert probe.connect_ex(("127.0.0.1", nats_port)) != 0
+    finally:
+        killed(up)

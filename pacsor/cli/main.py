@@ -194,6 +194,12 @@ def _stopping_line(busy: dict[str, int]) -> str:
     )
 
 
+def _say(line: str) -> None:
+    """A line on stderr, if stderr is still there (a closed terminal, a dead pipe)."""
+    with contextlib.suppress(OSError, ValueError):
+        print(line, file=sys.stderr, flush=True)
+
+
 def _serve(settings: Settings, components: Sequence[str], on_ready: Any = None) -> int:
     """Run until SIGINT or SIGTERM: the first finishes the steps in flight, the second stops
     at once (those steps are done again after a restart), a third exits on the spot."""
@@ -210,20 +216,20 @@ def _serve(settings: Settings, components: Sequence[str], on_ready: Any = None) 
         presses = 0
 
         def on_signal() -> None:
+            # Act first, then say so: a closed stderr (the terminal gone) must not stop a stop.
             nonlocal presses, forced
             presses += 1
             if presses == 1:
-                print(_stopping_line(in_flight()), file=sys.stderr, flush=True)
+                busy = in_flight()
                 stop.set()
+                _say(_stopping_line(busy))
             elif presses == 2:
-                print(
-                    "pacsor: stopping now; the steps that were in flight are done again "
-                    "after a restart (Ctrl-C once more exits on the spot)",
-                    file=sys.stderr,
-                    flush=True,
-                )
                 forced = True
                 main_task.cancel()
+                _say(
+                    "pacsor: stopping now; the steps that were in flight are done again "
+                    "after a restart (Ctrl-C once more exits on the spot)"
+                )
             else:
                 os._exit(130)
 

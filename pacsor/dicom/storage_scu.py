@@ -30,8 +30,12 @@ def stored_as(path: Path) -> tuple[str, str]:
     try:
         meta = dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"]).file_meta
         return str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID)
-    except (InvalidDicomError, AttributeError, OSError) as err:
+    except InvalidDicomError:  # pydicom's own words advise force=True: not for a sender
+        raise NotDicom(f"{path}: not a DICOM Part 10 file (no DICOM file meta header)") from None
+    except AttributeError as err:
         raise NotDicom(f"{path}: not a DICOM Part 10 file ({err})") from None
+    except OSError as err:
+        raise NotDicom(f"{path}: cannot be read ({err.strerror or err})") from None
 
 
 def send_files(

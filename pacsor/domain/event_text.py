@@ -25,7 +25,7 @@ def describe_short(event: ev.Event) -> str:
     """`describe` for a line that scrolls by: the time of day, the study shortened."""
     when = event.occurred_at.astimezone().strftime("%H:%M:%S")
     study = short_uid(event.study_uid) if event.study_uid else "(unknown)"
-    return f"{when}  {type(event).__name__:<16} {study}  {detail(event, short=True)}"
+    return f"{when}  {type(event).__name__:<17} {study}  {detail(event, short=True)}"
 
 
 def detail(event: ev.Event, short: bool = False) -> str:
