@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo dev test lint bench clean
+.PHONY: demo dev test test-fast lint bench clean
 
 # What running needs, nothing more. The install is editable (the tree is what runs), and
 # setuptools' note on editable installs of a mapped layout (consumers/ as pacsor.consumers) is
@@ -31,6 +31,10 @@ demo: $(BIN)/pacsor
 
 test: $(DEV)
 	$(BIN)/python -m pytest
+
+# The pure tests only (tests/unit: no server starts), in seconds.
+test-fast: $(DEV)
+	$(BIN)/python -m pytest -q tests/unit
 
 # mypy reads the tree as it installs (consumers/ and streams/ inside pacsor/): a tree of links.
 TYPECHECK := build/typecheck

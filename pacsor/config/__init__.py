@@ -9,6 +9,7 @@ from pacsor.config.settings import (
     load_settings,
     parse_destination,
     read_dotenv,
+    require_api_tokens,
 )
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "load_settings",
     "parse_destination",
     "read_dotenv",
+    "require_api_tokens",
     "running_demo_settings",
     "write_demo_env",
 ]
