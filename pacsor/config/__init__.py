@@ -2,15 +2,15 @@
 
 from pacsor.config.demo import demo_env_path, running_demo_settings, write_demo_env
 from pacsor.config.settings import (
-    ConfigError,
     CoreSettings,
     Destination,
     Settings,
     load_settings,
     parse_destination,
-    read_dotenv,
     require_api_tokens,
 )
+from pacsor.config.variables import read_dotenv
+from pacsor.errors import ConfigError
 
 __all__ = [
     "ConfigError",
