@@ -11,15 +11,19 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from nats.aio.client import Client
+from pynetdicom.events import Event as DicomEvent
 
 from pacsor.config import ConfigError, load_settings
+from pacsor.devtools.demo_pacs import start_storage_scp
 from pacsor.devtools.sample_events import lifecycle
-from pacsor.dicom.storage_scu import echo
+from pacsor.devtools.sample_study import make_study
+from pacsor.dicom.storage_scu import echo, send_files
 from pacsor.jetstream.eventlog import EventLog
 from pacsor.process.logs import JsonLines, NamePeer, TextLines, chosen_format
 from tests.harness import cli_env
@@ -119,6 +123,30 @@ def test_pynetdicom_lines_name_the_peer(kept: Kept) -> None:
     assert failed, [r.getMessage() for r in kept.records]
     assert all(getattr(r, "peer", None) == f"FARPACS@127.0.0.1:{port}" for r in failed)
     assert f"peer=FARPACS@127.0.0.1:{port}" in TextLines().format(failed[0])
+
+
+def test_a_peer_that_does_not_answer_in_time_is_named(kept: Kept, tmp_path: Path) -> None:
+    """pynetdicom logs a DIMSE timeout from the thread that sends, not the association's:
+    the line still names the peer."""
+    release = threading.Event()
+    port = free_port()
+
+    def answer_late(_event: DicomEvent) -> int:
+        release.wait(10)  # past the sender's 1 s timeout
+        return 0x0000
+
+    server = start_storage_scp("SLOWPACS", port, answer_late)
+    try:
+        [ds] = make_study(1)
+        ds.save_as(tmp_path / "one.dcm", enforce_file_format=True)
+        results = send_files("127.0.0.1", port, "SLOWPACS", [tmp_path / "one.dcm"], timeout=1)
+    finally:
+        release.set()
+        server.shutdown()
+    assert results == [(tmp_path / "one.dcm", -1)]
+    timed_out = [r for r in kept.records if "DIMSE timeout" in r.getMessage()]
+    assert timed_out, [r.getMessage() for r in kept.records]
+    assert all(getattr(r, "peer", None) == f"SLOWPACS@127.0.0.1:{port}" for r in timed_out)
 
 
 def test_log_format_is_a_setting() -> None:

@@ -17,6 +17,7 @@ from pynetdicom import AE, _config
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from pacsor.errors import InvalidInput
+from pacsor.process.logs import naming_peer
 
 SOP_CLASS_NOT_SUPPORTED = 0x0122
 
@@ -67,6 +68,18 @@ def send_files(
         contexts.setdefault(sop_class, set()).add(syntax)
     for sop_class, syntaxes in contexts.items():
         ae.add_requested_context(sop_class, sorted(syntaxes))
+    with naming_peer(f"{called_ae_title}@{host}:{port}"):
+        return _store_each(ae, host, port, called_ae_title, files, on_result)
+
+
+def _store_each(
+    ae: AE,
+    host: str,
+    port: int,
+    called_ae_title: str,
+    files: Sequence[Path],
+    on_result: Callable[[int, Path, int], None] | None,
+) -> list[tuple[Path, int]]:
     assoc = ae.associate(host, port, ae_title=called_ae_title, max_pdu=0)
     if not assoc.is_established:
         reason = "rejected" if assoc.is_rejected else "refused or unreachable"
@@ -102,13 +115,14 @@ def echo(
     ae = AE(ae_title=calling_ae_title)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     ae.add_requested_context(Verification)
-    assoc = ae.associate(host, port, ae_title=called_ae_title)
-    if not assoc.is_established:
-        return "association rejected" if assoc.is_rejected else "refused or unreachable"
-    try:
-        status = assoc.send_c_echo()
-    finally:
-        if assoc.is_established:
-            assoc.release()
+    with naming_peer(f"{called_ae_title}@{host}:{port}"):
+        assoc = ae.associate(host, port, ae_title=called_ae_title)
+        if not assoc.is_established:
+            return "association rejected" if assoc.is_rejected else "refused or unreachable"
+        try:
+            status = assoc.send_c_echo()
+        finally:
+            if assoc.is_established:
+                assoc.release()
     code = int(status.Status) if "Status" in status else -1
     return None if code == 0 else ("no answer" if code == -1 else f"status 0x{code:04X}")

@@ -7,10 +7,13 @@ writes about an association names its peer (AE@host:port), which pynetdicom's ow
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
 import threading
+from collections.abc import Iterator
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -76,6 +79,21 @@ def _text(value: Any) -> str:
     return repr(text) if " " in text and len(text) < 80 else text
 
 
+# The DICOM peer that the code running now talks to (pacsor's own calls into pynetdicom,
+# which log from the calling thread without naming it).
+_PEER: ContextVar[str | None] = ContextVar("pacsor_peer", default=None)
+
+
+@contextlib.contextmanager
+def naming_peer(peer: str) -> Iterator[None]:
+    """pynetdicom's lines logged inside this block name `peer` (AE@host:port)."""
+    token = _PEER.set(peer)
+    try:
+        yield
+    finally:
+        _PEER.reset(token)
+
+
 class NamePeer(logging.Filter):
     """Adds `peer` (AE@host:port) to pynetdicom's lines, from the association's own thread.
 
@@ -86,7 +104,7 @@ class NamePeer(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.name.startswith("pynetdicom") and "peer" not in record.__dict__:
-            peer = association_peer(threading.current_thread())
+            peer = association_peer(threading.current_thread()) or _PEER.get()
             if peer:
                 record.peer = peer
         return True
