@@ -29,7 +29,7 @@ from tests.nats_server import NatsServer
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
-ADMIN_TOKEN = "ward-pc-token"
+ADMIN_TOKEN = "ward-pc-token-0123456789"
 
 if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
     if os.environ.get("CI"):

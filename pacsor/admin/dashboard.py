@@ -10,8 +10,9 @@ all a ward PC needs.
 
 from __future__ import annotations
 
-import hmac
+import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated, Any
 
 import msgspec
@@ -19,8 +20,17 @@ from litestar import Response, get, post
 from litestar.exceptions import HTTPException
 from litestar.params import PathParameter, QueryParameter, URLEncodedBody
 from litestar.response import Redirect, Template
+from litestar.static_files import create_static_files_router
 
-from pacsor.admin.app import TOKEN_COOKIE, AnyRequest, _admin, _view_after, _who
+from pacsor.admin.app import (
+    SESSION_COOKIE,
+    SESSION_HOURS,
+    AnyRequest,
+    _admin,
+    _view_after,
+    _who,
+    client_address,
+)
 from pacsor.admin.operations import Refused, check_uid, request_relaunch, request_replay
 from pacsor.admin.read_model import StudyFilter
 from pacsor.domain.event_text import detail
@@ -169,13 +179,17 @@ async def login(
     request: AnyRequest,
     data: URLEncodedBody[LoginForm],
 ) -> Response[Any]:
-    expected = _admin(request).settings.admin_token
-    if expected and not hmac.compare_digest(data.token.encode(), expected.encode()):
+    admin = _admin(request)
+    if not admin.settings.admin_token:
+        return Redirect(path="/")
+    if not admin.token_matches(client_address(request), data.token.strip()):
         return Template(template_name="login.html", context={"failed": True}, status_code=401)
+    # The cookie names a session kept in this process, never the token itself.
     response: Response[Any] = Redirect(path="/")
     response.set_cookie(
-        TOKEN_COOKIE,
-        data.token,
+        SESSION_COOKIE,
+        admin.sessions.open(time.monotonic()),
+        max_age=int(SESSION_HOURS * 3600),
         httponly=True,
         samesite="strict",
         secure=request.url.scheme == "https",
@@ -183,4 +197,29 @@ async def login(
     return response
 
 
-DASHBOARD = [study_list, study_page, relaunch_from_page, replay_from_page, login_page, login]
+@post("/logout", include_in_schema=False, opt={"public": True})
+async def logout(request: AnyRequest) -> Response[Any]:
+    _admin(request).sessions.close(request.cookies.get(SESSION_COOKIE, ""))
+    response: Response[Any] = Redirect(path="/login")
+    response.delete_cookie(SESSION_COOKIE)
+    return response
+
+
+# The dashboard's script and style sheet: public, as the sign-in page uses them.
+STATIC = create_static_files_router(
+    path="/static",
+    directories=[Path(__file__).with_name("static")],
+    opt={"public": True},
+    include_in_schema=False,
+)
+
+DASHBOARD = [
+    STATIC,
+    study_list,
+    study_page,
+    relaunch_from_page,
+    replay_from_page,
+    login_page,
+    login,
+    logout,
+]
