@@ -169,7 +169,7 @@ async def test_every_response_carries_the_security_headers(guarded: httpx.AsyncC
         assert "unsafe-inline" not in csp
         assert response.headers["x-frame-options"] == "DENY"
         assert response.headers["x-content-type-options"] == "nosniff"
-        assert response.headers["referrer-policy"] == "no-referrer"
+        assert response.headers["referrer-policy"] == "same-origin"
 
 
 async def test_what_held_still_holds(guarded: httpx.AsyncClient) -> None:
@@ -248,6 +248,8 @@ def test_host_names_and_origins() -> None:
     assert cross_origin({**host, "sec-fetch-site": "none"}) == ""
     assert "http://127.0.0.1:7001" in cross_origin({**host, "origin": "http://127.0.0.1:7001"})
     assert cross_origin({**host, "sec-fetch-site": "same-site"}) != ""
+    # The browser's own word wins over an Origin a privacy setting made "null".
+    assert cross_origin({**host, "sec-fetch-site": "same-origin", "origin": "null"}) == ""
 
 
 def test_the_limiter_is_per_address_and_bounded() -> None:

@@ -10,7 +10,15 @@ import msgspec
 from pacsor.admin.read_model import ReadModel, StudyFilter
 from pacsor.devtools.sample_events import lifecycle, received
 from pacsor.domain import events as ev
-from pacsor.domain.study_view import fold, step_durations
+from pacsor.domain.event_text import detail
+from pacsor.domain.study_view import (
+    NOT_IN_VIEW,
+    PeerSeen,
+    fold,
+    see_peer,
+    step_durations,
+    step_times,
+)
 
 T0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
 STUDY = "1.2.826.0.1.3680043.8.498.10"
@@ -260,3 +268,165 @@ def test_the_ris_shows_as_a_destination() -> None:
         "ACK AA, without smartxpert",
     )
     assert view.state == "dispatched"
+
+
+# --- one clear state, every event type ------------------------------------------------------
+
+
+def plain_value(kind: msgspec.inspect.Type) -> object:
+    """A value of a field's type: one item in each list, each Struct filled in."""
+    mi = msgspec.inspect
+    if isinstance(kind, mi.VarTupleType | mi.ListType):
+        return [plain_value(kind.item_type)]
+    if isinstance(kind, mi.StructType):
+        return {f.encode_name: plain_value(f.type) for f in kind.fields if f.required}
+    return {mi.IntType: 1, mi.DateTimeType: T0.isoformat()}.get(type(kind), "x")
+
+
+def example(kind: type[ev.Event]) -> ev.Event:
+    """An instance of any event type, its required fields given plain values; of the
+    study, core and destination that `lifecycle` made."""
+    values: dict[str, object] = {
+        "study_instance_uid": STUDY,
+        "occurred_at": (T0 + timedelta(hours=1)).isoformat(),
+        "core": "default",
+        "attempt": 1,
+        "destination": PACS,
+    }
+    info = msgspec.inspect.type_info(kind)
+    assert isinstance(info, msgspec.inspect.StructType)
+    for field in info.fields:
+        if field.required and field.encode_name not in values:
+            values[field.encode_name] = plain_value(field.type)
+    return msgspec.convert(values, kind)
+
+
+def test_every_event_type_is_applied_or_listed_as_not_in_the_view() -> None:
+    """A new event type the view neither applies nor lists fails here."""
+    assert not NOT_IN_VIEW - set(ev.EVENT_TYPES)
+    base = lifecycle(STUDY, T0, destinations=(PACS,))
+    for kind in ev.EVENT_TYPES:
+        before = fold(numbered(base))[STUDY]
+        after = fold(numbered([example(kind)], start=100), {STUDY: fold(numbered(base))[STUDY]})[
+            STUDY
+        ]
+        ignore = {"event_count", "last_sequence", "updated_at"}
+        changed = {
+            name
+            for name in before.__struct_fields__
+            if name not in ignore and getattr(before, name) != getattr(after, name)
+        }
+        if kind in NOT_IN_VIEW:
+            assert not changed, f"{kind.__name__} changes the view but is listed in NOT_IN_VIEW"
+            assert detail(example(kind)), f"{kind.__name__}: the timeline says nothing of it"
+        else:
+            assert changed, f"{kind.__name__} is neither applied nor listed in NOT_IN_VIEW"
+
+
+def test_a_study_whose_instances_were_all_filtered_is_finished() -> None:
+    history = lifecycle(STUDY, T0)[:4]  # three instances and StudyComplete
+    history.append(
+        ev.NothingToUpload(
+            study_instance_uid=STUDY,
+            core="default",
+            attempt=1,
+            reason="all 3 instances filtered out",
+            skipped_count=3,
+            occurred_at=T0 + timedelta(seconds=20),
+        )
+    )
+    view = fold(numbered(history))[STUDY]
+    assert view.state == "finished"
+    assert view.cores[0].state == "finished"
+    assert view.cores[0].reason == "nothing to upload: all 3 instances filtered out"
+    assert [s.step for s in step_times(view)] == ["receive", "quiet period", "upload"]
+    assert step_times(view)[-1].outcome == "nothing to upload"
+    # With a second core that did deliver, the study is dispatched, not finished.
+    other = lifecycle(STUDY, T0, core="second")[4:]
+    assert fold(numbered(other, start=50), {STUDY: view})[STUDY].state == "dispatched"
+
+
+def test_a_step_that_gave_up_fails_the_study_until_a_new_attempt() -> None:
+    history: list[ev.Event] = [received(STUDY, 0, T0)]
+    history.append(
+        ev.StepFailed(
+            study_instance_uid=STUDY,
+            step="completion",
+            stream="PACSOR",
+            message_sequence=1,
+            reason="boom",
+            tries=12,
+            occurred_at=T0 + timedelta(minutes=1),
+        )
+    )
+    view = fold(numbered(history))[STUDY]
+    assert view.state == "failed"
+    assert view.step_failure == "completion gave up after 12 tries: boom"
+    fold(numbered(lifecycle(STUDY, T0 + timedelta(hours=1))[3:], start=10), {STUDY: view})
+    assert view.state == "dispatched" and view.step_failure == ""
+
+
+def test_study_core_and_destination_never_disagree_and_send_again_delivers() -> None:
+    history = lifecycle(STUDY, T0, destinations=(PACS, ARCHIVE))
+    history[-1] = ev.DispatchFailed(
+        study_instance_uid=STUDY,
+        core="default",
+        attempt=1,
+        destination=ARCHIVE,
+        reason=f"{ARCHIVE}: 0 delivered, 6 not delivered (no answer); {ARCHIVE}: refused",
+        tries=12,
+        occurred_at=T0 + timedelta(minutes=5),
+    )
+    view = fold(numbered(history))[STUDY]
+    assert view.state == "failed"
+    assert view.cores[0].state == "failed"  # not "dispatched" beside a failed study
+    assert view.cores[0].progress == "dispatched"
+    archive = view.destination(ARCHIVE, "default")
+    assert archive is not None and archive.state == "failed"
+    assert archive.reason == "0 delivered, 6 not delivered (no answer); refused"
+    key = {"study_instance_uid": STUDY, "core": "default", "attempt": 1}
+    again: list[ev.Event] = [
+        ev.DispatchReplayRequested(
+            **key, destination=ARCHIVE, replay_id="r", requested_by="me", since=T0
+        )
+    ]
+    fold(numbered(again, start=100), {STUDY: view})
+    assert archive.resending and view.state == "failed"
+    fold(
+        numbered(
+            [ev.Dispatched(**key, destination=ARCHIVE, replay_id="r", sop_instance_uids=("1",))],
+            start=101,
+        ),
+        {STUDY: view},
+    )
+    assert (archive.state, archive.resending, archive.replays) == ("dispatched", False, 1)
+    assert view.cores[0].state == "dispatched" and view.state == "dispatched"
+
+
+def test_the_delivery_step_ends_when_every_destination_answered() -> None:
+    history = lifecycle(STUDY, T0, destinations=(PACS, ARCHIVE))
+    # Results ready, no destination answered yet: delivery is still going.
+    partial = fold(numbered(history[:-2]))[STUDY]
+    assert step_times(partial)[-1].step == "delivery" and step_times(partial)[-1].ended is None
+    view = fold(numbered(history))[STUDY]
+    times = {s.step: s for s in step_times(view)}
+    assert times["delivery"].ended == history[-1].occurred_at
+    assert times["AI"].seconds(T0) == (history[5].occurred_at - history[4].occurred_at).seconds
+
+
+def test_cores_and_destinations_as_last_seen() -> None:
+    peers: dict[tuple[str, str], PeerSeen] = {}
+    history = lifecycle(STUDY, T0, destinations=(PACS,))
+    failed = ev.DispatchFailed(
+        study_instance_uid="1.2.3",
+        core="default",
+        attempt=1,
+        destination=PACS,
+        reason=f"{PACS}: refused",
+        occurred_at=T0 + timedelta(hours=1),
+    )
+    for event in [*history, failed]:
+        see_peer(peers, event)
+    core, pacs = peers[("core", "default")], peers[("destination", PACS)]
+    assert core.state == "ok" and core.ok_at == history[5].occurred_at
+    assert (pacs.state, pacs.reason, pacs.study) == ("failing", "refused", "1.2.3")

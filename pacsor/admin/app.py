@@ -28,7 +28,8 @@ from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Redirect, Template
 from litestar.template.config import TemplateConfig
 
-from pacsor.admin.health import Health, judge_health
+from pacsor.admin.formatting import register as register_filters
+from pacsor.admin.health import Health, judge_health, peers_as_seen
 from pacsor.admin.metrics import AdminMetrics
 from pacsor.admin.operations import (
     Refused,
@@ -37,6 +38,7 @@ from pacsor.admin.operations import (
     check_uid,
     request_relaunch,
     request_replay,
+    request_study_replay,
 )
 from pacsor.admin.projector import BeyondTheStream, Projector
 from pacsor.admin.read_model import ReadModel, StudyFilter
@@ -91,6 +93,14 @@ class Admin:
 
     def __post_init__(self) -> None:
         self.hosts = self.hosts or allowed_hosts(self.settings)
+
+    async def health(self) -> Health:
+        return judge_health(
+            await self.broker(),
+            self.projector,
+            self.metrics,
+            peers_as_seen(self.settings, self.model),
+        )
 
     def token_matches(self, client: str, supplied: str) -> bool:
         """Whether `supplied` is ADMIN_TOKEN; raises 429 while `client` must wait."""
@@ -375,10 +385,30 @@ async def replay_destination(
     )
 
 
+@post(
+    "/studies/{uid:str}/destinations/{name:str}/replay",
+    status_code=202,
+    summary="Send one study's latest results again to one destination",
+    tags=["relaunch"],
+)
+async def replay_study_to_destination(
+    request: AnyRequest, uid: Uid, name: Annotated[str, PathParameter(max_length=128)]
+) -> ReplayAccepted:
+    admin = _admin(request)
+    return await request_study_replay(
+        admin.events,
+        admin.model,
+        admin.settings,
+        uid,
+        name,
+        _who(request, "", "admin API"),
+    )
+
+
 @get("/health", opt={"public": True}, summary="Pipeline health (503 when unhealthy)", tags=["ops"])
 async def health(request: AnyRequest) -> Response[Health]:
     admin = _admin(request)
-    report = judge_health(await admin.broker(), admin.projector, admin.metrics)
+    report = await admin.health()
     return Response(report, status_code=200 if report.healthy else 503)
 
 
@@ -401,6 +431,7 @@ API = [
     relaunch,
     relaunch_compatible,
     replay_destination,
+    replay_study_to_destination,
     health,
     metrics,
     config,
@@ -419,7 +450,9 @@ def create_app(admin: Admin, extra_handlers: list[Any] | None = None) -> Litesta
             description="Where each study is, what happened to it; relaunch and replay.",
             path="/schema",
         ),
-        template_config=TemplateConfig(directory=TEMPLATES, engine=JinjaTemplateEngine),
+        template_config=TemplateConfig(
+            directory=TEMPLATES, engine=JinjaTemplateEngine, engine_callback=register_filters
+        ),
         debug=False,
         # pacsor's JSON-lines logging stays as configured: Litestar would replace the handlers.
         logging_config=None,
