@@ -240,6 +240,7 @@ async def test_the_day_of_an_operator(
                 wait = WebDriverWait(browser, 60)
                 browser.find_element(By.CSS_SELECTOR, "a[href='/']").click()
                 wait.until(lambda b: row_state(b, scout) == "finished")
+                assert "nothing to upload" in row(browser, scout).text
                 browser.save_screenshot(str(screenshots / "dashboard-list.png"))
                 browser.find_element(By.CSS_SELECTOR, f"a[href='/ui/studies/{scout}']").click()
                 wait.until(lambda b: b.find_element(By.ID, "study-state").text == "finished")

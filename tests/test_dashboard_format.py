@@ -11,6 +11,7 @@ from pacsor.admin.formatting import (
     short_destination,
     short_uid,
     short_uids,
+    state_label,
 )
 
 UID = "1.2.826.0.1.3680043.8.498.62760360531596295052652444750864385531"
@@ -63,3 +64,8 @@ def test_destinations_and_durations() -> None:
         "3 d 2 h",
     ]
     assert duration(None) == ""
+
+
+def test_a_study_with_nothing_to_upload_reads_finished() -> None:
+    assert state_label("nothing_to_upload") == "finished"
+    assert state_label("failed") == "failed"

@@ -57,7 +57,7 @@ TABS = (
     ("uploaded", "At the AI"),
     ("failed", "Failed"),
     ("dispatched", "Delivered"),
-    ("finished", "Nothing to upload"),
+    ("nothing_to_upload", "Nothing to upload"),
 )
 
 Uid = Annotated[str, PathParameter(max_length=64)]
@@ -163,7 +163,7 @@ async def live_health(request: AnyRequest) -> Template:
 
 
 async def _study_context(admin: Admin, view: StudyView) -> dict[str, Any]:
-    history = await admin.events.history(view.study_instance_uid)
+    history = await admin.events.history(view.study_uid)
     timeline = []
     previous: datetime | None = None
     start = history[0].event.occurred_at if history else None

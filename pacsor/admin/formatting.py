@@ -71,7 +71,13 @@ def duration(seconds: float | None) -> str:
     return f"{days} d {hours} h"
 
 
+def state_label(state: str) -> str:
+    """A state as the pages word it: a study with nothing to upload is finished."""
+    return "finished" if state == "nothing_to_upload" else state
+
+
 FILTERS = {
+    "state_label": state_label,
     "dicom_date": dicom_date,
     "dicom_time": dicom_time,
     "short_uid": short_uid,
