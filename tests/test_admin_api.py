@@ -11,11 +11,13 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 import httpx
+import msgspec
 import pytest
 from nats.aio.client import Client
 
 from pacsor.admin.server import exposure_warning
 from pacsor.config import Settings, load_settings
+from pacsor.devtools.sample_events import received
 from pacsor.domain import events as ev
 from pacsor.jetstream.eventlog import EventLog
 from tests.admin_data import ARCHIVE, PACS, T0, admin_settings, fixture_studies, publish
@@ -288,3 +290,57 @@ async def test_the_dashboard_form_replays_a_day_to_one_destination(
     assert {getattr(r.event, "destination", "") for r in recorded} == {PACS}
     bad = await admin.post("/ui/replay", data={"destination": "PACS", "since": "soon"})
     assert bad.status_code in {302, 303} and "Not a time" in unquote_plus(bad.headers["location"])
+
+
+async def test_send_one_study_again_to_one_destination(
+    nc: Client, admin: httpx.AsyncClient
+) -> None:
+    last = await fixture_studies(nc)
+    await admin.get("/studies/1.2.3.99", params={"after": last})
+    sent = await admin.post("/studies/1.2.3.5/destinations/PACS/replay")
+    assert sent.status_code == 202, sent.text
+    body = sent.json()
+    assert (body["destination"], body["results"]) == (PACS, 1)
+    recorded = await EventLog(nc.jetstream()).read("pacsor.study.*.*.replay_requested")
+    assert [(r.event.study_uid, getattr(r.event, "destination", "")) for r in recorded] == [
+        ("1.2.3.5", PACS)
+    ]
+    view = (await admin.get("/studies/1.2.3.5", params={"after": body["sequence"]})).json()
+    pacs = next(d for d in view["destinations"] if d["destination"] == PACS)
+    assert pacs["resending"] is True
+
+    for path, status, words in (
+        ("/studies/1.2.3.12345/destinations/PACS/replay", 404, "no study"),
+        ("/studies/1.2.3.5/destinations/NOWHERE/replay", 404, "no destination"),
+        ("/studies/1.2.3.99/destinations/PACS/replay", 409, "relaunch the study instead"),
+        ("/studies/1.2.x/destinations/PACS/replay", 400, "not a DICOM UID"),
+    ):
+        refused = await admin.post(path)
+        assert refused.status_code == status, (path, refused.text)
+        assert words in refused.json()["detail"]
+
+
+async def test_health_shows_each_core_and_destination_as_last_seen(
+    nc: Client, admin: httpx.AsyncClient
+) -> None:
+    last = await fixture_studies(nc)
+    await admin.get("/studies/1.2.3.99", params={"after": last})
+    report = (await admin.get("/health")).json()
+    assert [(c["name"], c["state"]) for c in report["cores"]] == [("default", "ok")]
+    [pacs] = report["destinations"]
+    assert (pacs["name"], pacs["state"]) == (PACS, "ok")
+    assert pacs["last_ok_at"].startswith("2026-03-01T08:11")  # the last study's delivery
+
+
+async def test_dicom_text_is_escaped_on_every_page(nc: Client, admin: httpx.AsyncClient) -> None:
+    hostile = "<script>alert(1)</script>"
+    event = msgspec.structs.replace(
+        received("1.2.3.66", 0, T0, "<b>ACC</b>"), study_description=hostile
+    )
+    last = await publish(nc, [event])
+    await admin.get("/studies/1.2.3.66", params={"after": last})
+    for path in ("/", "/ui/live/studies", "/ui/studies/1.2.3.66", "/ui/live/studies/1.2.3.66"):
+        page = await admin.get(path)
+        assert page.status_code == 200, path
+        assert hostile not in page.text and "<b>ACC</b>" not in page.text, path
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text, path

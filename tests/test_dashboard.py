@@ -192,6 +192,13 @@ async def test_the_day_of_an_operator(
                 assert "NATS" in health and "connected" in health
                 assert "AI CORE DEFAULT" in health.upper() and "MAINPACS" in health
                 assert "backlog" in browser.find_element(By.ID, "health-consumers").text
+                copy = row(browser, study).find_element(By.CSS_SELECTOR, "button.copy")
+                assert copy.get_attribute("data-copy") == study
+                copy.click()
+                wait.until(
+                    lambda b: "copied" in b.find_element(By.CSS_SELECTOR, "button.copy").text
+                )
+                browser.find_element(By.CSS_SELECTOR, "#health-consumers summary").click()
                 browser.save_screenshot(str(screenshots / "dashboard-list-failed.png"))
 
             await asyncio.to_thread(list_refreshes_itself)

@@ -66,17 +66,21 @@
         button.textContent = "copy";
       }, 1500);
     };
+    const byHand = () => {
+      // Plain HTTP to another machine has no clipboard API: select and copy the old way.
+      const area = document.createElement("textarea");
+      area.value = text;
+      document.body.appendChild(area);
+      area.select();
+      document.execCommand("copy");
+      area.remove();
+      done();
+    };
     if (navigator.clipboard && window.isSecureContext) {
-      navigator.clipboard.writeText(text).then(done);
-      return;
+      navigator.clipboard.writeText(text).then(done, byHand);
+    } else {
+      byHand();
     }
-    const area = document.createElement("textarea");
-    area.value = text;
-    document.body.appendChild(area);
-    area.select();
-    document.execCommand("copy");
-    area.remove();
-    done();
   }
 
   document.addEventListener("click", (event) => {
