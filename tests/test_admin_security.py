@@ -143,7 +143,13 @@ async def test_the_cookie_names_a_session_not_the_token(guarded: httpx.AsyncClie
     session = guarded.cookies["pacsor_session"]
     assert ADMIN_TOKEN not in cookie and len(session) >= 40
     assert "HttpOnly" in cookie and "samesite=strict" in cookie.lower() and "Max-Age=" in cookie
-    assert "Secure" not in cookie  # plain HTTP here; behind TLS the flag is set
+    assert "Secure" not in cookie  # plain HTTP here
+    # Behind a TLS proxy on this machine (uvicorn trusts its X-Forwarded-Proto) it is Secure.
+    async with httpx.AsyncClient(base_url=guarded.base_url) as behind_tls:
+        proxied = await behind_tls.post(
+            "/login", data={"token": ADMIN_TOKEN}, headers={"X-Forwarded-Proto": "https"}
+        )
+        assert "; Secure" in proxied.headers["set-cookie"]
     assert (await guarded.get("/studies")).status_code == 200
     # A cookie holding the token, or a made-up session, is no session.
     for forged in (ADMIN_TOKEN, session[:-2] + "xx"):
