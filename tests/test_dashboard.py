@@ -97,6 +97,7 @@ async def test_open_list_open_study_relaunch_see_attempt_2(
                 wait = WebDriverWait(browser, 60)
                 browser.get(url + "/")  # not signed in: sent to the sign-in page
                 assert browser.title.startswith("Sign in")
+                browser.save_screenshot(str(screenshots / "dashboard-login.png"))
                 browser.find_element(By.NAME, "token").send_keys(ADMIN_TOKEN)
                 browser.find_element(By.CSS_SELECTOR, "form button").click()
                 # The list: the study, dispatched, once the projection has caught up.
@@ -228,13 +229,20 @@ async def test_the_day_of_an_operator(
                 assert "Sending the results again to MAINPACS" in message
                 assert "sent again 1 time" in browser.find_element(By.ID, "deliveries").text
                 browser.save_screenshot(str(screenshots / "dashboard-study-sent-again.png"))
+                # The original gateway's relaunch address, opened in the browser: it asks first.
+                browser.get(f"{url}/relaunch/{study}")
+                assert browser.find_element(By.ID, "confirm-relaunch").text == "Relaunch"
+                browser.save_screenshot(str(screenshots / "dashboard-relaunch-confirm.png"))
 
             await asyncio.to_thread(send_again_delivers)
             replays = [
                 r.event
                 for r in await EventLog(nc.jetstream()).history(study)
-                if isinstance(r.event, ev.DispatchReplayRequested | ev.Dispatched)
+                if isinstance(
+                    r.event, ev.DispatchReplayRequested | ev.Dispatched | ev.RelaunchRequested
+                )
             ]
+            # No RelaunchRequested: opening /relaunch/{uid} changed nothing.
             assert [type(e).__name__ for e in replays] == ["DispatchReplayRequested", "Dispatched"]
             assert pacs.sop_uids(), "the PACS received the results when sent again"
 
