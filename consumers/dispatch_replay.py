@@ -8,6 +8,8 @@ ones the attempt's ResultReady lists, still in PACSOR_RESULTS.
 
 from __future__ import annotations
 
+import ssl
+
 from pacsor.config import Destination
 from pacsor.dicom.sender import SendError, send_objects
 from pacsor.domain import dispatch
@@ -40,6 +42,7 @@ async def replay_to_destination(
     destination: Destination,
     calling_ae_title: str,
     policy: RetryPolicy,
+    tls: ssl.SSLContext | None = None,
 ) -> Outcome:
     if request.destination != str(destination):
         return Emit()
@@ -68,19 +71,29 @@ async def replay_to_destination(
         return Emit((failed("no results recorded for this attempt"),))
     objects = [(r.object_name, r.sop_instance_uid) for r in ready.results]
     try:
-        answers = await send_objects(destination, calling_ae_title, results, objects)
+        sent = await send_objects(destination, calling_ae_title, results, objects, tls=tls)
     except BlobNotFound as err:
         return Emit((failed(f"result objects no longer stored: {err}"),))
     except SendError as err:
         return retry_or_fail(delivery, policy, err.reason, True, failed(err.reason))
+    answers = sent.answers
     delivered = tuple(sop for sop, status in answers if dispatch.is_stored(status))
     if len(delivered) < len(answers):
-        reason = ", ".join(
-            f"{sop}: {dispatch.status_text(status)}"
-            for sop, status in answers
-            if not dispatch.is_stored(status)
+        reason = "; ".join(
+            (
+                ", ".join(
+                    f"{sop}: {dispatch.status_text(status)}"
+                    for sop, status in answers
+                    if not dispatch.is_stored(status)
+                ),
+                *sent.notes,
+            )
         )
-        return retry_or_fail(delivery, policy, reason, True, failed(reason, delivered))
+        # Only what may change on another try is worth one.
+        transient = any(
+            not dispatch.is_stored(s) and not dispatch.is_permanent_refusal(s) for _, s in answers
+        )
+        return retry_or_fail(delivery, policy, reason, transient, failed(reason, delivered))
     return Emit(
         (
             ev.Dispatched(
