@@ -26,7 +26,6 @@ from msgspec import Meta
 from pacsor.config.hl7 import Hl7Settings, load_hl7_settings
 from pacsor.config.variables import (
     AeTitle,
-    ConfigError,
     CoreName,
     HttpUrl,
     InferenceCommand,
@@ -38,6 +37,7 @@ from pacsor.config.variables import (
     raw_fields,
     read_dotenv,
 )
+from pacsor.errors import ConfigError
 
 # The names of pacsor.dicom.profiles.PROFILES (a test keeps the two in step).
 Profile = Literal["Default", "WithSC", "WithRF", "WithSCRF", "All"]
@@ -240,7 +240,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
         return (first, *extra)
 
     def _extra_destinations(self, core: ExtraCore) -> tuple[Destination, ...]:
-        if core.destinations == SAME_AS_FIRST:
+        if isinstance(core.destinations, str):  # SAME_AS_FIRST
             return self.all_destinations()
         # Unset: a report core (no result objects), refused at load for an inference core.
         return core.destinations or ()

@@ -26,11 +26,12 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pacsor.dicom.tls import diagnose
 from pacsor.dicom.transcode import ConversionError, convert_file
 from pacsor.domain import negotiation
+from pacsor.errors import InvalidInput
 
 SOP_CLASS_NOT_SUPPORTED = 0x0122
 
 
-class NotDicom(ValueError):
+class NotDicom(InvalidInput):
     """A file to send is not DICOM with its file meta (PS3.10): nothing is sent."""
 
 
@@ -187,7 +188,7 @@ def probe(
 ) -> Probe:
     """C-ECHO a peer over an association that also proposes each of `sop_classes` in the
     uncompressed syntaxes, the ones every result can be sent in."""
-    proposed = {sop: negotiation.UNCOMPRESSED for sop in sop_classes}
+    proposed: dict[str, tuple[str, ...]] = {sop: negotiation.UNCOMPRESSED for sop in sop_classes}
     ae = _ae(calling_ae_title, timeout)
     ae.add_requested_context(Verification)
     for sop_class, syntaxes in proposed.items():

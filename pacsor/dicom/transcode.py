@@ -17,9 +17,10 @@ from pydicom import dcmread
 from pydicom.uid import UID
 
 from pacsor.domain.negotiation import needs_decompression
+from pacsor.errors import InvalidInput
 
 
-class ConversionError(ValueError):
+class ConversionError(InvalidInput):
     """The object cannot be written in the syntax asked for (no decoder, corrupt pixel data)."""
 
 
