@@ -44,8 +44,15 @@ def diagnose(host: str, port: int, context: ssl.SSLContext, timeout: float) -> s
     try:
         with (
             socket.create_connection((host, port), timeout=timeout) as raw,
-            context.wrap_socket(raw, server_hostname=host),
+            context.wrap_socket(raw, server_hostname=host) as tls,
         ):
+            # With TLS 1.3 the server judges pacsor's certificate after the client's side of
+            # the handshake: its refusal is the first thing read.
+            tls.settimeout(min(timeout, 2.0))
+            try:
+                tls.recv(1)
+            except TimeoutError:
+                pass
             return "TLS handshake succeeded, then the association was refused or cut"
     except ssl.SSLCertVerificationError as err:
         return f"TLS: the peer's certificate is not trusted ({err.verify_message})"
