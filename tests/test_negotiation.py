@@ -33,12 +33,14 @@ from pacsor.devtools.simulator.settings import ResultSyntax
 from pacsor.domain import dispatch, negotiation
 from pacsor.domain import events as ev
 from pacsor.jetstream.blobs import BlobStore
+from pacsor.jetstream.eventlog import EventLog
 from pacsor.jetstream.subjects import RESULTS_BUCKET
 from tests.harness import TOKEN, of_type, pacsor_cli, running_gateway, send_study, wait_for_event
 from tests.nats_server import NatsServer, free_port
 from tests.orthanc import ORTHANC, Orthanc
 
 SC = negotiation.SECONDARY_CAPTURE
+PIPELINE = ("scp", "quiet-timer", "completion", "uploader", "poller", "dispatcher")
 EXPLICIT, IMPLICIT = str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian)
 
 # --- the decisions ---------------------------------------------------------------------------
@@ -184,9 +186,7 @@ async def through_the_pipeline(
     simulator = SimulatorSettings(token=TOKEN, running_polls=0, result_syntax=syntax)
     with running_simulator(simulator) as (api_url, _):
         settings = site(nats_server.url, api_url, pacs)
-        async with running_gateway(
-            settings, ("scp", "quiet-timer", "completion", "uploader", "poller", "dispatcher")
-        ):
+        async with running_gateway(settings, PIPELINE):
             study, _ = await send_study(settings, folder, images=2)
             ready = await wait_for_event(nc, study, of_type(ev.ResultReady), 60)
             outcome = await wait_for_event(
@@ -266,19 +266,44 @@ async def test_an_orthanc_refusing_every_syntax_offered_is_one_dispatch_failed_w
     nc: Client, nats_server: NatsServer, tmp_path: Path, orthanc_factory: list[Orthanc]
 ) -> None:
     """It takes only JPEG-LS: nothing pacsor can offer for an uncompressed Secondary Capture.
-    With the default 12 tries, one try and a DispatchFailed saying why, not "unreachable"."""
+    With the default 12 tries, one try and a DispatchFailed saying why, not "unreachable";
+    a replay to it is refused the same way, after one try."""
     pacs = start_orthanc(orthanc_factory, tmp_path / "orthanc", [str(JPEGLSLossless)])
-    ready, outcome = await through_the_pipeline(nc, nats_server, pacs, "explicit", tmp_path / "s")
+    simulator = SimulatorSettings(token=TOKEN, running_polls=0)
+    with running_simulator(simulator) as (api_url, _):
+        settings = site(nats_server.url, api_url, pacs)
+        async with running_gateway(settings, PIPELINE):
+            study, _ = await send_study(settings, tmp_path / "s", images=2)
+            ready = await wait_for_event(nc, study, of_type(ev.ResultReady), 60)
+            outcome = await wait_for_event(nc, study, of_type(ev.DispatchFailed), 60)
+            assert isinstance(ready, ev.ResultReady)
+            await EventLog(nc.jetstream()).publish(
+                ev.DispatchReplayRequested(
+                    study_uid=study,
+                    core=ready.core,
+                    attempt=ready.attempt,
+                    destination=pacs.destination,
+                    replay_id="r1",
+                    requested_by="test",
+                    since=ready.occurred_at,
+                )
+            )
+            replayed = await wait_for_event(
+                nc, study, lambda e: isinstance(e, ev.DispatchFailed) and e.replay_id == "r1", 60
+            )
     assert isinstance(outcome, ev.DispatchFailed), outcome
     assert outcome.tries == 1
     assert (outcome.occurred_at - ready.occurred_at).total_seconds() < 5
     assert {o.status for o in outcome.refused} == {0x0122} and len(outcome.refused) == 4
     assert outcome.undelivered == () and outcome.delivered == ()
-    assert (
+    refusal = (
         f"Secondary Capture Image Storage ({SC}) refused in every syntax proposed: "
         "Explicit VR Little Endian, Implicit VR Little Endian"
-    ) in outcome.reason
+    )
+    assert refusal in outcome.reason
     assert "unreachable" not in outcome.reason
+    assert isinstance(replayed, ev.DispatchFailed)
+    assert replayed.tries == 1 and refusal in replayed.reason
     assert await asyncio.to_thread(pacs.instances) == {}
 
 
