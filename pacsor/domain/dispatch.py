@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 
 import msgspec
 
-from pacsor.domain.events import ObjectStatus
+from pacsor.domain.events import AttemptKey, DispatchFailed, ObjectStatus
 
 NO_ANSWER = -1  # no status came back: association lost, or the object was not reached
 SOP_CLASS_NOT_SUPPORTED = 0x0122
@@ -125,4 +125,29 @@ def outcome(sop_uids: Sequence[str], progress: Progress) -> Outcome:
         refused=tuple(refused),
         undelivered=tuple(undelivered),
         notes=progress.notes if refused else (),
+    )
+
+
+NOTHING_KNOWN = Outcome()
+
+
+def failure(
+    key: AttemptKey,
+    destination: str,
+    reason: str,
+    tries: int,
+    outcome: Outcome = NOTHING_KNOWN,
+    replay_id: str = "",
+) -> DispatchFailed:
+    """The DispatchFailed of a delivery (or of a replay) with every object's status."""
+    return DispatchFailed(
+        **key,
+        destination=destination,
+        reason=reason,
+        tries=tries,
+        delivered_sop_instance_uids=tuple(o.sop_instance_uid for o in outcome.delivered),
+        delivered=outcome.delivered,
+        refused=outcome.refused,
+        undelivered=outcome.undelivered,
+        replay_id=replay_id,
     )
