@@ -16,36 +16,53 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping, Sequence
 
-from pydicom.uid import (
-    UID,
-    DeflatedExplicitVRLittleEndian,
-    EncapsulatedPDFStorage,
-    ExplicitVRBigEndian,
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-)
-
-EXPLICIT = str(ExplicitVRLittleEndian)
-IMPLICIT = str(ImplicitVRLittleEndian)
+IMPLICIT = "1.2.840.10008.1.2"
+EXPLICIT = "1.2.840.10008.1.2.1"
+DEFLATED = "1.2.840.10008.1.2.1.99"
+BIG_ENDIAN = "1.2.840.10008.1.2.2"
 UNCOMPRESSED = (EXPLICIT, IMPLICIT)
 # Syntaxes whose pixel data is not encapsulated: pydicom re-encodes them without loss.
-NATIVE = frozenset(
-    {EXPLICIT, IMPLICIT, str(ExplicitVRBigEndian), str(DeflatedExplicitVRLittleEndian)}
-)
+NATIVE = frozenset({EXPLICIT, IMPLICIT, BIG_ENDIAN, DEFLATED})
 # PS3.8 §9.3.2.2: presentation context IDs are the odd numbers 1 to 255.
 MAX_CONTEXTS = 128
 
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 GSPS = "1.2.840.10008.5.1.4.1.1.11.1"  # Grayscale Softcopy Presentation State
 BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
+ENHANCED_SR = "1.2.840.10008.5.1.4.1.1.88.22"
 COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
-ENCAPSULATED_PDF = str(EncapsulatedPDFStorage)
+ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
+
+# The names (PS3.6 annex A) of the SOP classes results come in and of the transfer syntaxes
+# they may be stored in: what a person reads in a refusal.
+NAMES = {
+    SECONDARY_CAPTURE: "Secondary Capture Image Storage",
+    GSPS: "Grayscale Softcopy Presentation State Storage",
+    BASIC_TEXT_SR: "Basic Text SR Storage",
+    ENHANCED_SR: "Enhanced SR Storage",
+    COMPREHENSIVE_SR: "Comprehensive SR Storage",
+    ENCAPSULATED_PDF: "Encapsulated PDF Storage",
+    IMPLICIT: "Implicit VR Little Endian",
+    EXPLICIT: "Explicit VR Little Endian",
+    DEFLATED: "Deflated Explicit VR Little Endian",
+    BIG_ENDIAN: "Explicit VR Big Endian",
+    "1.2.840.10008.1.2.4.50": "JPEG Baseline (Process 1)",
+    "1.2.840.10008.1.2.4.51": "JPEG Extended (Process 2 & 4)",
+    "1.2.840.10008.1.2.4.57": "JPEG Lossless, Non-Hierarchical (Process 14)",
+    "1.2.840.10008.1.2.4.70": (
+        "JPEG Lossless, Non-Hierarchical, First-Order Prediction (Process 14 [Selection Value 1])"
+    ),
+    "1.2.840.10008.1.2.4.80": "JPEG-LS Lossless Image Compression",
+    "1.2.840.10008.1.2.4.81": "JPEG-LS Lossy (Near-Lossless) Image Compression",
+    "1.2.840.10008.1.2.4.90": "JPEG 2000 Image Compression (Lossless Only)",
+    "1.2.840.10008.1.2.4.91": "JPEG 2000 Image Compression",
+    "1.2.840.10008.1.2.5": "RLE Lossless",
+}
 
 
 def name(uid: str) -> str:
-    """A UID's name from the DICOM dictionary, or the UID itself when it has none."""
-    known = UID(uid).name
-    return known if known and known != uid else uid
+    """A UID's name, or the UID itself when it is not one of NAMES."""
+    return NAMES.get(uid, uid)
 
 
 def proposals(stored_as: Iterable[tuple[str, str]]) -> dict[str, tuple[str, ...]]:
