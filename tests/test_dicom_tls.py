@@ -14,13 +14,20 @@ import pytest
 from nats.aio.client import Client
 from pydicom import dcmread
 
-from pacsor.config import load_settings
 from pacsor.devtools.simulator import SimulatorSettings, running_simulator
 from pacsor.dicom.storage_scu import echo
 from pacsor.dicom.tls import client_context
 from pacsor.domain import events as ev
 from pacsor.errors import ConfigError
-from tests.harness import TOKEN, of_type, pacsor_cli, running_gateway, send_study, wait_for_event
+from tests.harness import (
+    TOKEN,
+    of_type,
+    pacsor_cli,
+    running_gateway,
+    send_study,
+    site_settings,
+    wait_for_event,
+)
 from tests.nats_server import NatsServer, free_port
 
 STORESCP = shutil.which("storescp", path="/usr/bin:/usr/local/bin")
@@ -141,18 +148,8 @@ async def test_results_are_stored_over_tls(
 ) -> None:
     await tls_pacs.ready(certs)
     with running_simulator(SimulatorSettings(token=TOKEN, running_polls=0)) as (api_url, _):
-        settings = load_settings(
-            {
-                "NATS_URL": nats_server.url,
-                "PORT": str(free_port()),
-                "API_URL": api_url,
-                "TOKEN": TOKEN,
-                "STUDY_QUIET_SECONDS": "1",
-                "POLL_INTERVAL_SECONDS": "0.2",
-                "DESTINATIONS": tls_pacs.destination,
-                **tls_env(certs),
-            },
-            dotenv=None,
+        settings = site_settings(
+            nats_server.url, API_URL=api_url, DESTINATIONS=tls_pacs.destination, **tls_env(certs)
         )
         async with running_gateway(settings):
             study, _ = await send_study(settings, tmp_path / "study", images=2)
@@ -172,21 +169,12 @@ async def test_a_pacs_certified_by_another_ca_is_refused_with_the_reason(
 ) -> None:
     await impostor.ready(certs)
     with running_simulator(SimulatorSettings(token=TOKEN, running_polls=0)) as (api_url, _):
-        settings = load_settings(
-            {
-                "NATS_URL": nats_server.url,
-                "PORT": str(free_port()),
-                "API_URL": api_url,
-                "TOKEN": TOKEN,
-                "STUDY_QUIET_SECONDS": "1",
-                "POLL_INTERVAL_SECONDS": "0.2",
-                "RETRY_INITIAL_SECONDS": "0.2",
-                "RETRY_MAX_SECONDS": "0.5",
-                "RETRY_MAX_ATTEMPTS": "2",
-                "DESTINATIONS": impostor.destination,
-                **tls_env(certs),
-            },
-            dotenv=None,
+        settings = site_settings(
+            nats_server.url,
+            API_URL=api_url,
+            RETRY_MAX_ATTEMPTS="2",
+            DESTINATIONS=impostor.destination,
+            **tls_env(certs),
         )
         async with running_gateway(settings):
             study, _ = await send_study(settings, tmp_path / "study", images=1)

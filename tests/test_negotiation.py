@@ -26,7 +26,7 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
-from pacsor.config import Settings, load_settings
+from pacsor.config import Settings
 from pacsor.devtools.simulator import SimulatorSettings, running_simulator
 from pacsor.devtools.simulator.settings import ResultSyntax
 from pacsor.domain import events as ev
@@ -34,7 +34,15 @@ from pacsor.domain import negotiation
 from pacsor.jetstream.blobs import BlobStore
 from pacsor.jetstream.eventlog import EventLog
 from pacsor.jetstream.subjects import RESULTS_BUCKET
-from tests.harness import TOKEN, of_type, pacsor_cli, running_gateway, send_study, wait_for_event
+from tests.harness import (
+    TOKEN,
+    of_type,
+    pacsor_cli,
+    running_gateway,
+    send_study,
+    site_settings,
+    wait_for_event,
+)
 from tests.nats_server import NatsServer, free_port
 from tests.orthanc import ORTHANC, Orthanc
 
@@ -62,22 +70,14 @@ def start_orthanc(started: list[Orthanc], folder: Path, syntaxes: list[str] | No
 
 
 def site(nats_url: str, api_url: str, pacs: Orthanc, **extra: str) -> Settings:
-    return load_settings(
-        {
-            "NATS_URL": nats_url,
-            "PORT": str(free_port()),
-            "API_URL": api_url,
-            "TOKEN": TOKEN,
-            "STUDY_QUIET_SECONDS": "1",
-            "POLL_INTERVAL_SECONDS": "0.2",
-            "RETRY_INITIAL_SECONDS": "0.2",
-            "RETRY_MAX_SECONDS": "1",
-            "PACS_IP": "127.0.0.1",
-            "PACS_PORT": str(pacs.port),
-            "PACS_AET": pacs.ae_title,
-            **extra,
-        },
-        dotenv=None,
+    """The test site, with `pacs` (an Orthanc) as its PACS."""
+    return site_settings(
+        nats_url,
+        API_URL=api_url,
+        PACS_IP="127.0.0.1",
+        PACS_PORT=str(pacs.port),
+        PACS_AET=pacs.ae_title,
+        **extra,
     )
 
 
