@@ -75,6 +75,8 @@ class Hl7Context:
     reports: dict[str, TechCareReports]
     # Cores of kind tcr: their studies went to the report service, their report always goes.
     tcr_cores: frozenset[str] = frozenset()
+    # The cores whose results go to the RIS (HL7_CORES; None: every core).
+    ris_cores: frozenset[str] | None = None
     _ris: MllpClient | None = None
     _applied: tuple[int, Hl7Settings, MessageTemplate | None] | None = None
     # Two consumers share the context: one of them at a time swaps the RIS connection.
@@ -162,6 +164,8 @@ def _about(event: ev.ResultReady | ev.ExternalReportReceived) -> _Outcome:
 
 
 async def send_to_ris(event: ev.ResultReady, delivery: Delivery, ctx: Hl7Context) -> Outcome:
+    if ctx.ris_cores is not None and event.core not in ctx.ris_cores:
+        return Emit()  # another core's results: the RIS gets one message per study
     settings, template, ris = await ctx.in_force()
     study, core, attempt = event.study_uid, event.core, event.attempt
     cid = control_id(study, core, attempt)
@@ -371,6 +375,7 @@ async def run(rt: Runtime, started: Started) -> None:
         rt.policy,
         report_sources(rt.settings),
         tcr_cores,
+        rt.settings.ris_cores,
     )
     results, reports = steps(settings)
     to_ris = partial(send_to_ris, ctx=ctx)

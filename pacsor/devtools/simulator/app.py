@@ -38,7 +38,7 @@ from pacsor.ai.multipart import (
     new_boundary,
 )
 from pacsor.devtools.simulator import reports, results
-from pacsor.devtools.simulator.settings import VERSION, SimulatorSettings
+from pacsor.devtools.simulator.settings import VERSION, ResultSyntax, SimulatorSettings
 from pacsor.devtools.simulator.state import SignedResult, SimulatorState
 
 log = logging.getLogger(__name__)
@@ -427,7 +427,7 @@ def create_app(settings: SimulatorSettings, state: SimulatorState | None = None)
         if not wants_dicom:
             return _json(status_body(uid, "done" if instances else "empty"))
         factories = [
-            _result_factory(path, command, number)
+            _result_factory(path, command, number, settings.result_syntax)
             for number, (_, path) in enumerate(instances, start=1)
         ]
         boundary = new_boundary()
@@ -445,7 +445,11 @@ def create_app(settings: SimulatorSettings, state: SimulatorState | None = None)
         if path is None:
             return _error(404, "No such object")
         data = await anyio.to_thread.run_sync(
-            results.build_result, path, target.inference_command, target.number
+            results.build_result,
+            path,
+            target.inference_command,
+            target.number,
+            settings.result_syntax,
         )
         return Response(data, media_type=DICOM_MEDIA_TYPE)
 
@@ -539,9 +543,11 @@ def create_app(settings: SimulatorSettings, state: SimulatorState | None = None)
     )
 
 
-def _result_factory(path: Path, command: str, number: int) -> Callable[[], AsyncIterator[bytes]]:
+def _result_factory(
+    path: Path, command: str, number: int, syntax: ResultSyntax
+) -> Callable[[], AsyncIterator[bytes]]:
     async def produce() -> AsyncIterator[bytes]:
-        yield await anyio.to_thread.run_sync(results.build_result, path, command, number)
+        yield await anyio.to_thread.run_sync(results.build_result, path, command, number, syntax)
 
     return produce
 

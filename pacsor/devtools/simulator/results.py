@@ -19,9 +19,15 @@ import numpy as np
 import numpy.typing as npt
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import UID, ExplicitVRLittleEndian, SecondaryCaptureImageStorage
+from pydicom.uid import (
+    UID,
+    ExplicitVRLittleEndian,
+    JPEG2000Lossless,
+    RLELossless,
+    SecondaryCaptureImageStorage,
+)
 
-from pacsor.devtools.simulator.settings import VERSION
+from pacsor.devtools.simulator.settings import VERSION, ResultSyntax
 
 log = logging.getLogger(__name__)
 
@@ -217,8 +223,18 @@ def _draw_overlay(
     image[max(y0, y1 - thickness + 1) : y1 + 1, x0 : x1 + 1] = _BOX_COLOUR
 
 
-def build_result(path: Path, inference_command: str, instance_number: int) -> bytes:
-    """The Secondary Capture result for one input file, as a DICOM file (with file meta)."""
+_SYNTAXES: dict[ResultSyntax, UID] = {
+    "explicit": ExplicitVRLittleEndian,
+    "rle": RLELossless,  # encoded by pydicom itself
+    "jpeg2000": JPEG2000Lossless,  # encoded by pylibjpeg-openjpeg
+}
+
+
+def build_result(
+    path: Path, inference_command: str, instance_number: int, syntax: ResultSyntax = "explicit"
+) -> bytes:
+    """The Secondary Capture result for one input file, as a DICOM file (with file meta), in
+    the transfer syntax `syntax` names."""
     source = pydicom.dcmread(path)
     rgb = _source_rgb(source)
     rows, columns = rgb.shape[:2]
@@ -262,6 +278,8 @@ def build_result(path: Path, inference_command: str, instance_number: int) -> by
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.file_meta.ImplementationClassUID = UID(_IMPLEMENTATION_UID)
     ds.file_meta.ImplementationVersionName = "PACSOR_SIM_1"
+    if syntax != "explicit":
+        ds.compress(_SYNTAXES[syntax], generate_instance_uid=False)
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
