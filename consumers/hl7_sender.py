@@ -11,8 +11,10 @@ The message is a pure function of the study (pacsor.hl7.oru); this handler gathe
   always for a core of kind tcr (CORE_KIND=tcr), whose studies went to that service instead
   of the inference API and which has no findings.
 
-An AE/AR, a garbled answer, silence or no connection is retried with the retry policy, then
-recorded as Hl7Failed. At least once: a crash between the ACK and Hl7Sent re-sends the same
+Acknowledgements are read as pacsor.domain.acknowledgement says (HL7_ACK_MODE): a stale or
+unsolicited one is set aside, a commit (CA) in enhanced mode waits for the application answer.
+An AE/AR/CE, a garbled answer, silence or no connection is retried with the retry policy, then
+recorded as Hl7Failed; a CR (the message type or version refused) is recorded at once. At least once: a crash between the ACK and Hl7Sent re-sends the same
 message, with the same control ID.
 """
 
@@ -31,6 +33,7 @@ from pacsor.ai.techcare_report import ReportError, TechCareReports
 from pacsor.config import ConfigError, Settings
 from pacsor.config.hl7 import Hl7Settings
 from pacsor.domain import events as ev
+from pacsor.domain.acknowledgement import refusal_is_transient
 from pacsor.domain.retry import RetryPolicy
 from pacsor.hl7.config_loading import LoadRefused, current_config, load_named
 from pacsor.hl7.custom_config import CustomConfigError, effective
@@ -96,10 +99,15 @@ class Hl7Context:
                 settings, template = self.base, None
             self._applied = (current.sequence, settings, template)
         _, settings, template = self._applied
-        target = (settings.ris_ip, settings.ris_port, settings.ris_timeout_seconds)
+        target = (
+            settings.ris_ip,
+            settings.ris_port,
+            settings.ris_timeout_seconds,
+            settings.ack_mode,
+        )
         async with self._swap:
             ris = self._ris
-            if ris is None or (ris.host, ris.port, ris.timeout) != target:
+            if ris is None or (ris.host, ris.port, ris.timeout, ris.mode) != target:
                 if ris is not None:
                     await ris.aclose()
                 self._ris = ris = MllpClient(*target)
@@ -159,7 +167,9 @@ async def send_to_ris(event: ev.ResultReady, delivery: Delivery, ctx: Hl7Context
     findings = StudyFindings(detections=found.detections, measures=found.measures, missing=left_out)
 
     header = await _header(event.study_instance_uid, event.results, ctx)
-    text = build_oru(header, findings, report, settings, cid, event.occurred_at, template)
+    text = build_oru(
+        header, findings, report, settings, cid, event.occurred_at, template, core=core
+    )
     if running:
         # The redeliveries spent waiting are not tries of the RIS: leave them out of the count
         # (an upper bound of them: the RIS may get a few more tries, never fewer).
@@ -192,7 +202,9 @@ async def send_external_report(
     report = msgspec.convert(event.report, Report, from_attributes=True)
     settings, template, ris = await ctx.in_force()
     header = await _header(study, (), ctx)
-    text = build_oru(header, StudyFindings(), report, settings, cid, event.occurred_at, template)
+    text = build_oru(
+        header, StudyFindings(), report, settings, cid, event.occurred_at, template, core=core
+    )
     key = ev.AttemptKey(study_instance_uid=study, core=core, attempt=0)
     outcome = _Outcome(key, cid, with_report=True, report_id=event.report_id)
     return await _send(ctx, ris, delivery, text, outcome)
@@ -217,7 +229,7 @@ async def _send(
             delivery,
             ctx.policy,
             reason,
-            retryable=True,
+            retryable=refusal_is_transient(code),
             failed=ev.Hl7Failed(
                 **about.key,
                 ris=str(ris),

@@ -480,3 +480,45 @@ async def test_the_whole_pipeline_sends_findings_and_measures_to_the_ris(
     # One measure of each kind per image, each with the image's rank as its sub-ID.
     assert {"cobb_angle/1", "cobb_angle/2", "leg_length/1", "leg_length/2"} <= set(observations)
     assert oru.text(oru.segments("OBR")[0], 2) == str(study[0].AccessionNumber)
+
+
+@pytest.mark.parametrize(
+    ("mode", "answer", "unsolicited", "ack_code"),
+    [
+        ("enhanced", "CA+AA", False, "AA"),
+        ("original", "CA+AA", False, "CA"),
+        ("original", "AA+AA", False, "AA"),
+        ("original", "AA", True, "AA"),
+    ],
+    ids=["commit-then-application", "commit-then-application-original", "twice", "unsolicited"],
+)
+async def test_each_oru_arrives_once_whatever_the_acknowledgements(
+    nc: Client, mode: str, answer: str, unsolicited: bool, ack_code: str
+) -> None:
+    async with (
+        DemoRis(default=answer, unsolicited=unsolicited) as ris,
+        running_hl7(nc, ris, ack_mode=mode),
+    ):
+        sent = []
+        readies = []
+        for _ in range(3):
+            ready = await record_results(nc)
+            readies.append(ready)
+            sent.append(await outcome(nc, ready))
+    assert all(isinstance(s, ev.Hl7Sent) for s in sent), sent
+    assert [s.ack_code for s in sent if isinstance(s, ev.Hl7Sent)] == [ack_code] * 3
+    # Counted where it matters, on the RIS: one copy of each message, on one connection.
+    expected = [control_id(r.study_instance_uid, r.core, r.attempt) for r in readies]
+    assert [r.control_id for r in ris.received] == expected
+    assert ris.connections == 1
+    msh = ParsedOru(ris.received[0].text).segments("MSH")[0]
+    assert msh[14:16] == (["AL", "AL"] if mode == "enhanced" else ["", ""])
+
+
+async def test_a_commit_reject_is_failed_at_once(nc: Client) -> None:
+    async with DemoRis(default="CR") as ris, running_hl7(nc, ris, ack_mode="enhanced"):
+        ready = await record_results(nc)
+        failed = await outcome(nc, ready)
+    assert isinstance(failed, ev.Hl7Failed)
+    assert (failed.ack_code, failed.tries) == ("CR", 1)
+    assert len(ris.received) == 1

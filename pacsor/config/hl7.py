@@ -25,6 +25,12 @@ from pacsor.config.variables import (
 )
 
 Language = Literal["EN", "FR"]
+# HL7 v2.5.1 acknowledgement modes (pacsor.domain.acknowledgement): original asks one answer
+# (AA/AE/AR); enhanced asks a commit (CA/CE/CR), then an application answer.
+AckMode = Literal["original", "enhanced"]
+# Where the placer order number (ORC-2, OBR-2) comes from: the study's Accession Number
+# (0008,0050), or its Placer Order Number / Imaging Service Request (0040,2016).
+PlacerSource = Literal["accession", "placer_order_number"]
 ReportFormat = Literal["B64", "PLAIN", "HTML"]
 # The commands whose findings feed the message's detections, and its measures.
 DetectionCommand = Literal["smarturgences", "detection", "smartchest", "trauma"]
@@ -48,6 +54,21 @@ class Hl7Settings(msgspec.Struct, frozen=True, kw_only=True):
     receiving_application: Hl7Name = field(default="", name="HL7_RECEIVING_APPLICATION")
     receiving_facility: Hl7Name = field(default="", name="HL7_RECEIVING_FACILITY")
     language: Language = field(default="EN", name="HL7_LANGUAGE")
+    ack_mode: AckMode = field(default="original", name="HL7_ACK_MODE")
+    # Identifiers a RIS matches on. The patient ID's assigning authority (PID-3.4) when the
+    # study has no Issuer of Patient ID (0010,0021): the hospital's namespace, not pacsor's.
+    assigning_authority: Hl7Name = field(default="", name="HL7_ASSIGNING_AUTHORITY")
+    placer_source: PlacerSource = field(default="accession", name="HL7_PLACER_ORDER_SOURCE")
+    # The namespace of the placer number (EI.2): the system that numbered the order.
+    placer_namespace: Hl7Name = field(default="", name="HL7_PLACER_NAMESPACE")
+    # The namespace of pacsor's own filler number (EI.2); empty: HL7_SENDING_APPLICATION.
+    filler_namespace: Hl7Name = field(default="", name="HL7_FILLER_NAMESPACE")
+    # OBR-4 when the study has no Procedure Code Sequence (0008,1032): code and its system
+    # (HL7 table 0396; "99" followed by letters is a local system).
+    procedure_code: Hl7Name = field(default="", name="HL7_PROCEDURE_CODE")
+    procedure_coding_system: Hl7Name = field(
+        default="99MILVUE", name="HL7_PROCEDURE_CODING_SYSTEM"
+    )
     # Segments that a site can switch off
     include_pid: bool = field(default=True, name="HL7_INCLUDE_PID")
     include_pv1: bool = field(default=True, name="HL7_INCLUDE_PV1")
