@@ -52,6 +52,7 @@ from tests.hl7_fixtures import (
     record_results,
     sent_messages,
 )
+from tests.hl7_parsers import assert_parsers_agree
 from tests.hl7_reading import ParsedOru
 from tests.nats_server import NatsServer
 
@@ -513,6 +514,8 @@ async def test_each_oru_arrives_once_whatever_the_acknowledgements(
     assert ris.connections == 1
     msh = ParsedOru(ris.received[0].text).segments("MSH")[0]
     assert msh[14:16] == (["AL", "AL"] if mode == "enhanced" else ["", ""])
+    for received in ris.received:
+        assert_parsers_agree(received.text)  # hl7apy strict and Medplum
 
 
 async def test_a_commit_reject_is_failed_at_once(nc: Client) -> None:
