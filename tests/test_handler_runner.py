@@ -25,7 +25,7 @@ from pacsor.jetstream.handler_runner import (
     run_consumer,
 )
 from pacsor.jetstream.subjects import EVENTS_STREAM, events_filter
-from pacsor.metrics import HANDLER_ERRORS
+from pacsor.process.counters import HANDLER_ERRORS
 from tests.harness import of_type, wait_for_event
 
 STUDY = "1.2.826.0.1.3680043.8.498.77"
@@ -34,7 +34,7 @@ POLICY = RetryPolicy(initial_seconds=0.1, max_seconds=0.2, max_attempts=5)
 
 def complete(attempt: int = 1, study: str = STUDY) -> ev.StudyComplete:
     return ev.StudyComplete(
-        study_instance_uid=study, attempt=attempt, instance_count=0, through_sequence=0
+        study_uid=study, attempt=attempt, instance_count=0, through_sequence=0
     )
 
 
@@ -63,7 +63,7 @@ async def consuming(nc: Client, name: str, handler: Any) -> AsyncIterator[None]:
 
 def uploaded(event: ev.StudyComplete) -> ev.Uploaded:
     return ev.Uploaded(
-        study_instance_uid=event.study_instance_uid,
+        study_uid=event.study_uid,
         core="c",
         attempt=event.attempt,
         instance_count=0,
@@ -153,7 +153,7 @@ async def test_a_step_that_can_never_succeed_ends_in_a_recorded_failure(nc: Clie
     async def too_big(event: ev.StudyComplete, delivery: Delivery) -> Outcome:
         deliveries.append(delivery.num_delivered)
         huge = ev.Uploaded(
-            study_instance_uid=event.study_instance_uid,
+            study_uid=event.study_uid,
             core="c",
             attempt=1,
             instance_count=0,
@@ -187,8 +187,8 @@ async def test_the_steps_own_failure_event_and_transient_errors(nc: Client) -> N
     tries: dict[str, int] = {}
 
     async def handler(event: ev.StudyComplete, delivery: Delivery) -> Outcome:
-        tries[event.study_instance_uid] = delivery.num_delivered
-        if event.study_instance_uid == study_a:
+        tries[event.study_uid] = delivery.num_delivered
+        if event.study_uid == study_a:
             raise KeyError("a bug")
         if delivery.num_delivered <= 7:
             raise NatsTimeoutError
@@ -198,7 +198,7 @@ async def test_the_steps_own_failure_event_and_transient_errors(nc: Client) -> N
         spec("own"),
         concurrency=2,
         failed=lambda event, reason, n: ev.UploadFailed(
-            study_instance_uid=event.study_instance_uid,
+            study_uid=event.study_uid,
             core="c",
             attempt=event.attempt,
             reason=reason,

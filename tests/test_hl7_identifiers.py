@@ -13,7 +13,7 @@ from pydicom.dataset import Dataset
 
 from pacsor.config.hl7 import Hl7Settings, load_hl7_settings
 from pacsor.hl7.findings import StudyFindings
-from pacsor.hl7.header import read_study_header
+from pacsor.hl7.study_header import read_study_header
 from pacsor.hl7.oru import StudyHeader, build_oru, control_id, filler_order_number
 from tests.dicom_factory import make_image, new_uid, to_bytes
 from tests.hl7_parsers import assert_parsers_agree, node_read, strict
@@ -42,7 +42,7 @@ def oru(
         kwargs.get("findings", simulated_findings()),
         kwargs.get("report"),
         settings,
-        control_id(study_header.study_instance_uid, core, attempt),
+        control_id(study_header.study_uid, core, attempt),
         WHEN,
         core=core,
     )
@@ -93,7 +93,7 @@ def test_site_settings_fill_what_the_dicom_lacks() -> None:
         }
     )
     bare = StudyHeader(
-        study_instance_uid=new_uid(),
+        study_uid=new_uid(),
         patient_id="PID4242",
         accession_number="A1",
         study_description="Thorax",
@@ -143,7 +143,7 @@ def _messages() -> dict[str, str]:
         "no-procedure-code": oru(coded),
         "enhanced-fr": oru(header(), enhanced),
         "bare": oru(header(), bare),
-        "nothing-known": oru(StudyHeader(study_instance_uid=new_uid()), findings=StudyFindings()),
+        "nothing-known": oru(StudyHeader(study_uid=new_uid()), findings=StudyFindings()),
         "missing": oru(header(), findings=StudyFindings(missing=("smartxpert",))),
         **{
             f"report-{form}": oru(

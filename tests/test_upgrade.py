@@ -44,7 +44,7 @@ def test_every_event_of_0_1_decodes() -> None:
         assert isinstance(raw, dict)
         event = ev.decode(json.dumps(raw).encode())
         assert type(event).__name__ == raw["type"]
-        assert event.study_instance_uid == raw["study_instance_uid"]
+        assert event.study_uid == raw["study_instance_uid"]
         # Every field 0.1 wrote is still there with the same value.
         again = json.loads(ev.encode(event))
         for name, value in raw.items():

@@ -30,7 +30,7 @@ class Refused(Exception):
 
 
 class RelaunchAccepted(msgspec.Struct, frozen=True):
-    study_instance_uid: str
+    study_uid: str = msgspec.field(name="study_instance_uid")
     relaunch_id: str
     requested_by: str
     cores: tuple[str, ...]
@@ -86,14 +86,14 @@ async def request_relaunch(
             f"stored (past retention); the study cannot be sent again",
         )
     request = ev.RelaunchRequested(
-        study_instance_uid=uid,
+        study_uid=uid,
         relaunch_id=uuid.uuid4().hex,
         requested_by=requested_by,
         cores=cores,
     )
     sequence = await events.publish(request)
     return RelaunchAccepted(
-        study_instance_uid=uid,
+        study_uid=uid,
         relaunch_id=request.relaunch_id,
         requested_by=requested_by,
         cores=cores,
@@ -132,7 +132,7 @@ async def request_replay(
     for results in ready:
         sequence = await events.publish(
             ev.DispatchReplayRequested(
-                study_instance_uid=results.study_instance_uid,
+                study_uid=results.study_uid,
                 core=results.core,
                 attempt=results.attempt,
                 destination=str(destination),

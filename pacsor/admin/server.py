@@ -22,7 +22,7 @@ from pacsor.admin.read_model import ReadModel
 from pacsor.admin.retention import RetentionSweeper
 from pacsor.config import ConfigError, Settings
 from pacsor.jetstream.broker_state import broker_state
-from pacsor.runtime import Component, Runtime, Started
+from pacsor.process.runtime import Component, Runtime, Started
 
 log = logging.getLogger("pacsor.admin")
 

@@ -110,12 +110,12 @@ class ResultsRefused(ApiError):
 
 
 class UploadResponse(msgspec.Struct, frozen=True):
-    study_instance_uid: str = msgspec.field(name="StudyInstanceUID")
+    study_uid: str = msgspec.field(name="StudyInstanceUID")
     message: str = ""
 
 
 class SignedUploadResponse(msgspec.Struct, frozen=True):
-    study_instance_uid: str = msgspec.field(name="StudyInstanceUID")
+    study_uid: str = msgspec.field(name="StudyInstanceUID")
     signed_urls: dict[str, str] = msgspec.field(default_factory=dict)
 
 

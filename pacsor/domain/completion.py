@@ -101,7 +101,7 @@ def next_attempt(
     last_attempt = max((c.event.attempt for c in completions), default=0)  # type: ignore[union-attr]
     return Complete(
         StudyComplete(
-            study_instance_uid=study_uid,
+            study_uid=study_uid,
             attempt=last_attempt + 1,
             instance_count=len(attempt_instances(history, through)),
             through_sequence=through,
@@ -224,7 +224,7 @@ def decide_relaunch(
     if not isinstance(check, Relaunchable):
         return check
     decision = next_attempt(
-        request.study_instance_uid, history, now, f"relaunched by {request.requested_by}"
+        request.study_uid, history, now, f"relaunched by {request.requested_by}"
     )
     if not isinstance(decision, Complete):
         return decision

@@ -10,7 +10,7 @@ from pacsor.domain import events as ev
 def describe(event: ev.Event) -> str:
     """What happened, in a few words, with what an operator needs to act on it."""
     when = event.occurred_at.isoformat(timespec="seconds")
-    study = event.study_instance_uid or "(unknown study)"
+    study = event.study_uid or "(unknown study)"
     return f"{when}  {type(event).__name__:<16} {study}  {detail(event)}"
 
 

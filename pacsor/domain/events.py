@@ -27,7 +27,7 @@ def utc_now() -> datetime:
 class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag=True):
     """Base of every event; never published itself."""
 
-    study_instance_uid: str
+    study_uid: str = msgspec.field(name="study_instance_uid")
     occurred_at: datetime = msgspec.field(default_factory=utc_now)
     schema_version: int = SCHEMA_VERSION
 
@@ -43,7 +43,7 @@ class AttemptKey(TypedDict):
     """The study, AI core and attempt an event is about: `ev.Uploaded(**key, ...)` records an
     outcome of the same attempt as the event that led to it."""
 
-    study_instance_uid: str
+    study_uid: str
     core: str
     attempt: int
 
@@ -61,12 +61,12 @@ class CoreEvent(Event, frozen=True, kw_only=True):
     step: ClassVar[str] = ""
 
     def idempotency_key(self) -> str:
-        return f"{self.step}:{self.study_instance_uid}:{self.core}:{self.attempt}"
+        return f"{self.step}:{self.study_uid}:{self.core}:{self.attempt}"
 
     @property
     def key(self) -> AttemptKey:
         return AttemptKey(
-            study_instance_uid=self.study_instance_uid, core=self.core, attempt=self.attempt
+            study_uid=self.study_uid, core=self.core, attempt=self.attempt
         )
 
 
@@ -216,11 +216,11 @@ class StudyComplete(Event, frozen=True, kw_only=True):
     def key_for(self, core: str) -> AttemptKey:
         """The key of this attempt's events on `core`."""
         return AttemptKey(
-            study_instance_uid=self.study_instance_uid, core=core, attempt=self.attempt
+            study_uid=self.study_uid, core=core, attempt=self.attempt
         )
 
     def idempotency_key(self) -> str:
-        return f"complete:{self.study_instance_uid}:{self.attempt}"
+        return f"complete:{self.study_uid}:{self.attempt}"
 
 
 # --- AI API -------------------------------------------------------------------------------
@@ -422,7 +422,7 @@ class ExternalReportReceived(Event, frozen=True, kw_only=True):
     report: WrittenReport
 
     def idempotency_key(self) -> str:
-        return f"webps:{self.study_instance_uid}:{self.provider}:{self.report_id}"
+        return f"webps:{self.study_uid}:{self.provider}:{self.report_id}"
 
 
 class Hl7ConfigLoaded(Event, frozen=True, kw_only=True):
@@ -477,7 +477,7 @@ class DispatchReplayRequested(CoreEvent, frozen=True, kw_only=True):
     since: datetime
 
     def idempotency_key(self) -> str:
-        return f"replay:{self.replay_id}:{self.study_instance_uid}:{self.core}:{self.attempt}"
+        return f"replay:{self.replay_id}:{self.study_uid}:{self.core}:{self.attempt}"
 
 
 class ObjectsExpired(Event, frozen=True, kw_only=True):
@@ -496,7 +496,7 @@ class ObjectsExpired(Event, frozen=True, kw_only=True):
     attempt: int = 0
 
     def idempotency_key(self) -> str:
-        return f"expired:{self.study_instance_uid}:{self.kind}:{self.core}:{self.attempt}"
+        return f"expired:{self.study_uid}:{self.kind}:{self.core}:{self.attempt}"
 
 
 # The failure of a step retried by the runner; it records how many tries were made.

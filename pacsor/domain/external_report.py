@@ -35,9 +35,8 @@ class ReportPayload(
     frozen=True,
     kw_only=True,
     forbid_unknown_fields=True,
-    rename={"study_instance_uid": "StudyInstanceUID"},
 ):
-    study_instance_uid: Uid
+    study_uid: Uid = msgspec.field(name="StudyInstanceUID")
     report_id: Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")]
     title: Annotated[str, Meta(min_length=1, max_length=512)]
     indication: Text = ""
@@ -63,7 +62,7 @@ def accept_report(
         raise ReportRefused(422, "invalid report: it has neither findings nor a conclusion")
     report = msgspec.convert(payload, ev.WrittenReport, from_attributes=True)
     return ev.ExternalReportReceived(
-        study_instance_uid=payload.study_instance_uid,
+        study_uid=payload.study_uid,
         provider=provider,
         report_id=payload.report_id,
         report=msgspec.structs.replace(report, language=payload.language.upper()),

@@ -87,7 +87,7 @@ class ResultsMade(msgspec.Struct, kw_only=True):
 
 
 class StudyView(msgspec.Struct, kw_only=True):
-    study_instance_uid: str
+    study_uid: str = msgspec.field(name="study_instance_uid")
     state: str = "receiving"
     accession_number: str = ""
     study_date: str = ""
@@ -132,12 +132,12 @@ def fold(
     """Apply `(stream sequence, event)` pairs, in stream order, to `views` (a new dict if None)."""
     views = {} if views is None else views
     for sequence, event in recorded:
-        uid = event.study_instance_uid
+        uid = event.study_uid
         if not uid:
             continue  # an instance rejected before its study could be read
         view = views.get(uid)
         if view is None:
-            view = views[uid] = StudyView(study_instance_uid=uid)
+            view = views[uid] = StudyView(study_uid=uid)
         apply(view, sequence, event)
     return views
 

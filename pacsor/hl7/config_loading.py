@@ -77,7 +77,7 @@ async def load_named(
     except CustomConfigError as err:
         raise LoadRefused(422, str(err)) from err
     event = ev.Hl7ConfigLoaded(
-        study_instance_uid="",
+        study_uid="",
         load_id=uuid.uuid4().hex,
         name=name,
         kind=new.kind,

@@ -60,7 +60,7 @@ class ProcedureCode(msgspec.Struct, frozen=True):
 class StudyHeader(msgspec.Struct, frozen=True, kw_only=True):
     """The patient and order facts of a study, as read from one of its DICOM instances."""
 
-    study_instance_uid: str
+    study_uid: str = msgspec.field(name="study_instance_uid")
     patient_id: str = ""
     issuer_of_patient_id: str = ""
     # Issuer of Patient ID Qualifiers Sequence: Universal Entity ID and its type (ISO, DNS...)
@@ -250,7 +250,7 @@ def _placer(header: StudyHeader, settings: Hl7Settings) -> str:
 def _filler(header: StudyHeader, settings: Hl7Settings, core: str) -> str:
     """ORC-3 / OBR-3 (EI): pacsor's own number, with pacsor's namespace."""
     namespace = settings.filler_namespace or settings.sending_application
-    number = filler_order_number(header.study_instance_uid, core)
+    number = filler_order_number(header.study_uid, core)
     return "^".join((number, escape(namespace))).rstrip("^")
 
 
@@ -269,7 +269,7 @@ def _placeholders(header: StudyHeader, message_control_id: str, now: str) -> dic
     """The values a template may use, each escaped."""
     family, given, *_ = _xpn(header.patient_name)
     values = {
-        "study_instance_uid": escape(header.study_instance_uid),
+        "study_instance_uid": escape(header.study_uid),
         "patient_id": escape(header.patient_id),
         "issuer_of_patient_id": escape(header.issuer_of_patient_id),
         "patient_family_name": family,
@@ -384,7 +384,7 @@ def build_oru(
                     "ST",
                     f"110180^{escape(words['study_uid'])}^DCM",
                     "",
-                    escape(header.study_instance_uid),
+                    escape(header.study_uid),
                     "",
                     "",
                     "",
@@ -430,7 +430,7 @@ def parse_oru(text: str) -> Message:
 
 
 SAMPLE_HEADER = StudyHeader(
-    study_instance_uid="1.2.826.0.1.3680043.8.498.10000000000000000000000000000000000001",
+    study_uid="1.2.826.0.1.3680043.8.498.10000000000000000000000000000000000001",
     patient_id="SAMPLE-1",
     issuer_of_patient_id="SAMPLE",
     patient_name="Sample^Patient",

@@ -71,7 +71,7 @@ class EventLog:
         log.info(
             type(event).__name__,
             extra={
-                "study": event.study_instance_uid,
+                "study": event.study_uid,
                 "event": msgspec.to_builtins(event),
                 "seq": ack.seq,
                 "duplicate": bool(ack.duplicate),

@@ -10,8 +10,8 @@ A handler error is retried with the retry policy's backoff. One that is not a lo
 to JetStream (which only delays, and after which nothing could be recorded anyway) ends, at
 the RETRY_MAX_ATTEMPTS-th delivery, in a failure event for that study and step (the step's own,
 from `ConsumerSpec.failed`, else StepFailed with the error) and the message is terminated:
-nothing is retried forever unseen. Each error is logged, counted (pacsor.metrics) and shows in
-the consumer's redelivery count.
+nothing is retried forever unseen. Each error is logged, counted (pacsor.process.counters) and
+shows in the consumer's redelivery count.
 
 Several processes running the same handler share its durable consumer, and so the work.
 """
@@ -38,7 +38,7 @@ from pacsor.domain.events import Event, StepFailed, StepFailure
 from pacsor.domain.retry import RetryPolicy
 from pacsor.jetstream.eventlog import ConcurrentUpdate, EventLog
 from pacsor.jetstream.liveness import Heartbeat
-from pacsor.metrics import HANDLER_ERRORS, STEPS_FAILED
+from pacsor.process.counters import HANDLER_ERRORS, STEPS_FAILED
 
 log = logging.getLogger("pacsor.runner")
 
@@ -97,7 +97,7 @@ class ConsumerSpec(Generic[M]):
     # not miss events published before it first ran); "new": at the time it is first created
     # (a destination added later must not receive every past study's results).
     start: Literal["all", "new"] = "all"
-    study_of: Callable[[M], str] = field(default=lambda m: getattr(m, "study_instance_uid", ""))
+    study_of: Callable[[M], str] = field(default=lambda m: getattr(m, "study_uid", ""))
     # The step's own failure event from (message, error, tries), recorded when the handler
     # keeps failing; None: StepFailed.
     failed: Callable[[M, str, int], Event] | None = None
@@ -267,7 +267,7 @@ async def _give_up(
         failure = spec.failed(message, reason, tries)
     else:
         failure = StepFailed(
-            study_instance_uid=study,
+            study_uid=study,
             step=spec.durable,
             stream=spec.stream,
             message_sequence=delivery.stream_sequence,

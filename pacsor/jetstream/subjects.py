@@ -60,8 +60,8 @@ def study_subjects(study_uid: str) -> str:
 
 def event_subject(event: Event) -> str:
     if isinstance(event, CoreEvent):
-        return study_core_events(event.study_instance_uid, type(event), event.core)
-    return study_events(event.study_instance_uid, type(event))
+        return study_core_events(event.study_uid, type(event), event.core)
+    return study_events(event.study_uid, type(event))
 
 
 def events_filter(kind: type[Event]) -> str:

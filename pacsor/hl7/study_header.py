@@ -44,7 +44,7 @@ def read_study_header(data: bytes) -> StudyHeader:
     request = first("RequestAttributesSequence")
     accession_issuer = first("IssuerOfAccessionNumberSequence")
     return StudyHeader(
-        study_instance_uid=study_uid,
+        study_uid=study_uid,
         patient_id=text("PatientID"),
         issuer_of_patient_id=text("IssuerOfPatientID"),
         issuer_universal_id=text("UniversalEntityID", issuer) if issuer else "",

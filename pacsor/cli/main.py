@@ -13,11 +13,11 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from pacsor import logs
 from pacsor.components import BY_NAME
 from pacsor.config import ConfigError, CoreSettings, Settings, load_settings, read_dotenv
 from pacsor.domain.event_text import describe
-from pacsor.gateway import components_of_up, run_gateway
+from pacsor.process import logs
+from pacsor.process.gateway import components_of_up, run_gateway
 
 log = logging.getLogger("pacsor")
 
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     setup.add_argument("--show", action="store_true", help="print the current configuration")
     setup.add_argument("--project-dir", type=Path, default=Path("."), help="where .env lives")
-    from pacsor.setup_wizard import QUESTIONS
+    from pacsor.cli.setup_wizard import QUESTIONS
 
     for question in QUESTIONS:
         if question.kind == "yes-no":
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "check":
             return asyncio.run(_check(settings))
         if args.command == "health":
-            from pacsor.health import check_component
+            from pacsor.cli.container_health import check_component
 
             return asyncio.run(check_component(settings, args.component))
         if args.command == "demo-pacs":
@@ -410,7 +410,7 @@ async def _check_cores(settings: Settings) -> list[tuple[CoreSettings, str | Non
 
 
 def _setup(args: argparse.Namespace) -> int:
-    from pacsor.setup_wizard import options_of, run_setup, show
+    from pacsor.cli.setup_wizard import options_of, run_setup, show
 
     if args.show:
         print("\n".join(show(args.project_dir)))
@@ -430,7 +430,7 @@ def _setup(args: argparse.Namespace) -> int:
 
 
 async def _check(settings: Settings) -> int:
-    from pacsor.preflight import run_checks
+    from pacsor.cli.preflight import run_checks
 
     # Each check reports its own failure in its line; pynetdicom would say it again on stderr.
     logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)

@@ -24,9 +24,9 @@ from pacsor.jetstream.eventlog import EventLog
 from pacsor.jetstream.holds import Holds
 from pacsor.jetstream.quiet_timers import QuietTimers
 from pacsor.jetstream.subjects import INSTANCES_BUCKET, RESULTS_BUCKET, retention_max_ages
-from pacsor.runtime import Component, Runtime, retry_policy
+from pacsor.process.runtime import Component, Runtime, retry_policy
 
-log = logging.getLogger("pacsor.gateway")
+log = logging.getLogger("pacsor.process.gateway")
 
 
 def components_of_up(settings: Settings) -> tuple[str, ...]:
