@@ -398,6 +398,18 @@ async def load_at_init(events: EventLog, settings: Hl7Settings) -> None:
 def check(settings: Settings) -> None:
     if not settings.hl7.ris_ip:
         raise ConfigError("HL7_RIS_IP: not set; the hl7 component sends to the RIS")
+    # Findings of a command that no core runs would be missing from every message.
+    run = {c for core in settings.cores if core.kind != "tcr" for c in core.inference_commands}
+    wanted = (
+        ("DETECTION_INFERENCE_COMMAND", settings.hl7.detection_command, settings.hl7.include_detections),
+        ("MEASURE_INFERENCE_COMMAND", settings.hl7.measure_command, settings.hl7.include_measures),
+    )
+    for variable, command, included in wanted:
+        if run and included and command not in run:
+            raise ConfigError(
+                f"{variable}: no core runs {command!r} (INFERENCE_COMMANDS: "
+                f"{', '.join(sorted(run))}); add it there or switch its findings off"
+            )
 
 
 COMPONENT = Component(

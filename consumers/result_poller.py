@@ -26,8 +26,8 @@ import msgspec
 from pacsor.consumers.uploader import require_tokens
 from pydicom.dataset import Dataset
 
-from pacsor.ai.milvue_api import FINDINGS_COMMANDS, ApiError, MilvueApi
-from pacsor.config import CoreSettings
+from pacsor.ai.milvue_api import FINDINGS_KINDS, INFERENCE_COMMANDS, ApiError, MilvueApi
+from pacsor.config import ConfigError, CoreSettings, Settings
 from pacsor.dicom.header import MIN_PREFIX, HeaderError, parse_header
 from pacsor.domain import events as ev
 from pacsor.jetstream.blobs import BlobStore, sha256_digest
@@ -186,10 +186,11 @@ async def poll_results(
                             size=size,
                         )
                     )
-            if command in FINDINGS_COMMANDS:
+            if command in FINDINGS_KINDS:
+                # Detections are named in the results' language; measures take no options.
                 options = (
                     {"language": settings.options["language"]}
-                    if (command == "smarturgences" and "language" in settings.options)
+                    if FINDINGS_KINDS[command] == "detections" and "language" in settings.options
                     else {}
                 )
                 data = await api.get_findings(study, command, options)
@@ -235,6 +236,26 @@ async def run(rt: Runtime, started: Started) -> None:
     await run_per_core(rt, started, consumer, poll)
 
 
+def require_served_commands(settings: Settings) -> None:
+    """Each inference core asks only for commands whose results and findings pacsor fetches:
+    an unknown one is refused at start rather than polled for nothing."""
+    for n, core in enumerate(settings.cores):
+        if core.kind == "tcr":
+            continue
+        unknown = [c for c in core.inference_commands if c not in INFERENCE_COMMANDS]
+        if unknown:
+            variable = "INFERENCE_COMMANDS" if n == 0 else f"INFERENCE_COMMANDS_{n}"
+            raise ConfigError(
+                f"{variable}: pacsor cannot serve {unknown[0]!r}; "
+                f"commands it serves: {', '.join(INFERENCE_COMMANDS)}"
+            )
+
+
+def check(settings: Settings) -> None:
+    require_tokens(settings)
+    require_served_commands(settings)
+
+
 COMPONENT = Component(
-    "poller", "Uploaded -> ResultReady / ResultFailed, per AI core", run, check=require_tokens
+    "poller", "Uploaded -> ResultReady / ResultFailed, per AI core", run, check=check
 )
