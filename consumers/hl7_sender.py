@@ -14,8 +14,9 @@ The message is a pure function of the study (pacsor.hl7.oru); this handler gathe
 Acknowledgements are read as pacsor.domain.acknowledgement says (HL7_ACK_MODE): a stale or
 unsolicited one is set aside, a commit (CA) in enhanced mode waits for the application answer.
 An AE/AR/CE, a garbled answer, silence or no connection is retried with the retry policy, then
-recorded as Hl7Failed; a CR (the message type or version refused) is recorded at once. At least once: a crash between the ACK and Hl7Sent re-sends the same
-message, with the same control ID.
+recorded as Hl7Failed; a CR (the message type or version refused) is recorded at once. At
+least once: a crash between the ACK and Hl7Sent re-sends the same message, with the same
+control ID.
 """
 
 from __future__ import annotations
@@ -401,7 +402,11 @@ def check(settings: Settings) -> None:
     # Findings of a command that no core runs would be missing from every message.
     run = {c for core in settings.cores if core.kind != "tcr" for c in core.inference_commands}
     wanted = (
-        ("DETECTION_INFERENCE_COMMAND", settings.hl7.detection_command, settings.hl7.include_detections),
+        (
+            "DETECTION_INFERENCE_COMMAND",
+            settings.hl7.detection_command,
+            settings.hl7.include_detections,
+        ),
         ("MEASURE_INFERENCE_COMMAND", settings.hl7.measure_command, settings.hl7.include_measures),
     )
     for variable, command, included in wanted:

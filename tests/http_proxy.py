@@ -70,8 +70,9 @@ class StrictProxy:
                     if name.strip().lower() not in {"connection", "proxy-connection"}
                 ]
                 up_writer.write(
-                    "\r\n".join([f"{method} {path} {version}", *forwarded, "Connection: close"])
-                    .encode("latin-1")
+                    "\r\n".join(
+                        [f"{method} {path} {version}", *forwarded, "Connection: close"]
+                    ).encode("latin-1")
                     + b"\r\n\r\n"
                 )
                 left = length or 0

@@ -13,8 +13,8 @@ from pydicom.dataset import Dataset
 
 from pacsor.config.hl7 import Hl7Settings, load_hl7_settings
 from pacsor.hl7.findings import StudyFindings
-from pacsor.hl7.study_header import read_study_header
 from pacsor.hl7.oru import StudyHeader, build_oru, control_id, filler_order_number
+from pacsor.hl7.study_header import read_study_header
 from tests.dicom_factory import make_image, new_uid, to_bytes
 from tests.hl7_parsers import assert_parsers_agree, node_read, strict
 from tests.test_hl7_message import HOSTILE, REPORT, header, simulated_findings

@@ -416,8 +416,7 @@ class MilvueApi:
         """
         if inference_command not in FINDINGS_KINDS:
             raise ValueError(
-                f"findings exist for {', '.join(FINDINGS_COMMANDS)} only, "
-                f"not {inference_command!r}"
+                f"findings exist for {', '.join(FINDINGS_COMMANDS)} only, not {inference_command!r}"
             )
         path = f"/v3/{inference_command}/{_uid(study_uid)}"
         response = await self._send(

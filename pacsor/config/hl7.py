@@ -66,9 +66,7 @@ class Hl7Settings(msgspec.Struct, frozen=True, kw_only=True):
     # OBR-4 when the study has no Procedure Code Sequence (0008,1032): code and its system
     # (HL7 table 0396; "99" followed by letters is a local system).
     procedure_code: Hl7Name = field(default="", name="HL7_PROCEDURE_CODE")
-    procedure_coding_system: Hl7Name = field(
-        default="99MILVUE", name="HL7_PROCEDURE_CODING_SYSTEM"
-    )
+    procedure_coding_system: Hl7Name = field(default="99MILVUE", name="HL7_PROCEDURE_CODING_SYSTEM")
     # Segments that a site can switch off
     include_pid: bool = field(default=True, name="HL7_INCLUDE_PID")
     include_pv1: bool = field(default=True, name="HL7_INCLUDE_PV1")

@@ -89,7 +89,9 @@ class NoAnswer(msgspec.Struct, frozen=True):
 Step = Discard | AwaitApplication | Answered | NoAnswer
 
 
-def on_ack(mode: AckMode, expected_control_id: str, commit: Ack | None, ack: Ack) -> Step:
+def on_ack(
+    mode: AckMode, expected_control_id: str, commit: Ack | None, ack: Ack
+) -> Discard | AwaitApplication | Answered:
     """The step after reading `ack` while waiting for the answer to `expected_control_id`,
     `commit` being the commit acknowledgement already read for it (None before one)."""
     if ack.control_id != expected_control_id:

@@ -87,9 +87,7 @@ def _wants_commit(message: hl7.Message) -> bool:
 class MllpClient:
     """One MLLP connection to the RIS, used by one message at a time."""
 
-    def __init__(
-        self, host: str, port: int, timeout: float, mode: AckMode = "original"
-    ) -> None:
+    def __init__(self, host: str, port: int, timeout: float, mode: AckMode = "original") -> None:
         self.host = host
         self.port = port
         self.timeout = timeout

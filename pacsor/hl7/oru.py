@@ -242,8 +242,10 @@ def _placer(header: StudyHeader, settings: Hl7Settings) -> str:
     if not number:
         return ""
     namespace = (
-        header.accession_issuer if settings.placer_source == "accession" else ""
-    ) or settings.placer_namespace or settings.receiving_application
+        (header.accession_issuer if settings.placer_source == "accession" else "")
+        or settings.placer_namespace
+        or settings.receiving_application
+    )
     return "^".join((escape(number), escape(namespace))).rstrip("^")
 
 

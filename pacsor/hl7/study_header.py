@@ -5,10 +5,9 @@ from __future__ import annotations
 from io import BytesIO
 
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
-
-from pydicom.dataset import Dataset
 
 from pacsor.hl7.oru import ProcedureCode, StudyHeader
 
@@ -70,7 +69,9 @@ def _procedure_code(item: Dataset | None) -> ProcedureCode | None:
     """The first Procedure Code Sequence item, when it has a code and its scheme."""
     if item is None:
         return None
-    value = str(item.get("CodeValue") or item.get("LongCodeValue") or item.get("URNCodeValue") or "")
+    value = str(
+        item.get("CodeValue") or item.get("LongCodeValue") or item.get("URNCodeValue") or ""
+    )
     scheme = str(item.get("CodingSchemeDesignator") or "")
     if not value.strip() or not scheme.strip():
         return None

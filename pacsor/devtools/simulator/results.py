@@ -366,9 +366,7 @@ def detection_findings(
     per_instance = []
     best: dict[str, float] = dict.fromkeys(values, 0.0)
     for instance in instances:
-        scores = {
-            value: _score(instance.sop_instance_uid, value, values[0]) for value in values
-        }
+        scores = {value: _score(instance.sop_instance_uid, value, values[0]) for value in values}
         for value, score in scores.items():
             best[value] = max(best[value], score)
         x0, y0, x1, y1 = finding_box(instance.sop_instance_uid, instance.rows, instance.columns)
