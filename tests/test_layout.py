@@ -12,6 +12,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 # Every layer may count: the counters module is the one piece of the process runtime anyone imports.
 COUNTERS = "pacsor.process.counters"
+# Every layer may raise pacsor's errors: the hierarchy imports nothing.
+ERRORS = "pacsor.errors"
 IO_LIBRARIES = {"nats", "pynetdicom", "httpx", "litestar", "uvicorn", "hl7apy", "hl7", "sqlite3"}
 
 
@@ -47,7 +49,7 @@ def test_domain_is_pure(path: Path) -> None:
     """Facts and decisions: the standard library, msgspec and other domain modules only."""
     for name in imported(path):
         if top(name) == "pacsor":
-            assert name.startswith("pacsor.domain"), f"{path.name} imports {name}"
+            assert name.startswith(("pacsor.domain", ERRORS)), f"{path.name} imports {name}"
         else:
             assert top(name) in sys.stdlib_module_names | {"msgspec"}, f"{path.name}: {name}"
             assert top(name) not in IO_LIBRARIES, f"{path.name} imports {name}"
@@ -62,7 +64,7 @@ def test_metrics_depend_on_nothing_of_pacsor() -> None:
 @pytest.mark.parametrize("path", list(modules("pacsor/config")), ids=lambda p: p.name)
 def test_config_imports_nothing_else_of_pacsor(path: Path) -> None:
     for name in imported(path):
-        assert top(name) != "pacsor" or name.startswith("pacsor.config"), name
+        assert top(name) != "pacsor" or name.startswith(("pacsor.config", ERRORS)), name
         assert top(name) not in IO_LIBRARIES, name
 
 
@@ -97,7 +99,7 @@ def test_jetstream_does_not_know_the_peers(path: Path) -> None:
     for name in imported(path):
         if top(name) == "pacsor":
             allowed = {"pacsor.jetstream", "pacsor.domain", "pacsor.streams"}
-            assert pacsor_package(name) in allowed or name.startswith(COUNTERS), name
+            assert pacsor_package(name) in allowed or name.startswith((COUNTERS, ERRORS)), name
 
 
 def string_constants(path: Path) -> Iterator[str]:
@@ -135,3 +137,39 @@ def test_profile_names_agree() -> None:
     from pacsor.dicom.profiles import PROFILES
 
     assert set(get_args(Profile)) == set(PROFILES)
+
+
+def test_the_error_hierarchy_imports_nothing_of_pacsor() -> None:
+    assert not any(top(n) == "pacsor" for n in imported(ROOT / "pacsor" / "errors.py"))
+
+
+def raised_classes(path: Path) -> Iterator[tuple[str, list[str]]]:
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ClassDef):
+            bases = [ast.unparse(b) for b in node.bases]
+            if any(b.endswith(("Error", "Exception")) for b in bases):
+                yield node.name, bases
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        p
+        for p in modules("pacsor", "consumers")
+        if "devtools" not in p.parts and any(raised_classes(p))
+    ],
+    ids=lambda p: str(p.relative_to(ROOT)),
+)
+def test_every_error_is_a_pacsor_error(path: Path) -> None:
+    """One hierarchy (pacsor/errors.py): the runner's retry decision reads `retryable`."""
+    import importlib
+
+    relative = path.relative_to(ROOT).with_suffix("")
+    parts = relative.parts if relative.parts[0] == "pacsor" else ("pacsor", *relative.parts)
+    module = importlib.import_module(".".join(parts))
+    from pacsor.errors import PacsorError
+
+    for name, _ in raised_classes(path):
+        cls = getattr(module, name)
+        if issubclass(cls, BaseException):
+            assert issubclass(cls, PacsorError), f"{relative}: {name} is not a PacsorError"

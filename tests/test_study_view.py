@@ -197,9 +197,7 @@ def test_queries_filter_sort_and_page(tmp_path: Path) -> None:
     page, _ = model.query(StudyFilter(limit=5, offset=5))
     assert page[0].study_uid == "1.2.3.25"
 
-    assert [v.study_uid for v in model.query(StudyFilter(state="failed"))[0]] == [
-        "1.2.3.7"
-    ]
+    assert [v.study_uid for v in model.query(StudyFilter(state="failed"))[0]] == ["1.2.3.7"]
     assert model.query(StudyFilter(state="receiving"))[1] == 1
     by_destination = StudyFilter(destination=ARCHIVE, state="failed")
     assert [v.study_uid for v in model.query(by_destination)[0]] == ["1.2.3.7"]
@@ -260,3 +258,68 @@ def test_the_ris_shows_as_a_destination() -> None:
         "ACK AA, without smartxpert",
     )
     assert view.state == "dispatched"
+
+
+def test_every_event_type_is_declared_by_the_view_and_worded() -> None:
+    """A new event type the view neither applies nor declares as not shown, or that has no
+    text, fails here, before a dashboard can show a finished study as in progress."""
+    from pacsor.domain.event_text import events_worded
+    from pacsor.domain.study_view import events_not_shown, events_shown
+
+    catalogue = set(ev.catalogue())
+    assert catalogue - events_shown() - set(events_not_shown) == set()
+    assert not events_shown() & set(events_not_shown)
+    assert catalogue - events_worded() == set()
+
+
+def test_a_study_whose_instances_were_all_filtered_is_finished() -> None:
+    """NothingToUpload ends the core: the study reads nothing_to_upload, not in progress; with
+    a second core that dispatched, the study is as far as that core."""
+    history = lifecycle(STUDY, T0, images=2, destinations=(PACS,))
+    complete = next(e for e in history if isinstance(e, ev.StudyComplete))
+    upto = history.index(complete) + 1
+    filtered = ev.NothingToUpload(
+        study_uid=STUDY,
+        core="default",
+        attempt=1,
+        reason="all 2 instances filtered out: 2 filtered (Modality == SR)",
+        skipped_count=2,
+        occurred_at=T0 + timedelta(seconds=30),
+    )
+    view = fold(numbered([*history[:upto], filtered]))[STUDY]
+    assert view.state == "nothing_to_upload"
+    (core,) = view.cores
+    assert (core.state, core.skipped_count) == ("nothing_to_upload", 2)
+    assert "filtered" in core.reason
+
+    other = [
+        msgspec.structs.replace(e, core="precert")  # type: ignore[type-var]
+        for e in history[upto:]
+    ]
+    both = fold(numbered([*history[:upto], filtered, *other]))[STUDY]
+    assert both.state == "dispatched"
+
+
+def test_a_step_that_gave_up_makes_the_study_failed_until_a_new_attempt() -> None:
+    history = lifecycle(STUDY, T0, images=2, destinations=(PACS,))
+    gave_up = ev.StepFailed(
+        study_uid=STUDY,
+        step="study-completion",
+        stream="PACSOR",
+        message_sequence=3,
+        reason="InvalidInput: bad",
+        tries=1,
+        occurred_at=T0 + timedelta(seconds=5),
+    )
+    received_only = [e for e in history if isinstance(e, ev.InstanceReceived)]
+    view = fold(numbered([*received_only, gave_up]))[STUDY]
+    assert view.state == "failed"
+    assert [(f.step, f.reason) for f in view.step_failures] == [
+        ("study-completion", "InvalidInput: bad")
+    ]
+    # The study completed and went through after that failure: it is no longer failed.
+    later = [
+        msgspec.structs.replace(e, occurred_at=e.occurred_at + timedelta(minutes=1))
+        for e in history[len(received_only) :]
+    ]  # type: ignore[type-var]
+    assert fold(numbered([*received_only, gave_up, *later]))[STUDY].state == "dispatched"

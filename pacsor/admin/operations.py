@@ -15,12 +15,13 @@ from pacsor.admin.read_model import ReadModel
 from pacsor.config import Destination, Settings
 from pacsor.domain import events as ev
 from pacsor.domain.completion import InstancesGone, UnknownStudy, relaunch_check
+from pacsor.errors import InvalidInput
 from pacsor.jetstream.blobs import BlobStore
 from pacsor.jetstream.eventlog import EventLog
 from pacsor.jetstream.subjects import is_valid_uid
 
 
-class Refused(Exception):
+class Refused(InvalidInput):
     """The operation cannot be done; `status` is the HTTP status that says why."""
 
     def __init__(self, status: int, message: str) -> None:

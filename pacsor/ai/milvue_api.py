@@ -46,6 +46,7 @@ from pacsor.ai.multipart import (
     related_length,
 )
 from pacsor.config import CoreSettings, Settings
+from pacsor.errors import PacsorError
 
 OWNER_HEADER = "x-goog-meta-owner"
 RESULTS_ACCEPT = f'multipart/related; type="{DICOM_MEDIA_TYPE}"'
@@ -71,7 +72,7 @@ _MAX_ERROR_TEXT = 300
 T = TypeVar("T")
 
 
-class ApiError(Exception):
+class ApiError(PacsorError):
     """A request to the AI API failed.
 
     `status` is the HTTP status, or None when no answer came (connection error, timeout).

@@ -16,6 +16,7 @@ from typing import Any
 from pacsor.components import BY_NAME
 from pacsor.config import ConfigError, CoreSettings, Settings, load_settings, read_dotenv
 from pacsor.domain.event_text import describe
+from pacsor.errors import StartupError
 from pacsor.process import logs
 from pacsor.process.gateway import components_of_up, run_gateway
 
@@ -134,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(check_component(settings, args.component))
         if args.command == "demo-pacs":
             return _demo_pacs(args.host, args.port, args.aet, args.folder)
-    except ConfigError as err:
+    except StartupError as err:  # a setting, NATS, a port: one line naming it
         print(f"pacsor: {err}", file=sys.stderr)
         return 2
     return 0
@@ -245,7 +246,7 @@ def _demo_peers() -> Iterator[dict[str, str]]:
     try:
         pacs = start_folder_pacs(Path("demo-pacs"), DEMO_PACS_AET, port)
     except OSError as err:
-        raise ConfigError(f"DEMO_PACS_PORT: cannot listen on {port}: {err.strerror}") from None
+        raise StartupError(f"DEMO_PACS_PORT: cannot listen on {port}: {err.strerror}") from None
     ris_raw = os.environ.get("DEMO_RIS_PORT", str(DEMO_RIS_PORT))
     with contextlib.ExitStack() as stack:
         stack.callback(pacs.shutdown)
@@ -254,7 +255,7 @@ def _demo_peers() -> Iterator[dict[str, str]]:
         try:
             ris = stack.enter_context(running_demo_ris(int(ris_raw)))
         except OSError as err:
-            raise ConfigError(
+            raise StartupError(
                 f"DEMO_RIS_PORT: cannot listen on {ris_raw}: {err.strerror}"
             ) from None
         base_url, _state = stack.enter_context(
@@ -453,7 +454,7 @@ def _demo_pacs(host: str, port: int, ae_title: str, folder: Path) -> int:
     try:
         server = start_folder_pacs(folder, ae_title, port, host)
     except OSError as err:
-        raise ConfigError(f"--port: cannot listen on {port}: {err.strerror}") from None
+        raise StartupError(f"--port: cannot listen on {port}: {err.strerror}") from None
     log.info("demo PACS ready", extra={"aet": ae_title, "port": port, "folder": str(folder)})
     stopped = signal.sigwait(stop_signals)
     log.info("demo PACS stopping", extra={"signal": signal.Signals(stopped).name})

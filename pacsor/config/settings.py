@@ -25,7 +25,6 @@ from msgspec import Meta
 from pacsor.config.hl7 import Hl7Settings, load_hl7_settings
 from pacsor.config.variables import (
     AeTitle,
-    ConfigError,
     CoreName,
     HttpUrl,
     InferenceCommand,
@@ -37,6 +36,7 @@ from pacsor.config.variables import (
     raw_fields,
     read_dotenv,
 )
+from pacsor.errors import ConfigError
 
 # The names of pacsor.dicom.profiles.PROFILES (a test keeps the two in step).
 Profile = Literal["Default", "WithSC", "WithRF", "WithSCRF", "All"]

@@ -40,11 +40,12 @@ from pynetdicom.events import Event as DicomEvent
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
-from pacsor.config import ConfigError, Settings
+from pacsor.config import Settings
 from pacsor.dicom.profiles import PROFILES
 from pacsor.dicom.structure import Truncated, check_whole, dataset_offset
 from pacsor.domain.completion import HOLD_HEARTBEAT, Hold
 from pacsor.domain.events import InstanceReceived, InstanceRejected, utc_now
+from pacsor.errors import InvalidInput, StartupError
 from pacsor.jetstream.blobs import BlobStore, digest_hex, sha256_digest
 from pacsor.jetstream.eventlog import EventLog
 from pacsor.jetstream.holds import Holds
@@ -87,7 +88,7 @@ class Identity(msgspec.Struct, frozen=True):
     study_description: str = ""
 
 
-class Rejection(Exception):
+class Rejection(InvalidInput):
     def __init__(self, status: int, reason: str, identity: Identity | None = None):
         super().__init__(reason)
         self.status = status
@@ -181,7 +182,7 @@ class StorageScp:
                 ],
             )
         except OSError as err:
-            raise ConfigError(
+            raise StartupError(
                 f"PORT: cannot listen on {self.settings.port}: {err.strerror}"
             ) from None
         assert server is not None  # block=False always returns the server

@@ -98,7 +98,9 @@ def next_attempt(
     through = max(received)
     completions = [r for r in history if isinstance(r.event, StudyComplete)]
     last_sequence = completions[-1].sequence if completions else 0
-    last_attempt = max((c.event.attempt for c in completions), default=0)  # type: ignore[union-attr]
+    last_attempt = max(
+        (c.event.attempt for c in completions if isinstance(c.event, StudyComplete)), default=0
+    )
     return Complete(
         StudyComplete(
             study_uid=study_uid,

@@ -15,13 +15,14 @@ import msgspec
 from msgspec import Meta
 
 from pacsor.domain import events as ev
+from pacsor.errors import InvalidInput
 
 MAX_TEXT = 64 * 1024
 Uid = Annotated[str, Meta(pattern=r"^[0-9]+(\.[0-9]+)*$", max_length=64)]
 Text = Annotated[str, Meta(max_length=MAX_TEXT)]
 
 
-class ReportRefused(ValueError):
+class ReportRefused(InvalidInput):
     """The report is not accepted; `status` is the HTTP status that says why."""
 
     def __init__(self, status: int, reason: str) -> None:

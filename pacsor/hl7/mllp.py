@@ -31,17 +31,18 @@ from pacsor.domain.acknowledgement import (
     on_ack,
     on_timeout,
 )
+from pacsor.errors import TransientError
 
 log = logging.getLogger("pacsor.hl7.mllp")
 
 __all__ = ["Ack", "MllpClient", "MllpError", "parse_ack", "read_ack"]
 
 
-class MllpError(RuntimeError):
+class MllpError(TransientError):
     """The message was not acknowledged: no connection, no answer in time, or garbled."""
 
 
-class _StaleConnection(Exception):
+class _StaleConnection(TransientError):
     """The connection ended before an acknowledgement."""
 
 

@@ -35,6 +35,7 @@ from hl7apy.parser import parse_message
 
 from pacsor.config.hl7 import Hl7Settings
 from pacsor.domain.acknowledgement import header_fields
+from pacsor.errors import InvalidInput
 from pacsor.hl7.escaping import escape
 from pacsor.hl7.findings import Finding, Measure, StudyFindings
 from pacsor.hl7.report import Report
@@ -45,7 +46,7 @@ CODING_SYSTEM = "MILVUE"
 CHARACTER_SET = "UNICODE UTF-8"
 
 
-class MessageError(ValueError):
+class MessageError(InvalidInput):
     """The message could not be built, or does not parse back."""
 
 

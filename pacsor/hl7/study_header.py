@@ -9,10 +9,11 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 
+from pacsor.errors import InvalidInput
 from pacsor.hl7.oru import ProcedureCode, StudyHeader
 
 
-class HeaderError(ValueError):
+class HeaderError(InvalidInput):
     """The instance is not readable DICOM."""
 
 
