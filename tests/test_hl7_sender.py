@@ -81,14 +81,22 @@ async def ris() -> AsyncIterator[DemoRis]:
 
 @contextlib.asynccontextmanager
 async def running_hl7(
-    nc: Client, ris: DemoRis, policy: RetryPolicy = POLICY, **settings: Any
+    nc: Client,
+    ris: DemoRis,
+    policy: RetryPolicy = POLICY,
+    ris_timeout_seconds: float = 1.0,
+    **settings: Any,
 ) -> AsyncIterator[Settings]:
     """`pacsor run hl7`, in this process, sending to `ris`, until the block ends.
 
     `settings` are Hl7Settings fields, given to the component as their variables.
     """
     hl7 = Hl7Settings(
-        enable=True, ris_ip="127.0.0.1", ris_port=ris.port, ris_timeout_seconds=1.0, **settings
+        enable=True,
+        ris_ip="127.0.0.1",
+        ris_port=ris.port,
+        ris_timeout_seconds=ris_timeout_seconds,
+        **settings,
     )
     config = load_settings(
         {
@@ -498,7 +506,8 @@ async def test_each_oru_arrives_once_whatever_the_acknowledgements(
 ) -> None:
     async with (
         DemoRis(default=answer, unsolicited=unsolicited) as ris,
-        running_hl7(nc, ris, ack_mode=mode),
+        # Time enough for a loaded machine: a timeout would rightly send the message again.
+        running_hl7(nc, ris, ris_timeout_seconds=10.0, ack_mode=mode),
     ):
         sent = []
         readies = []

@@ -129,7 +129,7 @@ def test_ack_must_answer_this_message() -> None:
 @pytest.mark.parametrize(("mode", "code"), [("original", "CA"), ("enhanced", "AA")])
 async def test_a_commit_then_an_application_ack_is_one_answer(mode: str, code: str) -> None:
     async with DemoRis(default="CA+AA") as ris:
-        client = MllpClient("127.0.0.1", ris.port, timeout=1.0, mode=mode)  # type: ignore[arg-type]
+        client = MllpClient("127.0.0.1", ris.port, timeout=5.0, mode=mode)  # type: ignore[arg-type]
         try:
             answers = []
             for attempt in (1, 2, 3):
@@ -145,7 +145,7 @@ async def test_a_commit_then_an_application_ack_is_one_answer(mode: str, code: s
 
 async def test_a_ris_answering_twice_gets_each_message_once() -> None:
     async with DemoRis(default="AA+AA") as ris:
-        client = MllpClient("127.0.0.1", ris.port, timeout=1.0)
+        client = MllpClient("127.0.0.1", ris.port, timeout=5.0)
         try:
             for attempt in (1, 2, 3):
                 text, cid = message(attempt)
@@ -158,7 +158,7 @@ async def test_a_ris_answering_twice_gets_each_message_once() -> None:
 
 async def test_an_unsolicited_ack_is_set_aside() -> None:
     async with DemoRis(unsolicited=True) as ris:
-        client = MllpClient("127.0.0.1", ris.port, timeout=1.0)
+        client = MllpClient("127.0.0.1", ris.port, timeout=5.0)
         try:
             text, cid = message()
             ack = await client.send(text, cid)
@@ -170,7 +170,7 @@ async def test_an_unsolicited_ack_is_set_aside() -> None:
 
 async def test_a_commit_alone_is_delivered_after_the_wait_in_enhanced_mode() -> None:
     async with DemoRis(default="CA") as ris:
-        client = MllpClient("127.0.0.1", ris.port, timeout=0.5, mode="enhanced")
+        client = MllpClient("127.0.0.1", ris.port, timeout=2.0, mode="enhanced")
         try:
             text, cid = message()
             ack = await client.send(text, cid)
@@ -197,7 +197,7 @@ async def test_an_application_ack_asking_for_a_commit_gets_one() -> None:
 
     server = await start_hl7_server(serve, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    client = MllpClient("127.0.0.1", port, timeout=2.0, mode="enhanced")
+    client = MllpClient("127.0.0.1", port, timeout=5.0, mode="enhanced")
     try:
         text, cid = message()
         assert (await client.send(text, cid)).code == "AA"
