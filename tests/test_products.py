@@ -144,3 +144,24 @@ async def test_the_gateway_does_not_start_with_a_command_it_cannot_serve(
     with pytest.raises(ConfigError, match="INFERENCE_COMMANDS: pacsor cannot serve"):
         async with running_gateway(settings):
             pass
+
+
+@pytest.mark.parametrize(
+    ("commands", "detection", "measure"),
+    [
+        ("", "smarturgences", "smartxpert"),
+        ("detection,measures", "detection", "measures"),  # SmartTrauma
+        ("trauma", "trauma", None),  # TechCare Trauma: no measures
+        ("smartchest", "smartchest", None),
+        ("smartxpert", None, "smartxpert"),
+    ],
+)
+def test_unset_the_findings_are_those_of_the_first_core_products(
+    commands: str, detection: str | None, measure: str | None
+) -> None:
+    env = {"TOKEN": "t", "HL7_RIS_IP": "127.0.0.1"}
+    settings = load_settings({**env, "INFERENCE_COMMANDS": commands} if commands else env, None)
+    hl7 = settings.hl7
+    assert (hl7.detection_command if hl7.include_detections else None) == detection
+    assert (hl7.measure_command if hl7.include_measures else None) == measure
+    hl7_sender.check(settings)  # consistent: starts

@@ -7,7 +7,7 @@ names the variable.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Literal
+from typing import Literal, get_args
 
 import msgspec
 from msgspec import field
@@ -106,9 +106,36 @@ class Hl7Settings(msgspec.Struct, frozen=True, kw_only=True):
 VARIABLE_NAMES = frozenset(variables_of(Hl7Settings))
 
 
+# The first core's commands when INFERENCE_COMMANDS is not set (pacsor.config.settings).
+_FIRST_CORE_COMMANDS = "smarturgences,smartxpert"
+
+
+def _product_defaults(env: Mapping[str, str]) -> dict[str, str]:
+    """Unset, the detection and measure commands are those the first core runs, so that a
+    site running SmartTrauma or SmartChest gets its own findings; a kind of findings the
+    first core does not produce is left out unless asked for."""
+    commands = [
+        c.strip()
+        for c in (env.get("INFERENCE_COMMANDS", "").strip() or _FIRST_CORE_COMMANDS).split(",")
+    ]
+    defaults: dict[str, str] = {}
+    for variable, include, kind in (
+        ("DETECTION_INFERENCE_COMMAND", "INCLUDE_DETECTIONS_FINDINGS", DetectionCommand),
+        ("MEASURE_INFERENCE_COMMAND", "INCLUDE_MEASURES_FINDINGS", MeasureCommand),
+    ):
+        if env.get(variable, "").strip():
+            continue
+        run = [c for c in commands if c in get_args(kind)]
+        if run:
+            defaults[variable] = run[0]
+        elif not env.get(include, "").strip():
+            defaults[include] = "false"
+    return defaults
+
+
 def load_hl7_settings(env: Mapping[str, str]) -> Hl7Settings:
     try:
-        settings = read_struct(env, Hl7Settings)
+        settings = read_struct({**env, **_product_defaults(env)}, Hl7Settings)
     except ConfigError as err:
         raise Hl7ConfigError(str(err)) from None
     if settings.enable and not settings.ris_ip:
