@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
@@ -13,7 +14,7 @@ from hl7.mllp import HL7StreamReader, HL7StreamWriter, start_hl7_server
 from pacsor.config.hl7 import Hl7Settings
 from pacsor.devtools.demo_ris import DemoRis
 from pacsor.hl7.findings import StudyFindings
-from pacsor.hl7.mllp import MllpClient, MllpError, parse_ack
+from pacsor.hl7.mllp import MAX_SET_ASIDE, MllpClient, MllpError, parse_ack
 from pacsor.hl7.oru import StudyHeader, build_oru, control_id
 from tests.nats_server import free_port
 
@@ -209,3 +210,25 @@ async def test_an_application_ack_asking_for_a_commit_gets_one() -> None:
         await server.wait_closed()
     msa = hl7.parse(reply.decode()).segment("MSA")
     assert (str(msa(1)), str(msa(2))) == ("CA", "RIS-A1")
+
+
+async def test_a_flood_of_acks_of_other_messages_ends_the_try() -> None:
+    async def serve(reader: HL7StreamReader, writer: HL7StreamWriter) -> None:
+        await reader.readblock()
+        for n in range(MAX_SET_ASIDE + 5):
+            ack = f"MSH|^~\\&|RIS|H|A|B|20260101||ACK^R01^ACK|F{n}|P|2.5.1\rMSA|AA|OTHER-{n}"
+            writer.writeblock(ack.encode())
+        await writer.drain()
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            await reader.readblock()  # until pacsor hangs up
+
+    server = await start_hl7_server(serve, "127.0.0.1", 0)
+    client = MllpClient("127.0.0.1", server.sockets[0].getsockname()[1], timeout=5.0)
+    try:
+        text, cid = message()
+        with pytest.raises(MllpError, match="acknowledgements of other messages"):
+            await client.send(text, cid)
+    finally:
+        await client.aclose()
+        server.close()
+        await server.wait_closed()

@@ -35,6 +35,10 @@ from pacsor.errors import TransientError
 
 log = logging.getLogger("pacsor.hl7.mllp")
 
+# ACKs of other messages set aside while waiting for one message's answer: past this, the
+# peer is not answering this message (and is filling the log), so the try ends.
+MAX_SET_ASIDE = 32
+
 __all__ = ["Ack", "MllpClient", "MllpError", "parse_ack", "read_ack"]
 
 
@@ -123,6 +127,7 @@ class MllpClient:
 
     async def _send_once(self, message: str, control_id: str) -> Ack:
         commit: Ack | None = None
+        set_aside = 0
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:
@@ -134,6 +139,12 @@ class MllpClient:
                     ack, parsed = _read(await reader.readblock())
                     step = on_ack(self.mode, control_id, commit, ack)
                     if isinstance(step, Discard):
+                        set_aside += 1
+                        if set_aside > MAX_SET_ASIDE:
+                            raise MllpError(
+                                f"{self}: more than {MAX_SET_ASIDE} acknowledgements of other "
+                                "messages while waiting for this one"
+                            )
                         # Read and set aside: answering or re-sending would duplicate.
                         log.warning(
                             "acknowledgement set aside",
