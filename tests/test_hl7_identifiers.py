@@ -17,7 +17,7 @@ from pacsor.hl7.oru import StudyHeader, build_oru, control_id, filler_order_numb
 from pacsor.hl7.study_header import read_study_header
 from tests.dicom_factory import make_image, new_uid, to_bytes
 from tests.hl7_parsers import assert_parsers_agree, node_read, strict
-from tests.test_hl7_message import HOSTILE, REPORT, header, simulated_findings
+from tests.unit.test_hl7_message import HOSTILE, REPORT, header, simulated_findings
 
 WHEN = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
 SITE = Hl7Settings(receiving_application="RIS", receiving_facility="HOSP")
