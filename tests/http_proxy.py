@@ -32,12 +32,17 @@ class StrictProxy:
         self.seen: list[Seen] = []
         self.url = ""
         self._server: asyncio.Server | None = None
+        self._connections: set[asyncio.Task[None]] = set()
 
     @property
     def refused(self) -> list[Seen]:
         return [s for s in self.seen if s.status == 411]
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        task.add_done_callback(self._connections.discard)
         try:
             head = await reader.readuntil(b"\r\n\r\n")
             if len(head) > _MAX_HEAD:
@@ -109,6 +114,10 @@ class StrictProxy:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+        # Connections a client kept open end with the proxy, not at garbage collection.
+        for task in list(self._connections):
+            task.cancel()
+        await asyncio.gather(*self._connections, return_exceptions=True)
 
 
 async def _drain_chunked(reader: asyncio.StreamReader) -> None:
