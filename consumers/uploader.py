@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from functools import partial
@@ -41,6 +42,7 @@ from functools import partial
 import msgspec
 
 from pacsor.ai.milvue_api import ApiError, MilvueApi
+from pacsor.ai.multipart import SizedPart
 from pacsor.config import ConfigError, Settings, require_api_tokens
 from pacsor.dicom.header import HeaderError, read_header, tag_values
 from pacsor.domain import events as ev
@@ -75,6 +77,8 @@ from pacsor.jetstream.subjects import (
     upload_consumer,
 )
 from pacsor.process.runtime import Component, FanOut, Runtime, Started, Step, Target, run_steps
+
+log = logging.getLogger("pacsor.uploader")
 
 # Skips are recorded in parts of at most this many instances (an event stays small).
 SKIPS_PER_EVENT = 500
@@ -236,6 +240,17 @@ async def upload_study(
         skip_parts=skip_parts,
         api_message=api_message or state.api_message,
     )
+    if sent:  # a long upload says how far it is, with its totals (the event names the batch)
+        batches = max(state.batch, -(-len(state.refs) // settings.batch_size))
+        log.info(
+            "upload progress",
+            extra={
+                "study": study,
+                "core": core,
+                "batch": f"{state.batch}/{batches}",
+                "instances": f"{state.uploaded}/{len(state.refs)}",
+            },
+        )
     if not finished:
         return Continue(tuple(checkpoint), state)
     return Emit((*checkpoint, _outcome(event, core, state, settings.signed_url)))
@@ -362,7 +377,10 @@ async def _send_stow(
     batch: list[_Pending],
     limiter: RateLimiter | None,
 ) -> str:
-    parts = [_instance_body(instances, p.instance, limiter) for p in batch]
+    # Sizes from the events: the request's Content-Length is known before it goes.
+    parts = [
+        SizedPart(_instance_body(instances, p.instance, limiter), p.instance.size) for p in batch
+    ]
     return (await api.upload_study(study, parts)).message
 
 
@@ -383,7 +401,9 @@ async def _send_signed(
     Returns the instances PUT, and the first failure, if any. After a failure no PUT starts,
     and those in flight finish: a PUT cut off might have reached the API all the same.
     """
-    urls = await api.upload_without_pixels(study, [partial(_one, p.without_pixels) for p in batch])
+    urls = await api.upload_without_pixels(
+        study, [SizedPart(partial(_one, p.without_pixels), len(p.without_pixels)) for p in batch]
+    )
     missing = [
         p.instance.sop_instance_uid for p in batch if p.instance.sop_instance_uid not in urls
     ]

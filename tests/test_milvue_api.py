@@ -273,8 +273,11 @@ async def test_get_findings(api: MilvueApi) -> None:
     assert findings["instances"][0]["bounding_boxes"]
     measures = json.loads(await api.get_findings(study, "smartxpert"))["instances"][0]["measures"]
     assert {m["type"] for m in measures} == {"angle", "length"}
-    with pytest.raises(ValueError, match="smarturgences and smartxpert"):
-        await api.get_findings(study, "detection")
+    # Every detection and measure product has its findings, as smarturgences and smartxpert
+    # do; a command pacsor does not know has none.
+    assert json.loads(await api.get_findings(study, "detection"))["findings"]
+    with pytest.raises(ValueError, match="not 'smartfoo'"):
+        await api.get_findings(study, "smartfoo")
 
 
 async def test_not_ready_after_done_then_ready() -> None:
@@ -355,7 +358,8 @@ async def test_connection_refused_is_a_retryable_transport_error() -> None:
                 _ = await results_of(api.iter_results("1.2.3", "smarturgences"))
     for error in (refused.value, refused_results.value):
         assert error.status is None and error.retryable
-        assert str(error).startswith("transport error from GET /v3/studies/1.2.3")
+        # No answer: the message names the peer, the whole URL.
+        assert str(error).startswith(f"transport error from GET {url}/v3/studies/1.2.3")
         assert "ConnectError" in error.message
         assert not error.answer_lost  # never sent: the API cannot have acted on it
 
