@@ -202,9 +202,7 @@ def test_boundary_from_content_type_explains_what_is_wrong(ct: str, message: str
 # --- client against the simulator ------------------------------------------------------------
 
 
-async def test_upload_is_streamed_and_recorded(
-    api: MilvueApi, simulator: Simulator
-) -> None:
+async def test_upload_is_streamed_and_recorded(api: MilvueApi, simulator: Simulator) -> None:
     study = new_uid()
     files = study_files(study, 3)
     produced: list[int] = []

@@ -127,9 +127,7 @@ def test_upload_then_status_running_twice_then_done(
     assert (snapshot.uploads, snapshot.status_polls) == (1, 3)
 
 
-def test_uploaded_instances_are_files_on_disk(
-    client: httpx.Client, simulator: Simulator
-) -> None:
+def test_uploaded_instances_are_files_on_disk(client: httpx.Client, simulator: Simulator) -> None:
     study = new_uid()
     data = to_bytes(make_image(study))
     assert upload(client, [data]).status_code == 200

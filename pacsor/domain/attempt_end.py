@@ -51,7 +51,7 @@ def attempt_end(
         if ready is None:
             ended = False
             continue
-        if ready.results:
+        if ready.result_count:
             answered = {
                 e.destination: isinstance(e, ev.DispatchFailed)
                 for e in of_core

@@ -356,7 +356,7 @@ def test_study_core_and_destination_never_disagree_and_send_again_delivers() -> 
     assert archive.resending and view.state == "failed"
     fold(
         numbered(
-            [ev.Dispatched(**key, destination=ARCHIVE, replay_id="r", sop_instance_uids=("1",))],
+            [ev.Dispatched(**key, destination=ARCHIVE, replay_id="r", object_count=1)],
             start=101,
         ),
         {STUDY: view},
