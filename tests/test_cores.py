@@ -19,6 +19,7 @@ from pacsor.jetstream.subjects import EVENTS_STREAM, HL7_DURABLE
 from tests.harness import (
     TOKEN,
     ReceivingPacs,
+    dispatched_uids,
     gateway_settings,
     images,
     running_gateway,
@@ -102,7 +103,7 @@ async def test_each_core_delivers_only_to_its_own_destinations_and_one_oru_per_s
     for study, history in records.items():
         events = [r.event for r in history]
         dispatched = {
-            (e.core, e.destination): set(e.sop_instance_uids)
+            (e.core, e.destination): set(await dispatched_uids(nc, e))
             for e in events
             if isinstance(e, ev.Dispatched)
         }
@@ -122,7 +123,7 @@ async def test_each_core_delivers_only_to_its_own_destinations_and_one_oru_per_s
             {sop for sop in (r.sop_instance_uid for r in e.results)}
             for history in records.values()
             for e in (r.event for r in history)
-            if isinstance(e, ev.ResultReady) and e.core == "default"
+            if isinstance(e, ev.ResultObjectsListed) and e.core == "default"
         )
     )
     precert_sops = set().union(
@@ -130,7 +131,7 @@ async def test_each_core_delivers_only_to_its_own_destinations_and_one_oru_per_s
             {r.sop_instance_uid for r in e.results}
             for history in records.values()
             for e in (r.event for r in history)
-            if isinstance(e, ev.ResultReady) and e.core == "precert"
+            if isinstance(e, ev.ResultObjectsListed) and e.core == "precert"
         )
     )
     assert len(default_sops) == 8 and len(precert_sops) == 4 and not default_sops & precert_sops

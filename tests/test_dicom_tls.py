@@ -21,6 +21,7 @@ from pacsor.domain import events as ev
 from pacsor.errors import ConfigError
 from tests.harness import (
     TOKEN,
+    dispatched_uids,
     of_type,
     pacsor_cli,
     running_gateway,
@@ -157,7 +158,7 @@ async def test_results_are_stored_over_tls(
     assert isinstance(done, ev.Dispatched)
     assert done.destination == f"TLSPACS@127.0.0.1:{tls_pacs.port}"
     stored = {str(dcmread(f).SOPInstanceUID) for f in tls_pacs.folder.iterdir()}
-    assert stored == set(done.sop_instance_uids) and len(stored) == 4
+    assert stored == set(await dispatched_uids(nc, done)) and len(stored) == 4
 
 
 async def test_a_pacs_certified_by_another_ca_is_refused_with_the_reason(
