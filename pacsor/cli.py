@@ -18,6 +18,13 @@ from pacsor.components import BY_NAME
 from pacsor.config import ConfigError, CoreSettings, Settings, load_settings, read_dotenv
 from pacsor.domain.event_text import describe
 from pacsor.gateway import components_of_up, run_gateway
+from pacsor.jetstream.broker import (
+    NatsAccess,
+    credentials_folder,
+    embedded_folder,
+    nats_access,
+)
+from pacsor.jetstream.nats_auth import READER_USER, password_file
 
 log = logging.getLogger("pacsor")
 
@@ -163,10 +170,14 @@ def _up(settings: Settings, demo: bool) -> int:
 
         def announce(ready: dict[str, Any]) -> None:
             port = ready.get("dicom_port", settings.port)
+            reader_password = password_file(
+                credentials_folder(embedded_folder(settings)), READER_USER
+            )
             print(
                 f"\npacsor is up (demo): DICOM AE {settings.milvue_aet} on port {port}, "
                 f"AI simulator at {settings.api_url}, results to the demo PACS in ./demo-pacs\n"
-                f"NATS at {ready['nats_url']}: try `nats stream view PACSOR`\n"
+                f"NATS at {ready['nats_url']}: try `nats stream view PACSOR` as its reader,\n"
+                f"    --user reader --password \"$(cat {reader_password})\"\n"
                 "A sample study is on its way; send more from another terminal with\n"
                 "    .venv/bin/pacsor send --sample 3\n"
                 f"or  storescu -aec {settings.milvue_aet} 127.0.0.1 {port} FILE.dcm\n"
@@ -175,7 +186,7 @@ def _up(settings: Settings, demo: bool) -> int:
                 flush=True,
             )
             loop = asyncio.get_running_loop()
-            background.append(loop.create_task(_print_events(ready["nats_url"])))
+            background.append(loop.create_task(_print_events(nats_access(settings))))
             background.append(
                 loop.run_in_executor(None, _send_sample_study, port, settings.milvue_aet)
             )
@@ -196,13 +207,13 @@ def _demo_defaults(settings: Settings) -> dict[str, str]:
     return {name: value for name, value in demo.items() if not chosen.get(name)}
 
 
-async def _print_events(nats_url: str) -> None:
+async def _print_events(access: NatsAccess) -> None:
     """Print every new event as it is published: the demo's progress."""
     from pacsor.domain import events as ev
     from pacsor.jetstream.broker import connect
     from pacsor.jetstream.subjects import ALL_EVENTS
 
-    nc = await connect(nats_url, "pacsor demo")
+    nc = await connect(access, "pacsor demo")
     sub = await nc.subscribe(ALL_EVENTS)
     try:
         async for msg in sub.messages:
@@ -293,11 +304,11 @@ async def _events(settings: Settings, study: str | None) -> int:
     if study is not None and not is_valid_uid(study):
         raise ConfigError(f"--study: not a DICOM UID: {study!r}")
     # Without NATS_URL, read the embedded server that `pacsor up` starts.
-    url = settings.nats_servers or f"nats://127.0.0.1:{settings.embedded_nats_port}"
+    access = nats_access(settings)
     try:
-        nc = await connect(url, "pacsor events")
+        nc = await asyncio.wait_for(connect(access, "pacsor events"), 10)
     except Exception as err:
-        raise ConfigError(f"NATS_URL: cannot connect to {url}: {err}") from None
+        raise ConfigError(f"NATS_URL: cannot connect to {access}: {err}") from None
     try:
         recorded = await EventLog(nc.jetstream()).read(
             study_subjects(study) if study else ALL_EVENTS
@@ -319,11 +330,11 @@ async def _relaunch(settings: Settings, study: str, cores: str, by: str) -> int:
     from pacsor.jetstream.eventlog import EventLog
     from pacsor.jetstream.subjects import INSTANCES_BUCKET
 
-    url = settings.nats_servers or f"nats://127.0.0.1:{settings.embedded_nats_port}"
+    access = nats_access(settings)
     try:
-        nc = await asyncio.wait_for(connect(url, "pacsor relaunch"), 10)
+        nc = await asyncio.wait_for(connect(access, "pacsor relaunch"), 10)
     except Exception as err:
-        raise ConfigError(f"NATS_URL: cannot connect to {url}: {err}") from None
+        raise ConfigError(f"NATS_URL: cannot connect to {access}: {err}") from None
     who = by or f"{getpass.getuser()}@{socket.gethostname()} (pacsor relaunch)"
     try:
         js = nc.jetstream()

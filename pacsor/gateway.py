@@ -19,7 +19,16 @@ from nats.aio.client import Client
 from pacsor.components import BY_NAME
 from pacsor.config import ConfigError, Settings
 from pacsor.jetstream.blobs import BlobStore
-from pacsor.jetstream.broker import BrokerError, EmbeddedNats, apply_streams, connect
+from pacsor.jetstream.broker import (
+    BrokerError,
+    CredentialsRefused,
+    EmbeddedNats,
+    NatsAccess,
+    apply_streams,
+    connect,
+    embedded_folder,
+    nats_access,
+)
 from pacsor.jetstream.eventlog import EventLog
 from pacsor.jetstream.holds import Holds
 from pacsor.jetstream.quiet_timers import QuietTimers
@@ -35,7 +44,7 @@ def components_of_up(settings: Settings) -> tuple[str, ...]:
 
 
 async def _connect_with_patience(
-    url: str, name: str, stop: asyncio.Event, patience: float = 60.0
+    access: NatsAccess, name: str, stop: asyncio.Event, patience: float = 60.0
 ) -> Client | None:
     """Connect, waiting up to `patience` seconds for the server; None when stopped first."""
     loop = asyncio.get_running_loop()
@@ -43,12 +52,16 @@ async def _connect_with_patience(
     while not stop.is_set():
         try:
             # nats-py retries the first connection forever when reconnects are unlimited.
-            return await asyncio.wait_for(connect(url, name), 5.0)
+            return await asyncio.wait_for(connect(access, name), 5.0)
+        except CredentialsRefused as err:
+            raise ConfigError(
+                f"NATS_PASSWORD: {err}; set NATS_USER and NATS_PASSWORD (or NATS_PASSWORD_FILE)"
+            ) from None
         except Exception as err:
             if loop.time() > deadline:
                 reason = str(err) or type(err).__name__
-                raise ConfigError(f"NATS_URL: cannot connect to {url}: {reason}") from None
-            log.warning("waiting for NATS", extra={"url": url, "error": repr(err)})
+                raise ConfigError(f"NATS_URL: cannot connect to {access}: {reason}") from None
+            log.warning("waiting for NATS", extra={"url": str(access), "error": repr(err)})
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 1.0)
     return None
@@ -77,19 +90,31 @@ async def run_gateway(
         chosen.append(BY_NAME[name])
         chosen[-1].check(settings)
     embedded: EmbeddedNats | None = None
-    url = settings.nats_servers
-    if not url:
-        embedded = EmbeddedNats(settings.data_dir / "nats", settings.embedded_nats_port)
+    access = nats_access(settings)
+    if not settings.nats_servers:
+        embedded = EmbeddedNats(
+            embedded_folder(settings),
+            settings.embedded_nats_port,
+            store_key=settings.nats_store_key,
+        )
         try:
             embedded.start()
-        except BrokerError as err:
-            raise ConfigError(str(err)) from None
-        url = embedded.url
+        except (BrokerError, OSError, ValueError) as err:
+            raise ConfigError(f"EMBEDDED_NATS_PORT: {err}") from None
+        access = embedded.access
         log.info(
-            "embedded nats-server started", extra={"url": url, "store": str(embedded.store_dir)}
+            "embedded nats-server started",
+            extra={
+                "url": embedded.url,
+                "store": str(embedded.store_dir),
+                "encrypted": bool(settings.nats_store_key),
+            },
         )
+    elif settings.nats_store_key:
+        log.warning("NATS_STORE_KEY is for the embedded server; NATS_URL's server keeps its own")
+    url = str(access)
     try:
-        nc = await _connect_with_patience(url, f"pacsor {','.join(components)}", stop)
+        nc = await _connect_with_patience(access, f"pacsor {','.join(components)}", stop)
         if nc is None:
             return
         try:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pacsor.config import ConfigError, load_settings, read_dotenv
+from pacsor.config.variables import mask_urls
 
 PRODUCTS: dict[str, tuple[str, ...]] = {
     "Milvue Suite": ("smarturgences", "smartxpert"),
@@ -38,7 +39,7 @@ ENVIRONMENTS: dict[str, str] = {
 }
 OTHER_URL = "Another URL (type it)"
 ENV_DIR = "env-files"
-SECRET = re.compile(r"TOKEN|PASSWORD|SECRET")
+SECRET = re.compile(r"TOKEN|PASSWORD|SECRET|STORE_KEY")
 
 Validator = Callable[[str], str | None]  # None: the answer is fine; else what is wrong
 
@@ -328,7 +329,7 @@ def run_setup(project: Path, given: Mapping[str, str | None], interactive: bool)
 def masked(name: str, value: str) -> str:
     if SECRET.search(name) and value:
         return "*" * 8
-    return value
+    return mask_urls(value)
 
 
 def show(project: Path) -> list[str]:
