@@ -95,6 +95,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     setup.add_argument("--show", action="store_true", help="print the current configuration")
     setup.add_argument("--project-dir", type=Path, default=Path("."), help="where .env lives")
+    setup.add_argument(
+        "--encrypt-nats-store",
+        action="store_true",
+        help="a new site: nats-server encrypts its store, with a key written beside its passwords",
+    )
     from pacsor.setup_wizard import QUESTIONS
 
     for question in QUESTIONS:
@@ -105,7 +110,20 @@ def main(argv: list[str] | None = None) -> int:
         else:
             setup.add_argument(question.option, metavar="VALUE", help=question.message)
 
+    credentials = commands.add_parser(
+        "nats-credentials",
+        help="make the NATS credentials of a compose deployment (`pacsor setup` does it per site)",
+    )
+    credentials.add_argument(
+        "folder", type=Path, nargs="?", default=Path("env-files/nats"), help="where to write them"
+    )
+    credentials.add_argument(
+        "--encrypt-nats-store", action="store_true", help="nats-server encrypts its store"
+    )
+
     args = parser.parse_args(argv)
+    if args.command == "nats-credentials":
+        return _nats_credentials(args.folder, args.encrypt_nats_store)
     if args.command == "setup":  # before the settings: setup is how they come to exist
         try:
             return _setup(args)
@@ -420,6 +438,18 @@ async def _check_cores(settings: Settings) -> list[tuple[CoreSettings, str | Non
         return [(core, problem) for (core, _), problem in zip(inference, problems, strict=True)]
 
 
+def _nats_credentials(folder: Path, encrypt_store: bool) -> int:
+    from pacsor.jetstream.nats_auth import ensure_deployment_secrets
+
+    try:
+        ensure_deployment_secrets(folder, encrypt_store)
+    except (OSError, ValueError) as err:
+        print(f"pacsor: {folder}: {err}", file=sys.stderr)
+        return 2
+    print(f"NATS credentials in {folder} (existing ones kept)")
+    return 0
+
+
 def _setup(args: argparse.Namespace) -> int:
     from pacsor.setup_wizard import options_of, run_setup, show
 
@@ -428,7 +458,9 @@ def _setup(args: argparse.Namespace) -> int:
         return 0
     interactive = sys.stdin.isatty() and sys.stdout.isatty()
     try:
-        written = run_setup(args.project_dir, options_of(args), interactive)
+        written = run_setup(
+            args.project_dir, options_of(args), interactive, args.encrypt_nats_store
+        )
     except KeyboardInterrupt:
         print("pacsor: setup stopped; nothing written", file=sys.stderr)
         return 130

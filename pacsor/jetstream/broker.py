@@ -12,10 +12,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 import nats
 from nats.aio.client import Client
@@ -65,8 +65,8 @@ def _port_open(host: str, port: int) -> bool:
 
 @dataclass(frozen=True)
 class NatsAccess:
-    """Where NATS is and who pacsor is to it: servers (never with credentials), user and
-    password, TLS."""
+    """Where NATS is and who pacsor is to it: servers (whose URLs may carry user:password@),
+    user and password, TLS."""
 
     servers: str
     user: str = ""
@@ -75,22 +75,12 @@ class NatsAccess:
     tls_cert: str = ""
     tls_key: str = ""
 
-    @classmethod
-    def of(cls, urls: str, user: str = "", password: str = "", **tls: str) -> NatsAccess:
-        """From comma-separated URLs, whose `user:password@` (if any) moves to the fields."""
-        servers = []
-        for url in urls.split(","):
-            parts = urlsplit(url.strip())
-            if parts.username and not user:
-                user, password = unquote(parts.username), unquote(parts.password or "")
-            servers.append(parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl())
-        return cls(",".join(servers), user, password, **tls)
-
     def __str__(self) -> str:
-        return self.servers
-
-    def as_user(self, user: str, password: str) -> NatsAccess:
-        return replace(self, user=user, password=password)
+        """The servers, without any user:password@ of theirs: for messages and logs."""
+        return ",".join(
+            urlsplit(url)._replace(netloc=urlsplit(url).netloc.rpartition("@")[2]).geturl()
+            for url in self.servers.split(",")
+        )
 
     def tls_context(self) -> ssl.SSLContext | None:
         if not (self.tls_ca or self.tls_cert):
@@ -142,9 +132,7 @@ def nats_access(settings: NatsSettings) -> NatsAccess:
         "tls_key": settings.nats_tls_key,
     }
     if settings.nats_servers:
-        return NatsAccess.of(
-            settings.nats_servers, settings.nats_user, settings.nats_password, **tls
-        )
+        return NatsAccess(settings.nats_servers, settings.nats_user, settings.nats_password, **tls)
     return embedded_access(embedded_folder(settings), settings.embedded_nats_port, **tls)
 
 
@@ -242,7 +230,7 @@ class EmbeddedNats:
 async def connect(access: NatsAccess | str, name: str) -> Client:
     """Connect, retrying until the server answers; reconnect forever afterwards."""
     if isinstance(access, str):
-        access = NatsAccess.of(access)
+        access = NatsAccess(access)
     shown = str(access)  # never the password
 
     client: list[Client] = []

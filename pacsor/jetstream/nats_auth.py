@@ -36,6 +36,9 @@ from pacsor.jetstream.subjects import (
 PIPELINE_USER = "pacsor"
 READER_USER = "reader"
 PROVIDER_USER = "report-provider"
+# A deployment's secrets folder (compose mounts each file as a Docker secret).
+PASSWORDS_CONF = "nats-passwords.conf"
+STORE_CONF = "nats-store.conf"
 
 
 @dataclass(frozen=True)
@@ -91,10 +94,26 @@ def authorization_conf(passwords: dict[str, str] | None = None) -> str:
         password = (
             json.dumps(passwords[role.user]) if passwords else f"${role.password_variable}"
         )
-        lines.append(f"    {{user: {json.dumps(role.user)}, password: {password},")
-        lines.append(f"     permissions: {json.dumps(role.permissions())}}}")
+        lines.append(f"    {{user: {json.dumps(role.user)}, password: {password}, permissions: {{")
+        for direction, rules in role.permissions().items():
+            lines.append(f"      {direction}: {{")
+            for rule, subjects in rules.items():
+                lines.append(f"        {rule}: {json.dumps(subjects)}")
+            lines.append("      }")
+        lines.append("    }}")
     lines += ["  ]", "}"]
     return "\n".join(lines) + "\n"
+
+
+def deployment_authorization_conf() -> str:
+    """deploy/nats/authorization.conf: the roles, their passwords read from the secrets."""
+    return (
+        "# Who may do what on this nats-server: one user per role. Written from\n"
+        "# pacsor.jetstream.nats_auth (a test keeps the two in step). The passwords are variables\n"
+        f"# of secrets/{PASSWORDS_CONF}, which `pacsor setup` (or `pacsor nats-credentials`)\n"
+        "# writes per site and compose mounts as a Docker secret: never in the repository.\n"
+        f"include ./secrets/{PASSWORDS_CONF}\n" + authorization_conf()
+    )
 
 
 def password_variables(passwords: dict[str, str]) -> str:
@@ -139,3 +158,31 @@ def ensure_passwords(folder: Path, file_mode: int = 0o600) -> dict[str, str]:
 
 def new_store_key() -> str:
     return secrets.token_urlsafe(32)
+
+
+def ensure_deployment_secrets(folder: Path, encrypt_store: bool = False) -> dict[str, str]:
+    """The secrets of a nats-server run by compose, in `folder`, made where missing: a password
+    file per role, the server's variables holding them (PASSWORDS_CONF) and its store
+    encryption (STORE_CONF: a new key when `encrypt_store`, else empty).
+
+    The files are readable by the containers' users (0644); `folder` itself is 0700, so on
+    the host only its owner reaches them. An existing STORE_CONF is never changed: a store
+    written with a key cannot be read without it.
+    """
+    passwords = ensure_passwords(folder, file_mode=0o644)
+    os.chmod(folder, 0o700)
+    _write(folder / PASSWORDS_CONF, password_variables(passwords))
+    store = folder / STORE_CONF
+    if not store.exists():
+        _write(store, store_key_conf(new_store_key() if encrypt_store else ""))
+    return passwords
+
+
+def _write(path: Path, text: str) -> None:
+    partial = path.with_name(path.name + ".partial")
+    partial.unlink(missing_ok=True)
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    with os.fdopen(fd, "w") as file:
+        file.write(text)
+    os.chmod(partial, 0o644)
+    partial.replace(path)
