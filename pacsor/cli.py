@@ -195,7 +195,7 @@ def _up(settings: Settings, demo: bool) -> int:
                 f"\npacsor is up (demo): DICOM AE {settings.milvue_aet} on port {port}, "
                 f"AI simulator at {settings.api_url}, results to the demo PACS in ./demo-pacs\n"
                 f"NATS at {ready['nats_url']}: try `nats stream view PACSOR` as its reader,\n"
-                f"    --user reader --password \"$(cat {reader_password})\"\n"
+                f'    --user reader --password "$(cat {reader_password})"\n'
                 "A sample study is on its way; send more from another terminal with\n"
                 "    .venv/bin/pacsor send --sample 3\n"
                 f"or  storescu -aec {settings.milvue_aet} 127.0.0.1 {port} FILE.dcm\n"

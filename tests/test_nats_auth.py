@@ -87,7 +87,7 @@ async def test_a_client_without_credentials_is_refused(nats_server: NatsServer) 
         nats_server.anonymous_url,
         nats_server.url.replace(nats_server.passwords[PIPELINE_USER], "not-the-password"),
     ):
-        with pytest.raises(nats.errors.Error, match="(?i)authorization violation"):
+        with pytest.raises(nats.errors.Error, match=r"(?i)authorization violation"):
             await raw_client(url)
     # pacsor's own client says so at once, instead of retrying for ever.
     with pytest.raises(Exception, match="refused the credentials"):
@@ -191,9 +191,9 @@ async def test_nobody_purges_or_deletes_from_the_event_stream(
             await EventLog(bare_js).publish(received())
             info = await bare_js.stream_info(EVENTS_STREAM)
             assert info.config.deny_purge and info.config.deny_delete
-            with pytest.raises(nats.js.errors.APIError, match="(?i)purge"):
+            with pytest.raises(nats.js.errors.APIError, match=r"(?i)purge"):
                 await bare_js.purge_stream(EVENTS_STREAM)
-            with pytest.raises(nats.js.errors.APIError, match="(?i)delete"):
+            with pytest.raises(nats.js.errors.APIError, match=r"(?i)delete"):
                 await bare_js.delete_msg(EVENTS_STREAM, 1)
             assert (await bare_js.stream_info(EVENTS_STREAM)).state.messages == 1
         finally:
@@ -238,9 +238,7 @@ def test_the_deployment_authorization_is_the_roles_module() -> None:
 
 
 @pytest.mark.parametrize("conf", ["nats-server.conf", "cluster.conf"])
-def test_the_deployment_config_needs_its_secrets_and_takes_them(
-    tmp_path: Path, conf: str
-) -> None:
+def test_the_deployment_config_needs_its_secrets_and_takes_them(tmp_path: Path, conf: str) -> None:
     """nats-server reads the committed files with the secrets `pacsor nats-credentials` makes."""
     etc = tmp_path / "etc"
     etc.mkdir()
@@ -250,8 +248,12 @@ def test_the_deployment_config_needs_its_secrets_and_takes_them(
     missing = subprocess.run(check, capture_output=True, text=True, env={"NATS_SERVER_NAME": "n"})
     assert missing.returncode != 0  # no secrets, no server
     made = subprocess.run(
-        [os.path.join(os.path.dirname(nats_server_binary()), "pacsor"), "nats-credentials"]
-        + [str(etc / "secrets"), "--encrypt-nats-store"],
+        [
+            os.path.join(os.path.dirname(nats_server_binary()), "pacsor"),
+            "nats-credentials",
+            str(etc / "secrets"),
+            "--encrypt-nats-store",
+        ],
         capture_output=True,
         text=True,
     )
@@ -274,12 +276,12 @@ async def test_pacsor_up_makes_its_credentials_once_and_keeps_them(tmp_path: Pat
     )
     async with running_gateway(settings, components=("quiet-timer",)):
         folder = credentials_folder(tmp_path / "data" / "nats")
-        passwords = {user: (folder / f"{user}.password").read_text() for user in ("pacsor", "reader")}
+        passwords = {u: (folder / f"{u}.password").read_text() for u in ("pacsor", "reader")}
         for path in [*folder.iterdir(), tmp_path / "data" / "nats" / "nats-server.conf"]:
             assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
         assert stat.S_IMODE(folder.stat().st_mode) == 0o700
         url = f"nats://127.0.0.1:{port}"
-        with pytest.raises(nats.errors.Error, match="(?i)authorization violation"):
+        with pytest.raises(nats.errors.Error, match=r"(?i)authorization violation"):
             await raw_client(url)
         # Other commands on this machine (`pacsor events`, health, check) find them.
         nc = await connect(nats_access(settings), "pacsor tests")
@@ -366,9 +368,9 @@ async def test_tls_to_nats_with_a_client_certificate(tmp_path: Path) -> None:
 def test_a_half_given_client_certificate_is_one_line(tmp_path: Path) -> None:
     cert = tmp_path / "c.pem"
     cert.write_text("x")
-    with pytest.raises(ConfigError, match="^NATS_TLS_CERT: "):
+    with pytest.raises(ConfigError, match=r"^NATS_TLS_CERT: "):
         load_settings({"NATS_TLS_CERT": str(cert)}, dotenv=None)
-    with pytest.raises(ConfigError, match="^NATS_TLS_CA: no such file"):
+    with pytest.raises(ConfigError, match=r"^NATS_TLS_CA: no such file"):
         load_settings({"NATS_TLS_CA": str(tmp_path / "absent.pem")}, dotenv=None)
 
 

@@ -173,12 +173,12 @@ def test_every_secret_has_a_file_form(tmp_path: Path) -> None:
     assert settings.admin_token == values["ADMIN_TOKEN"]
     assert settings.nats_password == values["NATS_PASSWORD"]
     assert settings.nats_store_key == values["NATS_STORE_KEY"]
-    with pytest.raises(ConfigError, match="^TOKEN_FILE: TOKEN is set too"):
+    with pytest.raises(ConfigError, match=r"^TOKEN_FILE: TOKEN is set too"):
         load_settings({"TOKEN": "x", "TOKEN_FILE": str(tmp_path / "TOKEN")}, dotenv=None)
-    with pytest.raises(ConfigError, match="^ADMIN_TOKEN_FILE: cannot read"):
+    with pytest.raises(ConfigError, match=r"^ADMIN_TOKEN_FILE: cannot read"):
         load_settings({"ADMIN_TOKEN_FILE": str(tmp_path / "absent")}, dotenv=None)
     (tmp_path / "empty").write_text("\n")
-    with pytest.raises(ConfigError, match="^NATS_PASSWORD_FILE: the file .* is empty"):
+    with pytest.raises(ConfigError, match=r"^NATS_PASSWORD_FILE: the file .* is empty"):
         load_settings({"NATS_PASSWORD_FILE": str(tmp_path / "empty")}, dotenv=None)
 
 

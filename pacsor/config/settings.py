@@ -31,8 +31,8 @@ from pacsor.config.variables import (
     InferenceCommand,
     NatsUrl,
     Port,
-    Secret,
     Seconds,
+    Secret,
     TimeZone,
     convert,
     raw_fields,
@@ -247,7 +247,9 @@ _READERS = {"DESTINATIONS": _destinations}
 
 def _check_nats(settings: Settings) -> None:
     if bool(settings.nats_tls_cert) != bool(settings.nats_tls_key):
-        raise ConfigError("NATS_TLS_CERT: a client certificate needs both NATS_TLS_CERT and NATS_TLS_KEY")
+        raise ConfigError(
+            "NATS_TLS_CERT: a client certificate needs both NATS_TLS_CERT and NATS_TLS_KEY"
+        )
     for name in ("nats_tls_ca", "nats_tls_cert", "nats_tls_key"):
         path = getattr(settings, name)
         if path and not Path(path).is_file():

@@ -91,9 +91,7 @@ def authorization_conf(passwords: dict[str, str] | None = None) -> str:
     """
     lines = ["authorization {", "  users = ["]
     for role in ROLES:
-        password = (
-            json.dumps(passwords[role.user]) if passwords else f"${role.password_variable}"
-        )
+        password = json.dumps(passwords[role.user]) if passwords else f"${role.password_variable}"
         lines.append(f"    {{user: {json.dumps(role.user)}, password: {password}, permissions: {{")
         for direction, rules in role.permissions().items():
             lines.append(f"      {direction}: {{")
