@@ -70,7 +70,7 @@ async def pipeline(nats_server: NatsServer) -> AsyncIterator[Client]:
 
 def received(sop: str = "1.2.3.4") -> ev.InstanceReceived:
     return ev.InstanceReceived(
-        study_instance_uid=STUDY,
+        study_uid=STUDY,
         series_instance_uid=STUDY + ".1",
         sop_instance_uid=sop,
         sop_class_uid="1.2.840.10008.5.1.4.1.1.7",
@@ -136,7 +136,7 @@ async def test_the_reader_cannot_publish_purge_delete_or_put(
     try:
         js = reader.jetstream(timeout=2)
         forged = ev.RelaunchRequested(
-            study_instance_uid=STUDY, relaunch_id="forged", requested_by="intruder"
+            study_uid=STUDY, relaunch_id="forged", requested_by="intruder"
         )
         attempts = {
             "publish an event": js.publish(event_subject(forged), msgspec.json.encode(forged)),

@@ -15,12 +15,12 @@ import nats
 import pytest
 from nats.aio.client import Client
 
-from pacsor import logs
 from pacsor.config import ConfigError, load_settings
 from pacsor.config.variables import mask_text, masked
 from pacsor.devtools.simulator import SimulatorSettings, running_simulator
 from pacsor.domain import events as ev
 from pacsor.jetstream.nats_auth import PIPELINE_USER
+from pacsor.process import logs
 from tests.harness import (
     ReceivingPacs,
     gateway_settings,

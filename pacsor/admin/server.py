@@ -19,10 +19,10 @@ from pacsor.admin.hl7_routes import HL7_ROUTES
 from pacsor.admin.metrics import AdminMetrics
 from pacsor.admin.projector import Projector
 from pacsor.admin.read_model import ReadModel
-from pacsor.admin.retention import RetentionSweeper
-from pacsor.config import ConfigError, Settings
+from pacsor.config import Settings
+from pacsor.errors import StartupError
 from pacsor.jetstream.broker_state import broker_state
-from pacsor.runtime import Component, Runtime, Started
+from pacsor.process.runtime import Runtime, Started
 
 log = logging.getLogger("pacsor.admin")
 
@@ -81,13 +81,6 @@ class AdminServer:
             projector=Projector(rt.events, model, metrics),
             metrics=metrics,
         )
-        self.retention = RetentionSweeper(
-            settings,
-            self.admin.projector,
-            self.admin.events,
-            self.admin.instances,
-            rt.results,
-        )
         config = uvicorn.Config(
             create_app(self.admin, [*DASHBOARD, *HL7_ROUTES]),
             log_level="warning",
@@ -105,7 +98,6 @@ class AdminServer:
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self.admin.projector.run(stop))
-                group.create_task(self.retention.run(stop))
                 group.create_task(self._server.serve(sockets=[self._sock]))
                 await stop.wait()
                 self._server.should_exit = True
@@ -127,7 +119,7 @@ def listen(host: str, port: int) -> socket.socket:
         sock.listen(128)
     except OSError as err:
         sock.close()
-        raise ConfigError(
+        raise StartupError(
             f"ADMIN_PORT: cannot listen on {host}:{port}: {err.strerror or err}"
         ) from None
     return sock
@@ -138,7 +130,3 @@ async def run(rt: Runtime, started: Started) -> None:
     started({"admin_url": admin.url})
     await admin.run(rt.stop)
 
-
-COMPONENT = Component(
-    "admin", "the stream -> the operators' read model, HTTP API, metrics and dashboard", run
-)

@@ -21,6 +21,7 @@ import nats
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
+from pacsor.errors import StartupError
 from pacsor.jetstream.nats_auth import (
     PIPELINE_USER,
     authorization_conf,
@@ -38,7 +39,7 @@ STREAM_IN_USE_WITH_OTHER_CONFIG = 10058
 TOO_FEW_SERVERS = {10023, 10074}
 
 
-class BrokerError(RuntimeError):
+class BrokerError(StartupError):
     pass
 
 

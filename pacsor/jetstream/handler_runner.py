@@ -1,17 +1,20 @@
 """Runs a handler as a durable JetStream pull consumer.
 
-A handler is a small async function from one message to an Outcome: events to emit, or "try
-again later". The runner does the JetStream part: it publishes the emitted events (each with
+A handler is a small async function from one message to an Outcome: events to emit, "try
+again later", or "part done" (Continue: checkpoint events to record before the handler is
+called again, within the same delivery, with what it learnt in `Delivery.resume`). A handler
+only returns events; the runner does the JetStream part: it publishes the emitted events (each with
 its idempotency key) *before* acknowledging the message, so a crash anywhere means a
 redelivery and never a lost step; it turns Retry into a NAK with delay, keeps long handlers
 alive with in-progress acks, and logs every error with the study it concerns.
 
-A handler error is retried with the retry policy's backoff. One that is not a lost connection
-to JetStream (which only delays, and after which nothing could be recorded anyway) ends, at
-the RETRY_MAX_ATTEMPTS-th delivery, in a failure event for that study and step (the step's own,
+A handler error is retried with the retry policy's backoff. A PacsorError that is not
+retryable (pacsor.errors) ends at once; one that is not a lost connection to JetStream (which
+only delays, and after which nothing could be recorded anyway) ends at the
+RETRY_MAX_ATTEMPTS-th delivery, in a failure event for that study and step (the step's own,
 from `ConsumerSpec.failed`, else StepFailed with the error) and the message is terminated:
-nothing is retried forever unseen. Each error is logged, counted (pacsor.metrics) and shows in
-the consumer's redelivery count.
+nothing is retried forever unseen. Each error is logged, counted (pacsor.process.counters) and
+shows in the consumer's redelivery count.
 
 Several processes running the same handler share its durable consumer, and so the work.
 """
@@ -24,7 +27,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 import msgspec
 from nats import errors as nats_errors
@@ -36,9 +39,10 @@ from nats.js.errors import NotFoundError, ServiceUnavailableError
 
 from pacsor.domain.events import Event, StepFailed, StepFailure
 from pacsor.domain.retry import RetryPolicy
+from pacsor.errors import PacsorError
 from pacsor.jetstream.eventlog import ConcurrentUpdate, EventLog
 from pacsor.jetstream.liveness import Heartbeat
-from pacsor.metrics import HANDLER_ERRORS, STEPS_FAILED
+from pacsor.process.counters import HANDLER_ERRORS, STEPS_FAILED
 
 log = logging.getLogger("pacsor.runner")
 
@@ -66,13 +70,23 @@ class Emit(msgspec.Struct, frozen=True):
 
 
 class Retry(msgspec.Struct, frozen=True):
-    """Not done yet: redeliver after `delay` seconds."""
+    """Not done yet: publish `events` (the progress made), then redeliver after `delay`."""
 
     delay: float
     reason: str
+    events: tuple[Event, ...] = ()
 
 
-Outcome = Emit | Retry
+class Continue(msgspec.Struct, frozen=True):
+    """Part done: publish these checkpoint events, then call the handler again at once with
+    `resume`. A crash after a checkpoint redelivers the message; the handler then resumes
+    from the checkpoints recorded, with `resume` None."""
+
+    events: tuple[Event, ...]
+    resume: Any = None
+
+
+Outcome = Emit | Retry | Continue
 
 
 class Delivery(msgspec.Struct, frozen=True):
@@ -81,6 +95,8 @@ class Delivery(msgspec.Struct, frozen=True):
     subject: str
     stream_sequence: int
     num_delivered: int
+    # What the handler's previous Continue handed on (None on a new delivery).
+    resume: Any = None
 
 
 @dataclass(frozen=True)
@@ -97,7 +113,7 @@ class ConsumerSpec(Generic[M]):
     # not miss events published before it first ran); "new": at the time it is first created
     # (a destination added later must not receive every past study's results).
     start: Literal["all", "new"] = "all"
-    study_of: Callable[[M], str] = field(default=lambda m: getattr(m, "study_instance_uid", ""))
+    study_of: Callable[[M], str] = field(default=lambda m: getattr(m, "study_uid", ""))
     # The step's own failure event from (message, error, tries), recorded when the handler
     # keeps failing; None: StepFailed.
     failed: Callable[[M, str, int], Event] | None = None
@@ -205,11 +221,18 @@ async def _process(
     heartbeat = asyncio.create_task(_keep_alive(msg, spec.ack_wait))
     try:
         outcome = await handler(message, delivery)
+        while isinstance(outcome, Continue):
+            for event in outcome.events:
+                await events.publish(event)
+            resumed = msgspec.structs.replace(delivery, resume=outcome.resume)
+            outcome = await handler(message, resumed)
         if isinstance(outcome, Emit):
             for event in outcome.events:
                 await events.publish(event, outcome.expected_last_subject_sequence)
             await msg.ack_sync()
         else:
+            for event in outcome.events:
+                await events.publish(event)
             log.info(
                 "retry later",
                 extra={
@@ -231,7 +254,9 @@ async def _process(
         transient = isinstance(err, TRANSIENT_ERRORS)
         HANDLER_ERRORS.labels(spec.durable, str(transient).lower()).inc()
         tries = delivery.num_delivered
-        if not transient and tries >= error_policy.max_attempts:
+        # pacsor's own error says whether trying again can help; anything else may be passing.
+        permanent = isinstance(err, PacsorError) and not err.retryable
+        if permanent or (not transient and tries >= error_policy.max_attempts):
             await _give_up(msg, message, delivery, spec, events, study, err)
             return
         delay = error_policy.delay_after(tries) or error_policy.max_seconds
@@ -267,7 +292,7 @@ async def _give_up(
         failure = spec.failed(message, reason, tries)
     else:
         failure = StepFailed(
-            study_instance_uid=study,
+            study_uid=study,
             step=spec.durable,
             stream=spec.stream,
             message_sequence=delivery.stream_sequence,
@@ -298,9 +323,11 @@ def retry_or_fail(
     retryable: bool,
     failed: StepFailure,
     at_least: float | None = None,
+    progress: tuple[Event, ...] = (),
 ) -> Outcome:
-    """Retry with the policy's backoff, or emit `failed` with the tries made when none is left."""
+    """Retry with the policy's backoff, or emit `failed` with the tries made when none is left;
+    either way the `progress` made before the failure is recorded first."""
     delay = policy.delay_after(delivery.num_delivered, at_least) if retryable else None
     if delay is None:
-        return Emit((msgspec.structs.replace(failed, tries=delivery.num_delivered),))
-    return Retry(delay, reason)
+        return Emit((*progress, msgspec.structs.replace(failed, tries=delivery.num_delivered)))
+    return Retry(delay, reason, progress)

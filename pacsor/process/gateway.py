@@ -18,6 +18,7 @@ from nats.aio.client import Client
 
 from pacsor.components import BY_NAME
 from pacsor.config import ConfigError, Settings
+from pacsor.errors import StartupError
 from pacsor.jetstream.blobs import BlobStore
 from pacsor.jetstream.broker import (
     BrokerError,
@@ -33,9 +34,9 @@ from pacsor.jetstream.eventlog import EventLog
 from pacsor.jetstream.holds import Holds
 from pacsor.jetstream.quiet_timers import QuietTimers
 from pacsor.jetstream.subjects import INSTANCES_BUCKET, RESULTS_BUCKET, retention_max_ages
-from pacsor.runtime import Component, Runtime, retry_policy
+from pacsor.process.runtime import Component, Runtime, retry_policy
 
-log = logging.getLogger("pacsor.gateway")
+log = logging.getLogger("pacsor.process.gateway")
 
 
 def components_of_up(settings: Settings) -> tuple[str, ...]:
@@ -54,13 +55,13 @@ async def _connect_with_patience(
             # nats-py retries the first connection forever when reconnects are unlimited.
             return await asyncio.wait_for(connect(access, name), 5.0)
         except CredentialsRefused as err:
-            raise ConfigError(
+            raise BrokerError(
                 f"NATS_PASSWORD: {err}; set NATS_USER and NATS_PASSWORD (or NATS_PASSWORD_FILE)"
             ) from None
         except Exception as err:
             if loop.time() > deadline:
                 reason = str(err) or type(err).__name__
-                raise ConfigError(f"NATS_URL: cannot connect to {access}: {reason}") from None
+                raise BrokerError(f"NATS_URL: cannot connect to {access}: {reason}") from None
             log.warning("waiting for NATS", extra={"url": str(access), "error": repr(err)})
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 1.0)
@@ -99,8 +100,8 @@ async def run_gateway(
         )
         try:
             embedded.start()
-        except (BrokerError, OSError, ValueError) as err:
-            raise ConfigError(f"EMBEDDED_NATS_PORT: {err}") from None
+        except (OSError, ValueError) as err:  # its store, configuration or credentials
+            raise BrokerError(f"PACSOR_DATA_DIR: the embedded nats-server: {err}") from None
         access = embedded.access
         log.info(
             "embedded nats-server started",
@@ -118,14 +119,11 @@ async def run_gateway(
         if nc is None:
             return
         try:
-            try:
-                await apply_streams(
-                    nc,
-                    settings.nats_replicas,
-                    retention_max_ages(settings.events_retention_days, settings.retention_hours),
-                )
-            except BrokerError as err:
-                raise ConfigError(str(err)) from None
+            await apply_streams(
+                nc,
+                settings.nats_replicas,
+                retention_max_ages(settings.events_retention_days, settings.retention_hours),
+            )
             js = nc.jetstream(timeout=10)
             runtime = Runtime(
                 settings=settings,
@@ -175,13 +173,13 @@ async def _run(
                     component.run(own, partial(started, component.name)), name=component.name
                 )
     except ExceptionGroup as failures:
-        # A setting a component found wrong at start (a busy port) is one line, not a trace.
-        config_errors, _ = failures.split(ConfigError)
-        if config_errors is not None:
-            raise _first_leaf(config_errors) from None
+        # What a component found wrong at start (a setting, a busy port) is one line, not a trace.
+        startup_errors, _ = failures.split(StartupError)
+        if startup_errors is not None:
+            raise _first_leaf(startup_errors) from None
         raise
 
 
-def _first_leaf(group: BaseExceptionGroup[ConfigError]) -> ConfigError:
+def _first_leaf(group: BaseExceptionGroup[StartupError]) -> StartupError:
     first = group.exceptions[0]
     return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
