@@ -90,9 +90,7 @@ class CoreEvent(Event, frozen=True, kw_only=True):
 
     @property
     def key(self) -> AttemptKey:
-        return AttemptKey(
-            study_uid=self.study_uid, core=self.core, attempt=self.attempt
-        )
+        return AttemptKey(study_uid=self.study_uid, core=self.core, attempt=self.attempt)
 
 
 class DestinationEvent(CoreEvent, frozen=True, kw_only=True):
@@ -243,9 +241,7 @@ class StudyComplete(Event, frozen=True, kw_only=True):
 
     def key_for(self, core: str) -> AttemptKey:
         """The key of this attempt's events on `core`."""
-        return AttemptKey(
-            study_uid=self.study_uid, core=core, attempt=self.attempt
-        )
+        return AttemptKey(study_uid=self.study_uid, core=core, attempt=self.attempt)
 
     def idempotency_key(self) -> str:
         return f"complete:{self.study_uid}:{self.attempt}"
