@@ -211,8 +211,8 @@ class Servers:
         nc = await nats.connect(f"nats://127.0.0.1:{self.nats_port}")
         try:
             js = nc.jetstream()
-            for stream in ("OBJ_PACSOR_INSTANCES", "PACSOR"):
-                await js.purge_stream(stream)
+            # The bytes only: the event stream refuses a purge (its history is kept).
+            await js.purge_stream("OBJ_PACSOR_INSTANCES")
         finally:
             await nc.close()
 
