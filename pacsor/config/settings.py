@@ -25,6 +25,7 @@ from msgspec import Meta
 from pacsor.config.hl7 import Hl7Settings, load_hl7_settings
 from pacsor.config.variables import (
     AeTitle,
+    CallingAe,
     ConfigError,
     CoreName,
     HttpUrl,
@@ -109,6 +110,25 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     max_associations: Annotated[int, Meta(ge=1, le=1000)] = 32
     # How long a C-STORE waits for JetStream before answering 0xA700 (the sender retries).
     scp_store_timeout_seconds: Seconds = 5.0
+    # Who may store: AET or AET@address, comma separated; empty: every caller.
+    allowed_calling_aets: Annotated[tuple[CallingAe, ...], Meta(max_length=256)] = ()
+    # Open associations from one address; more are refused. Only applies below MAX_ASSOCIATIONS.
+    max_associations_per_host: Annotated[int, Meta(ge=1, le=1000)] = 8
+    # Deadline for reading one PDU, for the association request after connecting, and for a
+    # TLS handshake: a peer that stops mid-message is cut off after this long.
+    scp_read_timeout_seconds: Seconds = 15.0
+    # An accepted association that sends nothing for this long is aborted.
+    scp_idle_timeout_seconds: Seconds = 60.0
+    # The largest PDU accepted (advertised to senders as the maximum length); larger: abort.
+    max_pdu_bytes: Annotated[int, Meta(ge=16_384, le=64 * 1024 * 1024)] = 1024 * 1024
+    # The largest instance accepted, and the bound a deflated one may inflate to.
+    max_instance_bytes: Annotated[int, Meta(ge=1024)] = 2 * 1024**3
+    # DICOM TLS: with a certificate and key the SCP also listens on DICOM_TLS_PORT; with a CA,
+    # a client certificate signed by it is required.
+    dicom_tls_cert: Path | None = None
+    dicom_tls_key: Path | None = None
+    dicom_tls_ca: Path | None = None
+    dicom_tls_port: Port = 2762
     # AI API: the first core
     api_url: HttpUrl = "http://127.0.0.1:8421"
     token: str = ""

@@ -78,6 +78,8 @@ def _particulars(event: ev.Event) -> str:
             return f"{event.step} after {event.tries} tries: {event.reason}"
         case ev.ExternalReportReceived():
             return f"report {event.report_id} from {event.provider} ({event.report.language})"
+        case ev.AssociationRejected():
+            return f"{event.calling_ae_title!r} from {event.address}: {event.reason}"
         case ev.Hl7ConfigLoaded():
             return f"HL7 {event.kind} {event.name!r} loaded by {event.loaded_by}"
         case _:

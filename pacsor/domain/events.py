@@ -178,6 +178,25 @@ class InstanceRejected(Event, frozen=True, kw_only=True):
         return f"rejected:{self.rejection_id}"
 
 
+class AssociationRejected(Event, frozen=True, kw_only=True):
+    """The SCP refused an association from a caller it does not know (ALLOWED_CALLING_AETS).
+
+    Not about a study (`study_instance_uid` is ""). One is recorded per caller and address per
+    `window` (a minute): a caller retrying in a loop does not fill the log.
+    """
+
+    topic: ClassVar[str] = "association_rejected"
+
+    calling_ae_title: str
+    called_ae_title: str = ""
+    address: str  # the caller's IP address
+    reason: str
+    window: int  # minutes since the epoch
+
+    def idempotency_key(self) -> str:
+        return f"assoc_rejected:{self.calling_ae_title}:{self.address}:{self.window}"
+
+
 # --- Study completion ---------------------------------------------------------------------
 
 
@@ -546,6 +565,7 @@ AnyEvent = (
     | StepFailed
     | ExternalReportReceived
     | Hl7ConfigLoaded
+    | AssociationRejected
 )
 EVENT_TYPES: tuple[type[Event], ...] = (
     InstanceReceived,
@@ -568,6 +588,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     StepFailed,
     ExternalReportReceived,
     Hl7ConfigLoaded,
+    AssociationRejected,
 )
 
 

@@ -233,3 +233,6 @@ WEBPS_SUBJECTS = f"{WEBPS_SUBJECT_PREFIX}.*.report"
 
 # Configuration events are not about a study: they live under the "unknown" study's subjects.
 HL7_CONFIG_SUBJECT = f"pacsor.study.{UNKNOWN_STUDY}.hl7_config_loaded"
+
+# Associations refused to unknown callers: not about a study either.
+ASSOCIATION_REJECTED_SUBJECT = f"pacsor.study.{UNKNOWN_STUDY}.association_rejected"
