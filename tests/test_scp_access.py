@@ -21,7 +21,7 @@ from pacsor.domain import events as ev
 from pacsor.jetstream.eventlog import EventLog
 from pacsor.jetstream.subjects import ASSOCIATION_REJECTED_SUBJECT
 from pacsor.metrics import ASSOCIATIONS_REJECTED, SCP_CONNECTIONS_DROPPED
-from tests.harness import of_type, running_gateway, wait_for_event, write_study
+from tests.harness import running_gateway, wait_for_event, write_study
 from tests.nats_server import NatsServer, free_port
 from tests.test_dcmtk import DCMTK, tool
 
