@@ -147,7 +147,7 @@ def storescu_tls(
             "127.0.0.1",
             str(port),
             *map(str, files),
-        ],  # fmt: skip
+        ],
         cwd=certs,
         capture_output=True,
         text=True,
