@@ -74,9 +74,9 @@ def test_a_removal_recorded_is_not_due_again() -> None:
     events = lifecycle(STUDY, T0, destinations=(PACS,))
     late = T0 + 2 * WEEK
     events += [
-        ev.ObjectsExpired(study_instance_uid=STUDY, kind="instances", object_count=3, reason="r"),
+        ev.ObjectsExpired(study_uid=STUDY, kind="instances", object_count=3, reason="r"),
         ev.ObjectsExpired(
-            study_instance_uid=STUDY,
+            study_uid=STUDY,
             kind="results",
             object_count=6,
             reason="r",

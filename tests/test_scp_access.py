@@ -19,8 +19,8 @@ from pacsor.devtools.sample_study import make_study
 from pacsor.dicom.scp_transport import server_context
 from pacsor.domain import events as ev
 from pacsor.jetstream.eventlog import EventLog
-from pacsor.jetstream.subjects import ASSOCIATION_REJECTED_SUBJECT
-from pacsor.metrics import ASSOCIATIONS_REJECTED, SCP_CONNECTIONS_DROPPED
+from pacsor.jetstream.subjects import site_events
+from pacsor.process.counters import ASSOCIATIONS_REJECTED, SCP_CONNECTIONS_DROPPED
 from tests.harness import running_gateway, wait_for_event, write_study
 from tests.nats_server import NatsServer, free_port
 from tests.test_dcmtk import DCMTK, tool
@@ -66,9 +66,9 @@ async def test_only_listed_callers_are_accepted_and_others_recorded(
     assert ASSOCIATIONS_REJECTED.labels("calling_ae_title")._value.get() == before + 2
     assert any(r.getMessage() == "only known callers may store" for r in caplog.records)
 
-    history = await EventLog(nc.jetstream()).history("")
-    recorded = [r for r in history if isinstance(r.event, ev.AssociationRejected)]
-    assert {r.subject for r in recorded} == {ASSOCIATION_REJECTED_SUBJECT}
+    subject = site_events(ev.AssociationRejected)
+    recorded = await EventLog(nc.jetstream()).read(subject)
+    assert {r.subject for r in recorded} == {subject}
     assert [(r.event.calling_ae_title, r.event.address) for r in recorded] == [  # type: ignore[union-attr]
         ("INTRUDER", "127.0.0.1"),
         ("CT1", "127.0.0.2"),

@@ -26,7 +26,6 @@ from pacsor.config.hl7 import Hl7Settings, load_hl7_settings
 from pacsor.config.variables import (
     AeTitle,
     CallingAe,
-    ConfigError,
     CoreName,
     HttpUrl,
     InferenceCommand,
@@ -38,6 +37,7 @@ from pacsor.config.variables import (
     raw_fields,
     read_dotenv,
 )
+from pacsor.errors import ConfigError
 
 # The names of pacsor.dicom.profiles.PROFILES (a test keeps the two in step).
 Profile = Literal["Default", "WithSC", "WithRF", "WithSCRF", "All"]

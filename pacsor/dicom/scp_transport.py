@@ -32,8 +32,8 @@ from pynetdicom import _config
 from pynetdicom.association import Association
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
-from pacsor.config import ConfigError
-from pacsor.metrics import ASSOCIATIONS_REJECTED, SCP_CONNECTIONS_DROPPED
+from pacsor.errors import ConfigError
+from pacsor.process.counters import ASSOCIATIONS_REJECTED, SCP_CONNECTIONS_DROPPED
 
 log = logging.getLogger("pacsor.scp")
 

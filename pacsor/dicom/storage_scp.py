@@ -17,7 +17,7 @@ see its study split. When the last such association closes, the quiet period sta
 Rejected associations (wrong called AE title, a caller not in ALLOWED_CALLING_AETS,
 MAX_ASSOCIATIONS reached, ...) and refused presentation contexts (a SOP class outside
 CONFIG_PROFILE) are logged once each, with the caller's AE title and address, and counted
-(pacsor.metrics); an unknown caller is also recorded as an AssociationRejected event.
+(pacsor.process.counters); an unknown caller is also recorded as an AssociationRejected event.
 
 A received dataset arrives in a spool file, not in memory (pacsor.dicom.scp_transport, which
 also bounds every PDU read); it is checked whole and no deeper than 32 sequence levels, a
@@ -55,7 +55,7 @@ from pynetdicom.association import Association
 from pynetdicom.events import Event as DicomEvent
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from pacsor.config import ConfigError, Settings
+from pacsor.config import Settings
 from pacsor.dicom.profiles import PROFILES
 from pacsor.dicom.scp_transport import (
     GuardedServer,
@@ -67,13 +67,14 @@ from pacsor.dicom.scp_transport import (
 from pacsor.dicom.structure import Truncated, check_whole, dataset_offset
 from pacsor.domain.completion import HOLD_HEARTBEAT, Hold
 from pacsor.domain.events import AssociationRejected, InstanceReceived, InstanceRejected, utc_now
+from pacsor.errors import ConfigError, InvalidInput, StartupError
 from pacsor.jetstream.blobs import CHUNK_SIZE, DIGEST_PREFIX, BlobStore, digest_hex
 from pacsor.jetstream.eventlog import EventLog
 from pacsor.jetstream.holds import Holds
 from pacsor.jetstream.quiet_timers import QuietTimers
 from pacsor.jetstream.subjects import instance_object_name, is_valid_uid
-from pacsor.metrics import ASSOCIATIONS_REJECTED, CONTEXTS_REJECTED, STORES_UNAVAILABLE
-from pacsor.runtime import Component, Runtime, Started
+from pacsor.process.counters import ASSOCIATIONS_REJECTED, CONTEXTS_REJECTED, STORES_UNAVAILABLE
+from pacsor.process.runtime import Component, Runtime, Started
 
 log = logging.getLogger("pacsor.scp")
 
@@ -100,7 +101,7 @@ _REJECTIONS = {
 class Identity(msgspec.Struct, frozen=True):
     """What a received dataset says it is; a rejected one may have empty or invalid UIDs."""
 
-    study_instance_uid: str = ""
+    study_uid: str = msgspec.field(default="", name="study_instance_uid")
     series_instance_uid: str = ""
     sop_instance_uid: str = ""
     sop_class_uid: str = ""
@@ -111,7 +112,7 @@ class Identity(msgspec.Struct, frozen=True):
     study_description: str = ""
 
 
-class Rejection(Exception):
+class Rejection(InvalidInput):
     def __init__(self, status: int, reason: str, identity: Identity | None = None):
         super().__init__(reason)
         self.status = status
@@ -129,7 +130,7 @@ def identify(dataset: Dataset, affected_sop_class: str) -> Identity:
     """Read the identifying UIDs of a received dataset, or raise Rejection."""
     try:
         identity = Identity(
-            study_instance_uid=str(dataset.get("StudyInstanceUID", "") or "").strip("\0 "),
+            study_uid=str(dataset.get("StudyInstanceUID", "") or "").strip("\0 "),
             series_instance_uid=str(dataset.get("SeriesInstanceUID", "") or "").strip("\0 "),
             sop_instance_uid=str(dataset.get("SOPInstanceUID", "") or "").strip("\0 "),
             sop_class_uid=str(dataset.get("SOPClassUID", "") or affected_sop_class),
@@ -141,7 +142,7 @@ def identify(dataset: Dataset, affected_sop_class: str) -> Identity:
     except Exception as err:  # pydicom raises many kinds on a corrupt or truncated stream
         raise Rejection(CANNOT_UNDERSTAND, f"unreadable dataset: {err}") from err
     for uid, label in (
-        (identity.study_instance_uid, "StudyInstanceUID"),
+        (identity.study_uid, "StudyInstanceUID"),
         (identity.series_instance_uid, "SeriesInstanceUID"),
         (identity.sop_instance_uid, "SOPInstanceUID"),
     ):
@@ -355,7 +356,9 @@ class StorageScp:
                 tls=tls,
             )
         except OSError as err:
-            raise ConfigError(f"{setting}: cannot listen on {address[1]}: {err.strerror}") from None
+            raise StartupError(
+                f"{setting}: cannot listen on {address[1]}: {err.strerror}"
+            ) from None
         assert isinstance(server, GuardedServer)
         threading.Thread(target=server.serve_forever, name=f"scp-{setting}", daemon=True).start()
         ae._servers.append(server)  # as start_server does: shutdown() removes it
@@ -488,7 +491,6 @@ class StorageScp:
             },
         )
         rejected = AssociationRejected(
-            study_instance_uid="",
             calling_ae_title=calling[:16],
             called_ae_title=called[:16],
             address=host,
@@ -526,7 +528,7 @@ class StorageScp:
             return self._reject(Rejection(CANNOT_UNDERSTAND, f"unreadable dataset: {err}"), calling)
 
         # Held from now on, stored or not: the sender may be resending what was refused.
-        self._hold(event.assoc, identity.study_instance_uid)
+        self._hold(event.assoc, identity.study_uid)
         try:
             received = self._run(
                 self._store(
@@ -538,20 +540,16 @@ class StorageScp:
             log.warning(
                 "JetStream unavailable; answering out of resources so the sender retries",
                 extra={
-                    "study": identity.study_instance_uid,
+                    "study": identity.study_uid,
                     "sop": identity.sop_instance_uid,
                     "error": repr(err),
                 },
             )
             return _status(OUT_OF_RESOURCES, "storage temporarily unavailable, retry later")
         except Exception as err:
-            log.exception(
-                "instance could not be stored", extra={"study": identity.study_instance_uid}
-            )
+            log.exception("instance could not be stored", extra={"study": identity.study_uid})
             return _status(OUT_OF_RESOURCES, f"storage failed: {type(err).__name__}")
-        log.debug(
-            "stored", extra={"study": received.study_instance_uid, "sop": received.sop_instance_uid}
-        )
+        log.debug("stored", extra={"study": received.study_uid, "sop": received.sop_instance_uid})
         return SUCCESS
 
     async def _store(
@@ -564,11 +562,11 @@ class StorageScp:
         calling: str,
     ) -> InstanceReceived:
         name = instance_object_name(
-            identity.study_instance_uid, identity.sop_instance_uid, digest_hex(digest)
+            identity.study_uid, identity.sop_instance_uid, digest_hex(digest)
         )
         await self._put_file(name, path, size, digest)
         received = InstanceReceived(
-            study_instance_uid=identity.study_instance_uid,
+            study_uid=identity.study_uid,
             series_instance_uid=identity.series_instance_uid,
             sop_instance_uid=identity.sop_instance_uid,
             sop_class_uid=identity.sop_class_uid,
@@ -604,9 +602,9 @@ class StorageScp:
             raise OSError(f"{name}: stored {info.digest}, received {digest}")
 
     def _reject(self, rejection: Rejection, calling: str) -> Dataset:
-        study = rejection.identity.study_instance_uid
+        study = rejection.identity.study_uid
         rejected = InstanceRejected(
-            study_instance_uid=study if is_valid_uid(study) else "",
+            study_uid=study if is_valid_uid(study) else "",
             reason=rejection.reason,
             dimse_status=rejection.status,
             calling_ae_title=calling,
@@ -616,7 +614,7 @@ class StorageScp:
         log.warning(
             "instance rejected",
             extra={
-                "study": rejected.study_instance_uid,
+                "study": rejected.study_uid,
                 "reason": rejection.reason,
                 "status": f"0x{rejection.status:04X}",
                 "calling_ae_title": calling,

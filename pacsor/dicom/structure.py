@@ -13,6 +13,8 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 
+from pacsor.errors import InvalidInput
+
 UNDEFINED = 0xFFFFFFFF
 ITEM, ITEM_END, SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 # Explicit VR: these VRs have 2 reserved bytes and a 4-byte length.
@@ -39,7 +41,7 @@ MAX_DEPTH = 32  # sequence levels; real datasets use a handful
 IsSequence = Callable[[int], bool]
 
 
-class Truncated(ValueError):
+class Truncated(InvalidInput):
     pass
 
 
