@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 from nats.aio.client import Client
+from pydicom import config
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filewriter import write_dataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
@@ -227,6 +228,12 @@ def hostile_datasets(folder: Path, study: str) -> list[Case]:
     no_uid = copy.deepcopy(named)
     del no_uid.SOPInstanceUID
     add("no SOP Instance UID", named, ExplicitVRLittleEndian, explicit_le(no_uid), {0xC220})
+    # pydicom warns about this value, quoting it: the warning must reach the log cut short.
+    wordy = make_image(study)
+    with config.disable_value_validation():
+        wordy.SeriesInstanceUID = "1.2." + "A" * 60_000
+        wordy_body = explicit_le(wordy)
+    add("60 KB invalid UID", wordy, ExplicitVRLittleEndian, wordy_body, {0xC221})
     bad = make_image(study)
     add("garbage", bad, ExplicitVRLittleEndian, b"\xff" * 600, {0xC210, 0xC222})
     # Random mutations of a valid dataset's header bytes (the pixel data left whole).
@@ -285,6 +292,7 @@ async def test_hostile_traffic_does_not_stall_or_bloat_the_scp(
     scp: ScpProcess, nc: Client, tmp_path: Path
 ) -> None:
     port = scp.port
+    idle = scp.peak_rss_mb()
     # 40 partial PDUs from one address, held open through the whole attack.
     flood = [partial_pdu(port, "127.0.0.2") for _ in range(40)]
     pdu_answers: list[bool] = []
@@ -342,12 +350,13 @@ async def test_hostile_traffic_does_not_stall_or_bloat_the_scp(
 
     # Bounded: memory, spool files, and every line is JSON with the sender's text cut short.
     peak = scp.peak_rss_mb()
-    print(f"SCP peak RSS {peak:.0f} MB; good study stored in {good_seconds:.2f} s")
+    print(f"SCP peak RSS {peak:.0f} MB ({idle:.0f} MB idle); good study in {good_seconds:.2f} s")
     assert peak < RSS_BOUND_MB, peak
     assert list(scp.spool.iterdir()) == []
     lines = scp.log_lines()
     records = [json.loads(line) for line in lines]  # raises on a raw stderr line
     assert all(len(r.get("msg", "")) < 400 for r in records)
+    assert any(r["logger"] in ("pydicom", "py.warnings") and "VR UI" in r["msg"] for r in records)
     cut = [r for r in records if r["msg"] == "connection cut off"]
     assert any("MAX_PDU_BYTES" in r["reason"] for r in cut)
     assert any("SCP_READ_TIMEOUT_SECONDS" in r["reason"] for r in cut)

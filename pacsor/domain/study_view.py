@@ -169,6 +169,7 @@ def fold(
 _APPLIERS: dict[type[ev.Event], Callable[[StudyView, Any], None]] = {}
 events_not_shown: dict[type[ev.Event], str] = {
     ev.Hl7ConfigLoaded: "a fact about the site, not a study (shown by /hl7/config)",
+    ev.AssociationRejected: "a caller refused before sending any study (pacsor.site.association_rejected)",
 }
 
 Applier = TypeVar("Applier", bound=Callable[..., None])
