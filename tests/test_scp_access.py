@@ -57,21 +57,34 @@ async def test_only_listed_callers_are_accepted_and_others_recorded(
         assert await asyncio.to_thread(associate, port, "INTRUDER") == (False, (1, 1, 3))
         # CT1 is pinned to 127.0.0.1: the same title from another address is refused.
         assert await asyncio.to_thread(associate, port, "CT1", "127.0.0.2") == (False, (1, 1, 3))
+        if DCMTK is not None:  # what a modality's operator reads
+            echo = await asyncio.to_thread(
+                subprocess.run,
+                [tool("echoscu"), "-aet", "DCMTKCT", "-aec", "MILVUE", "127.0.0.1", str(port)],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            assert echo.returncode != 0
+            assert "Calling AE Title Not Recognized" in echo.stderr + echo.stdout, echo.stderr
 
     rejected = [r for r in caplog.records if r.getMessage() == "association rejected"]
+    dcmtk = [("DCMTKCT", "127.0.0.1")] if DCMTK is not None else []
     assert [(r.calling_ae_title, r.address.split(":")[0]) for r in rejected] == [  # type: ignore[attr-defined]
         ("INTRUDER", "127.0.0.1"),
         ("CT1", "127.0.0.2"),
+        *dcmtk,
     ]
-    assert ASSOCIATIONS_REJECTED.labels("calling_ae_title")._value.get() == before + 2
+    assert ASSOCIATIONS_REJECTED.labels("calling_ae_title")._value.get() == before + 2 + len(dcmtk)
     assert any(r.getMessage() == "only known callers may store" for r in caplog.records)
 
     subject = site_events(ev.AssociationRejected)
     recorded = await EventLog(nc.jetstream()).read(subject)
     assert {r.subject for r in recorded} == {subject}
-    assert [(r.event.calling_ae_title, r.event.address) for r in recorded] == [  # type: ignore[union-attr]
+    assert [(r.event.calling_ae_title, r.event.address) for r in recorded] == [  # type: ignore[attr-defined]
         ("INTRUDER", "127.0.0.1"),
         ("CT1", "127.0.0.2"),
+        *dcmtk,
     ]
 
 
