@@ -265,3 +265,28 @@ def test_bad_tls_setting_is_one_start_up_line(tmp_path: Path, nats_server: NatsS
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("pacsor: DICOM_TLS_CERT: cannot read")
+
+
+async def test_cap_per_address_rejects_with_the_standard_reason(nats_server: NatsServer) -> None:
+    settings = scp_settings(nats_server.url, MAX_ASSOCIATIONS="4", MAX_ASSOCIATIONS_PER_HOST="1")
+    before = ASSOCIATIONS_REJECTED.labels("host_limit")._value.get()
+    async with running_gateway(settings, ("scp",)):
+        ae = AE(ae_title="HOLDER")
+        ae.add_requested_context(Verification)
+        held = await asyncio.to_thread(ae.associate, "127.0.0.1", settings.port, ae_title="MILVUE")
+        assert held.is_established
+        try:
+            # rejected-transient, service provider (presentation), local limit exceeded
+            over = await asyncio.to_thread(associate, settings.port, "SECOND")
+            assert over == (False, (2, 3, 2))
+            # Another address is not concerned.
+            other = await asyncio.to_thread(associate, settings.port, "OTHER", "127.0.0.2")
+            assert other == (True, ())
+        finally:
+            held.release()
+        # Once the first one is closed, the address may associate again (the SCP's thread for
+        # it ends just after the release: polled, as nothing outside can await it).
+        async with asyncio.timeout(10):
+            while await asyncio.to_thread(associate, settings.port, "SECOND") != (True, ()):
+                await asyncio.sleep(0.05)
+    assert ASSOCIATIONS_REJECTED.labels("host_limit")._value.get() >= before + 1

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
+import struct
 import threading
 import time
 from dataclasses import dataclass
@@ -232,6 +233,7 @@ class GuardedServer(ThreadedAssociationServer):
         # Not given to pynetdicom, which would handshake on the accept loop.
         self._tls = tls or ssl_context
         self._admit = threading.Lock()
+        self._refusing: dict[str, int] = {}
         super().__init__(
             ae, address, ae_title, contexts, None, evt_handlers, request_handler=GuardedHandler
         )
@@ -250,11 +252,22 @@ class GuardedServer(ThreadedAssociationServer):
             if isinstance(request, ssl.SSLSocket) and not self._handshake(request, host, port):
                 return
             with self._admit:
-                if self._over_host_limit(host):
-                    self._refuse(request, host, port)
+                if not self._over_host_limit(host):
+                    # Starts the association's thread, which counts from then on.
+                    self.finish_request(request, client_address)
                     return
-                # Starts the association's thread, which counts from then on.
-                self.finish_request(request, client_address)
+                # Refusals in progress are bounded too: past that, the connection is closed.
+                answer = self._refusing.get(host, 0) < self.limits.per_host
+                if answer:
+                    self._refusing[host] = self._refusing.get(host, 0) + 1
+            try:
+                self._refuse(request, host, port, answer)
+            finally:
+                if answer:
+                    with self._admit:
+                        self._refusing[host] -= 1
+                        if not self._refusing[host]:
+                            del self._refusing[host]
         except Exception:
             self.handle_error(request, client_address)
             self.shutdown_request(request)
@@ -283,7 +296,9 @@ class GuardedServer(ThreadedAssociationServer):
         )
         return open_here >= self.limits.per_host
 
-    def _refuse(self, request: socket.socket, host: str, port: int) -> None:
+    def _refuse(self, request: socket.socket, host: str, port: int, answer: bool) -> None:
+        """Answer the association request with an A-ASSOCIATE-RJ (transient, local limit
+        exceeded), or only close the connection when `answer` is False."""
         ASSOCIATIONS_REJECTED.labels("host_limit").inc()
         log.warning(
             "association rejected",
@@ -295,11 +310,12 @@ class GuardedServer(ThreadedAssociationServer):
             },
         )
         try:
-            request.settimeout(1.0)
-            request.sendall(_REJECT_LOCAL_LIMIT)
+            if answer and self._skip_request(request):
+                request.sendall(_REJECT_LOCAL_LIMIT)
             request.shutdown(socket.SHUT_WR)
-            # Read what the peer sent (its request), so closing does not reset the connection
-            # before the peer has read the rejection.
+            # Read until the peer closes, so closing does not reset the connection before the
+            # peer has read the rejection.
+            request.settimeout(1.0)
             for _ in range(16):
                 if not request.recv(65536):
                     break
@@ -307,6 +323,30 @@ class GuardedServer(ThreadedAssociationServer):
             log.debug("rejection not delivered", extra={"error": repr(err)})
         finally:
             self.shutdown_request(request)
+
+    def _skip_request(self, request: socket.socket) -> bool:
+        """Read and discard the peer's A-ASSOCIATE-RQ within the read deadline (a peer
+        rejected before it has sent its request may not see the rejection)."""
+        deadline = time.monotonic() + self.limits.read_timeout
+
+        def receive(count: int, keep: bool) -> bytes:
+            kept = bytearray()
+            while count > 0:
+                request.settimeout(max(deadline - time.monotonic(), 0.001))
+                chunk = request.recv(min(count, 65536))
+                if not chunk:
+                    break
+                count -= len(chunk)
+                if keep:
+                    kept += chunk
+            return bytes(kept)
+
+        header = receive(6, keep=True)
+        if len(header) < 6 or header[0] != 0x01:
+            return False
+        (length,) = struct.unpack(">I", header[2:])
+        receive(min(length, self.limits.max_pdu), keep=False)
+        return True
 
 
 def server_context(cert: Path | None, key: Path | None, ca: Path | None) -> ssl.SSLContext | None:
