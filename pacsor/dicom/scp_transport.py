@@ -89,6 +89,15 @@ def is_overflow(request: Any) -> bool:
     return isinstance(getattr(request, "_dataset_file", None), Overflow)
 
 
+def received_instance(event: Any) -> bytes:
+    """A C-STORE's instance as received (preamble, file meta, dataset), whether pynetdicom
+    spooled it (as it does in any process that runs pacsor's SCP) or kept it in memory."""
+    path = getattr(event.request, "_dataset_path", None)
+    if path is None:
+        return bytes(event.encoded_dataset())
+    return Path(path).read_bytes()
+
+
 def discard_spool(assoc: Association) -> None:
     """Remove the spool file of a dataset whose association ended before it was complete
     (pynetdicom removes only those of C-STOREs it answered)."""
