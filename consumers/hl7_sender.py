@@ -23,7 +23,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import msgspec
 
@@ -44,24 +44,21 @@ from pacsor.hl7.template import MessageTemplate
 from pacsor.jetstream.blobs import BlobNotFound, BlobStore
 from pacsor.jetstream.eventlog import EventLog
 from pacsor.jetstream.handler_runner import (
-    ConsumerSpec,
     Delivery,
     Emit,
-    Handler,
     Outcome,
     Retry,
     retry_or_fail,
 )
 from pacsor.jetstream.requests import Responders, answer_requests
 from pacsor.jetstream.subjects import (
-    EVENTS_STREAM,
     HL7_DURABLE,
     HL7_EXTERNAL_DURABLE,
     HL7_WEBPS_QUEUE,
     WEBPS_SUBJECTS,
     events_filter,
 )
-from pacsor.process.runtime import Component, Runtime, Started
+from pacsor.process.runtime import Component, FanOut, Runtime, Started, Step, Target, run_steps
 
 log = logging.getLogger("pacsor.hl7")
 
@@ -115,23 +112,53 @@ class Hl7Context:
 RisEvent = TypeVar("RisEvent", ev.ResultReady, ev.ExternalReportReceived)
 
 
-def _ris_consumer(durable: str, kind: type[RisEvent], ack_wait: float) -> ConsumerSpec[RisEvent]:
-    return ConsumerSpec(
+def _ris_step(durable: str, kind: type[RisEvent], settings: Hl7Settings) -> Step[RisEvent]:
+    ris = f"{settings.ris_ip}:{settings.ris_port}"
+
+    def gave_up(event: RisEvent, target: Target, reason: str, tries: int) -> ev.Hl7Failed:
+        about = _about(event)
+        return ev.Hl7Failed(
+            **about.key,
+            ris=ris,
+            control_id=about.control_id,
+            reason=reason,
+            tries=tries,
+            report_id=about.report_id,
+        )
+
+    return Step(
+        consumes=kind,
+        fan_out=FanOut.ONCE,
         durable=durable,
-        stream=EVENTS_STREAM,
         filter_subject=events_filter(kind),
-        decode=ev.decoder(kind),
-        ack_wait=ack_wait,
+        description=f"{kind.__name__} -> ORU^R01 to the RIS over MLLP",
+        failed=gave_up,
+        # Long enough for one MLLP exchange; in-progress acks cover longer waits.
+        ack_wait=max(30.0, 3 * settings.ris_timeout_seconds),
         # One MLLP connection, one message at a time, as the RIS reads them.
         concurrency=1,
-        description=f"{kind.__name__} -> ORU^R01 to the RIS over MLLP",
         # Enabling HL7 on a running gateway must not send every past study to the RIS.
         start="new",
     )
 
 
-def consumer(ack_wait: float = 60.0) -> ConsumerSpec[ev.ResultReady]:
-    return _ris_consumer(HL7_DURABLE, ev.ResultReady, ack_wait)
+def steps(settings: Hl7Settings) -> tuple[Step[ev.ResultReady], Step[ev.ExternalReportReceived]]:
+    """The AI's results and the external reports, each to the RIS of `settings`."""
+    return (
+        _ris_step(HL7_DURABLE, ev.ResultReady, settings),
+        _ris_step(HL7_EXTERNAL_DURABLE, ev.ExternalReportReceived, settings),
+    )
+
+
+def _about(event: ev.ResultReady | ev.ExternalReportReceived) -> _Outcome:
+    """Which message an event's Hl7Sent / Hl7Failed is about."""
+    if isinstance(event, ev.ResultReady):
+        key = event.key
+        return _Outcome(key, control_id(event.study_uid, event.core, event.attempt))
+    core = external_core(event.provider)
+    key = ev.AttemptKey(study_uid=event.study_uid, core=core, attempt=0)
+    cid = control_id(event.study_uid, core, 0, event.report_id)
+    return _Outcome(key, cid, with_report=True, report_id=event.report_id)
 
 
 async def send_to_ris(event: ev.ResultReady, delivery: Delivery, ctx: Hl7Context) -> Outcome:
@@ -174,10 +201,6 @@ async def send_to_ris(event: ev.ResultReady, delivery: Delivery, ctx: Hl7Context
     )
 
 
-def external_consumer(ack_wait: float = 60.0) -> ConsumerSpec[ev.ExternalReportReceived]:
-    return _ris_consumer(HL7_EXTERNAL_DURABLE, ev.ExternalReportReceived, ack_wait)
-
-
 def external_core(provider: str) -> str:
     """The `core` of the RIS outcome of an external report: never an AI core's name."""
     return f"webps-{provider}"
@@ -187,15 +210,14 @@ async def send_external_report(
     event: ev.ExternalReportReceived, delivery: Delivery, ctx: Hl7Context
 ) -> Outcome:
     """An external provider's report goes to the RIS like the AI's: same message, same MLLP."""
-    study, core = event.study_uid, external_core(event.provider)
-    cid = control_id(study, core, 0, event.report_id)
+    about = _about(event)
     report = msgspec.convert(event.report, Report, from_attributes=True)
     settings, template, ris = await ctx.in_force()
-    header = await _header(study, (), ctx)
-    text = build_oru(header, StudyFindings(), report, settings, cid, event.occurred_at, template)
-    key = ev.AttemptKey(study_uid=study, core=core, attempt=0)
-    outcome = _Outcome(key, cid, with_report=True, report_id=event.report_id)
-    return await _send(ctx, ris, delivery, text, outcome)
+    header = await _header(event.study_uid, (), ctx)
+    text = build_oru(
+        header, StudyFindings(), report, settings, about.control_id, event.occurred_at, template
+    )
+    return await _send(ctx, ris, delivery, text, about)
 
 
 @dataclass(frozen=True)
@@ -350,19 +372,16 @@ async def run(rt: Runtime, started: Started) -> None:
         report_sources(rt.settings),
         tcr_cores,
     )
-    # Long enough for one MLLP exchange; in-progress acks cover longer waits.
-    ack_wait = max(30.0, 3 * settings.ris_timeout_seconds)
-    consumers: list[tuple[ConsumerSpec[Any], Handler[Any]]] = [
-        (consumer(ack_wait), partial(send_to_ris, ctx=ctx)),
-        (external_consumer(ack_wait), partial(send_external_report, ctx=ctx)),
-    ]
+    results, reports = steps(settings)
+    to_ris = partial(send_to_ris, ctx=ctx)
+    external = partial(send_external_report, ctx=ctx)
     responders: Responders | None = None
     try:
         if settings.webps_enable:
             # Every provider's subject, unknown providers included, so that they hear why.
             answer = partial(answer_request, rt.events, settings)
             responders = await answer_requests(rt.nc, [WEBPS_SUBJECTS], HL7_WEBPS_QUEUE, answer)
-        await rt.run_consumers(consumers, started)
+        await run_steps(rt, started, [(results, lambda _: to_ris), (reports, lambda _: external)])
     finally:
         if responders is not None:
             await responders.close()
