@@ -61,6 +61,18 @@ RESULT_OPTIONS = (
     "recap_theme",
     "timezone",
 )
+# Re-exported by pacsor.config with the settings.
+__all__ = [
+    "ConfigError",
+    "CoreSettings",
+    "Destination",
+    "Settings",
+    "load_settings",
+    "parse_destination",
+    "read_dotenv",
+    "require_api_tokens",
+]
+
 
 class Destination(msgspec.Struct, frozen=True):
     """A DICOM peer that receives result objects."""
