@@ -14,20 +14,16 @@ from nats.aio.client import Client
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
-from pacsor.config import ConfigError, Settings, load_settings
+from pacsor.config import ConfigError
 from pacsor.devtools.sample_study import make_study
 from pacsor.dicom.scp_transport import server_context
 from pacsor.domain import events as ev
 from pacsor.jetstream.eventlog import EventLog
 from pacsor.jetstream.subjects import site_events
 from pacsor.process.counters import ASSOCIATIONS_REJECTED, SCP_CONNECTIONS_DROPPED
-from tests.harness import running_gateway, wait_for_event, write_study
+from tests.harness import running_gateway, site_settings, wait_for_event, write_study
 from tests.nats_server import NatsServer, free_port
 from tests.test_dcmtk import DCMTK, tool
-
-
-def scp_settings(nats_url: str, **extra: str) -> Settings:
-    return load_settings({"NATS_URL": nats_url, "PORT": str(free_port()), **extra}, dotenv=None)
 
 
 def associate(port: int, calling: str, source: str = "127.0.0.1") -> tuple[bool, tuple[int, ...]]:
@@ -45,7 +41,7 @@ def associate(port: int, calling: str, source: str = "127.0.0.1") -> tuple[bool,
 async def test_only_listed_callers_are_accepted_and_others_recorded(
     nc: Client, nats_server: NatsServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    settings = scp_settings(nats_server.url, ALLOWED_CALLING_AETS="MODALITY, CT1@127.0.0.1")
+    settings = site_settings(nats_server.url, ALLOWED_CALLING_AETS="MODALITY, CT1@127.0.0.1")
     before = ASSOCIATIONS_REJECTED.labels("calling_ae_title")._value.get()
     caplog.set_level(logging.INFO, logger="pacsor.scp")
     async with running_gateway(settings, ("scp",)):
@@ -91,7 +87,7 @@ async def test_only_listed_callers_are_accepted_and_others_recorded(
 async def test_unset_allow_list_accepts_everyone_and_says_so(
     nats_server: NatsServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    settings = scp_settings(nats_server.url)
+    settings = site_settings(nats_server.url)
     caplog.set_level(logging.INFO, logger="pacsor.scp")
     async with running_gateway(settings, ("scp",)):
         assert await asyncio.to_thread(associate, settings.port, "ANYONE") == (True, ())
@@ -174,7 +170,7 @@ async def test_tls_with_client_certificates(
     nc: Client, nats_server: NatsServer, certificates: Path, tmp_path: Path
 ) -> None:
     tls_port = free_port()
-    settings = scp_settings(
+    settings = site_settings(
         nats_server.url,
         DICOM_TLS_CERT=str(certificates / "scp.pem"),
         DICOM_TLS_KEY=str(certificates / "scp.key"),
@@ -268,7 +264,7 @@ def test_bad_tls_setting_is_one_start_up_line(tmp_path: Path, nats_server: NatsS
 
 
 async def test_cap_per_address_rejects_with_the_standard_reason(nats_server: NatsServer) -> None:
-    settings = scp_settings(nats_server.url, MAX_ASSOCIATIONS="4", MAX_ASSOCIATIONS_PER_HOST="1")
+    settings = site_settings(nats_server.url, MAX_ASSOCIATIONS="4", MAX_ASSOCIATIONS_PER_HOST="1")
     before = ASSOCIATIONS_REJECTED.labels("host_limit")._value.get()
     async with running_gateway(settings, ("scp",)):
         ae = AE(ae_title="HOLDER")

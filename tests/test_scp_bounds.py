@@ -15,7 +15,7 @@ from nats.aio.client import Client
 from pydicom import dcmread
 from pydicom.uid import DeflatedExplicitVRLittleEndian, generate_uid
 
-from pacsor.config import Settings, load_settings
+from pacsor.config import Settings
 from pacsor.devtools.sample_study import make_image
 from pacsor.dicom.storage_scu import send_files
 from pacsor.dicom.structure import MAX_DEPTH, Truncated, check_whole
@@ -23,18 +23,11 @@ from pacsor.domain import events as ev
 from pacsor.jetstream.blobs import BlobStore
 from pacsor.jetstream.eventlog import EventLog
 from pacsor.jetstream.subjects import INSTANCES_BUCKET
-from tests.harness import running_gateway, write_study
-from tests.nats_server import NatsServer, free_port
+from tests.harness import running_gateway, site_settings, write_study
+from tests.nats_server import NatsServer
 from tests.test_ingest import dataset_part
 
 LIMIT = 4 * 1024 * 1024
-
-
-def scp_settings(nats_url: str, **extra: str) -> Settings:
-    return load_settings(
-        {"NATS_URL": nats_url, "PORT": str(free_port()), "MAX_INSTANCE_BYTES": str(LIMIT), **extra},
-        dotenv=None,
-    )
 
 
 async def send(settings: Settings, paths: list[Path]) -> list[int]:
@@ -52,7 +45,7 @@ async def test_spooled_instances_are_stored_byte_for_byte(
     deflated = make_image(study, rows=300, columns=300)
     deflated.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
     paths = write_study(tmp_path / "study", [large, deflated])
-    settings = scp_settings(nats_server.url)
+    settings = site_settings(nats_server.url, MAX_INSTANCE_BYTES=str(LIMIT))
     async with running_gateway(settings, ("scp",)):
         # One association each: one presentation context per SOP class takes one syntax.
         assert await send(settings, paths[:1]) == [0]
@@ -84,7 +77,7 @@ async def test_over_max_instance_bytes_is_refused_and_not_kept(
     study = str(generate_uid())
     big = make_image(study, rows=3000, columns=3000)  # 18 MB
     paths = write_study(tmp_path / "big", [big])
-    settings = scp_settings(nats_server.url)
+    settings = site_settings(nats_server.url, MAX_INSTANCE_BYTES=str(LIMIT))
     largest = 0
     sending = threading.Event()
 
@@ -170,7 +163,7 @@ async def test_deeply_nested_defined_length_sequence_gets_its_status(
     # Appended after the pixel data: order does not matter to the check, depth does.
     path.write_bytes(data + defined_nest_explicit(200))
     assert dcmread(path, stop_before_pixels=True).StudyInstanceUID == study
-    settings = scp_settings(nats_server.url)
+    settings = site_settings(nats_server.url, MAX_INSTANCE_BYTES=str(LIMIT))
     async with running_gateway(settings, ("scp",)):
         assert await send(settings, [path]) == [0xC222]
     history = await EventLog(nc.jetstream()).read()

@@ -678,4 +678,3 @@ async def run(rt: Runtime, started: Started) -> None:
         await scp.keep_holds(rt.stop)
     finally:
         await asyncio.to_thread(scp.stop)
-
