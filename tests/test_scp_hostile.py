@@ -39,6 +39,7 @@ from pacsor.jetstream.subjects import INSTANCES_BUCKET
 from tests.dicom_factory import make_image, new_uid, to_bytes
 from tests.harness import cli_env, wait_for_dicom, write_study
 from tests.nats_server import NatsServer, free_port
+from tests.test_dcmtk import DCMTK, tool
 
 # Peak resident memory of the SCP process under the whole attack (it is about 100 MB idle).
 RSS_BOUND_MB = 200
@@ -368,10 +369,12 @@ async def test_hostile_traffic_does_not_stall_or_bloat_the_scp(
     )
 
 
+@pytest.mark.dcmtk
+@pytest.mark.skipif(DCMTK is None, reason="DCMTK is not installed (apt-get install dcmtk)")
 @pytest.mark.parametrize("scp", [{"MAX_ASSOCIATIONS_PER_HOST": "32"}], indirect=True)
 async def test_partial_pdus_are_cut_off_and_a_storescu_is_served(scp: ScpProcess) -> None:
     """No cap per address to help: 40 partial PDUs take every association slot, and are cut
-    off within SCP_READ_TIMEOUT_SECONDS; then a sender is served."""
+    off within SCP_READ_TIMEOUT_SECONDS; then DCMTK's storescu is served."""
     flood = [partial_pdu(scp.port, "127.0.0.2") for _ in range(40)]
     try:
         started = time.monotonic()
@@ -383,8 +386,23 @@ async def test_partial_pdus_are_cut_off_and_a_storescu_is_served(scp: ScpProcess
         ds = make_image(new_uid())
         path = scp.spool.parent / "one.dcm"
         path.write_bytes(to_bytes(ds))
-        results = await asyncio.to_thread(send_files, "127.0.0.1", scp.port, "MILVUE", [path])
-        assert [status for _, status in results] == [0]
+        stored = await asyncio.to_thread(
+            subprocess.run,
+            [
+                tool("storescu"),
+                "-aet",
+                "MODALITY",
+                "-aec",
+                "MILVUE",
+                "127.0.0.1",
+                str(scp.port),
+                str(path),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert stored.returncode == 0, stored.stderr
     finally:
         for sock in flood:
             sock.close()
