@@ -109,6 +109,7 @@ def test_an_installer_answers_the_wizard_in_a_terminal(tmp_path: Path) -> None:
     answer("Second core: product", DOWN * 3 + "\r")  # SmartChest
     answer("Second core: AI environment", "\r")  # the compose demo's simulator
     answer("Second core: API key", "other-key\r")
+    answer("Second core: where its results go", "\r")  # same-as-first, offered
     terminal.wait_for("wrote env-files/.env.lyon-sud")
     assert terminal.finish() == 0
 
@@ -134,6 +135,7 @@ def test_an_installer_answers_the_wizard_in_a_terminal(tmp_path: Path) -> None:
         "API_URL_1": "http://simulator:8421",
         "TOKEN_1": "other-key",
         "INFERENCE_COMMANDS_1": "smartchest",
+        "DESTINATIONS_1": "same-as-first",
     }
     assert (tmp_path / "env-files" / ".env.lyon-sud").stat().st_mode & 0o077 == 0
     # pacsor reads it back, through .env, as the site's settings.

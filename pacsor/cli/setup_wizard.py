@@ -23,7 +23,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from pacsor.config import ConfigError, load_settings, read_dotenv
+from pacsor.config import ConfigError, load_settings, parse_destination, read_dotenv
+from pacsor.config.settings import SAME_AS_FIRST
 
 PRODUCTS: dict[str, tuple[str, ...]] = {
     "Milvue Suite": ("smarturgences", "smartxpert"),
@@ -74,6 +75,18 @@ def check_ae_title(value: str) -> str | None:
 def check_host(value: str) -> str | None:
     if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?", value):
         return "expected a host name or an IP address"
+    return None
+
+
+def check_destinations(value: str) -> str | None:
+    """A second core's destinations: AET@host:port[?tls], comma-separated, or same-as-first."""
+    if value.strip().lower() == SAME_AS_FIRST:
+        return None
+    try:
+        for item in value.split(","):
+            parse_destination("destination", item)
+    except ConfigError:
+        return f"AET@host:port (?tls for TLS), comma-separated, or {SAME_AS_FIRST}"
     return None
 
 
@@ -190,6 +203,15 @@ QUESTIONS: tuple[Question, ...] = (
     Question("core2_product", "Second core: product", "select", check_product, "", _core2),
     Question("core2_url", "Second core: AI environment", "url", check_url, "", _core2),
     Question("core2_token", "Second core: API key", "secret", check_token, "", _core2),
+    # Said, never implied: a test core's results must not reach the production PACS unasked.
+    Question(
+        "core2_destinations",
+        f"Second core: where its results go (AET@host:port, or {SAME_AS_FIRST}: the PACS above)",
+        "text",
+        check_destinations,
+        SAME_AS_FIRST,
+        _core2,
+    ),
 )
 
 
@@ -277,6 +299,7 @@ def site_settings(answers: Mapping[str, str]) -> dict[str, str]:
         env["API_URL_1"] = answers["core2_url"]
         env["TOKEN_1"] = answers["core2_token"]
         env["INFERENCE_COMMANDS_1"] = ",".join(PRODUCTS[answers["core2_product"]])
+        env["DESTINATIONS_1"] = answers["core2_destinations"]
     return env
 
 
