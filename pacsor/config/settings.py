@@ -163,11 +163,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper", dict=T
     max_pdu_bytes: Annotated[int, Meta(ge=16_384, le=64 * 1024 * 1024)] = 1024 * 1024
     # The largest instance accepted, and the bound a deflated one may inflate to.
     max_instance_bytes: Annotated[int, Meta(ge=1024)] = 2 * 1024**3
-    # DICOM TLS: with a certificate and key the SCP also listens on DICOM_TLS_PORT; with a CA,
-    # a client certificate signed by it is required.
-    dicom_tls_cert: Path | None = None
-    dicom_tls_key: Path | None = None
-    dicom_tls_ca: Path | None = None
+    # DICOM TLS on the SCP: with DICOM_TLS_CERT and DICOM_TLS_KEY (below) it also listens on
+    # this port; with DICOM_TLS_CA, a client certificate signed by it is required.
     dicom_tls_port: Port = 2762
     # AI API: the first core
     api_url: HttpUrl = "http://127.0.0.1:8421"
@@ -204,7 +201,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper", dict=T
     pacs_aet: AeTitle = "PACS"
     destinations: tuple[Destination, ...] = ()
     # DICOM TLS, as a client to the destinations marked ?tls: the authorities that sign the
-    # PACS's certificates (unset: the system's), and pacsor's own certificate and key.
+    # PACS's certificates (unset: the system's), and pacsor's own certificate and key. The SCP
+    # serves TLS with the same certificate and key, and requires client certificates signed
+    # by DICOM_TLS_CA when it is set.
     dicom_tls_ca: str = ""
     dicom_tls_cert: str = ""
     dicom_tls_key: str = ""

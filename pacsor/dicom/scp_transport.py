@@ -358,9 +358,12 @@ class GuardedServer(ThreadedAssociationServer):
         return True
 
 
-def server_context(cert: Path | None, key: Path | None, ca: Path | None) -> ssl.SSLContext | None:
-    """The SCP's TLS context from DICOM_TLS_CERT/KEY/CA (None when unset); a bad setting is
-    a ConfigError naming it."""
+def server_context(
+    cert_file: str | Path | None, key_file: str | Path | None, ca_file: str | Path | None
+) -> ssl.SSLContext | None:
+    """The SCP's TLS context from DICOM_TLS_CERT/KEY/CA (None when unset; "" is unset); a bad
+    setting is a ConfigError naming it."""
+    cert, key, ca = (Path(f) if f else None for f in (cert_file, key_file, ca_file))
     if cert is None and key is None:
         if ca is not None:
             raise ConfigError("DICOM_TLS_CA: set, but DICOM_TLS_CERT and DICOM_TLS_KEY are not")

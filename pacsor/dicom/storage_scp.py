@@ -315,7 +315,7 @@ class StorageScp:
                 "ae_title": settings.milvue_aet,
                 "port": port,
                 "tls_port": settings.dicom_tls_port if tls else None,
-                "client_certificate_required": settings.dicom_tls_ca is not None,
+                "client_certificate_required": bool(settings.dicom_tls_ca),
                 "profile": settings.config_profile,
                 "max_associations": settings.max_associations,
                 "max_associations_per_host": settings.max_associations_per_host,
