@@ -11,6 +11,7 @@ from litestar.params import FromQuery, Parameter
 
 from pacsor.admin.app import Admin
 from pacsor.config.hl7 import as_variables
+from pacsor.config.variables import masked
 from pacsor.domain.external_report import ReportRefused
 from pacsor.hl7.config_loading import LoadRefused, current_config, load_named
 from pacsor.hl7.custom_config import CustomConfigError, effective
@@ -30,13 +31,8 @@ def _refusal(status: int, reason: str) -> Response[dict[str, Any]]:
 
 
 def _masked(variables: dict[str, str]) -> dict[str, str]:
-    """URLs with credentials are shown without them."""
-    shown = {}
-    for name, value in variables.items():
-        if "://" in value and "@" in value.split("://", 1)[1]:
-            scheme, rest = value.split("://", 1)
-            value = f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
-        shown[name] = value
+    """URLs with credentials are shown without them; secrets not at all."""
+    shown: dict[str, str] = masked(variables)
     return shown
 
 
