@@ -172,3 +172,8 @@ def _external_report(event: ev.ExternalReportReceived) -> str:
 @texts(ev.Hl7ConfigLoaded)
 def _hl7_config(event: ev.Hl7ConfigLoaded) -> str:
     return f"HL7 {event.kind} {event.name!r} loaded by {event.loaded_by}"
+
+
+@texts(ev.AssociationRejected)
+def _association_rejected(event: ev.AssociationRejected) -> str:
+    return f"{event.calling_ae_title!r} from {event.address}: {event.reason}"

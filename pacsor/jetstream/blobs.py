@@ -17,7 +17,7 @@ import json
 import logging
 from collections.abc import AsyncGenerator
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, BinaryIO
 
 import msgspec
 from nats.aio.client import Client
@@ -140,38 +140,41 @@ class BlobStore:
             await self._discard_chunks(self._chunk_subject(existing.nuid))
         return info
 
-    async def publish_named(self, name: str, data: bytes, digest: str) -> list[asyncio.Future[Any]]:
-        """Publish a content-addressed object (its name carries its digest) without waiting:
-        the chunks and the metadata go out back to back; the caller awaits the returned
-        acknowledgements together with its own (one round trip in all).
+    async def publish_named(
+        self, name: str, source: BinaryIO, digest: str
+    ) -> list[asyncio.Future[Any]]:
+        """Publish a content-addressed object (its name carries its digest), read from
+        `source` a chunk at a time, without waiting: the chunks and the metadata go out back
+        to back; the caller awaits the returned acknowledgements together with its own (one
+        round trip in all, for an object of up to IN_FLIGHT_CHUNKS chunks).
 
         No lookup first: every message has an idempotency key derived from the name, so an
         identical resend within the bucket's duplicate window is stored once (JetStream drops
         the repeats), and a retry after a partial failure completes the object. For the same
-        reason a failure purges nothing: the same name's retry reuses what was stored.
+        reason a failure purges nothing: the same name's retry reuses what was stored. The
+        bytes read are hashed: BlobError before the metadata when they are not `digest`.
         """
         nuid = hashlib.sha256(name.encode()).hexdigest()[:22]
         chunk_subject = self._chunk_subject(nuid)
-        view = memoryview(data)
+        hasher = hashlib.sha256()
         pending: list[asyncio.Future[Any]] = []
-        for n, offset in enumerate(range(0, len(data), self._chunk_size)):
-            if n and n % IN_FLIGHT_CHUNKS == 0:
+        size = 0
+        while chunk := source.read(self._chunk_size):
+            if pending and len(pending) % IN_FLIGHT_CHUNKS == 0:
                 # A large object waits for its earlier chunks: at most IN_FLIGHT_CHUNKS
-                # copies are buffered by the client, whatever the object's size.
+                # are buffered by the client, whatever the object's size.
                 await asyncio.wait_for(asyncio.gather(*pending), self._timeout)
-            chunk = bytes(view[offset : offset + self._chunk_size])
+            hasher.update(chunk)
+            size += len(chunk)
             pending.append(
                 await self._js.publish_async(
-                    chunk_subject, chunk, headers={MSG_ID_HEADER: f"{nuid}.{n}"}
+                    chunk_subject, chunk, headers={MSG_ID_HEADER: f"{nuid}.{len(pending)}"}
                 )
             )
+        if DIGEST_PREFIX + base64.urlsafe_b64encode(hasher.digest()).decode() != digest:
+            raise BlobError(f"{self.bucket}/{name}: the bytes read are not {digest}")
         info = BlobInfo(
-            name=name,
-            bucket=self.bucket,
-            nuid=nuid,
-            size=len(data),
-            chunks=len(pending),
-            digest=digest,
+            name=name, bucket=self.bucket, nuid=nuid, size=size, chunks=len(pending), digest=digest
         )
         pending.append(
             await self._js.publish_async(
