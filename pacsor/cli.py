@@ -98,7 +98,24 @@ def main(argv: list[str] | None = None) -> int:
         else:
             setup.add_argument(question.option, metavar="VALUE", help=question.message)
 
+    migrate = commands.add_parser(
+        "migrate",
+        help="turn an original gateway's .env and compose files into pacsor's site file",
+    )
+    migrate.add_argument(
+        "original", type=Path, nargs="?", default=Path("."), help="the original's folder"
+    )
+    migrate.add_argument("--project-dir", type=Path, default=Path("."), help="where .env goes")
+    migrate.add_argument("--site", help="the site's name (default: the original's client name)")
+    migrate.add_argument("--force", action="store_true", help="replace a different site file")
+
     args = parser.parse_args(argv)
+    if args.command == "migrate":  # before the settings, like setup: it writes them
+        try:
+            return _migrate(args.original, args.project_dir, args.site, args.force)
+        except ConfigError as err:
+            print(f"pacsor: {err}", file=sys.stderr)
+            return 2
     if args.command == "setup":  # before the settings: setup is how they come to exist
         try:
             return _setup(args)
@@ -426,6 +443,41 @@ def _setup(args: argparse.Namespace) -> int:
         "next: `pacsor check`, then `docker compose up -d` "
         f"(or `docker compose --env-file {written.relative_to(args.project_dir)} up -d`)"
     )
+    return 0
+
+
+def _migrate(original: Path, project: Path, site: str | None, force: bool) -> int:
+    from pacsor.config.migration import migrate
+    from pacsor.config.original import read_original_site
+    from pacsor.setup_wizard import ENV_DIR, check_site, site_file, write_site
+
+    found = read_original_site(original)
+    name = site or found.client
+    if not name:
+        raise ConfigError("--site: needed, the original's .env names no env-files/.env.<client>")
+    if problem := check_site(name):
+        raise ConfigError(f"--site: {problem}, got {name!r}")
+    migration = migrate(found)
+    # The site as pacsor will read it: a problem is found now, not at start-up.
+    load_settings(environ=migration.variables, dotenv=None)
+    for line in migration.lines:
+        print(line)
+    target = site_file(project, name)
+    wanted = {"PACSOR_ENV_FILE": f"{ENV_DIR}/.env.{name}", **migration.variables}
+    if target.exists() and target.resolve() == (original / ".env").resolve():
+        raise ConfigError(f"--site: {name!r} would replace the original's own file; name another")
+    if target.exists() and read_dotenv(target) == wanted:
+        print(f"{target.relative_to(project)} is already this migration: unchanged")
+        return 0
+    if target.exists() and not force:
+        print(
+            f"pacsor: {target.relative_to(project)} exists and differs; --force replaces it",
+            file=sys.stderr,
+        )
+        return 1
+    written = write_site(project, name, migration.variables, "pacsor migrate")
+    print(f"wrote {written.relative_to(project)}; .env now points to it")
+    print("next: `pacsor check`, then `docker compose up -d`")
     return 0
 
 

@@ -289,12 +289,18 @@ def _quoted(value: str) -> str:
     return f"'{value}'"
 
 
-def write_site(project: Path, site: str, env: Mapping[str, str]) -> Path:
+def site_file(project: Path, site: str) -> Path:
+    return project / ENV_DIR / f".env.{site}"
+
+
+def write_site(
+    project: Path, site: str, env: Mapping[str, str], written_by: str = "pacsor setup"
+) -> Path:
     """Write env-files/.env.<site> and point .env at it; returns the file written."""
-    target = project / ENV_DIR / f".env.{site}"
+    target = site_file(project, site)
     relative = f"{ENV_DIR}/.env.{site}"
     lines = [
-        f"# pacsor settings of site {site}, written by `pacsor setup` on "
+        f"# pacsor settings of site {site}, written by `{written_by}` on "
         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC.",
         "# `docker compose --env-file " + relative + " up -d` hands this file to the containers.",
         f"PACSOR_ENV_FILE={relative}",

@@ -23,6 +23,7 @@ import msgspec
 from msgspec import Meta
 
 from pacsor.config.hl7 import Hl7Settings, load_hl7_settings
+from pacsor.config.known import unknown_variables
 from pacsor.config.variables import (
     AeTitle,
     ConfigError,
@@ -36,6 +37,7 @@ from pacsor.config.variables import (
     convert,
     raw_fields,
     read_dotenv,
+    variables_of,
 )
 
 # The names of pacsor.dicom.profiles.PROFILES (a test keeps the two in step).
@@ -232,6 +234,9 @@ def _destinations(name: str, raw: str) -> list[dict[str, Any]]:
 
 
 _READERS = {"DESTINATIONS": _destinations}
+# The names a site file may hold (besides the HL7 ones): Settings' own, and each core's.
+TOP_LEVEL_VARIABLES = frozenset(variables_of(Settings)) - {"EXTRA_CORES", "HL7"}
+PER_CORE_VARIABLES = frozenset(variables_of(ExtraCore))
 
 
 def load_settings(
@@ -239,12 +244,17 @@ def load_settings(
     dotenv: Path | None = Path(".env"),
     overrides: Mapping[str, str] | None = None,
 ) -> Settings:
-    """Build Settings from `.env`, then the environment, then `overrides` (last wins)."""
-    env: dict[str, str] = {}
-    if dotenv is not None:
-        env.update(read_dotenv(dotenv))
-    env.update(os.environ if environ is None else environ)
-    env.update(overrides or {})
+    """Build Settings from `.env`, then the environment, then `overrides` (last wins).
+
+    A variable that pacsor would ignore (unknown, or numbered out of sequence) is a
+    ConfigError with one line per variable, each naming the closest known name.
+    """
+    site_file = read_dotenv(dotenv) if dotenv is not None else {}
+    environment = os.environ if environ is None else environ
+    env: dict[str, str] = {**site_file, **environment, **(overrides or {})}
+    ignored = unknown_variables(site_file, environment, TOP_LEVEL_VARIABLES, PER_CORE_VARIABLES)
+    if ignored:
+        raise ConfigError("\n".join(ignored))
 
     raw = raw_fields(env, Settings, readers=_READERS)
     cores: list[dict[str, Any]] = []
