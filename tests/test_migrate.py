@@ -101,7 +101,7 @@ def test_a_core_numbered_after_a_gap_is_renumbered(tmp_path: Path) -> None:
 def test_a_callback_naming_an_undefined_service_stops_the_migration(tmp_path: Path) -> None:
     (tmp_path / ".env").write_text("CALLBACK_URLS=http://storescu-9:8000\n")
     (tmp_path / "compose.yaml").write_text("services:\n  core:\n    image: x\n")
-    with pytest.raises(ConfigError, match="^CALLBACK_URLS: 'http://storescu-9:8000' names"):
+    with pytest.raises(ConfigError, match=r"^CALLBACK_URLS: 'http://storescu-9:8000' names"):
         migrate(read_original_site(tmp_path))
 
 
@@ -179,8 +179,10 @@ def test_pacsor_check_reads_the_migrated_site(tmp_path: Path) -> None:
             "CALLBACK_URLS: a setting of the original gateway; pacsor reads PACS_IP, PACS_PORT, "
             "PACS_AET and DESTINATIONS (`pacsor migrate` writes them)",
         ),
-        ("HL7_RIS_PROT=2575\n", "HL7_RIS_PROT: not a pacsor setting (closest known name: "
-         "HL7_RIS_PORT)"),
+        (
+            "HL7_RIS_PROT=2575\n",
+            "HL7_RIS_PROT: not a pacsor setting (closest known name: HL7_RIS_PORT)",
+        ),
         ("PORT_1=1041\n", "PORT_1: PORT is not set per core; there is no PORT_1"),
     ],
 )
@@ -195,7 +197,7 @@ def test_a_variable_pacsor_would_ignore_is_named(tmp_path: Path, site: str, line
 def test_the_environment_is_checked_for_names_meant_for_pacsor() -> None:
     # The system's own variables pass; a numbered or mistyped pacsor name does not.
     load_settings(environ={"PATH": "/usr/bin", "HOSTNAME": "x", "LANG": "C"}, dotenv=None)
-    with pytest.raises(ConfigError, match="^API_URL_2: core 2 without core 1"):
+    with pytest.raises(ConfigError, match=r"^API_URL_2: core 2 without core 1"):
         load_settings(environ={"API_URL_2": "https://b.example"}, dotenv=None)
     with pytest.raises(ConfigError, match=r"^MILVUE_AE: not a pacsor setting \(closest"):
         load_settings(environ={"MILVUE_AE": "X"}, dotenv=None)

@@ -111,9 +111,7 @@ def problem_of(
     return f"{name}: not a pacsor setting{_hint(name, known | suffixed)}"
 
 
-def looks_like_ours(
-    name: str, top_level: frozenset[str], per_core: frozenset[str]
-) -> bool:
+def looks_like_ours(name: str, top_level: frozenset[str], per_core: frozenset[str]) -> bool:
     """Whether a variable of the process environment is meant for pacsor."""
     known = top_level | HL7_VARIABLES | OTHER_VARIABLES
     numbered = _NUMBERED.match(name)

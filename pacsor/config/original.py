@@ -126,7 +126,8 @@ def read_original_site(folder: Path) -> OriginalSite:
                 merged = services.setdefault(str(name), {})
                 merged.update({k: interpolate(v, env) for k, v in raw.items()})
                 volumes.setdefault(str(name), []).extend(
-                    interpolate(str(v), env).value for v in service.get("volumes") or []
+                    interpolate(str(v), env).value
+                    for v in service.get("volumes") or []
                     if isinstance(v, str)
                 )
     return OriginalSite(env=env, services=services, volumes=volumes, client=client)
