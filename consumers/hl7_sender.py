@@ -32,11 +32,12 @@ from pacsor.config import ConfigError, Settings
 from pacsor.config.hl7 import Hl7Settings
 from pacsor.domain import events as ev
 from pacsor.domain.retry import RetryPolicy
-from pacsor.hl7.config_loading import LoadRefused, current_config, load_named
-from pacsor.hl7.custom_config import CustomConfigError, effective
+from pacsor.hl7.config_loading import LoadRefused, current_config, in_force, load_named
+from pacsor.hl7.custom_config import CustomConfigError, LoadedConfig, effective
 from pacsor.hl7.external_reports import answer_request
 from pacsor.hl7.findings import FindingsDocument, FindingsError, StudyFindings, decode_findings
 from pacsor.hl7.header import HeaderError, read_study_header
+from pacsor.hl7.http_routes import Hl7HttpServer
 from pacsor.hl7.mllp import MllpClient, MllpError
 from pacsor.hl7.oru import StudyHeader, build_oru, control_id
 from pacsor.hl7.report import Report
@@ -52,11 +53,13 @@ from pacsor.jetstream.handler_runner import (
     Retry,
     retry_or_fail,
 )
-from pacsor.jetstream.requests import Responders, answer_requests
+from pacsor.jetstream.requests import answer_requests
 from pacsor.jetstream.subjects import (
     EVENTS_STREAM,
+    HL7_CONFIG_SUBJECT,
     HL7_DURABLE,
     HL7_EXTERNAL_DURABLE,
+    HL7_SWITCH_DURABLE,
     HL7_WEBPS_QUEUE,
     WEBPS_SUBJECTS,
     events_filter,
@@ -74,10 +77,12 @@ class Hl7Context:
     instances: BlobStore
     results: BlobStore
     policy: RetryPolicy
-    # The TechCare Report service of each core, by core name.
-    reports: dict[str, TechCareReports]
-    # Cores of kind tcr: their studies went to the report service, their report always goes.
-    tcr_cores: frozenset[str] = frozenset()
+    # The report service of each core of kind tcr, by core name: their studies went to it,
+    # their report always goes.
+    tcr_reports: dict[str, TechCareReports] = field(default_factory=dict)
+    # Each core's API key, for TCR_API_URL as in force (a loaded configuration may set it).
+    tokens: dict[str, str] = field(default_factory=dict)
+    _reports: dict[tuple[str, str], TechCareReports] = field(default_factory=dict)
     _ris: MllpClient | None = None
     _applied: tuple[int, Hl7Settings, MessageTemplate | None] | None = None
     # Two consumers share the context: one of them at a time swaps the RIS connection.
@@ -105,10 +110,26 @@ class Hl7Context:
                 self._ris = ris = MllpClient(*target)
         return settings, template, ris
 
+    @property
+    def tcr_cores(self) -> frozenset[str]:
+        return frozenset(self.tcr_reports)
+
+    def report_source(self, core: str, settings: Hl7Settings) -> TechCareReports | None:
+        """The core's report service: its own for a tcr core, else TCR_API_URL when
+        HL7_INCLUDE_TCR is in force, with the core's API key."""
+        if core in self.tcr_reports:
+            return self.tcr_reports[core]
+        if not (settings.include_tcr and settings.tcr_api_url):
+            return None
+        key = (core, settings.tcr_api_url)
+        if key not in self._reports:
+            self._reports[key] = TechCareReports(settings.tcr_api_url, self.tokens.get(core, ""))
+        return self._reports[key]
+
     async def aclose(self) -> None:
         if self._ris is not None:
             await self._ris.aclose()
-        for source in self.reports.values():
+        for source in (*self.tcr_reports.values(), *self._reports.values()):
             await source.aclose()
 
 
@@ -136,6 +157,9 @@ def consumer(ack_wait: float = 60.0) -> ConsumerSpec[ev.ResultReady]:
 
 async def send_to_ris(event: ev.ResultReady, delivery: Delivery, ctx: Hl7Context) -> Outcome:
     settings, template, ris = await ctx.in_force()
+    if not settings.enable:
+        # Switched off by a loaded configuration (Hl7Switched says when): nothing to send.
+        return Emit(())
     study, core, attempt = event.study_instance_uid, event.core, event.attempt
     cid = control_id(study, core, attempt)
     waited = (ev.utc_now() - event.occurred_at).total_seconds()
@@ -191,6 +215,8 @@ async def send_external_report(
     cid = control_id(study, core, 0, event.report_id)
     report = msgspec.convert(event.report, Report, from_attributes=True)
     settings, template, ris = await ctx.in_force()
+    if not settings.enable:
+        return Emit(())
     header = await _header(study, (), ctx)
     text = build_oru(header, StudyFindings(), report, settings, cid, event.occurred_at, template)
     key = ev.AttemptKey(study_instance_uid=study, core=core, attempt=0)
@@ -300,7 +326,7 @@ async def _findings(
 
 
 async def _report(event: ev.ResultReady, settings: Hl7Settings, ctx: Hl7Context) -> Report:
-    source = ctx.reports.get(event.core)
+    source = ctx.report_source(event.core, settings)
     if source is None:
         raise ReportError(f"no TechCare Report service for core {event.core!r}", False)
     return await source.fetch(event.study_instance_uid, settings.language)
@@ -324,48 +350,104 @@ async def _header(study: str, results: tuple[ev.ResultObject, ...], ctx: Hl7Cont
     return StudyHeader(study_instance_uid=study)
 
 
-def report_sources(settings: Settings) -> dict[str, TechCareReports]:
-    """The TechCare Report service of each core that has one: a tcr core's own API, else
-    TCR_API_URL when HL7_INCLUDE_TCR is set; each with the core's token."""
-    sources: dict[str, TechCareReports] = {}
-    for core in settings.cores:
-        if core.kind == "tcr":
-            sources[core.name] = TechCareReports(core.api_url, core.token)
-        elif settings.hl7.include_tcr and settings.hl7.tcr_api_url:
-            sources[core.name] = TechCareReports(settings.hl7.tcr_api_url, core.token)
-    return sources
+def config_consumer() -> ConsumerSpec[ev.Hl7ConfigLoaded]:
+    return ConsumerSpec(
+        durable=HL7_SWITCH_DURABLE,
+        stream=EVENTS_STREAM,
+        filter_subject=HL7_CONFIG_SUBJECT,
+        decode=ev.decoder(ev.Hl7ConfigLoaded),
+        ack_wait=30.0,
+        concurrency=1,
+        description="Hl7ConfigLoaded -> Hl7Switched when sending or external reports change",
+        start="new",
+    )
+
+
+@dataclass
+class Switches:
+    """What the hl7 component did before this load: send to the RIS, take external reports."""
+
+    base: Hl7Settings
+    sending: bool
+    external_reports: bool
+
+
+async def apply_config(
+    event: ev.Hl7ConfigLoaded, delivery: Delivery, switches: Switches
+) -> Outcome:
+    """A load that turns HL7_ENABLE or WEBPS_ENABLE around is said in an Hl7Switched."""
+    loaded = LoadedConfig(
+        name=event.name, kind=event.kind, settings=event.settings, template=event.template
+    )
+    try:
+        settings, _ = effective(switches.base, loaded)
+    except CustomConfigError:
+        settings = switches.base  # as in_force falls back
+    now = (settings.enable, settings.webps_enable)
+    if now == (switches.sending, switches.external_reports):
+        return Emit(())
+    switches.sending, switches.external_reports = now
+    log.warning(
+        "HL7 switched by a loaded configuration",
+        extra={"config": event.name, "sending": now[0], "external_reports": now[1]},
+    )
+    return Emit(
+        (
+            ev.Hl7Switched(
+                study_instance_uid="",
+                load_id=event.load_id,
+                config_name=event.name,
+                sending=now[0],
+                external_reports=now[1],
+            ),
+        )
+    )
 
 
 async def run(rt: Runtime, started: Started) -> None:
-    """The RIS sender's consumers and, with WEBPS_ENABLE, the providers' NATS subjects."""
+    """The RIS sender's consumers, the providers' NATS subjects (answered as WEBPS_ENABLE in
+    force says) and the original's HTTP routes (HL7_HTTP_PORT)."""
     settings = rt.settings.hl7
     await load_at_init(rt.events, settings)
-    tcr_cores = frozenset(core.name for core in rt.settings.cores if core.kind == "tcr")
     ctx = Hl7Context(
         settings,
         rt.events,
         rt.instances,
         rt.results,
         rt.policy,
-        report_sources(rt.settings),
-        tcr_cores,
+        tcr_reports={
+            core.name: TechCareReports(core.api_url, core.token)
+            for core in rt.settings.cores
+            if core.kind == "tcr"
+        },
+        tokens={core.name: core.token for core in rt.settings.cores},
     )
+    _, now = await in_force(rt.events, settings)
+    switches = Switches(settings, now.enable, now.webps_enable)
+    http = Hl7HttpServer(rt.events, settings) if settings.http_port else None
     # Long enough for one MLLP exchange; in-progress acks cover longer waits.
     ack_wait = max(30.0, 3 * settings.ris_timeout_seconds)
     consumers: list[tuple[ConsumerSpec[Any], Handler[Any]]] = [
         (consumer(ack_wait), partial(send_to_ris, ctx=ctx)),
         (external_consumer(ack_wait), partial(send_external_report, ctx=ctx)),
+        (config_consumer(), partial(apply_config, switches=switches)),
     ]
-    responders: Responders | None = None
+
+    async def answer(subject: str, body: bytes) -> bytes:
+        in_use, _, _ = await ctx.in_force()
+        return await answer_request(rt.events, in_use, subject, body)
+
+    # Every provider's subject, unknown providers included, so that they hear why; with
+    # WEBPS_ENABLE off (as in force) each is told so.
+    responders = await answer_requests(rt.nc, [WEBPS_SUBJECTS], HL7_WEBPS_QUEUE, answer)
     try:
-        if settings.webps_enable:
-            # Every provider's subject, unknown providers included, so that they hear why.
-            answer = partial(answer_request, rt.events, settings)
-            responders = await answer_requests(rt.nc, [WEBPS_SUBJECTS], HL7_WEBPS_QUEUE, answer)
-        await rt.run_consumers(consumers, started)
+        async with asyncio.TaskGroup() as group:
+            if http is not None:
+                group.create_task(http.run(rt.stop))
+            url = {"hl7_http_url": http.url} if http is not None else {}
+            await rt.run_consumers(consumers, lambda ready: started({**ready, **url}))
     finally:
-        if responders is not None:
-            await responders.close()
+        await responders.close()
         await ctx.aclose()
 
 
@@ -393,5 +475,7 @@ COMPONENT = Component(
     "ResultReady, ExternalReportReceived -> ORU^R01 to the RIS -> Hl7Sent / Hl7Failed",
     run,
     check=check,
-    in_up=lambda settings: settings.hl7.enable,
+    # With a RIS set, it runs even when HL7_ENABLE is false: a loaded configuration may turn
+    # sending on, without a restart.
+    in_up=lambda settings: settings.hl7.enable or bool(settings.hl7.ris_ip),
 )

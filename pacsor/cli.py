@@ -82,6 +82,12 @@ def main(argv: list[str] | None = None) -> int:
     demo_pacs.add_argument("--aet", default=DEMO_PACS_AET)
     demo_pacs.add_argument("--folder", type=Path, default=Path("demo-pacs"))
 
+    demo_ris = commands.add_parser(
+        "demo-ris", help="run a RIS that acknowledges every HL7 message it receives (demo)"
+    )
+    demo_ris.add_argument("--host", default="127.0.0.1")
+    demo_ris.add_argument("--port", type=int, default=2575)
+
     setup = commands.add_parser(
         "setup",
         help="answer a site's questions once: writes env-files/.env.SITE and links .env to it",
@@ -151,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(check_component(settings, args.component))
         if args.command == "demo-pacs":
             return _demo_pacs(args.host, args.port, args.aet, args.folder)
+        if args.command == "demo-ris":
+            return asyncio.run(_demo_ris(args.host, args.port))
     except ConfigError as err:
         print(f"pacsor: {err}", file=sys.stderr)
         return 2
@@ -510,6 +518,24 @@ def _demo_pacs(host: str, port: int, ae_title: str, folder: Path) -> int:
     stopped = signal.sigwait(stop_signals)
     log.info("demo PACS stopping", extra={"signal": signal.Signals(stopped).name})
     server.shutdown()
+    return 0
+
+
+async def _demo_ris(host: str, port: int) -> int:
+    from pacsor.devtools.demo_ris import DemoRis
+
+    if not 0 < port < 65536:
+        raise ConfigError(f"--port: expected a port number, got {port}")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        ris = await DemoRis(host, port).start()
+    except OSError as err:
+        raise ConfigError(f"--port: cannot listen on {port}: {err.strerror}") from None
+    await stop.wait()
+    await ris.stop()
     return 0
 
 

@@ -80,5 +80,9 @@ def _particulars(event: ev.Event) -> str:
             return f"report {event.report_id} from {event.provider} ({event.report.language})"
         case ev.Hl7ConfigLoaded():
             return f"HL7 {event.kind} {event.name!r} loaded by {event.loaded_by}"
+        case ev.Hl7Switched():
+            sending = "sends to the RIS" if event.sending else "stopped sending to the RIS"
+            reports = "takes" if event.external_reports else "refuses"
+            return f"HL7 {sending}, {reports} external reports ({event.config_name!r})"
         case _:
             return ""

@@ -446,6 +446,24 @@ class Hl7ConfigLoaded(Event, frozen=True, kw_only=True):
         return f"hl7config:{self.load_id}"
 
 
+class Hl7Switched(Event, frozen=True, kw_only=True):
+    """The hl7 component started or stopped sending to the RIS (HL7_ENABLE) or taking
+    external reports (WEBPS_ENABLE), because a loaded configuration says so; no restart.
+
+    Not about a study (`study_instance_uid` is ""). `load_id` is the Hl7ConfigLoaded's.
+    """
+
+    topic: ClassVar[str] = "hl7_switched"
+
+    load_id: str
+    config_name: str
+    sending: bool
+    external_reports: bool
+
+    def idempotency_key(self) -> str:
+        return f"hl7switch:{self.load_id}"
+
+
 # --- Operators ----------------------------------------------------------------------------
 
 
@@ -546,6 +564,7 @@ AnyEvent = (
     | StepFailed
     | ExternalReportReceived
     | Hl7ConfigLoaded
+    | Hl7Switched
 )
 EVENT_TYPES: tuple[type[Event], ...] = (
     InstanceReceived,
@@ -568,6 +587,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     StepFailed,
     ExternalReportReceived,
     Hl7ConfigLoaded,
+    Hl7Switched,
 )
 
 
