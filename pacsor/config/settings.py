@@ -164,6 +164,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     retention_hours: Seconds = 168.0
     events_retention_days: Seconds = 365.0
     output_cleaning: bool = False
+    # With OUTPUT_CLEANING: how long a study whose latest attempt failed keeps its objects
+    # (time to relaunch it), before they are removed as the original gateway (2.8.0) did.
+    output_cleaning_failed_hours: Seconds = 24.0
     retention_check_seconds: Seconds = 600.0
     # Cores 1, 2, ... from API_URL_1, API_URL_2, ...
     extra_cores: tuple[ExtraCore, ...] = msgspec.field(default=(), name="EXTRA_CORES")
