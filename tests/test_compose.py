@@ -431,7 +431,7 @@ async def test_a_migrated_site_runs_with_a_plain_compose_up(tmp_path: Path) -> N
                 cwd=tmp_path,
             )
             assert sent.returncode == 0, sent.stderr
-            dispatched: set[tuple[str, str]] = set()
+            dispatched: dict[tuple[str, str], int] = {}
             ris: set[str] = set()
             while len(dispatched) < 3 or len(ris) < 2:
                 event = ev.decode((await sub.next_msg(timeout=180)).data)
@@ -439,17 +439,18 @@ async def test_a_migrated_site_runs_with_a_plain_compose_up(tmp_path: Path) -> N
                     event, ev.UploadFailed | ev.ResultFailed | ev.DispatchFailed | ev.Hl7Failed
                 ), event
                 if isinstance(event, ev.Dispatched):
-                    dispatched.add((event.core, event.destination))
+                    dispatched[(event.core, event.destination)] = len(event.sop_instance_uids)
                 if isinstance(event, ev.Hl7Sent):
                     assert (event.ack_code, event.ris) == ("AA", "ris:2575")
                     ris.add(event.core)
         finally:
             await nc.close()
-        # The first core to both PACS (its CALLBACK_URLS), core 1 to the second (CALLBACK_URLS_1).
+        # The first core to both PACS (its CALLBACK_URLS), core 1 to the second (CALLBACK_URLS_1):
+        # 2 images x 2 commands (detection, measures), and x 1 (detection) for core 1.
         assert dispatched == {
-            ("default", "PACS_A@pacs-a:11112"),
-            ("default", "PACS_B@pacs-b:11112"),
-            ("core1", "PACS_B@pacs-b:11112"),
+            ("default", "PACS_A@pacs-a:11112"): 4,
+            ("default", "PACS_B@pacs-b:11112"): 4,
+            ("core1", "PACS_B@pacs-b:11112"): 2,
         }
         assert ris == {"default", "core1"}
         stored = {
@@ -458,8 +459,14 @@ async def test_a_migrated_site_runs_with_a_plain_compose_up(tmp_path: Path) -> N
             ).stdout.split()
             for pacs in ("pacs-a", "pacs-b")
         }
-        # 2 images: x 2 commands from the first core; x 1 more from core 1 on the second PACS.
-        assert (len(stored["pacs-a"]), len(stored["pacs-b"])) == (4, 6)
+        # Each PACS keeps one file per SOP instance: core 1's detection results are the same
+        # objects as the first core's (the simulator answers alike), stored again, kept once.
+        assert (len(stored["pacs-a"]), len(stored["pacs-b"])) == (4, 4)
+        stores = {
+            pacs: site("logs", "--no-color", pacs).stdout.count("demo PACS stored")
+            for pacs in ("pacs-a", "pacs-b")
+        }
+        assert stores == {"pacs-a": 4, "pacs-b": 6}
         assert site("logs", "--no-color", "ris").stdout.count("demo RIS received") == 2
     finally:
         subprocess.run(
