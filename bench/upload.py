@@ -31,11 +31,11 @@ sys.path.insert(0, str(PROJECT))
 from pacsor.config import load_settings  # noqa: E402
 from pacsor.devtools.bulk_study import record_as_the_scp, tiny_study  # noqa: E402
 from pacsor.domain import events as ev  # noqa: E402
-from pacsor.gateway import run_gateway  # noqa: E402
 from pacsor.jetstream.blobs import BlobStore  # noqa: E402
 from pacsor.jetstream.broker import nats_server_binary  # noqa: E402
 from pacsor.jetstream.eventlog import EventLog  # noqa: E402
 from pacsor.jetstream.subjects import INSTANCES_BUCKET, study_core_events  # noqa: E402
+from pacsor.process.gateway import run_gateway  # noqa: E402
 
 TOKEN = "bench-token"
 
@@ -93,7 +93,7 @@ async def upload_once(
         started = time.monotonic()
         await EventLog(js).publish(
             ev.StudyComplete(
-                study_instance_uid=study,
+                study_uid=study,
                 attempt=1,
                 instance_count=instances,
                 through_sequence=last,

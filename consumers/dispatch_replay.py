@@ -43,7 +43,7 @@ async def replay_to_destination(
 ) -> Outcome:
     if request.destination != str(destination):
         return Emit()
-    study = request.study_instance_uid
+    study = request.study_uid
 
     def failed(reason: str, delivered: tuple[str, ...] = ()) -> ev.DispatchFailed:
         return ev.DispatchFailed(

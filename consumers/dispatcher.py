@@ -37,8 +37,8 @@ from pacsor.jetstream.subjects import (
     dispatch_consumer,
     dispatch_progress_key,
 )
-from pacsor.metrics import DISPATCH_REFUSED
-from pacsor.runtime import Component, Runtime, Started
+from pacsor.process.counters import DISPATCH_REFUSED
+from pacsor.process.runtime import Component, Runtime, Started
 
 
 def consumer(core: str, destination: Destination) -> ConsumerSpec[ev.ResultReady]:
@@ -89,7 +89,7 @@ async def dispatch_to_destination(
     if not event.results:
         return Emit()  # the API had no result objects (status empty): nothing to send
     where = str(destination)
-    key = dispatch_progress_key(event.study_instance_uid, event.core, event.attempt, where)
+    key = dispatch_progress_key(event.study_uid, event.core, event.attempt, where)
     sop_uids = [r.sop_instance_uid for r in event.results]
     progress = await progress_store.get(key)
     names = {r.sop_instance_uid: r.object_name for r in event.results}

@@ -36,11 +36,11 @@ from pacsor.hl7.config_loading import LoadRefused, current_config, in_force, loa
 from pacsor.hl7.custom_config import CustomConfigError, LoadedConfig, effective
 from pacsor.hl7.external_reports import answer_request
 from pacsor.hl7.findings import FindingsDocument, FindingsError, StudyFindings, decode_findings
-from pacsor.hl7.header import HeaderError, read_study_header
 from pacsor.hl7.http_routes import Hl7HttpServer
 from pacsor.hl7.mllp import MllpClient, MllpError
 from pacsor.hl7.oru import StudyHeader, build_oru, control_id
 from pacsor.hl7.report import Report
+from pacsor.hl7.study_header import HeaderError, read_study_header
 from pacsor.hl7.template import MessageTemplate
 from pacsor.jetstream.blobs import BlobNotFound, BlobStore
 from pacsor.jetstream.eventlog import EventLog
@@ -64,7 +64,7 @@ from pacsor.jetstream.subjects import (
     WEBPS_SUBJECTS,
     events_filter,
 )
-from pacsor.runtime import Component, Runtime, Started
+from pacsor.process.runtime import Component, Runtime, Started
 
 log = logging.getLogger("pacsor.hl7")
 
@@ -160,7 +160,7 @@ async def send_to_ris(event: ev.ResultReady, delivery: Delivery, ctx: Hl7Context
     if not settings.enable:
         # Switched off by a loaded configuration (Hl7Switched says when): nothing to send.
         return Emit(())
-    study, core, attempt = event.study_instance_uid, event.core, event.attempt
+    study, core, attempt = event.study_uid, event.core, event.attempt
     cid = control_id(study, core, attempt)
     waited = (ev.utc_now() - event.occurred_at).total_seconds()
     may_wait = waited < settings.findings_wait_seconds
@@ -182,7 +182,7 @@ async def send_to_ris(event: ev.ResultReady, delivery: Delivery, ctx: Hl7Context
     left_out = (*found.missing, *running, *unavailable)
     findings = StudyFindings(detections=found.detections, measures=found.measures, missing=left_out)
 
-    header = await _header(event.study_instance_uid, event.results, ctx)
+    header = await _header(event.study_uid, event.results, ctx)
     text = build_oru(header, findings, report, settings, cid, event.occurred_at, template)
     if running:
         # The redeliveries spent waiting are not tries of the RIS: leave them out of the count
@@ -211,7 +211,7 @@ async def send_external_report(
     event: ev.ExternalReportReceived, delivery: Delivery, ctx: Hl7Context
 ) -> Outcome:
     """An external provider's report goes to the RIS like the AI's: same message, same MLLP."""
-    study, core = event.study_instance_uid, external_core(event.provider)
+    study, core = event.study_uid, external_core(event.provider)
     cid = control_id(study, core, 0, event.report_id)
     report = msgspec.convert(event.report, Report, from_attributes=True)
     settings, template, ris = await ctx.in_force()
@@ -219,7 +219,7 @@ async def send_external_report(
         return Emit(())
     header = await _header(study, (), ctx)
     text = build_oru(header, StudyFindings(), report, settings, cid, event.occurred_at, template)
-    key = ev.AttemptKey(study_instance_uid=study, core=core, attempt=0)
+    key = ev.AttemptKey(study_uid=study, core=core, attempt=0)
     outcome = _Outcome(key, cid, with_report=True, report_id=event.report_id)
     return await _send(ctx, ris, delivery, text, outcome)
 
@@ -329,7 +329,7 @@ async def _report(event: ev.ResultReady, settings: Hl7Settings, ctx: Hl7Context)
     source = ctx.report_source(event.core, settings)
     if source is None:
         raise ReportError(f"no TechCare Report service for core {event.core!r}", False)
-    return await source.fetch(event.study_instance_uid, settings.language)
+    return await source.fetch(event.study_uid, settings.language)
 
 
 async def _header(study: str, results: tuple[ev.ResultObject, ...], ctx: Hl7Context) -> StudyHeader:
@@ -347,7 +347,7 @@ async def _header(study: str, results: tuple[ev.ResultObject, ...], ctx: Hl7Cont
         except (BlobNotFound, HeaderError):
             continue
     # Nothing readable is stored: the message still tells the RIS which study it is about.
-    return StudyHeader(study_instance_uid=study)
+    return StudyHeader(study_uid=study)
 
 
 def config_consumer() -> ConsumerSpec[ev.Hl7ConfigLoaded]:
@@ -394,7 +394,7 @@ async def apply_config(
     return Emit(
         (
             ev.Hl7Switched(
-                study_instance_uid="",
+                study_uid="",
                 load_id=event.load_id,
                 config_name=event.name,
                 sending=now[0],

@@ -14,7 +14,7 @@ from pacsor.domain import events as ev
 from pacsor.jetstream.handler_runner import ConsumerSpec, Delivery, Emit, Outcome
 from pacsor.jetstream.quiet_timers import QuietTimers
 from pacsor.jetstream.subjects import EVENTS_STREAM, QUIET_TIMER_CONSUMER, events_filter
-from pacsor.runtime import Component, Runtime, Started
+from pacsor.process.runtime import Component, Runtime, Started
 
 CONSUMER: ConsumerSpec[ev.InstanceReceived] = ConsumerSpec(
     durable=QUIET_TIMER_CONSUMER,
@@ -31,7 +31,7 @@ CONSUMER: ConsumerSpec[ev.InstanceReceived] = ConsumerSpec(
 async def arm_quiet_timer(
     event: ev.InstanceReceived, delivery: Delivery, timers: QuietTimers, quiet: timedelta
 ) -> Outcome:
-    await timers.arm(event.study_instance_uid, event.occurred_at + quiet)
+    await timers.arm(event.study_uid, event.occurred_at + quiet)
     return Emit()
 
 

@@ -40,7 +40,7 @@ from pacsor.jetstream.subjects import (
     poll_consumer,
     result_object_name,
 )
-from pacsor.runtime import Component, Runtime, Started, run_per_core
+from pacsor.process.runtime import Component, Runtime, Started, run_per_core
 
 
 class PollSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -70,7 +70,7 @@ def consumer(core: str) -> ConsumerSpec[ev.Uploaded]:
 
 
 class ResultIdentity(msgspec.Struct, frozen=True):
-    study_instance_uid: str
+    study_uid: str = msgspec.field(name="study_instance_uid")
     sop_instance_uid: str
     sop_class_uid: str
 
@@ -79,7 +79,7 @@ def identify_result(ds: Dataset) -> ResultIdentity:
     """The UIDs of a result object's header; ValueError when it is not usable DICOM."""
     try:
         identity = ResultIdentity(
-            study_instance_uid=str(ds.StudyInstanceUID),
+            study_uid=str(ds.StudyInstanceUID),
             sop_instance_uid=str(ds.SOPInstanceUID),
             sop_class_uid=str(ds.SOPClassUID),
         )
@@ -133,7 +133,7 @@ async def poll_results(
     results: BlobStore,
     settings: PollSettings,
 ) -> Outcome:
-    study = event.study_instance_uid
+    study = event.study_uid
     overdue = ev.utc_now() > event.occurred_at + settings.result_timeout
 
     def failed(reason: str, status: int | None = None) -> Emit:

@@ -37,7 +37,7 @@ from pacsor.jetstream.subjects import (
     RELAUNCH_FILTER,
     TIMERS_STREAM,
 )
-from pacsor.runtime import Component, Runtime, Started
+from pacsor.process.runtime import Component, Runtime, Started
 
 log = logging.getLogger("pacsor.domain.completion")
 
@@ -60,7 +60,7 @@ async def complete_study(
     holds: Holds,
     quiet: timedelta,
 ) -> Outcome:
-    study = elapsed.study_instance_uid
+    study = elapsed.study_uid
     decision: Decision | None = decide_from_latest(
         await events.latest(study, ev.InstanceReceived),
         await events.latest(study, ev.StudyComplete),
@@ -101,7 +101,7 @@ RELAUNCH_CONSUMER: ConsumerSpec[ev.RelaunchRequested] = ConsumerSpec(
 async def relaunch_study(
     request: ev.RelaunchRequested, delivery: Delivery, events: EventLog
 ) -> Outcome:
-    study = request.study_instance_uid
+    study = request.study_uid
     decision = decide_relaunch(request, await events.history(study), utc_now())
     if isinstance(decision, Complete):
         return Emit((decision.event,), decision.expected_last_subject_sequence)

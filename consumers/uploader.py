@@ -66,7 +66,7 @@ from pacsor.jetstream.subjects import (
     study_core_events,
     upload_consumer,
 )
-from pacsor.runtime import Component, Runtime, Started, run_per_core
+from pacsor.process.runtime import Component, Runtime, Started, run_per_core
 
 # Skips are recorded in parts of at most this many instances (an event stays small).
 SKIPS_PER_EVENT = 500
@@ -145,7 +145,7 @@ async def upload_study(
     policy: RetryPolicy,
     limiter: RateLimiter | None = None,
 ) -> Outcome:
-    study = event.study_instance_uid
+    study = event.study_uid
     core = settings.core
     if not event.for_core(core):
         return Emit()  # a relaunch asked for other cores only

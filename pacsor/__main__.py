@@ -1,5 +1,5 @@
 import sys
 
-from pacsor.launcher import main
+from pacsor.cli.launcher import main
 
 sys.exit(main())

@@ -24,7 +24,7 @@ from pacsor.consumers import (
     uploader,
 )
 from pacsor.dicom import storage_scp
-from pacsor.runtime import Component
+from pacsor.process.runtime import Component
 
 REGISTRY: tuple[Component, ...] = (
     storage_scp.COMPONENT,

@@ -55,7 +55,7 @@ async def fixture_studies(nc: Client) -> int:
         )
     events.append(
         ev.DispatchFailed(
-            study_instance_uid="1.2.3.4",
+            study_uid="1.2.3.4",
             core="default",
             attempt=1,
             destination=ARCHIVE,

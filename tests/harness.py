@@ -25,8 +25,8 @@ from pacsor.devtools.demo_pacs import start_storage_scp
 from pacsor.devtools.sample_study import make_study
 from pacsor.dicom.storage_scu import echo, send_files
 from pacsor.domain import events as ev
-from pacsor.gateway import components_of_up, run_gateway
 from pacsor.jetstream.subjects import EVENTS_STREAM, study_subjects
+from pacsor.process.gateway import components_of_up, run_gateway
 from tests.dicom_factory import make_image, new_uid
 from tests.nats_server import free_port
 

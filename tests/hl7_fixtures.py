@@ -74,7 +74,7 @@ async def record_results(
     name = instance_object_name(study, sop, digest_hex(digest))
     await BlobStore(nc, js, INSTANCES_BUCKET).put(name, data)
     received = ev.InstanceReceived(
-        study_instance_uid=study,
+        study_uid=study,
         series_instance_uid=str(ds.SeriesInstanceUID),
         sop_instance_uid=sop,
         sop_class_uid=str(ds.SOPClassUID),
@@ -86,7 +86,7 @@ async def record_results(
     through = await events.publish(received)
     await events.publish(
         ev.StudyComplete(
-            study_instance_uid=study, attempt=attempt, instance_count=1, through_sequence=through
+            study_uid=study, attempt=attempt, instance_count=1, through_sequence=through
         )
     )
     results = BlobStore(nc, js, RESULTS_BUCKET)
@@ -105,7 +105,7 @@ async def record_results(
             )
         )
     ready = ev.ResultReady(
-        study_instance_uid=study, core=CORE, attempt=attempt, results=(), findings=tuple(stored)
+        study_uid=study, core=CORE, attempt=attempt, results=(), findings=tuple(stored)
     )
     await events.publish(ready)
     return ready
@@ -114,14 +114,14 @@ async def record_results(
 async def outcome(nc: Client, ready: ev.ResultReady, timeout: float = 60.0) -> ev.AnyEvent:
     return await wait_for_event(
         nc,
-        ready.study_instance_uid,
+        ready.study_uid,
         lambda e: isinstance(e, ev.Hl7Sent | ev.Hl7Failed),
         timeout,
     )
 
 
 def sent_messages(ris: DemoRis, ready: ev.ResultReady) -> list[ParsedOru]:
-    cid = control_id(ready.study_instance_uid, ready.core, ready.attempt)
+    cid = control_id(ready.study_uid, ready.core, ready.attempt)
     return [ParsedOru(r.text) for r in ris.received if r.control_id == cid]
 
 

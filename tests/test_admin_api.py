@@ -144,7 +144,7 @@ async def test_relaunch_refusals(nc: Client, admin: httpx.AsyncClient) -> None:
     assert gone.status_code == 409 and "no longer stored" in gone.json()["detail"]
     assert (await admin.get("/relaunch/1.2.3.4")).status_code == 409
     expired = ev.ObjectsExpired(
-        study_instance_uid="1.2.3.5", kind="instances", object_count=3, reason="retention 168 h"
+        study_uid="1.2.3.5", kind="instances", object_count=3, reason="retention 168 h"
     )
     await publish(nc, [expired])
     gone = await admin.post("/studies/1.2.3.5/relaunch")
@@ -277,7 +277,7 @@ async def test_the_dashboard_form_replays_a_day_to_one_destination(
     assert sent.status_code in {302, 303}
     assert "3 result set(s)" in unquote_plus(sent.headers["location"])
     recorded = await EventLog(nc.jetstream()).read("pacsor.study.*.*.replay_requested")
-    assert sorted(r.event.study_instance_uid for r in recorded) == [
+    assert sorted(r.event.study_uid for r in recorded) == [
         "1.2.3.10",
         "1.2.3.11",
         "1.2.3.9",

@@ -81,7 +81,7 @@ async def test_send_and_events(nc: Client, nats_server: NatsServer, tmp_path: Pa
     assert len(lines) == 2 and all("InstanceReceived" in line for line in lines)
     study = lines[0].split()[3]
     event = await wait_for_event(nc, study, of_type(ev.InstanceReceived))
-    assert event.study_instance_uid == study
+    assert event.study_uid == study
 
     one = await asyncio.to_thread(
         pacsor_cli, "events", "--study", "1.2.3", cwd=tmp_path, NATS_URL=nats_server.url

@@ -319,7 +319,7 @@ async def test_the_cluster_override_runs_three_nodes_that_survive_one_lost(
             leader = info.cluster.leader
             cluster("kill", leader if leader in ("nats-2", "nats-3") else "nats-3")
             event = ev.InstanceRejected(
-                study_instance_uid="1.2.3",
+                study_uid="1.2.3",
                 reason="compose cluster test",
                 dimse_status=0xC210,
                 rejection_id="compose-cluster-test",

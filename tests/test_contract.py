@@ -275,7 +275,7 @@ async def test_no_duplicate_upload_unless_a_person_relaunches(
             ]
             assert isinstance(complete, ev.StudyComplete)
             relaunch = ev.StudyComplete(
-                study_instance_uid=study,
+                study_uid=study,
                 attempt=3,
                 instance_count=complete.instance_count,
                 through_sequence=complete.through_sequence,
@@ -310,7 +310,7 @@ async def test_an_interrupted_upload_resumes_after_the_last_recorded_batch(
     study = new_uid()
     datasets = images(4, study)
     done_before = ev.InstancesUploaded(
-        study_instance_uid=study,
+        study_uid=study,
         core="default",
         attempt=1,
         batch=1,

@@ -35,7 +35,7 @@ STUDY = "1.2.826.0.1.3680043.8.498.1"
 
 def received(sop: str, at: datetime, digest: str = "SHA-256=a") -> ev.InstanceReceived:
     return ev.InstanceReceived(
-        study_instance_uid=STUDY,
+        study_uid=STUDY,
         series_instance_uid="1.2.3",
         sop_instance_uid=sop,
         sop_class_uid="1.2.840.10008.5.1.4.1.1.1",
@@ -69,7 +69,7 @@ def test_the_latest_arrival_and_completion_decide_without_the_history() -> None:
     )
     later = T0 + timedelta(seconds=15)
     complete = ev.StudyComplete(
-        study_instance_uid=STUDY, attempt=1, instance_count=2, through_sequence=last.sequence
+        study_uid=STUDY, attempt=1, instance_count=2, through_sequence=last.sequence
     )
     [recorded] = [RecordedEvent(3, event_subject(complete), complete)]
     # The last attempt holds the last arrival: already complete.
@@ -124,14 +124,14 @@ def test_uid_tokens_round_trip_and_subjects_hold_the_study() -> None:
     assert uid_from_token(uid_token("1.2.840.10008")) == "1.2.840.10008"
     with pytest.raises(ValueError):
         uid_token("1.2.abc")
-    e = ev.Uploaded(study_instance_uid="1.2.3", core="default", attempt=1, instance_count=2)
+    e = ev.Uploaded(study_uid="1.2.3", core="default", attempt=1, instance_count=2)
     assert event_subject(e) == "pacsor.study.1_2_3.default.uploaded"
     assert study_subjects("1.2.3") == "pacsor.study.1_2_3.>"
 
 
 def test_events_are_readable_json_with_type_and_version() -> None:
     event = ev.StudyComplete(
-        study_instance_uid=STUDY, attempt=1, instance_count=3, through_sequence=9, occurred_at=T0
+        study_uid=STUDY, attempt=1, instance_count=3, through_sequence=9, occurred_at=T0
     )
     body = msgspec.json.decode(ev.encode(event))
     assert body["type"] == "StudyComplete"
@@ -147,16 +147,16 @@ def test_events_are_readable_json_with_type_and_version() -> None:
 
 def test_outcome_events_of_one_attempt_share_an_idempotency_key() -> None:
     ok = ev.Dispatched(
-        study_instance_uid=STUDY, core="c", attempt=1, destination="P@h:1", sop_instance_uids=()
+        study_uid=STUDY, core="c", attempt=1, destination="P@h:1", sop_instance_uids=()
     )
     ko = ev.DispatchFailed(
-        study_instance_uid=STUDY, core="c", attempt=1, destination="P@h:1", reason="x", tries=3
+        study_uid=STUDY, core="c", attempt=1, destination="P@h:1", reason="x", tries=3
     )
     assert ok.idempotency_key() == ko.idempotency_key()
     assert (
         ok.idempotency_key()
         != ev.Dispatched(
-            study_instance_uid=STUDY, core="c", attempt=2, destination="P@h:1", sop_instance_uids=()
+            study_uid=STUDY, core="c", attempt=2, destination="P@h:1", sop_instance_uids=()
         ).idempotency_key()
     )
 
@@ -179,7 +179,7 @@ def test_result_objects_are_identified_or_refused() -> None:
     header = parse_header(to_bytes(ds), complete=True)
     assert header is not None
     identity = identify_result(header.dataset)
-    assert (identity.study_instance_uid, identity.sop_instance_uid) == (STUDY, ds.SOPInstanceUID)
+    assert (identity.study_uid, identity.sop_instance_uid) == (STUDY, ds.SOPInstanceUID)
     with pytest.raises(HeaderError, match="not a readable DICOM"):
         parse_header(b"<html>502 Bad Gateway</html>", complete=True)
 
@@ -238,9 +238,9 @@ def test_dispatch_progress_settles_each_object_once() -> None:
 def test_events_read_as_one_line_naming_the_core_and_attempt() -> None:
     from pacsor.domain.event_text import describe
 
-    uploaded = ev.Uploaded(study_instance_uid="1.2.3", core="preprod", attempt=2, instance_count=3)
+    uploaded = ev.Uploaded(study_uid="1.2.3", core="preprod", attempt=2, instance_count=3)
     failed = ev.DispatchFailed(
-        study_instance_uid="1.2.3",
+        study_uid="1.2.3",
         core="default",
         attempt=1,
         destination="PACS@10.0.0.5:104",

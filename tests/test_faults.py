@@ -25,7 +25,7 @@ from pacsor.domain import events as ev
 from pacsor.jetstream.blobs import BlobStore, digest_hex
 from pacsor.jetstream.eventlog import EventLog
 from pacsor.jetstream.subjects import INSTANCES_BUCKET
-from pacsor.metrics import ASSOCIATIONS_REJECTED, CONTEXTS_REJECTED
+from pacsor.process.counters import ASSOCIATIONS_REJECTED, CONTEXTS_REJECTED
 from tests.harness import (
     TOKEN,
     ReceivingPacs,

@@ -15,6 +15,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 
 from pacsor.domain import events as ev
 from pacsor.domain.retry import RetryPolicy
+from pacsor.errors import InvalidInput, TransientError
 from pacsor.jetstream.eventlog import ConcurrentUpdate, EventLog
 from pacsor.jetstream.handler_runner import (
     ConsumerSpec,
@@ -25,7 +26,7 @@ from pacsor.jetstream.handler_runner import (
     run_consumer,
 )
 from pacsor.jetstream.subjects import EVENTS_STREAM, events_filter
-from pacsor.metrics import HANDLER_ERRORS
+from pacsor.process.counters import HANDLER_ERRORS
 from tests.harness import of_type, wait_for_event
 
 STUDY = "1.2.826.0.1.3680043.8.498.77"
@@ -34,7 +35,7 @@ POLICY = RetryPolicy(initial_seconds=0.1, max_seconds=0.2, max_attempts=5)
 
 def complete(attempt: int = 1, study: str = STUDY) -> ev.StudyComplete:
     return ev.StudyComplete(
-        study_instance_uid=study, attempt=attempt, instance_count=0, through_sequence=0
+        study_uid=study, attempt=attempt, instance_count=0, through_sequence=0
     )
 
 
@@ -63,7 +64,7 @@ async def consuming(nc: Client, name: str, handler: Any) -> AsyncIterator[None]:
 
 def uploaded(event: ev.StudyComplete) -> ev.Uploaded:
     return ev.Uploaded(
-        study_instance_uid=event.study_instance_uid,
+        study_uid=event.study_uid,
         core="c",
         attempt=event.attempt,
         instance_count=0,
@@ -153,7 +154,7 @@ async def test_a_step_that_can_never_succeed_ends_in_a_recorded_failure(nc: Clie
     async def too_big(event: ev.StudyComplete, delivery: Delivery) -> Outcome:
         deliveries.append(delivery.num_delivered)
         huge = ev.Uploaded(
-            study_instance_uid=event.study_instance_uid,
+            study_uid=event.study_uid,
             core="c",
             attempt=1,
             instance_count=0,
@@ -187,8 +188,8 @@ async def test_the_steps_own_failure_event_and_transient_errors(nc: Client) -> N
     tries: dict[str, int] = {}
 
     async def handler(event: ev.StudyComplete, delivery: Delivery) -> Outcome:
-        tries[event.study_instance_uid] = delivery.num_delivered
-        if event.study_instance_uid == study_a:
+        tries[event.study_uid] = delivery.num_delivered
+        if event.study_uid == study_a:
             raise KeyError("a bug")
         if delivery.num_delivered <= 7:
             raise NatsTimeoutError
@@ -198,7 +199,7 @@ async def test_the_steps_own_failure_event_and_transient_errors(nc: Client) -> N
         spec("own"),
         concurrency=2,
         failed=lambda event, reason, n: ev.UploadFailed(
-            study_instance_uid=event.study_instance_uid,
+            study_uid=event.study_uid,
             core="c",
             attempt=event.attempt,
             reason=reason,
@@ -220,3 +221,31 @@ async def test_the_steps_own_failure_event_and_transient_errors(nc: Client) -> N
     assert isinstance(done, ev.Uploaded) and tries[study_b] == 8
     kinds = [type(r.event).__name__ for r in await log.history(study_b)]
     assert kinds == ["StudyComplete", "Uploaded"]
+
+
+async def test_a_permanent_error_is_recorded_at_once_and_a_transient_one_retried(
+    nc: Client,
+) -> None:
+    """The runner reads pacsor.errors: trying again cannot fix invalid input, so its failure
+    is recorded at the first delivery; a transient error goes through the backoff."""
+    js = nc.jetstream()
+    log = EventLog(js)
+    study_a, study_b = "1.2.826.0.1.3680043.8.498.82", "1.2.826.0.1.3680043.8.498.83"
+    tries: dict[str, list[int]] = {study_a: [], study_b: []}
+
+    async def handler(event: ev.StudyComplete, delivery: Delivery) -> Outcome:
+        tries[event.study_uid].append(delivery.num_delivered)
+        if event.study_uid == study_a:
+            raise InvalidInput("not DICOM")
+        raise TransientError("the peer is down")
+
+    await log.publish(complete(study=study_a))
+    await log.publish(complete(study=study_b))
+    async with consuming(nc, "by-kind", handler):
+        permanent = await wait_for_event(nc, study_a, of_type(ev.StepFailed), 20)
+        transient = await wait_for_event(nc, study_b, of_type(ev.StepFailed), 20)
+    assert isinstance(permanent, ev.StepFailed) and permanent.tries == 1
+    assert permanent.reason == "InvalidInput: not DICOM"
+    assert tries[study_a] == [1]
+    assert isinstance(transient, ev.StepFailed) and transient.tries == POLICY.max_attempts
+    assert tries[study_b] == list(range(1, POLICY.max_attempts + 1))

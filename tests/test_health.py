@@ -56,10 +56,10 @@ def test_the_probe_leaves_the_gateway_unimported(tmp_path: Path) -> None:
     # It runs every few seconds in every container: no DICOM stack, no web stack, no handlers.
     script = (
         "import sys\n"
-        "from pacsor.launcher import main\n"
+        "from pacsor.cli.launcher import main\n"
         "sys.argv = ['pacsor', 'health', 'uploader']\n"
         "main()\n"
-        "heavy = {'pynetdicom', 'litestar', 'pacsor.gateway', 'pacsor.components'}\n"
+        "heavy = {'pynetdicom', 'litestar', 'pacsor.process.gateway', 'pacsor.components'}\n"
         "print(sorted(heavy & set(sys.modules)))\n"
     )
     result = subprocess.run(

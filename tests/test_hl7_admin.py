@@ -16,7 +16,12 @@ from pacsor.config import ConfigError, Settings, load_settings
 from pacsor.devtools.demo_ris import DemoRis
 from pacsor.domain import events as ev
 from pacsor.jetstream.eventlog import EventLog
-from pacsor.jetstream.subjects import HL7_CONFIG_SUBJECT, event_subject, events_filter
+from pacsor.jetstream.subjects import (
+    LEGACY_HL7_CONFIG_SUBJECT,
+    event_subject,
+    events_filter,
+    site_events,
+)
 from tests.harness import pacsor_cli, running_gateway, wait_for_event
 from tests.hl7_fixtures import external_report, outcome, record_results, sent_messages
 from tests.hl7_reading import ParsedOru
@@ -77,13 +82,13 @@ async def test_a_report_pushed_over_http_reaches_the_ris(
     ready = await record_results(nc, PatientName="Blanc^Zoé")
     assert isinstance(await outcome(nc, ready), ev.Hl7Sent)
     answer = await admin.post(
-        "/webps/teleradio/reports", json=external_report(ready.study_instance_uid)
+        "/webps/teleradio/reports", json=external_report(ready.study_uid)
     )
     assert answer.status_code == 202, answer.text
     assert answer.json()["report_id"] == "R-1"
     sent = await wait_for_event(
         nc,
-        ready.study_instance_uid,
+        ready.study_uid,
         lambda e: isinstance(e, ev.Hl7Sent) and e.report_id == "R-1",
     )
     assert isinstance(sent, ev.Hl7Sent) and sent.core == "webps-teleradio"
@@ -129,7 +134,7 @@ async def test_a_loaded_configuration_wins_over_the_environment(
     assert shown["effective"]["HL7_LANGUAGE"] == "FR"
     assert shown["loaded"]["name"] == "french"
     assert shown["template"] == FRENCH["template"]
-    (recorded,) = await EventLog(nc.jetstream()).read(HL7_CONFIG_SUBJECT)
+    (recorded,) = await EventLog(nc.jetstream()).read(site_events(ev.Hl7ConfigLoaded))
     assert isinstance(recorded.event, ev.Hl7ConfigLoaded)
     assert recorded.subject == event_subject(recorded.event)
 
@@ -140,6 +145,29 @@ async def test_a_loaded_configuration_wins_over_the_environment(
     assert oru.text(oru.segments("MSH")[0], 5) == "RIS_FR"
     assert oru.text(oru.segments("OBR")[0], 13) == "Thorax face"
     assert oru.text(oru.observations()["cobb_angle/1"], 3, 2) == "Angle de Cobb"
+
+
+async def test_a_load_recorded_before_the_site_subjects_is_still_in_force(
+    nc: Client, admin: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    """Earlier versions recorded loads under pacsor.study.unknown: the latest there is in
+    force until a new load, which goes to the site subject."""
+    legacy = ev.Hl7ConfigLoaded(
+        load_id="old-1",
+        name="legacy",
+        kind="config",
+        loaded_by="0.1",
+        settings={"HL7_LANGUAGE": "FR"},
+    )
+    await nc.jetstream().publish(LEGACY_HL7_CONFIG_SUBJECT, ev.encode(legacy))
+    shown = (await admin.get("/hl7/config")).json()
+    assert shown["loaded"]["name"] == "legacy" and shown["effective"]["HL7_LANGUAGE"] == "FR"
+
+    write_config(tmp_path, "french", FRENCH)
+    assert (await admin.post("/hl7/config/load/french")).status_code == 200
+    assert (await admin.get("/hl7/config")).json()["loaded"]["name"] == "french"
+    (recorded,) = await EventLog(nc.jetstream()).read(site_events(ev.Hl7ConfigLoaded))
+    assert recorded.subject == "pacsor.site.hl7_config_loaded"
 
 
 @pytest.mark.parametrize(
@@ -171,7 +199,7 @@ async def test_a_bad_configuration_is_refused_and_the_previous_stays(
     assert reason in refused.json()["detail"]
     shown = (await admin.get("/hl7/config")).json()
     assert shown["loaded"]["name"] == "french"
-    assert len(await EventLog(nc.jetstream()).read(HL7_CONFIG_SUBJECT)) == 1
+    assert len(await EventLog(nc.jetstream()).read(site_events(ev.Hl7ConfigLoaded))) == 1
 
 
 async def test_configuration_and_template_loaded_at_start(
@@ -194,7 +222,7 @@ async def test_configuration_and_template_loaded_at_start(
     (oru,) = sent_messages(ris, ready)
     assert oru.names()[:4] == ["MSH", "PID", "PV1", "OBR"]  # the template: no ORC
     assert oru.text(oru.segments("MSH")[0], 19) == "fr"  # the configuration: French
-    loads = [r.event for r in await EventLog(nc.jetstream()).read(HL7_CONFIG_SUBJECT)]
+    loads = [r.event for r in await EventLog(nc.jetstream()).read(site_events(ev.Hl7ConfigLoaded))]
     assert [(e.name, e.loaded_by) for e in loads if isinstance(e, ev.Hl7ConfigLoaded)] == [
         ("french", "LOAD_CONFIG_AT_INIT"),
         ("no-orc", "LOAD_TEMPLATE_AT_INIT"),

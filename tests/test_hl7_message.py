@@ -12,9 +12,9 @@ from pacsor.config.hl7 import Hl7Settings
 from pacsor.devtools.simulator import results as simulated
 from pacsor.hl7.escaping import escape, unescape
 from pacsor.hl7.findings import FindingsError, StudyFindings, decode_findings
-from pacsor.hl7.header import HeaderError, read_study_header
 from pacsor.hl7.oru import MessageError, StudyHeader, build_oru, control_id, parse_oru
 from pacsor.hl7.report import Report
+from pacsor.hl7.study_header import HeaderError, read_study_header
 from tests.dicom_factory import make_image, new_uid, to_bytes
 from tests.hl7_reading import ParsedOru
 
@@ -26,7 +26,7 @@ HOSTILE_NAME = HOSTILE.replace("^", " ")  # ^ separates the parts of a DICOM per
 
 def header(**changes: str) -> StudyHeader:
     base = StudyHeader(
-        study_instance_uid=STUDY,
+        study_uid=STUDY,
         patient_id="PAT-1",
         issuer_of_patient_id="HOSP",
         patient_name="Doe^Jane^M^Dr^III",
@@ -241,7 +241,7 @@ def test_header_is_read_from_the_stored_instance() -> None:
         study, PatientID="P9", PatientName="Martin^Élise", AccessionNumber="ACC9", PatientSex="F"
     )
     got = read_study_header(to_bytes(ds))
-    assert (got.study_instance_uid, got.patient_id, got.accession_number) == (study, "P9", "ACC9")
+    assert (got.study_uid, got.patient_id, got.accession_number) == (study, "P9", "ACC9")
     assert got.patient_name == "Martin^Élise" and got.sex == "F"
     with pytest.raises(HeaderError):
         read_study_header(b"not dicom at all")
@@ -272,7 +272,7 @@ def test_hl7_events_read_as_one_line() -> None:
     from pacsor.domain.event_text import detail
 
     sent = ev.Hl7Sent(
-        study_instance_uid=STUDY,
+        study_uid=STUDY,
         core="default",
         attempt=1,
         ris="10.0.0.9:2575",
@@ -284,19 +284,19 @@ def test_hl7_events_read_as_one_line() -> None:
         "default attempt 1 to 10.0.0.9:2575: AA (control ID ABC, without smartxpert)"
     )
     pushed = ev.ExternalReportReceived(
-        study_instance_uid=STUDY,
+        study_uid=STUDY,
         provider="radnet",
         report_id="R-1",
         report=ev.WrittenReport(title="T", language="FR"),
     )
     assert detail(pushed) == "report R-1 from radnet (FR)"
     loaded = ev.Hl7ConfigLoaded(
-        study_instance_uid="", load_id="x", name="site", kind="config", loaded_by="admin API"
+        study_uid="", load_id="x", name="site", kind="config", loaded_by="admin API"
     )
     assert detail(loaded) == "HL7 config 'site' loaded by admin API"
     # Sent and failed share the step's key; an external report's outcome has its own.
     failed = ev.Hl7Failed(
-        study_instance_uid=STUDY, core="default", attempt=1, ris="r", control_id="c", reason="x"
+        study_uid=STUDY, core="default", attempt=1, ris="r", control_id="c", reason="x"
     )
     assert sent.idempotency_key() == failed.idempotency_key()
     other = msgspec.structs.replace(sent, report_id="R-1")

@@ -119,7 +119,7 @@ async def test_findings_and_measures_reach_the_ris(
         sent = await outcome(nc, ready)
     assert isinstance(sent, ev.Hl7Sent)
     assert (sent.ack_code, sent.missing_findings, sent.ris) == ("AA", (), f"127.0.0.1:{ris.port}")
-    assert sent.control_id == control_id(ready.study_instance_uid, CORE, 1)
+    assert sent.control_id == control_id(ready.study_uid, CORE, 1)
     (oru,) = sent_messages(ris, ready)
     pid = oru.segments("PID")[0]
     assert (oru.text(pid, 5, 1), oru.text(pid, 5, 2), oru.text(pid, 3)) == (
@@ -129,7 +129,7 @@ async def test_findings_and_measures_reach_the_ris(
     )
     assert oru.text(oru.segments("OBR")[0], 2) == "ACC-77"
     observations = oru.observations()
-    assert oru.text(observations["110180"], 5) == ready.study_instance_uid
+    assert oru.text(observations["110180"], 5) == ready.study_uid
     for finding in ("fracture", "pleural_effusion", "pneumothorax", "nodule"):
         assert finding in observations
     assert oru.text(observations["pleural_effusion"], 3, 2) == effusion
@@ -180,7 +180,7 @@ async def test_a_ris_that_never_answers_fails_and_the_next_study_goes_through(
         ris.default = "AA"
         later = await record_results(nc)
         assert isinstance(await outcome(nc, later), ev.Hl7Sent)
-    history = [r.event for r in await EventLog(nc.jetstream()).history(ready.study_instance_uid)]
+    history = [r.event for r in await EventLog(nc.jetstream()).history(ready.study_uid)]
     assert [type(e).__name__ for e in history] == [
         "InstanceReceived",
         "StudyComplete",
@@ -272,7 +272,7 @@ async def test_the_report_goes_in_each_format(
         sent = await outcome(nc, ready)
     assert isinstance(sent, ev.Hl7Sent)
     assert (sent.with_report, sent.missing_findings) == (True, ())
-    expected = await reports.fetch(ready.study_instance_uid, language)
+    expected = await reports.fetch(ready.study_uid, language)
     (oru,) = sent_messages(ris, ready)
     got_kind, text = oru.report()
     assert got_kind == kind
@@ -312,14 +312,14 @@ async def test_an_external_report_pushed_on_nats_reaches_the_ris(nc: Client, ris
     ):
         ready = await record_results(nc, PatientName="Petit^Léa", AccessionNumber="ACC-W1")
         assert isinstance(await outcome(nc, ready), ev.Hl7Sent)
-        body = external_report(ready.study_instance_uid)
+        body = external_report(ready.study_uid)
         answer = await push(nc, "radnet", body)
         assert answer["status"] == "accepted" and answer["report_id"] == "R-1"
         again = await push(nc, "radnet", body)  # pushed twice, recorded once
         assert again["sequence"] == answer["sequence"]
         sent = await wait_for_event(
             nc,
-            ready.study_instance_uid,
+            ready.study_uid,
             lambda e: isinstance(e, ev.Hl7Sent | ev.Hl7Failed) and e.report_id == "R-1",
         )
     assert isinstance(sent, ev.Hl7Sent)
@@ -331,7 +331,7 @@ async def test_an_external_report_pushed_on_nats_reaches_the_ris(nc: Client, ris
         **{k: v for k, v in body.items() if k not in ("StudyInstanceUID", "report_id")}
     )
     assert oru.report() == ("ED/html", expected.as_html())
-    assert sent.control_id != control_id(ready.study_instance_uid, CORE, 1)
+    assert sent.control_id != control_id(ready.study_uid, CORE, 1)
 
 
 @pytest.mark.parametrize(
@@ -424,7 +424,7 @@ async def test_patient_facts_come_from_a_result_object_once_instances_expired(
     # The instance was received, then removed from the bucket (retention): only its event stays.
     await events.publish(
         ev.InstanceReceived(
-            study_instance_uid=study,
+            study_uid=study,
             series_instance_uid=str(ds.SeriesInstanceUID),
             sop_instance_uid=str(ds.SOPInstanceUID),
             sop_class_uid=str(ds.SOPClassUID),
@@ -444,7 +444,7 @@ async def test_patient_facts_come_from_a_result_object_once_instances_expired(
         size=len(data),
     )
     async with running_hl7(nc, ris, include_measures=False, include_detections=False):
-        ready = ev.ResultReady(study_instance_uid=study, core=CORE, attempt=1, results=(result,))
+        ready = ev.ResultReady(study_uid=study, core=CORE, attempt=1, results=(result,))
         await events.publish(ready)
         assert isinstance(await outcome(nc, ready), ev.Hl7Sent)
     (oru,) = sent_messages(ris, ready)

@@ -10,6 +10,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# Every layer may count: the counters module is the one piece of the process runtime anyone imports.
+COUNTERS = "pacsor.process.counters"
+# Every layer may raise pacsor's errors: the hierarchy imports nothing.
+ERRORS = "pacsor.errors"
 IO_LIBRARIES = {"nats", "pynetdicom", "httpx", "litestar", "uvicorn", "hl7apy", "hl7", "sqlite3"}
 
 
@@ -45,7 +49,7 @@ def test_domain_is_pure(path: Path) -> None:
     """Facts and decisions: the standard library, msgspec and other domain modules only."""
     for name in imported(path):
         if top(name) == "pacsor":
-            assert name.startswith("pacsor.domain"), f"{path.name} imports {name}"
+            assert name.startswith(("pacsor.domain", ERRORS)), f"{path.name} imports {name}"
         else:
             assert top(name) in sys.stdlib_module_names | {"msgspec"}, f"{path.name}: {name}"
             assert top(name) not in IO_LIBRARIES, f"{path.name} imports {name}"
@@ -53,19 +57,24 @@ def test_domain_is_pure(path: Path) -> None:
 
 def test_metrics_depend_on_nothing_of_pacsor() -> None:
     """Every layer may count; so the metrics module may import nothing of pacsor itself."""
-    assert not any(top(n) == "pacsor" for n in imported(ROOT / "pacsor" / "metrics.py"))
+    counters = ROOT / "pacsor" / "process" / "counters.py"
+    assert not any(top(n) == "pacsor" for n in imported(counters))
 
 
 @pytest.mark.parametrize("path", list(modules("pacsor/config")), ids=lambda p: p.name)
 def test_config_imports_nothing_else_of_pacsor(path: Path) -> None:
     for name in imported(path):
-        assert top(name) != "pacsor" or name.startswith("pacsor.config"), name
+        assert top(name) != "pacsor" or name.startswith(("pacsor.config", ERRORS)), name
         assert top(name) not in IO_LIBRARIES, name
 
 
 @pytest.mark.parametrize(
     "path",
-    [p for p in modules("pacsor", "consumers") if "devtools" not in p.parts and p.name != "cli.py"],
+    [
+        p
+        for p in modules("pacsor", "consumers")
+        if "devtools" not in p.parts and p.parts[-2:] != ("cli", "main.py")
+    ],
     ids=lambda p: str(p.relative_to(ROOT)),
 )
 def test_runtime_never_imports_devtools(path: Path) -> None:
@@ -77,8 +86,8 @@ def test_runtime_never_imports_devtools(path: Path) -> None:
 def test_only_the_jetstream_package_talks_to_nats(path: Path) -> None:
     relative = path.relative_to(ROOT)
     allowed = relative.parts[:2] == ("pacsor", "jetstream") or relative.as_posix() in {
-        "pacsor/runtime.py",
-        "pacsor/gateway.py",
+        "pacsor/process/runtime.py",
+        "pacsor/process/gateway.py",
     }
     if not allowed:
         assert not any(top(n) == "nats" for n in imported(path)), f"{relative} imports nats"
@@ -89,8 +98,8 @@ def test_jetstream_does_not_know_the_peers(path: Path) -> None:
     """The broker layer serves every component and depends on none of them."""
     for name in imported(path):
         if top(name) == "pacsor":
-            allowed = {"pacsor.jetstream", "pacsor.domain", "pacsor.streams", "pacsor.metrics"}
-            assert pacsor_package(name) in allowed, name
+            allowed = {"pacsor.jetstream", "pacsor.domain", "pacsor.streams"}
+            assert pacsor_package(name) in allowed or name.startswith((COUNTERS, ERRORS)), name
 
 
 def string_constants(path: Path) -> Iterator[str]:
@@ -128,3 +137,39 @@ def test_profile_names_agree() -> None:
     from pacsor.dicom.profiles import PROFILES
 
     assert set(get_args(Profile)) == set(PROFILES)
+
+
+def test_the_error_hierarchy_imports_nothing_of_pacsor() -> None:
+    assert not any(top(n) == "pacsor" for n in imported(ROOT / "pacsor" / "errors.py"))
+
+
+def raised_classes(path: Path) -> Iterator[tuple[str, list[str]]]:
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ClassDef):
+            bases = [ast.unparse(b) for b in node.bases]
+            if any(b.endswith(("Error", "Exception")) for b in bases):
+                yield node.name, bases
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        p
+        for p in modules("pacsor", "consumers")
+        if "devtools" not in p.parts and any(raised_classes(p))
+    ],
+    ids=lambda p: str(p.relative_to(ROOT)),
+)
+def test_every_error_is_a_pacsor_error(path: Path) -> None:
+    """One hierarchy (pacsor/errors.py): the runner's retry decision reads `retryable`."""
+    import importlib
+
+    relative = path.relative_to(ROOT).with_suffix("")
+    parts = relative.parts if relative.parts[0] == "pacsor" else ("pacsor", *relative.parts)
+    module = importlib.import_module(".".join(parts))
+    from pacsor.errors import PacsorError
+
+    for name, _ in raised_classes(path):
+        cls = getattr(module, name)
+        if issubclass(cls, BaseException):
+            assert issubclass(cls, PacsorError), f"{relative}: {name} is not a PacsorError"

@@ -223,7 +223,7 @@ async def test_upload_is_streamed_and_recorded(
         return produce
 
     response = await api.upload_study(study, [tracked(n, d) for n, d in enumerate(files)])
-    assert response.study_instance_uid == study
+    assert response.study_uid == study
     assert "3" in response.message
     assert produced == [0, 1, 2]
     snapshot = simulator[1].study(study)

@@ -19,7 +19,7 @@ STUDY = "1.2.826.0.1.3680043.8.498.77"
 
 def message(attempt: int = 1, name: str = "Lefèvre^Zoé") -> tuple[str, str]:
     cid = control_id(STUDY, "default", attempt)
-    header = StudyHeader(study_instance_uid=STUDY, patient_id="P1", patient_name=name)
+    header = StudyHeader(study_uid=STUDY, patient_id="P1", patient_name=name)
     text = build_oru(header, StudyFindings(), None, Hl7Settings(), cid, datetime.now(UTC))
     return text, cid
 

@@ -44,7 +44,7 @@ async def publish(nc: Client, studies: range) -> int:
 
 def everything(model: ReadModel) -> dict[str, StudyView]:
     views, _ = model.query(StudyFilter(limit=1000))
-    return {v.study_instance_uid: v for v in views}
+    return {v.study_uid: v for v in views}
 
 
 async def test_restart_resumes_and_a_deleted_file_rebuilds_the_same_state(

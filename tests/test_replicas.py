@@ -139,7 +139,7 @@ async def uploaded_once(nc: Client, studies: list[str], timeout: float = 120) ->
         async with asyncio.timeout(timeout):
             while waiting:
                 event = ev.decode((await sub.next_msg(timeout=timeout)).data)
-                waiting.discard(event.study_instance_uid)
+                waiting.discard(event.study_uid)
     finally:
         await sub.unsubscribe()
 

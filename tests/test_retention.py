@@ -74,9 +74,9 @@ def test_a_removal_recorded_is_not_due_again() -> None:
     events = lifecycle(STUDY, T0, destinations=(PACS,))
     late = T0 + 2 * WEEK
     events += [
-        ev.ObjectsExpired(study_instance_uid=STUDY, kind="instances", object_count=3, reason="r"),
+        ev.ObjectsExpired(study_uid=STUDY, kind="instances", object_count=3, reason="r"),
         ev.ObjectsExpired(
-            study_instance_uid=STUDY,
+            study_uid=STUDY,
             kind="results",
             object_count=6,
             reason="r",
@@ -199,7 +199,7 @@ def _failed_at_the_pacs(at: datetime) -> list[ev.Event]:
     return [
         *history,
         ev.DispatchFailed(
-            study_instance_uid=STUDY,
+            study_uid=STUDY,
             core="default",
             attempt=1,
             destination=PACS,
@@ -230,7 +230,7 @@ def test_a_study_failed_at_upload_loses_its_instances_and_a_relaunch_saves_them(
     failed_at = T0 + timedelta(minutes=1)
     history.append(
         ev.UploadFailed(
-            study_instance_uid=STUDY,
+            study_uid=STUDY,
             core="default",
             attempt=1,
             reason="HTTP 403: forbidden",
@@ -242,7 +242,7 @@ def test_a_study_failed_at_upload_loses_its_instances_and_a_relaunch_saves_them(
         Removal("instances", "output cleaning: the study failed over 24 h ago")
     ]
     relaunched = ev.StudyComplete(
-        study_instance_uid=STUDY,
+        study_uid=STUDY,
         attempt=2,
         instance_count=3,
         through_sequence=0,

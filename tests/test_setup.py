@@ -14,13 +14,13 @@ import pexpect
 import pyte
 import pytest
 
-from pacsor.config import load_settings, read_dotenv
-from pacsor.setup_wizard import (
+from pacsor.cli.setup_wizard import (
     check_ae_title,
     check_filters,
     check_port,
     check_url,
 )
+from pacsor.config import load_settings, read_dotenv
 from tests.harness import PROJECT, cli_env, pacsor_cli
 
 DOWN = "\x1b[B"  # arrow down

@@ -51,7 +51,7 @@ def test_a_study_goes_through_every_state() -> None:
 def test_a_failure_shows_with_its_reason_and_a_relaunch_starts_over() -> None:
     history = lifecycle(STUDY, T0, destinations=(PACS,))
     history[-1] = ev.DispatchFailed(
-        study_instance_uid=STUDY,
+        study_uid=STUDY,
         core="default",
         attempt=1,
         destination=PACS,
@@ -64,7 +64,7 @@ def test_a_failure_shows_with_its_reason_and_a_relaunch_starts_over() -> None:
     assert view.destinations[0].reason == "association rejected"
 
     relaunch = ev.RelaunchRequested(
-        study_instance_uid=STUDY,
+        study_uid=STUDY,
         relaunch_id="r1",
         requested_by="alice",
         occurred_at=T0 + timedelta(hours=1),
@@ -120,7 +120,7 @@ def test_applying_an_event_twice_changes_nothing() -> None:
 def test_rejections_are_counted_and_unknown_studies_ignored() -> None:
     rejected = [
         ev.InstanceRejected(
-            study_instance_uid=uid,
+            study_uid=uid,
             reason="truncated",
             dimse_status=0xC222,
             rejection_id=str(n),
@@ -175,7 +175,7 @@ def test_read_model_applies_in_batches_like_the_fold(tmp_path: Path) -> None:
 def test_queries_filter_sort_and_page(tmp_path: Path) -> None:
     pairs = numbered(many_studies(30))
     failed = ev.DispatchFailed(
-        study_instance_uid="1.2.3.7",
+        study_uid="1.2.3.7",
         core="default",
         attempt=1,
         destination=ARCHIVE,
@@ -190,19 +190,17 @@ def test_queries_filter_sort_and_page(tmp_path: Path) -> None:
 
     page, total = model.query(StudyFilter(limit=5))
     assert total == 31
-    assert [v.study_instance_uid for v in page] == [
+    assert [v.study_uid for v in page] == [
         "1.2.3.99",
         *[f"1.2.3.{n}" for n in (29, 28, 27, 26)],
     ]
     page, _ = model.query(StudyFilter(limit=5, offset=5))
-    assert page[0].study_instance_uid == "1.2.3.25"
+    assert page[0].study_uid == "1.2.3.25"
 
-    assert [v.study_instance_uid for v in model.query(StudyFilter(state="failed"))[0]] == [
-        "1.2.3.7"
-    ]
+    assert [v.study_uid for v in model.query(StudyFilter(state="failed"))[0]] == ["1.2.3.7"]
     assert model.query(StudyFilter(state="receiving"))[1] == 1
     by_destination = StudyFilter(destination=ARCHIVE, state="failed")
-    assert [v.study_instance_uid for v in model.query(by_destination)[0]] == ["1.2.3.7"]
+    assert [v.study_uid for v in model.query(by_destination)[0]] == ["1.2.3.7"]
     assert model.query(StudyFilter(destination=PACS, state="dispatched"))[1] == 30
     assert model.query(StudyFilter(core="default"))[1] == 30
     assert model.query(StudyFilter(core="other"))[1] == 0
@@ -212,7 +210,7 @@ def test_queries_filter_sort_and_page(tmp_path: Path) -> None:
     assert model.query(window)[1] == 10
     assert model.state_counts() == {"dispatched": 29, "failed": 1, "receiving": 1}
     ready = model.results_ready_since(T0 + timedelta(minutes=28))
-    assert [(r.study_instance_uid, r.attempt) for r in ready] == [("1.2.3.28", 1), ("1.2.3.29", 1)]
+    assert [(r.study_uid, r.attempt) for r in ready] == [("1.2.3.28", 1), ("1.2.3.29", 1)]
 
 
 def test_a_file_of_an_older_layout_is_started_again(tmp_path: Path) -> None:
@@ -230,7 +228,7 @@ def test_the_ris_shows_as_a_destination() -> None:
     history = lifecycle(STUDY, T0, destinations=(PACS,))
     history.append(
         ev.Hl7Failed(
-            study_instance_uid=STUDY,
+            study_uid=STUDY,
             core="default",
             attempt=1,
             ris="10.0.0.9:2575",
@@ -245,7 +243,7 @@ def test_the_ris_shows_as_a_destination() -> None:
     assert ris is not None and (ris.state, ris.reason) == ("failed", "AE: unknown order")
     assert view.state == "failed"
     sent = ev.Hl7Sent(
-        study_instance_uid=STUDY,
+        study_uid=STUDY,
         core="default",
         attempt=1,
         ris="10.0.0.9:2575",
@@ -260,3 +258,68 @@ def test_the_ris_shows_as_a_destination() -> None:
         "ACK AA, without smartxpert",
     )
     assert view.state == "dispatched"
+
+
+def test_every_event_type_is_declared_by_the_view_and_worded() -> None:
+    """A new event type the view neither applies nor declares as not shown, or that has no
+    text, fails here, before a dashboard can show a finished study as in progress."""
+    from pacsor.domain.event_text import events_worded
+    from pacsor.domain.study_view import events_not_shown, events_shown
+
+    catalogue = set(ev.catalogue())
+    assert catalogue - events_shown() - set(events_not_shown) == set()
+    assert not events_shown() & set(events_not_shown)
+    assert catalogue - events_worded() == set()
+
+
+def test_a_study_whose_instances_were_all_filtered_is_finished() -> None:
+    """NothingToUpload ends the core: the study reads nothing_to_upload, not in progress; with
+    a second core that dispatched, the study is as far as that core."""
+    history = lifecycle(STUDY, T0, images=2, destinations=(PACS,))
+    complete = next(e for e in history if isinstance(e, ev.StudyComplete))
+    upto = history.index(complete) + 1
+    filtered = ev.NothingToUpload(
+        study_uid=STUDY,
+        core="default",
+        attempt=1,
+        reason="all 2 instances filtered out: 2 filtered (Modality == SR)",
+        skipped_count=2,
+        occurred_at=T0 + timedelta(seconds=30),
+    )
+    view = fold(numbered([*history[:upto], filtered]))[STUDY]
+    assert view.state == "nothing_to_upload"
+    (core,) = view.cores
+    assert (core.state, core.skipped_count) == ("nothing_to_upload", 2)
+    assert "filtered" in core.reason
+
+    other = [
+        msgspec.structs.replace(e, core="precert")  # type: ignore[type-var]
+        for e in history[upto:]
+    ]
+    both = fold(numbered([*history[:upto], filtered, *other]))[STUDY]
+    assert both.state == "dispatched"
+
+
+def test_a_step_that_gave_up_makes_the_study_failed_until_a_new_attempt() -> None:
+    history = lifecycle(STUDY, T0, images=2, destinations=(PACS,))
+    gave_up = ev.StepFailed(
+        study_uid=STUDY,
+        step="study-completion",
+        stream="PACSOR",
+        message_sequence=3,
+        reason="InvalidInput: bad",
+        tries=1,
+        occurred_at=T0 + timedelta(seconds=5),
+    )
+    received_only = [e for e in history if isinstance(e, ev.InstanceReceived)]
+    view = fold(numbered([*received_only, gave_up]))[STUDY]
+    assert view.state == "failed"
+    assert [(f.step, f.reason) for f in view.step_failures] == [
+        ("study-completion", "InvalidInput: bad")
+    ]
+    # The study completed and went through after that failure: it is no longer failed.
+    later = [
+        msgspec.structs.replace(e, occurred_at=e.occurred_at + timedelta(minutes=1))
+        for e in history[len(received_only) :]
+    ]  # type: ignore[type-var]
+    assert fold(numbered([*received_only, gave_up, *later]))[STUDY].state == "dispatched"

@@ -86,7 +86,7 @@ class StepState(msgspec.Struct, frozen=True):
 
 
 class StudySummary(msgspec.Struct, frozen=True):
-    study_instance_uid: str
+    study_uid: str = msgspec.field(name="study_instance_uid")
     state: str
     accession_number: str
     study_date: str
@@ -120,7 +120,7 @@ class RelaunchBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 def summary(view: StudyView) -> StudySummary:
     return StudySummary(
-        study_instance_uid=view.study_instance_uid,
+        study_uid=view.study_uid,
         state=view.state,
         accession_number=view.accession_number,
         study_date=view.study_date,

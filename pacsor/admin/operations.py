@@ -15,12 +15,13 @@ from pacsor.admin.read_model import ReadModel
 from pacsor.config import Destination, Settings
 from pacsor.domain import events as ev
 from pacsor.domain.completion import InstancesGone, UnknownStudy, relaunch_check
+from pacsor.errors import InvalidInput
 from pacsor.jetstream.blobs import BlobStore
 from pacsor.jetstream.eventlog import EventLog
 from pacsor.jetstream.subjects import is_valid_uid
 
 
-class Refused(Exception):
+class Refused(InvalidInput):
     """The operation cannot be done; `status` is the HTTP status that says why."""
 
     def __init__(self, status: int, message: str) -> None:
@@ -30,7 +31,7 @@ class Refused(Exception):
 
 
 class RelaunchAccepted(msgspec.Struct, frozen=True):
-    study_instance_uid: str
+    study_uid: str = msgspec.field(name="study_instance_uid")
     relaunch_id: str
     requested_by: str
     cores: tuple[str, ...]
@@ -86,14 +87,14 @@ async def request_relaunch(
             f"stored (past retention); the study cannot be sent again",
         )
     request = ev.RelaunchRequested(
-        study_instance_uid=uid,
+        study_uid=uid,
         relaunch_id=uuid.uuid4().hex,
         requested_by=requested_by,
         cores=cores,
     )
     sequence = await events.publish(request)
     return RelaunchAccepted(
-        study_instance_uid=uid,
+        study_uid=uid,
         relaunch_id=request.relaunch_id,
         requested_by=requested_by,
         cores=cores,
@@ -132,7 +133,7 @@ async def request_replay(
     for results in ready:
         sequence = await events.publish(
             ev.DispatchReplayRequested(
-                study_instance_uid=results.study_instance_uid,
+                study_uid=results.study_uid,
                 core=results.core,
                 attempt=results.attempt,
                 destination=str(destination),

@@ -13,6 +13,7 @@ from typing import Protocol
 
 from pacsor.admin.read_model import ReadModel
 from pacsor.domain import events as ev
+from pacsor.errors import InvalidInput
 from pacsor.jetstream.eventlog import EventLog
 
 log = logging.getLogger("pacsor.admin.projector")
@@ -28,7 +29,7 @@ class Observer(Protocol):
     def step_took(self, name: str, seconds: float) -> None: ...
 
 
-class BeyondTheStream(ValueError):
+class BeyondTheStream(InvalidInput):
     """A sequence asked for that the stream has not reached: waiting would not bring it."""
 
     def __init__(self, sequence: int, last: int) -> None:

@@ -78,7 +78,7 @@ class StudyFilter(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class ReadyResults(msgspec.Struct, frozen=True):
-    study_instance_uid: str
+    study_uid: str = msgspec.field(name="study_instance_uid")
     core: str
     attempt: int
 
@@ -135,16 +135,16 @@ class ReadModel:
         `on_step(name, seconds)` hears the duration of each step an event ends."""
         if through <= self.last_sequence:
             return []
-        uids = {event.study_instance_uid for _, event in recorded if event.study_instance_uid}
+        uids = {event.study_uid for _, event in recorded if event.study_uid}
         views = self._load(uids)
         changed: dict[str, StudyView] = {}
         for sequence, event in recorded:
-            uid = event.study_instance_uid
+            uid = event.study_uid
             if not uid:
                 continue
             view = views.get(uid)
             if view is None:
-                view = views[uid] = StudyView(study_instance_uid=uid)
+                view = views[uid] = StudyView(study_uid=uid)
             if sequence <= view.last_sequence:
                 continue
             apply(view, sequence, event)
@@ -175,10 +175,10 @@ class ReadModel:
         results: list[tuple[str, str, int, float]] = []
         uids: list[tuple[str]] = []
         for view in views:
-            uids.append((view.study_instance_uid,))
+            uids.append((view.study_uid,))
             rows.append(
                 (
-                    view.study_instance_uid,
+                    view.study_uid,
                     view.accession_number,
                     view.state,
                     _epoch(view.first_received_at),
@@ -187,13 +187,13 @@ class ReadModel:
                     _encoder.encode(view),
                 )
             )
-            steps.extend((view.study_instance_uid, "core", c.core, c.state) for c in view.cores)
+            steps.extend((view.study_uid, "core", c.core, c.state) for c in view.cores)
             steps.extend(
-                (view.study_instance_uid, "destination", d.destination, d.state)
+                (view.study_uid, "destination", d.destination, d.state)
                 for d in view.destinations
             )
             results.extend(
-                (view.study_instance_uid, r.core, r.attempt, r.at.timestamp())
+                (view.study_uid, r.core, r.attempt, r.at.timestamp())
                 for r in view.results_made
                 if not r.removed
             )

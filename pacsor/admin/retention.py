@@ -92,7 +92,7 @@ class RetentionSweeper:
             offset += PAGE
 
     async def _remove(self, view: StudyView, removal: Removal, now: datetime) -> None:
-        uid = view.study_instance_uid
+        uid = view.study_uid
         if removal.kind == "instances":
             store = self._instances
             # Every version of every instance: each is stored under its own name.
@@ -115,7 +115,7 @@ class RetentionSweeper:
             count += await store.delete(name)
         await self._events.publish(
             ev.ObjectsExpired(
-                study_instance_uid=uid,
+                study_uid=uid,
                 kind=removal.kind,
                 object_count=count,
                 reason=removal.reason,

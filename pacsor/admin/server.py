@@ -20,9 +20,10 @@ from pacsor.admin.metrics import AdminMetrics
 from pacsor.admin.projector import Projector
 from pacsor.admin.read_model import ReadModel
 from pacsor.admin.retention import RetentionSweeper
-from pacsor.config import ConfigError, Settings
+from pacsor.config import Settings
+from pacsor.errors import StartupError
 from pacsor.jetstream.broker_state import broker_state
-from pacsor.runtime import Component, Runtime, Started
+from pacsor.process.runtime import Component, Runtime, Started
 
 log = logging.getLogger("pacsor.admin")
 
@@ -127,7 +128,7 @@ def listen(host: str, port: int) -> socket.socket:
         sock.listen(128)
     except OSError as err:
         sock.close()
-        raise ConfigError(
+        raise StartupError(
             f"ADMIN_PORT: cannot listen on {host}:{port}: {err.strerror or err}"
         ) from None
     return sock

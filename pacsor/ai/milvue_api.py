@@ -38,6 +38,7 @@ from pacsor.ai.multipart import (
     new_boundary,
 )
 from pacsor.config import CoreSettings, Settings
+from pacsor.errors import PacsorError
 
 OWNER_HEADER = "x-goog-meta-owner"
 RESULTS_ACCEPT = f'multipart/related; type="{DICOM_MEDIA_TYPE}"'
@@ -51,7 +52,7 @@ _MAX_ERROR_TEXT = 300
 T = TypeVar("T")
 
 
-class ApiError(Exception):
+class ApiError(PacsorError):
     """A request to the AI API failed.
 
     `status` is the HTTP status, or None when no answer came (connection error, timeout).
@@ -110,12 +111,12 @@ class ResultsRefused(ApiError):
 
 
 class UploadResponse(msgspec.Struct, frozen=True):
-    study_instance_uid: str = msgspec.field(name="StudyInstanceUID")
+    study_uid: str = msgspec.field(name="StudyInstanceUID")
     message: str = ""
 
 
 class SignedUploadResponse(msgspec.Struct, frozen=True):
-    study_instance_uid: str = msgspec.field(name="StudyInstanceUID")
+    study_uid: str = msgspec.field(name="StudyInstanceUID")
     signed_urls: dict[str, str] = msgspec.field(default_factory=dict)
 
 

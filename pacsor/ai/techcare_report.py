@@ -23,15 +23,20 @@ import httpx
 import msgspec
 
 from pacsor.domain.events import WrittenReport
+from pacsor.errors import PacsorError
 from pacsor.hl7.report import Report
 
 OWNER_HEADER = "x-goog-meta-owner"
 
 
-class ReportError(Exception):
+class ReportError(PacsorError):
     def __init__(self, message: str, retryable: bool) -> None:
         super().__init__(message)
-        self.retryable = retryable
+        self._retryable = retryable
+
+    @property
+    def retryable(self) -> bool:
+        return self._retryable
 
 
 class ReportNotReady(ReportError):

@@ -14,7 +14,6 @@ import msgspec
 from msgspec import Meta, field
 
 from pacsor.config.variables import (
-    ConfigError,
     CoreName,
     FileName,
     Hl7Name,
@@ -24,6 +23,7 @@ from pacsor.config.variables import (
     read_struct,
     variables_of,
 )
+from pacsor.errors import ConfigError
 
 Language = Literal["EN", "FR"]
 ReportFormat = Literal["B64", "PLAIN", "HTML"]

@@ -26,7 +26,6 @@ from pacsor.config.hl7 import Hl7Settings, load_hl7_settings
 from pacsor.config.known import unknown_variables
 from pacsor.config.variables import (
     AeTitle,
-    ConfigError,
     CoreName,
     HttpUrl,
     InferenceCommand,
@@ -39,6 +38,7 @@ from pacsor.config.variables import (
     read_dotenv,
     variables_of,
 )
+from pacsor.errors import ConfigError
 
 # The names of pacsor.dicom.profiles.PROFILES (a test keeps the two in step).
 Profile = Literal["Default", "WithSC", "WithRF", "WithSCRF", "All"]

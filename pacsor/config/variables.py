@@ -18,6 +18,8 @@ import msgspec
 from msgspec import Meta
 from msgspec import inspect as mi
 
+from pacsor.errors import ConfigError
+
 # An AE title: 1 to 16 printable characters, no backslash (PS3.5 §6.2, AE value representation).
 AeTitle = Annotated[str, Meta(pattern=r"^[\x20-\x5b\x5d-\x7e]{1,16}$")]
 Port = Annotated[int, Meta(ge=1, le=65535)]
@@ -49,10 +51,6 @@ _BOOLEAN_WORDS = {"yes": "true", "on": "true", "no": "false", "off": "false"}
 S = TypeVar("S", bound=msgspec.Struct)
 # Reads one variable whose text is not a plain value or list: (variable, text) -> raw value.
 FieldReader = Callable[[str, str], Any]
-
-
-class ConfigError(ValueError):
-    """A setting is missing or malformed; the message starts with the variable's name."""
 
 
 def read_dotenv(path: Path) -> dict[str, str]:

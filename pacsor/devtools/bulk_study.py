@@ -43,7 +43,7 @@ async def record_as_the_scp(
         await store.put(name, data, digest)
         return await log.publish(
             ev.InstanceReceived(
-                study_instance_uid=study,
+                study_uid=study,
                 series_instance_uid="1.2.3",
                 sop_instance_uid=sop,
                 sop_class_uid=str(ComputedRadiographyImageStorage),

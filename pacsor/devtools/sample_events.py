@@ -15,7 +15,7 @@ def received(
 ) -> ev.InstanceReceived:
     sop = f"{study}.{n}"
     return ev.InstanceReceived(
-        study_instance_uid=study,
+        study_uid=study,
         series_instance_uid=f"{study}.0",
         sop_instance_uid=sop,
         sop_class_uid=DX,
@@ -46,7 +46,7 @@ def lifecycle(
     instances = [received(study, n, t0 + n * step, accession) for n in range(images)]
     done = t0 + (images + 10) * step
     complete = ev.StudyComplete(
-        study_instance_uid=study,
+        study_uid=study,
         attempt=attempt,
         instance_count=len(instances),
         # Where the attempt's instances end in the stream; these samples are folded, not
@@ -69,14 +69,14 @@ def lifecycle(
         *instances,
         complete,
         ev.Uploaded(
-            study_instance_uid=study,
+            study_uid=study,
             core=core,
             attempt=attempt,
             instance_count=images,
             occurred_at=done + 2 * step,
         ),
         ev.ResultReady(
-            study_instance_uid=study,
+            study_uid=study,
             core=core,
             attempt=attempt,
             results=results,
@@ -85,7 +85,7 @@ def lifecycle(
     ]
     history.extend(
         ev.Dispatched(
-            study_instance_uid=study,
+            study_uid=study,
             core=core,
             attempt=attempt,
             destination=destination,

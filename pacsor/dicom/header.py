@@ -15,6 +15,8 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
+from pacsor.errors import InvalidInput
+
 # A prefix shorter than this is not parsed until the object ends: a header cut in the middle
 # of an element would be read (and warned about) for nothing. Stored chunks are larger.
 MIN_PREFIX = 64 * 1024
@@ -22,7 +24,7 @@ MIN_PREFIX = 64 * 1024
 _PIXEL_DATA_TAGS = (b"\xe0\x7f\x10\x00", b"\x7f\xe0\x00\x10")
 
 
-class HeaderError(ValueError):
+class HeaderError(InvalidInput):
     """The stored bytes are not a readable DICOM file."""
 
 

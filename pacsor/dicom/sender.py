@@ -14,10 +14,11 @@ from pathlib import Path
 from pacsor.config import Destination
 from pacsor.dicom.storage_scu import send_files
 from pacsor.domain.dispatch import NO_ANSWER
+from pacsor.errors import TransientError
 from pacsor.jetstream.blobs import BlobStore
 
 
-class SendError(Exception):
+class SendError(TransientError):
     """No association could be made: nothing was sent."""
 
     def __init__(self, reason: str) -> None:

@@ -16,7 +16,7 @@ see its study split. When the last such association closes, the quiet period sta
 
 Rejected associations (wrong called AE title, MAX_ASSOCIATIONS reached, ...) and refused
 presentation contexts (a SOP class outside CONFIG_PROFILE) are logged once each, with the
-caller's AE title and address, and counted (pacsor.metrics).
+caller's AE title and address, and counted (pacsor.process.counters).
 """
 
 from __future__ import annotations
@@ -40,18 +40,19 @@ from pynetdicom.events import Event as DicomEvent
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
-from pacsor.config import ConfigError, Settings
+from pacsor.config import Settings
 from pacsor.dicom.profiles import PROFILES
 from pacsor.dicom.structure import Truncated, check_whole, dataset_offset
 from pacsor.domain.completion import HOLD_HEARTBEAT, Hold
 from pacsor.domain.events import InstanceReceived, InstanceRejected, utc_now
+from pacsor.errors import InvalidInput, StartupError
 from pacsor.jetstream.blobs import BlobStore, digest_hex, sha256_digest
 from pacsor.jetstream.eventlog import EventLog
 from pacsor.jetstream.holds import Holds
 from pacsor.jetstream.quiet_timers import QuietTimers
 from pacsor.jetstream.subjects import instance_object_name, is_valid_uid
-from pacsor.metrics import ASSOCIATIONS_REJECTED, CONTEXTS_REJECTED, STORES_UNAVAILABLE
-from pacsor.runtime import Component, Runtime, Started
+from pacsor.process.counters import ASSOCIATIONS_REJECTED, CONTEXTS_REJECTED, STORES_UNAVAILABLE
+from pacsor.process.runtime import Component, Runtime, Started
 
 log = logging.getLogger("pacsor.scp")
 
@@ -76,7 +77,7 @@ _REJECTIONS = {
 class Identity(msgspec.Struct, frozen=True):
     """What a received dataset says it is; a rejected one may have empty or invalid UIDs."""
 
-    study_instance_uid: str = ""
+    study_uid: str = msgspec.field(default="", name="study_instance_uid")
     series_instance_uid: str = ""
     sop_instance_uid: str = ""
     sop_class_uid: str = ""
@@ -87,7 +88,7 @@ class Identity(msgspec.Struct, frozen=True):
     study_description: str = ""
 
 
-class Rejection(Exception):
+class Rejection(InvalidInput):
     def __init__(self, status: int, reason: str, identity: Identity | None = None):
         super().__init__(reason)
         self.status = status
@@ -105,7 +106,7 @@ def identify(dataset: Dataset, affected_sop_class: str) -> Identity:
     """Read the identifying UIDs of a received dataset, or raise Rejection."""
     try:
         identity = Identity(
-            study_instance_uid=str(dataset.get("StudyInstanceUID", "") or "").strip("\0 "),
+            study_uid=str(dataset.get("StudyInstanceUID", "") or "").strip("\0 "),
             series_instance_uid=str(dataset.get("SeriesInstanceUID", "") or "").strip("\0 "),
             sop_instance_uid=str(dataset.get("SOPInstanceUID", "") or "").strip("\0 "),
             sop_class_uid=str(dataset.get("SOPClassUID", "") or affected_sop_class),
@@ -117,7 +118,7 @@ def identify(dataset: Dataset, affected_sop_class: str) -> Identity:
     except Exception as err:  # pydicom raises many kinds on a corrupt or truncated stream
         raise Rejection(CANNOT_UNDERSTAND, f"unreadable dataset: {err}") from err
     for uid, label in (
-        (identity.study_instance_uid, "StudyInstanceUID"),
+        (identity.study_uid, "StudyInstanceUID"),
         (identity.series_instance_uid, "SeriesInstanceUID"),
         (identity.sop_instance_uid, "SOPInstanceUID"),
     ):
@@ -181,7 +182,7 @@ class StorageScp:
                 ],
             )
         except OSError as err:
-            raise ConfigError(
+            raise StartupError(
                 f"PORT: cannot listen on {self.settings.port}: {err.strerror}"
             ) from None
         assert server is not None  # block=False always returns the server
@@ -324,7 +325,7 @@ class StorageScp:
             return self._reject(Rejection(CANNOT_UNDERSTAND, f"unreadable dataset: {err}"), calling)
 
         # Held from now on, stored or not: the sender may be resending what was refused.
-        self._hold(event.assoc, identity.study_instance_uid)
+        self._hold(event.assoc, identity.study_uid)
         try:
             received = self._run(
                 self._store(identity, data, digest, str(event.context.transfer_syntax), calling)
@@ -334,7 +335,7 @@ class StorageScp:
             log.warning(
                 "JetStream unavailable; answering out of resources so the sender retries",
                 extra={
-                    "study": identity.study_instance_uid,
+                    "study": identity.study_uid,
                     "sop": identity.sop_instance_uid,
                     "error": repr(err),
                 },
@@ -342,11 +343,11 @@ class StorageScp:
             return _status(OUT_OF_RESOURCES, "storage temporarily unavailable, retry later")
         except Exception as err:
             log.exception(
-                "instance could not be stored", extra={"study": identity.study_instance_uid}
+                "instance could not be stored", extra={"study": identity.study_uid}
             )
             return _status(OUT_OF_RESOURCES, f"storage failed: {type(err).__name__}")
         log.debug(
-            "stored", extra={"study": received.study_instance_uid, "sop": received.sop_instance_uid}
+            "stored", extra={"study": received.study_uid, "sop": received.sop_instance_uid}
         )
         return SUCCESS
 
@@ -354,11 +355,11 @@ class StorageScp:
         self, identity: Identity, data: bytes, digest: str, transfer_syntax: str, calling: str
     ) -> InstanceReceived:
         name = instance_object_name(
-            identity.study_instance_uid, identity.sop_instance_uid, digest_hex(digest)
+            identity.study_uid, identity.sop_instance_uid, digest_hex(digest)
         )
         await self._instances.put(name, data, digest)
         received = InstanceReceived(
-            study_instance_uid=identity.study_instance_uid,
+            study_uid=identity.study_uid,
             series_instance_uid=identity.series_instance_uid,
             sop_instance_uid=identity.sop_instance_uid,
             sop_class_uid=identity.sop_class_uid,
@@ -376,9 +377,9 @@ class StorageScp:
         return received
 
     def _reject(self, rejection: Rejection, calling: str) -> Dataset:
-        study = rejection.identity.study_instance_uid
+        study = rejection.identity.study_uid
         rejected = InstanceRejected(
-            study_instance_uid=study if is_valid_uid(study) else "",
+            study_uid=study if is_valid_uid(study) else "",
             reason=rejection.reason,
             dimse_status=rejection.status,
             calling_ae_title=calling,
@@ -388,7 +389,7 @@ class StorageScp:
         log.warning(
             "instance rejected",
             extra={
-                "study": rejected.study_instance_uid,
+                "study": rejected.study_uid,
                 "reason": rejection.reason,
                 "status": f"0x{rejection.status:04X}",
                 "calling_ae_title": calling,

@@ -16,10 +16,12 @@ from pydicom.errors import InvalidDicomError
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from pacsor.errors import InvalidInput
+
 SOP_CLASS_NOT_SUPPORTED = 0x0122
 
 
-class NotDicom(ValueError):
+class NotDicom(InvalidInput):
     """A file to send is not DICOM with its file meta (PS3.10): nothing is sent."""
 
 

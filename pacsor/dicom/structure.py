@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import struct
 
+from pacsor.errors import InvalidInput
+
 UNDEFINED = 0xFFFFFFFF
 ITEM, ITEM_END, SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 # Explicit VR: these VRs have 2 reserved bytes and a 4-byte length.
@@ -29,7 +31,7 @@ LONG_VRS = {
 }
 
 
-class Truncated(ValueError):
+class Truncated(InvalidInput):
     pass
 
 

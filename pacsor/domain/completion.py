@@ -98,10 +98,12 @@ def next_attempt(
     through = max(received)
     completions = [r for r in history if isinstance(r.event, StudyComplete)]
     last_sequence = completions[-1].sequence if completions else 0
-    last_attempt = max((c.event.attempt for c in completions), default=0)  # type: ignore[union-attr]
+    last_attempt = max(
+        (c.event.attempt for c in completions if isinstance(c.event, StudyComplete)), default=0
+    )
     return Complete(
         StudyComplete(
-            study_instance_uid=study_uid,
+            study_uid=study_uid,
             attempt=last_attempt + 1,
             instance_count=len(attempt_instances(history, through)),
             through_sequence=through,
@@ -224,7 +226,7 @@ def decide_relaunch(
     if not isinstance(check, Relaunchable):
         return check
     decision = next_attempt(
-        request.study_instance_uid, history, now, f"relaunched by {request.requested_by}"
+        request.study_uid, history, now, f"relaunched by {request.requested_by}"
     )
     if not isinstance(decision, Complete):
         return decision

@@ -1,23 +1,31 @@
 """Every event pacsor records, as immutable msgspec Structs encoded as JSON.
 
 An event is a fact: it is never changed once published. Each carries its `type` (the class
-name, as the JSON tag), a `schema_version`, the `study_instance_uid` and when it happened.
+name, as the JSON tag), a `schema_version`, the study (`study_uid`, written
+`study_instance_uid`) and when it happened.
 Events after StudyComplete also carry the `core` (the AI API environment) and the `attempt`,
 so that a relaunch (attempt 2, 3, ...) and several cores never mix.
 
-Adding a field with a default keeps old events readable; removing or retyping one means a new
-`schema_version` and a decoder for the old one here.
+The classes are the catalogue: each concrete event type (one with a `topic`) registers itself,
+and the decoder's union is derived from them (`catalogue()`). Adding a field with a default
+keeps old events readable; removing or retyping one means a new `schema_version` and an
+upcaster from the old one on the class itself (`upcasters`, as StudyComplete has).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import ClassVar, TypedDict, TypeVar
+from typing import Any, ClassVar, TypeAlias, TypedDict, TypeVar, Union
 
 import msgspec
 
 SCHEMA_VERSION = 1
+
+
+# A schema's JSON, as a dict, to the next schema's.
+Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
+_CATALOGUE: dict[str, type[Event]] = {}
 
 
 def utc_now() -> datetime:
@@ -27,12 +35,29 @@ def utc_now() -> datetime:
 class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag=True):
     """Base of every event; never published itself."""
 
-    study_instance_uid: str
+    study_uid: str = msgspec.field(name="study_instance_uid")
     occurred_at: datetime = msgspec.field(default_factory=utc_now)
     schema_version: int = SCHEMA_VERSION
 
     # The suffix of the subject, after `pacsor.study.<study>.`; see pacsor.jetstream.subjects.
+    # A class with a topic is a concrete event type, in the catalogue; one without is a base.
     topic: ClassVar[str] = ""
+    # Schema version n -> n + 1 of this class's JSON, as a dict: how an event written by an
+    # older pacsor is read today. A version with no upcaster only gained fields with defaults.
+    upcasters: ClassVar[Mapping[int, Upcaster]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.topic:
+            if cls.__name__ in _CATALOGUE:
+                raise TypeError(f"two event types named {cls.__name__}")
+            _CATALOGUE[cls.__name__] = cls
+
+    @classmethod
+    def current_schema(cls) -> int:
+        """The schema version this class writes."""
+        field = next(f for f in msgspec.structs.fields(cls) if f.name == "schema_version")
+        return int(field.default)
 
     def idempotency_key(self) -> str:
         """The Nats-Msg-Id: a retried publish of the same fact is stored once."""
@@ -43,7 +68,7 @@ class AttemptKey(TypedDict):
     """The study, AI core and attempt an event is about: `ev.Uploaded(**key, ...)` records an
     outcome of the same attempt as the event that led to it."""
 
-    study_instance_uid: str
+    study_uid: str
     core: str
     attempt: int
 
@@ -61,12 +86,12 @@ class CoreEvent(Event, frozen=True, kw_only=True):
     step: ClassVar[str] = ""
 
     def idempotency_key(self) -> str:
-        return f"{self.step}:{self.study_instance_uid}:{self.core}:{self.attempt}"
+        return f"{self.step}:{self.study_uid}:{self.core}:{self.attempt}"
 
     @property
     def key(self) -> AttemptKey:
         return AttemptKey(
-            study_instance_uid=self.study_instance_uid, core=self.core, attempt=self.attempt
+            study_uid=self.study_uid, core=self.core, attempt=self.attempt
         )
 
 
@@ -198,6 +223,9 @@ class StudyComplete(Event, frozen=True, kw_only=True):
     """
 
     topic: ClassVar[str] = "complete"
+    upcasters: ClassVar[Mapping[int, Upcaster]] = {
+        1: lambda raw: {**raw, "instance_count": len(raw.pop("instances", ()))},
+    }
 
     schema_version: int = 2
     attempt: int
@@ -216,11 +244,11 @@ class StudyComplete(Event, frozen=True, kw_only=True):
     def key_for(self, core: str) -> AttemptKey:
         """The key of this attempt's events on `core`."""
         return AttemptKey(
-            study_instance_uid=self.study_instance_uid, core=core, attempt=self.attempt
+            study_uid=self.study_uid, core=core, attempt=self.attempt
         )
 
     def idempotency_key(self) -> str:
-        return f"complete:{self.study_instance_uid}:{self.attempt}"
+        return f"complete:{self.study_uid}:{self.attempt}"
 
 
 # --- AI API -------------------------------------------------------------------------------
@@ -422,13 +450,20 @@ class ExternalReportReceived(Event, frozen=True, kw_only=True):
     report: WrittenReport
 
     def idempotency_key(self) -> str:
-        return f"webps:{self.study_instance_uid}:{self.provider}:{self.report_id}"
+        return f"webps:{self.study_uid}:{self.provider}:{self.report_id}"
 
 
-class Hl7ConfigLoaded(Event, frozen=True, kw_only=True):
+class SiteEvent(Event, frozen=True, kw_only=True):
+    """A fact about the site, not about a study: it has a subject of its own
+    (pacsor.site.<topic>), and `study_uid` is always ""."""
+
+    study_uid: str = msgspec.field(default="", name="study_instance_uid")
+
+
+class Hl7ConfigLoaded(SiteEvent, frozen=True, kw_only=True):
     """A named HL7 configuration or template was loaded (HL7_CUSTOM_DIR): what is in force.
 
-    Not about a study (`study_instance_uid` is ""). `settings` are HL7 variables that win over
+    `settings` are HL7 variables that win over
     the environment; `template` is the template's JSON text ("" for none). The latest one is
     what the hl7 component applies.
     """
@@ -450,7 +485,7 @@ class Hl7Switched(Event, frozen=True, kw_only=True):
     """The hl7 component started or stopped sending to the RIS (HL7_ENABLE) or taking
     external reports (WEBPS_ENABLE), because a loaded configuration says so; no restart.
 
-    Not about a study (`study_instance_uid` is ""). `load_id` is the Hl7ConfigLoaded's.
+    Not about a study (`study_uid` is ""). `load_id` is the Hl7ConfigLoaded's.
     """
 
     topic: ClassVar[str] = "hl7_switched"
@@ -495,7 +530,7 @@ class DispatchReplayRequested(CoreEvent, frozen=True, kw_only=True):
     since: datetime
 
     def idempotency_key(self) -> str:
-        return f"replay:{self.replay_id}:{self.study_instance_uid}:{self.core}:{self.attempt}"
+        return f"replay:{self.replay_id}:{self.study_uid}:{self.core}:{self.attempt}"
 
 
 class ObjectsExpired(Event, frozen=True, kw_only=True):
@@ -514,7 +549,7 @@ class ObjectsExpired(Event, frozen=True, kw_only=True):
     attempt: int = 0
 
     def idempotency_key(self) -> str:
-        return f"expired:{self.study_instance_uid}:{self.kind}:{self.core}:{self.attempt}"
+        return f"expired:{self.study_uid}:{self.kind}:{self.core}:{self.attempt}"
 
 
 # The failure of a step retried by the runner; it records how many tries were made.
@@ -543,52 +578,19 @@ class StepFailed(Event, frozen=True, kw_only=True):
         return f"step_failed:{self.step}:{self.stream}:{self.message_sequence}"
 
 
-AnyEvent = (
-    InstanceReceived
-    | InstanceRejected
-    | StudyComplete
-    | InstancesSkipped
-    | InstancesUploaded
-    | Uploaded
-    | UploadFailed
-    | NothingToUpload
-    | ResultReady
-    | ResultFailed
-    | Dispatched
-    | DispatchFailed
-    | RelaunchRequested
-    | DispatchReplayRequested
-    | ObjectsExpired
-    | Hl7Sent
-    | Hl7Failed
-    | StepFailed
-    | ExternalReportReceived
-    | Hl7ConfigLoaded
-    | Hl7Switched
-)
-EVENT_TYPES: tuple[type[Event], ...] = (
-    InstanceReceived,
-    InstanceRejected,
-    StudyComplete,
-    InstancesSkipped,
-    InstancesUploaded,
-    Uploaded,
-    UploadFailed,
-    NothingToUpload,
-    ResultReady,
-    ResultFailed,
-    Dispatched,
-    DispatchFailed,
-    RelaunchRequested,
-    DispatchReplayRequested,
-    ObjectsExpired,
-    Hl7Sent,
-    Hl7Failed,
-    StepFailed,
-    ExternalReportReceived,
-    Hl7ConfigLoaded,
-    Hl7Switched,
-)
+def catalogue() -> tuple[type[Event], ...]:
+    """Every event type, in the order the classes are declared (by stage, above)."""
+    return tuple(_CATALOGUE.values())
+
+
+def by_name(name: str) -> type[Event]:
+    """The event class whose JSON `type` is `name`; KeyError for one pacsor never wrote."""
+    return _CATALOGUE[name]
+
+
+# Static typing sees the base class; decoding uses the union of every concrete class, derived
+# from the classes themselves so that a new event type needs no list updated by hand.
+AnyEvent: TypeAlias = Event
 
 
 class RecordedEvent(msgspec.Struct, frozen=True):
@@ -600,28 +602,44 @@ class RecordedEvent(msgspec.Struct, frozen=True):
 
 
 _encoder = msgspec.json.Encoder()
-_decoder: msgspec.json.Decoder[AnyEvent] = msgspec.json.Decoder(AnyEvent)
+_decoder: msgspec.json.Decoder[Event] = msgspec.json.Decoder(
+    Union[catalogue()]  # noqa: UP007 (a union built at run time)
+)
+
+
+class _Tagged(msgspec.Struct):
+    type: str
+    schema_version: int = 1
 
 
 def encode(event: Event) -> bytes:
     return _encoder.encode(event)
 
 
-class _ListedInstances(msgspec.Struct):
-    """What schema 1 of StudyComplete held in place of instance_count and through_sequence."""
-
-    instances: list[dict[str, object]] = msgspec.field(default_factory=list)
-
-
-def decode(data: bytes) -> AnyEvent:
+def decode(data: bytes) -> Event:
     """Decode any event; raises msgspec.ValidationError / DecodeError on a malformed one.
 
-    Older schemas come out in today's shape (see StudyComplete)."""
-    event = _decoder.decode(data)
-    if isinstance(event, StudyComplete) and event.schema_version == 1:
-        listed = msgspec.json.decode(data, type=_ListedInstances).instances
-        event = msgspec.structs.replace(event, instance_count=len(listed))
-    return event
+    An event written under an older schema is passed through its class's upcasters, one
+    version at a time, and comes out in today's shape (its `schema_version` unchanged)."""
+    try:
+        event = _decoder.decode(data)
+    except msgspec.ValidationError:
+        event = None  # perhaps an older schema that no longer fits the class: upcast it
+    if event is not None and event.schema_version >= type(event).current_schema():
+        return event
+    head = msgspec.json.decode(data, type=_Tagged)
+    kind = _CATALOGUE.get(head.type)
+    if kind is None or head.schema_version >= kind.current_schema():
+        if event is not None:
+            return event
+        raise msgspec.ValidationError(f"unknown event type {head.type!r}")
+    raw: dict[str, Any] = msgspec.json.decode(data)
+    for version in range(head.schema_version, kind.current_schema()):
+        upcast = kind.upcasters.get(version)
+        if upcast is not None:
+            raw = upcast(raw)
+    # `schema_version` keeps saying which schema the event was written in.
+    return msgspec.convert(raw, kind)
 
 
 def decode_at(data: bytes, sequence: int) -> AnyEvent:

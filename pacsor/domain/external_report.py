@@ -15,13 +15,14 @@ import msgspec
 from msgspec import Meta
 
 from pacsor.domain import events as ev
+from pacsor.errors import InvalidInput
 
 MAX_TEXT = 64 * 1024
 Uid = Annotated[str, Meta(pattern=r"^[0-9]+(\.[0-9]+)*$", max_length=64)]
 Text = Annotated[str, Meta(max_length=MAX_TEXT)]
 
 
-class ReportRefused(ValueError):
+class ReportRefused(InvalidInput):
     """The report is not accepted; `status` is the HTTP status that says why."""
 
     def __init__(self, status: int, reason: str) -> None:
@@ -35,9 +36,8 @@ class ReportPayload(
     frozen=True,
     kw_only=True,
     forbid_unknown_fields=True,
-    rename={"study_instance_uid": "StudyInstanceUID"},
 ):
-    study_instance_uid: Uid
+    study_uid: Uid = msgspec.field(name="StudyInstanceUID")
     report_id: Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")]
     title: Annotated[str, Meta(min_length=1, max_length=512)]
     indication: Text = ""
@@ -63,7 +63,7 @@ def accept_report(
         raise ReportRefused(422, "invalid report: it has neither findings nor a conclusion")
     report = msgspec.convert(payload, ev.WrittenReport, from_attributes=True)
     return ev.ExternalReportReceived(
-        study_instance_uid=payload.study_instance_uid,
+        study_uid=payload.study_uid,
         provider=provider,
         report_id=payload.report_id,
         report=msgspec.structs.replace(report, language=payload.language.upper()),

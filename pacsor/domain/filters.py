@@ -22,8 +22,10 @@ from collections.abc import Mapping, Sequence
 
 import msgspec
 
+from pacsor.errors import InvalidInput
 
-class FilterError(ValueError):
+
+class FilterError(InvalidInput):
     """A malformed DICOM_FILTERS value; the message names the rule and the fault."""
 
 

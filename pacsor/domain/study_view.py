@@ -11,6 +11,7 @@ thrown away and rebuilt from the stream at any time.
 States, in the order a study goes through them:
 
     receiving -> complete -> uploaded -> results -> dispatched        (or failed, with a reason)
+    receiving -> complete -> nothing_to_upload          (every instance filtered out)
 
 A core is `uploaded`, then `results`, then `dispatched` once a destination took its results;
 a destination (a DICOM peer, or the RIS for HL7) is `dispatched` or `failed`. The study's own
@@ -20,14 +21,24 @@ destination of that attempt failed.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
+from typing import Any, TypeVar
 
 import msgspec
 
 from pacsor.domain import events as ev
 
-STATES = ("receiving", "complete", "uploaded", "results", "dispatched", "failed")
+NOTHING_TO_UPLOAD = "nothing_to_upload"
+STATES = (
+    "receiving",
+    "complete",
+    "uploaded",
+    "results",
+    "dispatched",
+    NOTHING_TO_UPLOAD,
+    "failed",
+)
 _RANK = {state: rank for rank, state in enumerate(STATES)}
 REJECTIONS_KEPT = 50
 
@@ -43,6 +54,8 @@ class CoreView(msgspec.Struct, kw_only=True):
     results_at: datetime | None = None
     failed_at: datetime | None = None
     result_count: int = 0
+    uploaded_count: int = 0  # instances accepted by the AI so far, batch by batch
+    skipped_count: int = 0
 
 
 class DestinationView(msgspec.Struct, kw_only=True):
@@ -56,6 +69,7 @@ class DestinationView(msgspec.Struct, kw_only=True):
     at: datetime | None = None
     object_count: int = 0
     replays: int = 0
+    replays_requested: int = 0
     replayed_at: datetime | None = None
 
 
@@ -76,6 +90,12 @@ class RejectionView(msgspec.Struct, kw_only=True):
     reason: str
 
 
+class StepFailure(msgspec.Struct, kw_only=True):
+    step: str
+    at: datetime
+    reason: str
+
+
 class ResultsMade(msgspec.Struct, kw_only=True):
     """Results of one core and attempt became ready: what a replay to a destination resends."""
 
@@ -87,7 +107,7 @@ class ResultsMade(msgspec.Struct, kw_only=True):
 
 
 class StudyView(msgspec.Struct, kw_only=True):
-    study_instance_uid: str
+    study_uid: str = msgspec.field(name="study_instance_uid")
     state: str = "receiving"
     accession_number: str = ""
     study_date: str = ""
@@ -108,6 +128,8 @@ class StudyView(msgspec.Struct, kw_only=True):
     relaunch_pending: bool = False
     instances_stored: bool = True
     expired: list[str] = msgspec.field(default_factory=list)
+    step_failures: list[StepFailure] = msgspec.field(default_factory=list)
+    external_reports: int = 0
     event_count: int = 0
     last_sequence: int = 0
     # The stored instances, so that a copy sent twice counts once.
@@ -132,101 +154,192 @@ def fold(
     """Apply `(stream sequence, event)` pairs, in stream order, to `views` (a new dict if None)."""
     views = {} if views is None else views
     for sequence, event in recorded:
-        uid = event.study_instance_uid
+        uid = event.study_uid
         if not uid:
             continue  # an instance rejected before its study could be read
         view = views.get(uid)
         if view is None:
-            view = views[uid] = StudyView(study_instance_uid=uid)
+            view = views[uid] = StudyView(study_uid=uid)
         apply(view, sequence, event)
     return views
+
+
+# What each event type does to a study's view, declared next to the function that does it;
+# `events_not_shown` are the types that change no study's view, each with the reason.
+_APPLIERS: dict[type[ev.Event], Callable[[StudyView, Any], None]] = {}
+events_not_shown: dict[type[ev.Event], str] = {
+    ev.Hl7ConfigLoaded: "a fact about the site, not a study (shown by /hl7/config)",
+}
+
+Applier = TypeVar("Applier", bound=Callable[..., None])
+
+
+def applies(*kinds: type[ev.Event]) -> Callable[[Applier], Applier]:
+    """Declare the function that applies events of `kinds` to a view."""
+
+    def register(function: Applier) -> Applier:
+        for kind in kinds:
+            if kind in _APPLIERS:
+                raise TypeError(f"{kind.__name__} is applied twice")
+            _APPLIERS[kind] = function
+        return function
+
+    return register
+
+
+def events_shown() -> frozenset[type[ev.Event]]:
+    return frozenset(_APPLIERS)
 
 
 def apply(view: StudyView, sequence: int, event: ev.Event) -> StudyView:
     """Apply one event to the study's view, in place, and return the view."""
     if sequence <= view.last_sequence:
         return view  # already applied: replaying a batch twice changes nothing
+    applier = _APPLIERS.get(type(event))
+    if applier is None and type(event) not in events_not_shown:
+        # Every type of the catalogue is declared (tests/test_study_view.py): a new one must be.
+        raise TypeError(f"the study view does not know {type(event).__name__}")
     view.last_sequence = sequence
     view.event_count += 1
     at = event.occurred_at
     if view.updated_at is None or at > view.updated_at:
         view.updated_at = at
-
-    match event:
-        case ev.InstanceReceived():
-            _received(view, event)
-        case ev.InstanceRejected():
-            view.rejected_count += 1
-            view.rejections.append(
-                RejectionView(
-                    at=at,
-                    sop_instance_uid=event.sop_instance_uid,
-                    dimse_status=event.dimse_status,
-                    reason=event.reason,
-                )
-            )
-            del view.rejections[:-REJECTIONS_KEPT]
-            if view.first_received_at is None:
-                view.first_received_at = at
-        case ev.StudyComplete():
-            _complete(view, event)
-        case ev.RelaunchRequested():
-            view.relaunch_pending = True
-        case ev.Uploaded():
-            core = _core(view, event.core, event.attempt)
-            if core is not None:
-                core.state, core.uploaded_at, core.reason = "uploaded", at, ""
-        case ev.UploadFailed() | ev.ResultFailed():
-            core = _core(view, event.core, event.attempt)
-            if core is not None:
-                core.state, core.failed_at, core.reason = "failed", at, event.reason
-        case ev.ResultReady():
-            _results(view, event)
-        case ev.Dispatched():
-            _dispatched(view, event)
-        case ev.DispatchFailed(replay_id=""):
-            dest = _destination(view, event.destination, event.core, event.attempt)
-            if dest is not None:
-                dest.state, dest.at, dest.reason = "failed", at, event.reason
-                dest.object_count = len(event.delivered_sop_instance_uids)
-        case ev.DispatchFailed():
-            dest = view.destination(event.destination, event.core)
-            if dest is not None:
-                dest.reason = f"replay failed: {event.reason}"
-        case ev.Hl7Sent() | ev.Hl7Failed():
-            # The RIS is shown as one more destination of the core's results.
-            dest = _destination(view, f"RIS {event.ris}", event.core, event.attempt)
-            if dest is not None:
-                dest.at = at
-                if isinstance(event, ev.Hl7Sent):
-                    missing = ", ".join(event.missing_findings)
-                    dest.state = "dispatched"
-                    dest.reason = f"ACK {event.ack_code}" + (
-                        f", without {missing}" if missing else ""
-                    )
-                else:
-                    dest.state, dest.reason = "failed", event.reason
-        case ev.ObjectsExpired():
-            if event.kind == "instances":
-                view.instances_stored = False
-            for made in view.results_made:
-                if event.kind == "results" and (made.core, made.attempt) == (
-                    event.core,
-                    event.attempt,
-                ):
-                    made.removed = True
-            what = (
-                f"{event.kind} {event.core} attempt {event.attempt}" if event.core else event.kind
-            )
-            view.expired.append(f"{at.isoformat(timespec='seconds')} {what}: {event.reason}")
-        case _:
-            pass
+    if applier is not None:
+        applier(view, event)
     view.state = study_state(view)
     return view
 
 
+@applies(ev.InstanceRejected)
+def _rejected(view: StudyView, event: ev.InstanceRejected) -> None:
+    at = event.occurred_at
+    view.rejected_count += 1
+    view.rejections.append(
+        RejectionView(
+            at=at,
+            sop_instance_uid=event.sop_instance_uid,
+            dimse_status=event.dimse_status,
+            reason=event.reason,
+        )
+    )
+    del view.rejections[:-REJECTIONS_KEPT]
+    if view.first_received_at is None:
+        view.first_received_at = at
+
+
+@applies(ev.RelaunchRequested)
+def _relaunch_requested(view: StudyView, event: ev.RelaunchRequested) -> None:
+    view.relaunch_pending = True
+
+
+@applies(ev.InstancesUploaded)
+def _batch_uploaded(view: StudyView, event: ev.InstancesUploaded) -> None:
+    core = _core(view, event.core, event.attempt)
+    if core is not None:
+        core.uploaded_count += len(event.instances)
+
+
+@applies(ev.InstancesSkipped)
+def _skipped(view: StudyView, event: ev.InstancesSkipped) -> None:
+    core = _core(view, event.core, event.attempt)
+    if core is not None:
+        core.skipped_count += len(event.skipped)
+
+
+@applies(ev.Uploaded)
+def _uploaded(view: StudyView, event: ev.Uploaded) -> None:
+    core = _core(view, event.core, event.attempt)
+    if core is not None:
+        core.state, core.uploaded_at, core.reason = "uploaded", event.occurred_at, ""
+
+
+@applies(ev.NothingToUpload)
+def _nothing_to_upload(view: StudyView, event: ev.NothingToUpload) -> None:
+    """Every instance was filtered out: this core is finished, with nothing sent."""
+    core = _core(view, event.core, event.attempt)
+    if core is not None:
+        core.state, core.reason = NOTHING_TO_UPLOAD, event.reason
+        core.skipped_count = max(core.skipped_count, event.skipped_count)
+
+
+@applies(ev.UploadFailed, ev.ResultFailed)
+def _core_failed(view: StudyView, event: ev.UploadFailed | ev.ResultFailed) -> None:
+    core = _core(view, event.core, event.attempt)
+    if core is not None:
+        core.state, core.failed_at, core.reason = "failed", event.occurred_at, event.reason
+
+
+@applies(ev.DispatchFailed)
+def _dispatch_failed(view: StudyView, event: ev.DispatchFailed) -> None:
+    if event.replay_id:
+        dest = view.destination(event.destination, event.core)
+        if dest is not None:
+            dest.reason = f"replay failed: {event.reason}"
+        return
+    dest = _destination(view, event.destination, event.core, event.attempt)
+    if dest is not None:
+        dest.state, dest.at, dest.reason = "failed", event.occurred_at, event.reason
+        dest.object_count = len(event.delivered_sop_instance_uids)
+
+
+@applies(ev.DispatchReplayRequested)
+def _replay_requested(view: StudyView, event: ev.DispatchReplayRequested) -> None:
+    dest = view.destination(event.destination, event.core)
+    if dest is not None:
+        dest.replays_requested += 1
+
+
+@applies(ev.Hl7Sent, ev.Hl7Failed)
+def _hl7(view: StudyView, event: ev.Hl7Sent | ev.Hl7Failed) -> None:
+    # The RIS is shown as one more destination of the core's results.
+    dest = _destination(view, f"RIS {event.ris}", event.core, event.attempt)
+    if dest is None:
+        return
+    dest.at = event.occurred_at
+    if isinstance(event, ev.Hl7Sent):
+        missing = ", ".join(event.missing_findings)
+        dest.state = "dispatched"
+        dest.reason = f"ACK {event.ack_code}" + (f", without {missing}" if missing else "")
+    else:
+        dest.state, dest.reason = "failed", event.reason
+
+
+@applies(ev.ExternalReportReceived)
+def _external_report(view: StudyView, event: ev.ExternalReportReceived) -> None:
+    view.external_reports += 1
+
+
+@applies(ev.ObjectsExpired)
+def _expired(view: StudyView, event: ev.ObjectsExpired) -> None:
+    if event.kind == "instances":
+        view.instances_stored = False
+    for made in view.results_made:
+        if event.kind == "results" and (made.core, made.attempt) == (event.core, event.attempt):
+            made.removed = True
+    what = f"{event.kind} {event.core} attempt {event.attempt}" if event.core else event.kind
+    when = event.occurred_at.isoformat(timespec="seconds")
+    view.expired.append(f"{when} {what}: {event.reason}")
+
+
+@applies(ev.StepFailed)
+def _step_failed(view: StudyView, event: ev.StepFailed) -> None:
+    """A step gave up on the study (completion, or a step without a failure event of its own):
+    the study has failed, whatever its cores said before."""
+    view.step_failures.append(
+        StepFailure(step=event.step, at=event.occurred_at, reason=event.reason)
+    )
+    del view.step_failures[:-REJECTIONS_KEPT]
+
+
 def study_state(view: StudyView) -> str:
-    """The study's state: its least advanced core of the latest attempt, or failed."""
+    """The study's state: its least advanced core of the latest attempt, or failed.
+
+    A core with nothing to upload is finished: the study is `nothing_to_upload` when every
+    core is, else the least advanced of the others. A step that gave up on the study since
+    its latest attempt began (or before any, for completion) makes it failed."""
+    started = view.attempts[-1].completed_at if view.attempts else None
+    if any(started is None or f.at >= started for f in view.step_failures):
+        return "failed"
     if view.attempt == 0:
         return "receiving"
     cores = [c for c in view.cores if c.attempt == view.attempt]
@@ -235,9 +348,13 @@ def study_state(view: StudyView) -> str:
     destinations = [d for d in view.destinations if d.attempt == view.attempt]
     if any(c.state == "failed" for c in cores) or any(d.state == "failed" for d in destinations):
         return "failed"
-    return min((c.state for c in cores), key=_RANK.__getitem__)
+    working = [c.state for c in cores if c.state != NOTHING_TO_UPLOAD]
+    if not working:
+        return NOTHING_TO_UPLOAD
+    return min(working, key=_RANK.__getitem__)
 
 
+@applies(ev.InstanceReceived)
 def _received(view: StudyView, event: ev.InstanceReceived) -> None:
     at = event.occurred_at
     if view.first_received_at is None or at < view.first_received_at:
@@ -257,6 +374,7 @@ def _received(view: StudyView, event: ev.InstanceReceived) -> None:
     view.instances_stored = True
 
 
+@applies(ev.StudyComplete)
 def _complete(view: StudyView, event: ev.StudyComplete) -> None:
     view.attempts.append(
         AttemptView(
@@ -300,6 +418,7 @@ def _destination(view: StudyView, name: str, core: str, attempt: int) -> Destina
     return dest
 
 
+@applies(ev.ResultReady)
 def _results(view: StudyView, event: ev.ResultReady) -> None:
     view.results_made.append(
         ResultsMade(
@@ -315,6 +434,7 @@ def _results(view: StudyView, event: ev.ResultReady) -> None:
         core.result_count = len(event.results)
 
 
+@applies(ev.Dispatched)
 def _dispatched(view: StudyView, event: ev.Dispatched) -> None:
     if event.replay_id:
         # A replay resends results already delivered or not: it never changes the attempt's state.

@@ -18,6 +18,7 @@ import msgspec
 
 from pacsor.config.hl7 import Hl7Settings, as_variables
 from pacsor.domain import events as ev
+from pacsor.errors import InvalidInput
 from pacsor.hl7.custom_config import (
     CustomConfigError,
     LoadedConfig,
@@ -28,10 +29,10 @@ from pacsor.hl7.custom_config import (
 )
 from pacsor.hl7.template import MessageTemplate
 from pacsor.jetstream.eventlog import ConcurrentUpdate, EventLog
-from pacsor.jetstream.subjects import HL7_CONFIG_SUBJECT
+from pacsor.jetstream.subjects import LEGACY_HL7_CONFIG_SUBJECT, site_events
 
 
-class LoadRefused(ValueError):
+class LoadRefused(InvalidInput):
     """The load is refused; `status` is the HTTP status that says why."""
 
     def __init__(self, status: int, reason: str) -> None:
@@ -46,17 +47,22 @@ class CurrentConfig(msgspec.Struct, frozen=True):
     loaded: LoadedConfig | None
     sequence: int = 0
     event: ev.Hl7ConfigLoaded | None = None
+    # The last sequence on the site subject, which the next load expects (0: none yet).
+    subject_sequence: int = 0
 
 
 async def current_config(events: EventLog) -> CurrentConfig:
-    recorded = await events.last(HL7_CONFIG_SUBJECT)
+    recorded = await events.last(site_events(ev.Hl7ConfigLoaded))
+    subject_sequence = recorded.sequence if recorded is not None else 0
+    if recorded is None:  # recorded by a version before the site subjects, if at all
+        recorded = await events.last(LEGACY_HL7_CONFIG_SUBJECT)
     if recorded is None or not isinstance(recorded.event, ev.Hl7ConfigLoaded):
         return CurrentConfig(None)
     event = recorded.event
     loaded = LoadedConfig(
         name=event.name, kind=event.kind, settings=event.settings, template=event.template
     )
-    return CurrentConfig(loaded, recorded.sequence, event)
+    return CurrentConfig(loaded, recorded.sequence, event, subject_sequence)
 
 
 async def in_force(events: EventLog, base: Hl7Settings) -> tuple[CurrentConfig, Hl7Settings]:
@@ -98,7 +104,7 @@ async def load_named(
     except CustomConfigError as err:
         raise LoadRefused(422, str(err)) from err
     event = ev.Hl7ConfigLoaded(
-        study_instance_uid="",
+        study_uid="",
         load_id=uuid.uuid4().hex,
         name=name,
         kind=new.kind,
@@ -107,7 +113,7 @@ async def load_named(
         template=state.template,
     )
     try:
-        await events.publish(event, expected_last_subject_sequence=current.sequence)
+        await events.publish(event, expected_last_subject_sequence=current.subject_sequence)
     except ConcurrentUpdate as err:
         raise LoadRefused(409, "another configuration was loaded meanwhile; load again") from err
     return event, settings, template

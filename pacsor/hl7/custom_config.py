@@ -23,6 +23,7 @@ from typing import Any
 import msgspec
 
 from pacsor.config.hl7 import Hl7ConfigError, Hl7Settings, with_overrides
+from pacsor.errors import InvalidInput
 from pacsor.hl7.oru import MessageError, check_template
 from pacsor.hl7.template import MessageTemplate, TemplateError, parse_template
 
@@ -30,7 +31,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 MAX_FILE_BYTES = 256 * 1024
 
 
-class CustomConfigError(ValueError):
+class CustomConfigError(InvalidInput):
     """The named configuration cannot be loaded; `not_found` tells a missing file apart."""
 
     def __init__(self, message: str, not_found: bool = False) -> None:

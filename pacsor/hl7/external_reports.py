@@ -17,7 +17,7 @@ from pacsor.jetstream.subjects import WEBPS_SUBJECT_PREFIX
 
 class ReportAccepted(msgspec.Struct, frozen=True):
     status: str
-    study_instance_uid: str
+    study_uid: str = msgspec.field(name="study_instance_uid")
     provider: str
     report_id: str
     sequence: int
@@ -37,7 +37,7 @@ async def receive_report(
         raise ReportRefused(404, "external reports are not enabled (WEBPS_ENABLE)")
     event = accept_report(provider, settings.webps_providers, body)
     sequence = await events.publish(event)
-    return ReportAccepted("accepted", event.study_instance_uid, provider, event.report_id, sequence)
+    return ReportAccepted("accepted", event.study_uid, provider, event.report_id, sequence)
 
 
 def provider_of(subject: str) -> str:

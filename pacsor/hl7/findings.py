@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import msgspec
 
+from pacsor.errors import InvalidInput
 
-class FindingsError(ValueError):
+
+class FindingsError(InvalidInput):
     """The findings document cannot be read."""
 
 

@@ -21,7 +21,7 @@ import uvicorn
 from litestar import Litestar, Request, Response, get, post
 from litestar.params import Parameter
 
-from pacsor.config import ConfigError
+from pacsor.errors import StartupError
 from pacsor.config.hl7 import Hl7Settings
 from pacsor.hl7.config_loading import LoadRefused, in_force, load_named, shown
 from pacsor.jetstream.eventlog import EventLog
@@ -80,7 +80,7 @@ class Hl7HttpServer:
             self._sock.listen(64)
         except OSError as err:
             self._sock.close()
-            raise ConfigError(
+            raise StartupError(
                 f"HL7_HTTP_PORT: cannot listen on {host}:{port}: {err.strerror or err}"
             ) from None
         self.url = f"http://{host}:{self._sock.getsockname()[1]}"

@@ -20,16 +20,18 @@ import hl7
 import msgspec
 from hl7.mllp import HL7StreamReader, HL7StreamWriter, InvalidBlockError, open_hl7_connection
 
+from pacsor.errors import TransientError
+
 log = logging.getLogger("pacsor.hl7.mllp")
 
 ACCEPTED = frozenset({"AA", "CA"})
 
 
-class MllpError(RuntimeError):
+class MllpError(TransientError):
     """The message was not acknowledged: no connection, no answer in time, or garbled."""
 
 
-class _StaleConnection(Exception):
+class _StaleConnection(TransientError):
     """The connection ended before an acknowledgement."""
 
 

@@ -33,6 +33,7 @@ from hl7apy.exceptions import HL7apyException
 from hl7apy.parser import parse_message
 
 from pacsor.config.hl7 import Hl7Settings
+from pacsor.errors import InvalidInput
 from pacsor.hl7.escaping import escape
 from pacsor.hl7.findings import Finding, Measure, StudyFindings
 from pacsor.hl7.report import Report
@@ -43,14 +44,14 @@ CODING_SYSTEM = "MILVUE"
 CHARACTER_SET = "UNICODE UTF-8"
 
 
-class MessageError(ValueError):
+class MessageError(InvalidInput):
     """The message could not be built, or does not parse back."""
 
 
 class StudyHeader(msgspec.Struct, frozen=True, kw_only=True):
     """The patient and order facts of a study, as read from one of its DICOM instances."""
 
-    study_instance_uid: str
+    study_uid: str = msgspec.field(name="study_instance_uid")
     patient_id: str = ""
     issuer_of_patient_id: str = ""
     patient_name: str = ""  # DICOM PN: family^given^middle^prefix^suffix
@@ -193,7 +194,7 @@ def _placeholders(header: StudyHeader, message_control_id: str, now: str) -> dic
     """The values a template may use, each escaped."""
     family, given, *_ = _xpn(header.patient_name)
     values = {
-        "study_instance_uid": escape(header.study_instance_uid),
+        "study_instance_uid": escape(header.study_uid),
         "patient_id": escape(header.patient_id),
         "issuer_of_patient_id": escape(header.issuer_of_patient_id),
         "patient_family_name": family,
@@ -312,7 +313,7 @@ def build_oru(
                     "ST",
                     f"110180^{escape(words['study_uid'])}^DCM",
                     "",
-                    escape(header.study_instance_uid),
+                    escape(header.study_uid),
                     "",
                     "",
                     "",
@@ -358,7 +359,7 @@ def parse_oru(text: str) -> Message:
 
 
 SAMPLE_HEADER = StudyHeader(
-    study_instance_uid="1.2.826.0.1.3680043.8.498.10000000000000000000000000000000000001",
+    study_uid="1.2.826.0.1.3680043.8.498.10000000000000000000000000000000000001",
     patient_id="SAMPLE-1",
     issuer_of_patient_id="SAMPLE",
     patient_name="Sample^Patient",

@@ -25,6 +25,8 @@ from string import Template
 
 import msgspec
 
+from pacsor.errors import InvalidInput
+
 OPTIONAL_SEGMENTS = ("PID", "PV1", "ORC", "NTE")
 SEGMENTS = ("MSH", "PID", "PV1", "ORC", "OBR", "NTE", "OBX")
 PLACEHOLDERS = (
@@ -46,7 +48,7 @@ PLACEHOLDERS = (
 _TARGET = re.compile(r"^(MSH|PID|PV1|ORC|OBR|NTE|OBX)-([1-9][0-9]?)$")
 
 
-class TemplateError(ValueError):
+class TemplateError(InvalidInput):
     """The template is not one pacsor can apply; the message says where."""
 
 

@@ -24,6 +24,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
+from pacsor.errors import PacsorError
 from pacsor.jetstream.subjects import (
     ROLLUP_HEADER,
     ROLLUP_SUBJECT,
@@ -38,7 +39,7 @@ CHUNK_SIZE = 512 * 1024
 DIGEST_PREFIX = "SHA-256="
 
 
-class BlobError(RuntimeError):
+class BlobError(PacsorError):
     pass
 
 

@@ -17,6 +17,7 @@ import nats
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
+from pacsor.errors import StartupError
 from pacsor.jetstream.subjects import stream_api_subject
 from pacsor.streams import stream_definitions
 
@@ -27,7 +28,7 @@ STREAM_IN_USE_WITH_OTHER_CONFIG = 10058
 TOO_FEW_SERVERS = {10023, 10074}
 
 
-class BrokerError(RuntimeError):
+class BrokerError(StartupError):
     pass
 
 

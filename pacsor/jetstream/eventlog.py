@@ -16,6 +16,7 @@ from nats.js.errors import APIError, NotFoundError
 
 from pacsor.domain import events as ev
 from pacsor.domain.events import RecordedEvent
+from pacsor.errors import TransientError
 from pacsor.jetstream.snapshot import messages_now
 from pacsor.jetstream.subjects import (
     ALL_EVENTS,
@@ -35,7 +36,7 @@ WRONG_LAST_SEQUENCE = 10071  # JetStream's error code for a failed expected-sequ
 __all__ = ["ConcurrentUpdate", "EventLog", "RecordedEvent"]
 
 
-class ConcurrentUpdate(RuntimeError):
+class ConcurrentUpdate(TransientError):
     """Another writer changed the subject first: re-read the history and decide again."""
 
 
@@ -71,7 +72,7 @@ class EventLog:
         log.info(
             type(event).__name__,
             extra={
-                "study": event.study_instance_uid,
+                "study": event.study_uid,
                 "event": msgspec.to_builtins(event),
                 "seq": ack.seq,
                 "duplicate": bool(ack.duplicate),

@@ -6,12 +6,13 @@ its idempotency key) *before* acknowledging the message, so a crash anywhere mea
 redelivery and never a lost step; it turns Retry into a NAK with delay, keeps long handlers
 alive with in-progress acks, and logs every error with the study it concerns.
 
-A handler error is retried with the retry policy's backoff. One that is not a lost connection
-to JetStream (which only delays, and after which nothing could be recorded anyway) ends, at
-the RETRY_MAX_ATTEMPTS-th delivery, in a failure event for that study and step (the step's own,
+A handler error is retried with the retry policy's backoff. A PacsorError that is not
+retryable (pacsor.errors) ends at once; one that is not a lost connection to JetStream (which
+only delays, and after which nothing could be recorded anyway) ends at the
+RETRY_MAX_ATTEMPTS-th delivery, in a failure event for that study and step (the step's own,
 from `ConsumerSpec.failed`, else StepFailed with the error) and the message is terminated:
-nothing is retried forever unseen. Each error is logged, counted (pacsor.metrics) and shows in
-the consumer's redelivery count.
+nothing is retried forever unseen. Each error is logged, counted (pacsor.process.counters) and
+shows in the consumer's redelivery count.
 
 Several processes running the same handler share its durable consumer, and so the work.
 """
@@ -36,9 +37,10 @@ from nats.js.errors import NotFoundError, ServiceUnavailableError
 
 from pacsor.domain.events import Event, StepFailed, StepFailure
 from pacsor.domain.retry import RetryPolicy
+from pacsor.errors import PacsorError
 from pacsor.jetstream.eventlog import ConcurrentUpdate, EventLog
 from pacsor.jetstream.liveness import Heartbeat
-from pacsor.metrics import HANDLER_ERRORS, STEPS_FAILED
+from pacsor.process.counters import HANDLER_ERRORS, STEPS_FAILED
 
 log = logging.getLogger("pacsor.runner")
 
@@ -97,7 +99,7 @@ class ConsumerSpec(Generic[M]):
     # not miss events published before it first ran); "new": at the time it is first created
     # (a destination added later must not receive every past study's results).
     start: Literal["all", "new"] = "all"
-    study_of: Callable[[M], str] = field(default=lambda m: getattr(m, "study_instance_uid", ""))
+    study_of: Callable[[M], str] = field(default=lambda m: getattr(m, "study_uid", ""))
     # The step's own failure event from (message, error, tries), recorded when the handler
     # keeps failing; None: StepFailed.
     failed: Callable[[M, str, int], Event] | None = None
@@ -231,7 +233,9 @@ async def _process(
         transient = isinstance(err, TRANSIENT_ERRORS)
         HANDLER_ERRORS.labels(spec.durable, str(transient).lower()).inc()
         tries = delivery.num_delivered
-        if not transient and tries >= error_policy.max_attempts:
+        # pacsor's own error says whether trying again can help; anything else may be passing.
+        permanent = isinstance(err, PacsorError) and not err.retryable
+        if permanent or (not transient and tries >= error_policy.max_attempts):
             await _give_up(msg, message, delivery, spec, events, study, err)
             return
         delay = error_policy.delay_after(tries) or error_policy.max_seconds
@@ -267,7 +271,7 @@ async def _give_up(
         failure = spec.failed(message, reason, tries)
     else:
         failure = StepFailed(
-            study_instance_uid=study,
+            study_uid=study,
             step=spec.durable,
             stream=spec.stream,
             message_sequence=delivery.stream_sequence,

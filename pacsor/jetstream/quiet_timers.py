@@ -26,7 +26,7 @@ from pacsor.jetstream.subjects import (
 class QuietElapsed(msgspec.Struct, frozen=True):
     """The payload of a fired timer."""
 
-    study_instance_uid: str
+    study_uid: str = msgspec.field(name="study_instance_uid")
     armed_for: datetime
     # When the completion found a stale hold and looks again (pacsor.domain.completion).
     holds_checked_at: datetime | None = None

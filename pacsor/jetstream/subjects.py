@@ -2,6 +2,7 @@
 
     pacsor.study.<study>.received|rejected|complete              study-level events
     pacsor.study.<study>.<core>.uploaded|result_ready|...        per AI core events
+    pacsor.site.hl7_config_loaded|...                            facts about no study
     pacsor.timer.<study>.quiet    the pending quiet-period schedule (replaced on each instance)
     pacsor.timer.<study>.elapsed  where the server publishes it when it fires
     pacsor.hold.<study>.<holder>  an SCP's open associations sending the study (last value)
@@ -15,7 +16,7 @@ from __future__ import annotations
 import base64
 import re
 
-from pacsor.domain.events import CoreEvent, Event, InstanceReceived
+from pacsor.domain.events import CoreEvent, Event, InstanceReceived, SiteEvent
 
 EVENTS_STREAM = "PACSOR"
 TIMERS_STREAM = "PACSOR_TIMERS"
@@ -33,6 +34,7 @@ SCHEDULE_HEADER = "Nats-Schedule"
 SCHEDULE_TARGET_HEADER = "Nats-Schedule-Target"
 
 ALL_EVENTS = "pacsor.study.>"
+SITE_EVENTS = "pacsor.site.>"
 UNKNOWN_STUDY = "unknown"
 _UID = re.compile(r"^[0-9.]{1,64}$")
 
@@ -59,9 +61,11 @@ def study_subjects(study_uid: str) -> str:
 
 
 def event_subject(event: Event) -> str:
+    if isinstance(event, SiteEvent):
+        return site_events(type(event))
     if isinstance(event, CoreEvent):
-        return study_core_events(event.study_instance_uid, type(event), event.core)
-    return study_events(event.study_instance_uid, type(event))
+        return study_core_events(event.study_uid, type(event), event.core)
+    return study_events(event.study_uid, type(event))
 
 
 def events_filter(kind: type[Event]) -> str:
@@ -69,6 +73,11 @@ def events_filter(kind: type[Event]) -> str:
     if issubclass(kind, CoreEvent):
         return core_events_filter(kind, "*")
     return f"pacsor.study.*.{kind.topic}"
+
+
+def site_events(kind: type[SiteEvent]) -> str:
+    """The subject of one kind of fact about the site."""
+    return f"pacsor.site.{kind.topic}"
 
 
 def core_events_filter(kind: type[CoreEvent], core: str) -> str:
@@ -233,5 +242,5 @@ def webps_subject(provider: str) -> str:
 HL7_WEBPS_QUEUE = "hl7-webps"  # queue group: one replica answers each pushed report
 WEBPS_SUBJECTS = f"{WEBPS_SUBJECT_PREFIX}.*.report"
 
-# Configuration events are not about a study: they live under the "unknown" study's subjects.
-HL7_CONFIG_SUBJECT = f"pacsor.study.{UNKNOWN_STUDY}.hl7_config_loaded"
+# Where versions before the site subjects recorded HL7 configuration loads: still read.
+LEGACY_HL7_CONFIG_SUBJECT = f"pacsor.study.{UNKNOWN_STUDY}.hl7_config_loaded"

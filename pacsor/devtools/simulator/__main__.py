@@ -2,6 +2,6 @@
 
 import sys
 
-from pacsor.cli import main
+from pacsor.cli.main import main
 
 sys.exit(main(["simulator", *sys.argv[1:]]))

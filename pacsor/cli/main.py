@@ -13,11 +13,12 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from pacsor import logs
 from pacsor.components import BY_NAME
 from pacsor.config import ConfigError, CoreSettings, Settings, load_settings, read_dotenv
 from pacsor.domain.event_text import describe
-from pacsor.gateway import components_of_up, run_gateway
+from pacsor.errors import StartupError
+from pacsor.process import logs
+from pacsor.process.gateway import components_of_up, run_gateway
 
 log = logging.getLogger("pacsor")
 
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     setup.add_argument("--show", action="store_true", help="print the current configuration")
     setup.add_argument("--project-dir", type=Path, default=Path("."), help="where .env lives")
-    from pacsor.setup_wizard import QUESTIONS
+    from pacsor.cli.setup_wizard import QUESTIONS
 
     for question in QUESTIONS:
         if question.kind == "yes-no":
@@ -152,14 +153,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "check":
             return asyncio.run(_check(settings))
         if args.command == "health":
-            from pacsor.health import check_component
+            from pacsor.cli.container_health import check_component
 
             return asyncio.run(check_component(settings, args.component))
         if args.command == "demo-pacs":
             return _demo_pacs(args.host, args.port, args.aet, args.folder)
         if args.command == "demo-ris":
             return asyncio.run(_demo_ris(args.host, args.port))
-    except ConfigError as err:
+    except StartupError as err:  # a setting, NATS, a port: one line naming it
         print(f"pacsor: {err}", file=sys.stderr)
         return 2
     return 0
@@ -270,7 +271,7 @@ def _demo_peers() -> Iterator[dict[str, str]]:
     try:
         pacs = start_folder_pacs(Path("demo-pacs"), DEMO_PACS_AET, port)
     except OSError as err:
-        raise ConfigError(f"DEMO_PACS_PORT: cannot listen on {port}: {err.strerror}") from None
+        raise StartupError(f"DEMO_PACS_PORT: cannot listen on {port}: {err.strerror}") from None
     ris_raw = os.environ.get("DEMO_RIS_PORT", str(DEMO_RIS_PORT))
     with contextlib.ExitStack() as stack:
         stack.callback(pacs.shutdown)
@@ -279,7 +280,7 @@ def _demo_peers() -> Iterator[dict[str, str]]:
         try:
             ris = stack.enter_context(running_demo_ris(int(ris_raw)))
         except OSError as err:
-            raise ConfigError(
+            raise StartupError(
                 f"DEMO_RIS_PORT: cannot listen on {ris_raw}: {err.strerror}"
             ) from None
         base_url, _state = stack.enter_context(
@@ -435,7 +436,7 @@ async def _check_cores(settings: Settings) -> list[tuple[CoreSettings, str | Non
 
 
 def _setup(args: argparse.Namespace) -> int:
-    from pacsor.setup_wizard import options_of, run_setup, show
+    from pacsor.cli.setup_wizard import options_of, run_setup, show
 
     if args.show:
         print("\n".join(show(args.project_dir)))
@@ -457,7 +458,7 @@ def _setup(args: argparse.Namespace) -> int:
 def _migrate(original: Path, project: Path, site: str | None, force: bool) -> int:
     from pacsor.config.migration import migrate
     from pacsor.config.original import read_original_site
-    from pacsor.setup_wizard import ENV_DIR, check_site, site_file, write_site
+    from pacsor.cli.setup_wizard import ENV_DIR, check_site, site_file, write_site
 
     found = read_original_site(original)
     name = site or found.client
@@ -490,7 +491,7 @@ def _migrate(original: Path, project: Path, site: str | None, force: bool) -> in
 
 
 async def _check(settings: Settings) -> int:
-    from pacsor.preflight import run_checks
+    from pacsor.cli.preflight import run_checks
 
     # Each check reports its own failure in its line; pynetdicom would say it again on stderr.
     logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
@@ -513,7 +514,7 @@ def _demo_pacs(host: str, port: int, ae_title: str, folder: Path) -> int:
     try:
         server = start_folder_pacs(folder, ae_title, port, host)
     except OSError as err:
-        raise ConfigError(f"--port: cannot listen on {port}: {err.strerror}") from None
+        raise StartupError(f"--port: cannot listen on {port}: {err.strerror}") from None
     log.info("demo PACS ready", extra={"aet": ae_title, "port": port, "folder": str(folder)})
     stopped = signal.sigwait(stop_signals)
     log.info("demo PACS stopping", extra={"signal": signal.Signals(stopped).name})
@@ -533,7 +534,7 @@ async def _demo_ris(host: str, port: int) -> int:
     try:
         ris = await DemoRis(host, port).start()
     except OSError as err:
-        raise ConfigError(f"--port: cannot listen on {port}: {err.strerror}") from None
+        raise StartupError(f"--port: cannot listen on {port}: {err.strerror}") from None
     await stop.wait()
     await ris.stop()
     return 0

@@ -8,10 +8,11 @@ from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 
+from pacsor.errors import InvalidInput
 from pacsor.hl7.oru import StudyHeader
 
 
-class HeaderError(ValueError):
+class HeaderError(InvalidInput):
     """The instance is not readable DICOM."""
 
 
@@ -32,7 +33,7 @@ def read_study_header(data: bytes) -> StudyHeader:
         return str(value)
 
     return StudyHeader(
-        study_instance_uid=study_uid,
+        study_uid=study_uid,
         patient_id=text("PatientID"),
         issuer_of_patient_id=text("IssuerOfPatientID"),
         patient_name=text("PatientName"),

@@ -18,15 +18,16 @@ from nats.aio.client import Client
 
 from pacsor.components import BY_NAME
 from pacsor.config import ConfigError, Settings
+from pacsor.errors import StartupError
 from pacsor.jetstream.blobs import BlobStore
 from pacsor.jetstream.broker import BrokerError, EmbeddedNats, apply_streams, connect
 from pacsor.jetstream.eventlog import EventLog
 from pacsor.jetstream.holds import Holds
 from pacsor.jetstream.quiet_timers import QuietTimers
 from pacsor.jetstream.subjects import INSTANCES_BUCKET, RESULTS_BUCKET, retention_max_ages
-from pacsor.runtime import Component, Runtime, retry_policy
+from pacsor.process.runtime import Component, Runtime, retry_policy
 
-log = logging.getLogger("pacsor.gateway")
+log = logging.getLogger("pacsor.process.gateway")
 
 
 def components_of_up(settings: Settings) -> tuple[str, ...]:
@@ -47,7 +48,7 @@ async def _connect_with_patience(
         except Exception as err:
             if loop.time() > deadline:
                 reason = str(err) or type(err).__name__
-                raise ConfigError(f"NATS_URL: cannot connect to {url}: {reason}") from None
+                raise BrokerError(f"NATS_URL: cannot connect to {url}: {reason}") from None
             log.warning("waiting for NATS", extra={"url": url, "error": repr(err)})
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 1.0)
@@ -80,10 +81,7 @@ async def run_gateway(
     url = settings.nats_servers
     if not url:
         embedded = EmbeddedNats(settings.data_dir / "nats", settings.embedded_nats_port)
-        try:
-            embedded.start()
-        except BrokerError as err:
-            raise ConfigError(str(err)) from None
+        embedded.start()
         url = embedded.url
         log.info(
             "embedded nats-server started", extra={"url": url, "store": str(embedded.store_dir)}
@@ -93,14 +91,11 @@ async def run_gateway(
         if nc is None:
             return
         try:
-            try:
-                await apply_streams(
-                    nc,
-                    settings.nats_replicas,
-                    retention_max_ages(settings.events_retention_days, settings.retention_hours),
-                )
-            except BrokerError as err:
-                raise ConfigError(str(err)) from None
+            await apply_streams(
+                nc,
+                settings.nats_replicas,
+                retention_max_ages(settings.events_retention_days, settings.retention_hours),
+            )
             js = nc.jetstream(timeout=10)
             runtime = Runtime(
                 settings=settings,
@@ -150,13 +145,13 @@ async def _run(
                     component.run(own, partial(started, component.name)), name=component.name
                 )
     except ExceptionGroup as failures:
-        # A setting a component found wrong at start (a busy port) is one line, not a trace.
-        config_errors, _ = failures.split(ConfigError)
-        if config_errors is not None:
-            raise _first_leaf(config_errors) from None
+        # What a component found wrong at start (a setting, a busy port) is one line, not a trace.
+        startup_errors, _ = failures.split(StartupError)
+        if startup_errors is not None:
+            raise _first_leaf(startup_errors) from None
         raise
 
 
-def _first_leaf(group: BaseExceptionGroup[ConfigError]) -> ConfigError:
+def _first_leaf(group: BaseExceptionGroup[StartupError]) -> StartupError:
     first = group.exceptions[0]
     return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first

@@ -1,0 +1,1 @@
+"""The `pacsor` command line: its entry point, the commands, the setup wizard and `pacsor check`."""
