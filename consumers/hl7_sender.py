@@ -56,13 +56,13 @@ from pacsor.jetstream.handler_runner import (
 from pacsor.jetstream.requests import answer_requests
 from pacsor.jetstream.subjects import (
     EVENTS_STREAM,
-    HL7_CONFIG_SUBJECT,
     HL7_DURABLE,
     HL7_EXTERNAL_DURABLE,
     HL7_SWITCH_DURABLE,
     HL7_WEBPS_QUEUE,
     WEBPS_SUBJECTS,
     events_filter,
+    site_events,
 )
 from pacsor.process.runtime import Component, Runtime, Started
 
@@ -354,7 +354,7 @@ def config_consumer() -> ConsumerSpec[ev.Hl7ConfigLoaded]:
     return ConsumerSpec(
         durable=HL7_SWITCH_DURABLE,
         stream=EVENTS_STREAM,
-        filter_subject=HL7_CONFIG_SUBJECT,
+        filter_subject=site_events(ev.Hl7ConfigLoaded),
         decode=ev.decoder(ev.Hl7ConfigLoaded),
         ack_wait=30.0,
         concurrency=1,
@@ -394,7 +394,6 @@ async def apply_config(
     return Emit(
         (
             ev.Hl7Switched(
-                study_uid="",
                 load_id=event.load_id,
                 config_name=event.name,
                 sending=now[0],

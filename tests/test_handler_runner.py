@@ -34,9 +34,7 @@ POLICY = RetryPolicy(initial_seconds=0.1, max_seconds=0.2, max_attempts=5)
 
 
 def complete(attempt: int = 1, study: str = STUDY) -> ev.StudyComplete:
-    return ev.StudyComplete(
-        study_uid=study, attempt=attempt, instance_count=0, through_sequence=0
-    )
+    return ev.StudyComplete(study_uid=study, attempt=attempt, instance_count=0, through_sequence=0)
 
 
 def spec(name: str) -> ConsumerSpec[ev.StudyComplete]:

@@ -81,9 +81,7 @@ async def test_a_report_pushed_over_http_reaches_the_ris(
 ) -> None:
     ready = await record_results(nc, PatientName="Blanc^Zoé")
     assert isinstance(await outcome(nc, ready), ev.Hl7Sent)
-    answer = await admin.post(
-        "/webps/teleradio/reports", json=external_report(ready.study_uid)
-    )
+    answer = await admin.post("/webps/teleradio/reports", json=external_report(ready.study_uid))
     assert answer.status_code == 202, answer.text
     assert answer.json()["report_id"] == "R-1"
     sent = await wait_for_event(

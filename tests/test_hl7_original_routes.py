@@ -17,7 +17,7 @@ from pacsor.config import load_settings
 from pacsor.devtools.demo_ris import DemoRis
 from pacsor.domain import events as ev
 from pacsor.jetstream.eventlog import EventLog
-from pacsor.jetstream.subjects import EVENTS_STREAM, HL7_DURABLE, events_filter
+from pacsor.jetstream.subjects import EVENTS_STREAM, HL7_DURABLE, site_events
 from tests.harness import running_gateway
 from tests.hl7_fixtures import external_report, outcome, record_results, sent_messages
 from tests.nats_server import NatsServer, free_port
@@ -106,7 +106,7 @@ async def test_a_key_that_cannot_take_effect_is_refused_naming_it(
     answer = await running.hl7.post("/config/load/bad")
     assert answer.status_code == status
     assert detail in answer.json()["detail"]
-    assert await EventLog(nc.jetstream()).read(events_filter(ev.Hl7ConfigLoaded)) == []
+    assert await EventLog(nc.jetstream()).read(site_events(ev.Hl7ConfigLoaded)) == []
 
 
 async def test_a_missing_configuration_is_404(running: Running) -> None:
@@ -116,7 +116,7 @@ async def test_a_missing_configuration_is_404(running: Running) -> None:
 
 async def _switched(nc: Client, sending: bool) -> ev.Hl7Switched:
     sub = await nc.jetstream().subscribe(
-        events_filter(ev.Hl7Switched), stream=EVENTS_STREAM, ordered_consumer=True
+        site_events(ev.Hl7Switched), stream=EVENTS_STREAM, ordered_consumer=True
     )
     try:
         while True:

@@ -189,8 +189,7 @@ class ReadModel:
             )
             steps.extend((view.study_uid, "core", c.core, c.state) for c in view.cores)
             steps.extend(
-                (view.study_uid, "destination", d.destination, d.state)
-                for d in view.destinations
+                (view.study_uid, "destination", d.destination, d.state) for d in view.destinations
             )
             results.extend(
                 (view.study_uid, r.core, r.attempt, r.at.timestamp())

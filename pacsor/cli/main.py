@@ -456,9 +456,9 @@ def _setup(args: argparse.Namespace) -> int:
 
 
 def _migrate(original: Path, project: Path, site: str | None, force: bool) -> int:
+    from pacsor.cli.setup_wizard import ENV_DIR, check_site, site_file, write_site
     from pacsor.config.migration import migrate
     from pacsor.config.original import read_original_site
-    from pacsor.cli.setup_wizard import ENV_DIR, check_site, site_file, write_site
 
     found = read_original_site(original)
     name = site or found.client

@@ -140,7 +140,7 @@ def with_overrides(settings: Hl7Settings, overrides: Mapping[str, str]) -> Hl7Se
     """`settings` with some variables set again (a loaded configuration wins)."""
     unknown = sorted(set(overrides) - VARIABLE_NAMES)
     if unknown:
-        close = difflib.get_close_matches(unknown[0], sorted(VARIABLE_NAMES), n=1)
+        close = difflib.get_close_matches(unknown[0], sorted(VARIABLE_NAMES), n=1, cutoff=0.75)
         hint = f" (closest known name: {close[0]})" if close else ""
         raise Hl7ConfigError(f"{unknown[0]}: not an HL7 setting{hint}")
     fixed = sorted(set(overrides) & FIXED_AT_START)

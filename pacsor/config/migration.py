@@ -26,7 +26,7 @@ from pacsor.config.hl7 import VARIABLE_NAMES as HL7_VARIABLES
 from pacsor.config.known import OTHER_VARIABLES, problem_of
 from pacsor.config.original import OriginalSite, ServiceValue
 from pacsor.config.settings import PER_CORE_VARIABLES, TOP_LEVEL_VARIABLES
-from pacsor.config.variables import ConfigError
+from pacsor.errors import ConfigError
 
 Kind = Literal["as is", "renamed", "added", "left out"]
 

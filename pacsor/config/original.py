@@ -19,7 +19,8 @@ from typing import Any
 import msgspec
 import yaml
 
-from pacsor.config.variables import ConfigError, read_dotenv
+from pacsor.config.variables import read_dotenv
+from pacsor.errors import ConfigError
 
 COMPOSE_FILES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
 _REFERENCE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}|\$([A-Za-z_]\w*)")

@@ -342,13 +342,9 @@ class StorageScp:
             )
             return _status(OUT_OF_RESOURCES, "storage temporarily unavailable, retry later")
         except Exception as err:
-            log.exception(
-                "instance could not be stored", extra={"study": identity.study_uid}
-            )
+            log.exception("instance could not be stored", extra={"study": identity.study_uid})
             return _status(OUT_OF_RESOURCES, f"storage failed: {type(err).__name__}")
-        log.debug(
-            "stored", extra={"study": received.study_uid, "sop": received.sop_instance_uid}
-        )
+        log.debug("stored", extra={"study": received.study_uid, "sop": received.sop_instance_uid})
         return SUCCESS
 
     async def _store(

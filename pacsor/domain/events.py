@@ -90,9 +90,7 @@ class CoreEvent(Event, frozen=True, kw_only=True):
 
     @property
     def key(self) -> AttemptKey:
-        return AttemptKey(
-            study_uid=self.study_uid, core=self.core, attempt=self.attempt
-        )
+        return AttemptKey(study_uid=self.study_uid, core=self.core, attempt=self.attempt)
 
 
 class DestinationEvent(CoreEvent, frozen=True, kw_only=True):
@@ -243,9 +241,7 @@ class StudyComplete(Event, frozen=True, kw_only=True):
 
     def key_for(self, core: str) -> AttemptKey:
         """The key of this attempt's events on `core`."""
-        return AttemptKey(
-            study_uid=self.study_uid, core=core, attempt=self.attempt
-        )
+        return AttemptKey(study_uid=self.study_uid, core=core, attempt=self.attempt)
 
     def idempotency_key(self) -> str:
         return f"complete:{self.study_uid}:{self.attempt}"
@@ -481,11 +477,11 @@ class Hl7ConfigLoaded(SiteEvent, frozen=True, kw_only=True):
         return f"hl7config:{self.load_id}"
 
 
-class Hl7Switched(Event, frozen=True, kw_only=True):
+class Hl7Switched(SiteEvent, frozen=True, kw_only=True):
     """The hl7 component started or stopped sending to the RIS (HL7_ENABLE) or taking
     external reports (WEBPS_ENABLE), because a loaded configuration says so; no restart.
 
-    Not about a study (`study_uid` is ""). `load_id` is the Hl7ConfigLoaded's.
+    `load_id` is the Hl7ConfigLoaded's.
     """
 
     topic: ClassVar[str] = "hl7_switched"

@@ -21,8 +21,8 @@ import uvicorn
 from litestar import Litestar, Request, Response, get, post
 from litestar.params import Parameter
 
-from pacsor.errors import StartupError
 from pacsor.config.hl7 import Hl7Settings
+from pacsor.errors import StartupError
 from pacsor.hl7.config_loading import LoadRefused, in_force, load_named, shown
 from pacsor.jetstream.eventlog import EventLog
 
