@@ -157,8 +157,9 @@ def consumer(ack_wait: float = 60.0) -> ConsumerSpec[ev.ResultReady]:
 
 async def send_to_ris(event: ev.ResultReady, delivery: Delivery, ctx: Hl7Context) -> Outcome:
     settings, template, ris = await ctx.in_force()
-    if not settings.enable:
-        # Switched off by a loaded configuration (Hl7Switched says when): nothing to send.
+    if not settings.enable or (settings.cores and event.core not in settings.cores):
+        # Switched off by a loaded configuration (Hl7Switched says when), or a core whose
+        # results do not go to the RIS (HL7_CORES): nothing to send.
         return Emit(())
     study, core, attempt = event.study_uid, event.core, event.attempt
     cid = control_id(study, core, attempt)

@@ -71,6 +71,8 @@ class Hl7Settings(msgspec.Struct, frozen=True, kw_only=True):
     custom_dir: str = field(default="", name="HL7_CUSTOM_DIR")
     load_config_at_init: FileName = field(default="", name="LOAD_CONFIG_AT_INIT")
     load_template_at_init: FileName = field(default="", name="LOAD_TEMPLATE_AT_INIT")
+    # The cores whose results go to the RIS (empty: every core).
+    cores: tuple[CoreName, ...] = field(default=(), name="HL7_CORES")
     # Reports pushed by external providers, each on its own NATS subject and HTTP route
     webps_enable: bool = field(default=False, name="WEBPS_ENABLE")
     webps_providers: tuple[CoreName, ...] = field(default=(), name="WEBPS_PROVIDERS")

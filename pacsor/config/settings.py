@@ -269,6 +269,11 @@ def load_settings(
         convert(raw, Settings, env, "settings"), hl7=load_hl7_settings(env)
     )
     names = [core.name for core in settings.cores]
+    for name in settings.hl7.cores:
+        if name not in names:
+            raise ConfigError(
+                f"HL7_CORES: no core is named {name!r}; the cores: {', '.join(names)}"
+            )
     for n, name in enumerate(names):
         if name in names[:n]:
             variable = "CORE_NAME" if n == 0 else f"CORE_NAME_{n}"
