@@ -385,9 +385,7 @@ def test_options_give_any_pacs_each_core_its_own_and_the_product_hl7_defaults(
 def test_a_bad_destination_option_is_one_line(tmp_path: Path) -> None:
     result = pacsor_cli("setup", *OPTIONS, "--destinations=ARCH@archive", cwd=tmp_path)
     assert result.returncode == 2
-    assert result.stderr == (
-        "pacsor: --destinations: expected AET@host:port, got 'ARCH@archive', got 'ARCH@archive'\n"
-    )
+    assert result.stderr == ("pacsor: --destinations: expected AET@host:port, got 'ARCH@archive'\n")
 
 
 def test_the_products_come_from_a_file_a_vendor_edits(tmp_path: Path) -> None:
