@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-fast lint bench clean
 
 $(BIN)/pacsor: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "pacsor needs Python 3.11 or newer (PYTHON=$(PYTHON))")'
@@ -17,6 +17,10 @@ demo: $(BIN)/pacsor
 
 test: $(BIN)/pacsor
 	$(BIN)/python -m pytest
+
+# The pure tests only (tests/unit: no server starts), in seconds.
+test-fast: $(BIN)/pacsor
+	$(BIN)/python -m pytest -q tests/unit
 
 # mypy reads the tree as it installs (consumers/ and streams/ inside pacsor/): a tree of links.
 TYPECHECK := build/typecheck

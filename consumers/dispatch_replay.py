@@ -15,21 +15,31 @@ from pacsor.domain import events as ev
 from pacsor.domain.retry import RetryPolicy
 from pacsor.jetstream.blobs import BlobNotFound, BlobStore
 from pacsor.jetstream.eventlog import EventLog
-from pacsor.jetstream.handler_runner import ConsumerSpec, Delivery, Emit, Outcome, retry_or_fail
-from pacsor.jetstream.subjects import EVENTS_STREAM, replay_durable, replay_filter
+from pacsor.jetstream.handler_runner import Delivery, Emit, Outcome, retry_or_fail
+from pacsor.jetstream.subjects import replay_durable, replay_filter
+from pacsor.process.runtime import FanOut, Step
 
 
-def consumer(core: str, destination: Destination) -> ConsumerSpec[ev.DispatchReplayRequested]:
-    return ConsumerSpec(
-        durable=replay_durable(core, str(destination)),
-        stream=EVENTS_STREAM,
-        filter_subject=replay_filter(core),
-        decode=ev.decoder(ev.DispatchReplayRequested),
-        ack_wait=15.0,
-        concurrency=2,
-        description=f"DispatchReplayRequested -> C-STORE again to {destination}",
-        start="new",
-    )
+def replay_failed(
+    request: ev.DispatchReplayRequested,
+    reason: str,
+    tries: int,
+    outcome: dispatch.Outcome = dispatch.NOTHING_KNOWN,
+) -> ev.DispatchFailed:
+    key, where = request.key, request.destination
+    return dispatch.failure(key, where, reason, tries, outcome, request.replay_id)
+
+
+STEP = Step(
+    consumes=ev.DispatchReplayRequested,
+    fan_out=FanOut.PER_DESTINATION,
+    durable=lambda target: replay_durable(target.core_settings.name, str(target.peer)),
+    filter_subject=lambda target: replay_filter(target.core_settings.name),
+    description=lambda target: f"DispatchReplayRequested -> C-STORE again to {target.peer}",
+    failed=lambda request, target, reason, tries: replay_failed(request, reason, tries),
+    concurrency=2,
+    start="new",
+)
 
 
 async def replay_to_destination(
@@ -45,15 +55,8 @@ async def replay_to_destination(
         return Emit()
     study = request.study_uid
 
-    def failed(reason: str, delivered: tuple[str, ...] = ()) -> ev.DispatchFailed:
-        return ev.DispatchFailed(
-            **request.key,
-            destination=request.destination,
-            reason=reason,
-            tries=delivery.num_delivered,
-            delivered_sop_instance_uids=delivered,
-            replay_id=request.replay_id,
-        )
+    def failed(reason: str) -> ev.DispatchFailed:
+        return replay_failed(request, reason, delivery.num_delivered)
 
     ready = next(
         (
@@ -73,20 +76,20 @@ async def replay_to_destination(
         return Emit((failed(f"result objects no longer stored: {err}"),))
     except SendError as err:
         return retry_or_fail(delivery, policy, err.reason, True, failed(err.reason))
-    delivered = tuple(sop for sop, status in answers if dispatch.is_stored(status))
-    if len(delivered) < len(answers):
-        reason = ", ".join(
-            f"{sop}: {dispatch.status_text(status)}"
-            for sop, status in answers
-            if not dispatch.is_stored(status)
-        )
-        return retry_or_fail(delivery, policy, reason, True, failed(reason, delivered))
+    # As the dispatcher does: a refusal for good is not retried, an object not delivered is.
+    outcome = dispatch.outcome(
+        [sop for _, sop in objects], dispatch.record_try(dispatch.Progress(), answers)
+    )
+    if outcome.refused or outcome.undelivered:
+        reason = f"{request.destination}: {outcome.summary()}"
+        failure = replay_failed(request, reason, delivery.num_delivered, outcome)
+        return retry_or_fail(delivery, policy, reason, bool(outcome.undelivered), failure)
     return Emit(
         (
             ev.Dispatched(
                 **request.key,
                 destination=request.destination,
-                sop_instance_uids=delivered,
+                sop_instance_uids=tuple(o.sop_instance_uid for o in outcome.delivered),
                 replay_id=request.replay_id,
             ),
         )

@@ -12,7 +12,6 @@ object with its status. The objects stay in PACSOR_RESULTS.
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
 
 from pacsor.consumers import dispatch_replay
 
@@ -24,7 +23,6 @@ from pacsor.domain.retry import RetryPolicy
 from pacsor.jetstream.blobs import BlobStore
 from pacsor.jetstream.dispatch_progress import DispatchProgress
 from pacsor.jetstream.handler_runner import (
-    ConsumerSpec,
     Delivery,
     Emit,
     Handler,
@@ -32,30 +30,25 @@ from pacsor.jetstream.handler_runner import (
     retry_or_fail,
 )
 from pacsor.jetstream.subjects import (
-    EVENTS_STREAM,
     core_events_filter,
     dispatch_consumer,
     dispatch_progress_key,
 )
 from pacsor.process.counters import DISPATCH_REFUSED
-from pacsor.process.runtime import Component, Runtime, Started
+from pacsor.process.runtime import Component, FanOut, Runtime, Started, Step, Target, run_steps
 
-
-def consumer(core: str, destination: Destination) -> ConsumerSpec[ev.ResultReady]:
-    return ConsumerSpec(
-        durable=dispatch_consumer(core, str(destination)),
-        stream=EVENTS_STREAM,
-        filter_subject=core_events_filter(ev.ResultReady, core),
-        decode=ev.decoder(ev.ResultReady),
-        ack_wait=15.0,
-        concurrency=2,
-        description=f"ResultReady -> C-STORE to {destination}",
-        start="new",
-        failed=lambda event, reason, tries: dispatch_failed(event, str(destination), reason, tries),
-    )
-
-
-NOTHING_KNOWN = dispatch.Outcome()
+STEP = Step(
+    consumes=ev.ResultReady,
+    fan_out=FanOut.PER_DESTINATION,
+    durable=lambda target: dispatch_consumer(target.core_settings.name, str(target.peer)),
+    filter_subject=lambda target: core_events_filter(ev.ResultReady, target.core_settings.name),
+    description=lambda target: f"ResultReady -> C-STORE to {target.peer}",
+    failed=lambda event, target, reason, tries: dispatch_failed(
+        event, str(target.peer), reason, tries
+    ),
+    concurrency=2,
+    start="new",
+)
 
 
 def dispatch_failed(
@@ -63,18 +56,9 @@ def dispatch_failed(
     destination: str,
     reason: str,
     tries: int,
-    outcome: dispatch.Outcome = NOTHING_KNOWN,
+    outcome: dispatch.Outcome = dispatch.NOTHING_KNOWN,
 ) -> ev.DispatchFailed:
-    return ev.DispatchFailed(
-        **event.key,
-        destination=destination,
-        reason=reason,
-        tries=tries,
-        delivered_sop_instance_uids=tuple(o.sop_instance_uid for o in outcome.delivered),
-        delivered=outcome.delivered,
-        refused=outcome.refused,
-        undelivered=outcome.undelivered,
-    )
+    return dispatch.failure(event.key, destination, reason, tries, outcome)
 
 
 async def dispatch_to_destination(
@@ -126,7 +110,7 @@ async def dispatch_to_destination(
 def require_destinations(settings: Settings) -> None:
     for n, core in enumerate(settings.cores):
         if not core.destinations:
-            variable = "PACS_IP" if n == 0 else f"DESTINATIONS_{n}"
+            variable = "PACS_IP" if n == 0 else core.variable("DESTINATIONS")
             raise ConfigError(
                 f"{variable}: not set and DESTINATIONS is empty; results need a destination"
             )
@@ -137,36 +121,28 @@ async def run(rt: Runtime, started: Started) -> None:
     a PACS that is down delays no other."""
     aet, results, policy = rt.settings.milvue_aet, rt.results, rt.policy
     progress = DispatchProgress(rt.js)
-    consumers: list[tuple[ConsumerSpec[Any], Handler[Any]]] = []
-    for core in rt.settings.cores:
-        for destination in core.destinations:
-            consumers.append(
-                (
-                    consumer(core.name, destination),
-                    partial(
-                        dispatch_to_destination,
-                        results=results,
-                        progress_store=progress,
-                        destination=destination,
-                        calling_ae_title=aet,
-                        policy=policy,
-                    ),
-                )
-            )
-            consumers.append(
-                (
-                    dispatch_replay.consumer(core.name, destination),
-                    partial(
-                        dispatch_replay.replay_to_destination,
-                        events=rt.events,
-                        results=results,
-                        destination=destination,
-                        calling_ae_title=aet,
-                        policy=policy,
-                    ),
-                )
-            )
-    await rt.run_consumers(consumers, started)
+
+    def dispatch_to(target: Target) -> Handler[ev.ResultReady]:
+        return partial(
+            dispatch_to_destination,
+            results=results,
+            progress_store=progress,
+            destination=target.peer,
+            calling_ae_title=aet,
+            policy=policy,
+        )
+
+    def replay_to(target: Target) -> Handler[ev.DispatchReplayRequested]:
+        return partial(
+            dispatch_replay.replay_to_destination,
+            events=rt.events,
+            results=results,
+            destination=target.peer,
+            calling_ae_title=aet,
+            policy=policy,
+        )
+
+    await run_steps(rt, started, [(STEP, dispatch_to), (dispatch_replay.STEP, replay_to)])
 
 
 COMPONENT = Component(

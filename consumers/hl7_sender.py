@@ -23,7 +23,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import msgspec
 
@@ -45,17 +45,14 @@ from pacsor.hl7.template import MessageTemplate
 from pacsor.jetstream.blobs import BlobNotFound, BlobStore
 from pacsor.jetstream.eventlog import EventLog
 from pacsor.jetstream.handler_runner import (
-    ConsumerSpec,
     Delivery,
     Emit,
-    Handler,
     Outcome,
     Retry,
     retry_or_fail,
 )
 from pacsor.jetstream.requests import answer_requests
 from pacsor.jetstream.subjects import (
-    EVENTS_STREAM,
     HL7_DURABLE,
     HL7_EXTERNAL_DURABLE,
     HL7_SWITCH_DURABLE,
@@ -64,7 +61,7 @@ from pacsor.jetstream.subjects import (
     events_filter,
     site_events,
 )
-from pacsor.process.runtime import Component, Runtime, Started
+from pacsor.process.runtime import Component, FanOut, Runtime, Started, Step, Target, run_steps
 
 log = logging.getLogger("pacsor.hl7")
 
@@ -136,23 +133,53 @@ class Hl7Context:
 RisEvent = TypeVar("RisEvent", ev.ResultReady, ev.ExternalReportReceived)
 
 
-def _ris_consumer(durable: str, kind: type[RisEvent], ack_wait: float) -> ConsumerSpec[RisEvent]:
-    return ConsumerSpec(
+def _ris_step(durable: str, kind: type[RisEvent], settings: Hl7Settings) -> Step[RisEvent]:
+    ris = f"{settings.ris_ip}:{settings.ris_port}"
+
+    def gave_up(event: RisEvent, target: Target, reason: str, tries: int) -> ev.Hl7Failed:
+        about = _about(event)
+        return ev.Hl7Failed(
+            **about.key,
+            ris=ris,
+            control_id=about.control_id,
+            reason=reason,
+            tries=tries,
+            report_id=about.report_id,
+        )
+
+    return Step(
+        consumes=kind,
+        fan_out=FanOut.ONCE,
         durable=durable,
-        stream=EVENTS_STREAM,
         filter_subject=events_filter(kind),
-        decode=ev.decoder(kind),
-        ack_wait=ack_wait,
+        description=f"{kind.__name__} -> ORU^R01 to the RIS over MLLP",
+        failed=gave_up,
+        # Long enough for one MLLP exchange; in-progress acks cover longer waits.
+        ack_wait=max(30.0, 3 * settings.ris_timeout_seconds),
         # One MLLP connection, one message at a time, as the RIS reads them.
         concurrency=1,
-        description=f"{kind.__name__} -> ORU^R01 to the RIS over MLLP",
         # Enabling HL7 on a running gateway must not send every past study to the RIS.
         start="new",
     )
 
 
-def consumer(ack_wait: float = 60.0) -> ConsumerSpec[ev.ResultReady]:
-    return _ris_consumer(HL7_DURABLE, ev.ResultReady, ack_wait)
+def steps(settings: Hl7Settings) -> tuple[Step[ev.ResultReady], Step[ev.ExternalReportReceived]]:
+    """The AI's results and the external reports, each to the RIS of `settings`."""
+    return (
+        _ris_step(HL7_DURABLE, ev.ResultReady, settings),
+        _ris_step(HL7_EXTERNAL_DURABLE, ev.ExternalReportReceived, settings),
+    )
+
+
+def _about(event: ev.ResultReady | ev.ExternalReportReceived) -> _Outcome:
+    """Which message an event's Hl7Sent / Hl7Failed is about."""
+    if isinstance(event, ev.ResultReady):
+        key = event.key
+        return _Outcome(key, control_id(event.study_uid, event.core, event.attempt))
+    core = external_core(event.provider)
+    key = ev.AttemptKey(study_uid=event.study_uid, core=core, attempt=0)
+    cid = control_id(event.study_uid, core, 0, event.report_id)
+    return _Outcome(key, cid, with_report=True, report_id=event.report_id)
 
 
 async def send_to_ris(event: ev.ResultReady, delivery: Delivery, ctx: Hl7Context) -> Outcome:
@@ -199,10 +226,6 @@ async def send_to_ris(event: ev.ResultReady, delivery: Delivery, ctx: Hl7Context
     )
 
 
-def external_consumer(ack_wait: float = 60.0) -> ConsumerSpec[ev.ExternalReportReceived]:
-    return _ris_consumer(HL7_EXTERNAL_DURABLE, ev.ExternalReportReceived, ack_wait)
-
-
 def external_core(provider: str) -> str:
     """The `core` of the RIS outcome of an external report: never an AI core's name."""
     return f"webps-{provider}"
@@ -212,17 +235,16 @@ async def send_external_report(
     event: ev.ExternalReportReceived, delivery: Delivery, ctx: Hl7Context
 ) -> Outcome:
     """An external provider's report goes to the RIS like the AI's: same message, same MLLP."""
-    study, core = event.study_uid, external_core(event.provider)
-    cid = control_id(study, core, 0, event.report_id)
+    about = _about(event)
     report = msgspec.convert(event.report, Report, from_attributes=True)
     settings, template, ris = await ctx.in_force()
     if not settings.enable:
         return Emit(())
-    header = await _header(study, (), ctx)
-    text = build_oru(header, StudyFindings(), report, settings, cid, event.occurred_at, template)
-    key = ev.AttemptKey(study_uid=study, core=core, attempt=0)
-    outcome = _Outcome(key, cid, with_report=True, report_id=event.report_id)
-    return await _send(ctx, ris, delivery, text, outcome)
+    header = await _header(event.study_uid, (), ctx)
+    text = build_oru(
+        header, StudyFindings(), report, settings, about.control_id, event.occurred_at, template
+    )
+    return await _send(ctx, ris, delivery, text, about)
 
 
 @dataclass(frozen=True)
@@ -351,17 +373,16 @@ async def _header(study: str, results: tuple[ev.ResultObject, ...], ctx: Hl7Cont
     return StudyHeader(study_uid=study)
 
 
-def config_consumer() -> ConsumerSpec[ev.Hl7ConfigLoaded]:
-    return ConsumerSpec(
-        durable=HL7_SWITCH_DURABLE,
-        stream=EVENTS_STREAM,
-        filter_subject=site_events(ev.Hl7ConfigLoaded),
-        decode=ev.decoder(ev.Hl7ConfigLoaded),
-        ack_wait=30.0,
-        concurrency=1,
-        description="Hl7ConfigLoaded -> Hl7Switched when sending or external reports change",
-        start="new",
-    )
+# A load that turns sending or external reports around is said once, by this component.
+SWITCH_STEP: Step[ev.Hl7ConfigLoaded] = Step(
+    consumes=ev.Hl7ConfigLoaded,
+    fan_out=FanOut.ONCE,
+    durable=HL7_SWITCH_DURABLE,
+    filter_subject=site_events(ev.Hl7ConfigLoaded),
+    description="Hl7ConfigLoaded -> Hl7Switched when sending or external reports change",
+    concurrency=1,
+    start="new",
+)
 
 
 @dataclass
@@ -425,13 +446,10 @@ async def run(rt: Runtime, started: Started) -> None:
     _, now = await in_force(rt.events, settings)
     switches = Switches(settings, now.enable, now.webps_enable)
     http = Hl7HttpServer(rt.events, settings) if settings.http_port else None
-    # Long enough for one MLLP exchange; in-progress acks cover longer waits.
-    ack_wait = max(30.0, 3 * settings.ris_timeout_seconds)
-    consumers: list[tuple[ConsumerSpec[Any], Handler[Any]]] = [
-        (consumer(ack_wait), partial(send_to_ris, ctx=ctx)),
-        (external_consumer(ack_wait), partial(send_external_report, ctx=ctx)),
-        (config_consumer(), partial(apply_config, switches=switches)),
-    ]
+    results, reports = steps(settings)
+    to_ris = partial(send_to_ris, ctx=ctx)
+    external = partial(send_external_report, ctx=ctx)
+    switch = partial(apply_config, switches=switches)
 
     async def answer(subject: str, body: bytes) -> bytes:
         in_use, _, _ = await ctx.in_force()
@@ -445,7 +463,15 @@ async def run(rt: Runtime, started: Started) -> None:
             if http is not None:
                 group.create_task(http.run(rt.stop))
             url = {"hl7_http_url": http.url} if http is not None else {}
-            await rt.run_consumers(consumers, lambda ready: started({**ready, **url}))
+            await run_steps(
+                rt,
+                lambda ready: started({**ready, **url}),
+                [
+                    (results, lambda _: to_ris),
+                    (reports, lambda _: external),
+                    (SWITCH_STEP, lambda _: switch),
+                ],
+            )
     finally:
         await responders.close()
         await ctx.aclose()

@@ -11,20 +11,19 @@ from datetime import timedelta
 from functools import partial
 
 from pacsor.domain import events as ev
-from pacsor.jetstream.handler_runner import ConsumerSpec, Delivery, Emit, Outcome
+from pacsor.jetstream.handler_runner import Delivery, Emit, Outcome
 from pacsor.jetstream.quiet_timers import QuietTimers
-from pacsor.jetstream.subjects import EVENTS_STREAM, QUIET_TIMER_CONSUMER, events_filter
-from pacsor.process.runtime import Component, Runtime, Started
+from pacsor.jetstream.subjects import QUIET_TIMER_CONSUMER, events_filter
+from pacsor.process.runtime import Component, FanOut, Runtime, Started, Step, run_steps
 
-CONSUMER: ConsumerSpec[ev.InstanceReceived] = ConsumerSpec(
+STEP = Step(
+    consumes=ev.InstanceReceived,
+    fan_out=FanOut.ONCE,
     durable=QUIET_TIMER_CONSUMER,
-    stream=EVENTS_STREAM,
     filter_subject=events_filter(ev.InstanceReceived),
-    decode=ev.decoder(ev.InstanceReceived),
-    ack_wait=15.0,
+    description="InstanceReceived -> arm the study's quiet-period timer",
     max_ack_pending=1024,
     concurrency=8,
-    description="InstanceReceived -> arm the study's quiet-period timer",
 )
 
 
@@ -36,9 +35,8 @@ async def arm_quiet_timer(
 
 
 async def run(rt: Runtime, started: Started) -> None:
-    quiet = timedelta(seconds=rt.settings.study_quiet_seconds)
-    handler = partial(arm_quiet_timer, timers=rt.timers, quiet=quiet)
-    await rt.run_consumers([(CONSUMER, handler)], started)
+    arm = partial(arm_quiet_timer, timers=rt.timers, quiet=rt.settings.quiet_period)
+    await run_steps(rt, started, [(STEP, lambda _: arm)])
 
 
 COMPONENT = Component(

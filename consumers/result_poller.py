@@ -23,24 +23,22 @@ from datetime import timedelta
 from functools import partial
 
 import msgspec
-from pacsor.consumers.uploader import require_tokens
 from pydicom.dataset import Dataset
 
 from pacsor.ai.milvue_api import FINDINGS_COMMANDS, ApiError, MilvueApi
-from pacsor.config import CoreSettings
+from pacsor.config import require_api_tokens
 from pacsor.dicom.header import MIN_PREFIX, HeaderError, parse_header
 from pacsor.domain import events as ev
 from pacsor.jetstream.blobs import BlobStore, sha256_digest
-from pacsor.jetstream.handler_runner import ConsumerSpec, Delivery, Emit, Handler, Outcome, Retry
+from pacsor.jetstream.handler_runner import Delivery, Emit, Handler, Outcome, Retry
 from pacsor.jetstream.subjects import (
-    EVENTS_STREAM,
     core_events_filter,
     findings_object_name,
     is_valid_uid,
     poll_consumer,
     result_object_name,
 )
-from pacsor.process.runtime import Component, Runtime, Started, run_per_core
+from pacsor.process.runtime import Component, FanOut, Runtime, Started, Step, Target, run_steps
 
 
 class PollSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -52,21 +50,17 @@ class PollSettings(msgspec.Struct, frozen=True, kw_only=True):
     options: Mapping[str, str] = msgspec.field(default_factory=dict)
 
 
-def consumer(core: str) -> ConsumerSpec[ev.Uploaded]:
-    return ConsumerSpec(
-        durable=poll_consumer(core),
-        stream=EVENTS_STREAM,
-        filter_subject=core_events_filter(ev.Uploaded, core),
-        decode=ev.decoder(ev.Uploaded),
-        ack_wait=15.0,
-        max_ack_pending=1024,
-        concurrency=4,
-        description=f"Uploaded -> poll AI core {core} -> ResultReady",
-        failed=lambda event, reason, tries: ev.ResultFailed(
-            **event.key,
-            reason=f"gave up after {tries} tries: {reason}",
-        ),
-    )
+STEP = Step(
+    consumes=ev.Uploaded,
+    fan_out=FanOut.PER_CORE,
+    durable=lambda target: poll_consumer(target.core_settings.name),
+    filter_subject=lambda target: core_events_filter(ev.Uploaded, target.core_settings.name),
+    description=lambda target: f"Uploaded -> poll AI core {target.core_settings.name}",
+    failed=lambda event, target, reason, tries: ev.ResultFailed(
+        **event.key, reason=f"gave up after {tries} tries: {reason}"
+    ),
+    max_ack_pending=1024,
+)
 
 
 class ResultIdentity(msgspec.Struct, frozen=True):
@@ -221,7 +215,8 @@ async def poll_results(
 async def run(rt: Runtime, started: Started) -> None:
     s = rt.settings
 
-    def poll(core: CoreSettings, api: MilvueApi) -> Handler[ev.Uploaded]:
+    def poll(target: Target) -> Handler[ev.Uploaded]:
+        core = target.core_settings
         settings = PollSettings(
             core=core.name,
             # A tcr core writes a report, fetched by the hl7 component: no objects.
@@ -230,11 +225,11 @@ async def run(rt: Runtime, started: Started) -> None:
             result_timeout=timedelta(seconds=s.result_timeout_seconds),
             options=s.result_options(),
         )
-        return partial(poll_results, api=api, results=rt.results, settings=settings)
+        return partial(poll_results, api=target.client, results=rt.results, settings=settings)
 
-    await run_per_core(rt, started, consumer, poll)
+    await run_steps(rt, started, [(STEP, poll)])
 
 
 COMPONENT = Component(
-    "poller", "Uploaded -> ResultReady / ResultFailed, per AI core", run, check=require_tokens
+    "poller", "Uploaded -> ResultReady / ResultFailed, per AI core", run, check=require_api_tokens
 )

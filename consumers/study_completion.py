@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 from functools import partial
-from typing import Any
 
 from pacsor.domain import events as ev
 from pacsor.domain.completion import (
@@ -26,28 +25,27 @@ from pacsor.domain.completion import (
 )
 from pacsor.domain.events import utc_now
 from pacsor.jetstream.eventlog import EventLog
-from pacsor.jetstream.handler_runner import ConsumerSpec, Delivery, Emit, Handler, Outcome
+from pacsor.jetstream.handler_runner import Delivery, Emit, Outcome
 from pacsor.jetstream.holds import Holds
 from pacsor.jetstream.quiet_timers import QuietElapsed, QuietTimers, decode_elapsed
 from pacsor.jetstream.subjects import (
     COMPLETION_CONSUMER,
-    EVENTS_STREAM,
     QUIET_ELAPSED_FILTER,
     RELAUNCH_DURABLE,
     RELAUNCH_FILTER,
     TIMERS_STREAM,
 )
-from pacsor.process.runtime import Component, Runtime, Started
+from pacsor.process.runtime import Component, FanOut, Runtime, Started, Step, run_steps
 
 log = logging.getLogger("pacsor.domain.completion")
 
-CONSUMER: ConsumerSpec[QuietElapsed] = ConsumerSpec(
+STEP = Step(
+    consumes=QuietElapsed,
+    fan_out=FanOut.ONCE,
     durable=COMPLETION_CONSUMER,
     stream=TIMERS_STREAM,
     filter_subject=QUIET_ELAPSED_FILTER,
     decode=decode_elapsed,
-    ack_wait=15.0,
-    concurrency=4,
     description="quiet timer elapsed -> StudyComplete",
 )
 
@@ -87,14 +85,13 @@ async def complete_study(
     return Emit()
 
 
-RELAUNCH_CONSUMER: ConsumerSpec[ev.RelaunchRequested] = ConsumerSpec(
+RELAUNCH_STEP = Step(
+    consumes=ev.RelaunchRequested,
+    fan_out=FanOut.ONCE,
     durable=RELAUNCH_DURABLE,
-    stream=EVENTS_STREAM,
     filter_subject=RELAUNCH_FILTER,
-    decode=ev.decoder(ev.RelaunchRequested),
-    ack_wait=15.0,
-    concurrency=2,
     description="RelaunchRequested -> StudyComplete of the next attempt",
+    concurrency=2,
 )
 
 
@@ -113,17 +110,15 @@ async def relaunch_study(
 
 
 async def run(rt: Runtime, started: Started) -> None:
-    quiet = timedelta(seconds=rt.settings.study_quiet_seconds)
-    consumers: list[tuple[ConsumerSpec[Any], Handler[Any]]] = [
-        (
-            CONSUMER,
-            partial(
-                complete_study, events=rt.events, timers=rt.timers, holds=rt.holds, quiet=quiet
-            ),
-        ),
-        (RELAUNCH_CONSUMER, partial(relaunch_study, events=rt.events)),
-    ]
-    await rt.run_consumers(consumers, started)
+    complete = partial(
+        complete_study,
+        events=rt.events,
+        timers=rt.timers,
+        holds=rt.holds,
+        quiet=rt.settings.quiet_period,
+    )
+    relaunch = partial(relaunch_study, events=rt.events)
+    await run_steps(rt, started, [(STEP, lambda _: complete), (RELAUNCH_STEP, lambda _: relaunch)])
 
 
 COMPONENT = Component("completion", "quiet timer elapsed, RelaunchRequested -> StudyComplete", run)

@@ -1,20 +1,18 @@
 """StudyComplete → upload the study to one AI core → Uploaded (or UploadFailed, NothingToUpload).
 
 Each core has its own uploader (its own durable consumer), so a core that is down or slow
-holds back no other. For each instance of the attempt, in order:
+holds back no other. Which instances are sent, and why the others are skipped (already
+uploaded, unreadable, filtered out), is pacsor.domain.upload_triage. Those sent go in batches
+of UPLOAD_BATCH_SIZE: multipart STOW, or (SIGNED_URL) a POST of the instances without their
+pixel data, then a PUT of each full instance to its URL, UPLOAD_CONCURRENCY at a time (each
+PUT is a round trip to the cloud: one after another, a study of 20,000 instances would take
+their sum).
 
-- one already uploaded to this core in this attempt (a retry, a restart) is not sent again;
-- with NO_DUPLICATE_UPLOAD, one uploaded to this core by an earlier attempt, with the same
-  digest, is skipped ("already uploaded"), unless a person asked for a full relaunch;
-- one that the core's DICOM filters reject is skipped, with the rule that rejected it;
-- the others go in batches of UPLOAD_BATCH_SIZE: multipart STOW, or (SIGNED_URL) a POST of
-  the instances without their pixel data, then a PUT of each full instance to its URL,
-  UPLOAD_CONCURRENCY at a time (each PUT is a round trip to the cloud: one after another, a
-  study of 20,000 instances would take their sum).
-
-Each accepted batch is recorded (InstancesUploaded) before the next one starts, and the skips
-in InstancesSkipped. When a PUT fails, no other starts, those in flight finish, and the ones
-that were accepted are recorded before the failure is retried: the retry PUTs only the rest.
+The handler uploads one batch per call and returns it as a checkpoint (Continue): the runner
+records InstancesUploaded (and the skips, in InstancesSkipped) before calling it again for the
+next batch, so a restart resumes after the last batch recorded. When a PUT fails, no other
+starts, those in flight finish, and the ones that were accepted are recorded before the
+failure is retried: the retry PUTs only the rest.
 
 The attempt's instances are read back from the study's InstanceReceived events up to the
 StudyComplete's `through_sequence` (pacsor.domain.completion.attempt_instances), so the event
@@ -43,16 +41,27 @@ from functools import partial
 import msgspec
 
 from pacsor.ai.milvue_api import ApiError, MilvueApi
-from pacsor.config import ConfigError, CoreSettings, Settings
+from pacsor.config import ConfigError, Settings, require_api_tokens
 from pacsor.dicom.header import HeaderError, read_header, tag_values
 from pacsor.domain import events as ev
 from pacsor.domain.completion import attempt_instances
-from pacsor.domain.filters import FilterError, FilterRule, parse_filters, skipping_rule
+from pacsor.domain.filters import FilterError, FilterRule, parse_filters
 from pacsor.domain.retry import RetryPolicy
+from pacsor.domain.upload_triage import (
+    CoreProgress,
+    Done,
+    NothingSent,
+    Skip,
+    TriagePolicy,
+    Verdict,
+    after_reading,
+    before_reading,
+    conclusion,
+)
 from pacsor.jetstream.blobs import BlobError, BlobStore
 from pacsor.jetstream.eventlog import EventLog
 from pacsor.jetstream.handler_runner import (
-    ConsumerSpec,
+    Continue,
     Delivery,
     Emit,
     Handler,
@@ -61,12 +70,11 @@ from pacsor.jetstream.handler_runner import (
 )
 from pacsor.jetstream.rate_limit import RateLimiter
 from pacsor.jetstream.subjects import (
-    EVENTS_STREAM,
     events_filter,
     study_core_events,
     upload_consumer,
 )
-from pacsor.process.runtime import Component, Runtime, Started, run_per_core
+from pacsor.process.runtime import Component, FanOut, Runtime, Started, Step, Target, run_steps
 
 # Skips are recorded in parts of at most this many instances (an event stays small).
 SKIPS_PER_EVENT = 500
@@ -81,17 +89,16 @@ class UploadSettings(msgspec.Struct, frozen=True, kw_only=True):
     no_duplicate: bool = True
 
 
-def consumer(core: str) -> ConsumerSpec[ev.StudyComplete]:
-    return ConsumerSpec(
-        durable=upload_consumer(core),
-        stream=EVENTS_STREAM,
-        filter_subject=events_filter(ev.StudyComplete),
-        decode=ev.decoder(ev.StudyComplete),
-        ack_wait=15.0,
-        concurrency=4,
-        description=f"StudyComplete -> upload to AI core {core}",
-        failed=lambda event, reason, tries: upload_failed(event, core, reason, tries=tries),
-    )
+STEP = Step(
+    consumes=ev.StudyComplete,
+    fan_out=FanOut.PER_CORE,
+    durable=lambda target: upload_consumer(target.core_settings.name),
+    filter_subject=events_filter(ev.StudyComplete),
+    description=lambda target: f"StudyComplete -> upload to AI core {target.core_settings.name}",
+    failed=lambda event, target, reason, tries: upload_failed(
+        event, target.core_settings.name, reason, tries=tries
+    ),
+)
 
 
 def upload_failed(
@@ -110,15 +117,22 @@ class _Pending(msgspec.Struct, frozen=True):
     without_pixels: bytes  # only in signed-URL mode
 
 
-class _Progress(msgspec.Struct, frozen=True):
-    """What this core's history says was uploaded: in this attempt, and before it."""
+class _Resume(msgspec.Struct, frozen=True):
+    """Where the attempt's upload stands between two batches of one delivery."""
 
-    this_attempt: frozenset[str]  # SOP Instance UIDs
-    before: frozenset[tuple[str, str]]  # (SOP Instance UID, digest)
-    batches: int  # batches of this attempt already recorded
+    refs: tuple[ev.InstanceRef, ...]
+    progress: CoreProgress
+    position: int = 0  # the next instance to triage
+    batch: int = 0  # batches recorded in this attempt
+    uploaded: int = 0
+    skips: Counter[Skip] = msgspec.field(default_factory=Counter)
+    # Skips not yet recorded: parts of SKIPS_PER_EVENT go as they fill, the rest at the end.
+    unrecorded: tuple[ev.SkippedInstance, ...] = ()
+    skip_parts: int = 0
+    api_message: str = ""
 
 
-async def _progress(events: EventLog, study: str, core: str, attempt: int) -> _Progress:
+async def _progress(events: EventLog, study: str, core: str, attempt: int) -> CoreProgress:
     subject = study_core_events(study, ev.InstancesUploaded, core)
     this_attempt: set[str] = set()
     before: set[tuple[str, str]] = set()
@@ -132,7 +146,7 @@ async def _progress(events: EventLog, study: str, core: str, attempt: int) -> _P
             this_attempt.update(i.sop_instance_uid for i in batch.instances)
         elif batch.attempt < attempt:
             before.update((i.sop_instance_uid, i.digest) for i in batch.instances)
-    return _Progress(frozenset(this_attempt), frozenset(before), batches)
+    return CoreProgress(frozenset(this_attempt), frozenset(before), batches)
 
 
 async def upload_study(
@@ -145,154 +159,185 @@ async def upload_study(
     policy: RetryPolicy,
     limiter: RateLimiter | None = None,
 ) -> Outcome:
-    study = event.study_uid
-    core = settings.core
+    """One batch per call: its upload and skips are a checkpoint (Continue) before the next."""
+    study, core = event.study_uid, settings.core
     if not event.for_core(core):
         return Emit()  # a relaunch asked for other cores only
-
-    # 0: a schema 1 event, whose instances are all those received before it.
-    through = event.through_sequence or delivery.stream_sequence
-    received = await events.received(study, through)
-    refs = attempt_instances(received, through)
-    if len(refs) != event.instance_count:
-        reason = (
-            f"the stream holds {len(refs)} of the attempt's {event.instance_count} instances "
-            f"(InstanceReceived up to sequence {through})"
+    triage = TriagePolicy(
+        filters=settings.filters,
+        dedupe=settings.no_duplicate and not event.relaunch,
+        signed_url=settings.signed_url,
+    )
+    state = delivery.resume
+    if not isinstance(state, _Resume):
+        # 0: a schema 1 event, whose instances are all those received before it.
+        through = event.through_sequence or delivery.stream_sequence
+        refs = attempt_instances(await events.received(study, through), through)
+        if len(refs) != event.instance_count:
+            reason = (
+                f"the stream holds {len(refs)} of the attempt's {event.instance_count} "
+                f"instances (InstanceReceived up to sequence {through})"
+            )
+            failed = upload_failed(event, core, reason)
+            return retry_or_fail(delivery, policy, reason, False, failed)
+        progress = await _progress(events, study, core, event.attempt)
+        state = _Resume(
+            tuple(refs), progress, batch=progress.batches, uploaded=len(progress.this_attempt)
         )
+
+    batch: list[_Pending] = []
+    skipped: list[ev.SkippedInstance] = []
+    skips = Counter(state.skips)
+    position = state.position
+    try:
+        while position < len(state.refs) and len(batch) < settings.batch_size:
+            ref = state.refs[position]
+            position += 1
+            verdict: Verdict | None = before_reading(ref, state.progress, triage)
+            without_pixels = b""
+            if verdict is None and triage.needs_header:
+                chunks = instances.chunks(ref.object_name, ref.digest)
+                try:
+                    async with contextlib.aclosing(chunks) as c:
+                        header = await read_header(c)
+                except HeaderError as err:
+                    verdict = after_reading(triage, None, str(err))
+                else:
+                    verdict = after_reading(triage, tag_values(header.dataset, triage.tags))
+                    without_pixels = header.without_pixels if triage.signed_url else b""
+            if isinstance(verdict, Skip):
+                skips[verdict] += 1
+                skipped.append(verdict.record(ref))
+            elif not isinstance(verdict, Done):
+                batch.append(_Pending(ref, without_pixels))
+        sent, api_message, failure = await _send(api, instances, study, batch, limiter, settings)
+    except BlobError as err:  # gone (past retention), or not the bytes the event recorded
+        reason = f"instance not uploadable: {err}"
         return retry_or_fail(delivery, policy, reason, False, upload_failed(event, core, reason))
 
-    progress = await _progress(events, study, core, event.attempt)
-    # A relaunch asked for by a person uploads everything again.
-    dedupe = settings.no_duplicate and not event.relaunch
-    tags = {rule.tag for rule in settings.filters}
-    need_header = settings.signed_url or bool(settings.filters)
+    checkpoint: list[ev.Event] = []
+    if sent:  # what was accepted before a failure is not sent again by the retry
+        checkpoint.append(_uploaded_batch(event, core, state.batch + 1, sent))
+    finished = position >= len(state.refs) and failure is None
+    parts, unrecorded, skip_parts = _skip_parts(
+        event, core, (*state.unrecorded, *skipped), state.skip_parts, final=finished
+    )
+    checkpoint.extend(parts)
+    if failure is not None:
+        return _failed(event, core, delivery, policy, failure, tuple(checkpoint))
+    state = msgspec.structs.replace(
+        state,
+        position=position,
+        batch=state.batch + (1 if sent else 0),
+        uploaded=state.uploaded + len(sent),
+        skips=skips,
+        unrecorded=unrecorded,
+        skip_parts=skip_parts,
+        api_message=api_message or state.api_message,
+    )
+    if not finished:
+        return Continue(tuple(checkpoint), state)
+    return Emit((*checkpoint, _outcome(event, core, state, settings.signed_url)))
 
-    total = 0
-    uploaded = len(progress.this_attempt)
-    batch_number = progress.batches
-    batch: list[_Pending] = []
-    skips: list[ev.SkippedInstance] = []
-    skip_parts = 0
-    skip_reasons: Counter[str] = Counter()
-    api_message = ""
 
-    async def record_skips(final: bool) -> None:
-        nonlocal skip_parts
-        while skips and (final or len(skips) >= SKIPS_PER_EVENT):
-            part, skips[:] = skips[:SKIPS_PER_EVENT], skips[SKIPS_PER_EVENT:]
-            skip_parts += 1
-            await events.publish(
-                ev.InstancesSkipped(
-                    **event.key_for(core),
-                    part=skip_parts,
-                    skipped=tuple(part),
-                )
+def _uploaded_batch(
+    event: ev.StudyComplete, core: str, number: int, sent: list[_Pending]
+) -> ev.InstancesUploaded:
+    return ev.InstancesUploaded(
+        **event.key_for(core),
+        batch=number,
+        instances=tuple(
+            ev.UploadedInstance(
+                sop_instance_uid=p.instance.sop_instance_uid, digest=p.instance.digest
             )
+            for p in sent
+        ),
+    )
 
-    def skip(instance: ev.InstanceRef, reason: str, rule: str = "") -> None:
-        skips.append(
-            ev.SkippedInstance(sop_instance_uid=instance.sop_instance_uid, reason=reason, rule=rule)
+
+def _skip_parts(
+    event: ev.StudyComplete,
+    core: str,
+    skipped: tuple[ev.SkippedInstance, ...],
+    parts_before: int,
+    final: bool,
+) -> tuple[list[ev.InstancesSkipped], tuple[ev.SkippedInstance, ...], int]:
+    """The full parts of SKIPS_PER_EVENT skips (an event stays small), and at the end the rest:
+    (parts, skips left for later, parts numbered so far).
+
+    Skips come in the same order on every delivery and parts are cut at the same places, so a
+    redelivery numbers the same parts alike and their idempotency keys record each once."""
+    whole = len(skipped) if final else len(skipped) - len(skipped) % SKIPS_PER_EVENT
+    parts = [
+        ev.InstancesSkipped(
+            **event.key_for(core),
+            part=parts_before + n + 1,
+            skipped=skipped[start : min(start + SKIPS_PER_EVENT, whole)],
         )
-        skip_reasons[f"{reason} ({rule})" if rule else reason] += 1
+        for n, start in enumerate(range(0, whole, SKIPS_PER_EVENT))
+    ]
+    return parts, skipped[whole:], parts_before + len(parts)
 
-    async def record(sent: list[_Pending]) -> None:
-        nonlocal batch_number, uploaded
-        batch_number += 1
-        await events.publish(
-            ev.InstancesUploaded(
-                **event.key_for(core),
-                batch=batch_number,
-                instances=tuple(
-                    ev.UploadedInstance(
-                        sop_instance_uid=p.instance.sop_instance_uid, digest=p.instance.digest
-                    )
-                    for p in sent
-                ),
-            )
+
+def _failed(
+    event: ev.StudyComplete,
+    core: str,
+    delivery: Delivery,
+    policy: RetryPolicy,
+    err: ApiError | BlobError,
+    progress: tuple[ev.Event, ...],
+) -> Outcome:
+    if isinstance(err, BlobError):
+        reason = f"instance not uploadable: {err}"
+        failed = upload_failed(event, core, reason)
+        return retry_or_fail(delivery, policy, reason, False, failed, progress=progress)
+    reason = str(err)
+    if err.answer_lost:
+        reason += " (the request was sent: the AI may have received and processed the study)"
+    failed = upload_failed(event, core, reason, err.status)
+    return retry_or_fail(
+        delivery, policy, reason, err.retryable, failed, err.retry_after, progress=progress
+    )
+
+
+def _outcome(
+    event: ev.StudyComplete, core: str, state: _Resume, signed_url: bool
+) -> ev.Uploaded | ev.NothingToUpload:
+    skipped = sum(state.skips.values())
+    decided = conclusion(len(state.refs), state.uploaded, state.skips)
+    if isinstance(decided, NothingSent):
+        return ev.NothingToUpload(
+            **event.key_for(core), reason=decided.reason, skipped_count=skipped
         )
-        uploaded += len(sent)
+    return ev.Uploaded(
+        **event.key_for(core),
+        instance_count=state.uploaded,
+        api_message=state.api_message,
+        skipped_count=skipped,
+        signed_url=signed_url,
+    )
 
-    async def send_batch() -> None:
-        nonlocal api_message
-        if not batch:
-            return
+
+async def _send(
+    api: MilvueApi,
+    instances: BlobStore,
+    study: str,
+    batch: list[_Pending],
+    limiter: RateLimiter | None,
+    settings: UploadSettings,
+) -> tuple[list[_Pending], str, ApiError | BlobError | None]:
+    """Upload one batch: (the instances accepted, the API's message, the failure if any)."""
+    if not batch:
+        return [], "", None
+    try:
         if settings.signed_url:
             sent, failure = await _send_signed(
                 api, instances, study, batch, limiter, settings.concurrency
             )
-            if sent:  # what was PUT before a failure is not PUT again by the retry
-                await record(sent)
-            if failure is not None:
-                raise failure
-        else:
-            api_message = await _send_stow(api, instances, study, batch, limiter)
-            await record(batch)
-        batch.clear()
-
-    try:
-        for instance in refs:
-            total += 1
-            if instance.sop_instance_uid in progress.this_attempt:
-                continue  # sent before this attempt was interrupted
-            if dedupe and (instance.sop_instance_uid, instance.digest) in progress.before:
-                skip(instance, "already uploaded")
-                continue
-            without_pixels = b""
-            if need_header:
-                try:
-                    chunks = instances.chunks(instance.object_name, instance.digest)
-                    async with contextlib.aclosing(chunks) as c:
-                        header = await read_header(c)
-                except HeaderError as err:
-                    skip(instance, f"unreadable: {err}")
-                    continue
-                if settings.filters:
-                    rule = skipping_rule(settings.filters, tag_values(header.dataset, tags))
-                    if rule is not None:
-                        skip(instance, "filtered", str(rule))
-                        continue
-                if settings.signed_url:
-                    without_pixels = header.without_pixels
-            batch.append(_Pending(instance, without_pixels))
-            if len(batch) >= settings.batch_size:
-                await send_batch()
-            await record_skips(final=False)
-        await send_batch()
-        await record_skips(final=True)
-    except BlobError as err:  # gone (past retention), or not the bytes the event recorded
-        reason = f"instance not uploadable: {err}"
-        return retry_or_fail(delivery, policy, reason, False, upload_failed(event, core, reason))
-    except ApiError as err:
-        reason = str(err)
-        if err.answer_lost:
-            reason += " (the request was sent: the AI may have received and processed the study)"
-        failed = upload_failed(event, core, reason, err.status)
-        return retry_or_fail(delivery, policy, reason, err.retryable, failed, err.retry_after)
-
-    skipped = sum(skip_reasons.values())
-    filtered = sum(n for reason, n in skip_reasons.items() if reason.startswith("filtered"))
-    if uploaded == 0 and total > 0 and filtered == total:
-        return Emit(
-            (
-                ev.NothingToUpload(
-                    **event.key_for(core),
-                    reason=f"all {total} instances filtered out: "
-                    + "; ".join(f"{n} {reason}" for reason, n in skip_reasons.items()),
-                    skipped_count=skipped,
-                ),
-            )
-        )
-    return Emit(
-        (
-            ev.Uploaded(
-                **event.key_for(core),
-                instance_count=uploaded,
-                api_message=api_message,
-                skipped_count=skipped,
-                signed_url=settings.signed_url,
-            ),
-        )
-    )
+            return sent, "", failure
+        return batch, await _send_stow(api, instances, study, batch, limiter), None
+    except (ApiError, BlobError) as err:
+        return [], "", err
 
 
 def _instance_body(
@@ -370,17 +415,10 @@ async def _send_signed(
     return sent, (failures[0] if failures else None)
 
 
-def require_tokens(settings: Settings) -> None:
-    for n, core in enumerate(settings.cores):
-        if not core.token:
-            variable = "TOKEN" if n == 0 else f"TOKEN_{n}"
-            raise ConfigError(f"{variable}: not set; the Milvue API needs an API key")
-
-
 def core_filters(settings: Settings, n: int) -> tuple[FilterRule, ...]:
     """The DICOM filters of core `n` (0: the unsuffixed core), parsed; ConfigError names the
     variable, the rule and the fault."""
-    variable = "DICOM_FILTERS" if n == 0 else f"DICOM_FILTERS_{n}"
+    variable = settings.cores[n].variable("DICOM_FILTERS")
     try:
         return parse_filters(settings.cores[n].dicom_filters)
     except FilterError as err:
@@ -389,21 +427,20 @@ def core_filters(settings: Settings, n: int) -> tuple[FilterRule, ...]:
 
 def check(settings: Settings) -> None:
     """What the uploader cannot start without: a token and well-formed filters, per core."""
-    require_tokens(settings)
+    require_api_tokens(settings)
     for n in range(len(settings.cores)):
         core_filters(settings, n)
 
 
 async def run(rt: Runtime, started: Started) -> None:
-    """One durable consumer per core: a core that is down never delays the others."""
     s = rt.settings
-    index = {core.name: n for n, core in enumerate(s.cores)}
 
-    def upload(core: CoreSettings, api: MilvueApi) -> Handler[ev.StudyComplete]:
+    def upload(target: Target) -> Handler[ev.StudyComplete]:
+        core = target.core_settings
         settings = UploadSettings(
             core=core.name,
             signed_url=core.signed_url,
-            filters=core_filters(s, index[core.name]),
+            filters=core_filters(s, core.index),
             batch_size=s.upload_batch_size,
             concurrency=s.upload_concurrency,
             no_duplicate=s.no_duplicate_upload,
@@ -411,7 +448,7 @@ async def run(rt: Runtime, started: Started) -> None:
         limit = s.upload_rate_limit
         return partial(
             upload_study,
-            api=api,
+            api=target.client,
             instances=rt.instances,
             events=rt.events,
             settings=settings,
@@ -419,7 +456,7 @@ async def run(rt: Runtime, started: Started) -> None:
             limiter=RateLimiter(rt.js, core.name, limit) if limit else None,
         )
 
-    await run_per_core(rt, started, consumer, upload)
+    await run_steps(rt, started, [(STEP, upload)])
 
 
 COMPONENT = Component(

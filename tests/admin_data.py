@@ -7,10 +7,11 @@ from pathlib import Path
 
 from nats.aio.client import Client
 
-from pacsor.config import Settings, load_settings
+from pacsor.config import Settings
 from pacsor.devtools.sample_events import lifecycle, received
 from pacsor.domain import events as ev
 from pacsor.jetstream.eventlog import EventLog
+from tests.harness import site_settings
 from tests.nats_server import free_port
 
 T0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
@@ -19,19 +20,15 @@ ARCHIVE = "ARCHIVE@10.0.0.2:104"
 
 
 def admin_settings(nats_url: str, tmp_path: Path, **extra: str) -> Settings:
-    return load_settings(
-        {
-            "NATS_URL": nats_url,
-            "ADMIN_PORT": str(free_port()),
-            "PACSOR_DATA_DIR": str(tmp_path / "data"),
-            "TOKEN": "api-key-for-the-ai",
-            "PACS_IP": "10.0.0.1",
-            "PACS_PORT": "104",
-            # The fixture studies are months old: no retention sweep may add events here.
-            "RETENTION_HOURS": "100000",
-            **extra,
-        },
-        dotenv=None,
+    return site_settings(
+        nats_url,
+        ADMIN_PORT=str(free_port()),
+        PACSOR_DATA_DIR=str(tmp_path / "data"),
+        PACS_IP="10.0.0.1",
+        PACS_PORT="104",
+        # The fixture studies are months old: no retention sweep may add events here.
+        RETENTION_HOURS="100000",
+        **extra,
     )
 
 

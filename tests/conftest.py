@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 from nats.aio.client import Client
 
+from pacsor.devtools.simulator import SimulatorSettings, running_simulator
 from pacsor.jetstream.broker import apply_streams, connect
-from tests.harness import ReceivingPacs
+from tests.harness import TOKEN, ReceivingPacs, Simulator
 from tests.nats_server import NatsServer
 
 
@@ -51,3 +52,13 @@ def archive() -> Iterator[ReceivingPacs]:
     receiver = ReceivingPacs("ARCHIVE").start()
     yield receiver
     receiver.stop()
+
+
+@pytest.fixture
+def simulator(request: pytest.FixtureRequest) -> Iterator[Simulator]:
+    """The API simulator on a free port, taking TOKEN; a test or module changes its settings
+    with @pytest.mark.simulator(running_polls=..., ...)."""
+    marker = request.node.get_closest_marker("simulator")
+    options = marker.kwargs if marker is not None else {}
+    with running_simulator(SimulatorSettings(token=TOKEN, **options)) as (url, state):
+        yield Simulator(url, state)

@@ -12,7 +12,7 @@ import tempfile
 import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 from nats.aio.client import Client
@@ -23,6 +23,7 @@ from pynetdicom.events import Event as DicomEvent
 from pacsor.config import Settings, load_settings
 from pacsor.devtools.demo_pacs import start_storage_scp
 from pacsor.devtools.sample_study import make_study
+from pacsor.devtools.simulator.state import SimulatorState
 from pacsor.dicom.storage_scu import echo, send_files
 from pacsor.domain import events as ev
 from pacsor.jetstream.subjects import EVENTS_STREAM, study_subjects
@@ -30,27 +31,45 @@ from pacsor.process.gateway import components_of_up, run_gateway
 from tests.dicom_factory import make_image, new_uid
 from tests.nats_server import free_port
 
-TOKEN = "test-token"
+
+class Simulator(NamedTuple):
+    """The running API simulator of the `simulator` fixture (tests/conftest.py)."""
+
+    url: str
+    state: SimulatorState
 
 
-def gateway_settings(nats_url: str, api_url: str, pacs: ReceivingPacs, **extra: str) -> Settings:
-    """Settings for a whole pipeline against `pacs`, with short waits for tests."""
+# The API key every test gives the simulator: a uuid-v4, as Milvue issues them.
+TOKEN = "22209633-26ea-4b35-a197-e55c375dc36f"
+
+
+def site_settings(nats_url: str, **env: str) -> Settings:
+    """The settings of a test's site: this NATS, a free DICOM port, TOKEN, short waits, no
+    .env file; `env` adds or overrides variables, as a site file would."""
     return load_settings(
         {
             "NATS_URL": nats_url,
             "PORT": str(free_port()),
-            "API_URL": api_url,
             "TOKEN": TOKEN,
             "STUDY_QUIET_SECONDS": "1",
             "POLL_INTERVAL_SECONDS": "0.2",
             "RETRY_INITIAL_SECONDS": "0.2",
             "RETRY_MAX_SECONDS": "1",
-            "PACS_IP": "127.0.0.1",
-            "PACS_PORT": str(pacs.port),
-            "PACS_AET": pacs.ae_title,
-            **extra,
+            **env,
         },
         dotenv=None,
+    )
+
+
+def gateway_settings(nats_url: str, api_url: str, pacs: ReceivingPacs, **extra: str) -> Settings:
+    """Settings for a whole pipeline against `pacs`."""
+    return site_settings(
+        nats_url,
+        API_URL=api_url,
+        PACS_IP="127.0.0.1",
+        PACS_PORT=str(pacs.port),
+        PACS_AET=pacs.ae_title,
+        **extra,
     )
 
 

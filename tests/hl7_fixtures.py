@@ -21,11 +21,10 @@ from pacsor.jetstream.subjects import (
     instance_object_name,
 )
 from tests.dicom_factory import make_image, new_uid, to_bytes
-from tests.harness import wait_for_event
+from tests.harness import TOKEN, wait_for_event
 from tests.hl7_reading import ParsedOru
 
 CORE = "default"
-TOKEN = "tcr-token"
 
 
 def findings_json(study: str, sop: str, command: str, status: str = "done") -> bytes:

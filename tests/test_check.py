@@ -12,10 +12,9 @@ from nats.aio.client import Client
 from pacsor.streams import stream_definitions
 
 from pacsor.devtools.simulator import SimulatorSettings, running_simulator
-from tests.harness import ReceivingPacs, pacsor_cli
+from tests.harness import TOKEN, ReceivingPacs, pacsor_cli
 from tests.nats_server import NatsServer, free_port
 
-TOKEN = "check-token"
 STREAMS = list(stream_definitions())
 
 

@@ -170,6 +170,7 @@ def test_every_service_is_healthy(demo: Compose) -> None:
             "uploader",
             "poller",
             "dispatcher",
+            "retention",
             "admin",
             "simulator",
             "demo-pacs",

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from nats.aio.client import Client
 
-from pacsor.config import ConfigError, Settings, load_settings
+from pacsor.config import ConfigError, Settings
 from pacsor.devtools.demo_ris import DemoRis
 from pacsor.domain import events as ev
 from pacsor.jetstream.eventlog import EventLog
@@ -22,10 +22,11 @@ from pacsor.jetstream.subjects import (
     events_filter,
     site_events,
 )
+from tests.admin_data import admin_settings
 from tests.harness import pacsor_cli, running_gateway, wait_for_event
 from tests.hl7_fixtures import external_report, outcome, record_results, sent_messages
 from tests.hl7_reading import ParsedOru
-from tests.nats_server import NatsServer, free_port
+from tests.nats_server import NatsServer
 
 FRENCH = {
     "settings": {"HL7_LANGUAGE": "FR", "HL7_RECEIVING_APPLICATION": "RIS_FR"},
@@ -40,21 +41,17 @@ async def ris() -> AsyncIterator[DemoRis]:
 
 
 def settings_for(nats_url: str, tmp_path: Path, ris: DemoRis, **extra: str) -> Settings:
-    return load_settings(
-        {
-            "NATS_URL": nats_url,
-            "ADMIN_PORT": str(free_port()),
-            "PACSOR_DATA_DIR": str(tmp_path / "data"),
-            "HL7_ENABLE": "true",
-            "HL7_RIS_IP": "127.0.0.1",
-            "HL7_RIS_PORT": str(ris.port),
-            "RIS_TIMEOUT": "2",
-            "HL7_CUSTOM_DIR": str(tmp_path / "hl7"),
-            "WEBPS_ENABLE": "true",
-            "WEBPS_PROVIDERS": "radnet,teleradio",
-            **extra,
-        },
-        dotenv=None,
+    return admin_settings(
+        nats_url,
+        tmp_path,
+        HL7_ENABLE="true",
+        HL7_RIS_IP="127.0.0.1",
+        HL7_RIS_PORT=str(ris.port),
+        RIS_TIMEOUT="2",
+        HL7_CUSTOM_DIR=str(tmp_path / "hl7"),
+        WEBPS_ENABLE="true",
+        WEBPS_PROVIDERS="radnet,teleradio",
+        **extra,
     )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ from pacsor.jetstream.subjects import (
 from tests.dicom_factory import make_image, new_uid, to_bytes
 from tests.harness import (
     ReceivingPacs,
+    Simulator,
     gateway_settings,
     running_gateway,
     wait_for_event,
@@ -55,19 +56,15 @@ from tests.hl7_fixtures import (
 from tests.hl7_reading import ParsedOru
 from tests.nats_server import NatsServer
 
+pytestmark = pytest.mark.simulator(running_polls=0)
+
 POLICY = RetryPolicy(initial_seconds=0.1, max_seconds=0.5, max_attempts=3)
 HOSTILE = "Smith|Jones ~x\\y&z\r\nnext line\tTAB"
 
 
 @pytest.fixture
-def simulator() -> Iterator[str]:
-    with running_simulator(SimulatorSettings(token=TOKEN, running_polls=0)) as (url, _):
-        yield url
-
-
-@pytest.fixture
-async def reports(simulator: str) -> AsyncIterator[TechCareReports]:
-    source = TechCareReports(simulator, TOKEN, timeout=10)
+async def reports(simulator: Simulator) -> AsyncIterator[TechCareReports]:
+    source = TechCareReports(simulator.url, TOKEN, timeout=10)
     yield source
     await source.aclose()
 
@@ -254,7 +251,7 @@ async def test_switched_off_findings_stay_out(nc: Client, ris: DemoRis) -> None:
 async def test_the_report_goes_in_each_format(
     nc: Client,
     ris: DemoRis,
-    simulator: str,
+    simulator: Simulator,
     reports: TechCareReports,
     form: str,
     kind: str,
@@ -265,10 +262,10 @@ async def test_the_report_goes_in_each_format(
         ris,
         include_tcr=True,
         tcr_out_format=form,
-        tcr_api_url=simulator,
+        tcr_api_url=simulator.url,
         language=language,
     ):
-        ready = await record_results(nc, simulator=simulator)
+        ready = await record_results(nc, simulator=simulator.url)
         sent = await outcome(nc, ready)
     assert isinstance(sent, ev.Hl7Sent)
     assert (sent.with_report, sent.missing_findings) == (True, ())
@@ -282,13 +279,13 @@ async def test_the_report_goes_in_each_format(
 
 
 async def test_a_report_that_does_not_exist_is_left_out(
-    nc: Client, ris: DemoRis, reports: TechCareReports, simulator: str
+    nc: Client, ris: DemoRis, reports: TechCareReports, simulator: Simulator
 ) -> None:
     async with running_hl7(
         nc,
         ris,
         include_tcr=True,
-        tcr_api_url=simulator,
+        tcr_api_url=simulator.url,
     ):
         ready = await record_results(nc)  # never uploaded: the service answers 404
         sent = await outcome(nc, ready)

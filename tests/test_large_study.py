@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 from nats.aio.client import Client
 
-from pacsor.config import Settings, load_settings
 from pacsor.devtools.bulk_study import record_as_the_scp, tiny_study
 from pacsor.devtools.simulator import SimulatorSettings, running_simulator
 from pacsor.dicom.storage_scu import send_files
@@ -24,26 +23,10 @@ from pacsor.domain import events as ev
 from pacsor.jetstream.blobs import BlobStore
 from pacsor.jetstream.eventlog import EventLog
 from pacsor.jetstream.subjects import INSTANCES_BUCKET
-from tests.harness import of_type, running_gateway, wait_for_event
-from tests.nats_server import NatsServer, free_port
+from tests.harness import TOKEN, of_type, running_gateway, site_settings, wait_for_event
+from tests.nats_server import NatsServer
 
-TOKEN = "test-token"
 UPLOAD_PATH = ("quiet-timer", "completion", "uploader")
-
-
-def settings_for(nats_url: str, api_url: str, **extra: str) -> Settings:
-    return load_settings(
-        {
-            "NATS_URL": nats_url,
-            "PORT": str(free_port()),
-            "API_URL": api_url,
-            "TOKEN": TOKEN,
-            "STUDY_QUIET_SECONDS": "2",
-            "RETRY_INITIAL_SECONDS": "0.2",
-            **extra,
-        },
-        dotenv=None,
-    )
 
 
 def instances_from_env(default: int) -> int:
@@ -63,7 +46,7 @@ async def test_a_study_above_the_old_limit_is_uploaded_whole(
     count = LARGE_STUDY
     study, images = tiny_study(count)
     with running_simulator(SimulatorSettings(token=TOKEN, running_polls=10_000)) as (api_url, sim):
-        settings = settings_for(nats_server.url, api_url)
+        settings = site_settings(nats_server.url, API_URL=api_url, STUDY_QUIET_SECONDS="2")
         async with running_gateway(settings, UPLOAD_PATH):
             started = time.monotonic()
             js = nc.jetstream()
@@ -100,7 +83,7 @@ async def test_a_study_above_the_old_limit_through_the_scp(
         paths.append(folder / f"{n:05d}.dcm")
         paths[-1].write_bytes(data)
     with running_simulator(SimulatorSettings(token=TOKEN, running_polls=10_000)) as (api_url, sim):
-        settings = settings_for(nats_server.url, api_url)
+        settings = site_settings(nats_server.url, API_URL=api_url, STUDY_QUIET_SECONDS="2")
         async with running_gateway(settings, ("scp", *UPLOAD_PATH)):
             # Four associations, as a modality's queue would: pynetdicom's sender waits ~40 ms
             # for a delayed ACK per instance, whatever the instance's size.

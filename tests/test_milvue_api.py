@@ -28,11 +28,12 @@ from pacsor.ai.multipart import (
     encode_related,
     iter_parts,
 )
-from pacsor.devtools.simulator import SimulatorSettings, SimulatorState, running_simulator
+from pacsor.devtools.simulator import SimulatorSettings, running_simulator
 from pacsor.devtools.simulator.results import result_sop_uid
 from tests.dicom_factory import make_image, new_uid, to_bytes
+from tests.harness import TOKEN, Simulator
 
-TOKEN = "3f1c9f0e-6a43-4c53-9d7e-1d8c2c9b7a10"
+pytestmark = pytest.mark.simulator(running_polls=1)
 
 # --- helpers ---------------------------------------------------------------------------------
 
@@ -76,14 +77,8 @@ def study_files(study: str, count: int) -> list[bytes]:
     return [to_bytes(make_image(study, rows=32, cols=48)) for _ in range(count)]
 
 
-@pytest.fixture(scope="module")
-def simulator() -> Iterator[tuple[str, SimulatorState]]:
-    with running_simulator(SimulatorSettings(token=TOKEN, running_polls=1)) as running:
-        yield running
-
-
 @pytest.fixture
-async def api(simulator: tuple[str, SimulatorState]) -> AsyncIterator[MilvueApi]:
+async def api(simulator: Simulator) -> AsyncIterator[MilvueApi]:
     async with MilvueApi(simulator[0], TOKEN, timeout=10) as client:
         yield client
 
@@ -208,7 +203,7 @@ def test_boundary_from_content_type_explains_what_is_wrong(ct: str, message: str
 
 
 async def test_upload_is_streamed_and_recorded(
-    api: MilvueApi, simulator: tuple[str, SimulatorState]
+    api: MilvueApi, simulator: Simulator
 ) -> None:
     study = new_uid()
     files = study_files(study, 3)
@@ -314,7 +309,7 @@ async def test_quota_and_server_errors_are_retryable() -> None:
 
 
 async def test_wrong_token_unknown_study_and_bad_command_are_not_retryable(
-    simulator: tuple[str, SimulatorState], api: MilvueApi
+    simulator: Simulator, api: MilvueApi
 ) -> None:
     study = new_uid()
     async with MilvueApi(simulator[0], "not-the-token") as intruder:

@@ -12,14 +12,13 @@ import json
 import signal
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from nats.aio.client import Client
 
 from pacsor.devtools.sample_study import make_study
-from pacsor.devtools.simulator import SimulatorSettings, SimulatorState, running_simulator
 from pacsor.dicom.storage_scu import send_files
 from pacsor.domain import events as ev
 from pacsor.jetstream.eventlog import EventLog
@@ -27,6 +26,7 @@ from pacsor.jetstream.subjects import EVENTS_STREAM
 from tests.harness import (
     TOKEN,
     ReceivingPacs,
+    Simulator,
     cli_env,
     gateway_settings,
     running_gateway,
@@ -34,10 +34,13 @@ from tests.harness import (
 )
 from tests.nats_server import NatsServer
 
-pytestmark = pytest.mark.timeout(300)
-
 REPLICAS = 3
 UPLOAD_SECONDS = 3.0  # each upload is in flight this long at the (simulated) API
+
+pytestmark = [
+    pytest.mark.timeout(300),
+    pytest.mark.simulator(running_polls=0, upload_seconds=UPLOAD_SECONDS),
+]
 
 
 class Replica:
@@ -88,15 +91,8 @@ class Replica:
 
 
 @pytest.fixture
-def simulator() -> Iterator[tuple[str, SimulatorState]]:
-    settings = SimulatorSettings(token=TOKEN, running_polls=0, upload_seconds=UPLOAD_SECONDS)
-    with running_simulator(settings) as running:
-        yield running
-
-
-@pytest.fixture
 async def replicas(
-    nats_server: NatsServer, simulator: tuple[str, SimulatorState], tmp_path: Path
+    nats_server: NatsServer, simulator: Simulator, tmp_path: Path
 ) -> AsyncIterator[list[Replica]]:
     started: list[Replica] = []
     try:
@@ -147,7 +143,7 @@ async def uploaded_once(nc: Client, studies: list[str], timeout: float = 120) ->
 async def test_a_burst_of_30_studies_spreads_over_three_replicas(
     nc: Client,
     nats_server: NatsServer,
-    simulator: tuple[str, SimulatorState],
+    simulator: Simulator,
     replicas: list[Replica],
     pacs: ReceivingPacs,
     tmp_path: Path,
@@ -171,7 +167,7 @@ async def test_a_burst_of_30_studies_spreads_over_three_replicas(
 async def test_a_replica_killed_with_uploads_in_flight_leaves_them_to_the_others(
     nc: Client,
     nats_server: NatsServer,
-    simulator: tuple[str, SimulatorState],
+    simulator: Simulator,
     replicas: list[Replica],
     pacs: ReceivingPacs,
     tmp_path: Path,

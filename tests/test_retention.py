@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 from nats.aio.client import Client
+from pacsor.consumers.retention_sweeper import RetentionSweeper
 
 from pacsor.admin.operations import Refused, request_relaunch
 from pacsor.admin.projector import Projector
 from pacsor.admin.read_model import ReadModel
-from pacsor.admin.retention import RetentionSweeper
 from pacsor.config import Settings, load_settings
 from pacsor.devtools.sample_events import lifecycle
 from pacsor.domain import events as ev
@@ -21,12 +21,15 @@ from pacsor.domain.study_view import fold
 from pacsor.jetstream.blobs import BlobStore
 from pacsor.jetstream.broker import apply_streams
 from pacsor.jetstream.eventlog import EventLog
+from pacsor.jetstream.liveness import liveness_file, probe
 from pacsor.jetstream.subjects import (
     EVENTS_STREAM,
     INSTANCES_BUCKET,
     RESULTS_BUCKET,
     retention_max_ages,
 )
+from tests.harness import of_type, running_gateway, wait_for_event
+from tests.nats_server import NatsServer
 
 T0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
 WEEK = timedelta(hours=168)
@@ -151,18 +154,24 @@ async def test_sweep_removes_objects_records_why_and_relaunch_then_says_409(
         await task
 
 
-async def test_output_cleaning_removes_results_delivered_everywhere(
-    nc: Client, tmp_path: Path
-) -> None:
+async def delivered_just_now(nc: Client) -> tuple[BlobStore, EventLog]:
+    """STUDY's history up to its delivery, made now, and its result objects, stored."""
     js = nc.jetstream()
     results = BlobStore(nc, js, RESULTS_BUCKET)
     events = EventLog(js)
-    history = lifecycle(STUDY, datetime.now(UTC), destinations=(PACS,))
-    for event in history:
+    for event in lifecycle(STUDY, datetime.now(UTC), destinations=(PACS,)):
         if isinstance(event, ev.ResultReady):
             for result in event.results:
                 await results.put(result.object_name, b"result")
         await events.publish(event)
+    return results, events
+
+
+async def test_output_cleaning_removes_results_delivered_everywhere(
+    nc: Client, tmp_path: Path
+) -> None:
+    js = nc.jetstream()
+    results, events = await delivered_just_now(nc)
     site = settings(OUTPUT_CLEANING="true")
     projector = Projector(EventLog(js), ReadModel(tmp_path / "rm.sqlite"))
     stop = asyncio.Event()
@@ -291,3 +300,22 @@ async def test_the_sweep_cleans_a_failed_study_and_records_it(nc: Client, tmp_pa
     finally:
         stop.set()
         await task
+
+
+async def test_the_retention_component_sweeps_on_its_own_and_says_it_is_alive(
+    nc: Client, nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """`pacsor run retention`: its own projection, its own sweeps, its own healthcheck; the
+    admin no longer removes anything."""
+    await delivered_just_now(nc)
+    site = settings(
+        NATS_URL=nats_server.url,
+        OUTPUT_CLEANING="true",
+        RETENTION_CHECK_SECONDS="0.2",
+        PACSOR_DATA_DIR=str(tmp_path / "data"),
+    )
+    async with running_gateway(site, ("retention",)):
+        expired = await wait_for_event(nc, STUDY, of_type(ev.ObjectsExpired), 30)
+        assert isinstance(expired, ev.ObjectsExpired) and expired.kind == "results"
+        assert await probe(nc, liveness_file(site.data_dir, "retention")) == []
+    assert (tmp_path / "data" / "retention" / "read-model.sqlite").is_file()

@@ -18,15 +18,16 @@ from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
 from pacsor.ai.multipart import iter_parts
 from pacsor.devtools.simulator import (
     SimulatorSettings,
-    SimulatorState,
     running_simulator,
     settings_from_env,
 )
 from pacsor.devtools.simulator.app import OPENAPI_PATH
 from pacsor.devtools.simulator.results import result_series_uid, result_sop_uid
 from tests.dicom_factory import make_image, new_uid, to_bytes
+from tests.harness import TOKEN, Simulator
 
-TOKEN = "22209633-26ea-4b35-a197-e55c375dc36f"
+pytestmark = pytest.mark.simulator(running_polls=2)
+
 AUTH = {"x-goog-meta-owner": TOKEN}
 DICOM_ACCEPT = 'multipart/related; type="application/dicom"'
 SPEC = OpenAPI.from_file_path(str(OPENAPI_PATH))
@@ -98,14 +99,8 @@ def poll_until_done(client: httpx.Client, study_uid: str) -> list[str]:
     raise AssertionError(f"never done: {statuses}")
 
 
-@pytest.fixture(scope="module")
-def simulator() -> Iterator[tuple[str, SimulatorState]]:
-    with running_simulator(SimulatorSettings(token=TOKEN, running_polls=2)) as running:
-        yield running
-
-
 @pytest.fixture
-def client(simulator: tuple[str, SimulatorState]) -> Iterator[httpx.Client]:
+def client(simulator: Simulator) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=simulator[0], headers=AUTH, timeout=10) as client:
         yield client
 
@@ -117,7 +112,7 @@ def noisy_image(study_uid: str, rows: int = 64, cols: int = 64) -> pydicom.Datas
 
 
 def test_upload_then_status_running_twice_then_done(
-    client: httpx.Client, simulator: tuple[str, SimulatorState]
+    client: httpx.Client, simulator: Simulator
 ) -> None:
     study = new_uid()
     images = [make_image(study), make_image(study)]
@@ -133,7 +128,7 @@ def test_upload_then_status_running_twice_then_done(
 
 
 def test_uploaded_instances_are_files_on_disk(
-    client: httpx.Client, simulator: tuple[str, SimulatorState]
+    client: httpx.Client, simulator: Simulator
 ) -> None:
     study = new_uid()
     data = to_bytes(make_image(study))
@@ -266,7 +261,7 @@ def test_findings_validate_and_point_inside_the_images(client: httpx.Client) -> 
     assert conforms(client.get(f"/v3/smartxpert/{study}"), SMARTXPERT).json() == xpert
 
 
-def test_missing_or_wrong_key_is_403(simulator: tuple[str, SimulatorState]) -> None:
+def test_missing_or_wrong_key_is_403(simulator: Simulator) -> None:
     study = new_uid()
     for headers in ({}, {"x-goog-meta-owner": "wrong"}):
         with httpx.Client(base_url=simulator[0], headers=headers) as client:
@@ -337,7 +332,7 @@ def _wrong_part_type() -> tuple[bytes, str]:
 )
 def test_bad_upload_is_400_and_keeps_nothing(
     client: httpx.Client,
-    simulator: tuple[str, SimulatorState],
+    simulator: Simulator,
     make_body: Callable[[], tuple[bytes, str]],
     expected: str,
 ) -> None:

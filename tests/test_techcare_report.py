@@ -2,28 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 
 from pacsor.ai.milvue_api import MilvueApi
 from pacsor.ai.techcare_report import ReportError, ReportNotReady, TechCareReports
-from pacsor.devtools.simulator import SimulatorSettings, running_simulator
 from tests.dicom_factory import make_image, new_uid, to_bytes
+from tests.harness import TOKEN, Simulator
 from tests.nats_server import free_port
 
-TOKEN = "tcr-token"
+pytestmark = pytest.mark.simulator(running_polls=1)
 
 
 @pytest.fixture
-def simulator() -> Iterator[str]:
-    with running_simulator(SimulatorSettings(token=TOKEN, running_polls=1)) as (url, _):
-        yield url
-
-
-@pytest.fixture
-async def reports(simulator: str) -> AsyncIterator[TechCareReports]:
-    source = TechCareReports(simulator, TOKEN, timeout=10)
+async def reports(simulator: Simulator) -> AsyncIterator[TechCareReports]:
+    source = TechCareReports(simulator.url, TOKEN, timeout=10)
     yield source
     await source.aclose()
 
@@ -48,9 +42,9 @@ async def upload(url: str, polls: int = 1) -> str:
     [("EN", "Chest radiograph", "Findings"), ("FR", "Radiographie thoracique", "Résultats")],
 )
 async def test_report_in_each_language(
-    simulator: str, reports: TechCareReports, language: str, title: str, heading: str
+    simulator: Simulator, reports: TechCareReports, language: str, title: str, heading: str
 ) -> None:
-    study = await upload(simulator)
+    study = await upload(simulator.url)
     report = await reports.fetch(study, language)
     assert (report.title, report.language) == (title, language)
     assert report.indication and report.technique and report.findings and report.conclusion
@@ -58,21 +52,21 @@ async def test_report_in_each_language(
     assert ("Fracture" in report.findings) and ("Fracture" in report.conclusion)
 
 
-async def test_report_not_written_yet(simulator: str, reports: TechCareReports) -> None:
-    study = await upload(simulator, polls=0)
+async def test_report_not_written_yet(simulator: Simulator, reports: TechCareReports) -> None:
+    study = await upload(simulator.url, polls=0)
     with pytest.raises(ReportNotReady) as caught:
         await reports.fetch(study, "EN")
     assert caught.value.retryable
 
 
 async def test_unknown_study_and_bad_token_are_final(
-    simulator: str, reports: TechCareReports
+    simulator: Simulator, reports: TechCareReports
 ) -> None:
     with pytest.raises(ReportError, match="HTTP 404") as unknown:
         await reports.fetch(new_uid(), "EN")
     assert not unknown.value.retryable
-    study = await upload(simulator)
-    wrong = TechCareReports(simulator, "wrong-token", timeout=10)
+    study = await upload(simulator.url)
+    wrong = TechCareReports(simulator.url, "wrong-token", timeout=10)
     try:
         with pytest.raises(ReportError, match="HTTP 403") as refused:
             await wrong.fetch(study, "FR")

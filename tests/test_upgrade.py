@@ -22,12 +22,11 @@ from pacsor.domain import events as ev
 from pacsor.domain.study_view import fold, study_state
 from pacsor.jetstream.broker import connect
 from pacsor.jetstream.eventlog import EventLog
-from tests.harness import ReceivingPacs, of_type, running_gateway, wait_for_event
+from tests.harness import TOKEN, ReceivingPacs, of_type, running_gateway, wait_for_event
 from tests.nats_server import NatsServer, free_port
 
 FIXTURE = Path(__file__).parent / "fixtures" / "upgrade-0.1"
 STUDIES = json.loads((FIXTURE / "studies.json").read_text())
-TOKEN = "upgrade-token"  # the token 0.1 ran with (the events do not hold it)
 PIPELINE = ("scp", "quiet-timer", "completion", "uploader", "poller", "dispatcher")
 
 

@@ -19,11 +19,10 @@ from pacsor.admin.hl7_routes import HL7_ROUTES
 from pacsor.admin.metrics import AdminMetrics
 from pacsor.admin.projector import Projector
 from pacsor.admin.read_model import ReadModel
-from pacsor.admin.retention import RetentionSweeper
 from pacsor.config import Settings
 from pacsor.errors import StartupError
 from pacsor.jetstream.broker_state import broker_state
-from pacsor.process.runtime import Component, Runtime, Started
+from pacsor.process.runtime import Runtime, Started
 
 log = logging.getLogger("pacsor.admin")
 
@@ -82,13 +81,6 @@ class AdminServer:
             projector=Projector(rt.events, model, metrics),
             metrics=metrics,
         )
-        self.retention = RetentionSweeper(
-            settings,
-            self.admin.projector,
-            self.admin.events,
-            self.admin.instances,
-            rt.results,
-        )
         config = uvicorn.Config(
             create_app(self.admin, [*DASHBOARD, *HL7_ROUTES]),
             log_level="warning",
@@ -106,7 +98,6 @@ class AdminServer:
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self.admin.projector.run(stop))
-                group.create_task(self.retention.run(stop))
                 group.create_task(self._server.serve(sockets=[self._sock]))
                 await stop.wait()
                 self._server.should_exit = True
@@ -139,7 +130,3 @@ async def run(rt: Runtime, started: Started) -> None:
     started({"admin_url": admin.url})
     await admin.run(rt.stop)
 
-
-COMPONENT = Component(
-    "admin", "the stream -> the operators' read model, HTTP API, metrics and dashboard", run
-)

@@ -8,6 +8,7 @@ from pacsor.config.settings import (
     load_settings,
     parse_destination,
     read_dotenv,
+    require_api_tokens,
 )
 
 __all__ = [
@@ -18,4 +19,5 @@ __all__ = [
     "load_settings",
     "parse_destination",
     "read_dotenv",
+    "require_api_tokens",
 ]

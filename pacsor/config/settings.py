@@ -13,9 +13,11 @@ unsuffixed PACS_* and DESTINATIONS.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Mapping
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -61,8 +63,6 @@ RESULT_OPTIONS = (
     "timezone",
 )
 
-__all__ = ["ConfigError", "CoreSettings", "Destination", "Settings", "load_settings", "read_dotenv"]
-
 
 class Destination(msgspec.Struct, frozen=True):
     """A DICOM peer that receives result objects."""
@@ -86,6 +86,12 @@ class CoreSettings(msgspec.Struct, frozen=True, kw_only=True):
     inference_commands: tuple[InferenceCommand, ...]
     destinations: tuple[Destination, ...]
     dicom_filters: str  # JSON rules, as in the original gateway; checked at start-up
+    # 0 for the unsuffixed core (API_URL, TOKEN, ...), n for core n (API_URL_n, TOKEN_n, ...).
+    index: int = 0
+
+    def variable(self, name: str) -> str:
+        """The name of this core's variable `name`: TOKEN, TOKEN_1, ..."""
+        return name if self.index == 0 else f"{name}_{self.index}"
 
 
 class ExtraCore(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
@@ -101,7 +107,9 @@ class ExtraCore(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     dicom_filters: str = ""
 
 
-class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
+class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper", dict=True):
+    """Every setting, read once at start (load_settings); derived values are computed once."""
+
     # DICOM reception
     milvue_aet: AeTitle = "MILVUE"
     port: Port = 1040
@@ -188,7 +196,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
         """NATS_URL as nats-py takes it ("" means the embedded server)."""
         return ",".join(self.nats_url)
 
-    @property
+    @functools.cached_property
+    def quiet_period(self) -> timedelta:
+        """STUDY_QUIET_SECONDS: how long without a new instance before a study is complete."""
+        return timedelta(seconds=self.study_quiet_seconds)
+
+    @functools.cached_property
     def cores(self) -> tuple[CoreSettings, ...]:
         """Every AI core: the unsuffixed one first, then cores 1, 2, ..."""
         first = CoreSettings(
@@ -213,10 +226,19 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
                     self.all_destinations() if core.destinations is None else core.destinations
                 ),
                 dicom_filters=core.dicom_filters,
+                index=n,
             )
             for n, core in enumerate(self.extra_cores, start=1)
         )
         return (first, *extra)
+
+
+def require_api_tokens(settings: Settings) -> None:
+    """What talking to the AI API needs: a token for every core."""
+    for core in settings.cores:
+        if not core.token:
+            variable = core.variable("TOKEN")
+            raise ConfigError(f"{variable}: not set; the Milvue API needs an API key")
 
 
 def parse_destination(name: str, raw: str) -> Destination:
@@ -276,6 +298,6 @@ def load_settings(
             )
     for n, name in enumerate(names):
         if name in names[:n]:
-            variable = "CORE_NAME" if n == 0 else f"CORE_NAME_{n}"
+            variable = settings.cores[n].variable("CORE_NAME")
             raise ConfigError(f"{variable}: two cores are named {name!r}; names must differ")
     return settings

@@ -28,7 +28,7 @@ import threading
 import uuid
 from collections.abc import Callable, Coroutine
 from concurrent.futures import TimeoutError as FutureTimeout
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, TypeVar
 
 import msgspec
@@ -52,7 +52,7 @@ from pacsor.jetstream.holds import Holds
 from pacsor.jetstream.quiet_timers import QuietTimers
 from pacsor.jetstream.subjects import instance_object_name, is_valid_uid
 from pacsor.process.counters import ASSOCIATIONS_REJECTED, CONTEXTS_REJECTED, STORES_UNAVAILABLE
-from pacsor.process.runtime import Component, Runtime, Started
+from pacsor.process.runtime import Runtime, Started
 
 log = logging.getLogger("pacsor.scp")
 
@@ -267,7 +267,7 @@ class StorageScp:
     async def _write_releases(self) -> None:
         with self._lock:
             released = dict(self._released)
-        quiet = timedelta(seconds=self.settings.study_quiet_seconds)
+        quiet = self.settings.quiet_period
         for study, at in released.items():
             if await self._write_hold(study, 0, at):
                 with contextlib.suppress(Exception):  # the completion re-arms it anyway
@@ -447,5 +447,3 @@ async def run(rt: Runtime, started: Started) -> None:
     finally:
         await asyncio.to_thread(scp.stop)
 
-
-COMPONENT = Component("scp", "C-STORE -> InstanceReceived / InstanceRejected", run)

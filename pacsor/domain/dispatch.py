@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 
 import msgspec
 
-from pacsor.domain.events import ObjectStatus
+from pacsor.domain.events import AttemptKey, DispatchFailed, ObjectStatus
 
 NO_ANSWER = -1  # no status came back: association lost, or the object was not reached
 SOP_CLASS_NOT_SUPPORTED = 0x0122
@@ -107,4 +107,29 @@ def outcome(sop_uids: Sequence[str], progress: Progress) -> Outcome:
             undelivered.append(ObjectStatus(sop_instance_uid=sop, status=status))
     return Outcome(
         delivered=tuple(delivered), refused=tuple(refused), undelivered=tuple(undelivered)
+    )
+
+
+NOTHING_KNOWN = Outcome()
+
+
+def failure(
+    key: AttemptKey,
+    destination: str,
+    reason: str,
+    tries: int,
+    outcome: Outcome = NOTHING_KNOWN,
+    replay_id: str = "",
+) -> DispatchFailed:
+    """The DispatchFailed of a delivery (or of a replay) with every object's status."""
+    return DispatchFailed(
+        **key,
+        destination=destination,
+        reason=reason,
+        tries=tries,
+        delivered_sop_instance_uids=tuple(o.sop_instance_uid for o in outcome.delivered),
+        delivered=outcome.delivered,
+        refused=outcome.refused,
+        undelivered=outcome.undelivered,
+        replay_id=replay_id,
     )

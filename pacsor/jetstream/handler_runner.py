@@ -1,7 +1,9 @@
 """Runs a handler as a durable JetStream pull consumer.
 
-A handler is a small async function from one message to an Outcome: events to emit, or "try
-again later". The runner does the JetStream part: it publishes the emitted events (each with
+A handler is a small async function from one message to an Outcome: events to emit, "try
+again later", or "part done" (Continue: checkpoint events to record before the handler is
+called again, within the same delivery, with what it learnt in `Delivery.resume`). A handler
+only returns events; the runner does the JetStream part: it publishes the emitted events (each with
 its idempotency key) *before* acknowledging the message, so a crash anywhere means a
 redelivery and never a lost step; it turns Retry into a NAK with delay, keeps long handlers
 alive with in-progress acks, and logs every error with the study it concerns.
@@ -25,7 +27,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 import msgspec
 from nats import errors as nats_errors
@@ -68,13 +70,23 @@ class Emit(msgspec.Struct, frozen=True):
 
 
 class Retry(msgspec.Struct, frozen=True):
-    """Not done yet: redeliver after `delay` seconds."""
+    """Not done yet: publish `events` (the progress made), then redeliver after `delay`."""
 
     delay: float
     reason: str
+    events: tuple[Event, ...] = ()
 
 
-Outcome = Emit | Retry
+class Continue(msgspec.Struct, frozen=True):
+    """Part done: publish these checkpoint events, then call the handler again at once with
+    `resume`. A crash after a checkpoint redelivers the message; the handler then resumes
+    from the checkpoints recorded, with `resume` None."""
+
+    events: tuple[Event, ...]
+    resume: Any = None
+
+
+Outcome = Emit | Retry | Continue
 
 
 class Delivery(msgspec.Struct, frozen=True):
@@ -83,6 +95,8 @@ class Delivery(msgspec.Struct, frozen=True):
     subject: str
     stream_sequence: int
     num_delivered: int
+    # What the handler's previous Continue handed on (None on a new delivery).
+    resume: Any = None
 
 
 @dataclass(frozen=True)
@@ -207,11 +221,18 @@ async def _process(
     heartbeat = asyncio.create_task(_keep_alive(msg, spec.ack_wait))
     try:
         outcome = await handler(message, delivery)
+        while isinstance(outcome, Continue):
+            for event in outcome.events:
+                await events.publish(event)
+            resumed = msgspec.structs.replace(delivery, resume=outcome.resume)
+            outcome = await handler(message, resumed)
         if isinstance(outcome, Emit):
             for event in outcome.events:
                 await events.publish(event, outcome.expected_last_subject_sequence)
             await msg.ack_sync()
         else:
+            for event in outcome.events:
+                await events.publish(event)
             log.info(
                 "retry later",
                 extra={
@@ -302,9 +323,11 @@ def retry_or_fail(
     retryable: bool,
     failed: StepFailure,
     at_least: float | None = None,
+    progress: tuple[Event, ...] = (),
 ) -> Outcome:
-    """Retry with the policy's backoff, or emit `failed` with the tries made when none is left."""
+    """Retry with the policy's backoff, or emit `failed` with the tries made when none is left;
+    either way the `progress` made before the failure is recorded first."""
     delay = policy.delay_after(delivery.num_delivered, at_least) if retryable else None
     if delay is None:
-        return Emit((msgspec.structs.replace(failed, tries=delivery.num_delivered),))
-    return Retry(delay, reason)
+        return Emit((*progress, msgspec.structs.replace(failed, tries=delivery.num_delivered)))
+    return Retry(delay, reason, progress)

@@ -36,12 +36,17 @@ class Heartbeat:
         self._written = 0.0
 
     def beat(self, stream: str, durable: str) -> None:
+        known = durable in self.consumers
+        self.consumers[durable] = stream
+        self.alive(force=not known)
+
+    def alive(self, force: bool = False) -> None:
+        """The component is turning while connected (a component that pulls from no consumer
+        of its own, like the retention sweeper, says so itself)."""
         if not self.nc.is_connected:
             return  # a fetch that timed out while disconnected proves nothing
         now = time.monotonic()
-        known = durable in self.consumers
-        self.consumers[durable] = stream
-        if known and now - self._written < WRITE_EVERY:
+        if not force and now - self._written < WRITE_EVERY:
             return
         self._written = now
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,22 +1,29 @@
-"""What a component is, and what it is given to run: the shared connections of one process.
+"""What a component and a step are, and what they are given to run: one process's connections.
 
-A component declares itself next to its code (`COMPONENT = Component(...)` in its module) and
-is listed once in pacsor.components. `pacsor run NAME` and `pacsor up` look it up there; adding
-one touches only its module and that list.
+A step is one handler of the pipeline, declared once (`STEP = Step(...)` in its module in
+consumers/): the event type it consumes, its fan-out (once, per AI core, per core and
+destination), its durable consumer and its failure event. The runtime builds one durable
+consumer per target of the fan-out, and hands each the handler bound to that target.
+
+A component is what `pacsor run NAME` runs: its steps, or a server (the SCP, the admin). It
+declares itself next to its code (`COMPONENT = Component(...)`) and is listed once in
+pacsor.components; adding one touches only its module and that list.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from pacsor.ai.milvue_api import MilvueApi, core_clients
-from pacsor.config import CoreSettings, Settings
+from pacsor.config import CoreSettings, Destination, Settings
+from pacsor.domain import events as ev
 from pacsor.domain.retry import RetryPolicy
 from pacsor.jetstream.blobs import BlobStore
 from pacsor.jetstream.eventlog import EventLog
@@ -24,6 +31,7 @@ from pacsor.jetstream.handler_runner import ConsumerSpec, Handler, ensure_consum
 from pacsor.jetstream.holds import Holds
 from pacsor.jetstream.liveness import Heartbeat, liveness_file
 from pacsor.jetstream.quiet_timers import QuietTimers
+from pacsor.jetstream.subjects import EVENTS_STREAM
 
 M = TypeVar("M")
 
@@ -95,14 +103,120 @@ class Component:
     in_up: Callable[[Settings], bool] = _always
 
 
-async def run_per_core(
-    rt: Runtime,
-    started: Started,
-    consumer: Callable[[str], ConsumerSpec[M]],
-    handler: Callable[[CoreSettings, MilvueApi], Handler[M]],
-) -> None:
-    """Run one durable consumer per AI core, each with its own client: a core that is down
-    or slow never delays the others."""
+class FanOut(enum.Enum):
+    """For whom a step runs: one consumer, or one per AI core, or per core and destination.
+
+    Per core, each consumer has its own API client: a core that is down or slow never delays
+    the others; per destination, a PACS that is down delays no other."""
+
+    ONCE = "once"
+    PER_CORE = "per AI core"
+    PER_DESTINATION = "per AI core and destination"
+
+
+@dataclass(frozen=True)
+class Target:
+    """What one consumer of a step serves: nothing in particular (once), an AI core with its
+    API client, or a core and one of its destinations."""
+
+    core: CoreSettings | None = None
+    api: MilvueApi | None = None
+    destination: Destination | None = None
+
+    @property
+    def core_settings(self) -> CoreSettings:
+        if self.core is None:
+            raise TypeError("a step run once has no AI core")
+        return self.core
+
+    @property
+    def client(self) -> MilvueApi:
+        if self.api is None:
+            raise TypeError("a step run once has no API client")
+        return self.api
+
+    @property
+    def peer(self) -> Destination:
+        if self.destination is None:
+            raise TypeError("only a step run per destination has a destination")
+        return self.destination
+
+
+# A name, subject or text that may depend on the target.
+PerTarget = str | Callable[[Target], str]
+
+
+def _for(value: PerTarget, target: Target) -> str:
+    return value if isinstance(value, str) else value(target)
+
+
+@dataclass(frozen=True)
+class Step(Generic[M]):
+    """One handler of the pipeline, declared once in its module in consumers/."""
+
+    consumes: type[M]
+    fan_out: FanOut
+    durable: PerTarget
+    filter_subject: PerTarget
+    description: PerTarget
+    # The step's own failure event from (message, target, reason, tries), recorded when its
+    # handler keeps failing or fails for good; None: StepFailed, which names the step.
+    failed: Callable[[M, Target, str, int], ev.Event] | None = None
+    stream: str = EVENTS_STREAM
+    # How a message becomes `consumes`; None: the event decoder of that type.
+    decode: Callable[[bytes, str], M] | None = None
+    ack_wait: float = 15.0
+    max_ack_pending: int = 64
+    concurrency: int = 4
+    # "all": from the first event still in the stream; "new": from when it is first created
+    # (a destination or a RIS added later must not receive every past study's results).
+    start: Literal["all", "new"] = "all"
+
+    def spec(self, target: Target) -> ConsumerSpec[M]:
+        """The durable consumer serving `target`."""
+        failed = self.failed
+        return ConsumerSpec(
+            durable=_for(self.durable, target),
+            stream=self.stream,
+            filter_subject=_for(self.filter_subject, target),
+            decode=self.decode or _event_decoder(self.consumes),
+            ack_wait=self.ack_wait,
+            max_ack_pending=self.max_ack_pending,
+            concurrency=self.concurrency,
+            description=_for(self.description, target),
+            start=self.start,
+            failed=None
+            if failed is None
+            else lambda message, reason, tries: failed(message, target, reason, tries),
+        )
+
+    def targets(self, clients: Sequence[tuple[CoreSettings, MilvueApi]]) -> list[Target]:
+        if self.fan_out is FanOut.ONCE:
+            return [Target()]
+        if self.fan_out is FanOut.PER_CORE:
+            return [Target(core, api) for core, api in clients]
+        return [
+            Target(core, api, destination)
+            for core, api in clients
+            for destination in core.destinations
+        ]
+
+
+def _event_decoder(kind: type[M]) -> Callable[[bytes, str], M]:
+    if not issubclass(kind, ev.Event):
+        raise TypeError(f"{kind.__name__} is not an event: the step must say how to decode it")
+    decode: Callable[[bytes, str], M] = ev.decoder(kind)
+    return decode
+
+
+# A step and how to build its handler for one target.
+Bound = tuple[Step[Any], Callable[[Target], Handler[Any]]]
+
+
+async def run_steps(rt: Runtime, started: Started, steps: Sequence[Bound]) -> None:
+    """Run every step's consumers, one per target of its fan-out, until stopped."""
     async with core_clients(rt.settings) as clients:
-        consumers = [(consumer(core.name), handler(core, api)) for core, api in clients]
-        await rt.run_consumers(consumers, started)
+        await rt.run_consumers(
+            [(step.spec(t), bind(t)) for step, bind in steps for t in step.targets(clients)],
+            started,
+        )

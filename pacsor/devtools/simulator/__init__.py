@@ -4,6 +4,10 @@ It follows the vendored OpenAPI file (milvue-api-v3.openapi.json): uploads are c
 stored, the status turns from running to done after a few polls, results are Secondary Capture
 images derived from the inputs with a burned-in overlay, findings are deterministic JSON.
 Faults (HTTP errors, "not ready" results) can be injected for retry tests.
+
+It is an HTTP service of its own, so its modules are named as the admin's are (app: the
+routes, server: serving them, settings: its typed configuration); the package keeps them
+apart, and nothing on the runtime path imports it.
 """
 
 from pacsor.devtools.simulator.app import create_app

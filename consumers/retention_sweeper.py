@@ -1,9 +1,11 @@
-"""Retention: remove stored DICOM objects that are due, and record each removal as an event.
+"""The study views → remove stored DICOM objects that are due → ObjectsExpired.
 
-The admin component sweeps every RETENTION_CHECK_SECONDS. Which objects are due is decided by
+The retention component sweeps every RETENTION_CHECK_SECONDS, from a read model of its own
+(the same projection as the admin's, in its own file: the write side does not lean on the
+operators' API). Which objects are due is decided by
 pacsor.domain.retention from the study's view; the objects are deleted first, then
 ObjectsExpired is recorded (with an idempotency key), so a crash in between only repeats a
-deletion that finds nothing. Several admin replicas may sweep: each removal is recorded once.
+deletion that finds nothing. Several replicas may sweep: each removal is recorded once.
 
 The events themselves live EVENTS_RETENTION_DAYS (the PACSOR stream's max_age); the
 object-store buckets keep a backstop max_age a day longer than RETENTION_HOURS.
@@ -15,16 +17,20 @@ import asyncio
 import contextlib
 import logging
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from pacsor.admin.projector import Projector
+from pacsor.admin.read_model import ReadModel
 from pacsor.config import Settings
 from pacsor.domain import events as ev
 from pacsor.domain.retention import Removal, removals_due
 from pacsor.domain.study_view import StudyView
 from pacsor.jetstream.blobs import BlobStore
 from pacsor.jetstream.eventlog import EventLog
+from pacsor.jetstream.liveness import WRITE_EVERY, Heartbeat, liveness_file
+from pacsor.process.runtime import Component, Runtime, Started
 
-log = logging.getLogger("pacsor.admin.retention")
+log = logging.getLogger("pacsor.retention")
 
 PAGE = 500
 
@@ -124,3 +130,38 @@ class RetentionSweeper:
                 occurred_at=now,
             )
         )
+
+
+def read_model_path(settings: Settings) -> Path:
+    return settings.data_dir / "retention" / "read-model.sqlite"
+
+
+async def run(rt: Runtime, started: Started) -> None:
+    model = ReadModel(read_model_path(rt.settings))
+    projector = Projector(rt.events, model)
+    sweeper = RetentionSweeper(rt.settings, projector, rt.events, rt.instances, rt.results)
+    heartbeat = Heartbeat(liveness_file(rt.settings.data_dir, rt.component), rt.nc)
+
+    async def beat() -> None:  # for `pacsor health retention`: following the stream
+        while not rt.stop.is_set():
+            if projector.connected:
+                heartbeat.alive()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(rt.stop.wait(), WRITE_EVERY)
+
+    started({})
+    try:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(projector.run(rt.stop))
+            group.create_task(sweeper.run(rt.stop))
+            group.create_task(beat())
+    finally:
+        model.close()
+
+
+COMPONENT = Component(
+    "retention",
+    "the studies' views -> remove objects past RETENTION_HOURS or OUTPUT_CLEANING -> "
+    "ObjectsExpired",
+    run,
+)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # Every layer may count: the counters module is the one piece of the process runtime anyone imports.
 COUNTERS = "pacsor.process.counters"
 # Every layer may raise pacsor's errors: the hierarchy imports nothing.
@@ -173,3 +173,12 @@ def test_every_error_is_a_pacsor_error(path: Path) -> None:
         cls = getattr(module, name)
         if issubclass(cls, BaseException):
             assert issubclass(cls, PacsorError), f"{relative}: {name} is not a PacsorError"
+
+
+@pytest.mark.parametrize("path", list(modules("tests/unit")), ids=lambda p: p.name)
+def test_the_fast_tests_start_no_server(path: Path) -> None:
+    """tests/unit is what `make test-fast` runs in seconds: nothing there reaches a server."""
+    network = {"nats", "pynetdicom", "httpx", "litestar", "uvicorn", "selenium", "subprocess"}
+    servers = {"tests.harness", "tests.nats_server", "pacsor.devtools.simulator.server"}
+    for name in imported(path):
+        assert top(name) not in network and name not in servers, f"{path.name}: {name}"
