@@ -11,11 +11,13 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 import httpx
+import msgspec
 import pytest
 from nats.aio.client import Client
 
 from pacsor.admin.server import exposure_warning
 from pacsor.config import Settings, load_settings
+from pacsor.devtools.sample_events import received
 from pacsor.domain import events as ev
 from pacsor.jetstream.eventlog import EventLog
 from tests.admin_data import ARCHIVE, PACS, T0, admin_settings, fixture_studies, publish
@@ -134,7 +136,10 @@ async def test_relaunch_refusals(nc: Client, admin: httpx.AsyncClient) -> None:
     await fixture_studies(nc)
     unknown = await admin.post("/studies/1.2.3.12345/relaunch")
     assert unknown.status_code == 404 and "no study" in unknown.json()["detail"]
-    assert (await admin.get("/relaunch/1.2.3.12345")).status_code == 404
+    # The original gateway's GET relaunches only with an Authorization header (any, as no
+    # ADMIN_TOKEN is set here): a browser cannot be made to send one.
+    compatible = {"Authorization": "Bearer from-a-script"}
+    assert (await admin.get("/relaunch/1.2.3.12345", headers=compatible)).status_code == 404
     for uid in ("abc", "1.2.3.4%3E", "1.2.*.4"):
         malformed = await admin.post(f"/studies/{uid}/relaunch")
         assert malformed.status_code == 400, malformed.text
@@ -142,7 +147,7 @@ async def test_relaunch_refusals(nc: Client, admin: httpx.AsyncClient) -> None:
     # These studies' instances were never stored in the bucket: as if past retention.
     gone = await admin.post("/studies/1.2.3.4/relaunch")
     assert gone.status_code == 409 and "no longer stored" in gone.json()["detail"]
-    assert (await admin.get("/relaunch/1.2.3.4")).status_code == 409
+    assert (await admin.get("/relaunch/1.2.3.4", headers=compatible)).status_code == 409
     expired = ev.ObjectsExpired(
         study_uid="1.2.3.5", kind="instances", object_count=3, reason="retention 168 h"
     )
@@ -234,7 +239,7 @@ def test_listening_beyond_localhost_without_a_token_is_warned_about() -> None:
 
     assert exposure_warning(settings()) is None
     assert exposure_warning(settings(ADMIN_HOST="::1")) is None
-    assert exposure_warning(settings(ADMIN_HOST="0.0.0.0", ADMIN_TOKEN="t")) is None
+    assert exposure_warning(settings(ADMIN_HOST="0.0.0.0", ADMIN_TOKEN="t" * 16)) is None
     warning = exposure_warning(settings(ADMIN_HOST="0.0.0.0"))
     assert warning is not None and warning.startswith("ADMIN_TOKEN: not set")
 
@@ -285,3 +290,57 @@ async def test_the_dashboard_form_replays_a_day_to_one_destination(
     assert {getattr(r.event, "destination", "") for r in recorded} == {PACS}
     bad = await admin.post("/ui/replay", data={"destination": "PACS", "since": "soon"})
     assert bad.status_code in {302, 303} and "Not a time" in unquote_plus(bad.headers["location"])
+
+
+async def test_send_one_study_again_to_one_destination(
+    nc: Client, admin: httpx.AsyncClient
+) -> None:
+    last = await fixture_studies(nc)
+    await admin.get("/studies/1.2.3.99", params={"after": last})
+    sent = await admin.post("/studies/1.2.3.5/destinations/PACS/replay")
+    assert sent.status_code == 202, sent.text
+    body = sent.json()
+    assert (body["destination"], body["results"]) == (PACS, 1)
+    recorded = await EventLog(nc.jetstream()).read("pacsor.study.*.*.replay_requested")
+    assert [(r.event.study_uid, getattr(r.event, "destination", "")) for r in recorded] == [
+        ("1.2.3.5", PACS)
+    ]
+    view = (await admin.get("/studies/1.2.3.5", params={"after": body["sequence"]})).json()
+    pacs = next(d for d in view["destinations"] if d["destination"] == PACS)
+    assert pacs["resending"] is True
+
+    for path, status, words in (
+        ("/studies/1.2.3.12345/destinations/PACS/replay", 404, "no study"),
+        ("/studies/1.2.3.5/destinations/NOWHERE/replay", 404, "no destination"),
+        ("/studies/1.2.3.99/destinations/PACS/replay", 409, "relaunch the study instead"),
+        ("/studies/1.2.x/destinations/PACS/replay", 400, "not a DICOM UID"),
+    ):
+        refused = await admin.post(path)
+        assert refused.status_code == status, (path, refused.text)
+        assert words in refused.json()["detail"]
+
+
+async def test_health_shows_each_core_and_destination_as_last_seen(
+    nc: Client, admin: httpx.AsyncClient
+) -> None:
+    last = await fixture_studies(nc)
+    await admin.get("/studies/1.2.3.99", params={"after": last})
+    report = (await admin.get("/health")).json()
+    assert [(c["name"], c["state"]) for c in report["cores"]] == [("default", "ok")]
+    [pacs] = report["destinations"]
+    assert (pacs["name"], pacs["state"]) == (PACS, "ok")
+    assert pacs["last_ok_at"].startswith("2026-03-01T08:11")  # the last study's delivery
+
+
+async def test_dicom_text_is_escaped_on_every_page(nc: Client, admin: httpx.AsyncClient) -> None:
+    hostile = "<script>alert(1)</script>"
+    event = msgspec.structs.replace(
+        received("1.2.3.66", 0, T0, "<b>ACC</b>"), study_description=hostile
+    )
+    last = await publish(nc, [event])
+    await admin.get("/studies/1.2.3.66", params={"after": last})
+    for path in ("/", "/ui/live/studies", "/ui/studies/1.2.3.66", "/ui/live/studies/1.2.3.66"):
+        page = await admin.get(path)
+        assert page.status_code == 200, path
+        assert hostile not in page.text and "<b>ACC</b>" not in page.text, path
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text, path

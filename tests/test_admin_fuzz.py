@@ -14,7 +14,7 @@ from tests.admin_data import admin_settings, fixture_studies
 from tests.harness import running_gateway
 from tests.nats_server import NatsServer
 
-TOKEN = "fuzz-token"
+TOKEN = "fuzz-token-0123456789"
 
 
 def schemathesis_command() -> str:

@@ -66,8 +66,11 @@ async def test_relaunch_through_both_endpoints_and_the_cli_then_replay_to_one_de
             await wait_for_event(nc, study, dispatched(pacs.destination, 2))
             assert len(await pacs.wait_for(2 * RESULTS)) == 2 * RESULTS
 
-            # Attempt 3: the original gateway's URL.
-            response = await admin.get(f"/relaunch/{study}")
+            # Attempt 3: the original gateway's URL, as a script calls it: with an Authorization
+            # header (a browser opening it only gets a page asking to confirm).
+            response = await admin.get(
+                f"/relaunch/{study}", headers={"Authorization": "Bearer from-a-script"}
+            )
             assert response.status_code == 202, response.text
             await wait_for_event(nc, study, dispatched(pacs.destination, 3))
 

@@ -1,15 +1,18 @@
 """The admin HTTP API (Litestar, msgspec models, OpenAPI at /schema) and the dashboard.
 
 Every answer about a study comes from the read model folded from the stream; every action
-appends an event. With ADMIN_TOKEN set, everything but /health needs the token: as
-`Authorization: Bearer <token>`, or, for the dashboard in a browser, the cookie set by /login.
+appends an event. With ADMIN_TOKEN set, everything but /health needs the token as
+`Authorization: Bearer <token>`, or, for the dashboard in a browser, the session cookie that
+signing in at /login opens (pacsor.admin.security: the session, the limit on wrong tokens,
+the Host and origin checks, the headers).
 """
 
 from __future__ import annotations
 
 import hmac
+import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -17,15 +20,16 @@ from typing import Annotated, Any
 import msgspec
 from litestar import Litestar, Request, Response, get, post
 from litestar.connection import ASGIConnection
-from litestar.exceptions import HTTPException, NotAuthorizedException
+from litestar.exceptions import HTTPException, NotAuthorizedException, TooManyRequestsException
 from litestar.handlers.base import BaseRouteHandler
-from litestar.openapi import OpenAPIConfig
+from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.params import JSONBody, PathParameter, QueryParameter
 from litestar.plugins.jinja import JinjaTemplateEngine
-from litestar.response import Redirect
+from litestar.response import Redirect, Template
 from litestar.template.config import TemplateConfig
 
-from pacsor.admin.health import Health, judge_health
+from pacsor.admin.formatting import register as register_filters
+from pacsor.admin.health import Health, judge_health, peers_as_seen
 from pacsor.admin.metrics import AdminMetrics
 from pacsor.admin.operations import (
     Refused,
@@ -34,16 +38,25 @@ from pacsor.admin.operations import (
     check_uid,
     request_relaunch,
     request_replay,
+    request_study_replay,
 )
 from pacsor.admin.projector import BeyondTheStream, Projector
 from pacsor.admin.read_model import ReadModel, StudyFilter
+from pacsor.admin.security import (
+    Sessions,
+    SignInLimiter,
+    allowed_hosts,
+    describe_wait,
+    guard_middleware,
+)
 from pacsor.config import Settings
 from pacsor.domain.study_view import STATES, StudyView
 from pacsor.jetstream.blobs import BlobStore
 from pacsor.jetstream.broker_state import BrokerState
 from pacsor.jetstream.eventlog import EventLog
 
-TOKEN_COOKIE = "pacsor_admin"
+SESSION_COOKIE = "pacsor_session"
+SESSION_HOURS = 12.0
 TEMPLATES = Path(__file__).with_name("templates")
 SECRET_WORDS = ("token", "password", "secret")
 READ_YOUR_WRITES_SECONDS = 10.0
@@ -74,6 +87,34 @@ class Admin:
     model: ReadModel
     projector: Projector
     metrics: AdminMetrics
+    sessions: Sessions = field(default_factory=lambda: Sessions(SESSION_HOURS * 3600))
+    limiter: SignInLimiter = field(default_factory=SignInLimiter)
+    hosts: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        self.hosts = self.hosts or allowed_hosts(self.settings)
+
+    async def health(self) -> Health:
+        return judge_health(
+            await self.broker(),
+            self.projector,
+            self.metrics,
+            peers_as_seen(self.settings, self.model),
+        )
+
+    def token_matches(self, client: str, supplied: str) -> bool:
+        """Whether `supplied` is ADMIN_TOKEN; raises 429 while `client` must wait."""
+        now = time.monotonic()
+        wait = self.limiter.wait(client, now)
+        if wait > 0:
+            told = describe_wait(wait)
+            raise TooManyRequestsException(
+                detail=told["detail"], headers={"Retry-After": told["retry_after"]}
+            )
+        if hmac.compare_digest(supplied.encode(), self.settings.admin_token.encode()):
+            return True
+        self.limiter.failed(client, now)
+        return False
 
 
 # --- models ---------------------------------------------------------------------------------
@@ -156,16 +197,22 @@ def masked_settings(settings: Settings) -> dict[str, Any]:
 # --- authentication -------------------------------------------------------------------------
 
 
+def client_address(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
+    return connection.client.host if connection.client else "unknown"
+
+
 def _token_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
     admin: Admin = connection.app.state.admin
-    expected = admin.settings.admin_token
-    if not expected or handler.opt.get("public"):
+    if not admin.settings.admin_token or handler.opt.get("public"):
         return
     header = connection.headers.get("authorization", "")
     scheme, _, supplied = header.partition(" ")
-    if scheme.lower() != "bearer":
-        supplied = connection.cookies.get(TOKEN_COOKIE, "")
-    if not hmac.compare_digest(supplied.strip().encode(), expected.encode()):
+    if scheme.lower() == "bearer":
+        allowed = admin.token_matches(client_address(connection), supplied.strip())
+    else:
+        session = connection.cookies.get(SESSION_COOKIE, "")
+        allowed = admin.sessions.valid(session, time.monotonic())
+    if not allowed:
         raise NotAuthorizedException(
             detail="a valid ADMIN_TOKEN is needed: Authorization: Bearer <token>",
             headers={"WWW-Authenticate": "Bearer"},
@@ -194,8 +241,7 @@ def _utc(at: datetime | None) -> datetime | None:
 
 
 def _who(request: AnyRequest, given: str, via: str) -> str:
-    client = request.client.host if request.client else "unknown"
-    return given.strip()[:64] or f"{via} ({client})"
+    return given.strip()[:64] or f"{via} ({client_address(request)})"
 
 
 async def _view_after(admin: Admin, uid: str, after: int | None) -> StudyView:
@@ -303,12 +349,18 @@ async def relaunch(
 
 @get(
     "/relaunch/{uid:str}",
-    status_code=202,
-    summary="Send the study again (every core)",
+    summary="The original gateway's relaunch: with an Authorization header, send the study "
+    "again (202); without, a page that asks to confirm with a POST",
     tags=["relaunch"],
+    responses={202: ResponseSpec(RelaunchAccepted, description="relaunch requested")},
 )
-async def relaunch_compatible(request: AnyRequest, uid: Uid) -> RelaunchAccepted:
-    return await _relaunch(request, uid, None)
+async def relaunch_compatible(request: AnyRequest, uid: Uid) -> Response[Any]:
+    # A browser can be made to GET any address (a link, an image), never with this header:
+    # only a script that sets it changes state here.
+    if "authorization" not in request.headers:
+        check_uid(uid)
+        return Template(template_name="relaunch_confirm.html", context={"uid": uid})
+    return Response(await _relaunch(request, uid, None), status_code=202)
 
 
 @post(
@@ -333,10 +385,30 @@ async def replay_destination(
     )
 
 
+@post(
+    "/studies/{uid:str}/destinations/{name:str}/replay",
+    status_code=202,
+    summary="Send one study's latest results again to one destination",
+    tags=["relaunch"],
+)
+async def replay_study_to_destination(
+    request: AnyRequest, uid: Uid, name: Annotated[str, PathParameter(max_length=128)]
+) -> ReplayAccepted:
+    admin = _admin(request)
+    return await request_study_replay(
+        admin.events,
+        admin.model,
+        admin.settings,
+        uid,
+        name,
+        _who(request, "", "admin API"),
+    )
+
+
 @get("/health", opt={"public": True}, summary="Pipeline health (503 when unhealthy)", tags=["ops"])
 async def health(request: AnyRequest) -> Response[Health]:
     admin = _admin(request)
-    report = judge_health(await admin.broker(), admin.projector, admin.metrics)
+    report = await admin.health()
     return Response(report, status_code=200 if report.healthy else 503)
 
 
@@ -359,6 +431,7 @@ API = [
     relaunch,
     relaunch_compatible,
     replay_destination,
+    replay_study_to_destination,
     health,
     metrics,
     config,
@@ -369,6 +442,7 @@ def create_app(admin: Admin, extra_handlers: list[Any] | None = None) -> Litesta
     app = Litestar(
         route_handlers=[*API, *(extra_handlers or [])],
         guards=[_token_guard],
+        middleware=[guard_middleware],
         exception_handlers={Refused: _refused, NotAuthorizedException: _unauthorized},
         openapi_config=OpenAPIConfig(
             title="pacsor admin",
@@ -376,7 +450,9 @@ def create_app(admin: Admin, extra_handlers: list[Any] | None = None) -> Litesta
             description="Where each study is, what happened to it; relaunch and replay.",
             path="/schema",
         ),
-        template_config=TemplateConfig(directory=TEMPLATES, engine=JinjaTemplateEngine),
+        template_config=TemplateConfig(
+            directory=TEMPLATES, engine=JinjaTemplateEngine, engine_callback=register_filters
+        ),
         debug=False,
         # pacsor's JSON-lines logging stays as configured: Litestar would replace the handlers.
         logging_config=None,

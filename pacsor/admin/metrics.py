@@ -9,7 +9,8 @@
     pacsor_step_seconds{step}                 receive_to_complete, upload, ai_wait, dispatch
 
 Each admin has its own registry (tests run several in one process); the text served at
-/metrics also includes the process-wide default registry, where other modules register theirs.
+/metrics adds pacsor's counters (pacsor.process.counters.REGISTRY: handler errors, rejected
+associations, ...) and the process collectors of prometheus_client's default registry.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from prometheus_client.registry import Collector
 from pacsor.admin.read_model import ReadModel
 from pacsor.domain import events as ev
 from pacsor.domain.study_view import STATES
+from pacsor.process.counters import REGISTRY as PACSOR_REGISTRY
 
 STEP_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 4 * 3600, 24 * 3600)
 
@@ -85,4 +87,8 @@ class AdminMetrics:
         self.steps.labels(name).observe(seconds)
 
     def text(self) -> bytes:
-        return generate_latest(self.registry) + generate_latest(REGISTRY)
+        return (
+            generate_latest(self.registry)
+            + generate_latest(PACSOR_REGISTRY)
+            + generate_latest(REGISTRY)
+        )

@@ -151,3 +151,54 @@ async def request_replay(
         message=f"{len(ready)} result set(s) made ready since {since.isoformat()} "
         f"will be sent again to {destination}",
     )
+
+
+async def request_study_replay(
+    events: EventLog,
+    model: ReadModel,
+    settings: Settings,
+    uid: str,
+    name: str,
+    requested_by: str,
+) -> ReplayAccepted:
+    """Send one study's latest results again to one destination: a DispatchReplayRequested
+    per core of the latest attempt that sends there and has results still stored."""
+    check_uid(uid)
+    destination = find_destination(settings, name)
+    view = model.get(uid)
+    if view is None:
+        raise Refused(404, f"no study {uid}")
+    cores = {core.name for core in settings.cores if destination in core.destinations}
+    ready = [
+        r
+        for r in view.results_made
+        if r.core in cores and r.attempt == view.attempt and not r.removed
+    ]
+    if not ready:
+        raise Refused(
+            409,
+            f"no results of attempt {view.attempt} of {uid} are stored for {destination}: "
+            "relaunch the study instead",
+        )
+    replay_id = uuid.uuid4().hex
+    sequence = 0
+    for results in ready:
+        sequence = await events.publish(
+            ev.DispatchReplayRequested(
+                study_uid=uid,
+                core=results.core,
+                attempt=results.attempt,
+                destination=str(destination),
+                replay_id=replay_id,
+                requested_by=requested_by,
+                since=results.at,
+            )
+        )
+    return ReplayAccepted(
+        destination=str(destination),
+        since=min(r.at for r in ready),
+        replay_id=replay_id,
+        results=len(ready),
+        sequence=sequence,
+        message=f"sending the results of {uid} again to {destination}",
+    )

@@ -9,6 +9,7 @@ Tables:
     studies   one row per study: the columns queries filter and sort by, and the whole view
     steps     one row per study and core / destination: its state, for the state filters
     results   one row per (study, core, attempt) whose results became ready, for replays
+    peers     one row per AI core and destination: when it last worked and last failed
     meta      the last applied stream sequence and the layout version of this file
 """
 
@@ -22,10 +23,10 @@ from pathlib import Path
 import msgspec
 
 from pacsor.domain import events as ev
-from pacsor.domain.study_view import StudyView, apply, step_durations
+from pacsor.domain.study_view import PeerSeen, StudyView, apply, see_peer, step_durations
 
 # Bump when StudyView or the tables change: an older file is then rebuilt from the stream.
-LAYOUT_VERSION = "2"
+LAYOUT_VERSION = "3"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -58,10 +59,17 @@ CREATE TABLE IF NOT EXISTS results (
     PRIMARY KEY (uid, core, attempt)
 );
 CREATE INDEX IF NOT EXISTS results_at ON results (at);
+CREATE TABLE IF NOT EXISTS peers (
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    view BLOB NOT NULL,
+    PRIMARY KEY (kind, name)
+);
 """
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(StudyView)
+_peer_decoder = msgspec.json.Decoder(PeerSeen)
 
 
 class StudyFilter(msgspec.Struct, frozen=True, kw_only=True):
@@ -106,7 +114,7 @@ class ReadModel:
     def _reset(self) -> None:
         """Start again, empty, in this version's layout: the stream rebuilds the rest."""
         with self._transaction():
-            for table in ("studies", "steps", "results", "meta"):
+            for table in ("studies", "steps", "results", "peers", "meta"):
                 self._db.execute(f"DROP TABLE IF EXISTS {table}")
         self._db.executescript(_SCHEMA)
         with self._transaction():
@@ -133,12 +141,20 @@ class ReadModel:
         may be an unreadable event's) in the same transaction; returns the changed views.
 
         `on_step(name, seconds)` hears the duration of each step an event ends."""
-        if through <= self.last_sequence:
+        applied = self.last_sequence
+        if through <= applied:
             return []
         uids = {event.study_uid for _, event in recorded if event.study_uid}
         views = self._load(uids)
         changed: dict[str, StudyView] = {}
+        peers = self._peers()
+        seen: dict[tuple[str, str], PeerSeen] = {}
         for sequence, event in recorded:
+            if sequence <= applied:
+                continue  # a batch read again after a restart: seen already
+            peer = see_peer(peers, event)
+            if peer is not None:
+                seen[(peer.kind, peer.name)] = peer
             uid = event.study_uid
             if not uid:
                 continue
@@ -154,6 +170,10 @@ class ReadModel:
                     on_step(name, seconds)
         with self._transaction() as db:
             self._write(db, changed.values())
+            db.executemany(
+                "INSERT OR REPLACE INTO peers VALUES (?, ?, ?)",
+                [(kind, name, _encoder.encode(p)) for (kind, name), p in seen.items()],
+            )
             db.execute("UPDATE meta SET value = ? WHERE key = 'sequence'", (str(through),))
         return list(changed.values())
 
@@ -168,6 +188,14 @@ class ReadModel:
             ):
                 views[uid] = _decoder.decode(blob)
         return views
+
+    def _peers(self) -> dict[tuple[str, str], PeerSeen]:
+        rows = self._db.execute("SELECT kind, name, view FROM peers").fetchall()
+        return {(kind, name): _peer_decoder.decode(blob) for kind, name, blob in rows}
+
+    def peers(self) -> list[PeerSeen]:
+        """Every AI core and destination seen in the stream, cores first."""
+        return sorted(self._peers().values(), key=lambda p: (p.kind, p.name))
 
     def _write(self, db: sqlite3.Connection, views: Iterable[StudyView]) -> None:
         rows: list[tuple[object, ...]] = []

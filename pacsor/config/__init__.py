@@ -1,15 +1,15 @@
 """The typed settings of pacsor, read once at start; imports nothing else of pacsor."""
 
 from pacsor.config.settings import (
-    ConfigError,
     CoreSettings,
     Destination,
     Settings,
     load_settings,
     parse_destination,
-    read_dotenv,
     require_api_tokens,
 )
+from pacsor.config.variables import read_dotenv
+from pacsor.errors import ConfigError
 
 __all__ = [
     "ConfigError",

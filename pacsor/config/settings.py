@@ -42,6 +42,10 @@ from pacsor.config.variables import (
 )
 from pacsor.errors import ConfigError
 
+# A token a person could guess or try in a day is no token.
+MIN_ADMIN_TOKEN = 16
+HostName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$|^[0-9a-fA-F:]{2,39}$")]
+
 # The names of pacsor.dicom.profiles.PROFILES (a test keeps the two in step).
 Profile = Literal["Default", "WithSC", "WithRF", "WithSCRF", "All"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
@@ -168,6 +172,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper", dict=T
     admin_host: str = "127.0.0.1"
     admin_port: Port = 7000
     admin_token: str = ""
+    # Host names (besides loopback and ADMIN_HOST) the admin answers to: its DNS names.
+    admin_hosts: Annotated[tuple[HostName, ...], Meta(max_length=32)] = ()
     # Retention: stored DICOM objects, and events
     retention_hours: Seconds = 168.0
     events_retention_days: Seconds = 365.0
@@ -300,4 +306,9 @@ def load_settings(
         if name in names[:n]:
             variable = settings.cores[n].variable("CORE_NAME")
             raise ConfigError(f"{variable}: two cores are named {name!r}; names must differ")
+    if 0 < len(settings.admin_token) < MIN_ADMIN_TOKEN:
+        raise ConfigError(
+            f"ADMIN_TOKEN: at least {MIN_ADMIN_TOKEN} characters are needed, it has "
+            f"{len(settings.admin_token)} (make one with: openssl rand -hex 24)"
+        )
     return settings

@@ -13,10 +13,13 @@ States, in the order a study goes through them:
     receiving -> complete -> uploaded -> results -> dispatched        (or failed, with a reason)
     receiving -> complete -> nothing_to_upload          (every instance filtered out)
 
-A core is `uploaded`, then `results`, then `dispatched` once a destination took its results;
-a destination (a DICOM peer, or the RIS for HL7) is `dispatched` or `failed`. The study's own
-state is the least advanced of its cores in the latest attempt, and `failed` when any core or
-destination of that attempt failed.
+A core's own step (`progress`) is `uploaded`, then `results`, then `dispatched`; its shown
+`state` also answers for its destinations: `failed` while one of them is, `dispatched` only
+when every one heard of took the results (core_state). A destination (a DICOM peer, or the RIS
+for HL7) is `dispatched` or `failed`; sent again with success, it is `dispatched`. The study's
+own state is the least advanced of its cores in the latest attempt, and `failed` when any core
+or destination of that attempt failed: the study, its cores and its destinations never
+disagree.
 """
 
 from __future__ import annotations
@@ -48,11 +51,13 @@ class CoreView(msgspec.Struct, kw_only=True):
 
     core: str
     attempt: int
-    state: str
+    state: str  # as shown: its own step and its destinations' outcome (core_state)
+    progress: str = "complete"  # its own step: complete, uploaded, results, dispatched...
     reason: str = ""
     uploaded_at: datetime | None = None
     results_at: datetime | None = None
     failed_at: datetime | None = None
+    finished_at: datetime | None = None
     result_count: int = 0
     uploaded_count: int = 0  # instances accepted by the AI so far, batch by batch
     skipped_count: int = 0
@@ -71,6 +76,8 @@ class DestinationView(msgspec.Struct, kw_only=True):
     replays: int = 0
     replays_requested: int = 0
     replayed_at: datetime | None = None
+    # A "send again" asked for and not answered yet.
+    resending: bool = False
 
 
 class AttemptView(msgspec.Struct, kw_only=True):
@@ -206,6 +213,8 @@ def apply(view: StudyView, sequence: int, event: ev.Event) -> StudyView:
         view.updated_at = at
     if applier is not None:
         applier(view, event)
+    for core in view.cores:
+        core.state = core_state(view, core)
     view.state = study_state(view)
     return view
 
@@ -250,7 +259,7 @@ def _skipped(view: StudyView, event: ev.InstancesSkipped) -> None:
 def _uploaded(view: StudyView, event: ev.Uploaded) -> None:
     core = _core(view, event.core, event.attempt)
     if core is not None:
-        core.state, core.uploaded_at, core.reason = "uploaded", event.occurred_at, ""
+        core.progress, core.uploaded_at, core.reason = "uploaded", event.occurred_at, ""
 
 
 @applies(ev.NothingToUpload)
@@ -258,7 +267,8 @@ def _nothing_to_upload(view: StudyView, event: ev.NothingToUpload) -> None:
     """Every instance was filtered out: this core is finished, with nothing sent."""
     core = _core(view, event.core, event.attempt)
     if core is not None:
-        core.state, core.reason = NOTHING_TO_UPLOAD, event.reason
+        core.progress, core.reason = NOTHING_TO_UPLOAD, f"nothing to upload: {event.reason}"
+        core.finished_at = event.occurred_at
         core.skipped_count = max(core.skipped_count, event.skipped_count)
 
 
@@ -266,19 +276,20 @@ def _nothing_to_upload(view: StudyView, event: ev.NothingToUpload) -> None:
 def _core_failed(view: StudyView, event: ev.UploadFailed | ev.ResultFailed) -> None:
     core = _core(view, event.core, event.attempt)
     if core is not None:
-        core.state, core.failed_at, core.reason = "failed", event.occurred_at, event.reason
+        core.progress, core.failed_at, core.reason = "failed", event.occurred_at, event.reason
 
 
 @applies(ev.DispatchFailed)
 def _dispatch_failed(view: StudyView, event: ev.DispatchFailed) -> None:
+    reason = short_reason(event.reason, event.destination)
     if event.replay_id:
         dest = view.destination(event.destination, event.core)
         if dest is not None:
-            dest.reason = f"replay failed: {event.reason}"
+            dest.reason, dest.resending = f"sending again failed: {reason}", False
         return
     dest = _destination(view, event.destination, event.core, event.attempt)
     if dest is not None:
-        dest.state, dest.at, dest.reason = "failed", event.occurred_at, event.reason
+        dest.state, dest.at, dest.reason = "failed", event.occurred_at, reason
         dest.object_count = len(event.delivered_sop_instance_uids)
 
 
@@ -287,6 +298,7 @@ def _replay_requested(view: StudyView, event: ev.DispatchReplayRequested) -> Non
     dest = view.destination(event.destination, event.core)
     if dest is not None:
         dest.replays_requested += 1
+        dest.resending = True
 
 
 @applies(ev.Hl7Sent, ev.Hl7Failed)
@@ -354,6 +366,30 @@ def study_state(view: StudyView) -> str:
     return min(working, key=_RANK.__getitem__)
 
 
+def core_state(view: StudyView, core: CoreView) -> str:
+    """The core as shown: its own step, unless its destinations say more.
+
+    Once results are ready a core is `failed` while one of its destinations is, and
+    `dispatched` only when every destination heard of took the results."""
+    if core.progress not in {"results", "dispatched"}:
+        return core.progress
+    destinations = [
+        d for d in view.destinations if (d.core, d.attempt) == (core.core, core.attempt)
+    ]
+    if any(d.state == "failed" for d in destinations):
+        return "failed"
+    if destinations and all(d.state == "dispatched" for d in destinations):
+        return "dispatched"
+    return "results"
+
+
+def short_reason(reason: str, destination: str) -> str:
+    """A destination's failure without its own name, which the page shows beside it."""
+    for prefix in (f"{destination}: ", f"to {destination}: "):
+        reason = reason.replace(prefix, "")
+    return reason.replace(f" {destination}", "").strip() or reason
+
+
 @applies(ev.InstanceReceived)
 def _received(view: StudyView, event: ev.InstanceReceived) -> None:
     at = event.occurred_at
@@ -401,8 +437,9 @@ def _core(view: StudyView, name: str, attempt: int) -> CoreView | None:
     elif attempt < core.attempt:
         return None
     elif attempt > core.attempt:
-        core.attempt, core.state, core.reason, core.result_count = attempt, "complete", "", 0
-        core.uploaded_at = core.results_at = core.failed_at = None
+        core.attempt, core.progress, core.reason, core.result_count = attempt, "complete", "", 0
+        core.uploaded_count = core.skipped_count = 0
+        core.uploaded_at = core.results_at = core.failed_at = core.finished_at = None
     return core
 
 
@@ -415,6 +452,7 @@ def _destination(view: StudyView, name: str, core: str, attempt: int) -> Destina
         return None
     elif attempt > dest.attempt:
         dest.attempt, dest.state, dest.reason, dest.object_count = attempt, "results", "", 0
+        dest.resending = False
     return dest
 
 
@@ -429,15 +467,15 @@ def _results(view: StudyView, event: ev.ResultReady) -> None:
         )
     )
     core = _core(view, event.core, event.attempt)
-    if core is not None and core.state != "dispatched":
-        core.state, core.results_at, core.reason = "results", event.occurred_at, ""
+    if core is not None and core.progress != "dispatched":
+        core.progress, core.results_at, core.reason = "results", event.occurred_at, ""
         core.result_count = len(event.results)
 
 
 @applies(ev.Dispatched)
 def _dispatched(view: StudyView, event: ev.Dispatched) -> None:
     if event.replay_id:
-        # A replay resends results already delivered or not: it never changes the attempt's state.
+        # Results sent again: a failed delivery of that attempt is now a delivered one.
         dest = view.destination(event.destination, event.core)
         if dest is None:
             dest = DestinationView(
@@ -449,16 +487,21 @@ def _dispatched(view: StudyView, event: ev.Dispatched) -> None:
                 object_count=len(event.sop_instance_uids),
             )
             view.destinations.append(dest)
+        elif dest.attempt == event.attempt and dest.state != "dispatched":
+            dest.state, dest.at = "dispatched", event.occurred_at
+            dest.reason = "delivered when sent again"
+            dest.object_count = len(event.sop_instance_uids)
         dest.replays += 1
         dest.replayed_at = event.occurred_at
+        dest.resending = False
         return
     dest = _destination(view, event.destination, event.core, event.attempt)
     if dest is not None:
         dest.state, dest.at, dest.reason = "dispatched", event.occurred_at, ""
         dest.object_count = len(event.sop_instance_uids)
     core = _core(view, event.core, event.attempt)
-    if core is not None and core.state in {"results", "dispatched"}:
-        core.state = "dispatched"
+    if core is not None and core.progress in {"results", "dispatched"}:
+        core.progress = "dispatched"
 
 
 def step_durations(view: StudyView, event: ev.Event) -> list[tuple[str, float]]:
@@ -488,3 +531,123 @@ def step_durations(view: StudyView, event: ev.Event) -> list[tuple[str, float]]:
     if started is None:
         return []
     return [(name, max((event.occurred_at - started).total_seconds(), 0.0))]
+
+
+class StepTime(msgspec.Struct, frozen=True, kw_only=True):
+    """How long one step of the latest attempt took (`ended` None: still going)."""
+
+    step: str
+    core: str = ""
+    started: datetime
+    ended: datetime | None
+    outcome: str = ""
+
+    def seconds(self, now: datetime) -> float:
+        return max(((self.ended or now) - self.started).total_seconds(), 0.0)
+
+
+def step_times(view: StudyView) -> list[StepTime]:
+    """The latest attempt's steps in order: receiving, waiting for the study to be complete,
+    then per core its upload, the AI's work and the delivery to its destinations."""
+    steps: list[StepTime] = []
+    attempt = next((a for a in reversed(view.attempts) if a.attempt == view.attempt), None)
+    first, last = view.first_received_at, view.last_received_at
+    if first is not None and last is not None and (attempt is None or not attempt.relaunch):
+        ended = attempt.completed_at if attempt else None
+        steps.append(StepTime(step="receive", started=first, ended=last if attempt else None))
+        steps.append(StepTime(step="quiet period", started=last, ended=ended))
+    if attempt is None:
+        return steps
+    for core in (c for c in view.cores if c.attempt == view.attempt):
+        upload_end = core.uploaded_at or core.finished_at
+        if core.uploaded_at is None and core.failed_at and core.results_at is None:
+            upload_end = core.failed_at
+        steps.append(
+            StepTime(
+                step="upload",
+                core=core.core,
+                started=attempt.completed_at,
+                ended=upload_end,
+                outcome="nothing to upload" if core.finished_at else "",
+            )
+        )
+        if core.uploaded_at is None:
+            continue
+        steps.append(
+            StepTime(
+                step="AI",
+                core=core.core,
+                started=core.uploaded_at,
+                ended=core.results_at or core.failed_at,
+            )
+        )
+        if core.results_at is None:
+            continue
+        destinations = [
+            d for d in view.destinations if (d.core, d.attempt) == (core.core, core.attempt)
+        ]
+        done = [d.at for d in destinations if d.at is not None and d.state != "results"]
+        finished = bool(destinations) and len(done) == len(destinations)
+        steps.append(
+            StepTime(
+                step="delivery",
+                core=core.core,
+                started=core.results_at,
+                ended=max(done) if finished and done else None,
+            )
+        )
+    return steps
+
+
+class PeerSeen(msgspec.Struct, kw_only=True):
+    """An AI core or a destination as last seen through the studies' events."""
+
+    kind: str  # "core" or "destination"
+    name: str
+    ok_at: datetime | None = None
+    failed_at: datetime | None = None
+    reason: str = ""
+    study: str = ""
+
+    @property
+    def state(self) -> str:
+        if self.failed_at is None and self.ok_at is None:
+            return "unseen"
+        if self.failed_at is None or (self.ok_at is not None and self.ok_at > self.failed_at):
+            return "ok"
+        return "failing"
+
+
+def peer_outcome(event: ev.Event) -> tuple[str, str, bool, str] | None:
+    """(kind, name, worked, reason) when `event` says how a core or destination answered."""
+    match event:
+        case ev.Uploaded() | ev.ResultReady():
+            return ("core", event.core, True, "")
+        case ev.UploadFailed() | ev.ResultFailed():
+            return ("core", event.core, False, event.reason)
+        case ev.Dispatched():
+            return ("destination", event.destination, True, "")
+        case ev.DispatchFailed():
+            return ("destination", event.destination, False, event.reason)
+        case ev.Hl7Sent():
+            return ("destination", f"RIS {event.ris}", True, "")
+        case ev.Hl7Failed():
+            return ("destination", f"RIS {event.ris}", False, event.reason)
+        case _:
+            return None
+
+
+def see_peer(peers: dict[tuple[str, str], PeerSeen], event: ev.Event) -> PeerSeen | None:
+    """Record in `peers` what `event` says of a core or destination; the one changed."""
+    outcome = peer_outcome(event)
+    if outcome is None:
+        return None
+    kind, name, worked, reason = outcome
+    peer = peers.setdefault((kind, name), PeerSeen(kind=kind, name=name))
+    at = event.occurred_at
+    if worked and (peer.ok_at is None or at >= peer.ok_at):
+        peer.ok_at, peer.study = at, event.study_uid
+    elif not worked and (peer.failed_at is None or at >= peer.failed_at):
+        peer.failed_at, peer.study = at, event.study_uid
+        peer.reason = short_reason(reason, name)
+    return peer

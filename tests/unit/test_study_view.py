@@ -10,7 +10,7 @@ import msgspec
 from pacsor.admin.read_model import ReadModel, StudyFilter
 from pacsor.devtools.sample_events import lifecycle, received
 from pacsor.domain import events as ev
-from pacsor.domain.study_view import fold, step_durations
+from pacsor.domain.study_view import PeerSeen, fold, see_peer, step_durations, step_times
 
 T0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
 STUDY = "1.2.826.0.1.3680043.8.498.10"
@@ -291,6 +291,8 @@ def test_a_study_whose_instances_were_all_filtered_is_finished() -> None:
     (core,) = view.cores
     assert (core.state, core.skipped_count) == ("nothing_to_upload", 2)
     assert "filtered" in core.reason
+    assert [s.step for s in step_times(view)] == ["receive", "quiet period", "upload"]
+    assert step_times(view)[-1].outcome == "nothing to upload"
 
     other = [
         msgspec.structs.replace(e, core="precert")  # type: ignore[type-var]
@@ -323,3 +325,69 @@ def test_a_step_that_gave_up_makes_the_study_failed_until_a_new_attempt() -> Non
         for e in history[len(received_only) :]
     ]  # type: ignore[type-var]
     assert fold(numbered([*received_only, gave_up, *later]))[STUDY].state == "dispatched"
+
+
+def test_study_core_and_destination_never_disagree_and_send_again_delivers() -> None:
+    history = lifecycle(STUDY, T0, destinations=(PACS, ARCHIVE))
+    history[-1] = ev.DispatchFailed(
+        study_uid=STUDY,
+        core="default",
+        attempt=1,
+        destination=ARCHIVE,
+        reason=f"{ARCHIVE}: 0 delivered, 6 not delivered (no answer); {ARCHIVE}: refused",
+        tries=12,
+        occurred_at=T0 + timedelta(minutes=5),
+    )
+    view = fold(numbered(history))[STUDY]
+    assert view.state == "failed"
+    assert view.cores[0].state == "failed"  # not "dispatched" beside a failed study
+    assert view.cores[0].progress == "dispatched"
+    archive = view.destination(ARCHIVE, "default")
+    assert archive is not None and archive.state == "failed"
+    assert archive.reason == "0 delivered, 6 not delivered (no answer); refused"
+    key = {"study_uid": STUDY, "core": "default", "attempt": 1}
+    again: list[ev.Event] = [
+        ev.DispatchReplayRequested(
+            **key, destination=ARCHIVE, replay_id="r", requested_by="me", since=T0
+        )
+    ]
+    fold(numbered(again, start=100), {STUDY: view})
+    assert archive.resending and view.state == "failed"
+    fold(
+        numbered(
+            [ev.Dispatched(**key, destination=ARCHIVE, replay_id="r", sop_instance_uids=("1",))],
+            start=101,
+        ),
+        {STUDY: view},
+    )
+    assert (archive.state, archive.resending, archive.replays) == ("dispatched", False, 1)
+    assert view.cores[0].state == "dispatched" and view.state == "dispatched"
+
+
+def test_the_delivery_step_ends_when_every_destination_answered() -> None:
+    history = lifecycle(STUDY, T0, destinations=(PACS, ARCHIVE))
+    # Results ready, no destination answered yet: delivery is still going.
+    partial = fold(numbered(history[:-2]))[STUDY]
+    assert step_times(partial)[-1].step == "delivery" and step_times(partial)[-1].ended is None
+    view = fold(numbered(history))[STUDY]
+    times = {s.step: s for s in step_times(view)}
+    assert times["delivery"].ended == history[-1].occurred_at
+    assert times["AI"].seconds(T0) == (history[5].occurred_at - history[4].occurred_at).seconds
+
+
+def test_cores_and_destinations_as_last_seen() -> None:
+    peers: dict[tuple[str, str], PeerSeen] = {}
+    history = lifecycle(STUDY, T0, destinations=(PACS,))
+    failed = ev.DispatchFailed(
+        study_uid="1.2.3",
+        core="default",
+        attempt=1,
+        destination=PACS,
+        reason=f"{PACS}: refused",
+        occurred_at=T0 + timedelta(hours=1),
+    )
+    for event in [*history, failed]:
+        see_peer(peers, event)
+    core, pacs = peers[("core", "default")], peers[("destination", PACS)]
+    assert core.state == "ok" and core.ok_at == history[5].occurred_at
+    assert (pacs.state, pacs.reason, pacs.study) == ("failing", "refused", "1.2.3")
