@@ -171,3 +171,16 @@ async def test_webps_enable_switches_external_reports_without_a_restart(
     refused = await running.admin.post("/webps/radnet/reports", json=report)
     assert refused.status_code == 404
     assert "not enabled (WEBPS_ENABLE)" in refused.json()["detail"]
+
+
+async def test_the_original_config_json_loads_as_it_is(running: Running, tmp_path: Path) -> None:
+    # The original's files hold the variables at the top level, with JSON booleans.
+    folder = tmp_path / "hl7"
+    folder.mkdir(exist_ok=True)
+    (folder / "site.json").write_text(json.dumps({"HL7_LANGUAGE": "FR", "HL7_INCLUDE_PV1": False}))
+    assert (await running.hl7.post("/config/load/site")).status_code == 200
+    shown = (await running.hl7.get("/config/")).json()
+    assert (shown["HL7_LANGUAGE"], shown["HL7_INCLUDE_PV1"]) == ("FR", "false")
+    (folder / "odd.json").write_text(json.dumps({"HL7_LANGUAGE": ["FR"]}))
+    refused = await running.hl7.post("/config/load/odd")
+    assert refused.status_code == 422 and "configuration 'odd'" in refused.json()["detail"]
