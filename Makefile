@@ -3,28 +3,42 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-fast lint bench clean
+.PHONY: demo dev test test-fast lint bench clean
 
+# What running needs, nothing more. The install is editable (the tree is what runs), and
+# setuptools' note on editable installs of a mapped layout (consumers/ as pacsor.consumers) is
+# information only: it is the one warning silenced.
+QUIET_PIP := PYTHONWARNINGS="ignore:Editable installation" $(BIN)/python -m pip install --quiet
 $(BIN)/pacsor: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "pacsor needs Python 3.11 or newer (PYTHON=$(PYTHON))")'
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@echo "installing pacsor into $(VENV) ..."
+	@$(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install --quiet --upgrade pip
+	@$(QUIET_PIP) -e .
 	@touch $@
 
-demo: $(BIN)/pacsor
-	$(BIN)/pacsor up --demo
+# The test and lint tools, on top: only `make test`, `make lint` and `make dev` install them.
+DEV := $(VENV)/.dev-installed
+$(DEV): $(BIN)/pacsor
+	@echo "installing the test and lint tools into $(VENV) ..."
+	@$(QUIET_PIP) -e '.[dev]'
+	@touch $@
 
-test: $(BIN)/pacsor
+dev: $(DEV)
+
+demo: $(BIN)/pacsor
+	@$(BIN)/pacsor up --demo
+
+test: $(DEV)
 	$(BIN)/python -m pytest
 
 # The pure tests only (tests/unit: no server starts), in seconds.
-test-fast: $(BIN)/pacsor
+test-fast: $(DEV)
 	$(BIN)/python -m pytest -q tests/unit
 
 # mypy reads the tree as it installs (consumers/ and streams/ inside pacsor/): a tree of links.
 TYPECHECK := build/typecheck
-lint: $(BIN)/pacsor
+lint: $(DEV)
 	$(BIN)/ruff check pacsor consumers streams tests bench
 	rm -rf $(TYPECHECK) && mkdir -p $(TYPECHECK)
 	cp -rs $(CURDIR)/pacsor $(TYPECHECK)/pacsor

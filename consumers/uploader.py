@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from functools import partial
@@ -75,6 +76,8 @@ from pacsor.jetstream.subjects import (
     upload_consumer,
 )
 from pacsor.process.runtime import Component, FanOut, Runtime, Started, Step, Target, run_steps
+
+log = logging.getLogger("pacsor.uploader")
 
 # Skips are recorded in parts of at most this many instances (an event stays small).
 SKIPS_PER_EVENT = 500
@@ -235,6 +238,17 @@ async def upload_study(
         skip_parts=skip_parts,
         api_message=api_message or state.api_message,
     )
+    if sent:  # a long upload says how far it is, with its totals (the event names the batch)
+        batches = max(state.batch, -(-len(state.refs) // settings.batch_size))
+        log.info(
+            "upload progress",
+            extra={
+                "study": study,
+                "core": core,
+                "batch": f"{state.batch}/{batches}",
+                "instances": f"{state.uploaded}/{len(state.refs)}",
+            },
+        )
     if not finished:
         return Continue(tuple(checkpoint), state)
     return Emit((*checkpoint, _outcome(event, core, state, settings.signed_url)))

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import socket
 import sys
+import threading
 from pathlib import Path
 
 from nats.aio.client import Client
+from pynetdicom.events import Event as DicomEvent
 
 from pacsor.config import load_settings
+from pacsor.devtools.demo_pacs import start_storage_scp
+from pacsor.devtools.sample_study import make_study
 from pacsor.devtools.simulator import SimulatorSettings, running_simulator
 from pacsor.domain import events as ev
 from tests.harness import (
@@ -95,13 +100,72 @@ def test_send_to_nobody_says_so(tmp_path: Path) -> None:
     assert "refused or unreachable" in result.stderr
 
 
-def test_send_a_file_that_is_not_dicom_is_one_line(tmp_path: Path) -> None:
+def test_send_of_nothing_but_a_file_that_is_not_dicom_is_two_lines(tmp_path: Path) -> None:
     notes = tmp_path / "notes.txt"
     notes.write_text("not an image")
     result = pacsor_cli("send", str(notes), "--port", str(free_port()), cwd=tmp_path)
     assert result.returncode == 1
-    [line] = result.stderr.splitlines()  # one line, no traceback
-    assert line.startswith(f"pacsor: {notes}: not a DICOM Part 10 file (")
+    skipped, nothing = result.stderr.splitlines()  # no traceback
+    assert skipped == f"skipped  {notes}: not a DICOM Part 10 file (no DICOM file meta header)"
+    assert nothing == "pacsor: nothing to send (1 skipped)"
+
+
+async def test_send_reports_each_file_as_it_goes_and_skips_what_is_not_dicom(
+    tmp_path: Path,
+) -> None:
+    """A folder with a stray text file: it is skipped with a line, the rest is sent, and each
+    file's line is out while the next one is still waiting for its answer."""
+    folder = tmp_path / "study"
+    folder.mkdir()
+    for n, ds in enumerate(make_study(3), start=1):
+        ds.save_as(folder / f"image{n}.dcm", enforce_file_format=True)
+    (folder / "notes.txt").write_text("read me")
+    answered = 0
+    release = threading.Event()
+
+    def on_store(_event: DicomEvent) -> int:
+        nonlocal answered
+        answered += 1
+        if answered == 2:  # the second C-STORE waits until the test saw the first line
+            release.wait(30)
+        return 0x0000
+
+    port = free_port()
+    server = start_storage_scp("SLOWPACS", port, on_store)
+    try:
+        send = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "pacsor",
+            "send",
+            str(folder),
+            "--port",
+            str(port),
+            "--aet",
+            "SLOWPACS",
+            cwd=tmp_path,
+            env=cli_env(),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        assert send.stdout is not None and send.stderr is not None
+        async with asyncio.timeout(30):
+            first = (await send.stdout.readline()).decode()
+        assert re.fullmatch(r"1/3  0x0000  image1\.dcm  [\d.]+ MB/s\n", first), first
+        assert send.returncode is None  # still sending: the line came as the file was answered
+        release.set()
+        rest, errors = await asyncio.wait_for(send.communicate(), 30)
+    finally:
+        release.set()
+        server.shutdown()
+    assert send.returncode == 0, errors.decode()
+    assert [line.split()[0] for line in rest.decode().splitlines()] == ["2/3", "3/3"]
+    err = errors.decode().splitlines()
+    assert err[0].startswith(f"skipped  {folder / 'notes.txt'}: not a DICOM Part 10 file")
+    assert err[1].startswith("sending 3 files (") and err[1].endswith(
+        " to SLOWPACS@127.0.0.1:" + str(port)
+    )
+    assert re.fullmatch(r"3 sent, 0 failed, 1 skipped in [\d.]+ s \([\d.]+ MB/s\)", err[-1])
 
 
 async def test_waits_for_nats_and_stops_on_sigterm(tmp_path: Path) -> None:

@@ -293,8 +293,20 @@ async def test_a_site_written_by_the_wizard_runs_with_compose(
     assert len(event.sop_instance_uids) == 2
 
 
+def test_up_never_asks_a_registry_for_the_image_built_here(tmp_path: Path) -> None:
+    """With the image absent (a tag never built), `up` builds it and pulls nothing: the dry
+    run lists what it would do without doing it."""
+    _engine_or_skip()
+    compose = Compose(tmp_path)
+    compose.env["PACSOR_VERSION"] = f"never-built-{uuid.uuid4().hex[:8]}"
+    planned = compose(*PROFILES, "--dry-run", "up", "-d", timeout=120)
+    said = planned.stdout + planned.stderr
+    assert "Built" in said, said
+    assert "Pulling" not in said and "registry" not in said, said
+
+
 def test_down_as_documented_removes_every_container(demo: Compose) -> None:
-    assert len(demo.containers()) == 10
+    assert len(demo.containers()) == 11  # nats, 8 components (retention among them), 2 of the demo
     # Compose stops only the profiles it is told about: the README says to name the demo's.
     demo(*PROFILES, "down", "--timeout", "20")
     assert demo.containers() == []

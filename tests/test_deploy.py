@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import configparser
 import json
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import jsonschema
+import pytest
 import yaml
 from nats.aio.client import Client
 from pacsor.streams import stream_definitions
@@ -90,3 +94,26 @@ def test_demo_pacs_refuses_a_bad_port_in_one_line(tmp_path: Path) -> None:
     result = pacsor_cli("demo-pacs", "--port", "70000", cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr == "pacsor: --port: expected a port number, got 70000\n"
+
+
+def test_the_systemd_unit_is_accepted_by_systemd(tmp_path: Path) -> None:
+    """deploy/systemd/pacsor.service, with its ExecStart at this venv's pacsor, verified."""
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.fail("systemd-analyze is not installed (apt-get install systemd)")
+    unit = (ROOT / "deploy" / "systemd" / "pacsor.service").read_text()
+    service = configparser.ConfigParser(strict=False, interpolation=None)
+    service.optionxform = str  # type: ignore[assignment,method-assign]  # keys keep their case
+    service.read_string(unit)
+    assert service["Service"]["ExecStart"] == "/opt/pacsor/bin/pacsor up"
+    assert service["Service"]["WorkingDirectory"] == "/var/lib/pacsor"
+    assert service["Service"]["Environment"] == "LOG_FORMAT=text"
+    assert service["Install"]["WantedBy"] == "multi-user.target"
+    here = Path(sys.executable).parent / "pacsor"
+    copy = tmp_path / "pacsor.service"
+    copy.write_text(unit.replace("/opt/pacsor/bin/pacsor", str(here)))
+    # verify warns on stderr (an unknown key, a bad value) and still exits 0: both are checked.
+    result = subprocess.run(
+        [analyze, "verify", str(copy)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0 and not result.stderr.strip(), result.stderr

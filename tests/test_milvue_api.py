@@ -355,7 +355,8 @@ async def test_connection_refused_is_a_retryable_transport_error() -> None:
                 _ = await results_of(api.iter_results("1.2.3", "smarturgences"))
     for error in (refused.value, refused_results.value):
         assert error.status is None and error.retryable
-        assert str(error).startswith("transport error from GET /v3/studies/1.2.3")
+        # No answer: the message names the peer, the whole URL.
+        assert str(error).startswith(f"transport error from GET {url}/v3/studies/1.2.3")
         assert "ConnectError" in error.message
         assert not error.answer_lost  # never sent: the API cannot have acted on it
 

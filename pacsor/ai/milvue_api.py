@@ -491,6 +491,9 @@ async def _one_chunk(data: bytes) -> AsyncIterator[bytes]:
 def _transport_error(exc: httpx.RequestError, method: str, path: str) -> ApiError:
     detail = str(exc) or "no detail"
     lost = isinstance(exc, (httpx.ReadTimeout, httpx.ReadError, httpx.RemoteProtocolError))
+    # No answer: the message names the whole URL (without its query), so the peer is known.
+    with contextlib.suppress(RuntimeError):  # RuntimeError: no request attached to the error
+        path = _url_path(str(exc.request.url))
     return ApiError(
         None, f"{type(exc).__name__}: {detail}", method=method, path=path, answer_lost=lost
     )

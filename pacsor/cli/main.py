@@ -14,8 +14,17 @@ from pathlib import Path
 from typing import Any
 
 from pacsor.components import BY_NAME
-from pacsor.config import ConfigError, CoreSettings, Settings, load_settings, read_dotenv
-from pacsor.domain.event_text import describe
+from pacsor.config import (
+    ConfigError,
+    CoreSettings,
+    Settings,
+    demo_env_path,
+    load_settings,
+    read_dotenv,
+    running_demo_settings,
+    write_demo_env,
+)
+from pacsor.domain.event_text import describe, describe_short
 from pacsor.errors import StartupError
 from pacsor.process import logs
 from pacsor.process.gateway import components_of_up, run_gateway
@@ -25,10 +34,24 @@ log = logging.getLogger("pacsor")
 DEMO_PACS_PORT = 11112
 DEMO_PACS_AET = "DEMOPACS"
 DEMO_RIS_PORT = 0  # any free port: only the demo itself talks to its RIS
+# Commands that do one thing and end: they read a running demo's settings, and log only
+# warnings (their output is their own lines).
+ONE_SHOT = frozenset({"send", "events", "echo", "check", "relaunch"})
+PROXY_VARIABLES = ("HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("pacsor")
+    except PackageNotFoundError:  # run from a tree that was never installed
+        return "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pacsor", description="DICOM gateway for radiology AI")
+    parser.add_argument("--version", action="version", version=f"pacsor {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     up = commands.add_parser("up", help="run every component in one process")
@@ -49,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     sim.add_argument("--port", type=int, default=8421)
     events = commands.add_parser("events", help="print the event history (of one study)")
     events.add_argument("--study", help="StudyInstanceUID")
+    events.add_argument(
+        "-f", "--follow", action="store_true", help="then print new events as they come"
+    )
     send = commands.add_parser("send", help="C-STORE DICOM files (or a sample study) to pacsor")
     send.add_argument("paths", nargs="*", type=Path, help="files or folders")
     send.add_argument("--sample", type=int, metavar="N", help="send a synthetic study of N images")
@@ -62,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     relaunch.add_argument("study", metavar="UID", help="StudyInstanceUID")
     relaunch.add_argument("--cores", default="", help="comma-separated AI cores (default: all)")
     relaunch.add_argument("--by", default="", help="who asks (default: your user name)")
+    relaunch.add_argument(
+        "--wait", action="store_true", help="follow the new attempt and print it until it ends"
+    )
 
     echo = commands.add_parser(
         "echo", help="C-ECHO DICOM peers: by default the PACS and every destination"
@@ -131,10 +160,16 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     try:
         settings = load_settings()
+        if args.command in ONE_SHOT:
+            demo = running_demo_settings(demo_env_path(settings.data_dir))
+            if demo:
+                settings = load_settings(running_demo=demo)
     except ConfigError as err:
         print(f"pacsor: {err}", file=sys.stderr)
         return 2
-    logs.configure(settings.log_level)
+    _export_proxies(settings)
+    quiet = args.command in ONE_SHOT and settings.log_level == "INFO"
+    logs.configure("WARNING" if quiet else settings.log_level, settings.log_format)
     try:
         if args.command == "up":
             return _up(settings, args.demo)
@@ -143,13 +178,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "simulator":
             return _simulator(args.host, args.port)
         if args.command == "events":
-            return asyncio.run(_events(settings, args.study))
+            return asyncio.run(_events(settings, args.study, args.follow))
         if args.command == "send":
             return _send(settings, args)
         if args.command == "echo":
             return _echo(settings, args.peers)
         if args.command == "relaunch":
-            return asyncio.run(_relaunch(settings, args.study, args.cores, args.by))
+            return asyncio.run(_relaunch(settings, args.study, args.cores, args.by, args.wait))
         if args.command == "check":
             return asyncio.run(_check(settings))
         if args.command == "health":
@@ -166,47 +201,151 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _export_proxies(settings: Settings) -> None:
+    """The proxy settings, from .env too, where the HTTP client looks: the environment."""
+    for name in PROXY_VARIABLES:
+        value = getattr(settings, name.lower())
+        if value and not os.environ.get(name):
+            os.environ[name] = value
+
+
+def _stopping_line(busy: dict[str, int]) -> str:
+    if not busy:
+        return "pacsor: stopping (nothing in flight); Ctrl-C again to stop at once"
+    steps = ", ".join(durable + (f" x{n}" if n > 1 else "") for durable, n in busy.items())
+    return (
+        f"pacsor: stopping: finishing {sum(busy.values())} step(s) in flight ({steps}); "
+        "Ctrl-C again to stop at once"
+    )
+
+
+def _say(line: str) -> None:
+    """A line on stderr, if stderr is still there (a closed terminal, a dead pipe)."""
+    with contextlib.suppress(OSError, ValueError):
+        print(line, file=sys.stderr, flush=True)
+
+
 def _serve(settings: Settings, components: Sequence[str], on_ready: Any = None) -> int:
+    """Run until SIGINT or SIGTERM: the first finishes the steps in flight, the second stops
+    at once (those steps are done again after a restart), a third exits on the spot."""
+    from pacsor.jetstream.handler_runner import in_flight
+
+    forced = False
+
     async def serve() -> None:
+        nonlocal forced
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+        main_task = asyncio.current_task()
+        assert main_task is not None
+        presses = 0
+
+        def on_signal() -> None:
+            # Act first, then say so: a closed stderr (the terminal gone) must not stop a stop.
+            nonlocal presses, forced
+            presses += 1
+            if presses == 1:
+                busy = in_flight()
+                stop.set()
+                _say(_stopping_line(busy))
+            elif presses == 2:
+                forced = True
+                main_task.cancel()
+                _say(
+                    "pacsor: stopping now; the steps that were in flight are done again "
+                    "after a restart (Ctrl-C once more exits on the spot)"
+                )
+            else:
+                os._exit(130)
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await run_gateway(settings, components, stop, on_ready)
+            loop.add_signal_handler(sig, on_signal)
+        try:
+            await run_gateway(settings, components, stop, on_ready)
+        except asyncio.CancelledError:
+            if not forced:
+                raise
 
     asyncio.run(serve())
-    return 0
+    return 130 if forced else 0
 
 
 def _up(settings: Settings, demo: bool) -> int:
     if not demo:
         return _serve(settings, components_of_up(settings))
+    # The demo's own peers log as they start: as quietly as the demo will.
+    demo_level = _demo_defaults(settings).get("LOG_LEVEL", settings.log_level)
+    logs.configure(demo_level, settings.log_format)
     with _demo_peers() as overrides:
         settings = load_settings(overrides={**_demo_defaults(settings), **overrides})
-        logs.configure(settings.log_level)
+        logs.configure(settings.log_level, settings.log_format)
 
         background: list[asyncio.Future[None]] = []
+        demo_env = demo_env_path(settings.data_dir)
 
         def announce(ready: dict[str, Any]) -> None:
-            port = ready.get("dicom_port", settings.port)
-            print(
-                f"\npacsor is up (demo): DICOM AE {settings.milvue_aet} on port {port}, "
-                f"AI simulator at {settings.api_url}, results to the demo PACS in ./demo-pacs\n"
-                f"NATS at {ready['nats_url']}: try `nats stream view PACSOR`\n"
-                "A sample study is on its way; send more from another terminal with\n"
-                "    .venv/bin/pacsor send --sample 3\n"
-                f"or  storescu -aec {settings.milvue_aet} 127.0.0.1 {port} FILE.dcm\n"
-                "Ctrl-C stops.\n",
-                file=sys.stderr,
-                flush=True,
-            )
+            port = int(ready.get("dicom_port", settings.port))
+            # Where `pacsor send`, `events`, `echo`, `check` and `relaunch` find the demo.
+            write_demo_env(demo_env, _demo_env_values(settings, overrides, port), os.getpid())
+            print(_demo_banner(settings, ready, port), file=sys.stderr, flush=True)
             loop = asyncio.get_running_loop()
             background.append(loop.create_task(_print_events(ready["nats_url"])))
             background.append(
                 loop.run_in_executor(None, _send_sample_study, port, settings.milvue_aet)
             )
 
-        return _serve(settings, components_of_up(settings), announce)
+        try:
+            return _serve(settings, components_of_up(settings), announce)
+        finally:
+            demo_env.unlink(missing_ok=True)
+
+
+def _demo_env_values(settings: Settings, overrides: dict[str, str], port: int) -> dict[str, str]:
+    """The settings that reach the demo's peers, as the other commands need them."""
+    values = {
+        **overrides,
+        "TOKEN": settings.token,
+        "PORT": str(port),
+        "MILVUE_AET": settings.milvue_aet,
+        "ADMIN_HOST": settings.admin_host,
+        "ADMIN_PORT": str(settings.admin_port),
+    }
+    if settings.nats_servers:
+        values["NATS_URL"] = settings.nats_servers
+    else:
+        values["EMBEDDED_NATS_PORT"] = str(settings.embedded_nats_port)
+    return values
+
+
+def _command() -> str:
+    """How this terminal runs pacsor: `.venv/bin/pacsor` from the project folder."""
+    here = Path(sys.argv[0])
+    if here.name == "pacsor" and here.is_file():
+        try:
+            return str(here.resolve().relative_to(Path.cwd().resolve()))
+        except ValueError:
+            return str(here)
+    return "pacsor"
+
+
+def _demo_banner(settings: Settings, ready: dict[str, Any], port: int) -> str:
+    pacsor = _command()
+    dashboard = ready.get("admin_url", f"http://{settings.admin_host}:{settings.admin_port}")
+    return (
+        "\npacsor is up (demo)\n"
+        f"  dashboard   {dashboard}/\n"
+        f"  DICOM SCP   {settings.milvue_aet}@127.0.0.1:{port} (C-STORE, C-ECHO)\n"
+        f"  AI          the Milvue API simulator at {settings.api_url}\n"
+        f"  results     demo PACS {settings.pacs_aet}@{settings.pacs_ip}:{settings.pacs_port} "
+        "(writes to ./demo-pacs), HL7 to a demo RIS\n"
+        f"  NATS        {ready['nats_url']}\n"
+        "A sample study is on its way. Next, from another terminal in this folder:\n"
+        f"  1. {pacsor} send --sample 3      send another study\n"
+        f"  2. {pacsor} events --follow      every event, live\n"
+        f"  3. {pacsor} check                everything pacsor depends on, one line each\n"
+        f"or   storescu -aec {settings.milvue_aet} 127.0.0.1 {port} FILE.dcm\n"
+        "Ctrl-C stops (twice: at once).\n"
+    )
 
 
 def _demo_defaults(settings: Settings) -> dict[str, str]:
@@ -232,7 +371,7 @@ async def _print_events(nats_url: str) -> None:
     sub = await nc.subscribe(ALL_EVENTS)
     try:
         async for msg in sub.messages:
-            print(describe(ev.decode(msg.data)), file=sys.stderr, flush=True)
+            print(describe_short(ev.decode(msg.data)), file=sys.stderr, flush=True)
     finally:
         await nc.close()
 
@@ -311,7 +450,7 @@ def _simulator(host: str, port: int) -> int:
     return 0
 
 
-async def _events(settings: Settings, study: str | None) -> int:
+async def _events(settings: Settings, study: str | None, follow: bool = False) -> int:
     from pacsor.jetstream.broker import connect
     from pacsor.jetstream.eventlog import EventLog
     from pacsor.jetstream.subjects import ALL_EVENTS, is_valid_uid, study_subjects
@@ -325,17 +464,33 @@ async def _events(settings: Settings, study: str | None) -> int:
     except Exception as err:
         raise ConfigError(f"NATS_URL: cannot connect to {url}: {err}") from None
     try:
-        recorded = await EventLog(nc.jetstream()).read(
-            study_subjects(study) if study else ALL_EVENTS
-        )
+        log_of = EventLog(nc.jetstream())
+        # Following: what is there up to now, then everything after it, each event once.
+        last = await log_of.last_sequence() if follow else None
+        recorded = await log_of.read(study_subjects(study) if study else ALL_EVENTS, last)
+        for r in recorded:
+            print(f"{r.sequence:>7}  {describe(r.event)}", flush=follow)
+        if last is not None:
+            stop = _stop_on_ctrl_c()
+            async for batch, _ in log_of.follow(last + 1, stop):
+                for r in batch:
+                    if study is None or r.event.study_uid == study:
+                        print(f"{r.sequence:>7}  {describe(r.event)}", flush=True)
     finally:
         await nc.close()
-    for r in recorded:
-        print(f"{r.sequence:>7}  {describe(r.event)}")
     return 0
 
 
-async def _relaunch(settings: Settings, study: str, cores: str, by: str) -> int:
+def _stop_on_ctrl_c() -> asyncio.Event:
+    """An event set by Ctrl-C or SIGTERM: a command that follows the stream ends cleanly."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def _relaunch(settings: Settings, study: str, cores: str, by: str, wait: bool) -> int:
     import getpass
     import socket
 
@@ -361,20 +516,48 @@ async def _relaunch(settings: Settings, study: str, cores: str, by: str) -> int:
             tuple(c.strip() for c in cores.split(",") if c.strip()),
             who,
         )
+        print(
+            f"{accepted.message}; relaunch {accepted.relaunch_id} at sequence {accepted.sequence}",
+            flush=True,
+        )
+        if wait:
+            return await _follow_attempt(settings, EventLog(js), study, accepted)
     except Refused as err:
         print(f"pacsor: {err.message}", file=sys.stderr)
         return 2 if err.status == 400 else 1
     finally:
         await nc.close()
-    print(f"{accepted.message}; relaunch {accepted.relaunch_id} at sequence {accepted.sequence}")
     return 0
+
+
+async def _follow_attempt(settings: Settings, log_of: Any, study: str, accepted: Any) -> int:
+    """Print the relaunched attempt's events until every core has ended; 1 if any failed."""
+    from pacsor.domain.attempt_end import attempt_end
+
+    destinations = {core.name: tuple(str(d) for d in core.destinations) for core in settings.cores}
+    seen: list[Any] = []
+    stop = _stop_on_ctrl_c()
+    async for batch, _ in log_of.follow(accepted.sequence + 1, stop):
+        for r in batch:
+            if r.event.study_uid != study:
+                continue
+            seen.append(r.event)
+            print(describe_short(r.event), flush=True)
+        end = attempt_end(seen, accepted.relaunch_id, destinations, settings.hl7.enable)
+        if end.ended:
+            outcome = "failed" if end.failed else "ended"
+            print(f"attempt {end.attempt} {outcome}", flush=True)
+            return 1 if end.failed else 0
+    print("pacsor: stopped following; the attempt goes on", file=sys.stderr)
+    return 130
 
 
 def _send(settings: Settings, args: argparse.Namespace) -> int:
     import tempfile
+    import time
 
     from pacsor.devtools.sample_study import make_study
-    from pacsor.dicom.storage_scu import NotDicom, send_files
+    from pacsor.dicom.storage_scu import NotDicom, send_files, stored_as
 
     with tempfile.TemporaryDirectory(prefix="pacsor-sample-") as folder:
         files: list[Path] = []
@@ -387,18 +570,60 @@ def _send(settings: Settings, args: argparse.Namespace) -> int:
             )
         if not files:
             raise ConfigError("send: give DICOM files or folders, or --sample N")
+        # A file that is not DICOM (notes.txt in the folder) is said and left out.
+        sendable: list[Path] = []
+        skipped = 0
+        for path in files:
+            try:
+                stored_as(path)
+            except NotDicom as err:
+                print(f"skipped  {err}", file=sys.stderr, flush=True)
+                skipped += 1
+            else:
+                sendable.append(path)
+        if not sendable:
+            print(f"pacsor: nothing to send ({skipped} skipped)", file=sys.stderr)
+            return 1
+        sizes = {path: path.stat().st_size for path in sendable}
+        total, started, sent_bytes = len(sendable), time.monotonic(), 0
+
+        def answered(n: int, path: Path, status: int) -> None:
+            nonlocal sent_bytes
+            sent_bytes += sizes[path]
+            rate = sent_bytes / 1e6 / max(time.monotonic() - started, 1e-3)
+            code = f"0x{status:04X}" if status >= 0 else "no answer"
+            failed = "  FAILED" if status != 0 else ""
+            print(
+                f"{n:>{len(str(total))}}/{total}  {code}  {path.name}  {rate:.1f} MB/s{failed}",
+                flush=True,
+            )
+
+        destination = f"{args.aet or settings.milvue_aet}@{args.host}:{args.port or settings.port}"
+        print(
+            f"sending {total} files ({sum(sizes.values()) / 1e6:.1f} MB) to {destination}",
+            file=sys.stderr,
+            flush=True,
+        )
         try:
             results = send_files(
-                args.host, args.port or settings.port, args.aet or settings.milvue_aet, files
+                args.host,
+                args.port or settings.port,
+                args.aet or settings.milvue_aet,
+                sendable,
+                on_result=answered,
             )
         except (ConnectionError, NotDicom) as err:
             print(f"pacsor: {err}", file=sys.stderr)
             return 1
     failed = [r for r in results if r[1] != 0]
-    for path, status in results:
-        print(f"0x{status:04X}  {path.name}" if status >= 0 else f"no answer  {path.name}")
-    print(f"{len(results) - len(failed)} sent, {len(failed)} failed", file=sys.stderr)
-    return 1 if failed else 0
+    unsent = total - len(results)  # the association was lost: these were never answered
+    took = time.monotonic() - started
+    print(
+        f"{len(results) - len(failed)} sent, {len(failed) + unsent} failed, {skipped} skipped "
+        f"in {took:.1f} s ({sent_bytes / 1e6 / max(took, 1e-3):.1f} MB/s)",
+        file=sys.stderr,
+    )
+    return 1 if failed or unsent else 0
 
 
 def _echo(settings: Settings, peers: list[str]) -> int:

@@ -49,6 +49,7 @@ HostName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$|^[0
 # The names of pacsor.dicom.profiles.PROFILES (a test keeps the two in step).
 Profile = Literal["Default", "WithSC", "WithRF", "WithSCRF", "All"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+LogFormat = Literal["text", "json"]
 CoreKind = Literal["inference", "tcr"]
 # The result options of the API's results route, with the values the contract allows.
 OutputFormat = Literal["overlay", "highbit", "gsps"]
@@ -168,6 +169,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper", dict=T
     embedded_nats_port: Port = 4222
     data_dir: Path = msgspec.field(default=Path(".pacsor"), name="PACSOR_DATA_DIR")
     log_level: LogLevel = "INFO"
+    # text: one short line per event, for people; json: for log collectors. Unset: text on a
+    # terminal, JSON otherwise (containers, pipes).
+    log_format: LogFormat | None = None
+    # The HTTP client's proxy (the standard variables), for the AI API and the report service.
+    # Read from .env too: the CLI exports them for the HTTP client, which reads the environment.
+    https_proxy: str = ""
+    http_proxy: str = ""
+    no_proxy: str = ""
     # Admin API and dashboard
     admin_host: str = "127.0.0.1"
     admin_port: Port = 7000
@@ -274,15 +283,22 @@ def load_settings(
     environ: Mapping[str, str] | None = None,
     dotenv: Path | None = Path(".env"),
     overrides: Mapping[str, str] | None = None,
+    running_demo: Mapping[str, str] | None = None,
 ) -> Settings:
-    """Build Settings from `.env`, then the environment, then `overrides` (last wins).
+    """Build Settings from `.env`, a running demo's settings, the environment, then
+    `overrides` (last wins).
 
     A variable that pacsor would ignore (unknown, or numbered out of sequence) is a
     ConfigError with one line per variable, each naming the closest known name.
     """
     site_file = read_dotenv(dotenv) if dotenv is not None else {}
     environment = os.environ if environ is None else environ
-    env: dict[str, str] = {**site_file, **environment, **(overrides or {})}
+    env: dict[str, str] = {
+        **site_file,
+        **(running_demo or {}),
+        **environment,
+        **(overrides or {}),
+    }
     ignored = unknown_variables(site_file, environment, TOP_LEVEL_VARIABLES, PER_CORE_VARIABLES)
     if ignored:
         raise ConfigError("\n".join(ignored))

@@ -105,6 +105,10 @@ def _text_to_raw(kind: mi.Type, value: str) -> Any:
         isinstance(v, str) and v.isupper() for v in kind.values
     ):
         return value.upper()  # LOG_LEVEL=info, HL7_LANGUAGE=fr
+    if isinstance(kind, mi.LiteralType) and all(
+        isinstance(v, str) and v.islower() for v in kind.values
+    ):
+        return value.lower()  # LOG_FORMAT=TEXT
     if isinstance(kind, mi.StrType) and kind.pattern == _HTTP_URL_PATTERN:
         return value.rstrip("/")
     return value

@@ -7,8 +7,9 @@ memory), then sent from the files as they are encoded.
 from __future__ import annotations
 
 import asyncio
+import logging
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pacsor.config import Destination
@@ -16,6 +17,10 @@ from pacsor.dicom.storage_scu import send_files
 from pacsor.domain.dispatch import NO_ANSWER
 from pacsor.errors import TransientError
 from pacsor.jetstream.blobs import BlobStore
+
+log = logging.getLogger("pacsor.dispatch")
+# A dispatch of more objects than this says how far it got, every tenth of the way.
+PROGRESS_FROM = 50
 
 
 class SendError(TransientError):
@@ -58,8 +63,25 @@ async def send_objects(
                 list(files),
                 calling_ae_title,
                 timeout,
+                _progress(destination, len(files)),
             )
         except (ConnectionError, OSError, RuntimeError, ValueError) as err:
             raise SendError(f"{destination}: {err}") from err
     answered = {path: status for path, status in results}
     return [(sop, answered.get(path, NO_ANSWER)) for path, sop in files.items()]
+
+
+def _progress(destination: Destination, total: int) -> Callable[[int, Path, int], None] | None:
+    """Logs `120/400 objects` to `destination` as the C-STOREs are answered (large sets)."""
+    if total <= PROGRESS_FROM:
+        return None
+    step = max(1, total // 10)
+
+    def answered(n: int, _path: Path, _status: int) -> None:
+        if n % step == 0 or n == total:
+            log.info(
+                "dispatch progress",
+                extra={"peer": str(destination), "objects": f"{n}/{total}"},
+            )
+
+    return answered

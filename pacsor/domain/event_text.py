@@ -16,9 +16,23 @@ def describe(event: ev.Event) -> str:
     return f"{when}  {type(event).__name__:<16} {study}  {detail(event)}"
 
 
-def detail(event: ev.Event) -> str:
-    """The event's particulars, without its time, type and study."""
+def short_uid(uid: str) -> str:
+    """A UID a person can tell apart in a line: `1.2.826.…498.12` (first 8, last 6)."""
+    return uid if len(uid) <= 18 else f"{uid[:8]}…{uid[-6:]}"
+
+
+def describe_short(event: ev.Event) -> str:
+    """`describe` for a line that scrolls by: the time of day, the study shortened."""
+    when = event.occurred_at.astimezone().strftime("%H:%M:%S")
+    study = short_uid(event.study_uid) if event.study_uid else "(unknown)"
+    return f"{when}  {type(event).__name__:<17} {study}  {detail(event, short=True)}"
+
+
+def detail(event: ev.Event, short: bool = False) -> str:
+    """The event's particulars, without its time, type and study (UIDs shortened if short)."""
     text = _particulars(event)
+    if short and isinstance(event, ev.InstanceReceived):
+        text = text.replace(event.sop_instance_uid, short_uid(event.sop_instance_uid))
     if isinstance(event, ev.CoreEvent):  # every step of a core names the core and attempt first
         return f"{event.core} attempt {event.attempt}{text}"
     return text

@@ -15,6 +15,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import APIError, NotFoundError
 
 from pacsor.domain import events as ev
+from pacsor.domain.event_text import detail
 from pacsor.domain.events import RecordedEvent
 from pacsor.errors import TransientError
 from pacsor.jetstream.snapshot import messages_now
@@ -69,11 +70,18 @@ class EventLog:
             if err.err_code == WRONG_LAST_SEQUENCE:
                 raise ConcurrentUpdate(str(err)) from err
             raise
+        # One short line: what the event says, never its whole body (`pacsor events` has it).
+        core = (
+            {"core": event.core, "attempt": event.attempt}
+            if isinstance(event, ev.CoreEvent)
+            else {}
+        )
         log.info(
             type(event).__name__,
             extra={
                 "study": event.study_uid,
-                "event": msgspec.to_builtins(event),
+                **core,
+                "outcome": detail(event, short=True),
                 "seq": ack.seq,
                 "duplicate": bool(ack.duplicate),
             },

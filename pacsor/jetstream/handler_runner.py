@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -45,6 +46,15 @@ from pacsor.jetstream.liveness import Heartbeat
 from pacsor.process.counters import HANDLER_ERRORS, STEPS_FAILED
 
 log = logging.getLogger("pacsor.runner")
+
+# Messages being handled now, per durable consumer, in this process: what a stop waits for.
+IN_FLIGHT: Counter[str] = Counter()
+
+
+def in_flight() -> dict[str, int]:
+    """The consumers of this process that are handling a message now, and how many."""
+    return {durable: n for durable, n in IN_FLIGHT.items() if n > 0}
+
 
 M = TypeVar("M")
 
@@ -180,6 +190,7 @@ async def run_consumer(
             if heartbeat is not None:
                 heartbeat.beat(spec.stream, spec.durable)
             for msg in msgs:
+                IN_FLIGHT[spec.durable] += 1
                 try:
                     await _process(msg, spec, handler, events, error_policy)
                 except asyncio.CancelledError:
@@ -187,6 +198,8 @@ async def run_consumer(
                 except Exception:
                     # Acknowledging failed (connection lost): the message is redelivered.
                     log.warning("ack failed", extra={"consumer": spec.durable}, exc_info=True)
+                finally:
+                    IN_FLIGHT[spec.durable] -= 1
 
     try:
         async with asyncio.TaskGroup() as group:

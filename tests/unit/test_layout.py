@@ -1,4 +1,7 @@
-"""The layers of the tree hold: each package imports only what its rule in the README allows."""
+"""The layers of the tree hold: each package imports only what its rule allows.
+
+The rules are the Layout section of docs/architecture.md.
+"""
 
 from __future__ import annotations
 
