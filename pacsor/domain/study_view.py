@@ -176,6 +176,7 @@ def fold(
 _APPLIERS: dict[type[ev.Event], Callable[[StudyView, Any], None]] = {}
 events_not_shown: dict[type[ev.Event], str] = {
     ev.Hl7ConfigLoaded: "a fact about the site, not a study (shown by /hl7/config)",
+    ev.Hl7Switched: "a fact about the site, not a study (the HL7 sending switched)",
 }
 
 Applier = TypeVar("Applier", bound=Callable[..., None])
