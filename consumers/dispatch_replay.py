@@ -8,6 +8,8 @@ ones the attempt's ResultReady lists, still in PACSOR_RESULTS.
 
 from __future__ import annotations
 
+import ssl
+
 from pacsor.config import Destination
 from pacsor.dicom.sender import SendError, send_objects
 from pacsor.domain import dispatch
@@ -50,6 +52,7 @@ async def replay_to_destination(
     destination: Destination,
     calling_ae_title: str,
     policy: RetryPolicy,
+    tls: ssl.SSLContext | None = None,
 ) -> Outcome:
     if request.destination != str(destination):
         return Emit()
@@ -71,14 +74,15 @@ async def replay_to_destination(
         return Emit((failed("no results recorded for this attempt"),))
     objects = [(r.object_name, r.sop_instance_uid) for r in ready.results]
     try:
-        answers = await send_objects(destination, calling_ae_title, results, objects)
+        sent = await send_objects(destination, calling_ae_title, results, objects, tls=tls)
     except BlobNotFound as err:
         return Emit((failed(f"result objects no longer stored: {err}"),))
     except SendError as err:
         return retry_or_fail(delivery, policy, err.reason, True, failed(err.reason))
     # As the dispatcher does: a refusal for good is not retried, an object not delivered is.
     outcome = dispatch.outcome(
-        [sop for _, sop in objects], dispatch.record_try(dispatch.Progress(), answers)
+        [sop for _, sop in objects],
+        dispatch.record_try(dispatch.Progress(), sent.answers, sent.notes),
     )
     if outcome.refused or outcome.undelivered:
         reason = f"{request.destination}: {outcome.summary()}"

@@ -11,12 +11,14 @@ object with its status. The objects stay in PACSOR_RESULTS.
 
 from __future__ import annotations
 
+import ssl
 from functools import partial
 
 from pacsor.consumers import dispatch_replay
 
 from pacsor.config import ConfigError, Destination, Settings
 from pacsor.dicom.sender import SendError, send_objects
+from pacsor.dicom.tls import dispatch_context
 from pacsor.domain import dispatch
 from pacsor.domain import events as ev
 from pacsor.domain.retry import RetryPolicy
@@ -69,6 +71,7 @@ async def dispatch_to_destination(
     destination: Destination,
     calling_ae_title: str,
     policy: RetryPolicy,
+    tls: ssl.SSLContext | None = None,
 ) -> Outcome:
     if not event.results:
         return Emit()  # the API had no result objects (status empty): nothing to send
@@ -80,14 +83,20 @@ async def dispatch_to_destination(
     pending = dispatch.to_send(sop_uids, progress)
     error = ""
     if pending:
+        notes: tuple[str, ...] = ()
         try:
-            answers = await send_objects(
-                destination, calling_ae_title, results, [(names[sop], sop) for sop in pending]
+            sent = await send_objects(
+                destination,
+                calling_ae_title,
+                results,
+                [(names[sop], sop) for sop in pending],
+                tls=tls,
             )
+            answers, notes = sent.answers, sent.notes
         except SendError as err:
             answers, error = [(sop, dispatch.NO_ANSWER) for sop in pending], err.reason
         before = len(progress.refused)
-        progress = await progress_store.record(key, answers)
+        progress = await progress_store.record(key, answers, notes)
         DISPATCH_REFUSED.labels(where).inc(len(progress.refused) - before)
 
     outcome = dispatch.outcome(sop_uids, progress)
@@ -108,18 +117,21 @@ async def dispatch_to_destination(
 
 
 def require_destinations(settings: Settings) -> None:
+    """Every inference core has a destination, and the TLS files load when one needs TLS."""
     for n, core in enumerate(settings.cores):
-        if not core.destinations:
+        if not core.destinations and core.kind == "inference":
             variable = "PACS_IP" if n == 0 else core.variable("DESTINATIONS")
             raise ConfigError(
                 f"{variable}: not set and DESTINATIONS is empty; results need a destination"
             )
+    dispatch_context(settings)
 
 
 async def run(rt: Runtime, started: Started) -> None:
     """Per core and destination, one consumer of the results and one of the replays asked for:
     a PACS that is down delays no other."""
     aet, results, policy = rt.settings.milvue_aet, rt.results, rt.policy
+    tls = dispatch_context(rt.settings)
     progress = DispatchProgress(rt.js)
 
     def dispatch_to(target: Target) -> Handler[ev.ResultReady]:
@@ -130,6 +142,7 @@ async def run(rt: Runtime, started: Started) -> None:
             destination=target.peer,
             calling_ae_title=aet,
             policy=policy,
+            tls=tls,
         )
 
     def replay_to(target: Target) -> Handler[ev.DispatchReplayRequested]:
@@ -140,6 +153,7 @@ async def run(rt: Runtime, started: Started) -> None:
             destination=target.peer,
             calling_ae_title=aet,
             policy=policy,
+            tls=tls,
         )
 
     await run_steps(rt, started, [(STEP, dispatch_to), (dispatch_replay.STEP, replay_to)])

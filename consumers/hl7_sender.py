@@ -11,9 +11,12 @@ The message is a pure function of the study (pacsor.hl7.oru); this handler gathe
   always for a core of kind tcr (CORE_KIND=tcr), whose studies went to that service instead
   of the inference API and which has no findings.
 
-An AE/AR, a garbled answer, silence or no connection is retried with the retry policy, then
-recorded as Hl7Failed. At least once: a crash between the ACK and Hl7Sent re-sends the same
-message, with the same control ID.
+Acknowledgements are read as pacsor.domain.acknowledgement says (HL7_ACK_MODE): a stale or
+unsolicited one is set aside, a commit (CA) in enhanced mode waits for the application answer.
+An AE/AR/CE, a garbled answer, silence or no connection is retried with the retry policy, then
+recorded as Hl7Failed; a CR (the message type or version refused) is recorded at once. At
+least once: a crash between the ACK and Hl7Sent re-sends the same message, with the same
+control ID.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from pacsor.ai.techcare_report import ReportError, TechCareReports
 from pacsor.config import ConfigError, Settings
 from pacsor.config.hl7 import Hl7Settings
 from pacsor.domain import events as ev
+from pacsor.domain.acknowledgement import refusal_is_transient
 from pacsor.domain.retry import RetryPolicy
 from pacsor.hl7.config_loading import LoadRefused, current_config, in_force, load_named
 from pacsor.hl7.custom_config import CustomConfigError, LoadedConfig, effective
@@ -80,6 +84,8 @@ class Hl7Context:
     # Each core's API key, for TCR_API_URL as in force (a loaded configuration may set it).
     tokens: dict[str, str] = field(default_factory=dict)
     _reports: dict[tuple[str, str], TechCareReports] = field(default_factory=dict)
+    # The cores whose results go to the RIS (HL7_CORES; None: every core).
+    ris_cores: frozenset[str] | None = None
     _ris: MllpClient | None = None
     _applied: tuple[int, Hl7Settings, MessageTemplate | None] | None = None
     # Two consumers share the context: one of them at a time swaps the RIS connection.
@@ -98,10 +104,15 @@ class Hl7Context:
                 settings, template = self.base, None
             self._applied = (current.sequence, settings, template)
         _, settings, template = self._applied
-        target = (settings.ris_ip, settings.ris_port, settings.ris_timeout_seconds)
+        target = (
+            settings.ris_ip,
+            settings.ris_port,
+            settings.ris_timeout_seconds,
+            settings.ack_mode,
+        )
         async with self._swap:
             ris = self._ris
-            if ris is None or (ris.host, ris.port, ris.timeout) != target:
+            if ris is None or (ris.host, ris.port, ris.timeout, ris.mode) != target:
                 if ris is not None:
                     await ris.aclose()
                 self._ris = ris = MllpClient(*target)
@@ -183,10 +194,11 @@ def _about(event: ev.ResultReady | ev.ExternalReportReceived) -> _Outcome:
 
 
 async def send_to_ris(event: ev.ResultReady, delivery: Delivery, ctx: Hl7Context) -> Outcome:
+    if ctx.ris_cores is not None and event.core not in ctx.ris_cores:
+        return Emit()  # another core's results: the RIS gets one message per study
     settings, template, ris = await ctx.in_force()
-    if not settings.enable or (settings.cores and event.core not in settings.cores):
-        # Switched off by a loaded configuration (Hl7Switched says when), or a core whose
-        # results do not go to the RIS (HL7_CORES): nothing to send.
+    if not settings.enable:
+        # Switched off by a loaded configuration (Hl7Switched says when): nothing to send.
         return Emit(())
     study, core, attempt = event.study_uid, event.core, event.attempt
     cid = control_id(study, core, attempt)
@@ -211,7 +223,9 @@ async def send_to_ris(event: ev.ResultReady, delivery: Delivery, ctx: Hl7Context
     findings = StudyFindings(detections=found.detections, measures=found.measures, missing=left_out)
 
     header = await _header(event.study_uid, event.results, ctx)
-    text = build_oru(header, findings, report, settings, cid, event.occurred_at, template)
+    text = build_oru(
+        header, findings, report, settings, cid, event.occurred_at, template, core=core
+    )
     if running:
         # The redeliveries spent waiting are not tries of the RIS: leave them out of the count
         # (an upper bound of them: the RIS may get a few more tries, never fewer).
@@ -242,7 +256,14 @@ async def send_external_report(
         return Emit(())
     header = await _header(event.study_uid, (), ctx)
     text = build_oru(
-        header, StudyFindings(), report, settings, about.control_id, event.occurred_at, template
+        header,
+        StudyFindings(),
+        report,
+        settings,
+        about.control_id,
+        event.occurred_at,
+        template,
+        core=about.key["core"],
     )
     return await _send(ctx, ris, delivery, text, about)
 
@@ -266,7 +287,7 @@ async def _send(
             delivery,
             ctx.policy,
             reason,
-            retryable=True,
+            retryable=refusal_is_transient(code),
             failed=ev.Hl7Failed(
                 **about.key,
                 ris=str(ris),
@@ -442,6 +463,7 @@ async def run(rt: Runtime, started: Started) -> None:
             if core.kind == "tcr"
         },
         tokens={core.name: core.token for core in rt.settings.cores},
+        ris_cores=rt.settings.ris_cores,
     )
     _, now = await in_force(rt.events, settings)
     switches = Switches(settings, now.enable, now.webps_enable)
@@ -494,6 +516,22 @@ async def load_at_init(events: EventLog, settings: Hl7Settings) -> None:
 def check(settings: Settings) -> None:
     if not settings.hl7.ris_ip:
         raise ConfigError("HL7_RIS_IP: not set; the hl7 component sends to the RIS")
+    # Findings of a command that no core runs would be missing from every message.
+    run = {c for core in settings.cores if core.kind != "tcr" for c in core.inference_commands}
+    wanted = (
+        (
+            "DETECTION_INFERENCE_COMMAND",
+            settings.hl7.detection_command,
+            settings.hl7.include_detections,
+        ),
+        ("MEASURE_INFERENCE_COMMAND", settings.hl7.measure_command, settings.hl7.include_measures),
+    )
+    for variable, command, included in wanted:
+        if run and included and command not in run:
+            raise ConfigError(
+                f"{variable}: no core runs {command!r} (INFERENCE_COMMANDS: "
+                f"{', '.join(sorted(run))}); add it there or switch its findings off"
+            )
 
 
 COMPONENT = Component(

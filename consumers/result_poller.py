@@ -25,8 +25,8 @@ from functools import partial
 import msgspec
 from pydicom.dataset import Dataset
 
-from pacsor.ai.milvue_api import FINDINGS_COMMANDS, ApiError, MilvueApi
-from pacsor.config import require_api_tokens
+from pacsor.ai.milvue_api import FINDINGS_KINDS, INFERENCE_COMMANDS, ApiError, MilvueApi
+from pacsor.config import ConfigError, Settings, require_api_tokens
 from pacsor.dicom.header import MIN_PREFIX, HeaderError, parse_header
 from pacsor.domain import events as ev
 from pacsor.jetstream.blobs import BlobStore, sha256_digest
@@ -180,10 +180,11 @@ async def poll_results(
                             size=size,
                         )
                     )
-            if command in FINDINGS_COMMANDS:
+            if command in FINDINGS_KINDS:
+                # Detections are named in the results' language; measures take no options.
                 options = (
                     {"language": settings.options["language"]}
-                    if (command == "smarturgences" and "language" in settings.options)
+                    if FINDINGS_KINDS[command] == "detections" and "language" in settings.options
                     else {}
                 )
                 data = await api.get_findings(study, command, options)
@@ -230,6 +231,25 @@ async def run(rt: Runtime, started: Started) -> None:
     await run_steps(rt, started, [(STEP, poll)])
 
 
+def require_served_commands(settings: Settings) -> None:
+    """Each inference core asks only for commands whose results and findings pacsor fetches:
+    an unknown one is refused at start rather than polled for nothing."""
+    for core in settings.cores:
+        if core.kind == "tcr":
+            continue
+        unknown = [c for c in core.inference_commands if c not in INFERENCE_COMMANDS]
+        if unknown:
+            raise ConfigError(
+                f"{core.variable('INFERENCE_COMMANDS')}: pacsor cannot serve {unknown[0]!r}; "
+                f"commands it serves: {', '.join(INFERENCE_COMMANDS)}"
+            )
+
+
+def check(settings: Settings) -> None:
+    require_api_tokens(settings)
+    require_served_commands(settings)
+
+
 COMPONENT = Component(
-    "poller", "Uploaded -> ResultReady / ResultFailed, per AI core", run, check=require_api_tokens
+    "poller", "Uploaded -> ResultReady / ResultFailed, per AI core", run, check=check
 )

@@ -42,6 +42,7 @@ from functools import partial
 import msgspec
 
 from pacsor.ai.milvue_api import ApiError, MilvueApi
+from pacsor.ai.multipart import SizedPart
 from pacsor.config import ConfigError, Settings, require_api_tokens
 from pacsor.dicom.header import HeaderError, read_header, tag_values
 from pacsor.domain import events as ev
@@ -375,7 +376,10 @@ async def _send_stow(
     batch: list[_Pending],
     limiter: RateLimiter | None,
 ) -> str:
-    parts = [_instance_body(instances, p.instance, limiter) for p in batch]
+    # Sizes from the events: the request's Content-Length is known before it goes.
+    parts = [
+        SizedPart(_instance_body(instances, p.instance, limiter), p.instance.size) for p in batch
+    ]
     return (await api.upload_study(study, parts)).message
 
 
@@ -396,7 +400,9 @@ async def _send_signed(
     Returns the instances PUT, and the first failure, if any. After a failure no PUT starts,
     and those in flight finish: a PUT cut off might have reached the API all the same.
     """
-    urls = await api.upload_without_pixels(study, [partial(_one, p.without_pixels) for p in batch])
+    urls = await api.upload_without_pixels(
+        study, [SizedPart(partial(_one, p.without_pixels), len(p.without_pixels)) for p in batch]
+    )
     missing = [
         p.instance.sop_instance_uid for p in batch if p.instance.sop_instance_uid not in urls
     ]

@@ -68,6 +68,7 @@ async def test_everything_answers(
         API_URL_1=api_url,
         TOKEN_1=TOKEN,
         CORE_NAME_1="second",
+        DESTINATIONS_1="same-as-first",
     )
     code, lines = await check(tmp_path, env | {"HL7_RIS_PORT": str(ris)})
     assert code == 0, lines
@@ -75,6 +76,7 @@ async def test_everything_answers(
         f"ok    NATS {nats_server.url}: JetStream, {len(STREAMS)} streams",
         *(f"ok    stream {name}: 0 messages, 1 copies" for name in STREAMS),
         f"ok    C-ECHO {pacs.destination}: answers",
+        f"ok    C-STORE {pacs.destination}: stores Secondary Capture Image Storage",
         f"ok    AI core default {api_url}: reachable, token accepted",
         f"ok    AI core second {api_url}: reachable, token accepted",
         f"ok    RIS (HL7) 127.0.0.1:{ris}: port open",
@@ -93,6 +95,7 @@ async def test_every_failure_is_listed_and_the_exit_is_non_zero(
         pacs,
         API_URL_1=api_url,
         TOKEN_1="not-the-token",
+        DESTINATIONS_1="same-as-first",
         DESTINATIONS=f"ARCHIVE@127.0.0.1:{down}",
         HL7_ENABLE="true",
         HL7_RIS_IP="127.0.0.1",
@@ -134,5 +137,6 @@ async def test_nats_unreachable_is_one_line_and_the_rest_still_runs(
     assert lines[0].startswith(f"FAIL  NATS {nowhere}: unreachable: ")
     assert lines[1:] == [
         f"ok    C-ECHO {pacs.destination}: answers",
+        f"ok    C-STORE {pacs.destination}: stores Secondary Capture Image Storage",
         f"ok    AI core default {api_url}: reachable, token accepted",
     ]

@@ -231,6 +231,7 @@ def test_echo_checks_every_core_and_every_destination(tmp_path: Path) -> None:
                 DESTINATIONS_1=archive.destination,
                 API_URL_2=down,
                 TOKEN_2="good",
+                DESTINATIONS_2="same-as-first",
                 PACS_IP="127.0.0.1",
                 PACS_PORT=str(pacs.port),
                 PACS_AET="ECHOPACS",
@@ -244,10 +245,11 @@ def test_echo_checks_every_core_and_every_destination(tmp_path: Path) -> None:
     assert lines[0] == f"core default ({good_url}): ok, token accepted"
     assert lines[1] == f"core precert ({refusing_url}): token refused (HTTP 403)"
     assert lines[2].startswith(f"core core2 ({down}): unreachable: ConnectError")
+    stores = "ok; stores Secondary Capture Image Storage"
     assert lines[3:] == [
-        f"ECHOPACS@127.0.0.1:{pacs.port}: ok",
+        f"ECHOPACS@127.0.0.1:{pacs.port}: {stores}",
         f"{nobody}: refused or unreachable",
-        f"{archive.destination}: ok",
+        f"{archive.destination}: {stores}",
     ]
 
 
@@ -258,4 +260,6 @@ def test_echo_of_named_peers_only(tmp_path: Path) -> None:
     finally:
         pacs.stop()
     assert result.returncode == 0
-    assert result.stdout.splitlines() == [f"{pacs.destination}: ok"]
+    assert result.stdout.splitlines() == [
+        f"{pacs.destination}: ok; stores Secondary Capture Image Storage"
+    ]

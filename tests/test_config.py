@@ -90,6 +90,7 @@ def test_several_cores_take_what_they_do_not_set_from_the_first() -> None:
             "TOKEN_1": "preprod-key",
             "CORE_NAME_1": "preprod",
             "INFERENCE_COMMANDS_1": "smartchest",
+            "DESTINATIONS_1": "same-as-first",
             "API_URL_2": "https://research.example",
             "DESTINATIONS_2": "RESEARCH@research:104",
         },
@@ -107,7 +108,7 @@ def test_several_cores_take_what_they_do_not_set_from_the_first() -> None:
         "preprod-key",
     )
     assert preprod.inference_commands == ("smartchest",)
-    assert preprod.destinations == first.destinations  # none of its own: the unsuffixed PACS
+    assert preprod.destinations == first.destinations  # said so: the unsuffixed PACS
     assert (research.name, research.token) == ("core2", "")
     assert research.inference_commands == first.inference_commands
     assert research.destinations == (Destination("RESEARCH", "research", 104),)
@@ -126,6 +127,27 @@ def test_several_cores_take_what_they_do_not_set_from_the_first() -> None:
             "CORE_NAME_1: two cores are named 'default'; names must differ",
         ),
         (
+            {"API_URL_1": "https://a.example", "CORE_NAME_1": "precert"},
+            "DESTINATIONS_1: not set; core 'precert' must name its own destinations, "
+            "or share the first core's with DESTINATIONS_1=same-as-first",
+        ),
+        (
+            {"DESTINATIONS": "same-as-first"},
+            "DESTINATIONS: expected AET@host:port or AET@host:port?tls, got 'same-as-first'",
+        ),
+        (
+            {"DESTINATIONS": "A@h:104?ssl"},
+            "DESTINATIONS: expected AET@host:port or AET@host:port?tls, got 'A@h:104?ssl'",
+        ),
+        (
+            {"API_URL_1": "https://a.example", "DESTINATIONS_1": "X@h:1", "HL7_CORES": "core2"},
+            "HL7_CORES: 'core2' is not a core; the cores are default, core1",
+        ),
+        (
+            {"DICOM_TLS_CERT": "pacsor.pem"},
+            "DICOM_TLS_KEY: not set; a client certificate needs both CERT and KEY",
+        ),
+        (
             {"CONFIG_PROFILE": "Everything"},
             "CONFIG_PROFILE: expected one of All, Default, "
             "WithRF, WithSC, WithSCRF, got 'Everything'",
@@ -138,9 +160,46 @@ def test_a_bad_core_setting_is_one_line_naming_it(env: dict[str, str], line: str
     assert str(raised.value) == line
 
 
+def test_destinations_marked_tls_and_the_cores_that_send_hl7() -> None:
+    s = load_settings(
+        {
+            "PACS_IP": "10.0.0.5",
+            "DESTINATIONS": "ARCH@archive:2762?tls",
+            "API_URL_1": "https://precert.example",
+            "CORE_NAME_1": "precert",
+            "DESTINATIONS_1": "TESTPACS@test-pacs:104",
+            "API_URL_2": "https://research.example",
+            "CORE_KIND_2": "tcr",
+        },
+        dotenv=None,
+    )
+    first, precert, report = s.cores
+    assert first.destinations[1] == Destination("ARCH", "archive", 2762, tls=True)
+    assert str(first.destinations[1]) == "ARCH@archive:2762"  # its name, whatever the transport
+    assert first.destinations[1].label == "ARCH@archive:2762?tls"
+    assert precert.destinations == (Destination("TESTPACS", "test-pacs", 104),)
+    assert report.destinations == ()  # a report core has no result objects to send
+    assert s.ris_cores == {"default"}  # the first core only, unless HL7_CORES says otherwise
+    both = load_settings(
+        {
+            "API_URL_1": "https://p.example",
+            "DESTINATIONS_1": "same-as-first",
+            "HL7_CORES": "default,core1",
+        },
+        dotenv=None,
+    )
+    assert both.ris_cores == {"default", "core1"}
+
+
 def test_cli_requires_a_token_for_every_core(tmp_path: Path) -> None:
     result = pacsor_cli(
-        "run", "uploader", cwd=tmp_path, TOKEN="k", API_URL_1="https://b.example", TOKEN_1=""
+        "run",
+        "uploader",
+        cwd=tmp_path,
+        TOKEN="k",
+        API_URL_1="https://b.example",
+        TOKEN_1="",
+        DESTINATIONS_1="same-as-first",
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
@@ -234,3 +293,21 @@ def test_hl7_variables_give_back_the_same_settings() -> None:
     assert with_overrides(hl7, {"HL7_LANGUAGE": "FR"}).language == "FR"
     with pytest.raises(ConfigError, match=r"^HL7_COLOUR: not an HL7 setting$"):
         with_overrides(hl7, {"HL7_COLOUR": "blue"})
+
+
+def test_start_up_refuses_an_extra_core_without_destinations_in_one_line(tmp_path: Path) -> None:
+    result = pacsor_cli(
+        "run",
+        "dispatcher",
+        cwd=tmp_path,
+        TOKEN="k",
+        PACS_IP="10.0.0.5",
+        API_URL_1="https://precert.example",
+        CORE_NAME_1="precert",
+        TOKEN_1="k1",
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "pacsor: DESTINATIONS_1: not set; core 'precert' must name its own destinations, "
+        "or share the first core's with DESTINATIONS_1=same-as-first"
+    ]

@@ -47,7 +47,7 @@ async def test_stream_files_apply_idempotently(nc: Client) -> None:
     assert await apply_streams(nc) == list(stream_definitions())
     js = nc.jetstream()
     info = await js.stream_info("PACSOR")
-    assert info.config.subjects == ["pacsor.study.>"]
+    assert info.config.subjects == ["pacsor.study.>", "pacsor.site.>"]
     assert info.config.duplicate_window == 86400.0
     timers = await js.stream_info("PACSOR_TIMERS")
     assert timers.config.allow_msg_schedules

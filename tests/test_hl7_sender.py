@@ -53,6 +53,7 @@ from tests.hl7_fixtures import (
     record_results,
     sent_messages,
 )
+from tests.hl7_parsers import assert_parsers_agree
 from tests.hl7_reading import ParsedOru
 from tests.nats_server import NatsServer
 
@@ -77,14 +78,22 @@ async def ris() -> AsyncIterator[DemoRis]:
 
 @contextlib.asynccontextmanager
 async def running_hl7(
-    nc: Client, ris: DemoRis, policy: RetryPolicy = POLICY, **settings: Any
+    nc: Client,
+    ris: DemoRis,
+    policy: RetryPolicy = POLICY,
+    ris_timeout_seconds: float = 1.0,
+    **settings: Any,
 ) -> AsyncIterator[Settings]:
     """`pacsor run hl7`, in this process, sending to `ris`, until the block ends.
 
     `settings` are Hl7Settings fields, given to the component as their variables.
     """
     hl7 = Hl7Settings(
-        enable=True, ris_ip="127.0.0.1", ris_port=ris.port, ris_timeout_seconds=1.0, **settings
+        enable=True,
+        ris_ip="127.0.0.1",
+        ris_port=ris.port,
+        ris_timeout_seconds=ris_timeout_seconds,
+        **settings,
     )
     config = load_settings(
         {
@@ -477,3 +486,48 @@ async def test_the_whole_pipeline_sends_findings_and_measures_to_the_ris(
     # One measure of each kind per image, each with the image's rank as its sub-ID.
     assert {"cobb_angle/1", "cobb_angle/2", "leg_length/1", "leg_length/2"} <= set(observations)
     assert oru.text(oru.segments("OBR")[0], 2) == str(study[0].AccessionNumber)
+
+
+@pytest.mark.parametrize(
+    ("mode", "answer", "unsolicited", "ack_code"),
+    [
+        ("enhanced", "CA+AA", False, "AA"),
+        ("original", "CA+AA", False, "CA"),
+        ("original", "AA+AA", False, "AA"),
+        ("original", "AA", True, "AA"),
+    ],
+    ids=["commit-then-application", "commit-then-application-original", "twice", "unsolicited"],
+)
+async def test_each_oru_arrives_once_whatever_the_acknowledgements(
+    nc: Client, mode: str, answer: str, unsolicited: bool, ack_code: str
+) -> None:
+    async with (
+        DemoRis(default=answer, unsolicited=unsolicited) as ris,
+        # Time enough for a loaded machine: a timeout would rightly send the message again.
+        running_hl7(nc, ris, ris_timeout_seconds=10.0, ack_mode=mode),
+    ):
+        sent = []
+        readies = []
+        for _ in range(3):
+            ready = await record_results(nc)
+            readies.append(ready)
+            sent.append(await outcome(nc, ready))
+    assert all(isinstance(s, ev.Hl7Sent) for s in sent), sent
+    assert [s.ack_code for s in sent if isinstance(s, ev.Hl7Sent)] == [ack_code] * 3
+    # Counted where it matters, on the RIS: one copy of each message, on one connection.
+    expected = [control_id(r.study_uid, r.core, r.attempt) for r in readies]
+    assert [r.control_id for r in ris.received] == expected
+    assert ris.connections == 1
+    msh = ParsedOru(ris.received[0].text).segments("MSH")[0]
+    assert msh[14:16] == (["AL", "AL"] if mode == "enhanced" else ["", ""])
+    for received in ris.received:
+        assert_parsers_agree(received.text)  # hl7apy strict and Medplum
+
+
+async def test_a_commit_reject_is_failed_at_once(nc: Client) -> None:
+    async with DemoRis(default="CR") as ris, running_hl7(nc, ris, ack_mode="enhanced"):
+        ready = await record_results(nc)
+        failed = await outcome(nc, ready)
+    assert isinstance(failed, ev.Hl7Failed)
+    assert (failed.ack_code, failed.tries) == ("CR", 1)
+    assert len(ris.received) == 1

@@ -273,8 +273,11 @@ async def test_get_findings(api: MilvueApi) -> None:
     assert findings["instances"][0]["bounding_boxes"]
     measures = json.loads(await api.get_findings(study, "smartxpert"))["instances"][0]["measures"]
     assert {m["type"] for m in measures} == {"angle", "length"}
-    with pytest.raises(ValueError, match="smarturgences and smartxpert"):
-        await api.get_findings(study, "detection")
+    # Every detection and measure product has its findings, as smarturgences and smartxpert
+    # do; a command pacsor does not know has none.
+    assert json.loads(await api.get_findings(study, "detection"))["findings"]
+    with pytest.raises(ValueError, match="not 'smartfoo'"):
+        await api.get_findings(study, "smartfoo")
 
 
 async def test_not_ready_after_done_then_ready() -> None:

@@ -177,6 +177,7 @@ def test_an_installer_answers_the_wizard_in_a_terminal(
         "API_URL_2": "http://simulator:8421",
         "TOKEN_2": "third-key",
         "INFERENCE_COMMANDS_2": "smarturgences,smartxpert",
+        "DESTINATIONS_2": "same-as-first",
         "HL7_ENABLE": "true",
         "HL7_RIS_IP": "ris.hospital.local",
         "HL7_RIS_PORT": "2575",
@@ -199,7 +200,7 @@ def test_an_installer_answers_the_wizard_in_a_terminal(
     assert [d.ae_title for d in chest.destinations] == ["ARCHIVE"]
     assert research.destinations == default.destinations
     assert settings.hl7.enable and settings.hl7.ris_port == 2575
-    assert settings.hl7.cores == ("default", "research")
+    assert settings.ris_cores == {"default", "research"}
     assert settings.hl7.language == "FR" and settings.hl7.receiving_application == "RADRIS"
 
     shown = pacsor_cli("setup", "--show", cwd=tmp_path)
@@ -378,14 +379,17 @@ def test_options_give_any_pacs_each_core_its_own_and_the_product_hl7_defaults(
     # SmartTrauma's findings feed the HL7 message; the chest core's results do not go there.
     hl7 = settings.hl7
     assert (hl7.detection_command, hl7.measure_command) == ("detection", "measures")
-    assert hl7.cores == ("default",)
+    assert settings.ris_cores == {"default"}
     assert read_dotenv(tmp_path / ".env")["COMPOSE_PROFILES"] == "hl7"
 
 
 def test_a_bad_destination_option_is_one_line(tmp_path: Path) -> None:
     result = pacsor_cli("setup", *OPTIONS, "--destinations=ARCH@archive", cwd=tmp_path)
     assert result.returncode == 2
-    assert result.stderr == ("pacsor: --destinations: expected AET@host:port, got 'ARCH@archive'\n")
+    assert result.stderr == (
+        "pacsor: --destinations: AET@host:port (?tls for TLS), comma-separated, or same-as-first, "
+        "got 'ARCH@archive'\n"
+    )
 
 
 def test_the_products_come_from_a_file_a_vendor_edits(tmp_path: Path) -> None:

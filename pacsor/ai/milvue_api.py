@@ -4,6 +4,12 @@ Every failure surfaces as ApiError, whose `retryable` tells the caller whether t
 later may help; the retry policy itself belongs to the caller. Uploads and result downloads
 are streamed: neither a whole study nor a whole result body is held in memory.
 
+An upload whose parts have their sizes (SizedPart: pacsor's uploader knows each stored
+object's size) carries a Content-Length computed before the first byte goes, as a hospital's
+outbound proxy may demand (411 for a chunked request); only a caller that gives bare factories
+gets a chunked body, since each factory is read once, when its part is sent.
+The client honours HTTPS_PROXY, HTTP_PROXY, ALL_PROXY and NO_PROXY (httpx's trust_env).
+
 Two ways of moving DICOM, as the API offers them:
 
 - multipart STOW/WADO (on-premise APIs): `upload_study` posts the instances in one
@@ -31,19 +37,33 @@ import msgspec
 from pacsor.ai.multipart import (
     DICOM_MEDIA_TYPE,
     PartFactory,
+    SizedPart,
     boundary_from_content_type,
     content_type,
     encode_related,
     iter_parts,
     new_boundary,
+    related_length,
 )
 from pacsor.config import CoreSettings, Settings
 from pacsor.errors import PacsorError
 
 OWNER_HEADER = "x-goog-meta-owner"
 RESULTS_ACCEPT = f'multipart/related; type="{DICOM_MEDIA_TYPE}"'
-# The commands whose findings the contract defines as JSON (GET /v3/<command>/{uid}).
-FINDINGS_COMMANDS = ("smarturgences", "smartxpert")
+# The inference commands pacsor serves, and the findings JSON each returns at
+# GET /v3/<command>/{uid}. The published contract describes smarturgences (detections:
+# GetSmarturgencesResponseV3) and smartxpert (measures: GetSmartxpertResponseV3); the other
+# products in use answer the same route with the schema of their kind.
+FINDINGS_KINDS: dict[str, Literal["detections", "measures"]] = {
+    "smarturgences": "detections",
+    "detection": "detections",  # SmartTrauma
+    "smartchest": "detections",
+    "trauma": "detections",  # TechCare Trauma
+    "smartxpert": "measures",
+    "measures": "measures",
+}
+FINDINGS_COMMANDS = tuple(FINDINGS_KINDS)
+INFERENCE_COMMANDS = FINDINGS_COMMANDS
 _RETRYABLE_STATUSES = frozenset({408, 429})
 # A valid UID that no modality uses (2.25 root, UUID 0): `check_access` asks its status.
 PROBE_STUDY_UID = "2.25.0"
@@ -203,6 +223,7 @@ class MilvueApi:
             base_url=base_url.rstrip("/"),
             headers={OWNER_HEADER: token},
             timeout=timeout,
+            trust_env=True,  # HTTPS_PROXY, HTTP_PROXY, NO_PROXY: the site's outbound proxy
         )
 
     async def __aenter__(self) -> Self:
@@ -219,18 +240,21 @@ class MilvueApi:
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    async def upload_study(self, study_uid: str, parts: Sequence[PartFactory]) -> UploadResponse:
+    async def upload_study(
+        self, study_uid: str, parts: Sequence[PartFactory | SizedPart]
+    ) -> UploadResponse:
         """POST /v3/studies: one STOW request carrying every instance, streamed.
 
-        Each factory yields the bytes of one DICOM file (with its file meta); it is called
-        when its part is sent. An exception raised by a factory propagates unchanged.
+        Each part yields the bytes of one DICOM file (with its file meta); it is called
+        when its part is sent. With every part's size the request carries a Content-Length,
+        else it goes chunked. An exception raised by a factory propagates unchanged.
         """
         return await self._post_study(study_uid, parts, UploadResponse, {})
 
     async def _post_study(
         self,
         study_uid: str,
-        parts: Sequence[PartFactory],
+        parts: Sequence[PartFactory | SizedPart],
         answer: type[T],
         params: dict[str, str],
     ) -> T:
@@ -238,18 +262,23 @@ class MilvueApi:
         if not parts:
             raise ValueError(f"study {study_uid}: nothing to upload")
         boundary = new_boundary()
+        headers = {"Content-Type": content_type(boundary), "Accept": "application/json"}
+        bodies = [p.body if isinstance(p, SizedPart) else p for p in parts]
+        sizes = [p.size for p in parts if isinstance(p, SizedPart)]
+        if len(sizes) == len(parts):
+            headers["Content-Length"] = str(related_length(sizes, boundary))
         path = "/v3/studies"
         response = await self._send(
             "POST",
             path,
             params=params,
-            content=encode_related(parts, boundary),
-            headers={"Content-Type": content_type(boundary), "Accept": "application/json"},
+            content=encode_related(bodies, boundary, sizes if len(sizes) == len(parts) else None),
+            headers=headers,
         )
         return self._decode(response, "POST", path, answer)
 
     async def upload_without_pixels(
-        self, study_uid: str, parts: Sequence[PartFactory]
+        self, study_uid: str, parts: Sequence[PartFactory | SizedPart]
     ) -> dict[str, str]:
         """POST /v3/studies?signed_url=true: the instances without their pixel data.
 
@@ -261,12 +290,15 @@ class MilvueApi:
     async def put_instance(self, url: str, body: PartFactory, size: int | None = None) -> None:
         """PUT one full instance, streamed, to its signed URL (Content-Type application/dicom).
 
-        With its `size`, the body goes with a Content-Length rather than chunked.
+        With its `size`, the body goes with a Content-Length (checked as it streams) rather
+        than chunked.
         """
         headers = {"Content-Type": DICOM_MEDIA_TYPE}
+        content = body()
         if size is not None:
             headers["Content-Length"] = str(size)
-        await self._send("PUT", url, content=body(), headers=headers, label=_url_path(url))
+            content = _exactly(content, size)
+        await self._send("PUT", url, content=content, headers=headers, label=_url_path(url))
 
     async def check_access(self) -> str | None:
         """None when the API answers and accepts the token, else what is wrong (one line).
@@ -378,15 +410,14 @@ class MilvueApi:
     async def get_findings(
         self, study_uid: str, inference_command: str, options: Mapping[str, str] | None = None
     ) -> bytes:
-        """GET /v3/{smarturgences|smartxpert}/{uid}: the findings, as the JSON the API sent.
+        """GET /v3/<command>/{uid}: the findings, as the JSON the API sent.
 
         Raises ResultsNotReady while the answer's status is "running", ResultsRefused when it
         is "forbidden".
         """
-        if inference_command not in FINDINGS_COMMANDS:
+        if inference_command not in FINDINGS_KINDS:
             raise ValueError(
-                f"findings exist for {' and '.join(FINDINGS_COMMANDS)} only, "
-                f"not {inference_command!r}"
+                f"findings exist for {', '.join(FINDINGS_COMMANDS)} only, not {inference_command!r}"
             )
         path = f"/v3/{inference_command}/{_uid(study_uid)}"
         response = await self._send(
@@ -486,6 +517,18 @@ def _url_path(url: str) -> str:
 
 async def _one_chunk(data: bytes) -> AsyncIterator[bytes]:
     yield data
+
+
+async def _exactly(body: AsyncIterator[bytes], size: int) -> AsyncIterator[bytes]:
+    """`body`'s chunks, checked to add up to the `size` its Content-Length announced."""
+    given = 0
+    async for chunk in body:
+        given += len(chunk)
+        if given > size:
+            raise ValueError(f"the body gives more than its {size} bytes")
+        yield chunk
+    if given != size:
+        raise ValueError(f"the body gave {given} bytes, not its {size}")
 
 
 def _transport_error(exc: httpx.RequestError, method: str, path: str) -> ApiError:

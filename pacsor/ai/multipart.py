@@ -1,6 +1,8 @@
 """multipart/related bodies of DICOM instances (DICOMweb STOW-RS and WADO-RS), streamed.
 
-Encoding never holds a whole part: each part is produced by a factory of byte chunks. Parsing
+Encoding never holds a whole part: each part is produced by a factory of byte chunks. Its
+length is known before the first byte goes (`related_length`, from the parts' sizes), so the
+request carries a Content-Length, as proxies that refuse chunked uploads need. Parsing
 holds one part body at a time, never the whole message, and accepts any chunking of the input
 (a boundary may be split across chunks anywhere). Both sides are pure: no I/O here.
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from email.message import Message
 from typing import Literal
 
@@ -25,6 +28,18 @@ MAX_HEADER_BYTES = 64 * 1024
 _MAX_PADDING = 256
 
 PartFactory = Callable[[], AsyncIterator[bytes]]
+
+
+@dataclass(frozen=True)
+class SizedPart:
+    """A part's bytes (a factory of chunks) and how many bytes it will give."""
+
+    body: PartFactory
+    size: int
+
+    def __post_init__(self) -> None:
+        if self.size < 0:
+            raise ValueError(f"a part's size cannot be negative ({self.size})")
 
 
 def new_boundary() -> str:
@@ -47,23 +62,48 @@ def content_type(boundary: str) -> str:
     return f'multipart/related; type="{DICOM_MEDIA_TYPE}"; boundary={value}'
 
 
-async def encode_related(parts: Sequence[PartFactory], boundary: str) -> AsyncIterator[bytes]:
+def _framing(boundary: str) -> tuple[bytes, bytes]:
+    """The bytes before each part, and the closing delimiter line."""
+    _check_boundary(boundary)
+    delimiter = b"--" + boundary.encode("ascii")
+    head = delimiter + CRLF + b"Content-Type: " + DICOM_MEDIA_TYPE.encode() + CRLF + CRLF
+    return head, delimiter + b"--" + CRLF
+
+
+def related_length(sizes: Sequence[int], boundary: str) -> int:
+    """The byte length of the body `encode_related` gives for parts of these sizes."""
+    head, close = _framing(boundary)
+    return sum(len(head) + size + len(CRLF) for size in sizes) + len(close)
+
+
+async def encode_related(
+    parts: Sequence[PartFactory], boundary: str, sizes: Sequence[int] | None = None
+) -> AsyncIterator[bytes]:
     """Stream a multipart/related body with one `application/dicom` part per factory.
 
     Each factory is called only when its part is reached, so an open file is held for one
     part at a time. The body content is not scanned for the boundary: the caller picks a
-    random boundary (see `new_boundary`).
+    random boundary (see `new_boundary`). With `sizes` (the Content-Length was computed from
+    them), a part that gives another number of bytes is a ValueError, before a byte too many.
     """
-    _check_boundary(boundary)
-    delimiter = b"--" + boundary.encode("ascii")
-    head = delimiter + CRLF + b"Content-Type: " + DICOM_MEDIA_TYPE.encode() + CRLF + CRLF
-    for factory in parts:
+    head, close = _framing(boundary)
+    if sizes is not None and len(sizes) != len(parts):
+        raise ValueError(f"{len(parts)} parts but {len(sizes)} sizes")
+    for n, factory in enumerate(parts):
         yield head
+        given = 0
+        expected = None if sizes is None else sizes[n]
         async for chunk in factory():
-            if chunk:
-                yield chunk
+            if not chunk:
+                continue
+            given += len(chunk)
+            if expected is not None and given > expected:
+                raise ValueError(f"part {n + 1} gives more than its {expected} bytes")
+            yield chunk
+        if expected is not None and given != expected:
+            raise ValueError(f"part {n + 1} gave {given} bytes, not its {expected}")
         yield CRLF
-    yield delimiter + b"--" + CRLF
+    yield close
 
 
 def boundary_from_content_type(ct: str) -> str:

@@ -628,7 +628,9 @@ def _send(settings: Settings, args: argparse.Namespace) -> int:
 
 def _echo(settings: Settings, peers: list[str]) -> int:
     from pacsor.config import parse_destination
-    from pacsor.dicom.storage_scu import echo
+    from pacsor.dicom.storage_scu import probe
+    from pacsor.dicom.tls import client_context
+    from pacsor.domain import negotiation
 
     failed = 0
     destinations = [parse_destination("echo", peer) for peer in peers]
@@ -641,13 +643,38 @@ def _echo(settings: Settings, peers: list[str]) -> int:
         if not destinations:
             print("no destination: PACS_IP is not set and DESTINATIONS is empty")
             return 1
+    tls = None
+    if any(d.tls for d in destinations):
+        tls = client_context(settings.dicom_tls_ca, settings.dicom_tls_cert, settings.dicom_tls_key)
+    # Each peer is asked for C-ECHO and for the SOP classes pacsor's results come in.
+    classes = result_classes(settings)
+    logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)  # each line says what failed
     for destination in destinations:
-        problem = echo(
-            destination.host, destination.port, destination.ae_title, settings.milvue_aet
+        found = probe(
+            destination.host,
+            destination.port,
+            destination.ae_title,
+            classes,
+            settings.milvue_aet,
+            tls=tls if destination.tls else None,
         )
+        if found.problem is not None:
+            failed += 1
+            print(f"{destination.label}: {found.problem}")
+            continue
+        problem, stores = negotiation.verdict(found.proposed, found.accepted)
         failed += problem is not None
-        print(f"{destination}: {problem or 'ok'}")
+        print(f"{destination.label}: " + (f"C-ECHO ok; {problem}" if problem else f"ok; {stores}"))
     return 1 if failed else 0
+
+
+def result_classes(settings: Settings) -> tuple[str, ...]:
+    """The SOP classes of the results the AI makes with these settings' result options."""
+    from pacsor.domain import negotiation
+
+    return negotiation.result_sop_classes(
+        settings.output_format, settings.structured_report_format, settings.static_report_format
+    )
 
 
 async def _check_cores(settings: Settings) -> list[tuple[CoreSettings, str | None]]:

@@ -1,7 +1,8 @@
 """`pacsor check`: what must answer before a site goes live, one line per check.
 
 - NATS reachable, with JetStream, and every stream of streams/*.json present;
-- a C-ECHO to every result destination;
+- a C-ECHO to every result destination, over the association that also proposes the SOP
+  classes pacsor's results come in (which the destination must store);
 - the AI API of every core (API_URL, API_URL_1, ...) reachable and its token accepted;
 - the RIS port open, when HL7 is on.
 
@@ -17,8 +18,10 @@ import httpx
 import msgspec
 
 from pacsor.ai.milvue_api import MilvueApi
-from pacsor.config import Settings
-from pacsor.dicom.storage_scu import echo
+from pacsor.config import ConfigError, Settings
+from pacsor.dicom.storage_scu import probe
+from pacsor.dicom.tls import client_context
+from pacsor.domain import negotiation
 from pacsor.jetstream.broker import connect
 from pacsor.jetstream.broker_state import broker_state
 
@@ -45,16 +48,35 @@ async def run_checks(settings: Settings) -> AsyncIterator[Check]:
         yield check
     # Cores may share destinations: each is echoed once.
     destinations = list(dict.fromkeys(d for core in settings.cores for d in core.destinations))
+    tls = None
+    if any(d.tls for d in destinations):
+        try:
+            tls = client_context(
+                settings.dicom_tls_ca, settings.dicom_tls_cert, settings.dicom_tls_key
+            )
+        except ConfigError as err:
+            yield Check("DICOM TLS", str(err))
+    classes = negotiation.result_sop_classes(
+        settings.output_format, settings.structured_report_format, settings.static_report_format
+    )
     for destination in destinations:
-        problem = await asyncio.to_thread(
-            echo,
+        if destination.tls and tls is None:
+            yield Check(f"C-ECHO {destination.label}", "no TLS context (see DICOM TLS)")
+            continue
+        found = await asyncio.to_thread(
+            probe,
             destination.host,
             destination.port,
             destination.ae_title,
+            classes,
             settings.milvue_aet,
             TIMEOUT,
+            tls if destination.tls else None,
         )
-        yield Check(f"C-ECHO {destination}", problem, "answers")
+        yield Check(f"C-ECHO {destination.label}", found.problem, "answers")
+        if found.problem is None:
+            problem, stores = negotiation.verdict(found.proposed, found.accepted)
+            yield Check(f"C-STORE {destination.label}", problem, stores)
     if not destinations:
         yield Check("destinations", "PACS_IP is not set and DESTINATIONS is empty")
     for core in settings.cores:

@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 from pacsor.config import ConfigError, load_settings, parse_destination, read_dotenv
 from pacsor.config.products import Product, load_products
+from pacsor.config.settings import SAME_AS_FIRST
 
 # The products and their environments: pacsor/config/environments.json, which a vendor edits.
 CATALOGUE: dict[str, Product] = load_products()
@@ -70,6 +71,27 @@ def check_host(value: str) -> str | None:
     if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?", value):
         return "expected a host name or an IP address"
     return None
+
+
+def check_destinations(value: str) -> str | None:
+    """A second core's destinations: AET@host:port[?tls], comma-separated, or same-as-first."""
+    if value.strip().lower() == SAME_AS_FIRST:
+        return None
+    try:
+        for item in value.split(","):
+            parse_destination("destination", item)
+    except ConfigError:
+        return f"AET@host:port (?tls for TLS), comma-separated, or {SAME_AS_FIRST}"
+    return None
+
+
+def check_more_destinations(value: str) -> str | None:
+    """The first core's PACS after the first: none, or AET@host:port, comma-separated."""
+    if not value.strip():
+        return None
+    if value.strip().lower() == SAME_AS_FIRST:
+        return "the first core's own PACS: AET@host:port, comma-separated"
+    return check_destinations(value)
 
 
 def check_token(value: str) -> str | None:
@@ -119,17 +141,6 @@ def check_language(value: str) -> str | None:
 
 def check_yes_no(value: str) -> str | None:
     return None if value in ("yes", "no") else "yes or no"
-
-
-def check_destinations(value: str) -> str | None:
-    for item in (d for d in value.split(",") if d.strip()):
-        try:
-            parse_destination("destination", item)
-        except ConfigError as err:
-            # "destination: expected AET@host:port, got 'x'": the caller says what it got.
-            why = str(err).partition(": ")[2]
-            return why.rpartition(", got ")[0] or why
-    return None
 
 
 Kind = Literal["text", "secret", "select", "url", "yes-no"]
@@ -182,10 +193,10 @@ def core_questions(n: int) -> tuple[Question, ...]:
         Question(p + "token", f"{label}: API key", "secret", check_token, "", when),
         Question(
             p + "destinations",
-            f"{label}: its own PACS (AET@host:port,...; empty: the first core's)",
+            f"{label}: where its results go (AET@host:port, or {SAME_AS_FIRST}: the first core's)",
             "text",
             check_destinations,
-            "",
+            SAME_AS_FIRST,
             when,
             prompted=False,
         ),
@@ -211,7 +222,7 @@ GATEWAY: tuple[Question, ...] = (
         "destinations",
         "More PACS for the first core (AET@host:port,...)",
         "text",
-        check_destinations,
+        check_more_destinations,
         prompted=False,
     ),
     Question("aet", "pacsor's own AE title (SCP)", "text", check_ae_title, "MILVUE"),
@@ -423,7 +434,7 @@ def collect(
                 w.more_destinations(f"Core {name}", key)
                 w.answers[key] = ",".join(d for d in (found, w.answers.get(key, "")) if d)
             else:
-                w.answers[key] = ""
+                w.answers[key] = SAME_AS_FIRST
         else:
             w.one(questions[4])
         w.one(questions[5])
@@ -461,8 +472,8 @@ def site_settings(answers: Mapping[str, str]) -> dict[str, str]:
         env[f"API_URL_{index}"] = answers[p + "url"]
         env[f"TOKEN_{index}"] = answers[p + "token"]
         env[f"INFERENCE_COMMANDS_{index}"] = ",".join(PRODUCTS[answers[p + "product"]])
-        if answers.get(p + "destinations"):
-            env[f"DESTINATIONS_{index}"] = answers[p + "destinations"]
+        # Said, never implied: a core's results reach the first core's PACS only when asked.
+        env[f"DESTINATIONS_{index}"] = answers.get(p + "destinations") or SAME_AS_FIRST
         if answers.get(p + "hl7") == "yes":
             to_ris.append((answers[p + "name"], answers[p + "product"]))
     env["HL7_ENABLE"] = "true" if to_ris else "false"
@@ -476,7 +487,8 @@ def site_settings(answers: Mapping[str, str]) -> dict[str, str]:
         ):
             if answers[key]:
                 env[name] = answers[key]
-        if len(to_ris) < len(cores) + 1:
+        # Without HL7_CORES, only the first core's results go to the RIS.
+        if [name for name, _ in to_ris] != ["default"]:
             env["HL7_CORES"] = ",".join(name for name, _ in to_ris)
         # The product's own findings feed the message (the first core that sends to the RIS).
         env.update(CATALOGUE[to_ris[0][1]].hl7)

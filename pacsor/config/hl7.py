@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Mapping
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 import msgspec
 from msgspec import Meta, field
@@ -26,6 +26,12 @@ from pacsor.config.variables import (
 from pacsor.errors import ConfigError
 
 Language = Literal["EN", "FR"]
+# HL7 v2.5.1 acknowledgement modes (pacsor.domain.acknowledgement): original asks one answer
+# (AA/AE/AR); enhanced asks a commit (CA/CE/CR), then an application answer.
+AckMode = Literal["original", "enhanced"]
+# Where the placer order number (ORC-2, OBR-2) comes from: the study's Accession Number
+# (0008,0050), or its Placer Order Number / Imaging Service Request (0040,2016).
+PlacerSource = Literal["accession", "placer_order_number"]
 ReportFormat = Literal["B64", "PLAIN", "HTML"]
 # The commands whose findings feed the message's detections, and its measures.
 DetectionCommand = Literal["smarturgences", "detection", "smartchest", "trauma"]
@@ -49,6 +55,19 @@ class Hl7Settings(msgspec.Struct, frozen=True, kw_only=True):
     receiving_application: Hl7Name = field(default="", name="HL7_RECEIVING_APPLICATION")
     receiving_facility: Hl7Name = field(default="", name="HL7_RECEIVING_FACILITY")
     language: Language = field(default="EN", name="HL7_LANGUAGE")
+    ack_mode: AckMode = field(default="original", name="HL7_ACK_MODE")
+    # Identifiers a RIS matches on. The patient ID's assigning authority (PID-3.4) when the
+    # study has no Issuer of Patient ID (0010,0021): the hospital's namespace, not pacsor's.
+    assigning_authority: Hl7Name = field(default="", name="HL7_ASSIGNING_AUTHORITY")
+    placer_source: PlacerSource = field(default="accession", name="HL7_PLACER_ORDER_SOURCE")
+    # The namespace of the placer number (EI.2): the system that numbered the order.
+    placer_namespace: Hl7Name = field(default="", name="HL7_PLACER_NAMESPACE")
+    # The namespace of pacsor's own filler number (EI.2); empty: HL7_SENDING_APPLICATION.
+    filler_namespace: Hl7Name = field(default="", name="HL7_FILLER_NAMESPACE")
+    # OBR-4 when the study has no Procedure Code Sequence (0008,1032): code and its system
+    # (HL7 table 0396; "99" followed by letters is a local system).
+    procedure_code: Hl7Name = field(default="", name="HL7_PROCEDURE_CODE")
+    procedure_coding_system: Hl7Name = field(default="99MILVUE", name="HL7_PROCEDURE_CODING_SYSTEM")
     # Segments that a site can switch off
     include_pid: bool = field(default=True, name="HL7_INCLUDE_PID")
     include_pv1: bool = field(default=True, name="HL7_INCLUDE_PV1")
@@ -71,8 +90,6 @@ class Hl7Settings(msgspec.Struct, frozen=True, kw_only=True):
     custom_dir: str = field(default="", name="HL7_CUSTOM_DIR")
     load_config_at_init: FileName = field(default="", name="LOAD_CONFIG_AT_INIT")
     load_template_at_init: FileName = field(default="", name="LOAD_TEMPLATE_AT_INIT")
-    # The cores whose results go to the RIS (empty: every core).
-    cores: tuple[CoreName, ...] = field(default=(), name="HL7_CORES")
     # Reports pushed by external providers, each on its own NATS subject and HTTP route
     webps_enable: bool = field(default=False, name="WEBPS_ENABLE")
     webps_providers: tuple[CoreName, ...] = field(default=(), name="WEBPS_PROVIDERS")
@@ -105,9 +122,36 @@ FIXED_AT_START = frozenset(
 )
 
 
+# The first core's commands when INFERENCE_COMMANDS is not set (pacsor.config.settings).
+_FIRST_CORE_COMMANDS = "smarturgences,smartxpert"
+
+
+def _product_defaults(env: Mapping[str, str]) -> dict[str, str]:
+    """Unset, the detection and measure commands are those the first core runs, so that a
+    site running SmartTrauma or SmartChest gets its own findings; a kind of findings the
+    first core does not produce is left out unless asked for."""
+    commands = [
+        c.strip()
+        for c in (env.get("INFERENCE_COMMANDS", "").strip() or _FIRST_CORE_COMMANDS).split(",")
+    ]
+    defaults: dict[str, str] = {}
+    for variable, include, kind in (
+        ("DETECTION_INFERENCE_COMMAND", "INCLUDE_DETECTIONS_FINDINGS", DetectionCommand),
+        ("MEASURE_INFERENCE_COMMAND", "INCLUDE_MEASURES_FINDINGS", MeasureCommand),
+    ):
+        if env.get(variable, "").strip():
+            continue
+        run = [c for c in commands if c in get_args(kind)]
+        if run:
+            defaults[variable] = run[0]
+        elif not env.get(include, "").strip():
+            defaults[include] = "false"
+    return defaults
+
+
 def load_hl7_settings(env: Mapping[str, str]) -> Hl7Settings:
     try:
-        settings = read_struct(env, Hl7Settings)
+        settings = read_struct({**env, **_product_defaults(env)}, Hl7Settings)
     except ConfigError as err:
         raise Hl7ConfigError(str(err)) from None
     if settings.enable and not settings.ris_ip:

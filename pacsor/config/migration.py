@@ -25,7 +25,7 @@ import msgspec
 from pacsor.config.hl7 import VARIABLE_NAMES as HL7_VARIABLES
 from pacsor.config.known import OTHER_VARIABLES, problem_of
 from pacsor.config.original import OriginalSite, ServiceValue
-from pacsor.config.settings import PER_CORE_VARIABLES, TOP_LEVEL_VARIABLES
+from pacsor.config.settings import PER_CORE_VARIABLES, SAME_AS_FIRST, TOP_LEVEL_VARIABLES
 from pacsor.errors import ConfigError
 
 Kind = Literal["as is", "renamed", "added", "left out"]
@@ -204,7 +204,24 @@ def migrate(site: OriginalSite) -> Migration:
         out[name] = given.value.strip()
         lines.append(Line("added", name, f"{name}={given.value.strip()}", "from the hl7 service"))
 
+    # pacsor asks each core where its results go: the original sent core n's to the first
+    # core's PACS when it had no CALLBACK_URLS_n.
+    for k in sorted(numbers.values()):
+        if f"DESTINATIONS_{k}" not in out:
+            out[f"DESTINATIONS_{k}"] = SAME_AS_FIRST
+            why = f"core {k} had no CALLBACK_URLS: its results go where the first core's do"
+            lines.append(
+                Line("added", f"DESTINATIONS_{k}", f"DESTINATIONS_{k}={SAME_AS_FIRST}", why)
+            )
     hl7 = _true(out.get("HL7_ENABLE", "false"))
+    if hl7 and numbers and "HL7_CORES" not in out:
+        # The original's hl7 service reported every core; pacsor's default is the first alone.
+        names = [out.get("CORE_NAME", "default")] + [
+            out.get(f"CORE_NAME_{k}", f"core{k}") for k in sorted(numbers.values())
+        ]
+        out["HL7_CORES"] = ",".join(names)
+        why = "every core's results went to the RIS; pacsor's default is the first core's alone"
+        lines.append(Line("added", "HL7_CORES", f"HL7_CORES={out['HL7_CORES']}", why))
     if hl7 or out.get("HL7_RIS_IP"):
         for name, default in ORIGINAL_HL7_DEFAULTS.items():
             if name not in out:

@@ -7,8 +7,9 @@ becomes one line that starts with the variable's name, so the CLI stops start-up
 instead of a traceback.
 
 Several AI cores: the unsuffixed API_URL, TOKEN, ... are the first core; API_URL_1, TOKEN_1,
-... (then _2, ...) add more. A core without its own DESTINATIONS_n sends its results to the
-unsuffixed PACS_* and DESTINATIONS.
+... (then _2, ...) add more. Each extra core names its own DESTINATIONS_n, or says
+DESTINATIONS_n=same-as-first to send its results to the first core's (PACS_* and
+DESTINATIONS): a test environment's results must never reach a production PACS by default.
 """
 
 from __future__ import annotations
@@ -68,16 +69,29 @@ RESULT_OPTIONS = (
     "timezone",
 )
 
+# DESTINATIONS_n=same-as-first: core n shares the first core's destinations.
+SAME_AS_FIRST = "same-as-first"
+
 
 class Destination(msgspec.Struct, frozen=True):
-    """A DICOM peer that receives result objects."""
+    """A DICOM peer that receives result objects; `tls` when written `AET@host:port?tls`.
+
+    Its name (str) leaves the transport out: switching a PACS to TLS keeps its consumer, its
+    recorded answers and its events.
+    """
 
     ae_title: AeTitle
     host: str
     port: Port
+    tls: bool = False
 
     def __str__(self) -> str:
         return f"{self.ae_title}@{self.host}:{self.port}"
+
+    @property
+    def label(self) -> str:
+        """The name, with the transport when it is TLS: what a person reads."""
+        return f"{self}?tls" if self.tls else str(self)
 
 
 class CoreSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -108,7 +122,8 @@ class ExtraCore(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     core_kind: CoreKind = "inference"
     signed_url: bool | None = None
     inference_commands: Annotated[tuple[InferenceCommand, ...], Meta(min_length=1)] | None = None
-    destinations: tuple[Destination, ...] | None = None
+    # Its own destinations, or SAME_AS_FIRST; unset is refused for an inference core.
+    destinations: tuple[Destination, ...] | Literal["same-as-first"] | None = None
     dicom_filters: str = ""
 
 
@@ -158,6 +173,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper", dict=T
     pacs_port: Port = 104
     pacs_aet: AeTitle = "PACS"
     destinations: tuple[Destination, ...] = ()
+    # DICOM TLS, as a client to the destinations marked ?tls: the authorities that sign the
+    # PACS's certificates (unset: the system's), and pacsor's own certificate and key.
+    dicom_tls_ca: str = ""
+    dicom_tls_cert: str = ""
+    dicom_tls_key: str = ""
+    # The cores whose results are sent to the RIS as ORU^R01 (unset: the first core only),
+    # so that the RIS gets one message per study whatever the number of cores.
+    hl7_cores: tuple[CoreName, ...] = ()
     # Retry policy shared by every handler
     retry_initial_seconds: Seconds = 2.0
     retry_max_seconds: Seconds = 300.0
@@ -207,6 +230,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper", dict=T
         return {name: value for name, value in options.items() if value is not None}
 
     @property
+    def ris_cores(self) -> frozenset[str]:
+        """The names of the cores whose results go to the RIS (HL7_CORES)."""
+        return frozenset(self.hl7_cores or (self.core_name,))
+
+    @property
     def nats_servers(self) -> str:
         """NATS_URL as nats-py takes it ("" means the embedded server)."""
         return ",".join(self.nats_url)
@@ -237,15 +265,19 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper", dict=T
                 token=core.token,
                 signed_url=self.signed_url if core.signed_url is None else core.signed_url,
                 inference_commands=core.inference_commands or self.inference_commands,
-                destinations=(
-                    self.all_destinations() if core.destinations is None else core.destinations
-                ),
+                destinations=self._extra_destinations(core),
                 dicom_filters=core.dicom_filters,
                 index=n,
             )
             for n, core in enumerate(self.extra_cores, start=1)
         )
         return (first, *extra)
+
+    def _extra_destinations(self, core: ExtraCore) -> tuple[Destination, ...]:
+        if isinstance(core.destinations, str):  # SAME_AS_FIRST
+            return self.all_destinations()
+        # Unset: a report core (no result objects), refused at load for an inference core.
+        return core.destinations or ()
 
 
 def require_api_tokens(settings: Settings) -> None:
@@ -262,14 +294,16 @@ def parse_destination(name: str, raw: str) -> Destination:
 
 
 def _destination_fields(name: str, raw: str) -> dict[str, Any]:
-    match = re.fullmatch(r"\s*([^@]+)@([^:@\s]+):(\d+)\s*", raw)
+    match = re.fullmatch(r"\s*([^@]+)@([^:@\s?]+):(\d+)(\?tls)?\s*", raw)
     if not match:
-        raise ConfigError(f"{name}: expected AET@host:port, got {raw!r}")
-    aet, host, port = match.groups()
-    return {"ae_title": aet.strip(), "host": host, "port": port}
+        raise ConfigError(f"{name}: expected AET@host:port or AET@host:port?tls, got {raw!r}")
+    aet, host, port, tls = match.groups()
+    return {"ae_title": aet.strip(), "host": host, "port": port, "tls": bool(tls)}
 
 
-def _destinations(name: str, raw: str) -> list[dict[str, Any]]:
+def _destinations(name: str, raw: str) -> list[dict[str, Any]] | str:
+    if raw.strip().lower() == SAME_AS_FIRST and name != "DESTINATIONS":
+        return SAME_AS_FIRST
     return [_destination_fields(name, d) for d in raw.split(",") if d.strip()]
 
 
@@ -313,15 +347,24 @@ def load_settings(
         convert(raw, Settings, env, "settings"), hl7=load_hl7_settings(env)
     )
     names = [core.name for core in settings.cores]
-    for name in settings.hl7.cores:
-        if name not in names:
-            raise ConfigError(
-                f"HL7_CORES: no core is named {name!r}; the cores: {', '.join(names)}"
-            )
     for n, name in enumerate(names):
         if name in names[:n]:
             variable = settings.cores[n].variable("CORE_NAME")
             raise ConfigError(f"{variable}: two cores are named {name!r}; names must differ")
+    for n, core in enumerate(settings.extra_cores, start=1):
+        if core.destinations is None and core.core_kind == "inference":
+            raise ConfigError(
+                f"DESTINATIONS_{n}: not set; core {names[n]!r} must name its own destinations, "
+                f"or share the first core's with DESTINATIONS_{n}={SAME_AS_FIRST}"
+            )
+    unknown = [name for name in settings.hl7_cores if name not in names]
+    if unknown:
+        raise ConfigError(
+            f"HL7_CORES: {unknown[0]!r} is not a core; the cores are {', '.join(names)}"
+        )
+    if bool(settings.dicom_tls_cert) != bool(settings.dicom_tls_key):
+        variable = "DICOM_TLS_KEY" if settings.dicom_tls_cert else "DICOM_TLS_CERT"
+        raise ConfigError(f"{variable}: not set; a client certificate needs both CERT and KEY")
     if 0 < len(settings.admin_token) < MIN_ADMIN_TOKEN:
         raise ConfigError(
             f"ADMIN_TOKEN: at least {MIN_ADMIN_TOKEN} characters are needed, it has "

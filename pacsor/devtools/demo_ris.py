@@ -5,9 +5,13 @@ Each message is parsed with hl7apy (an ORU^R01 that does not parse is answered A
 `default`:
 
     AA, AE, AR, CA, CE, CR   an ACK with that MSA-1 (and MSA-2 = the message's control ID)
+    CA+AA, AA+AA, ...        several ACKs in a row (a commit then an application answer, or
+                             a RIS that answers twice)
     silence                  read the message, never answer
     garbled                  answer a block that is not HL7
     hang-up                  close the connection without answering
+
+With `unsolicited=True`, each new connection first receives an ACK that answers no message.
 
 `restart()` closes the listener and every connection, then listens again on the same port.
 """
@@ -29,7 +33,12 @@ from pacsor.hl7.oru import MessageError, parse_oru
 
 log = logging.getLogger("pacsor.devtools.demo_ris")
 
-ANSWERS = ("AA", "AE", "AR", "CA", "CE", "CR", "silence", "garbled", "hang-up")
+ACK_CODES = ("AA", "AE", "AR", "CA", "CE", "CR")
+ANSWERS = (*ACK_CODES, "silence", "garbled", "hang-up")
+
+
+def _known(answer: str) -> bool:
+    return answer in ANSWERS or all(code in ACK_CODES for code in answer.split("+"))
 
 
 class ReceivedMessage(msgspec.Struct, frozen=True):
@@ -47,15 +56,17 @@ class DemoRis:
         default: str = "AA",
         application: str = "DEMO_RIS",
         facility: str = "DEMO",
+        unsolicited: bool = False,
     ) -> None:
         for answer in (*answers, default):
-            if answer not in ANSWERS:
+            if not _known(answer):
                 raise ValueError(f"unknown RIS answer {answer!r}; one of {', '.join(ANSWERS)}")
         self.host = host
         self.port = port
         self.default = default
         self.application = application
         self.facility = facility
+        self.unsolicited = unsolicited
         self.received: list[ReceivedMessage] = []
         self.connections = 0
         self._answers = deque(answers)
@@ -103,6 +114,13 @@ class DemoRis:
         self._writers.add(writer)
         self.connections += 1
         try:
+            if self.unsolicited:
+                greeting = (
+                    "MSH|^~\\&|DEMO_RIS|DEMO|||20260101000000||ACK^R01^ACK|"
+                    f"U{self.connections}|P|2.5.1\rMSA|AA|UNSOLICITED-{self.connections}"
+                )
+                writer.writeblock(greeting.encode())
+                await writer.drain()
             while True:
                 try:
                     block = await reader.readblock()
@@ -124,7 +142,7 @@ class DemoRis:
         except (hl7.ParseException, KeyError, IndexError):
             control_id, message = "", None
         detail = ""
-        if message is not None and answer in {"AA", "CA"}:
+        if message is not None and answer.split("+")[-1] in {"AA", "CA"}:
             try:
                 parse_oru(text)
             except MessageError as err:
@@ -140,10 +158,12 @@ class DemoRis:
         if answer == "garbled" or message is None:
             writer.writeblock(b"this is not an HL7 acknowledgement")
         else:
-            ack = message.create_ack(answer, application=self.application, facility=self.facility)
-            if detail:
-                ack.segment("MSA").assign_field(detail.replace("|", " ")[:80], 3)
-            writer.writeblock(str(ack).encode("utf-8"))
+            codes = ["AR"] if detail else answer.split("+")
+            for code in codes:
+                ack = message.create_ack(code, application=self.application, facility=self.facility)
+                if detail:
+                    ack.segment("MSA").assign_field(detail.replace("|", " ")[:80], 3)
+                writer.writeblock(str(ack).encode("utf-8"))
         with contextlib.suppress(ConnectionError):
             await writer.drain()
         return True

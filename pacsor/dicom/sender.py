@@ -1,25 +1,30 @@
 """C-STORE of objects kept in a bucket to one destination.
 
 The objects are streamed from their bucket into a temporary folder (never the whole set in
-memory), then sent from the files as they are encoded.
+memory), then sent from the files, each in a transfer syntax the destination accepted
+(pacsor.dicom.storage_scu), over TLS for a destination marked `?tls`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import msgspec
+
 from pacsor.config import Destination
-from pacsor.dicom.storage_scu import send_files
+from pacsor.dicom.storage_scu import store_files
 from pacsor.domain.dispatch import NO_ANSWER
 from pacsor.errors import TransientError
 from pacsor.jetstream.blobs import BlobStore
 
 log = logging.getLogger("pacsor.dispatch")
-# A dispatch of more objects than this says how far it got, every tenth of the way.
+
+# Sets larger than this log their progress (`120/400 objects`) every tenth of the way.
 PROGRESS_FROM = 50
 
 
@@ -31,21 +36,32 @@ class SendError(TransientError):
         self.reason = reason
 
 
+class Sent(msgspec.Struct, frozen=True):
+    """(SOP Instance UID, DIMSE status) for every object, in order, and why objects were
+    refused before any C-STORE (no transfer syntax in common, for instance)."""
+
+    answers: list[tuple[str, int]]
+    notes: tuple[str, ...] = ()
+
+
 async def send_objects(
     destination: Destination,
     calling_ae_title: str,
     store: BlobStore,
     objects: Sequence[tuple[str, str]],
     timeout: float = 30.0,
-) -> list[tuple[str, int]]:
+    tls: ssl.SSLContext | None = None,
+) -> Sent:
     """C-STORE every (object name, SOP Instance UID) over one association.
 
-    Returns (SOP Instance UID, DIMSE status) for every object, in order: NO_ANSWER (-1) for
-    the objects after the association was lost. Raises SendError when no association could
-    be made.
+    The answers hold NO_ANSWER (-1) for the objects after the association was lost. Raises
+    SendError when no association could be made, or when the destination is marked `?tls`
+    and no TLS context is given.
     """
     if not objects:
-        return []
+        return Sent([])
+    if destination.tls and tls is None:
+        raise SendError(f"{destination.label}: no TLS context (DICOM_TLS_* settings)")
     with tempfile.TemporaryDirectory(prefix="pacsor-send-") as folder:
         files: dict[Path, str] = {}
         for index, (name, sop_uid) in enumerate(objects):
@@ -55,20 +71,23 @@ async def send_objects(
                     out.write(chunk)
             files[path] = sop_uid
         try:
-            results = await asyncio.to_thread(
-                send_files,
+            stored = await asyncio.to_thread(
+                store_files,
                 destination.host,
                 destination.port,
                 destination.ae_title,
                 list(files),
                 calling_ae_title,
                 timeout,
+                tls if destination.tls else None,
                 _progress(destination, len(files)),
             )
         except (ConnectionError, OSError, RuntimeError, ValueError) as err:
             raise SendError(f"{destination}: {err}") from err
-    answered = {path: status for path, status in results}
-    return [(sop, answered.get(path, NO_ANSWER)) for path, sop in files.items()]
+    answered = dict(stored.results)
+    return Sent(
+        [(sop, answered.get(path, NO_ANSWER)) for path, sop in files.items()], stored.refusals
+    )
 
 
 def _progress(destination: Destination, total: int) -> Callable[[int, Path, int], None] | None:

@@ -5,7 +5,9 @@ retry sends only what it has not yet accepted or refused. DIMSE statuses (PS3.4 
 success and warnings (0xB...) mean stored; 0xA9xx (data set does not match SOP class),
 0xCxxx (cannot understand) and 0x0122 (SOP class not supported) mean this destination refuses
 this object for good; anything else (0xA7xx out of resources, no answer, not reached) may
-succeed later.
+succeed later. A SOP class the destination takes in no transfer syntax pacsor can offer
+(pacsor.domain.negotiation) is 0x0122 for each of its objects, with a note saying which
+syntaxes were proposed.
 """
 
 from __future__ import annotations
@@ -43,13 +45,18 @@ class Progress(msgspec.Struct, frozen=True, kw_only=True):
     delivered: dict[str, int] = msgspec.field(default_factory=dict)
     refused: dict[str, int] = msgspec.field(default_factory=dict)
     failing: dict[str, int] = msgspec.field(default_factory=dict)  # last transient status
+    # Why objects were refused before any C-STORE (negotiation), kept for the final event.
+    notes: tuple[str, ...] = ()
 
     def settled(self, sop_uid: str) -> bool:
         return sop_uid in self.delivered or sop_uid in self.refused
 
 
-def record_try(progress: Progress, answers: Iterable[tuple[str, int]]) -> Progress:
-    """`progress` after one more try that got `answers` ((SOP UID, status) per object sent).
+def record_try(
+    progress: Progress, answers: Iterable[tuple[str, int]], notes: Iterable[str] = ()
+) -> Progress:
+    """`progress` after one more try that got `answers` ((SOP UID, status) per object sent)
+    and `notes` (why some were refused without a C-STORE).
 
     A settled object keeps its first outcome: an object is never both delivered and refused.
     """
@@ -69,7 +76,14 @@ def record_try(progress: Progress, answers: Iterable[tuple[str, int]]) -> Progre
             failing.pop(sop_uid, None)
         else:
             failing[sop_uid] = status
-    return Progress(tries=progress.tries + 1, delivered=delivered, refused=refused, failing=failing)
+    kept = tuple(dict.fromkeys((*progress.notes, *notes)))
+    return Progress(
+        tries=progress.tries + 1,
+        delivered=delivered,
+        refused=refused,
+        failing=failing,
+        notes=kept,
+    )
 
 
 def to_send(sop_uids: Sequence[str], progress: Progress) -> list[str]:
@@ -83,6 +97,7 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True):
     delivered: tuple[ObjectStatus, ...] = ()
     refused: tuple[ObjectStatus, ...] = ()
     undelivered: tuple[ObjectStatus, ...] = ()
+    notes: tuple[str, ...] = ()
 
     def summary(self) -> str:
         parts = [f"{len(self.delivered)} delivered"]
@@ -92,7 +107,7 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True):
         if self.undelivered:
             statuses = sorted({status_text(o.status) for o in self.undelivered})
             parts.append(f"{len(self.undelivered)} not delivered ({', '.join(statuses)})")
-        return ", ".join(parts)
+        return "; ".join((", ".join(parts), *self.notes))
 
 
 def outcome(sop_uids: Sequence[str], progress: Progress) -> Outcome:
@@ -106,7 +121,10 @@ def outcome(sop_uids: Sequence[str], progress: Progress) -> Outcome:
             status = progress.failing.get(sop, NO_ANSWER)
             undelivered.append(ObjectStatus(sop_instance_uid=sop, status=status))
     return Outcome(
-        delivered=tuple(delivered), refused=tuple(refused), undelivered=tuple(undelivered)
+        delivered=tuple(delivered),
+        refused=tuple(refused),
+        undelivered=tuple(undelivered),
+        notes=progress.notes if refused else (),
     )
 
 

@@ -1,13 +1,15 @@
-"""Sending one HL7 message over MLLP and reading the RIS's acknowledgement.
+"""Sending one HL7 message over MLLP and reading the RIS's acknowledgements.
 
 Framing (0x0B message 0x1C 0x0D) is python-hl7's asyncio MLLP stream; this module adds what a
-sender needs on top: a timeout on the acknowledgement, a check that the ACK answers *this*
-message (MSA-2 is its control ID), and a connection that is dropped after any failure and
-opened again by the next send, so a RIS that restarted is reached again.
+sender needs on top: a timeout on the exchange, acknowledgements matched to their message by
+MSA-2 (its control ID) and read as pacsor.domain.acknowledgement decides (a stale or
+unsolicited one is set aside, a commit CA waits for the application answer in enhanced mode),
+and a connection that is dropped after a failure and opened again by the next send, so a RIS
+that restarted is reached again.
 
 The caller decides what to do with an Ack that is not accepted (AE, AR...) and with an
 MllpError (no connection, silence, garbled answer): pacsor retries both with its one retry
-policy.
+policy, except a refusal that cannot change (CR).
 """
 
 from __future__ import annotations
@@ -17,14 +19,27 @@ import contextlib
 import logging
 
 import hl7
-import msgspec
 from hl7.mllp import HL7StreamReader, HL7StreamWriter, InvalidBlockError, open_hl7_connection
 
+from pacsor.domain.acknowledgement import (
+    ACK_CODES,
+    Ack,
+    AckMode,
+    Answered,
+    AwaitApplication,
+    Discard,
+    on_ack,
+    on_timeout,
+)
 from pacsor.errors import TransientError
 
 log = logging.getLogger("pacsor.hl7.mllp")
 
-ACCEPTED = frozenset({"AA", "CA"})
+# ACKs of other messages set aside while waiting for one message's answer: past this, the
+# peer is not answering this message (and is filling the log), so the try ends.
+MAX_SET_ASIDE = 32
+
+__all__ = ["Ack", "MllpClient", "MllpError", "parse_ack", "read_ack"]
 
 
 class MllpError(TransientError):
@@ -35,18 +50,7 @@ class _StaleConnection(TransientError):
     """The connection ended before an acknowledgement."""
 
 
-class Ack(msgspec.Struct, frozen=True):
-    code: str  # MSA-1: AA, AE, AR (original mode), CA, CE, CR (enhanced mode)
-    control_id: str  # MSA-2: the control ID of the message acknowledged
-    text: str = ""  # MSA-3, or ERR's text when there is one
-
-    @property
-    def accepted(self) -> bool:
-        return self.code in ACCEPTED
-
-
-def parse_ack(block: bytes, expected_control_id: str) -> Ack:
-    """The ACK in one MLLP block; MllpError when it is not an ACK of `expected_control_id`."""
+def _read(block: bytes) -> tuple[Ack, hl7.Message]:
     try:
         text = block.decode("utf-8")
         message = hl7.parse(text)
@@ -56,23 +60,43 @@ def parse_ack(block: bytes, expected_control_id: str) -> Ack:
     except (UnicodeDecodeError, hl7.ParseException, KeyError, IndexError) as err:
         # The bytes are not quoted: an answer could carry patient data.
         raise MllpError(f"garbled acknowledgement ({len(block)} bytes): {err}") from err
-    if code not in {"AA", "AE", "AR", "CA", "CE", "CR"}:
+    if code not in ACK_CODES:
         raise MllpError(f"garbled acknowledgement: MSA-1 is {code!r}")
-    if acknowledged != expected_control_id:
+    return Ack(code, acknowledged, detail), message
+
+
+def read_ack(block: bytes) -> Ack:
+    """The ACK in one MLLP block, whichever message it answers; MllpError when garbled."""
+    return _read(block)[0]
+
+
+def parse_ack(block: bytes, expected_control_id: str) -> Ack:
+    """The ACK in one MLLP block; MllpError when it is not an ACK of `expected_control_id`."""
+    ack = read_ack(block)
+    if ack.control_id != expected_control_id:
         raise MllpError(
-            f"acknowledgement of another message: MSA-2 is {acknowledged!r}, "
+            f"acknowledgement of another message: MSA-2 is {ack.control_id!r}, "
             f"expected {expected_control_id!r}"
         )
-    return Ack(code, acknowledged, detail)
+    return ack
+
+
+def _wants_commit(message: hl7.Message) -> bool:
+    """Whether an application acknowledgement asks for a commit answer (its MSH-15)."""
+    try:
+        return str(message.segment("MSH")(15)).strip() in {"AL", "SU"}
+    except (KeyError, IndexError):
+        return False
 
 
 class MllpClient:
     """One MLLP connection to the RIS, used by one message at a time."""
 
-    def __init__(self, host: str, port: int, timeout: float) -> None:
+    def __init__(self, host: str, port: int, timeout: float, mode: AckMode = "original") -> None:
         self.host = host
         self.port = port
         self.timeout = timeout
+        self.mode: AckMode = mode
         self._lock = asyncio.Lock()
         self._reader: HL7StreamReader | None = None
         self._writer: HL7StreamWriter | None = None
@@ -91,8 +115,8 @@ class MllpClient:
                     raise MllpError(
                         f"{self}: the RIS closed the connection before acknowledging"
                     ) from None
-                # The RIS dropped the connection we kept (it restarted, or closes idle ones):
-                # send again once on a new connection.
+                # The RIS dropped the connection we kept (it restarted, or closes idle ones)
+                # before reading the message: send again once on a new connection.
                 log.info("RIS connection was closed, reconnecting", extra={"ris": str(self)})
                 try:
                     return await self._send_once(message, control_id)
@@ -102,22 +126,52 @@ class MllpClient:
                     ) from None
 
     async def _send_once(self, message: str, control_id: str) -> Ack:
+        commit: Ack | None = None
+        set_aside = 0
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         try:
             reader, writer = await self._connection()
             writer.writeblock(message.encode("utf-8"))
             async with asyncio.timeout(self.timeout):
                 await writer.drain()
-                block = await reader.readblock()
-            return parse_ack(block, control_id)
+                while True:
+                    ack, parsed = _read(await reader.readblock())
+                    step = on_ack(self.mode, control_id, commit, ack)
+                    if isinstance(step, Discard):
+                        set_aside += 1
+                        if set_aside > MAX_SET_ASIDE:
+                            raise MllpError(
+                                f"{self}: more than {MAX_SET_ASIDE} acknowledgements of other "
+                                "messages while waiting for this one"
+                            )
+                        # Read and set aside: answering or re-sending would duplicate.
+                        log.warning(
+                            "acknowledgement set aside",
+                            extra={"ris": str(self), "code": ack.code, "reason": step.reason},
+                        )
+                        continue
+                    if isinstance(step, AwaitApplication):
+                        commit = step.commit
+                        continue
+                    if not step.ack.is_commit and _wants_commit(parsed):
+                        # Enhanced mode: the application answer is a message of its own.
+                        writer.writeblock(str(parsed.create_ack("CA")).encode("utf-8"))
+                        await writer.drain()
+                    return step.ack
         except TimeoutError:
+            outcome = on_timeout(commit, loop.time() - started)
+            if isinstance(outcome, Answered):
+                return outcome.ack  # committed: the connection stays, a late AA is stale
             await self._drop()
             raise MllpError(f"no acknowledgement from {self} within {self.timeout:g} s") from None
         except (asyncio.IncompleteReadError, ConnectionResetError, BrokenPipeError) as err:
             await self._drop()
+            if commit is not None:
+                return commit  # the RIS has it: sending again would be a second copy
             raise _StaleConnection() from err
         except (OSError, InvalidBlockError, ValueError) as err:
-            # ValueError: a block longer than the stream limit. Every failure drops the
-            # connection, so a late ACK is never read as the answer to the next message.
+            # ValueError: a block longer than the stream limit.
             await self._drop()
             raise MllpError(f"{self}: {err or type(err).__name__}") from err
         except MllpError:

@@ -1,10 +1,11 @@
 """The ORU^R01 (HL7 v2.5.1) that tells the RIS what the AI found: a pure function.
 
-    MSH  sender, receiver, control ID, 2.5.1, accept-ack AL, UNICODE UTF-8, language
-    PID  patient ID with issuer, name, birth date, sex            (HL7_INCLUDE_PID)
+    MSH  sender, receiver, control ID, 2.5.1, acknowledgement mode (HL7_ACK_MODE),
+         UNICODE UTF-8, language
+    PID  patient ID with its assigning authority, name, birth date, sex  (HL7_INCLUDE_PID)
     PV1  patient class                                            (HL7_INCLUDE_PV1, with PID)
-    ORC  order control RE, the accession number                   (HL7_INCLUDE_ORC)
-    OBR  accession number, study date, result status F
+    ORC  order control RE, placer and filler order numbers        (HL7_INCLUDE_ORC)
+    OBR  placer and filler order numbers, the procedure code, study date, result status F
     NTE  what is missing (findings still running), when something is
     OBX  StudyInstanceUID                                          (HL7_INCLUDE_STUDY_UID)
     OBX  one per finding: name in HL7_LANGUAGE, label and score; abnormal flag
@@ -33,6 +34,7 @@ from hl7apy.exceptions import HL7apyException
 from hl7apy.parser import parse_message
 
 from pacsor.config.hl7 import Hl7Settings
+from pacsor.domain.acknowledgement import header_fields
 from pacsor.errors import InvalidInput
 from pacsor.hl7.escaping import escape
 from pacsor.hl7.findings import Finding, Measure, StudyFindings
@@ -48,12 +50,28 @@ class MessageError(InvalidInput):
     """The message could not be built, or does not parse back."""
 
 
+class ProcedureCode(msgspec.Struct, frozen=True):
+    """One item of the study's Procedure Code Sequence (0008,1032)."""
+
+    value: str  # Code Value (or Long Code Value, URN Code Value)
+    scheme: str  # Coding Scheme Designator, e.g. LN, SCT, RADLEX, 99LOCAL
+    meaning: str = ""
+
+
 class StudyHeader(msgspec.Struct, frozen=True, kw_only=True):
     """The patient and order facts of a study, as read from one of its DICOM instances."""
 
     study_uid: str = msgspec.field(name="study_instance_uid")
     patient_id: str = ""
     issuer_of_patient_id: str = ""
+    # Issuer of Patient ID Qualifiers Sequence: Universal Entity ID and its type (ISO, DNS...)
+    issuer_universal_id: str = ""
+    issuer_universal_id_type: str = ""
+    # Placer Order Number / Imaging Service Request (0040,2016)
+    placer_order_number: str = ""
+    # Issuer of Accession Number Sequence: Local Namespace Entity ID (0040,0031)
+    accession_issuer: str = ""
+    procedure_code: ProcedureCode | None = None
     patient_name: str = ""  # DICOM PN: family^given^middle^prefix^suffix
     birth_date: str = ""  # YYYYMMDD
     sex: str = ""  # M, F, O
@@ -104,6 +122,13 @@ def control_id(study_uid: str, core: str, attempt: int, report_id: str = "") -> 
     )
     digest = hashlib.sha256(key.encode()).hexdigest()
     return digest[:20].upper()
+
+
+def filler_order_number(study_uid: str, core: str) -> str:
+    """pacsor's own number for the AI's work on a study (ORC-3, OBR-3): the same for every
+    message about it from one core, different for each core."""
+    digest = hashlib.sha256(f"{study_uid}\x1f{core}".encode()).hexdigest()
+    return digest[:16].upper()
 
 
 def hl7_time(moment: datetime) -> str:
@@ -190,6 +215,59 @@ def _report_obx(report: Report, form: str, words: dict[str, str]) -> tuple[str, 
     return ("ED", identifier, "", f"^text^plain^Base64^{data}", "", "", "")
 
 
+def _hd(namespace: str, universal_id: str = "", universal_type: str = "") -> str:
+    """An HD inside a component (namespace&universal ID&type), already escaped."""
+    return "&".join((escape(namespace), escape(universal_id), escape(universal_type))).rstrip("&")
+
+
+def _patient_id(header: StudyHeader, settings: Hl7Settings) -> tuple[str, ...]:
+    """PID-3 (CX): ID^^^assigning authority^PI; the study's issuer, else the site's."""
+    if header.issuer_of_patient_id or header.issuer_universal_id:
+        authority = _hd(
+            header.issuer_of_patient_id,
+            header.issuer_universal_id,
+            header.issuer_universal_id_type if header.issuer_universal_id else "",
+        )
+    else:
+        authority = _hd(settings.assigning_authority)
+    return escape(header.patient_id), "", "", authority, "PI"
+
+
+def _placer(header: StudyHeader, settings: Hl7Settings) -> str:
+    """ORC-2 / OBR-2 (EI): the order's number in the system that placed it."""
+    number = (
+        header.placer_order_number
+        if settings.placer_source == "placer_order_number"
+        else header.accession_number
+    )
+    if not number:
+        return ""
+    namespace = (
+        (header.accession_issuer if settings.placer_source == "accession" else "")
+        or settings.placer_namespace
+        or settings.receiving_application
+    )
+    return "^".join((escape(number), escape(namespace))).rstrip("^")
+
+
+def _filler(header: StudyHeader, settings: Hl7Settings, core: str) -> str:
+    """ORC-3 / OBR-3 (EI): pacsor's own number, with pacsor's namespace."""
+    namespace = settings.filler_namespace or settings.sending_application
+    number = filler_order_number(header.study_uid, core)
+    return "^".join((number, escape(namespace))).rstrip("^")
+
+
+def _service(header: StudyHeader, settings: Hl7Settings, words: dict[str, str]) -> tuple[str, ...]:
+    """OBR-4 (CE): the study's procedure code with its coding scheme, else the site's code."""
+    code = header.procedure_code
+    if code is not None and code.value and code.scheme:
+        text = code.meaning or header.study_description or words["service"]
+        return escape(code.value), escape(text), escape(code.scheme)
+    value = settings.procedure_code or header.modality or "AI"
+    text = header.study_description or words["service"]
+    return escape(value), escape(text), escape(settings.procedure_coding_system)
+
+
 def _placeholders(header: StudyHeader, message_control_id: str, now: str) -> dict[str, str]:
     """The values a template may use, each escaped."""
     family, given, *_ = _xpn(header.patient_name)
@@ -220,14 +298,19 @@ def build_oru(
     message_control_id: str,
     created_at: datetime,
     template: MessageTemplate | None = None,
+    *,
+    core: str = "default",
 ) -> str:
     """The ORU^R01 as ER7 text (segments separated by CR), checked to parse back.
 
-    A `template` leaves optional segments out and sets fields (pacsor.hl7.template).
+    A `template` leaves optional segments out and sets fields (pacsor.hl7.template); `core`
+    is the AI core whose results these are (it makes the filler order number).
     """
     words = _WORDS[settings.language]
     now = hl7_time(created_at)
-    accession = escape(header.accession_number)
+    placer = _placer(header, settings)
+    filler = _filler(header, settings, core)
+    accept_ack, application_ack = header_fields(settings.ack_mode)
     layout = template or MessageTemplate()
     values = _placeholders(header, message_control_id, now)
 
@@ -248,8 +331,8 @@ def build_oru(
         _field(msh, 10, message_control_id)
         _field(msh, 11, "P")
         _field(msh, 12, VERSION)
-        _field(msh, 15, "AL")
-        _field(msh, 16, "NE")
+        _field(msh, 15, accept_ack)
+        _field(msh, 16, application_ack)
         _field(msh, 18, CHARACTER_SET)
         _field(msh, 19, words["language"])
         laid_out(msh)
@@ -259,15 +342,7 @@ def build_oru(
             patient = result.add_group("ORU_R01_PATIENT")
             pid = patient.add_segment("PID")
             _field(pid, 1, "1")
-            _field(
-                pid,
-                3,
-                escape(header.patient_id),
-                "",
-                "",
-                escape(header.issuer_of_patient_id),
-                "PI",
-            )
+            _field(pid, 3, *_patient_id(header, settings))
             _field(pid, 5, *_xpn(header.patient_name))
             _field(pid, 7, "".join(c for c in header.birth_date if c.isdigit())[:8])
             _field(pid, 8, _sex(header.sex))
@@ -283,16 +358,15 @@ def build_oru(
         if settings.include_orc and "ORC" not in layout.omit:
             orc = order.add_segment("ORC")
             _field(orc, 1, "RE")
-            _field(orc, 2, accession)
-            _field(orc, 3, accession)
+            _field(orc, 2, placer)
+            _field(orc, 3, filler)
             _field(orc, 5, "CM")
             laid_out(orc)
         obr = order.add_segment("OBR")
         _field(obr, 1, "1")
-        _field(obr, 2, accession)
-        _field(obr, 3, accession)
-        service = escape(header.study_description or words["service"])
-        _field(obr, 4, escape(header.modality or "AI"), service, CODING_SYSTEM)
+        _field(obr, 2, placer)
+        _field(obr, 3, filler)
+        _field(obr, 4, *_service(header, settings, words))
         _field(obr, 7, _study_time(header))
         _field(obr, 22, now)
         _field(obr, 24, "RAD")

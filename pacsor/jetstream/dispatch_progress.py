@@ -44,13 +44,15 @@ class DispatchProgress:
     async def get(self, key: str) -> Progress:
         return (await self._read(key))[0]
 
-    async def record(self, key: str, answers: Iterable[tuple[str, int]]) -> Progress:
-        """Merge one try's answers into the stored progress, atomically; returns it."""
-        answers = list(answers)
+    async def record(
+        self, key: str, answers: Iterable[tuple[str, int]], notes: Iterable[str] = ()
+    ) -> Progress:
+        """Merge one try's answers (and notes) into the stored progress, atomically."""
+        answers, notes = list(answers), tuple(notes)
         kv = await self._bucket()
         for _ in range(_MAX_CONFLICTS):
             progress, revision = await self._read(key)
-            merged = record_try(progress, answers)
+            merged = record_try(progress, answers, notes)
             value = msgspec.json.encode(merged)
             try:
                 if revision == 0:

@@ -85,7 +85,12 @@ def test_a_malformed_filter_names_the_rule_and_the_fault(raw: str, fault: str) -
         parse_filters(raw)
     # Start-up of a component that uploads stops with one line naming the variable.
     ok = json.dumps([rule("0008", "0060", "^DX$", True)])
-    env = {"TOKEN": "t", "API_URL_1": "http://127.0.0.1:1", "TOKEN_1": "t"}
+    env = {
+        "TOKEN": "t",
+        "API_URL_1": "http://127.0.0.1:1",
+        "TOKEN_1": "t",
+        "DESTINATIONS_1": "same-as-first",
+    }
     for n, filters in (
         (0, {"DICOM_FILTERS": raw}),
         (1, {"DICOM_FILTERS": ok, "DICOM_FILTERS_1": raw}),

@@ -12,7 +12,14 @@ from pacsor.config.hl7 import Hl7Settings
 from pacsor.devtools.simulator import results as simulated
 from pacsor.hl7.escaping import escape, unescape
 from pacsor.hl7.findings import FindingsError, StudyFindings, decode_findings
-from pacsor.hl7.oru import MessageError, StudyHeader, build_oru, control_id, parse_oru
+from pacsor.hl7.oru import (
+    MessageError,
+    StudyHeader,
+    build_oru,
+    control_id,
+    filler_order_number,
+    parse_oru,
+)
 from pacsor.hl7.report import Report
 from pacsor.hl7.study_header import HeaderError, read_study_header
 from tests.dicom_factory import make_image, new_uid, to_bytes
@@ -93,7 +100,8 @@ def test_segments_and_header_fields() -> None:
     assert oru.field(msh, 9) == "ORU^R01^ORU_R01"
     assert oru.field(msh, 10) == control_id(STUDY, "default", 1)
     assert oru.field(msh, 12) == "2.5.1"
-    assert oru.field(msh, 15) == "AL"
+    # Original acknowledgement mode by default: no accept/application ack type asked.
+    assert oru.field(msh, 15) == oru.field(msh, 16) == ""
     assert oru.field(msh, 18) == "UNICODE UTF-8"
     assert oru.text(msh, 19) == "en"
     pid = oru.segments("PID")[0]
@@ -102,7 +110,9 @@ def test_segments_and_header_fields() -> None:
     assert oru.field(pid, 7) == "19800229"
     assert oru.field(pid, 8) == "F"
     obr = oru.segments("OBR")[0]
-    assert oru.field(obr, 2) == oru.field(obr, 3) == "ACC123"
+    # Placer: the accession number in the RIS's namespace; filler: pacsor's own number.
+    assert oru.field(obr, 2) == "ACC123^RIS"
+    assert oru.field(obr, 3) == f"{filler_order_number(STUDY, 'default')}^MILVUE_GATEWAY"
     assert oru.field(obr, 7) == "20260304101112"
     assert oru.field(obr, 25) == "F"
     assert oru.field(oru.segments("ORC")[0], 1) == "RE"

@@ -88,11 +88,15 @@ def test_a_core_numbered_after_a_gap_is_renumbered(tmp_path: Path) -> None:
         "TOKEN": "a",
         "API_URL_1": "https://b.example",
         "TOKEN_1": "b",
+        # Said, as pacsor asks: where the original sent a core without CALLBACK_URLS_n.
+        "DESTINATIONS_1": "same-as-first",
     }
     assert [str(line) for line in migration.lines][2:] == [
         "renamed    API_URL_2 -> API_URL_1  (cores are numbered without a gap)",
         "renamed    TOKEN_2 -> TOKEN_1  (cores are numbered without a gap)",
         "left out   PACS_IP_3: no CALLBACK_URLS names a storescu service that uses it",
+        "added      DESTINATIONS_1=same-as-first  (core 1 had no CALLBACK_URLS: its results go "
+        "where the first core's do)",
     ]
 
 

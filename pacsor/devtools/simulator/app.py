@@ -18,6 +18,7 @@ import io
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ import msgspec
 import pydicom
 from litestar import Litestar, Request, Response, get, post, put
 from litestar.exceptions import HTTPException
+from litestar.handlers import HTTPRouteHandler
 from litestar.params import FromPath
 from litestar.response import Stream
 
@@ -38,7 +40,7 @@ from pacsor.ai.multipart import (
     new_boundary,
 )
 from pacsor.devtools.simulator import reports, results
-from pacsor.devtools.simulator.settings import VERSION, SimulatorSettings
+from pacsor.devtools.simulator.settings import VERSION, ResultSyntax, SimulatorSettings
 from pacsor.devtools.simulator.state import SignedResult, SimulatorState
 
 log = logging.getLogger(__name__)
@@ -427,7 +429,7 @@ def create_app(settings: SimulatorSettings, state: SimulatorState | None = None)
         if not wants_dicom:
             return _json(status_body(uid, "done" if instances else "empty"))
         factories = [
-            _result_factory(path, command, number)
+            _result_factory(path, command, number, settings.result_syntax)
             for number, (_, path) in enumerate(instances, start=1)
         ]
         boundary = new_boundary()
@@ -445,7 +447,11 @@ def create_app(settings: SimulatorSettings, state: SimulatorState | None = None)
         if path is None:
             return _error(404, "No such object")
         data = await anyio.to_thread.run_sync(
-            results.build_result, path, target.inference_command, target.number
+            results.build_result,
+            path,
+            target.inference_command,
+            target.number,
+            settings.result_syntax,
         )
         return Response(data, media_type=DICOM_MEDIA_TYPE)
 
@@ -469,15 +475,28 @@ def create_app(settings: SimulatorSettings, state: SimulatorState | None = None)
         inputs = await anyio.to_thread.run_sync(lambda: [results.read_input(p) for _, p in paths])
         return _json(build(uid, inputs))
 
-    @get("/v3/smarturgences/{study_instance_uid:str}")
-    async def smarturgences(
-        request: AnyRequest, study_instance_uid: FromPath[str]
-    ) -> Response[Any]:
-        return await findings(request, study_instance_uid, results.smarturgences_findings)
+    def findings_route(command: str) -> HTTPRouteHandler:
+        """GET /v3/<command>/{uid}: the product's findings, in the schema of its kind."""
+        build = partial(
+            results.measure_findings
+            if command in results.MEASURE_COMMANDS
+            else results.detection_findings,
+            command,
+        )
 
-    @get("/v3/smartxpert/{study_instance_uid:str}")
-    async def smartxpert(request: AnyRequest, study_instance_uid: FromPath[str]) -> Response[Any]:
-        return await findings(request, study_instance_uid, results.smartxpert_findings)
+        async def product_findings(
+            request: AnyRequest, study_instance_uid: FromPath[str]
+        ) -> Response[Any]:
+            return await findings(request, study_instance_uid, build)
+
+        return get(f"/v3/{command}/{{study_instance_uid:str}}", name=f"{command}-findings")(
+            product_findings
+        )
+
+    product_routes = [
+        findings_route(command)
+        for command in (*results.DETECTION_FINDINGS, *results.MEASURE_COMMANDS)
+    ]
 
     @get("/v1/reports/{study_instance_uid:str}")
     async def techcare_report(
@@ -524,8 +543,7 @@ def create_app(settings: SimulatorSettings, state: SimulatorState | None = None)
             study_status,
             study_results,
             signed_result,
-            smarturgences,
-            smartxpert,
+            *product_routes,
             techcare_report,
             health,
             openapi,
@@ -539,9 +557,11 @@ def create_app(settings: SimulatorSettings, state: SimulatorState | None = None)
     )
 
 
-def _result_factory(path: Path, command: str, number: int) -> Callable[[], AsyncIterator[bytes]]:
+def _result_factory(
+    path: Path, command: str, number: int, syntax: ResultSyntax
+) -> Callable[[], AsyncIterator[bytes]]:
     async def produce() -> AsyncIterator[bytes]:
-        yield await anyio.to_thread.run_sync(results.build_result, path, command, number)
+        yield await anyio.to_thread.run_sync(results.build_result, path, command, number, syntax)
 
     return produce
 

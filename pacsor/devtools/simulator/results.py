@@ -19,9 +19,15 @@ import numpy as np
 import numpy.typing as npt
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import UID, ExplicitVRLittleEndian, SecondaryCaptureImageStorage
+from pydicom.uid import (
+    UID,
+    ExplicitVRLittleEndian,
+    JPEG2000Lossless,
+    RLELossless,
+    SecondaryCaptureImageStorage,
+)
 
-from pacsor.devtools.simulator.settings import VERSION
+from pacsor.devtools.simulator.settings import VERSION, ResultSyntax
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +104,43 @@ _TRANSLATIONS: dict[str, tuple[str, ...]] = {
         "Lunghezza dell'arto",
         "Comprimento da perna",
     ),
+    "dislocation": ("Dislocation", "Luxation", "Luxación", "Luxation", "Lussazione", "Luxação"),
+    "joint_effusion": (
+        "Joint effusion",
+        "Épanchement articulaire",
+        "Derrame articular",
+        "Gelenkerguss",
+        "Versamento articolare",
+        "Derrame articular",
+    ),
+    "bone_lesion": (
+        "Bone lesion",
+        "Lésion osseuse",
+        "Lesión ósea",
+        "Knochenläsion",
+        "Lesione ossea",
+        "Lesão óssea",
+    ),
+    "consolidation": (
+        "Consolidation",
+        "Condensation",
+        "Consolidación",
+        "Konsolidierung",
+        "Consolidamento",
+        "Consolidação",
+    ),
 }
 _FINDINGS = ("fracture", "pleural_effusion", "pneumothorax", "nodule")
+# What each detection product looks for (GetSmarturgencesResponseV3 findings); the first is
+# always abnormal, so every result shows a box. Measure products (smartxpert, measures) give
+# the GetSmartxpertResponseV3 measures.
+DETECTION_FINDINGS: dict[str, tuple[str, ...]] = {
+    "smarturgences": _FINDINGS,
+    "detection": ("fracture", "dislocation", "joint_effusion"),
+    "trauma": ("fracture", "dislocation", "joint_effusion", "bone_lesion"),
+    "smartchest": ("pleural_effusion", "pneumothorax", "nodule", "consolidation"),
+}
+MEASURE_COMMANDS = ("smartxpert", "measures")
 
 
 class InputInstance(msgspec.Struct, frozen=True, kw_only=True):
@@ -217,8 +258,18 @@ def _draw_overlay(
     image[max(y0, y1 - thickness + 1) : y1 + 1, x0 : x1 + 1] = _BOX_COLOUR
 
 
-def build_result(path: Path, inference_command: str, instance_number: int) -> bytes:
-    """The Secondary Capture result for one input file, as a DICOM file (with file meta)."""
+_SYNTAXES: dict[ResultSyntax, UID] = {
+    "explicit": ExplicitVRLittleEndian,
+    "rle": RLELossless,  # encoded by pydicom itself
+    "jpeg2000": JPEG2000Lossless,  # encoded by pylibjpeg-openjpeg
+}
+
+
+def build_result(
+    path: Path, inference_command: str, instance_number: int, syntax: ResultSyntax = "explicit"
+) -> bytes:
+    """The Secondary Capture result for one input file, as a DICOM file (with file meta), in
+    the transfer syntax `syntax` names."""
     source = pydicom.dcmread(path)
     rgb = _source_rgb(source)
     rows, columns = rgb.shape[:2]
@@ -262,6 +313,8 @@ def build_result(path: Path, inference_command: str, instance_number: int) -> by
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.file_meta.ImplementationClassUID = UID(_IMPLEMENTATION_UID)
     ds.file_meta.ImplementationVersionName = "PACSOR_SIM_1"
+    if syntax != "explicit":
+        ds.compress(_SYNTAXES[syntax], generate_instance_uid=False)
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
@@ -299,10 +352,10 @@ def _label(score: float) -> str:
     return "normal"
 
 
-def _score(study_or_sop: str, value: str) -> float:
+def _score(study_or_sop: str, value: str, first: str = _FINDINGS[0]) -> float:
     # The first finding is always abnormal, so every result shows a box.
     base = _unit(study_or_sop, value)
-    return round(0.7 + 0.29 * base if value == _FINDINGS[0] else 0.69 * base, 3)
+    return round(0.7 + 0.29 * base if value == first else 0.69 * base, 3)
 
 
 def _finding(value: str, score: float) -> dict[str, Any]:
@@ -320,14 +373,22 @@ def _body_parts() -> list[dict[str, Any]]:
 
 def smarturgences_findings(study_uid: str, instances: list[InputInstance]) -> dict[str, Any]:
     """A SmarturgencesV3 answer (status done) for these instances."""
+    return detection_findings("smarturgences", study_uid, instances)
+
+
+def detection_findings(
+    command: str, study_uid: str, instances: list[InputInstance]
+) -> dict[str, Any]:
+    """A detection product's answer (the SmarturgencesV3 schema, status done)."""
+    values = DETECTION_FINDINGS[command]
     per_instance = []
-    best: dict[str, float] = dict.fromkeys(_FINDINGS, 0.0)
+    best: dict[str, float] = dict.fromkeys(values, 0.0)
     for instance in instances:
-        scores = {value: _score(instance.sop_instance_uid, value) for value in _FINDINGS}
+        scores = {value: _score(instance.sop_instance_uid, value, values[0]) for value in values}
         for value, score in scores.items():
             best[value] = max(best[value], score)
         x0, y0, x1, y1 = finding_box(instance.sop_instance_uid, instance.rows, instance.columns)
-        box = _finding(_FINDINGS[0], scores[_FINDINGS[0]])
+        box = _finding(values[0], scores[values[0]])
         box.update(top_left=[x0, y0], bottom_right=[x1, y1])
         per_instance.append(
             {
@@ -370,6 +431,16 @@ def _angle_degrees(first: list[int], second: list[int]) -> float:
 
 def smartxpert_findings(study_uid: str, instances: list[InputInstance]) -> dict[str, Any]:
     """A SmartxpertV3 answer (status done): an angle and a length per instance."""
+    return measure_findings("smartxpert", study_uid, instances)
+
+
+def measure_findings(
+    command: str, study_uid: str, instances: list[InputInstance]
+) -> dict[str, Any]:
+    """A measure product's answer (the SmartxpertV3 schema, status done): an angle and a
+    length per instance."""
+    if command not in MEASURE_COMMANDS:
+        raise ValueError(f"{command!r} is not a measure product")
     per_instance = []
     for instance in instances:
         uid, rows, columns = instance.sop_instance_uid, instance.rows, instance.columns

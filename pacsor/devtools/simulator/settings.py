@@ -13,6 +13,10 @@ VERSION = "pacsor-simulator-1.0"
 
 SignedUrlMode = Literal["accept", "require", "refuse"]
 Outcome = Literal["done", "error", "empty", "forbidden"]
+# The transfer syntax of the result objects: as the API sends them (explicit), or compressed
+# losslessly, as some AI products and archives do (RLE, JPEG 2000).
+ResultSyntax = Literal["explicit", "rle", "jpeg2000"]
+RESULT_SYNTAXES: tuple[ResultSyntax, ...] = ("explicit", "rle", "jpeg2000")
 SIGNED_URL_MODES: tuple[SignedUrlMode, ...] = ("accept", "require", "refuse")
 OUTCOMES: tuple[Outcome, ...] = ("done", "error", "empty", "forbidden")
 
@@ -47,6 +51,8 @@ class SimulatorSettings(msgspec.Struct, frozen=True, kw_only=True):
     drop_connections: int = 0
     # Seconds an accepted upload takes before it is answered: keeps uploads in flight.
     upload_seconds: float = 0.0
+    # The transfer syntax the result objects are encoded in.
+    result_syntax: ResultSyntax = "explicit"
 
     def __post_init__(self) -> None:
         if self.running_polls < 0:
@@ -61,6 +67,8 @@ class SimulatorSettings(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError(f"latency_seconds must be >= 0, got {self.latency_seconds}")
         if self.signed_url not in SIGNED_URL_MODES:
             raise ValueError(f"signed_url must be one of {SIGNED_URL_MODES}")
+        if self.result_syntax not in RESULT_SYNTAXES:
+            raise ValueError(f"result_syntax must be one of {RESULT_SYNTAXES}")
         if self.outcome not in OUTCOMES:
             raise ValueError(f"outcome must be one of {OUTCOMES}")
         if self.always_fail is not None and not 400 <= self.always_fail <= 599:
@@ -125,7 +133,8 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> SimulatorSett
     SIMULATOR_PUT_FAULTS and SIMULATOR_STATUS_FAULTS (comma separated HTTP statuses),
     SIMULATOR_ALWAYS_FAIL (one status), SIMULATOR_NOT_READY_RESULTS, SIMULATOR_SIGNED_URL
     (accept, require, refuse), SIMULATOR_OUTCOME (done, error, empty, forbidden),
-    SIMULATOR_LATENCY_SECONDS, SIMULATOR_DROP_CONNECTIONS.
+    SIMULATOR_LATENCY_SECONDS, SIMULATOR_DROP_CONNECTIONS, SIMULATOR_RESULT_SYNTAX (explicit,
+    rle, jpeg2000).
     """
     env = os.environ if environ is None else environ
 
@@ -161,4 +170,6 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> SimulatorSett
         kwargs["latency_seconds"] = _seconds("SIMULATOR_LATENCY_SECONDS", raw)
     if (raw := get("SIMULATOR_DROP_CONNECTIONS")) is not None:
         kwargs["drop_connections"] = _count("SIMULATOR_DROP_CONNECTIONS", raw)
+    if (raw := get("SIMULATOR_RESULT_SYNTAX")) is not None:
+        kwargs["result_syntax"] = _choice("SIMULATOR_RESULT_SYNTAX", raw, RESULT_SYNTAXES)
     return msgspec.structs.replace(SimulatorSettings(), **kwargs)
