@@ -1,4 +1,5 @@
-"""`docker compose up` for real: the demo profile with no configuration delivers a study.
+"""`docker compose up` for real: the demo profile, with no configuration but the NATS
+credentials `pacsor nats-credentials` makes, delivers a study; NATS refuses anyone else.
 
 Needs a Docker engine with Compose v2 (`.ci/run` prepares one). Without one the test skips,
 saying why; with CI set, a missing engine is a failure.
@@ -17,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import nats
 import pytest
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
@@ -27,6 +29,7 @@ from pacsor.streams import stream_definitions
 from pacsor.domain import events as ev
 from pacsor.jetstream.broker import apply_streams, connect
 from pacsor.jetstream.eventlog import EventLog
+from pacsor.jetstream.nats_auth import PIPELINE_USER, READER_USER, ensure_deployment_secrets
 from pacsor.jetstream.subjects import EVENTS_STREAM
 from tests.harness import PROJECT, pacsor_cli
 from tests.nats_server import free_port
@@ -70,15 +73,25 @@ class Compose:
             f"  scp:\n    ports: !override\n      - '127.0.0.1:{self.dicom_port}:1040'\n"
             f"  admin:\n    ports: !override\n      - '127.0.0.1:{self.admin_port}:7000'\n"
         )
-        # No configuration at all: no site file for the containers, none for substitution.
+        # No configuration at all: no site file for the containers, none for substitution;
+        # only the NATS credentials, made as `pacsor nats-credentials` does, in a folder of the
+        # test's (named in the environment, which wins over any site file's PACSOR_NATS_SECRETS).
         empty = folder / "empty.env"
         empty.write_text("")
-        self.env = {**os.environ, "PACSOR_ENV_FILE": str(folder / "absent.env")}
+        self.passwords = ensure_deployment_secrets(folder / "nats-secrets")
+        self.env = {
+            **os.environ,
+            "PACSOR_ENV_FILE": str(folder / "absent.env"),
+            "PACSOR_NATS_SECRETS": str(folder / "nats-secrets"),
+        }
         self.env.pop("PACSOR_VERSION", None)
         self.base = ["docker", "compose", "--env-file", str(empty), "-p", self.project]
         self.base += ["-f", str(PROJECT / "compose.yaml")]
         for more in (*more_files, self.override):
             self.base += ["-f", str(more)]
+
+    def nats_url(self, user: str = PIPELINE_USER) -> str:
+        return f"nats://{user}:{self.passwords[user]}@127.0.0.1:{self.nats_port}"
 
     def with_env_file(self, env_file: Path) -> Compose:
         """The same project, reading `env_file`: for substitution and as the containers' site
@@ -202,7 +215,7 @@ def test_a_handler_probe_fails_for_a_component_not_running_there(demo: Compose) 
 
 
 async def test_demo_with_no_configuration_delivers_a_study(demo: Compose, tmp_path: Path) -> None:
-    nc = await connect(f"nats://127.0.0.1:{demo.nats_port}", "compose test")
+    nc = await connect(demo.nats_url(), "compose test")
     try:
         js = nc.jetstream()
         sub = await js.subscribe(
@@ -226,6 +239,29 @@ async def test_demo_with_no_configuration_delivers_a_study(demo: Compose, tmp_pa
     assert len(stored.stdout.split()) == 6
     logs = demo("--profile", "demo", "logs", "--no-color", "demo-pacs").stdout
     assert logs.count("demo PACS stored") == 6
+
+
+async def test_nats_refuses_strangers_and_the_reader_only_reads(demo: Compose) -> None:
+    for url in (f"nats://127.0.0.1:{demo.nats_port}", demo.nats_url().replace("pacsor:", "x:")):
+        with pytest.raises(nats.errors.Error, match=r"(?i)authorization violation"):
+            await nats.connect(url, allow_reconnect=False, connect_timeout=5)
+    errors: list[str] = []
+
+    async def on_error(err: Exception) -> None:
+        errors.append(str(err))
+
+    reader = await nats.connect(
+        demo.nats_url(READER_USER), allow_reconnect=False, error_cb=on_error
+    )
+    try:
+        js = reader.jetstream(timeout=3)
+        info = await js.stream_info(EVENTS_STREAM)
+        with pytest.raises(NatsTimeoutError):
+            await js.purge_stream(EVENTS_STREAM)
+        assert (await js.stream_info(EVENTS_STREAM)).state.messages == info.state.messages
+    finally:
+        await reader.close()
+    assert any("permissions violation" in e.lower() for e in errors), errors
 
 
 def test_pacsor_check_passes_inside_the_demo(demo: Compose) -> None:
@@ -266,7 +302,7 @@ async def test_a_site_written_by_the_wizard_runs_with_compose(
     printed = site("exec", "-T", "uploader", "printenv", "TOKEN", "INFERENCE_COMMANDS").stdout
     assert printed.split() == ["site-token", "smartchest"]
 
-    nc = await connect(f"nats://127.0.0.1:{demo.nats_port}", "compose site test")
+    nc = await connect(demo.nats_url(), "compose site test")
     try:
         sub = await nc.jetstream().subscribe(
             "pacsor.study.*.*.dispatched",
@@ -319,7 +355,7 @@ async def test_the_cluster_override_runs_three_nodes_that_survive_one_lost(
     cluster = Compose(tmp_path, PROJECT / "deploy" / "nats" / "compose.cluster.yaml")
     try:
         cluster("up", "-d", "--wait", "--wait-timeout", "120", "nats", "nats-2", "nats-3")
-        nc = await connect(f"nats://127.0.0.1:{cluster.nats_port}", "compose cluster test")
+        nc = await connect(cluster.nats_url(), "compose cluster test")
         try:
             await apply_streams(nc, replicas=3)
             js = nc.jetstream(timeout=10)

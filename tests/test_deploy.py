@@ -17,6 +17,7 @@ from pacsor.streams import stream_definitions
 
 from pacsor.components import BY_NAME
 from pacsor.jetstream.broker import apply_streams, nats_server_binary
+from pacsor.jetstream.nats_auth import ensure_deployment_secrets
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT.parent / "shared" / "reference" / "compose-spec.schema.json"
@@ -32,9 +33,13 @@ def test_compose_file_is_valid_and_runs_every_component() -> None:
     assert compose["services"]["scp"]["ports"] == ["1040:1040"]
 
 
-def test_nats_server_accepts_its_config() -> None:
+def test_nats_server_accepts_its_config(tmp_path: Path) -> None:
+    # As compose mounts it: beside authorization.conf, with the site's secrets in secrets/.
+    for name in ("nats-server.conf", "authorization.conf"):
+        shutil.copy(ROOT / "deploy" / "nats" / name, tmp_path / name)
+    ensure_deployment_secrets(tmp_path / "secrets")
     result = subprocess.run(
-        [nats_server_binary(), "-c", str(ROOT / "deploy" / "nats" / "nats-server.conf"), "-t"],
+        [nats_server_binary(), "-c", str(tmp_path / "nats-server.conf"), "-t"],
         capture_output=True,
         text=True,
         timeout=30,

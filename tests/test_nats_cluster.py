@@ -25,6 +25,7 @@ from pacsor.devtools.simulator import SimulatorSettings, running_simulator
 from pacsor.domain import events as ev
 from pacsor.jetstream.broker import connect, nats_server_binary
 from pacsor.jetstream.eventlog import EventLog
+from pacsor.jetstream.nats_auth import PIPELINE_USER, ensure_deployment_secrets
 from pacsor.jetstream.subjects import EVENTS_STREAM, RESULTS_BUCKET
 from tests.harness import (
     PROJECT,
@@ -51,10 +52,13 @@ class ClusterNode:
         self.port, self.http_port, self.route_port = free_port(), free_port(), free_port()
         self.routes: list[str] = []
         self.process: subprocess.Popen[bytes] | None = None
+        # The credentials the deployment's nodes share, made as `pacsor nats-credentials` does.
+        self.secrets = store.parent / "secrets"
+        self.passwords = ensure_deployment_secrets(self.secrets)
 
     @property
     def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
+        return f"nats://{PIPELINE_USER}:{self.passwords[PIPELINE_USER]}@127.0.0.1:{self.port}"
 
     def start(self) -> None:
         self.store.mkdir(parents=True, exist_ok=True)
@@ -63,6 +67,10 @@ class ClusterNode:
         text = CLUSTER_CONF.read_text()
         assert "store_dir: /data" in text
         conf.write_text(text.replace("store_dir: /data", f'store_dir: "{self.store}"'))
+        authorization = CLUSTER_CONF.with_name("authorization.conf")
+        (self.store / authorization.name).write_text(authorization.read_text())
+        if not (self.store / "secrets").exists():
+            (self.store / "secrets").symlink_to(self.secrets)
         self.process = subprocess.Popen(
             [
                 nats_server_binary(),

@@ -114,7 +114,13 @@ def test_a_command_pacsor_cannot_serve_is_refused_at_start() -> None:
         "smarturgences, detection, smartchest, trauma, smartxpert, measures"
     )
     second = load_settings(
-        {"TOKEN": "t", "TOKEN_1": "u", "API_URL_1": "http://ai2", "INFERENCE_COMMANDS_1": "x"},
+        {
+            "TOKEN": "t",
+            "TOKEN_1": "u",
+            "API_URL_1": "http://ai2",
+            "INFERENCE_COMMANDS_1": "x",
+            "DESTINATIONS_1": "same-as-first",
+        },
         dotenv=None,
     )
     with pytest.raises(ConfigError, match=r"^INFERENCE_COMMANDS_1: pacsor cannot serve 'x'"):

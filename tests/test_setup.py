@@ -159,6 +159,7 @@ def test_an_installer_answers_the_wizard_in_a_terminal(
     written = read_dotenv(link)
     assert written == {
         "PACSOR_ENV_FILE": "env-files/.env.lyon-sud",
+        "PACSOR_NATS_SECRETS": "env-files/nats.lyon-sud",
         "MILVUE_AET": "MILVUE",
         "PORT": "1040",
         "API_URL": api,
@@ -192,6 +193,17 @@ def test_an_installer_answers_the_wizard_in_a_terminal(
         "COMPOSE_PROFILES": "hl7",
     }
     assert (tmp_path / "env-files" / ".env.lyon-sud").stat().st_mode & 0o077 == 0
+    # The site's NATS credentials, for compose's secrets: only the operator reaches them.
+    assert (tmp_path / "env-files").stat().st_mode & 0o077 == 0
+    nats_secrets = tmp_path / "env-files" / "nats.lyon-sud"
+    assert sorted(p.name for p in nats_secrets.iterdir()) == [
+        "nats-passwords.conf",
+        "nats-store.conf",
+        "pacsor.password",
+        "reader.password",
+        "report-provider.password",
+    ]
+    assert (nats_secrets / "nats-store.conf").read_text() == ""  # not asked to encrypt
     # pacsor reads it back, through .env, as the site's settings.
     settings = load_settings(environ={}, dotenv=link)
     default, chest, research = settings.cores
@@ -340,8 +352,14 @@ def test_env_example_copied_as_env_keeps_the_demo_working(tmp_path: Path) -> Non
         assert services[handler]["environment"]["TOKEN"] == "demo-token"
         assert services[handler]["environment"]["API_URL"] == "http://simulator:8421"
     assert services["dispatcher"]["environment"]["PACS_IP"] == "demo-pacs"
-    # The settings pacsor itself reads from them start every handler.
-    settings = load_settings(environ=services["dispatcher"]["environment"], dotenv=None)
+    # The settings pacsor itself reads from them start every handler; the NATS password is the
+    # Docker secret compose mounts in the container, here a file of the test's.
+    environment = services["dispatcher"]["environment"]
+    assert environment["NATS_PASSWORD_FILE"] == "/run/secrets/nats-pacsor-password"
+    (tmp_path / "nats-pacsor-password").write_text("the-secret-compose-mounts\n")
+    environment["NATS_PASSWORD_FILE"] = str(tmp_path / "nats-pacsor-password")
+    settings = load_settings(environ=environment, dotenv=None)
+    assert (settings.nats_user, settings.nats_password) == ("pacsor", "the-secret-compose-mounts")
     assert [str(d) for d in settings.all_destinations()] == ["DEMOPACS@demo-pacs:11112"]
 
 

@@ -50,6 +50,7 @@ from pacsor.admin.security import (
     guard_middleware,
 )
 from pacsor.config import Settings
+from pacsor.config.variables import masked
 from pacsor.domain.study_view import STATES, StudyView
 from pacsor.jetstream.blobs import BlobStore
 from pacsor.jetstream.broker_state import BrokerState
@@ -58,7 +59,6 @@ from pacsor.jetstream.eventlog import EventLog
 SESSION_COOKIE = "pacsor_session"
 SESSION_HOURS = 12.0
 TEMPLATES = Path(__file__).with_name("templates")
-SECRET_WORDS = ("token", "password", "secret")
 READ_YOUR_WRITES_SECONDS = 10.0
 Q_HELP = "part of a StudyInstanceUID or accession number"
 UID_PATTERN = r"^[0-9.]{1,64}$"
@@ -177,20 +177,7 @@ def summary(view: StudyView) -> StudySummary:
 
 def masked_settings(settings: Settings) -> dict[str, Any]:
     """The effective settings by variable name, every secret replaced by "***" (or "")."""
-
-    def mask(value: Any, key: str = "") -> Any:
-        if isinstance(value, dict):
-            return {k: mask(v, k) for k, v in value.items()}
-        if isinstance(value, list):
-            return [mask(v, key) for v in value]
-        if isinstance(value, str) and any(word in key.lower() for word in SECRET_WORDS):
-            return "***" if value else ""
-        if isinstance(value, str) and "://" in value and "@" in value.split("://", 1)[1]:
-            scheme, rest = value.split("://", 1)
-            return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
-        return value
-
-    shown: dict[str, Any] = mask(msgspec.to_builtins(settings, enc_hook=str))
+    shown: dict[str, Any] = masked(msgspec.to_builtins(settings, enc_hook=str))
     return shown
 
 

@@ -53,12 +53,13 @@ async def check_component(settings: Settings, component: str) -> int:
         )
         problems = [f"scp: {problem}"] if problem else []
     else:
-        from pacsor.jetstream.broker import connect
+        from pacsor.jetstream.broker import connect, nats_access
         from pacsor.jetstream.liveness import liveness_file, probe
 
-        url = settings.nats_servers or f"nats://127.0.0.1:{settings.embedded_nats_port}"
+        access = nats_access(settings)
+        url = str(access)
         try:
-            nc = await asyncio.wait_for(connect(url, f"pacsor health {component}"), 5)
+            nc = await asyncio.wait_for(connect(access, f"pacsor health {component}"), 5)
         except Exception as err:
             print(f"{component}: NATS unreachable at {url}: {str(err) or type(err).__name__}")
             return 1

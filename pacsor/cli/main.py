@@ -26,6 +26,13 @@ from pacsor.config import (
 )
 from pacsor.domain.event_text import describe, describe_short
 from pacsor.errors import StartupError
+from pacsor.jetstream.broker import (
+    NatsAccess,
+    credentials_folder,
+    embedded_folder,
+    nats_access,
+)
+from pacsor.jetstream.nats_auth import READER_USER, password_file
 from pacsor.process import logs
 from pacsor.process.gateway import components_of_up, run_gateway
 
@@ -124,6 +131,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     setup.add_argument("--show", action="store_true", help="print the current configuration")
     setup.add_argument("--project-dir", type=Path, default=Path("."), help="where .env lives")
+    setup.add_argument(
+        "--encrypt-nats-store",
+        action="store_true",
+        help="a new site: nats-server encrypts its store, with a key written beside its passwords",
+    )
     from pacsor.cli.setup_wizard import QUESTIONS
 
     for question in QUESTIONS:
@@ -145,6 +157,17 @@ def main(argv: list[str] | None = None) -> int:
     migrate.add_argument("--site", help="the site's name (default: the original's client name)")
     migrate.add_argument("--force", action="store_true", help="replace a different site file")
 
+    credentials = commands.add_parser(
+        "nats-credentials",
+        help="make the NATS credentials of a compose deployment (`pacsor setup` does it per site)",
+    )
+    credentials.add_argument(
+        "folder", type=Path, nargs="?", default=Path("env-files/nats"), help="where to write them"
+    )
+    credentials.add_argument(
+        "--encrypt-nats-store", action="store_true", help="nats-server encrypts its store"
+    )
+
     args = parser.parse_args(argv)
     if args.command == "migrate":  # before the settings, like setup: it writes them
         try:
@@ -152,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as err:
             print(f"pacsor: {err}", file=sys.stderr)
             return 2
+    if args.command == "nats-credentials":
+        return _nats_credentials(args.folder, args.encrypt_nats_store)
     if args.command == "setup":  # before the settings: setup is how they come to exist
         try:
             return _setup(args)
@@ -289,7 +314,7 @@ def _up(settings: Settings, demo: bool) -> int:
             write_demo_env(demo_env, _demo_env_values(settings, overrides, port), os.getpid())
             print(_demo_banner(settings, ready, port), file=sys.stderr, flush=True)
             loop = asyncio.get_running_loop()
-            background.append(loop.create_task(_print_events(ready["nats_url"])))
+            background.append(loop.create_task(_print_events(nats_access(settings))))
             background.append(
                 loop.run_in_executor(None, _send_sample_study, port, settings.milvue_aet)
             )
@@ -328,6 +353,14 @@ def _command() -> str:
     return "pacsor"
 
 
+def _reader_hint(settings: Settings) -> str:
+    """How a person reads the embedded server's streams, as its read-only user."""
+    if settings.nats_servers:
+        return ""
+    path = password_file(credentials_folder(embedded_folder(settings)), READER_USER)
+    return f'\n              nats --user reader --password "$(cat {path})" stream view PACSOR'
+
+
 def _demo_banner(settings: Settings, ready: dict[str, Any], port: int) -> str:
     pacsor = _command()
     dashboard = ready.get("admin_url", f"http://{settings.admin_host}:{settings.admin_port}")
@@ -338,7 +371,7 @@ def _demo_banner(settings: Settings, ready: dict[str, Any], port: int) -> str:
         f"  AI          the Milvue API simulator at {settings.api_url}\n"
         f"  results     demo PACS {settings.pacs_aet}@{settings.pacs_ip}:{settings.pacs_port} "
         "(writes to ./demo-pacs), HL7 to a demo RIS\n"
-        f"  NATS        {ready['nats_url']}\n"
+        f"  NATS        {ready['nats_url']}{_reader_hint(settings)}\n"
         "A sample study is on its way. Next, from another terminal in this folder:\n"
         f"  1. {pacsor} send --sample 3      send another study\n"
         f"  2. {pacsor} events --follow      every event, live\n"
@@ -361,13 +394,13 @@ def _demo_defaults(settings: Settings) -> dict[str, str]:
     return {name: value for name, value in demo.items() if not chosen.get(name)}
 
 
-async def _print_events(nats_url: str) -> None:
+async def _print_events(access: NatsAccess) -> None:
     """Print every new event as it is published: the demo's progress."""
     from pacsor.domain import events as ev
     from pacsor.jetstream.broker import connect
     from pacsor.jetstream.subjects import ALL_EVENTS
 
-    nc = await connect(nats_url, "pacsor demo")
+    nc = await connect(access, "pacsor demo")
     sub = await nc.subscribe(ALL_EVENTS)
     try:
         async for msg in sub.messages:
@@ -458,11 +491,11 @@ async def _events(settings: Settings, study: str | None, follow: bool = False) -
     if study is not None and not is_valid_uid(study):
         raise ConfigError(f"--study: not a DICOM UID: {study!r}")
     # Without NATS_URL, read the embedded server that `pacsor up` starts.
-    url = settings.nats_servers or f"nats://127.0.0.1:{settings.embedded_nats_port}"
+    access = nats_access(settings)
     try:
-        nc = await connect(url, "pacsor events")
+        nc = await asyncio.wait_for(connect(access, "pacsor events"), 10)
     except Exception as err:
-        raise ConfigError(f"NATS_URL: cannot connect to {url}: {err}") from None
+        raise ConfigError(f"NATS_URL: cannot connect to {access}: {err}") from None
     try:
         log_of = EventLog(nc.jetstream())
         # Following: what is there up to now, then everything after it, each event once.
@@ -500,11 +533,11 @@ async def _relaunch(settings: Settings, study: str, cores: str, by: str, wait: b
     from pacsor.jetstream.eventlog import EventLog
     from pacsor.jetstream.subjects import INSTANCES_BUCKET
 
-    url = settings.nats_servers or f"nats://127.0.0.1:{settings.embedded_nats_port}"
+    access = nats_access(settings)
     try:
-        nc = await asyncio.wait_for(connect(url, "pacsor relaunch"), 10)
+        nc = await asyncio.wait_for(connect(access, "pacsor relaunch"), 10)
     except Exception as err:
-        raise ConfigError(f"NATS_URL: cannot connect to {url}: {err}") from None
+        raise ConfigError(f"NATS_URL: cannot connect to {access}: {err}") from None
     who = by or f"{getpass.getuser()}@{socket.gethostname()} (pacsor relaunch)"
     try:
         js = nc.jetstream()
@@ -687,6 +720,18 @@ async def _check_cores(settings: Settings) -> list[tuple[CoreSettings, str | Non
         return [(core, problem) for (core, _), problem in zip(inference, problems, strict=True)]
 
 
+def _nats_credentials(folder: Path, encrypt_store: bool) -> int:
+    from pacsor.jetstream.nats_auth import ensure_deployment_secrets
+
+    try:
+        ensure_deployment_secrets(folder, encrypt_store)
+    except (OSError, ValueError) as err:
+        print(f"pacsor: {folder}: {err}", file=sys.stderr)
+        return 2
+    print(f"NATS credentials in {folder} (existing ones kept)")
+    return 0
+
+
 def _setup(args: argparse.Namespace) -> int:
     from pacsor.cli.setup_wizard import options_of, run_setup, show
 
@@ -695,7 +740,9 @@ def _setup(args: argparse.Namespace) -> int:
         return 0
     interactive = sys.stdin.isatty() and sys.stdout.isatty()
     try:
-        written = run_setup(args.project_dir, options_of(args), interactive)
+        written = run_setup(
+            args.project_dir, options_of(args), interactive, args.encrypt_nats_store
+        )
     except KeyboardInterrupt:
         print("pacsor: setup stopped; nothing written", file=sys.stderr)
         return 130
@@ -708,7 +755,13 @@ def _setup(args: argparse.Namespace) -> int:
 
 
 def _migrate(original: Path, project: Path, site: str | None, force: bool) -> int:
-    from pacsor.cli.setup_wizard import ENV_DIR, check_site, site_file, write_site
+    from pacsor.cli.setup_wizard import (
+        ENV_DIR,
+        check_site,
+        nats_secrets_folder,
+        site_file,
+        write_site,
+    )
     from pacsor.config.migration import migrate
     from pacsor.config.original import read_original_site
 
@@ -724,7 +777,11 @@ def _migrate(original: Path, project: Path, site: str | None, force: bool) -> in
     for line in migration.lines:
         print(line)
     target = site_file(project, name)
-    wanted = {"PACSOR_ENV_FILE": f"{ENV_DIR}/.env.{name}", **migration.variables}
+    wanted = {
+        "PACSOR_ENV_FILE": f"{ENV_DIR}/.env.{name}",
+        "PACSOR_NATS_SECRETS": nats_secrets_folder(name),
+        **migration.variables,
+    }
     if target.exists() and target.resolve() == (original / ".env").resolve():
         raise ConfigError(f"--site: {name!r} would replace the original's own file; name another")
     if target.exists() and read_dotenv(target) == wanted:
@@ -736,7 +793,7 @@ def _migrate(original: Path, project: Path, site: str | None, force: bool) -> in
             file=sys.stderr,
         )
         return 1
-    written = write_site(project, name, migration.variables, "pacsor migrate")
+    written = write_site(project, name, migration.variables, written_by="pacsor migrate")
     print(f"wrote {written.relative_to(project)}; .env now points to it")
     print("next: `pacsor check`, then `docker compose up -d`")
     return 0

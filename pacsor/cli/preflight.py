@@ -22,7 +22,7 @@ from pacsor.config import ConfigError, Settings
 from pacsor.dicom.storage_scu import probe
 from pacsor.dicom.tls import client_context
 from pacsor.domain import negotiation
-from pacsor.jetstream.broker import connect
+from pacsor.jetstream.broker import connect, nats_access
 from pacsor.jetstream.broker_state import broker_state
 
 TIMEOUT = 10.0
@@ -40,7 +40,7 @@ class Check(msgspec.Struct, frozen=True):
 
 
 def nats_url(settings: Settings) -> str:
-    return settings.nats_servers or f"nats://127.0.0.1:{settings.embedded_nats_port}"
+    return str(nats_access(settings))
 
 
 async def run_checks(settings: Settings) -> AsyncIterator[Check]:
@@ -91,7 +91,7 @@ async def run_checks(settings: Settings) -> AsyncIterator[Check]:
 async def _nats(settings: Settings) -> AsyncIterator[Check]:
     url = nats_url(settings)
     try:
-        nc = await asyncio.wait_for(connect(url, "pacsor check"), TIMEOUT)
+        nc = await asyncio.wait_for(connect(nats_access(settings), "pacsor check"), TIMEOUT)
     except Exception as err:
         yield Check(f"NATS {url}", f"unreachable: {str(err) or type(err).__name__}")
         return

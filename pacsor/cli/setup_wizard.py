@@ -26,6 +26,8 @@ from typing import Any, Literal
 from pacsor.config import ConfigError, load_settings, parse_destination, read_dotenv
 from pacsor.config.products import Product, load_products
 from pacsor.config.settings import SAME_AS_FIRST
+from pacsor.config.variables import mask_urls
+from pacsor.jetstream.nats_auth import ensure_deployment_secrets
 
 # The products and their environments: pacsor/config/environments.json, which a vendor edits.
 CATALOGUE: dict[str, Product] = load_products()
@@ -34,7 +36,7 @@ PRODUCTS: dict[str, tuple[str, ...]] = {
 }
 OTHER_URL = "Another URL (type it)"
 ENV_DIR = "env-files"
-SECRET = re.compile(r"TOKEN|PASSWORD|SECRET")
+SECRET = re.compile(r"TOKEN|PASSWORD|SECRET|STORE_KEY")
 
 Validator = Callable[[str], str | None]  # None: the answer is fine; else what is wrong
 
@@ -506,24 +508,39 @@ def _quoted(value: str) -> str:
     return f"'{value}'"
 
 
+def nats_secrets_folder(site: str) -> str:
+    """Where a site's NATS credentials are, relative to the project (compose reads them)."""
+    return f"{ENV_DIR}/nats.{site}"
+
+
 def site_file(project: Path, site: str) -> Path:
     return project / ENV_DIR / f".env.{site}"
 
 
 def write_site(
-    project: Path, site: str, env: Mapping[str, str], written_by: str = "pacsor setup"
+    project: Path,
+    site: str,
+    env: Mapping[str, str],
+    encrypt_nats_store: bool = False,
+    written_by: str = "pacsor setup",
 ) -> Path:
-    """Write env-files/.env.<site> and point .env at it; returns the file written."""
+    """Write env-files/.env.<site> and the site's NATS credentials, and point .env at the
+    file; returns the file written."""
     target = site_file(project, site)
     relative = f"{ENV_DIR}/.env.{site}"
+    secrets = nats_secrets_folder(site)
     lines = [
         f"# pacsor settings of site {site}, written by `{written_by}` on "
         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC.",
         "# `docker compose --env-file " + relative + " up -d` hands this file to the containers.",
         f"PACSOR_ENV_FILE={relative}",
+        "# The NATS credentials compose hands to nats-server and pacsor as Docker secrets.",
+        f"PACSOR_NATS_SECRETS={secrets}",
         *(f"{name}={_quoted(value)}" for name, value in env.items()),
     ]
-    target.parent.mkdir(parents=True, exist_ok=True)
+    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    target.parent.chmod(0o700)  # it holds API keys and the NATS credentials
+    ensure_deployment_secrets(project / secrets, encrypt_nats_store)
     partial = target.with_name(target.name + ".partial")
     partial.write_text("\n".join(lines) + "\n")
     partial.chmod(0o600)  # it holds API keys
@@ -540,18 +557,23 @@ def write_site(
     return target
 
 
-def run_setup(project: Path, given: Mapping[str, str | None], interactive: bool) -> Path:
+def run_setup(
+    project: Path,
+    given: Mapping[str, str | None],
+    interactive: bool,
+    encrypt_nats_store: bool = False,
+) -> Path:
     answers = collect(given, interactive)
     env = site_settings(answers)
     # The settings as pacsor will read them: a problem is found now, not at start-up.
     load_settings(environ=env, dotenv=None)
-    return write_site(project, answers["site"], env)
+    return write_site(project, answers["site"], env, encrypt_nats_store)
 
 
 def masked(name: str, value: str) -> str:
     if SECRET.search(name) and value:
         return "*" * 8
-    return value
+    return mask_urls(value)
 
 
 def show(project: Path) -> list[str]:

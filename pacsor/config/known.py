@@ -28,6 +28,7 @@ OTHER_VARIABLES = frozenset(
         "PACSOR_IMAGE",
         "PACSOR_VERSION",
         "PACSOR_PULL_POLICY",
+        "PACSOR_NATS_SECRETS",
         "DEMO_PACS_PORT",
         "DEMO_RIS_PORT",
         "COMPOSE_PROFILES",

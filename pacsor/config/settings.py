@@ -35,6 +35,7 @@ from pacsor.config.variables import (
     NatsUrl,
     Port,
     Seconds,
+    Secret,
     TimeZone,
     convert,
     raw_fields,
@@ -117,7 +118,7 @@ class ExtraCore(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     """The variables of core n (API_URL_n, ...), read with the suffix removed."""
 
     api_url: HttpUrl
-    token: str = ""
+    token: Secret = ""
     core_name: CoreName | None = None
     core_kind: CoreKind = "inference"
     signed_url: bool | None = None
@@ -141,7 +142,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper", dict=T
     scp_store_timeout_seconds: Seconds = 5.0
     # AI API: the first core
     api_url: HttpUrl = "http://127.0.0.1:8421"
-    token: str = ""
+    token: Secret = ""
     core_name: CoreName = "default"
     core_kind: CoreKind = "inference"
     # Signed URLs, as cloud environments take them; false: multipart STOW (on-premise APIs).
@@ -187,9 +188,19 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper", dict=T
     retry_max_attempts: Annotated[int, Meta(ge=1, le=1000)] = 12
     # Broker
     nats_url: Annotated[tuple[NatsUrl, ...], Meta(max_length=32)] = ()
+    # Who pacsor is to NATS (a user:password inside NATS_URL works too). Unset with the
+    # embedded server: the credentials it generated under PACSOR_DATA_DIR.
+    nats_user: str = ""
+    nats_password: Secret = ""
+    # TLS to NATS: the CA that signed the server's certificate, and a client certificate.
+    nats_tls_ca: str = ""
+    nats_tls_cert: str = ""
+    nats_tls_key: str = ""
     # Copies of every stream and bucket: 3 on a three-node cluster.
     nats_replicas: Annotated[int, Meta(ge=1, le=5)] = 1
     embedded_nats_port: Port = 4222
+    # The embedded server encrypts its store with this key (ChaCha20-Poly1305).
+    nats_store_key: Secret = ""
     data_dir: Path = msgspec.field(default=Path(".pacsor"), name="PACSOR_DATA_DIR")
     log_level: LogLevel = "INFO"
     # text: one short line per event, for people; json: for log collectors. Unset: text on a
@@ -203,7 +214,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper", dict=T
     # Admin API and dashboard
     admin_host: str = "127.0.0.1"
     admin_port: Port = 7000
-    admin_token: str = ""
+    admin_token: Secret = ""
     # Host names (besides loopback and ADMIN_HOST) the admin answers to: its DNS names.
     admin_hosts: Annotated[tuple[HostName, ...], Meta(max_length=32)] = ()
     # Retention: stored DICOM objects, and events
@@ -313,6 +324,21 @@ TOP_LEVEL_VARIABLES = frozenset(variables_of(Settings)) - {"EXTRA_CORES", "HL7"}
 PER_CORE_VARIABLES = frozenset(variables_of(ExtraCore))
 
 
+def _check_nats(settings: Settings) -> None:
+    if bool(settings.nats_tls_cert) != bool(settings.nats_tls_key):
+        raise ConfigError(
+            "NATS_TLS_CERT: a client certificate needs both NATS_TLS_CERT and NATS_TLS_KEY"
+        )
+    for name in ("nats_tls_ca", "nats_tls_cert", "nats_tls_key"):
+        path = getattr(settings, name)
+        if path and not Path(path).is_file():
+            raise ConfigError(f"{name.upper()}: no such file, got {path!r}")
+    if settings.nats_password and not settings.nats_user:
+        raise ConfigError("NATS_USER: not set; NATS_PASSWORD needs the user it belongs to")
+    if settings.nats_store_key and len(settings.nats_store_key) < 16:
+        raise ConfigError("NATS_STORE_KEY: at least 16 characters (pacsor setup writes 43)")
+
+
 def load_settings(
     environ: Mapping[str, str] | None = None,
     dotenv: Path | None = Path(".env"),
@@ -346,6 +372,7 @@ def load_settings(
     settings = msgspec.structs.replace(
         convert(raw, Settings, env, "settings"), hl7=load_hl7_settings(env)
     )
+    _check_nats(settings)
     names = [core.name for core in settings.cores]
     for n, name in enumerate(names):
         if name in names[:n]:

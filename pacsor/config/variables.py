@@ -34,6 +34,11 @@ TimeZone = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_+\-/]{1,64}$")]
 Hl7Name = Annotated[str, Meta(pattern=r"^[^|^~\\&\x00-\x1f]{1,180}$")]
 # The name of a file in a folder of the operator's: no path, no "..".
 FileName = Annotated[str, Meta(pattern=r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+# A password, token or key: never shown, never logged; NAME_FILE may name a file holding it
+# instead (Docker secrets are files under /run/secrets).
+Secret = Annotated[str, Meta(extra={"secret": True})]
+FILE_SUFFIX = "_FILE"
+MASK = "***"
 
 # What a pattern means, for the one line a person reads.
 _PATTERN_HINTS: dict[Any, str] = {
@@ -82,11 +87,83 @@ def variables_of(kind: type[msgspec.Struct]) -> dict[str, mi.Field]:
 
 
 def _value_type(field: mi.Field) -> mi.Type:
-    """The field's type, without `| None`."""
+    """The field's type, without `| None` and without its extra metadata."""
     kind = field.type
     if isinstance(kind, mi.UnionType):
         kind = next(t for t in kind.types if not isinstance(t, mi.NoneType))
+    if isinstance(kind, mi.Metadata):
+        kind = kind.type
     return kind
+
+
+def is_secret(field: mi.Field) -> bool:
+    return isinstance(field.type, mi.Metadata) and bool((field.type.extra or {}).get("secret"))
+
+
+def secret_variables(kind: type[msgspec.Struct]) -> frozenset[str]:
+    """The variables of `kind` that hold secrets."""
+    return frozenset(name for name, field in variables_of(kind).items() if is_secret(field))
+
+
+def _secret_from_file(env: Mapping[str, str], variable: str) -> str:
+    """The value of secret `variable`, from NAME or from the file NAME_FILE names."""
+    value = env.get(variable, "").strip()
+    path = env.get(variable + FILE_SUFFIX, "").strip()
+    if not path:
+        return value
+    if value:
+        raise ConfigError(f"{variable}{FILE_SUFFIX}: {variable} is set too; set one of the two")
+    try:
+        text = Path(path).read_text().strip()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{variable}{FILE_SUFFIX}: cannot read {path!r}: {err}") from None
+    if not text:
+        raise ConfigError(f"{variable}{FILE_SUFFIX}: the file {path!r} is empty")
+    return text
+
+
+def mask_url(url: str) -> str:
+    """A URL without the password it may carry (`nats://user:pass@host` as `nats://***@host`)."""
+    scheme, sep, rest = url.partition("://")
+    authority, slash, path = rest.partition("/")
+    if not sep or "@" not in authority:
+        return url
+    return f"{scheme}://{MASK}@{authority.rsplit('@', 1)[1]}{slash}{path}"
+
+
+_URL_CREDENTIALS = re.compile(r"\b([a-z][a-z0-9+.-]*://)[^\s/,'\"]+@", re.IGNORECASE)
+
+
+def mask_text(text: str) -> str:
+    """Free text (a log message, an error) with the passwords of the URLs in it masked."""
+    return _URL_CREDENTIALS.sub(rf"\g<1>{MASK}@", text)
+
+
+def mask_urls(urls: str) -> str:
+    """Comma-separated URLs (NATS_URL), each without its password."""
+    return ",".join(mask_url(url) for url in urls.split(","))
+
+
+_SECRET_WORDS = re.compile(r"TOKEN|PASSWORD|SECRET|STORE_KEY", re.IGNORECASE)
+
+
+def is_secret_name(name: str) -> bool:
+    """A variable whose name says it holds a secret (TOKEN_2, ADMIN_TOKEN, NATS_PASSWORD...)."""
+    return bool(_SECRET_WORDS.search(name)) and not name.upper().endswith(FILE_SUFFIX)
+
+
+def masked(value: Any, name: str = "") -> Any:
+    """`value` (builtins: dicts, lists, tuples, strings) with every secret replaced by ***:
+    the values of secret-named keys, and the passwords inside URLs."""
+    if isinstance(value, Mapping):
+        return {k: masked(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [masked(v, name) for v in value]
+    if isinstance(value, str) and is_secret_name(name):
+        return MASK if value else ""
+    if isinstance(value, str) and "://" in value:
+        return mask_text(value)
+    return value
 
 
 def _nested_struct(kind: mi.Type) -> mi.StructType | None:
@@ -126,7 +203,10 @@ def raw_fields(
     """
     raw: dict[str, Any] = {}
     for name, field in variables_of(kind).items():
-        value = env.get(name + suffix, "").strip()
+        if is_secret(field):
+            value = _secret_from_file(env, name + suffix)
+        else:
+            value = env.get(name + suffix, "").strip()
         if not value:
             continue
         if readers and name in readers:
@@ -196,6 +276,10 @@ def explain(
         if isinstance(choices, mi.LiteralType):
             hint = f"expected one of {', '.join(map(str, choices.values))}"
     value = given.get(name)
+    if value is not None and found and is_secret(found[1]):
+        value = MASK
+    elif value is not None:
+        value = mask_urls(value)
     got = f", got {value!r}" if value is not None else ""
     return f"{name}: {hint}{got}"
 

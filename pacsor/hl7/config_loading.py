@@ -17,6 +17,7 @@ from pathlib import Path
 import msgspec
 
 from pacsor.config.hl7 import Hl7Settings, as_variables
+from pacsor.config.variables import masked
 from pacsor.domain import events as ev
 from pacsor.errors import InvalidInput
 from pacsor.hl7.custom_config import (
@@ -77,12 +78,7 @@ async def in_force(events: EventLog, base: Hl7Settings) -> tuple[CurrentConfig, 
 
 def shown(settings: Hl7Settings) -> dict[str, str]:
     """The settings as variables, URLs with credentials shown without them."""
-    variables = {}
-    for name, value in as_variables(settings).items():
-        if "://" in value and "@" in value.split("://", 1)[1]:
-            scheme, rest = value.split("://", 1)
-            value = f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
-        variables[name] = value
+    variables: dict[str, str] = masked(as_variables(settings))
     return variables
 
 

@@ -4,20 +4,31 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import nats
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from pacsor.errors import StartupError
+from pacsor.jetstream.nats_auth import (
+    PIPELINE_USER,
+    authorization_conf,
+    ensure_passwords,
+    password_file,
+    store_key_conf,
+)
 from pacsor.jetstream.subjects import stream_api_subject
 from pacsor.streams import stream_definitions
 
@@ -30,6 +41,10 @@ TOO_FEW_SERVERS = {10023, 10074}
 
 class BrokerError(StartupError):
     pass
+
+
+class CredentialsRefused(BrokerError):
+    """The server answered and refused who we said we were: retrying will not help."""
 
 
 def nats_server_binary() -> str:
@@ -49,18 +64,132 @@ def _port_open(host: str, port: int) -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
-class EmbeddedNats:
-    """A nats-server child process with JetStream, its store under `store_dir`."""
+@dataclass(frozen=True)
+class NatsAccess:
+    """Where NATS is and who pacsor is to it: servers (whose URLs may carry user:password@),
+    user and password, TLS."""
 
-    def __init__(self, store_dir: Path, port: int, host: str = "127.0.0.1") -> None:
+    servers: str
+    user: str = ""
+    password: str = ""
+    tls_ca: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+
+    def __str__(self) -> str:
+        """The servers, without any user:password@ of theirs: for messages and logs."""
+        return ",".join(
+            urlsplit(url)._replace(netloc=urlsplit(url).netloc.rpartition("@")[2]).geturl()
+            for url in self.servers.split(",")
+        )
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        if not (self.tls_ca or self.tls_cert):
+            return None
+        context = ssl.create_default_context(cafile=self.tls_ca or None)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        if self.tls_cert:
+            context.load_cert_chain(self.tls_cert, self.tls_key)
+        return context
+
+
+def credentials_folder(store_dir: Path) -> Path:
+    """Where the embedded server keeps the password of each role (mode 0600 files)."""
+    return store_dir / "credentials"
+
+
+class NatsSettings(Protocol):
+    """The settings nats_access reads (pacsor.config.Settings has them)."""
+
+    @property
+    def nats_servers(self) -> str: ...
+    @property
+    def nats_user(self) -> str: ...
+    @property
+    def nats_password(self) -> str: ...
+    @property
+    def nats_tls_ca(self) -> str: ...
+    @property
+    def nats_tls_cert(self) -> str: ...
+    @property
+    def nats_tls_key(self) -> str: ...
+    @property
+    def data_dir(self) -> Path: ...
+    @property
+    def embedded_nats_port(self) -> int: ...
+
+
+def embedded_folder(settings: NatsSettings) -> Path:
+    """The embedded server's store, configuration and credentials."""
+    return settings.data_dir / "nats"
+
+
+def nats_access(settings: NatsSettings) -> NatsAccess:
+    """How this process reaches NATS: NATS_URL with NATS_USER/NATS_PASSWORD (or the URL's own
+    user:password@), or, NATS_URL unset, the embedded server of `pacsor up` as the pipeline."""
+    tls = {
+        "tls_ca": settings.nats_tls_ca,
+        "tls_cert": settings.nats_tls_cert,
+        "tls_key": settings.nats_tls_key,
+    }
+    if settings.nats_servers:
+        return NatsAccess(settings.nats_servers, settings.nats_user, settings.nats_password, **tls)
+    return embedded_access(embedded_folder(settings), settings.embedded_nats_port, **tls)
+
+
+def embedded_access(store_dir: Path, port: int, **tls: str) -> NatsAccess:
+    """The embedded server's, as the pipeline; without a user before its first start."""
+    path = password_file(credentials_folder(store_dir), PIPELINE_USER)
+    # Not there yet: the server was never started here, and will refuse; the error says so.
+    password = path.read_text().strip() if path.is_file() else ""
+    return NatsAccess(
+        f"nats://127.0.0.1:{port}", PIPELINE_USER if password else "", password, **tls
+    )
+
+
+class EmbeddedNats:
+    """A nats-server child process with JetStream, its store under `store_dir`.
+
+    On first start it generates a password for each role (under `store_dir`/credentials) and
+    afterwards reuses them; it refuses every client without one. `store_key` encrypts the store.
+    """
+
+    def __init__(
+        self, store_dir: Path, port: int, host: str = "127.0.0.1", store_key: str = ""
+    ) -> None:
         self.store_dir = store_dir
         self.host = host
         self.port = port
+        self.store_key = store_key
         self.process: subprocess.Popen[bytes] | None = None
+        self.passwords: dict[str, str] = {}
 
     @property
     def url(self) -> str:
         return f"nats://{self.host}:{self.port}"
+
+    @property
+    def access(self) -> NatsAccess:
+        return NatsAccess(self.url, PIPELINE_USER, self.passwords[PIPELINE_USER])
+
+    def _write_config(self) -> Path:
+        self.passwords = ensure_passwords(credentials_folder(self.store_dir))
+        jetstream = f"  store_dir: {json.dumps(str(self.store_dir))}\n" + "".join(
+            f"  {line}\n" for line in store_key_conf(self.store_key).splitlines()
+        )
+        text = (
+            "# Written by pacsor at each start, from the credentials beside it.\n"
+            f"server_name: pacsor-embedded\nhost: {json.dumps(self.host)}\nport: {self.port}\n"
+            f"jetstream {{\n{jetstream}}}\n" + authorization_conf(self.passwords)
+        )
+        path = self.store_dir / "nats-server.conf"
+        partial = path.with_name(path.name + ".partial")
+        partial.unlink(missing_ok=True)
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as file:
+            file.write(text)
+        partial.replace(path)
+        return path
 
     def start(self, timeout: float = 15.0) -> None:
         if _port_open(self.host, self.port):
@@ -68,23 +197,11 @@ class EmbeddedNats:
                 f"EMBEDDED_NATS_PORT: port {self.port} is already in use; "
                 "set NATS_URL to use that server, or choose another port"
             )
-        self.store_dir.mkdir(parents=True, exist_ok=True)
+        self.store_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        config = self._write_config()
         log_file = self.store_dir / "nats-server.log"
         self.process = subprocess.Popen(
-            [
-                nats_server_binary(),
-                "--jetstream",
-                "--store_dir",
-                str(self.store_dir),
-                "--addr",
-                self.host,
-                "--port",
-                str(self.port),
-                "--server_name",
-                "pacsor-embedded",
-                "--log",
-                str(log_file),
-            ],
+            [nats_server_binary(), "--config", str(config), "--log", str(log_file)],
             stdin=subprocess.DEVNULL,
             # Its own process group: Ctrl-C reaches pacsor, which drains, then stops the server.
             start_new_session=True,
@@ -111,25 +228,35 @@ class EmbeddedNats:
         self.process = None
 
 
-async def connect(url: str, name: str) -> Client:
+async def connect(access: NatsAccess | str, name: str) -> Client:
     """Connect, retrying until the server answers; reconnect forever afterwards."""
+    if isinstance(access, str):
+        access = NatsAccess(access)
+    shown = str(access)  # never the password
 
     client: list[Client] = []
 
     async def on_disconnect() -> None:
         if client and (client[0].is_closed or client[0].is_draining):
             return  # our own shutdown
-        log.warning("disconnected from NATS", extra={"url": url})
+        log.warning("disconnected from NATS", extra={"url": shown})
 
     async def on_reconnect() -> None:
-        log.info("reconnected to NATS", extra={"url": url})
+        log.info("reconnected to NATS", extra={"url": shown})
 
     async def on_error(err: Exception) -> None:
+        if not client and "authorization violation" in str(err).lower():
+            # Raised out of nats-py's first-connection loop, which would otherwise retry forever.
+            whose = f" of user {access.user}" if access.user else ""
+            raise CredentialsRefused(f"{shown} refused the credentials{whose}")
         if client:  # before the first connection, the caller reports the failure
             log.warning("NATS client error: %s", err)
 
+    credentials: dict[str, Any] = {}
+    if access.user:
+        credentials = {"user": access.user, "password": access.password}
     nc = await nats.connect(
-        servers=url.split(","),
+        servers=access.servers.split(","),
         name=name,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
@@ -138,6 +265,8 @@ async def connect(url: str, name: str) -> Client:
         disconnected_cb=on_disconnect,
         reconnected_cb=on_reconnect,
         error_cb=on_error,
+        tls=access.tls_context(),
+        **credentials,
     )
     client.append(nc)
     return nc

@@ -244,3 +244,34 @@ WEBPS_SUBJECTS = f"{WEBPS_SUBJECT_PREFIX}.*.report"
 
 # Where versions before the site subjects recorded HL7 configuration loads: still read.
 LEGACY_HL7_CONFIG_SUBJECT = f"pacsor.study.{UNKNOWN_STUDY}.hl7_config_loaded"
+
+
+# --- Who may publish what (pacsor.jetstream.nats_auth) ----------------------------------------
+
+# The pipeline's: its events, schedules and holds, the JetStream API, acknowledgements and flow
+# control, key-value and object-store entries, replies.
+PIPELINE_PUBLISHES = ("pacsor.>", "$JS.API.>", "$JS.ACK.>", "$JS.FC.>", "$KV.>", "$O.>", "_INBOX.>")
+# What would erase history: nobody, the pipeline included, may ask it of the event stream.
+EVENTS_DESTRUCTION = (
+    stream_api_subject("DELETE", EVENTS_STREAM),
+    stream_api_subject("PURGE", EVENTS_STREAM),
+    stream_api_subject("MSG.DELETE", EVENTS_STREAM),
+)
+# The API calls that only read (the `nats` CLI's stream and consumer ls, info, get, view).
+READ_ONLY_API = (
+    "$JS.API.INFO",
+    "$JS.API.STREAM.NAMES",
+    "$JS.API.STREAM.LIST",
+    "$JS.API.STREAM.INFO.*",
+    "$JS.API.STREAM.MSG.GET.*",
+    "$JS.API.DIRECT.GET.>",
+    "$JS.API.CONSUMER.NAMES.*",
+    "$JS.API.CONSUMER.LIST.*",
+    "$JS.API.CONSUMER.INFO.*.*",
+    # An ephemeral consumer without a name: this form refuses a durable name, so a reader can
+    # neither create a durable consumer nor change one of the pipeline's.
+    "$JS.API.CONSUMER.CREATE.*",
+    # The flow-control replies of a push consumer.
+    "$JS.FC.>",
+)
+REPLIES = "_INBOX.>"

@@ -20,7 +20,16 @@ from pacsor.components import BY_NAME
 from pacsor.config import ConfigError, Settings
 from pacsor.errors import StartupError
 from pacsor.jetstream.blobs import BlobStore
-from pacsor.jetstream.broker import BrokerError, EmbeddedNats, apply_streams, connect
+from pacsor.jetstream.broker import (
+    BrokerError,
+    CredentialsRefused,
+    EmbeddedNats,
+    NatsAccess,
+    apply_streams,
+    connect,
+    embedded_folder,
+    nats_access,
+)
 from pacsor.jetstream.eventlog import EventLog
 from pacsor.jetstream.holds import Holds
 from pacsor.jetstream.quiet_timers import QuietTimers
@@ -36,7 +45,7 @@ def components_of_up(settings: Settings) -> tuple[str, ...]:
 
 
 async def _connect_with_patience(
-    url: str, name: str, stop: asyncio.Event, patience: float = 60.0
+    access: NatsAccess, name: str, stop: asyncio.Event, patience: float = 60.0
 ) -> Client | None:
     """Connect, waiting up to `patience` seconds for the server; None when stopped first."""
     loop = asyncio.get_running_loop()
@@ -44,12 +53,16 @@ async def _connect_with_patience(
     while not stop.is_set():
         try:
             # nats-py retries the first connection forever when reconnects are unlimited.
-            return await asyncio.wait_for(connect(url, name), 5.0)
+            return await asyncio.wait_for(connect(access, name), 5.0)
+        except CredentialsRefused as err:
+            raise BrokerError(
+                f"NATS_PASSWORD: {err}; set NATS_USER and NATS_PASSWORD (or NATS_PASSWORD_FILE)"
+            ) from None
         except Exception as err:
             if loop.time() > deadline:
                 reason = str(err) or type(err).__name__
-                raise BrokerError(f"NATS_URL: cannot connect to {url}: {reason}") from None
-            log.warning("waiting for NATS", extra={"url": url, "error": repr(err)})
+                raise BrokerError(f"NATS_URL: cannot connect to {access}: {reason}") from None
+            log.warning("waiting for NATS", extra={"url": str(access), "error": repr(err)})
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 1.0)
     return None
@@ -78,16 +91,31 @@ async def run_gateway(
         chosen.append(BY_NAME[name])
         chosen[-1].check(settings)
     embedded: EmbeddedNats | None = None
-    url = settings.nats_servers
-    if not url:
-        embedded = EmbeddedNats(settings.data_dir / "nats", settings.embedded_nats_port)
-        embedded.start()
-        url = embedded.url
-        log.info(
-            "embedded nats-server started", extra={"url": url, "store": str(embedded.store_dir)}
+    access = nats_access(settings)
+    if not settings.nats_servers:
+        embedded = EmbeddedNats(
+            embedded_folder(settings),
+            settings.embedded_nats_port,
+            store_key=settings.nats_store_key,
         )
+        try:
+            embedded.start()
+        except (OSError, ValueError) as err:  # its store, configuration or credentials
+            raise BrokerError(f"PACSOR_DATA_DIR: the embedded nats-server: {err}") from None
+        access = embedded.access
+        log.info(
+            "embedded nats-server started",
+            extra={
+                "url": embedded.url,
+                "store": str(embedded.store_dir),
+                "encrypted": bool(settings.nats_store_key),
+            },
+        )
+    elif settings.nats_store_key:
+        log.warning("NATS_STORE_KEY is for the embedded server; NATS_URL's server keeps its own")
+    url = str(access)
     try:
-        nc = await _connect_with_patience(url, f"pacsor {','.join(components)}", stop)
+        nc = await _connect_with_patience(access, f"pacsor {','.join(components)}", stop)
         if nc is None:
             return
         try:

@@ -17,6 +17,7 @@ from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from pacsor.config.variables import mask_text, masked
 from pacsor.domain.event_text import short_uid
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
@@ -24,8 +25,9 @@ _LEVELS = {"WARNING": "WARN", "CRITICAL": "CRIT"}
 
 
 def _extras(record: logging.LogRecord) -> dict[str, Any]:
+    """The record's own facts; secrets by name, and passwords inside URLs, masked."""
     return {
-        key: value
+        key: masked(value, key)
         for key, value in record.__dict__.items()
         if key not in _STANDARD and not key.startswith("_")
     }
@@ -37,11 +39,11 @@ class JsonLines(logging.Formatter):
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": mask_text(record.getMessage()),
             **_extras(record),
         }
         if record.exc_info:
-            line["exception"] = self.formatException(record.exc_info)
+            line["exception"] = mask_text(self.formatException(record.exc_info))
         return json.dumps(line, default=str)
 
 
@@ -57,7 +59,7 @@ class TextLines(logging.Formatter):
         level = _LEVELS.get(record.levelname, record.levelname)
         facts = _extras(record)
         study = facts.pop("study", None)
-        parts = [f"{when} {level:<5}", f"{record.getMessage():<16}"]
+        parts = [f"{when} {level:<5}", f"{mask_text(record.getMessage()):<16}"]
         if study:
             parts.append(short_uid(str(study)))
         if "outcome" in facts:  # an event: what it says is the line
@@ -68,7 +70,7 @@ class TextLines(logging.Formatter):
             parts.extend(f"{key}={_text(value)}" for key, value in facts.items())
         line = "  ".join(parts)
         if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
+            line += "\n" + mask_text(self.formatException(record.exc_info))
         return line
 
 
