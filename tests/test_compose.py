@@ -461,7 +461,7 @@ async def test_a_migrated_site_runs_with_a_plain_compose_up(tmp_path: Path) -> N
         assert (config["HL7_ENABLE"], config["HL7_RIS_IP"]) == ("true", "ris")
         assert config["MEASURE_INFERENCE_COMMAND"] == "measures"
 
-        nc = await connect(f"nats://127.0.0.1:{site.nats_port}", "compose migrated site test")
+        nc = await connect(site.nats_url(), "compose migrated site test")
         try:
             sub = await nc.jetstream().subscribe(
                 "pacsor.study.>",
