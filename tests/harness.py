@@ -24,6 +24,7 @@ from pacsor.config import Settings, load_settings
 from pacsor.devtools.demo_pacs import start_storage_scp
 from pacsor.devtools.sample_study import make_study
 from pacsor.devtools.simulator.state import SimulatorState
+from pacsor.dicom.scp_transport import received_instance
 from pacsor.dicom.storage_scu import echo, send_files
 from pacsor.domain import events as ev
 from pacsor.jetstream.subjects import EVENTS_STREAM, study_subjects
@@ -149,7 +150,7 @@ class ReceivingPacs:
             return status
         with self._changed:
             self.received.append(
-                (str(ds.StudyInstanceUID), str(ds.SOPInstanceUID), event.encoded_dataset())
+                (str(ds.StudyInstanceUID), str(ds.SOPInstanceUID), received_instance(event))
             )
             self._changed.notify_all()
         return 0x0000

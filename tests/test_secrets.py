@@ -163,7 +163,11 @@ def test_every_secret_has_a_file_form(tmp_path: Path) -> None:
         "NATS_PASSWORD": "p-" + secrets.token_hex(8),
         "NATS_STORE_KEY": "k-" + secrets.token_hex(8),
     }
-    env = {"API_URL_1": "http://127.0.0.1:1", "NATS_USER": "pacsor"}
+    env = {
+        "API_URL_1": "http://127.0.0.1:1",
+        "DESTINATIONS_1": "same-as-first",
+        "NATS_USER": "pacsor",
+    }
     for name, value in values.items():
         (tmp_path / name).write_text(value + "\n")  # as Docker writes a secret, or an editor
         env[f"{name}_FILE"] = str(tmp_path / name)

@@ -29,6 +29,7 @@ from pacsor.config.hl7 import Hl7Settings, load_hl7_settings
 from pacsor.config.known import unknown_variables
 from pacsor.config.variables import (
     AeTitle,
+    CallingAe,
     CoreName,
     HttpUrl,
     InferenceCommand,
@@ -69,6 +70,18 @@ RESULT_OPTIONS = (
     "recap_theme",
     "timezone",
 )
+# Re-exported by pacsor.config with the settings.
+__all__ = [
+    "ConfigError",
+    "CoreSettings",
+    "Destination",
+    "Settings",
+    "load_settings",
+    "parse_destination",
+    "read_dotenv",
+    "require_api_tokens",
+]
+
 
 # DESTINATIONS_n=same-as-first: core n shares the first core's destinations.
 SAME_AS_FIRST = "same-as-first"
@@ -140,6 +153,22 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper", dict=T
     max_associations: Annotated[int, Meta(ge=1, le=1000)] = 32
     # How long a C-STORE waits for JetStream before answering 0xA700 (the sender retries).
     scp_store_timeout_seconds: Seconds = 5.0
+    # Who may store: AET or AET@address, comma separated; empty: every caller.
+    allowed_calling_aets: Annotated[tuple[CallingAe, ...], Meta(max_length=256)] = ()
+    # Open associations from one address; more are refused. Only applies below MAX_ASSOCIATIONS.
+    max_associations_per_host: Annotated[int, Meta(ge=1, le=1000)] = 8
+    # Deadline for reading one PDU, for the association request after connecting, and for a
+    # TLS handshake: a peer that stops mid-message is cut off after this long.
+    scp_read_timeout_seconds: Seconds = 15.0
+    # An accepted association that sends nothing for this long is aborted.
+    scp_idle_timeout_seconds: Seconds = 60.0
+    # The largest PDU accepted (advertised to senders as the maximum length); larger: abort.
+    max_pdu_bytes: Annotated[int, Meta(ge=16_384, le=64 * 1024 * 1024)] = 1024 * 1024
+    # The largest instance accepted, and the bound a deflated one may inflate to.
+    max_instance_bytes: Annotated[int, Meta(ge=1024)] = 2 * 1024**3
+    # DICOM TLS on the SCP: with DICOM_TLS_CERT and DICOM_TLS_KEY (below) it also listens on
+    # this port; with DICOM_TLS_CA, a client certificate signed by it is required.
+    dicom_tls_port: Port = 2762
     # AI API: the first core
     api_url: HttpUrl = "http://127.0.0.1:8421"
     token: Secret = ""
@@ -175,7 +204,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper", dict=T
     pacs_aet: AeTitle = "PACS"
     destinations: tuple[Destination, ...] = ()
     # DICOM TLS, as a client to the destinations marked ?tls: the authorities that sign the
-    # PACS's certificates (unset: the system's), and pacsor's own certificate and key.
+    # PACS's certificates (unset: the system's), and pacsor's own certificate and key. The SCP
+    # serves TLS with the same certificate and key, and requires client certificates signed
+    # by DICOM_TLS_CA when it is set.
     dicom_tls_ca: str = ""
     dicom_tls_cert: str = ""
     dicom_tls_key: str = ""

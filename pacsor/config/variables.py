@@ -22,6 +22,10 @@ from pacsor.errors import ConfigError
 
 # An AE title: 1 to 16 printable characters, no backslash (PS3.5 §6.2, AE value representation).
 AeTitle = Annotated[str, Meta(pattern=r"^[\x20-\x5b\x5d-\x7e]{1,16}$")]
+# An allowed caller: an AE title, optionally pinned to an address (AET@host).
+CallingAe = Annotated[
+    str, Meta(pattern=r"^[\x20-\x3f\x41-\x5b\x5d-\x7e]{1,16}(@[A-Za-z0-9.:_-]{1,253})?$")
+]
 Port = Annotated[int, Meta(ge=1, le=65535)]
 Seconds = Annotated[float, Meta(gt=0)]
 _HTTP_URL_PATTERN = r"^https?://[^/\s]+"
@@ -43,6 +47,7 @@ MASK = "***"
 # What a pattern means, for the one line a person reads.
 _PATTERN_HINTS: dict[Any, str] = {
     AeTitle: "an AE title is 1 to 16 printable characters without backslash",
+    CallingAe: "expected AET or AET@host, an AE title of 1 to 16 printable characters",
     HttpUrl: "expected an http:// or https:// URL",
     CoreName: "lower-case letters, digits and '-'",
     InferenceCommand: "not an inference command name",

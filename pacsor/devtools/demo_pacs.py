@@ -12,6 +12,8 @@ from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
+from pacsor.dicom.scp_transport import received_instance
+
 log = logging.getLogger("pacsor.demo_pacs")
 
 
@@ -41,7 +43,7 @@ def start_folder_pacs(
         ds = event.dataset
         target = folder / str(ds.StudyInstanceUID) / f"{ds.SOPInstanceUID}.dcm"
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(event.encoded_dataset())
+        target.write_bytes(received_instance(event))
         log.info("demo PACS stored", extra={"study": str(ds.StudyInstanceUID), "path": str(target)})
         return 0x0000
 

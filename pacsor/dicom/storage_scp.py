@@ -14,39 +14,61 @@ writes a Hold (pacsor.jetstream.holds) every HOLD_HEARTBEAT, and the completion 
 complete a held study. A sender kept waiting by pacsor, or resending what was refused, does not
 see its study split. When the last such association closes, the quiet period starts again.
 
-Rejected associations (wrong called AE title, MAX_ASSOCIATIONS reached, ...) and refused
-presentation contexts (a SOP class outside CONFIG_PROFILE) are logged once each, with the
-caller's AE title and address, and counted (pacsor.process.counters).
+Rejected associations (wrong called AE title, a caller not in ALLOWED_CALLING_AETS,
+MAX_ASSOCIATIONS reached, ...) and refused presentation contexts (a SOP class outside
+CONFIG_PROFILE) are logged once each, with the caller's AE title and address, and counted
+(pacsor.process.counters); an unknown caller is also recorded as an AssociationRejected event.
+
+A received dataset arrives in a spool file, not in memory (pacsor.dicom.scp_transport, which
+also bounds every PDU read); it is checked whole and no deeper than 32 sequence levels, a
+deflated one inflated within MAX_INSTANCE_BYTES, and streamed from the file to the bucket.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
 import logging
+import mmap
+import socket
+import ssl
+import tempfile
 import threading
 import uuid
+import zlib
 from collections.abc import Callable, Coroutine
 from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 import msgspec
+from pydicom import dcmread
+from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
+from pydicom.filereader import read_dataset
 from pydicom.uid import UID
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.association import Association
 from pynetdicom.events import Event as DicomEvent
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from pynetdicom.transport import ThreadedAssociationServer
 
 from pacsor.config import Settings
 from pacsor.dicom.profiles import PROFILES
+from pacsor.dicom.scp_transport import (
+    GuardedServer,
+    Limits,
+    discard_spool,
+    is_overflow,
+    server_context,
+)
 from pacsor.dicom.structure import Truncated, check_whole, dataset_offset
 from pacsor.domain.completion import HOLD_HEARTBEAT, Hold
-from pacsor.domain.events import InstanceReceived, InstanceRejected, utc_now
-from pacsor.errors import InvalidInput, StartupError
-from pacsor.jetstream.blobs import BlobStore, digest_hex, sha256_digest
+from pacsor.domain.events import AssociationRejected, InstanceReceived, InstanceRejected, utc_now
+from pacsor.errors import ConfigError, InvalidInput, StartupError
+from pacsor.jetstream.blobs import CHUNK_SIZE, DIGEST_PREFIX, BlobStore, digest_hex
 from pacsor.jetstream.eventlog import EventLog
 from pacsor.jetstream.holds import Holds
 from pacsor.jetstream.quiet_timers import QuietTimers
@@ -64,6 +86,8 @@ CANNOT_UNDERSTAND = 0xC210  # the dataset could not be decoded
 MISSING_UID = 0xC220  # Study, Series or SOP Instance UID absent
 INVALID_UID = 0xC221  # a UID that is not digits and dots
 MALFORMED = 0xC222  # truncated: an element runs past the end of the dataset
+# Refused: out of resources, for good: larger than MAX_INSTANCE_BYTES (0xA700 means retry).
+TOO_LARGE = 0xA710
 
 # A-ASSOCIATE-RJ (result, source, diagnostic) as pynetdicom sends them -> (metric label, why).
 _REJECTIONS = {
@@ -129,6 +153,106 @@ def identify(dataset: Dataset, affected_sop_class: str) -> Identity:
     return identity
 
 
+def allowed_callers(entries: tuple[str, ...]) -> dict[str, frozenset[str] | None] | None:
+    """ALLOWED_CALLING_AETS as AE title -> the addresses it may call from (None: any);
+    None when unset. A pinned host name is resolved once, here."""
+    if not entries:
+        return None
+    allowed: dict[str, frozenset[str] | None] = {}
+    for entry in entries:
+        aet, _, host = entry.partition("@")
+        aet = aet.strip()
+        if not host:
+            allowed[aet] = None
+            continue
+        try:
+            addresses = {str(info[4][0]) for info in socket.getaddrinfo(host, None)}
+        except OSError as err:
+            raise ConfigError(f"ALLOWED_CALLING_AETS: cannot resolve {host!r}: {err}") from None
+        known = allowed.get(aet, frozenset())
+        if known is not None:  # an unpinned entry for the same title wins
+            allowed[aet] = known | addresses
+    return allowed
+
+
+def is_allowed(allowed: dict[str, frozenset[str] | None], calling: str, host: str) -> bool:
+    if calling not in allowed:
+        return False
+    addresses = allowed[calling]
+    return addresses is None or host in addresses
+
+
+def file_digest(path: Path) -> str:
+    """The object store's digest notation of the file's bytes, read a chunk at a time."""
+    with path.open("rb") as spooled:
+        sha = hashlib.file_digest(spooled, "sha256")
+    return DIGEST_PREFIX + base64.urlsafe_b64encode(sha.digest()).decode()
+
+
+def _is_sequence_tag(tag: int) -> bool:
+    """In implicit VR a sequence of defined length is known only from the dictionary."""
+    try:
+        return dictionary_VR(tag) == "SQ"
+    except KeyError:
+        return False
+
+
+def _stop_at_pixels(tag: Any, vr: str | None, length: int) -> bool:
+    return int(tag) == 0x7FE00010
+
+
+def read_spooled(path: Path, syntax: UID, affected_sop_class: str, limit: int) -> Identity:
+    """Check a spooled instance whole and not too deeply nested, and read who it is, without
+    loading its bulk data; raise Rejection or Truncated."""
+    with path.open("rb") as spooled:
+        offset = dataset_offset(spooled.read(144))
+        if syntax.is_deflated:
+            spooled.seek(offset)
+            with tempfile.TemporaryFile() as inflated:
+                _inflate(spooled, inflated, limit)
+                _check_file(inflated, 0, implicit=False, little_endian=True)
+                inflated.seek(0)
+                dataset = read_dataset(inflated, False, True, stop_when=_stop_at_pixels)
+                return identify(dataset, affected_sop_class)
+        _check_file(spooled, offset, syntax.is_implicit_VR, syntax.is_little_endian)
+    dataset = dcmread(path, stop_before_pixels=True, defer_size=4096)
+    return identify(dataset, affected_sop_class)
+
+
+def _inflate(deflated: Any, into: Any, limit: int) -> None:
+    """Inflate a deflated dataset into a file, refusing it past `limit` bytes."""
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    written = 0
+    while pending := deflated.read(65536):
+        while pending:
+            piece = inflater.decompress(pending, 1024 * 1024)
+            pending = inflater.unconsumed_tail
+            written += len(piece)
+            if written > limit:
+                raise Rejection(
+                    TOO_LARGE, f"deflated dataset inflates past MAX_INSTANCE_BYTES ({limit})"
+                )
+            into.write(piece)
+    into.write(inflater.flush())
+
+
+def _check_file(spooled: Any, offset: int, implicit: bool, little_endian: bool) -> None:
+    """check_whole on a file, mapped rather than read: only element headers are touched."""
+    spooled.flush()
+    size = spooled.seek(0, 2)
+    if size <= offset:
+        raise Truncated("no dataset after the file meta group")
+    error: Truncated | None = None
+    with mmap.mmap(spooled.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        try:
+            check_whole(memoryview(data)[offset:], implicit, little_endian, _is_sequence_tag)
+        except Truncated as err:
+            # Raised once the mapping is closed: the traceback holds views of it.
+            error = Truncated(str(err))
+    if error is not None:
+        raise error
+
+
 class StorageScp:
     def __init__(
         self,
@@ -147,7 +271,8 @@ class StorageScp:
         self._holds = holds
         self._timers = timers
         self._connected = connected
-        self._server: ThreadedAssociationServer | None = None
+        self._servers: list[GuardedServer] = []
+        self._allowed: dict[str, frozenset[str] | None] | None = None
         # This process's name in its holds, and what it holds: association -> studies it sent,
         # study -> open associations that sent it; studies released but not yet recorded.
         self.holder = f"scp-{uuid.uuid4().hex[:12]}"
@@ -157,21 +282,67 @@ class StorageScp:
         self._released: dict[str, datetime] = {}
 
     def start(self, host: str = "0.0.0.0") -> int:
-        """Start serving on PORT (0: any free port); returns the port."""
-        ae = AE(ae_title=self.settings.milvue_aet)
-        ae.maximum_associations = self.settings.max_associations
-        ae.maximum_pdu_size = 0  # no limit: fewer, larger PDUs from senders that allow it
-        ae.network_timeout = 60
-        ae.dimse_timeout = 60
+        """Start serving on PORT (0: any free port), and on DICOM_TLS_PORT when TLS is
+        configured; returns the port."""
+        settings = self.settings
+        tls = server_context(settings.dicom_tls_cert, settings.dicom_tls_key, settings.dicom_tls_ca)
+        self._allowed = allowed_callers(settings.allowed_calling_aets)
+        ae = AE(ae_title=settings.milvue_aet)
+        ae.maximum_associations = settings.max_associations
+        # Advertised to senders; a PDU declaring more is answered with an A-ABORT.
+        ae.maximum_pdu_size = settings.max_pdu_bytes
+        ae.acse_timeout = settings.scp_read_timeout_seconds  # connected, no request yet
+        ae.network_timeout = settings.scp_idle_timeout_seconds
+        ae.dimse_timeout = settings.scp_idle_timeout_seconds
         ae.require_called_aet = True
         ae.add_supported_context(Verification)
-        for sop_class in PROFILES[self.settings.config_profile]:
+        for sop_class in PROFILES[settings.config_profile]:
             ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
+        limits = Limits(
+            read_timeout=settings.scp_read_timeout_seconds,
+            max_pdu=settings.max_pdu_bytes,
+            max_instance=settings.max_instance_bytes,
+            per_host=settings.max_associations_per_host,
+        )
+        self._servers.append(self._serve(ae, (host, settings.port), "PORT", limits, None))
+        port = int(self._servers[0].server_address[1])
+        if tls is not None:
+            tls_address = (host, settings.dicom_tls_port)
+            self._servers.append(self._serve(ae, tls_address, "DICOM_TLS_PORT", limits, tls))
+        log.info(
+            "DICOM SCP listening",
+            extra={
+                "ae_title": settings.milvue_aet,
+                "port": port,
+                "tls_port": settings.dicom_tls_port if tls else None,
+                "client_certificate_required": bool(settings.dicom_tls_ca),
+                "profile": settings.config_profile,
+                "max_associations": settings.max_associations,
+                "max_associations_per_host": settings.max_associations_per_host,
+            },
+        )
+        if self._allowed is None:
+            log.warning("ALLOWED_CALLING_AETS is not set: every calling AE title may store")
+        else:
+            log.info(
+                "only known callers may store",
+                extra={"allowed_calling_aets": list(settings.allowed_calling_aets)},
+            )
+        return port
+
+    def _serve(
+        self,
+        ae: AE,
+        address: tuple[str, int],
+        setting: str,
+        limits: Limits,
+        tls: ssl.SSLContext | None,
+    ) -> GuardedServer:
         try:
-            server = ae.start_server(
-                (host, self.settings.port),
-                block=False,
+            server = ae.make_server(
+                address,
                 evt_handlers=[
+                    (evt.EVT_REQUESTED, self._on_requested),
                     (evt.EVT_C_STORE, self._on_c_store),
                     (evt.EVT_C_ECHO, _on_c_echo),
                     (evt.EVT_REJECTED, _on_rejected),
@@ -180,29 +351,22 @@ class StorageScp:
                     (evt.EVT_ABORTED, self._on_closed),
                     (evt.EVT_CONN_CLOSE, self._on_closed),
                 ],
+                server_class=GuardedServer,
+                limits=limits,
+                tls=tls,
             )
         except OSError as err:
             raise StartupError(
-                f"PORT: cannot listen on {self.settings.port}: {err.strerror}"
+                f"{setting}: cannot listen on {address[1]}: {err.strerror}"
             ) from None
-        assert server is not None  # block=False always returns the server
-        self._server = server
-        port = int(server.server_address[1])
-        log.info(
-            "DICOM SCP listening",
-            extra={
-                "ae_title": self.settings.milvue_aet,
-                "port": port,
-                "profile": self.settings.config_profile,
-                "max_associations": self.settings.max_associations,
-            },
-        )
-        return port
+        assert isinstance(server, GuardedServer)
+        threading.Thread(target=server.serve_forever, name=f"scp-{setting}", daemon=True).start()
+        ae._servers.append(server)  # as start_server does: shutdown() removes it
+        return server
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server = None
+        while self._servers:
+            self._servers.pop().shutdown()
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run `coro` on the loop, waiting at most SCP_STORE_TIMEOUT_SECONDS; raises
@@ -232,6 +396,7 @@ class StorageScp:
         self._spawn(self._write_hold(study, count, None))
 
     def _on_closed(self, event: DicomEvent) -> None:
+        discard_spool(event.assoc)
         with self._lock:
             studies = self._sent_by.pop(event.assoc, set())
             for study in studies:
@@ -301,22 +466,60 @@ class StorageScp:
 
     # --- C-STORE ------------------------------------------------------------------------
 
+    def _on_requested(self, event: DicomEvent) -> None:
+        """Refuse a caller not in ALLOWED_CALLING_AETS before negotiating anything."""
+        assoc = event.assoc
+        request = assoc.requestor.primitive
+        calling = str(getattr(request, "calling_ae_title", "") or "").strip()
+        called = str(getattr(request, "called_ae_title", "") or "").strip()
+        host = str(assoc.requestor.address)
+        if self._allowed is None or is_allowed(self._allowed, calling, host):
+            return
+        # rejected-permanent, service user, calling AE title not recognised (PS3.8 9.3.4)
+        assoc.acse.send_reject(0x01, 0x01, 0x03)
+        ASSOCIATIONS_REJECTED.labels("calling_ae_title").inc()
+        reason = "calling AE title not recognised"
+        if calling in self._allowed:
+            reason += f" from {host}"
+        log.warning(
+            "association rejected",
+            extra={
+                "calling_ae_title": calling,
+                "called_ae_title": called,
+                "address": f"{host}:{assoc.requestor.port}",
+                "reason": f"{reason}: not in ALLOWED_CALLING_AETS",
+            },
+        )
+        rejected = AssociationRejected(
+            calling_ae_title=calling[:16],
+            called_ae_title=called[:16],
+            address=host,
+            reason=reason,
+            window=int(utc_now().timestamp() // 60),
+        )
+        try:
+            self._run(self._events.publish(rejected))
+        except Exception:
+            # The caller is refused all the same; the log line above is the record.
+            log.exception("AssociationRejected could not be published")
+        assoc.kill()  # as pynetdicom does once it has rejected
+
+    # --- C-STORE ------------------------------------------------------------------------
+
     def _on_c_store(self, event: DicomEvent) -> int | Dataset:
         calling = event.assoc.requestor.ae_title
         affected_class = str(event.request.AffectedSOPClassUID or "")
+        limit = self.settings.max_instance_bytes
         try:
-            data = event.encoded_dataset(include_meta=True)
-            syntax = event.context.transfer_syntax
-            if not syntax.is_deflated:
-                check_whole(
-                    memoryview(data)[dataset_offset(data) :],
-                    syntax.is_implicit_VR,
-                    syntax.is_little_endian,
-                )
-            identity = identify(event.dataset, affected_class)
+            # pynetdicom spooled the dataset (with a file meta group) to this file.
+            path = event.dataset_path
+            size = path.stat().st_size
+            if is_overflow(event.request) or size > limit:
+                raise Rejection(TOO_LARGE, f"instance over MAX_INSTANCE_BYTES ({limit} bytes)")
+            identity = read_spooled(path, event.context.transfer_syntax, affected_class, limit)
             # Hashed here, on the association's thread: hashlib releases the GIL, and the
             # event loop stays free for the JetStream traffic of every association.
-            digest = sha256_digest(data)
+            digest = file_digest(path)
         except Truncated as err:
             return self._reject(Rejection(MALFORMED, f"malformed dataset: {err}"), calling)
         except Rejection as rejection:
@@ -328,7 +531,9 @@ class StorageScp:
         self._hold(event.assoc, identity.study_uid)
         try:
             received = self._run(
-                self._store(identity, data, digest, str(event.context.transfer_syntax), calling)
+                self._store(
+                    identity, path, size, digest, str(event.context.transfer_syntax), calling
+                )
             )
         except (FutureTimeout, TimeoutError, ConnectionError, OSError) as err:
             STORES_UNAVAILABLE.inc()
@@ -348,12 +553,18 @@ class StorageScp:
         return SUCCESS
 
     async def _store(
-        self, identity: Identity, data: bytes, digest: str, transfer_syntax: str, calling: str
+        self,
+        identity: Identity,
+        path: Path,
+        size: int,
+        digest: str,
+        transfer_syntax: str,
+        calling: str,
     ) -> InstanceReceived:
         name = instance_object_name(
             identity.study_uid, identity.sop_instance_uid, digest_hex(digest)
         )
-        await self._instances.put(name, data, digest)
+        await self._put_file(name, path, size, digest)
         received = InstanceReceived(
             study_uid=identity.study_uid,
             series_instance_uid=identity.series_instance_uid,
@@ -366,11 +577,29 @@ class StorageScp:
             study_description=identity.study_description,
             calling_ae_title=calling,
             object_name=name,
-            size=len(data),
+            size=size,
             digest=digest,
         )
         await self._events.publish(received)
         return received
+
+    async def _put_file(self, name: str, path: Path, size: int, digest: str) -> None:
+        """Stream the spooled instance to the bucket, a chunk at a time; a byte-identical
+        object already there is kept as is."""
+        existing = await self._instances.info(name)
+        if existing is not None and existing.digest == digest and existing.size == size:
+            return
+        writer = self._instances.writer()
+        try:
+            with path.open("rb") as spooled:
+                while chunk := spooled.read(CHUNK_SIZE):
+                    await writer.write(chunk)
+        except BaseException:
+            await writer.abort()  # nothing half-stored: the chunks belong to no object
+            raise
+        info = await writer.commit(name)
+        if info.digest != digest:  # the spool file changed under us: refuse, do not record
+            raise OSError(f"{name}: stored {info.digest}, received {digest}")
 
     def _reject(self, rejection: Rejection, calling: str) -> Dataset:
         study = rejection.identity.study_uid
@@ -442,8 +671,10 @@ async def run(rt: Runtime, started: Started) -> None:
     )
     port = await asyncio.to_thread(scp.start)
     try:
-        started({"dicom_port": port})
+        ready: dict[str, Any] = {"dicom_port": port}
+        if len(scp._servers) > 1:
+            ready["dicom_tls_port"] = int(scp._servers[1].server_address[1])
+        started(ready)
         await scp.keep_holds(rt.stop)
     finally:
         await asyncio.to_thread(scp.stop)
-

@@ -174,3 +174,8 @@ def _hl7_switched(event: ev.Hl7Switched) -> str:
     sending = "sends to the RIS" if event.sending else "stopped sending to the RIS"
     reports = "takes" if event.external_reports else "refuses"
     return f"HL7 {sending}, {reports} external reports ({event.config_name!r})"
+
+
+@texts(ev.AssociationRejected)
+def _association_rejected(event: ev.AssociationRejected) -> str:
+    return f"{event.calling_ae_title!r} from {event.address}: {event.reason}"

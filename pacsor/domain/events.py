@@ -456,6 +456,25 @@ class SiteEvent(Event, frozen=True, kw_only=True):
     study_uid: str = msgspec.field(default="", name="study_instance_uid")
 
 
+class AssociationRejected(SiteEvent, frozen=True, kw_only=True):
+    """The SCP refused an association from a caller it does not know (ALLOWED_CALLING_AETS).
+
+    One is recorded per caller and address per
+    `window` (a minute): a caller retrying in a loop does not fill the log.
+    """
+
+    topic: ClassVar[str] = "association_rejected"
+
+    calling_ae_title: str
+    called_ae_title: str = ""
+    address: str  # the caller's IP address
+    reason: str
+    window: int  # minutes since the epoch
+
+    def idempotency_key(self) -> str:
+        return f"assoc_rejected:{self.calling_ae_title}:{self.address}:{self.window}"
+
+
 class Hl7ConfigLoaded(SiteEvent, frozen=True, kw_only=True):
     """A named HL7 configuration or template was loaded (HL7_CUSTOM_DIR): what is in force.
 

@@ -45,3 +45,9 @@ DISPATCH_REFUSED = Counter(
     ["destination"],
     registry=REGISTRY,
 )
+SCP_CONNECTIONS_DROPPED = Counter(
+    "pacsor_scp_connections_dropped",
+    "DICOM connections the SCP cut off: a PDU too large or too slow, a failed TLS handshake, ...",
+    ["reason"],
+    registry=REGISTRY,
+)

@@ -33,6 +33,21 @@ def _extras(record: logging.LogRecord) -> dict[str, Any]:
     }
 
 
+# What a library says about received data may quote the sender's bytes (up to 64 KiB).
+LONGEST_MESSAGE = 300
+
+
+class ShortMessages(logging.Filter):
+    """Cut a message short, for loggers that quote what a peer sent (pydicom, warnings)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if len(message) > LONGEST_MESSAGE:
+            record.msg = message[:LONGEST_MESSAGE] + f"... ({len(message)} characters)"
+            record.args = None
+        return True
+
+
 class JsonLines(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
@@ -141,3 +156,9 @@ def configure(level: str, log_format: Literal["text", "json"] | None = None) -> 
     # pynetdicom logs every PDU at INFO; its association summaries are enough.
     logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, root.level))
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    # pydicom's warnings about received datasets go to this log, not raw to stderr.
+    logging.captureWarnings(True)
+    for name in ("py.warnings", "pydicom"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, ShortMessages) for f in logger.filters):
+            logger.addFilter(ShortMessages())
