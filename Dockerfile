@@ -1,5 +1,8 @@
 FROM python:3.12-slim
 WORKDIR /app
+# curl: the original gateway's scripts ask the hl7 container `curl http://localhost:8000/config/`.
+RUN apt-get update && apt-get install -y --no-install-recommends curl \
+    && rm -rf /var/lib/apt/lists/*
 # A regular (not --system) account: uid 1000 is outside the system range, and volumes mounted at
 # /var/lib/pacsor and /var/lib/pacsor-demo start owned by it.
 RUN useradd --uid 1000 --user-group --no-create-home --shell /usr/sbin/nologin pacsor \

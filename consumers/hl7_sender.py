@@ -36,10 +36,11 @@ from pacsor.config.hl7 import Hl7Settings
 from pacsor.domain import events as ev
 from pacsor.domain.acknowledgement import refusal_is_transient
 from pacsor.domain.retry import RetryPolicy
-from pacsor.hl7.config_loading import LoadRefused, current_config, load_named
-from pacsor.hl7.custom_config import CustomConfigError, effective
+from pacsor.hl7.config_loading import LoadRefused, current_config, in_force, load_named
+from pacsor.hl7.custom_config import CustomConfigError, LoadedConfig, effective
 from pacsor.hl7.external_reports import answer_request
 from pacsor.hl7.findings import FindingsDocument, FindingsError, StudyFindings, decode_findings
+from pacsor.hl7.http_routes import Hl7HttpServer
 from pacsor.hl7.mllp import MllpClient, MllpError
 from pacsor.hl7.oru import StudyHeader, build_oru, control_id
 from pacsor.hl7.report import Report
@@ -54,13 +55,15 @@ from pacsor.jetstream.handler_runner import (
     Retry,
     retry_or_fail,
 )
-from pacsor.jetstream.requests import Responders, answer_requests
+from pacsor.jetstream.requests import answer_requests
 from pacsor.jetstream.subjects import (
     HL7_DURABLE,
     HL7_EXTERNAL_DURABLE,
+    HL7_SWITCH_DURABLE,
     HL7_WEBPS_QUEUE,
     WEBPS_SUBJECTS,
     events_filter,
+    site_events,
 )
 from pacsor.process.runtime import Component, FanOut, Runtime, Started, Step, Target, run_steps
 
@@ -75,10 +78,12 @@ class Hl7Context:
     instances: BlobStore
     results: BlobStore
     policy: RetryPolicy
-    # The TechCare Report service of each core, by core name.
-    reports: dict[str, TechCareReports]
-    # Cores of kind tcr: their studies went to the report service, their report always goes.
-    tcr_cores: frozenset[str] = frozenset()
+    # The report service of each core of kind tcr, by core name: their studies went to it,
+    # their report always goes.
+    tcr_reports: dict[str, TechCareReports] = field(default_factory=dict)
+    # Each core's API key, for TCR_API_URL as in force (a loaded configuration may set it).
+    tokens: dict[str, str] = field(default_factory=dict)
+    _reports: dict[tuple[str, str], TechCareReports] = field(default_factory=dict)
     # The cores whose results go to the RIS (HL7_CORES; None: every core).
     ris_cores: frozenset[str] | None = None
     _ris: MllpClient | None = None
@@ -113,10 +118,26 @@ class Hl7Context:
                 self._ris = ris = MllpClient(*target)
         return settings, template, ris
 
+    @property
+    def tcr_cores(self) -> frozenset[str]:
+        return frozenset(self.tcr_reports)
+
+    def report_source(self, core: str, settings: Hl7Settings) -> TechCareReports | None:
+        """The core's report service: its own for a tcr core, else TCR_API_URL when
+        HL7_INCLUDE_TCR is in force, with the core's API key."""
+        if core in self.tcr_reports:
+            return self.tcr_reports[core]
+        if not (settings.include_tcr and settings.tcr_api_url):
+            return None
+        key = (core, settings.tcr_api_url)
+        if key not in self._reports:
+            self._reports[key] = TechCareReports(settings.tcr_api_url, self.tokens.get(core, ""))
+        return self._reports[key]
+
     async def aclose(self) -> None:
         if self._ris is not None:
             await self._ris.aclose()
-        for source in self.reports.values():
+        for source in (*self.tcr_reports.values(), *self._reports.values()):
             await source.aclose()
 
 
@@ -176,6 +197,9 @@ async def send_to_ris(event: ev.ResultReady, delivery: Delivery, ctx: Hl7Context
     if ctx.ris_cores is not None and event.core not in ctx.ris_cores:
         return Emit()  # another core's results: the RIS gets one message per study
     settings, template, ris = await ctx.in_force()
+    if not settings.enable:
+        # Switched off by a loaded configuration (Hl7Switched says when): nothing to send.
+        return Emit(())
     study, core, attempt = event.study_uid, event.core, event.attempt
     cid = control_id(study, core, attempt)
     waited = (ev.utc_now() - event.occurred_at).total_seconds()
@@ -228,6 +252,8 @@ async def send_external_report(
     about = _about(event)
     report = msgspec.convert(event.report, Report, from_attributes=True)
     settings, template, ris = await ctx.in_force()
+    if not settings.enable:
+        return Emit(())
     header = await _header(event.study_uid, None, ctx)
     text = build_oru(
         header,
@@ -344,7 +370,7 @@ async def _findings(
 
 
 async def _report(event: ev.ResultReady, settings: Hl7Settings, ctx: Hl7Context) -> Report:
-    source = ctx.reports.get(event.core)
+    source = ctx.report_source(event.core, settings)
     if source is None:
         raise ReportError(f"no TechCare Report service for core {event.core!r}", False)
     return await source.fetch(event.study_uid, settings.language)
@@ -374,46 +400,108 @@ async def _header(study: str, ready: ev.ResultReady | None, ctx: Hl7Context) -> 
     return StudyHeader(study_uid=study)
 
 
-def report_sources(settings: Settings) -> dict[str, TechCareReports]:
-    """The TechCare Report service of each core that has one: a tcr core's own API, else
-    TCR_API_URL when HL7_INCLUDE_TCR is set; each with the core's token."""
-    sources: dict[str, TechCareReports] = {}
-    for core in settings.cores:
-        if core.kind == "tcr":
-            sources[core.name] = TechCareReports(core.api_url, core.token)
-        elif settings.hl7.include_tcr and settings.hl7.tcr_api_url:
-            sources[core.name] = TechCareReports(settings.hl7.tcr_api_url, core.token)
-    return sources
+# A load that turns sending or external reports around is said once, by this component.
+SWITCH_STEP: Step[ev.Hl7ConfigLoaded] = Step(
+    consumes=ev.Hl7ConfigLoaded,
+    fan_out=FanOut.ONCE,
+    durable=HL7_SWITCH_DURABLE,
+    filter_subject=site_events(ev.Hl7ConfigLoaded),
+    description="Hl7ConfigLoaded -> Hl7Switched when sending or external reports change",
+    concurrency=1,
+    start="new",
+)
+
+
+@dataclass
+class Switches:
+    """What the hl7 component did before this load: send to the RIS, take external reports."""
+
+    base: Hl7Settings
+    sending: bool
+    external_reports: bool
+
+
+async def apply_config(
+    event: ev.Hl7ConfigLoaded, delivery: Delivery, switches: Switches
+) -> Outcome:
+    """A load that turns HL7_ENABLE or WEBPS_ENABLE around is said in an Hl7Switched."""
+    loaded = LoadedConfig(
+        name=event.name, kind=event.kind, settings=event.settings, template=event.template
+    )
+    try:
+        settings, _ = effective(switches.base, loaded)
+    except CustomConfigError:
+        settings = switches.base  # as in_force falls back
+    now = (settings.enable, settings.webps_enable)
+    if now == (switches.sending, switches.external_reports):
+        return Emit(())
+    switches.sending, switches.external_reports = now
+    log.warning(
+        "HL7 switched by a loaded configuration",
+        extra={"config": event.name, "sending": now[0], "external_reports": now[1]},
+    )
+    return Emit(
+        (
+            ev.Hl7Switched(
+                load_id=event.load_id,
+                config_name=event.name,
+                sending=now[0],
+                external_reports=now[1],
+            ),
+        )
+    )
 
 
 async def run(rt: Runtime, started: Started) -> None:
-    """The RIS sender's consumers and, with WEBPS_ENABLE, the providers' NATS subjects."""
+    """The RIS sender's consumers, the providers' NATS subjects (answered as WEBPS_ENABLE in
+    force says) and the original's HTTP routes (HL7_HTTP_PORT)."""
     settings = rt.settings.hl7
     await load_at_init(rt.events, settings)
-    tcr_cores = frozenset(core.name for core in rt.settings.cores if core.kind == "tcr")
     ctx = Hl7Context(
         settings,
         rt.events,
         rt.instances,
         rt.results,
         rt.policy,
-        report_sources(rt.settings),
-        tcr_cores,
-        rt.settings.ris_cores,
+        tcr_reports={
+            core.name: TechCareReports(core.api_url, core.token)
+            for core in rt.settings.cores
+            if core.kind == "tcr"
+        },
+        tokens={core.name: core.token for core in rt.settings.cores},
+        ris_cores=rt.settings.ris_cores,
     )
+    _, now = await in_force(rt.events, settings)
+    switches = Switches(settings, now.enable, now.webps_enable)
+    http = Hl7HttpServer(rt.events, settings) if settings.http_port else None
     results, reports = steps(settings)
     to_ris = partial(send_to_ris, ctx=ctx)
     external = partial(send_external_report, ctx=ctx)
-    responders: Responders | None = None
+    switch = partial(apply_config, switches=switches)
+
+    async def answer(subject: str, body: bytes) -> bytes:
+        in_use, _, _ = await ctx.in_force()
+        return await answer_request(rt.events, in_use, subject, body)
+
+    # Every provider's subject, unknown providers included, so that they hear why; with
+    # WEBPS_ENABLE off (as in force) each is told so.
+    responders = await answer_requests(rt.nc, [WEBPS_SUBJECTS], HL7_WEBPS_QUEUE, answer)
     try:
-        if settings.webps_enable:
-            # Every provider's subject, unknown providers included, so that they hear why.
-            answer = partial(answer_request, rt.events, settings)
-            responders = await answer_requests(rt.nc, [WEBPS_SUBJECTS], HL7_WEBPS_QUEUE, answer)
-        await run_steps(rt, started, [(results, lambda _: to_ris), (reports, lambda _: external)])
+        async with asyncio.TaskGroup() as group:
+            if http is not None:
+                group.create_task(http.run(rt.stop))
+            url = {"hl7_http_url": http.url} if http is not None else {}
+            await run_steps(
+                rt,
+                lambda ready: started({**ready, **url}),
+                [
+                    (results, lambda _: to_ris),
+                    (reports, lambda _: external),
+                    (SWITCH_STEP, lambda _: switch),
+                ],
+            )
     finally:
-        if responders is not None:
-            await responders.close()
+        await responders.close()
         await ctx.aclose()
 
 
@@ -457,5 +545,7 @@ COMPONENT = Component(
     "ResultReady, ExternalReportReceived -> ORU^R01 to the RIS -> Hl7Sent / Hl7Failed",
     run,
     check=check,
-    in_up=lambda settings: settings.hl7.enable,
+    # With a RIS set, it runs even when HL7_ENABLE is false: a loaded configuration may turn
+    # sending on, without a restart.
+    in_up=lambda settings: settings.hl7.enable or bool(settings.hl7.ris_ip),
 )

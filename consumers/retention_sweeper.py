@@ -51,6 +51,7 @@ class RetentionSweeper:
         self._instances = instances
         self._results = results
         self.retention = timedelta(hours=settings.retention_hours)
+        self.failed_delay = timedelta(hours=settings.output_cleaning_failed_hours)
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -82,7 +83,12 @@ class RetentionSweeper:
             views = self._model.holding_objects(PAGE, offset)
             for view in views:
                 due = removals_due(
-                    view, now, self.retention, destinations, self._settings.output_cleaning
+                    view,
+                    now,
+                    self.retention,
+                    destinations,
+                    self._settings.output_cleaning,
+                    self.failed_delay,
                 )
                 for removal in due:
                     await self._remove(view, removal, now)

@@ -394,3 +394,149 @@ async def test_the_cluster_override_runs_three_nodes_that_survive_one_lost(
             capture_output=True,
             timeout=300,
         )
+
+
+# A site of the original gateway, migrated, then the peers its site file names: two PACS and
+# a RIS, beside the API simulator (no profile needed: the site names no demo).
+PEERS = """
+x-peer: &peer
+  image: ${PACSOR_IMAGE:-pacsor}:${PACSOR_VERSION:-latest}
+  pull_policy: never
+  healthcheck: &peer-health
+    interval: 5s
+    timeout: 30s
+    retries: 12
+services:
+  simulator:
+    profiles: !reset []
+  pacs-a:
+    <<: *peer
+    command: ["demo-pacs", "--host", "0.0.0.0", "--port", "11112", "--aet", "PACS_A",
+              "--folder", "/var/lib/pacsor-demo"]
+    healthcheck:
+      <<: *peer-health
+      test: ["CMD", "pacsor", "echo", "PACS_A@127.0.0.1:11112"]
+  pacs-b:
+    <<: *peer
+    command: ["demo-pacs", "--host", "0.0.0.0", "--port", "11112", "--aet", "PACS_B",
+              "--folder", "/var/lib/pacsor-demo"]
+    healthcheck:
+      <<: *peer-health
+      test: ["CMD", "pacsor", "echo", "PACS_B@127.0.0.1:11112"]
+  ris:
+    <<: *peer
+    command: ["demo-ris", "--host", "0.0.0.0", "--port", "2575"]
+    healthcheck:
+      <<: *peer-health
+      test: ["CMD", "python", "-c", "import socket; socket.create_connection(('127.0.0.1', 2575))"]
+"""
+
+
+async def test_a_migrated_site_runs_with_a_plain_compose_up(tmp_path: Path) -> None:
+    _engine_or_skip()
+    original = tmp_path / "original"
+    shutil.copytree(PROJECT / "tests" / "fixtures" / "original" / "hl7", original, symlinks=True)
+    site_dir = tmp_path / "site"
+    migrated = pacsor_cli("migrate", str(original), "--project-dir", str(site_dir), cwd=tmp_path)
+    assert migrated.returncode == 0, migrated.stderr
+    peers = tmp_path / "peers.yaml"
+    peers.write_text(PEERS)
+    site = Compose(tmp_path, peers).with_env_file(site_dir / "env-files" / ".env.clinique-sud")
+    # An image tag of this test's own: another build on this engine cannot replace it.
+    tag = f"test-{site.project}"
+    site.env["PACSOR_VERSION"] = tag
+    try:
+        # No --profile: the site file's COMPOSE_PROFILES (written by migrate) starts hl7.
+        site("up", "-d", "--build", "--wait", "--wait-timeout", "300", timeout=900)
+        listed = site("ps", "--format", "json").stdout
+        health = {
+            s["Service"]: s["Health"]
+            for s in (json.loads(line) for line in listed.splitlines() if line.strip())
+        }
+        assert health.get("hl7") == "healthy", health
+
+        # The original's command, as its scripts run it in the HL7 container.
+        shown = site("exec", "-T", "hl7", "curl", "-s", "http://localhost:8000/config/").stdout
+        config = json.loads(shown)
+        assert (config["HL7_ENABLE"], config["HL7_RIS_IP"]) == ("true", "ris")
+        assert config["MEASURE_INFERENCE_COMMAND"] == "measures"
+
+        nc = await connect(site.nats_url(), "compose migrated site test")
+        try:
+            sub = await nc.jetstream().subscribe(
+                "pacsor.study.>",
+                stream=EVENTS_STREAM,
+                ordered_consumer=True,
+                deliver_policy=DeliverPolicy.NEW,
+            )
+            sent = pacsor_cli(
+                "send",
+                "--sample",
+                "2",
+                "--port",
+                str(site.dicom_port),
+                "--aet",
+                "SUDGW",
+                cwd=tmp_path,
+            )
+            assert sent.returncode == 0, sent.stderr
+            dispatched: dict[tuple[str, str], int] = {}
+            ris: set[str] = set()
+            while len(dispatched) < 3 or len(ris) < 2:
+                event = ev.decode((await sub.next_msg(timeout=180)).data)
+                assert not isinstance(
+                    event, ev.UploadFailed | ev.ResultFailed | ev.DispatchFailed | ev.Hl7Failed
+                ), event
+                if isinstance(event, ev.Dispatched):
+                    dispatched[(event.core, event.destination)] = len(event.sop_instance_uids)
+                if isinstance(event, ev.Hl7Sent):
+                    assert (event.ack_code, event.ris) == ("AA", "ris:2575")
+                    ris.add(event.core)
+        finally:
+            await nc.close()
+        # The first core to both PACS (its CALLBACK_URLS), core 1 to the second (CALLBACK_URLS_1):
+        # 2 images x 2 commands (detection, measures), and x 1 (detection) for core 1.
+        assert dispatched == {
+            ("default", "PACS_A@pacs-a:11112"): 4,
+            ("default", "PACS_B@pacs-b:11112"): 4,
+            ("core1", "PACS_B@pacs-b:11112"): 2,
+        }
+        assert ris == {"default", "core1"}
+        stored = {
+            pacs: site(
+                "exec", "-T", pacs, "find", "/var/lib/pacsor-demo", "-name", "*.dcm"
+            ).stdout.split()
+            for pacs in ("pacs-a", "pacs-b")
+        }
+        # Each PACS keeps one file per SOP instance: core 1's detection results are the same
+        # objects as the first core's (the simulator answers alike), stored again, kept once.
+        assert (len(stored["pacs-a"]), len(stored["pacs-b"])) == (4, 4)
+        stores = {
+            pacs: site("logs", "--no-color", pacs).stdout.count("demo PACS stored")
+            for pacs in ("pacs-a", "pacs-b")
+        }
+        assert stores == {"pacs-a": 4, "pacs-b": 6}
+        assert site("logs", "--no-color", "ris").stdout.count("demo RIS received") == 2
+    finally:
+        subprocess.run(
+            [*site.base, "--profile", "*", "down", "-v", "--timeout", "20"],
+            cwd=PROJECT,
+            env=site.env,
+            capture_output=True,
+            timeout=300,
+        )
+        subprocess.run(["docker", "rmi", f"pacsor:{tag}"], capture_output=True, timeout=120)
+
+
+def test_the_image_name_and_tag_are_settings_for_a_registry(tmp_path: Path) -> None:
+    _engine_or_skip()
+    registry = tmp_path / "registry.env"
+    registry.write_text(
+        "PACSOR_IMAGE=registry.example.org/radiology/pacsor\nPACSOR_VERSION=2.1.0\n"
+        "PACSOR_PULL_POLICY=missing\n"
+    )
+    compose = Compose(tmp_path).with_env_file(registry)
+    services = json.loads(compose("config", "--format", "json").stdout)["services"]
+    assert {
+        (s["image"], s["pull_policy"]) for s in services.values() if "nats" not in s["image"]
+    } == {("registry.example.org/radiology/pacsor:2.1.0", "missing")}

@@ -75,9 +75,10 @@ def test_compose_builds_the_image_once_and_tags_it() -> None:
     builders = [name for name, service in services.items() if "build" in service]
     assert builders == ["scp"]
     pacsor_images = {
-        service["image"] for service in services.values() if service["image"].startswith("pacsor")
+        service["image"] for service in services.values() if "pacsor" in service["image"].lower()
     }
-    assert pacsor_images == {"pacsor:${PACSOR_VERSION:-latest}"}
+    # The name and the tag are settings (a site's own registry), pacsor:latest by default.
+    assert pacsor_images == {"${PACSOR_IMAGE:-pacsor}:${PACSOR_VERSION:-latest}"}
 
 
 def test_every_service_has_a_healthcheck() -> None:

@@ -201,6 +201,108 @@ async def test_streams_take_their_max_age_from_the_settings(nc: Client) -> None:
     assert (await js.stream_info("OBJ_PACSOR_RESULTS")).config.max_age == 72 * 3600
 
 
+DAY = timedelta(hours=24)
+
+
+def _failed_at_the_pacs(at: datetime) -> list[ev.Event]:
+    history = lifecycle(STUDY, at - timedelta(minutes=5), destinations=())
+    return [
+        *history,
+        ev.DispatchFailed(
+            study_uid=STUDY,
+            core="default",
+            attempt=1,
+            destination=PACS,
+            reason="the PACS refused every object",
+            occurred_at=at,
+        ),
+    ]
+
+
+def test_a_failed_study_is_cleaned_after_the_failure_delay() -> None:
+    failed_at = T0 + timedelta(minutes=5)
+    view = view_of(_failed_at_the_pacs(failed_at))
+    assert view.state == "failed"
+    reason = "output cleaning: the study failed over 24 h ago"
+    assert (
+        removals_due(view, failed_at + DAY - timedelta(seconds=1), WEEK, TO_PACS, True, DAY) == []
+    )
+    assert removals_due(view, failed_at + DAY, WEEK, TO_PACS, True, DAY) == [
+        Removal("instances", reason),
+        Removal("results", reason, "default", 1),
+    ]
+    # Without output cleaning, a failed study waits for the general retention.
+    assert removals_due(view, failed_at + DAY, WEEK, TO_PACS, False, DAY) == []
+
+
+def test_a_study_failed_at_upload_loses_its_instances_and_a_relaunch_saves_them() -> None:
+    history = lifecycle(STUDY, T0, destinations=())[:4]  # 3 received, complete
+    failed_at = T0 + timedelta(minutes=1)
+    history.append(
+        ev.UploadFailed(
+            study_uid=STUDY,
+            core="default",
+            attempt=1,
+            reason="HTTP 403: forbidden",
+            http_status=403,
+            occurred_at=failed_at,
+        )
+    )
+    assert removals_due(view_of(history), failed_at + DAY, WEEK, TO_PACS, True, DAY) == [
+        Removal("instances", "output cleaning: the study failed over 24 h ago")
+    ]
+    relaunched = ev.StudyComplete(
+        study_uid=STUDY,
+        attempt=2,
+        instance_count=3,
+        through_sequence=0,
+        occurred_at=failed_at + timedelta(hours=1),
+    )
+    view = view_of([*history, relaunched])
+    assert view.state != "failed"
+    assert removals_due(view, failed_at + DAY, WEEK, TO_PACS, True, DAY) == []
+
+
+async def test_the_sweep_cleans_a_failed_study_and_records_it(nc: Client, tmp_path: Path) -> None:
+    js = nc.jetstream()
+    instances = BlobStore(nc, js, INSTANCES_BUCKET)
+    results = BlobStore(nc, js, RESULTS_BUCKET)
+    events = EventLog(js)
+    failed_at = datetime.now(UTC)
+    for event in _failed_at_the_pacs(failed_at):
+        if isinstance(event, ev.InstanceReceived):
+            await instances.put(event.object_name, b"instance")
+        if isinstance(event, ev.ResultReady):
+            for result in event.results:
+                await results.put(result.object_name, b"result")
+        await events.publish(event)
+    site = settings(OUTPUT_CLEANING="true", OUTPUT_CLEANING_FAILED_HOURS="2")
+    projector = Projector(EventLog(js), ReadModel(tmp_path / "rm.sqlite"))
+    stop = asyncio.Event()
+    task = asyncio.create_task(projector.run(stop))
+    try:
+        sweeper = RetentionSweeper(site, projector, events, instances, results)
+        assert await sweeper.caught_up(30)
+        assert await sweeper.sweep(failed_at + timedelta(hours=1)) == 0  # within the delay
+        assert await sweeper.sweep(failed_at + timedelta(hours=2)) == 2
+        expired = [
+            r.event for r in await events.history(STUDY) if isinstance(r.event, ev.ObjectsExpired)
+        ]
+        assert [(e.kind, e.object_count, e.reason) for e in expired] == [
+            ("instances", 3, "output cleaning: the study failed over 2 h ago"),
+            ("results", 6, "output cleaning: the study failed over 2 h ago"),
+        ]
+        for event in _failed_at_the_pacs(failed_at):
+            if isinstance(event, ev.InstanceReceived):
+                assert await instances.info(event.object_name) is None
+            if isinstance(event, ev.ResultReady):
+                for result in event.results:
+                    assert await results.info(result.object_name) is None
+    finally:
+        stop.set()
+        await task
+
+
 async def test_the_retention_component_sweeps_on_its_own_and_says_it_is_alive(
     nc: Client, nats_server: NatsServer, tmp_path: Path
 ) -> None:

@@ -20,14 +20,17 @@ from pacsor.cli.setup_wizard import (
     check_port,
     check_url,
 )
-from pacsor.config import load_settings, read_dotenv
-from tests.harness import PROJECT, cli_env, pacsor_cli
+from pacsor.config import ConfigError, load_settings, read_dotenv
+from pacsor.devtools.simulator import SimulatorSettings, running_simulator
+from tests.harness import PROJECT, ReceivingPacs, cli_env, pacsor_cli
+from tests.nats_server import free_port
 
 DOWN = "\x1b[B"  # arrow down
 CLEAR = "\x15"  # Ctrl-U: erase the line typed so far (or the default offered)
 
 
-ROWS, COLUMNS = 40, 140
+# Tall enough that nothing the wizard printed scrolls away: a prompt asked twice counts twice.
+ROWS, COLUMNS = 150, 140
 
 
 class Terminal:
@@ -53,9 +56,10 @@ class Terminal:
     def text(self) -> str:
         return "\n".join(line.rstrip() for line in self.screen.display)
 
-    def wait_for(self, wanted: str, timeout: float = 30) -> None:
+    def wait_for(self, wanted: str, timeout: float = 30, times: int = 1) -> None:
+        """Until `wanted` is on the screen `times` times (a prompt asked again counts anew)."""
         deadline = time.monotonic() + timeout
-        while wanted not in self.text():
+        while self.text().count(wanted) < times:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise AssertionError(f"{wanted!r} never on screen:\n{self.text()}")
@@ -64,11 +68,11 @@ class Terminal:
             except pexpect.TIMEOUT:
                 continue
             except pexpect.EOF:
-                if wanted not in self.text():
+                if self.text().count(wanted) < times:
                     raise AssertionError(f"exited before {wanted!r}:\n{self.text()}") from None
 
-    def answer(self, prompt: str, keys: str) -> None:
-        self.wait_for(prompt)
+    def answer(self, prompt: str, keys: str, times: int = 1) -> None:
+        self.wait_for(prompt, times=times)
         self.child.send(keys)
 
     def finish(self) -> int:
@@ -78,40 +82,77 @@ class Terminal:
         return int(self.child.exitstatus if self.child.exitstatus is not None else -1)
 
 
-def test_an_installer_answers_the_wizard_in_a_terminal(tmp_path: Path) -> None:
-    terminal = Terminal(tmp_path)
-    answer = terminal.answer
-    answer("Site name", "lyon-sud\r")
-    answer("Product", DOWN + "\r")  # SmartTrauma
-    answer("AI environment", DOWN + DOWN + "\r")  # type another URL
-    answer("URL", "not a url\r")
-    answer("expected an http:// or https:// URL", CLEAR + "https://api.example.test\r")
-    answer("API key (token)", "s3cret-key\r")
-    answer("PACS receiving results: AE title", CLEAR + "ABCDEFGHIJKLMNOPQ\r")
-    answer("at most 16 characters, this one has 17", CLEAR + "BAD\\AET\r")
-    answer("no backslash and no control characters", CLEAR + "MAINPACS\r")
-    answer("PACS receiving results: host or IP", "10.1.2.3\r")
-    answer("PACS receiving results: port", CLEAR + "70000\r")
-    answer("a port is a number from 1 to 65535", CLEAR + "11112\r")
-    answer("pacsor's own AE title (SCP)", "\r")  # MILVUE, offered
-    answer("pacsor's own DICOM port (SCP)", "\r")  # 1040, offered
-    answer("Study filters", "[oops\r")
-    answer("filters are JSON rules", CLEAR + "\r")
-    answer("Send HL7 results to the RIS?", "y")
-    answer("RIS: host or IP", "ris.hospital.local\r")
-    answer("RIS: HL7 (MLLP) port", "\r")  # 2575, offered
-    answer("receiving application (MSH-5)", "RIS^X\r")
-    answer("no HL7 delimiter", CLEAR + "RADRIS\r")
-    answer("receiving facility (MSH-6)", "\r")  # none
-    answer("HL7: language of the results", DOWN + "\r")  # FR
-    answer("Add a second AI core?", "y")
-    answer("Second core: name", CLEAR + "chest\r")
-    answer("Second core: product", DOWN * 3 + "\r")  # SmartChest
-    answer("Second core: AI environment", "\r")  # the compose demo's simulator
-    answer("Second core: API key", "other-key\r")
-    answer("Second core: where its results go", "\r")  # same-as-first, offered
-    terminal.wait_for("wrote env-files/.env.lyon-sud")
-    assert terminal.finish() == 0
+def test_an_installer_answers_the_wizard_in_a_terminal(
+    tmp_path: Path, pacs: ReceivingPacs, archive: ReceivingPacs
+) -> None:
+    closed = free_port()  # a PACS that is not there: its C-ECHO fails
+    with running_simulator(SimulatorSettings(token="s3cret-key")) as (api, _state):
+        terminal = Terminal(tmp_path)
+        answer = terminal.answer
+        answer("Site name", "lyon-sud\r")
+        answer("Product", DOWN + "\r")  # SmartTrauma
+        # SmartTrauma's environments, from the data file, then "another URL".
+        terminal.wait_for("API simulator on this machine (http://127.0.0.1:8421)")
+        answer("Another URL (type it)", DOWN + DOWN + "\r")
+        answer("? URL", "not a url\r")
+        answer("expected an http:// or https:// URL", CLEAR + api + "\r")
+        answer("API key (token)", "wrong-key\r")
+        # The typed URL is reached once, with the key: refused, so asked again.
+        answer("Keep this environment anyway?", "n")
+        answer("AI environment", DOWN + DOWN + "\r", times=2)
+        answer("? URL", api + "\r", times=2)
+        answer("API key (token)", "s3cret-key\r", times=2)
+        terminal.wait_for(f"AI core {api}: reachable, token accepted")
+        answer("PACS receiving results: AE title", CLEAR + "ABCDEFGHIJKLMNOPQ\r")
+        answer("at most 16 characters, this one has 17", CLEAR + "BAD\\AET\r")
+        answer("no backslash and no control characters", CLEAR + "MAINPACS\r")
+        answer("PACS receiving results: host or IP", "127.0.0.1\r")
+        answer("PACS receiving results: port", CLEAR + "70000\r")
+        answer("a port is a number from 1 to 65535", CLEAR + f"{pacs.port}\r")
+        terminal.wait_for(f"C-ECHO MAINPACS@127.0.0.1:{pacs.port}: answers")
+        answer("First core: add another PACS?", "y")
+        answer("First core, PACS 2: AE title", CLEAR + "ARCHIVE\r")
+        answer("First core, PACS 2: host or IP", "127.0.0.1\r")
+        answer("First core, PACS 2: port", CLEAR + f"{closed}\r")
+        answer("Keep this PACS anyway?", "n")  # its C-ECHO failed: typed again
+        answer("First core, PACS 2: AE title", CLEAR + "ARCHIVE\r", times=2)
+        answer("First core, PACS 2: host or IP", "127.0.0.1\r", times=2)
+        answer("First core, PACS 2: port", CLEAR + f"{archive.port}\r", times=2)
+        terminal.wait_for(f"C-ECHO ARCHIVE@127.0.0.1:{archive.port}: answers")
+        answer("First core: add another PACS?", "n", times=2)
+        answer("pacsor's own AE title (SCP)", "\r")  # MILVUE, offered
+        answer("pacsor's own DICOM port (SCP)", "\r")  # 1040, offered
+        answer("Study filters", "[oops\r")
+        answer("filters are JSON rules", CLEAR + "\r")
+        answer("Send this core's HL7 results to the RIS?", "y")
+        answer("Add a second AI core?", "y")
+        answer("Second core: name", CLEAR + "chest\r")
+        answer("Second core: product", DOWN * 3 + "\r")  # SmartChest
+        answer("Second core: AI environment", "\r")  # the compose demo's simulator
+        answer("Second core: API key", "other-key\r")
+        answer("Core chest: send its results to other PACS than the first core's?", "y")
+        answer("Core chest, PACS 1: AE title", CLEAR + "ARCHIVE\r")
+        answer("Core chest, PACS 1: host or IP", "127.0.0.1\r")
+        answer("Core chest, PACS 1: port", CLEAR + f"{archive.port}\r")
+        terminal.wait_for("Core chest: add another PACS?")
+        answer("Core chest: add another PACS?", "n")
+        answer("Second core: send its results to the RIS?", "n")
+        answer("Add another AI core?", "y")  # a third: as many as the site has
+        answer("Core 3: name", CLEAR + "research\r")
+        answer("Core 3: product", "\r")  # Milvue Suite
+        answer("Core 3: AI environment", "\r")
+        answer("Core 3: API key", "third-key\r")
+        answer("Core research: send its results to other PACS than the first core's?", "n")
+        answer("Core 3: send its results to the RIS?", "y")
+        answer("Add another AI core?", "n", times=2)
+        answer("RIS: host or IP", "ris.hospital.local\r")
+        answer("RIS: HL7 (MLLP) port", "\r")  # 2575, offered
+        answer("receiving application (MSH-5)", "RIS^X\r")
+        answer("no HL7 delimiter", CLEAR + "RADRIS\r")
+        answer("receiving facility (MSH-6)", "\r")  # none
+        answer("HL7: language of the results", DOWN + "\r")  # FR
+        terminal.wait_for("wrote env-files/.env.lyon-sud")
+        assert terminal.finish() == 0
 
     link = tmp_path / ".env"
     assert link.is_symlink() and os.readlink(link) == "env-files/.env.lyon-sud"
@@ -121,22 +162,35 @@ def test_an_installer_answers_the_wizard_in_a_terminal(tmp_path: Path) -> None:
         "PACSOR_NATS_SECRETS": "env-files/nats.lyon-sud",
         "MILVUE_AET": "MILVUE",
         "PORT": "1040",
-        "API_URL": "https://api.example.test",
+        "API_URL": api,
         "TOKEN": "s3cret-key",
         "INFERENCE_COMMANDS": "detection,measures",
         "PACS_AET": "MAINPACS",
-        "PACS_IP": "10.1.2.3",
-        "PACS_PORT": "11112",
+        "PACS_IP": "127.0.0.1",
+        "PACS_PORT": str(pacs.port),
+        "DESTINATIONS": f"ARCHIVE@127.0.0.1:{archive.port}",
+        "CORE_NAME_1": "chest",
+        "API_URL_1": "http://simulator:8421",
+        "TOKEN_1": "other-key",
+        "INFERENCE_COMMANDS_1": "smartchest",
+        "DESTINATIONS_1": f"ARCHIVE@127.0.0.1:{archive.port}",
+        "CORE_NAME_2": "research",
+        "API_URL_2": "http://simulator:8421",
+        "TOKEN_2": "third-key",
+        "INFERENCE_COMMANDS_2": "smarturgences,smartxpert",
+        "DESTINATIONS_2": "same-as-first",
         "HL7_ENABLE": "true",
         "HL7_RIS_IP": "ris.hospital.local",
         "HL7_RIS_PORT": "2575",
         "HL7_LANGUAGE": "FR",
         "HL7_RECEIVING_APPLICATION": "RADRIS",
-        "CORE_NAME_1": "chest",
-        "API_URL_1": "http://simulator:8421",
-        "TOKEN_1": "other-key",
-        "INFERENCE_COMMANDS_1": "smartchest",
-        "DESTINATIONS_1": "same-as-first",
+        "HL7_CORES": "default,research",
+        # SmartTrauma's HL7 defaults, from the data file: its own findings feed the message.
+        "INCLUDE_DETECTIONS_FINDINGS": "true",
+        "DETECTION_INFERENCE_COMMAND": "detection",
+        "INCLUDE_MEASURES_FINDINGS": "true",
+        "MEASURE_INFERENCE_COMMAND": "measures",
+        "COMPOSE_PROFILES": "hl7",
     }
     assert (tmp_path / "env-files" / ".env.lyon-sud").stat().st_mode & 0o077 == 0
     # The site's NATS credentials, for compose's secrets: only the operator reaches them.
@@ -152,15 +206,20 @@ def test_an_installer_answers_the_wizard_in_a_terminal(tmp_path: Path) -> None:
     assert (nats_secrets / "nats-store.conf").read_text() == ""  # not asked to encrypt
     # pacsor reads it back, through .env, as the site's settings.
     settings = load_settings(environ={}, dotenv=link)
-    assert [core.name for core in settings.cores] == ["default", "chest"]
+    default, chest, research = settings.cores
+    assert [core.name for core in settings.cores] == ["default", "chest", "research"]
+    assert [d.ae_title for d in default.destinations] == ["MAINPACS", "ARCHIVE"]
+    assert [d.ae_title for d in chest.destinations] == ["ARCHIVE"]
+    assert research.destinations == default.destinations
     assert settings.hl7.enable and settings.hl7.ris_port == 2575
+    assert settings.ris_cores == {"default", "research"}
     assert settings.hl7.language == "FR" and settings.hl7.receiving_application == "RADRIS"
 
     shown = pacsor_cli("setup", "--show", cwd=tmp_path)
     assert shown.returncode == 0
     assert "TOKEN=********" in shown.stdout and "TOKEN_1=********" in shown.stdout
     assert "s3cret-key" not in shown.stdout and "other-key" not in shown.stdout
-    assert "PACS_IP=10.1.2.3" in shown.stdout
+    assert "PACS_IP=127.0.0.1" in shown.stdout and "TOKEN_2=********" in shown.stdout
 
 
 def test_ctrl_c_writes_nothing(tmp_path: Path) -> None:
@@ -302,3 +361,70 @@ def test_env_example_copied_as_env_keeps_the_demo_working(tmp_path: Path) -> Non
     settings = load_settings(environ=environment, dotenv=None)
     assert (settings.nats_user, settings.nats_password) == ("pacsor", "the-secret-compose-mounts")
     assert [str(d) for d in settings.all_destinations()] == ["DEMOPACS@demo-pacs:11112"]
+
+
+def test_options_give_any_pacs_each_core_its_own_and_the_product_hl7_defaults(
+    tmp_path: Path,
+) -> None:
+    result = pacsor_cli(
+        "setup",
+        "--site=east",
+        "--product=SmartTrauma",
+        "--api-url=https://api.example.test",
+        "--token=k3y",
+        "--pacs-host=pacs.local",
+        "--destinations=ARCH@archive:104,VIEW@viewer:11112",
+        "--hl7",
+        "--ris-host=ris.local",
+        "--second-core",
+        "--core2-name=chest",
+        "--core2-product=SmartChest",
+        "--core2-url=https://chest.example.test",
+        "--core2-token=k2",
+        "--core2-destinations=CHEST@chest-pacs:104",
+        "--no-core2-hl7",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    settings = load_settings(environ={}, dotenv=tmp_path / ".env")
+    default, chest = settings.cores
+    assert [str(d) for d in default.destinations] == [
+        "PACS@pacs.local:104",
+        "ARCH@archive:104",
+        "VIEW@viewer:11112",
+    ]
+    assert [str(d) for d in chest.destinations] == ["CHEST@chest-pacs:104"]
+    # SmartTrauma's findings feed the HL7 message; the chest core's results do not go there.
+    hl7 = settings.hl7
+    assert (hl7.detection_command, hl7.measure_command) == ("detection", "measures")
+    assert settings.ris_cores == {"default"}
+    assert read_dotenv(tmp_path / ".env")["COMPOSE_PROFILES"] == "hl7"
+
+
+def test_a_bad_destination_option_is_one_line(tmp_path: Path) -> None:
+    result = pacsor_cli("setup", *OPTIONS, "--destinations=ARCH@archive", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr == (
+        "pacsor: --destinations: AET@host:port (?tls for TLS), comma-separated, or same-as-first, "
+        "got 'ARCH@archive'\n"
+    )
+
+
+def test_the_products_come_from_a_file_a_vendor_edits(tmp_path: Path) -> None:
+    from pacsor.config.products import PRODUCTS_FILE, load_products
+
+    data = json.loads(PRODUCTS_FILE.read_text())
+    data["products"]["SmartChest"]["environments"]["Hospital cloud"] = "https://ai.example.test"
+    edited = tmp_path / "environments.json"
+    edited.write_text(json.dumps(data))
+    assert load_products(edited)["SmartChest"].environments["Hospital cloud"] == (
+        "https://ai.example.test"
+    )
+    data["products"]["SmartChest"]["hl7"]["DETECTION_COMMAND"] = "smartchest"
+    edited.write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match="'SmartChest': DETECTION_COMMAND is no HL7 setting"):
+        load_products(edited)
+    data["products"]["SmartChest"]["hl7"] = {"DETECTION_INFERENCE_COMMAND": "smartxpert"}
+    edited.write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match="'SmartChest': DETECTION_INFERENCE_COMMAND: "):
+        load_products(edited)

@@ -10,11 +10,8 @@ from litestar import Request, Response, get, post
 from litestar.params import FromQuery, Parameter
 
 from pacsor.admin.app import Admin
-from pacsor.config.hl7 import as_variables
-from pacsor.config.variables import masked
 from pacsor.domain.external_report import ReportRefused
-from pacsor.hl7.config_loading import LoadRefused, current_config, load_named
-from pacsor.hl7.custom_config import CustomConfigError, effective
+from pacsor.hl7.config_loading import LoadRefused, in_force, load_named, shown
 from pacsor.hl7.external_reports import ReportAccepted, receive_report
 
 AnyRequest = Request[Any, Any, Any]
@@ -28,12 +25,6 @@ def _admin(request: AnyRequest) -> Admin:
 
 def _refusal(status: int, reason: str) -> Response[dict[str, Any]]:
     return Response({"status_code": status, "detail": reason}, status_code=status)
-
-
-def _masked(variables: dict[str, str]) -> dict[str, str]:
-    """URLs with credentials are shown without them; secrets not at all."""
-    shown: dict[str, str] = masked(variables)
-    return shown
 
 
 class LoadedOut(msgspec.Struct, frozen=True):
@@ -57,11 +48,7 @@ class Hl7ConfigOut(msgspec.Struct, frozen=True):
 async def hl7_config(request: AnyRequest) -> Hl7ConfigOut:
     admin = _admin(request)
     base = admin.settings.hl7
-    current = await current_config(admin.events)
-    try:
-        settings, _ = effective(base, current.loaded)
-    except CustomConfigError:
-        settings = base  # what the hl7 component falls back to as well
+    current, settings = await in_force(admin.events, base)
     template = (
         msgspec.json.decode(current.loaded.template)
         if current.loaded and current.loaded.template
@@ -79,9 +66,9 @@ async def hl7_config(request: AnyRequest) -> Hl7ConfigOut:
             template=template,
         )
     return Hl7ConfigOut(
-        environment=_masked(as_variables(base)),
+        environment=shown(base),
         loaded=loaded,
-        effective=_masked(as_variables(settings)),
+        effective=shown(settings),
         template=template,
     )
 
@@ -123,10 +110,10 @@ async def push_report(
     if len(body) > MAX_REPORT_BYTES:
         return _refusal(413, f"a report is at most {MAX_REPORT_BYTES} bytes")
     admin = _admin(request)
+    # WEBPS_ENABLE and WEBPS_PROVIDERS as in force: a loaded configuration may change them.
+    _, settings = await in_force(admin.events, admin.settings.hl7)
     try:
-        accepted: ReportAccepted = await receive_report(
-            admin.events, admin.settings.hl7, provider, body
-        )
+        accepted: ReportAccepted = await receive_report(admin.events, settings, provider, body)
     except ReportRefused as err:
         return _refusal(err.status, err.reason)
     return Response(msgspec.to_builtins(accepted), status_code=202)

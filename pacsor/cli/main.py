@@ -119,6 +119,12 @@ def main(argv: list[str] | None = None) -> int:
     demo_pacs.add_argument("--aet", default=DEMO_PACS_AET)
     demo_pacs.add_argument("--folder", type=Path, default=Path("demo-pacs"))
 
+    demo_ris = commands.add_parser(
+        "demo-ris", help="run a RIS that acknowledges every HL7 message it receives (demo)"
+    )
+    demo_ris.add_argument("--host", default="127.0.0.1")
+    demo_ris.add_argument("--port", type=int, default=2575)
+
     setup = commands.add_parser(
         "setup",
         help="answer a site's questions once: writes env-files/.env.SITE and links .env to it",
@@ -140,6 +146,17 @@ def main(argv: list[str] | None = None) -> int:
         else:
             setup.add_argument(question.option, metavar="VALUE", help=question.message)
 
+    migrate = commands.add_parser(
+        "migrate",
+        help="turn an original gateway's .env and compose files into pacsor's site file",
+    )
+    migrate.add_argument(
+        "original", type=Path, nargs="?", default=Path("."), help="the original's folder"
+    )
+    migrate.add_argument("--project-dir", type=Path, default=Path("."), help="where .env goes")
+    migrate.add_argument("--site", help="the site's name (default: the original's client name)")
+    migrate.add_argument("--force", action="store_true", help="replace a different site file")
+
     credentials = commands.add_parser(
         "nats-credentials",
         help="make the NATS credentials of a compose deployment (`pacsor setup` does it per site)",
@@ -152,6 +169,12 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     args = parser.parse_args(argv)
+    if args.command == "migrate":  # before the settings, like setup: it writes them
+        try:
+            return _migrate(args.original, args.project_dir, args.site, args.force)
+        except ConfigError as err:
+            print(f"pacsor: {err}", file=sys.stderr)
+            return 2
     if args.command == "nats-credentials":
         return _nats_credentials(args.folder, args.encrypt_nats_store)
     if args.command == "setup":  # before the settings: setup is how they come to exist
@@ -195,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(check_component(settings, args.component))
         if args.command == "demo-pacs":
             return _demo_pacs(args.host, args.port, args.aet, args.folder)
+        if args.command == "demo-ris":
+            return asyncio.run(_demo_ris(args.host, args.port))
     except StartupError as err:  # a setting, NATS, a port: one line naming it
         print(f"pacsor: {err}", file=sys.stderr)
         return 2
@@ -729,6 +754,51 @@ def _setup(args: argparse.Namespace) -> int:
     return 0
 
 
+def _migrate(original: Path, project: Path, site: str | None, force: bool) -> int:
+    from pacsor.cli.setup_wizard import (
+        ENV_DIR,
+        check_site,
+        nats_secrets_folder,
+        site_file,
+        write_site,
+    )
+    from pacsor.config.migration import migrate
+    from pacsor.config.original import read_original_site
+
+    found = read_original_site(original)
+    name = site or found.client
+    if not name:
+        raise ConfigError("--site: needed, the original's .env names no env-files/.env.<client>")
+    if problem := check_site(name):
+        raise ConfigError(f"--site: {problem}, got {name!r}")
+    migration = migrate(found)
+    # The site as pacsor will read it: a problem is found now, not at start-up.
+    load_settings(environ=migration.variables, dotenv=None)
+    for line in migration.lines:
+        print(line)
+    target = site_file(project, name)
+    wanted = {
+        "PACSOR_ENV_FILE": f"{ENV_DIR}/.env.{name}",
+        "PACSOR_NATS_SECRETS": nats_secrets_folder(name),
+        **migration.variables,
+    }
+    if target.exists() and target.resolve() == (original / ".env").resolve():
+        raise ConfigError(f"--site: {name!r} would replace the original's own file; name another")
+    if target.exists() and read_dotenv(target) == wanted:
+        print(f"{target.relative_to(project)} is already this migration: unchanged")
+        return 0
+    if target.exists() and not force:
+        print(
+            f"pacsor: {target.relative_to(project)} exists and differs; --force replaces it",
+            file=sys.stderr,
+        )
+        return 1
+    written = write_site(project, name, migration.variables, written_by="pacsor migrate")
+    print(f"wrote {written.relative_to(project)}; .env now points to it")
+    print("next: `pacsor check`, then `docker compose up -d`")
+    return 0
+
+
 async def _check(settings: Settings) -> int:
     from pacsor.cli.preflight import run_checks
 
@@ -758,6 +828,24 @@ def _demo_pacs(host: str, port: int, ae_title: str, folder: Path) -> int:
     stopped = signal.sigwait(stop_signals)
     log.info("demo PACS stopping", extra={"signal": signal.Signals(stopped).name})
     server.shutdown()
+    return 0
+
+
+async def _demo_ris(host: str, port: int) -> int:
+    from pacsor.devtools.demo_ris import DemoRis
+
+    if not 0 < port < 65536:
+        raise ConfigError(f"--port: expected a port number, got {port}")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        ris = await DemoRis(host, port).start()
+    except OSError as err:
+        raise StartupError(f"--port: cannot listen on {port}: {err.strerror}") from None
+    await stop.wait()
+    await ris.stop()
     return 0
 
 

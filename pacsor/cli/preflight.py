@@ -118,6 +118,11 @@ async def _nats(settings: Settings) -> AsyncIterator[Check]:
         yield Check(f"NATS {url}", fault)
 
 
+async def probe_core(api_url: str, token: str) -> str | None:
+    """The AI core's probe alone (as `pacsor setup` asks it): None, or what is wrong."""
+    return (await _core("", api_url, token)).problem
+
+
 async def _core(name: str, api_url: str, token: str) -> Check:
     check = f"AI core {name} {api_url}"
     if not token:

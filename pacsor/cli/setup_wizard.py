@@ -24,20 +24,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pacsor.config import ConfigError, load_settings, parse_destination, read_dotenv
+from pacsor.config.products import Product, load_products
 from pacsor.config.settings import SAME_AS_FIRST
 from pacsor.config.variables import mask_urls
 from pacsor.jetstream.nats_auth import ensure_deployment_secrets
 
+# The products and their environments: pacsor/config/environments.json, which a vendor edits.
+CATALOGUE: dict[str, Product] = load_products()
 PRODUCTS: dict[str, tuple[str, ...]] = {
-    "Milvue Suite": ("smarturgences", "smartxpert"),
-    "SmartTrauma": ("detection", "measures"),
-    "TechCare Trauma": ("trauma",),
-    "SmartChest": ("smartchest",),
-}
-# Known environments, offered in a list; any other URL can be typed.
-ENVIRONMENTS: dict[str, str] = {
-    "API simulator of the compose demo (http://simulator:8421)": "http://simulator:8421",
-    "API simulator on this machine (http://127.0.0.1:8421)": "http://127.0.0.1:8421",
+    name: product.inference_commands for name, product in CATALOGUE.items()
 }
 OTHER_URL = "Another URL (type it)"
 ENV_DIR = "env-files"
@@ -90,6 +85,15 @@ def check_destinations(value: str) -> str | None:
     except ConfigError:
         return f"AET@host:port (?tls for TLS), comma-separated, or {SAME_AS_FIRST}"
     return None
+
+
+def check_more_destinations(value: str) -> str | None:
+    """The first core's PACS after the first: none, or AET@host:port, comma-separated."""
+    if not value.strip():
+        return None
+    if value.strip().lower() == SAME_AS_FIRST:
+        return "the first core's own PACS: AET@host:port, comma-separated"
+    return check_destinations(value)
 
 
 def check_token(value: str) -> str | None:
@@ -153,43 +157,98 @@ class Question:
     default: str = ""
     asked_when: Callable[[Mapping[str, str]], bool] = field(default=lambda answers: True)
     choices: tuple[str, ...] = tuple(PRODUCTS)  # of a "select"
+    # Of a "url": the answer naming the product whose environments are offered.
+    product_key: str = "product"
+    # False: an option only; in a terminal the wizard asks for it otherwise (one at a time).
+    prompted: bool = True
 
     @property
     def option(self) -> str:
         return "--" + self.key.replace("_", "-")
 
 
-def _hl7(answers: Mapping[str, str]) -> bool:
-    return answers.get("hl7") == "yes"
+def _any_hl7(answers: Mapping[str, str]) -> bool:
+    return any(answers.get(key) == "yes" for key in answers if key == "hl7" or key.endswith("_hl7"))
 
 
 def _core2(answers: Mapping[str, str]) -> bool:
     return answers.get("second_core") == "yes"
 
 
-QUESTIONS: tuple[Question, ...] = (
+def core_questions(n: int) -> tuple[Question, ...]:
+    """The questions about core n (2, 3, ...: written as CORE_NAME_1, CORE_NAME_2, ...)."""
+    label = "Second core" if n == 2 else f"Core {n}"
+    p = f"core{n}_"
+    when = _core2 if n == 2 else (lambda answers: True)
+    return (
+        Question(p + "name", f"{label}: name", "text", check_core_name, f"core{n}", when),
+        Question(p + "product", f"{label}: product", "select", check_product, "", when),
+        Question(
+            p + "url",
+            f"{label}: AI environment",
+            "url",
+            check_url,
+            "",
+            when,
+            product_key=p + "product",
+        ),
+        Question(p + "token", f"{label}: API key", "secret", check_token, "", when),
+        Question(
+            p + "destinations",
+            f"{label}: where its results go (AET@host:port, or {SAME_AS_FIRST}: the first core's)",
+            "text",
+            check_destinations,
+            SAME_AS_FIRST,
+            when,
+            prompted=False,
+        ),
+        Question(
+            p + "hl7", f"{label}: send its results to the RIS?", "yes-no", check_yes_no, "no", when
+        ),
+    )
+
+
+FIRST_CORE: tuple[Question, ...] = (
     Question("site", "Site name (names the settings file)", "text", check_site),
     Question("product", "Product", "select", check_product, "Milvue Suite"),
     Question("api_url", "AI environment", "url", check_url),
     Question("token", "API key (token)", "secret", check_token),
+)
+PACS: tuple[Question, ...] = (
     Question("pacs_aet", "PACS receiving results: AE title", "text", check_ae_title, "PACS"),
     Question("pacs_host", "PACS receiving results: host or IP", "text", check_host),
     Question("pacs_port", "PACS receiving results: port", "text", check_port, "104"),
+)
+GATEWAY: tuple[Question, ...] = (
+    Question(
+        "destinations",
+        "More PACS for the first core (AET@host:port,...)",
+        "text",
+        check_more_destinations,
+        prompted=False,
+    ),
     Question("aet", "pacsor's own AE title (SCP)", "text", check_ae_title, "MILVUE"),
     Question("port", "pacsor's own DICOM port (SCP)", "text", check_port, "1040"),
     Question("filters", "Study filters (JSON rules, empty: every study)", "text", check_filters),
-    Question("hl7", "Send HL7 results to the RIS?", "yes-no", check_yes_no, "no"),
-    Question("ris_host", "RIS: host or IP", "text", check_host, asked_when=_hl7),
-    Question("ris_port", "RIS: HL7 (MLLP) port", "text", check_port, "2575", asked_when=_hl7),
+    Question("hl7", "Send this core's HL7 results to the RIS?", "yes-no", check_yes_no, "no"),
+    Question("second_core", "Add a second AI core?", "yes-no", check_yes_no, "no"),
+)
+RIS: tuple[Question, ...] = (
+    Question("ris_host", "RIS: host or IP", "text", check_host, asked_when=_any_hl7),
+    Question("ris_port", "RIS: HL7 (MLLP) port", "text", check_port, "2575", asked_when=_any_hl7),
     Question(
         "ris_application",
         "RIS: receiving application (MSH-5)",
         "text",
         check_hl7_name,
-        asked_when=_hl7,
+        asked_when=_any_hl7,
     ),
     Question(
-        "ris_facility", "RIS: receiving facility (MSH-6)", "text", check_hl7_name, asked_when=_hl7
+        "ris_facility",
+        "RIS: receiving facility (MSH-6)",
+        "text",
+        check_hl7_name,
+        asked_when=_any_hl7,
     ),
     Question(
         "hl7_language",
@@ -197,27 +256,16 @@ QUESTIONS: tuple[Question, ...] = (
         "select",
         check_language,
         "EN",
-        asked_when=_hl7,
+        asked_when=_any_hl7,
         choices=HL7_LANGUAGES,
     ),
-    Question("second_core", "Add a second AI core?", "yes-no", check_yes_no, "no"),
-    Question("core2_name", "Second core: name", "text", check_core_name, "core2", _core2),
-    Question("core2_product", "Second core: product", "select", check_product, "", _core2),
-    Question("core2_url", "Second core: AI environment", "url", check_url, "", _core2),
-    Question("core2_token", "Second core: API key", "secret", check_token, "", _core2),
-    # Said, never implied: a test core's results must not reach the production PACS unasked.
-    Question(
-        "core2_destinations",
-        f"Second core: where its results go (AET@host:port, or {SAME_AS_FIRST}: the PACS above)",
-        "text",
-        check_destinations,
-        SAME_AS_FIRST,
-        _core2,
-    ),
 )
+# Every question that is also an option (`pacsor setup --token ...`): cores 1 and 2 as options;
+# in a terminal, as many cores and PACS as the site has.
+QUESTIONS: tuple[Question, ...] = (*FIRST_CORE, *PACS, *GATEWAY, *core_questions(2), *RIS)
 
 
-def _ask(question: Question) -> str:
+def _ask(question: Question, answers: Mapping[str, str]) -> str:
     """One prompt, checked as it is typed; Ctrl-C stops the wizard."""
     import questionary
 
@@ -229,11 +277,16 @@ def _ask(question: Question) -> str:
             question.message, choices=list(question.choices), default=question.default or None
         ).unsafe_ask()
     elif question.kind == "url":
+        product = CATALOGUE.get(answers.get(question.product_key, ""))
+        environments = {
+            f"{label} ({url})": url
+            for label, url in (product.environments if product else {}).items()
+        }
         choice = questionary.select(
-            question.message, choices=[*ENVIRONMENTS, OTHER_URL]
+            question.message, choices=[*environments, OTHER_URL]
         ).unsafe_ask()
         if choice != OTHER_URL:
-            return ENVIRONMENTS[choice]
+            return environments[choice]
         answer = questionary.text("URL", validate=validate).unsafe_ask()
     elif question.kind == "yes-no":
         yes = questionary.confirm(question.message, default=question.default == "yes")
@@ -247,28 +300,153 @@ def _ask(question: Question) -> str:
     return str(answer)
 
 
-def collect(
-    given: Mapping[str, str | None],
-    interactive: bool,
-    ask: Callable[[Question], str] = _ask,
-) -> dict[str, str]:
-    """Every answer: from `given` (options, checked) or asked in the terminal."""
-    answers: dict[str, str] = {}
-    for question in QUESTIONS:
-        if not question.asked_when(answers):
-            continue
-        value = given.get(question.key)
+# What the wizard reaches before saving, in a terminal: each returns None or the problem.
+ApiProbe = Callable[[str, str], str | None]  # (url, token)
+EchoProbe = Callable[[str, str, int, str], str | None]  # (aet, host, port, our aet)
+
+
+def _probe_api(url: str, token: str) -> str | None:
+    """`pacsor check`'s probe of an AI core: reachable, token accepted."""
+    import asyncio
+
+    from pacsor.cli.preflight import probe_core
+
+    return asyncio.run(probe_core(url, token))
+
+
+def _echo(aet: str, host: str, port: int, ours: str) -> str | None:
+    from pacsor.dicom.storage_scu import echo
+
+    return echo(host, port, aet, ours, timeout=5.0)
+
+
+@dataclass
+class Wizard:
+    """The answers so far, and how to get the next one: given (an option, checked), asked in
+    the terminal, or the default."""
+
+    given: Mapping[str, str | None]
+    interactive: bool
+    ask: Callable[[Question, Mapping[str, str]], str] = _ask
+    probe_api: ApiProbe = _probe_api
+    echo: EchoProbe = _echo
+    say: Callable[[str], None] = print
+    answers: dict[str, str] = field(default_factory=dict)
+
+    def one(self, question: Question) -> None:
+        if not question.asked_when(self.answers):
+            return
+        value = self.given.get(question.key)
         if value is not None:
             if problem := question.check(value):
                 raise ConfigError(f"{question.option}: {problem}, got {value!r}")
-            answers[question.key] = value
-        elif interactive:
-            answers[question.key] = ask(question)
+            self.answers[question.key] = value
+        elif self.interactive and question.prompted:
+            self.answers[question.key] = self.ask(question, self.answers)
         elif question.default or question.check("") is None:  # an empty answer is fine
-            answers[question.key] = question.default
+            self.answers[question.key] = question.default
         else:
             raise ConfigError(f"{question.option}: needed when setup does not run in a terminal")
-    return answers
+
+    def confirm(self, message: str) -> bool:
+        keep = Question("keep", message, "yes-no", check_yes_no, "no")
+        return self.ask(keep, self.answers) == "yes"
+
+    def environment(self, url_q: Question, token_q: Question) -> None:
+        """The core's URL and key; a typed URL is reached once before it is kept."""
+        while True:
+            self.one(url_q)
+            self.one(token_q)
+            url, token = self.answers[url_q.key], self.answers[token_q.key]
+            product = CATALOGUE.get(self.answers.get(url_q.product_key, ""))
+            offered = set(product.environments.values()) if product else set()
+            if not self.interactive or url in offered:
+                return
+            problem = self.probe_api(url, token)
+            self.say(f"AI core {url}: {problem or 'reachable, token accepted'}")
+            if problem is None or self.confirm("Keep this environment anyway?"):
+                return
+
+    def destination(self, prefix: str, label: str) -> str:
+        """One PACS, C-ECHOed in a terminal before it is kept: AET@host:port."""
+        questions = (
+            Question(prefix + "_aet", f"{label}: AE title", "text", check_ae_title, "PACS"),
+            Question(prefix + "_host", f"{label}: host or IP", "text", check_host),
+            Question(prefix + "_port", f"{label}: port", "text", check_port, "104"),
+        )
+        while True:
+            for question in questions:
+                self.one(question)
+            aet, host, port = (self.answers[q.key] for q in questions)
+            if not self.interactive:
+                return f"{aet}@{host}:{port}"
+            problem = self.echo(aet, host, int(port), self.given.get("aet") or "MILVUE")
+            self.say(f"C-ECHO {aet}@{host}:{port}: {problem or 'answers'}")
+            if problem is None or self.confirm("Keep this PACS anyway?"):
+                return f"{aet}@{host}:{port}"
+            for question in questions:
+                self.answers.pop(question.key, None)
+
+    def more_destinations(self, label: str, key: str) -> None:
+        """In a terminal, as many more PACS as the site has, each C-ECHOed."""
+        if not self.interactive or self.given.get(key) is not None:
+            return
+        found: list[str] = []
+        while self.confirm(f"{label}: add another PACS?"):
+            n = len(found) + 2
+            found.append(self.destination(f"{key}{n}", f"{label}, PACS {n}"))
+        self.answers[key] = ",".join(found)
+
+
+def collect(
+    given: Mapping[str, str | None],
+    interactive: bool,
+    ask: Callable[[Question, Mapping[str, str]], str] = _ask,
+    probe_api: ApiProbe = _probe_api,
+    echo: EchoProbe = _echo,
+    say: Callable[[str], None] = print,
+) -> dict[str, str]:
+    """Every answer: from `given` (options, checked) or asked in the terminal.
+
+    Cores are numbered 2, 3, ... in the answers (core{n}_name, ...); `cores` lists them."""
+    w = Wizard(given, interactive, ask, probe_api, echo, say)
+    for question in FIRST_CORE[:2]:
+        w.one(question)
+    w.environment(FIRST_CORE[2], FIRST_CORE[3])
+    first = w.destination("pacs", "PACS receiving results")
+    aet, _, rest = first.partition("@")
+    host, _, port = rest.rpartition(":")
+    w.answers.update({"pacs_aet": aet, "pacs_host": host, "pacs_port": port})
+    w.one(GATEWAY[0])
+    w.more_destinations("First core", "destinations")
+    for question in GATEWAY[1:]:
+        w.one(question)
+    n = 2
+    while w.answers.get("second_core") == "yes" if n == 2 else w.confirm("Add another AI core?"):
+        questions = core_questions(n)
+        w.one(questions[0])
+        w.one(questions[1])
+        w.environment(questions[2], questions[3])
+        key = questions[4].key
+        name = w.answers[questions[0].key]
+        if interactive and given.get(key) is None:
+            own = w.confirm(f"Core {name}: send its results to other PACS than the first core's?")
+            if own:
+                found = w.destination(f"{key}1", f"Core {name}, PACS 1")
+                w.more_destinations(f"Core {name}", key)
+                w.answers[key] = ",".join(d for d in (found, w.answers.get(key, "")) if d)
+            else:
+                w.answers[key] = SAME_AS_FIRST
+        else:
+            w.one(questions[4])
+        w.one(questions[5])
+        n += 1
+        if not interactive:
+            break
+    w.answers["cores"] = ",".join(str(k) for k in range(2, n))
+    for question in RIS:
+        w.one(question)
+    return w.answers
 
 
 def site_settings(answers: Mapping[str, str]) -> dict[str, str]:
@@ -282,11 +460,26 @@ def site_settings(answers: Mapping[str, str]) -> dict[str, str]:
         "PACS_AET": answers["pacs_aet"],
         "PACS_IP": answers["pacs_host"],
         "PACS_PORT": answers["pacs_port"],
-        "HL7_ENABLE": "true" if answers["hl7"] == "yes" else "false",
     }
+    if answers.get("destinations"):
+        env["DESTINATIONS"] = answers["destinations"]
     if answers.get("filters"):
         env["DICOM_FILTERS"] = answers["filters"]
-    if answers["hl7"] == "yes":
+    cores = [int(n) for n in answers.get("cores", "").split(",") if n]
+    # Which cores' results go to the RIS: (name, product) of each.
+    to_ris = [("default", answers["product"])] if answers.get("hl7") == "yes" else []
+    for index, n in enumerate(cores, start=1):
+        p = f"core{n}_"
+        env[f"CORE_NAME_{index}"] = answers[p + "name"]
+        env[f"API_URL_{index}"] = answers[p + "url"]
+        env[f"TOKEN_{index}"] = answers[p + "token"]
+        env[f"INFERENCE_COMMANDS_{index}"] = ",".join(PRODUCTS[answers[p + "product"]])
+        # Said, never implied: a core's results reach the first core's PACS only when asked.
+        env[f"DESTINATIONS_{index}"] = answers.get(p + "destinations") or SAME_AS_FIRST
+        if answers.get(p + "hl7") == "yes":
+            to_ris.append((answers[p + "name"], answers[p + "product"]))
+    env["HL7_ENABLE"] = "true" if to_ris else "false"
+    if to_ris:
         env["HL7_RIS_IP"] = answers["ris_host"]
         env["HL7_RIS_PORT"] = answers["ris_port"]
         env["HL7_LANGUAGE"] = answers["hl7_language"]
@@ -296,12 +489,13 @@ def site_settings(answers: Mapping[str, str]) -> dict[str, str]:
         ):
             if answers[key]:
                 env[name] = answers[key]
-    if answers["second_core"] == "yes":
-        env["CORE_NAME_1"] = answers["core2_name"]
-        env["API_URL_1"] = answers["core2_url"]
-        env["TOKEN_1"] = answers["core2_token"]
-        env["INFERENCE_COMMANDS_1"] = ",".join(PRODUCTS[answers["core2_product"]])
-        env["DESTINATIONS_1"] = answers["core2_destinations"]
+        # Without HL7_CORES, only the first core's results go to the RIS.
+        if [name for name, _ in to_ris] != ["default"]:
+            env["HL7_CORES"] = ",".join(name for name, _ in to_ris)
+        # The product's own findings feed the message (the first core that sends to the RIS).
+        env.update(CATALOGUE[to_ris[0][1]].hl7)
+        # `docker compose up -d` then starts the hl7 service.
+        env["COMPOSE_PROFILES"] = "hl7"
     return env
 
 
@@ -319,16 +513,24 @@ def nats_secrets_folder(site: str) -> str:
     return f"{ENV_DIR}/nats.{site}"
 
 
+def site_file(project: Path, site: str) -> Path:
+    return project / ENV_DIR / f".env.{site}"
+
+
 def write_site(
-    project: Path, site: str, env: Mapping[str, str], encrypt_nats_store: bool = False
+    project: Path,
+    site: str,
+    env: Mapping[str, str],
+    encrypt_nats_store: bool = False,
+    written_by: str = "pacsor setup",
 ) -> Path:
     """Write env-files/.env.<site> and the site's NATS credentials, and point .env at the
     file; returns the file written."""
-    target = project / ENV_DIR / f".env.{site}"
+    target = site_file(project, site)
     relative = f"{ENV_DIR}/.env.{site}"
     secrets = nats_secrets_folder(site)
     lines = [
-        f"# pacsor settings of site {site}, written by `pacsor setup` on "
+        f"# pacsor settings of site {site}, written by `{written_by}` on "
         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC.",
         "# `docker compose --env-file " + relative + " up -d` hands this file to the containers.",
         f"PACSOR_ENV_FILE={relative}",

@@ -6,11 +6,12 @@ names the variable.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping
-from typing import Literal, get_args
+from typing import Annotated, Literal, get_args
 
 import msgspec
-from msgspec import field
+from msgspec import Meta, field
 
 from pacsor.config.variables import (
     CoreName,
@@ -92,6 +93,11 @@ class Hl7Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Reports pushed by external providers, each on its own NATS subject and HTTP route
     webps_enable: bool = field(default=False, name="WEBPS_ENABLE")
     webps_providers: tuple[CoreName, ...] = field(default=(), name="WEBPS_PROVIDERS")
+    # The original's HTTP routes (GET /config/, POST /config/load/{name}), served by the hl7
+    # component itself on loopback, as the original's container answered curl. 0: not served
+    # (compose.yaml sets 8000 in the hl7 container, the original's port).
+    http_host: str = field(default="127.0.0.1", name="HL7_HTTP_HOST")
+    http_port: Annotated[int, Meta(ge=0, le=65535)] = field(default=0, name="HL7_HTTP_PORT")
 
     def wanted_commands(self) -> tuple[str, ...]:
         """The inference commands whose findings go into the message, in message order."""
@@ -104,6 +110,16 @@ class Hl7Settings(msgspec.Struct, frozen=True, kw_only=True):
 
 
 VARIABLE_NAMES = frozenset(variables_of(Hl7Settings))
+# What the hl7 component reads once, at start: a loaded configuration cannot change them.
+FIXED_AT_START = frozenset(
+    {
+        "HL7_CUSTOM_DIR",
+        "LOAD_CONFIG_AT_INIT",
+        "LOAD_TEMPLATE_AT_INIT",
+        "HL7_HTTP_HOST",
+        "HL7_HTTP_PORT",
+    }
+)
 
 
 # The first core's commands when INFERENCE_COMMANDS is not set (pacsor.config.settings).
@@ -170,5 +186,12 @@ def with_overrides(settings: Hl7Settings, overrides: Mapping[str, str]) -> Hl7Se
     """`settings` with some variables set again (a loaded configuration wins)."""
     unknown = sorted(set(overrides) - VARIABLE_NAMES)
     if unknown:
-        raise Hl7ConfigError(f"{unknown[0]}: not an HL7 setting")
+        close = difflib.get_close_matches(unknown[0], sorted(VARIABLE_NAMES), n=1, cutoff=0.75)
+        hint = f" (closest known name: {close[0]})" if close else ""
+        raise Hl7ConfigError(f"{unknown[0]}: not an HL7 setting{hint}")
+    fixed = sorted(set(overrides) & FIXED_AT_START)
+    if fixed:
+        raise Hl7ConfigError(
+            f"{fixed[0]}: read once at start; set it in the site file and restart the hl7 service"
+        )
     return load_hl7_settings({**as_variables(settings), **overrides})

@@ -26,6 +26,7 @@ import msgspec
 from msgspec import Meta
 
 from pacsor.config.hl7 import Hl7Settings, load_hl7_settings
+from pacsor.config.known import unknown_variables
 from pacsor.config.variables import (
     AeTitle,
     CallingAe,
@@ -40,6 +41,7 @@ from pacsor.config.variables import (
     convert,
     raw_fields,
     read_dotenv,
+    variables_of,
 )
 from pacsor.errors import ConfigError
 
@@ -250,6 +252,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper", dict=T
     retention_hours: Seconds = 168.0
     events_retention_days: Seconds = 365.0
     output_cleaning: bool = False
+    # With OUTPUT_CLEANING: how long a study whose latest attempt failed keeps its objects
+    # (time to relaunch it), before they are removed as the original gateway (2.8.0) did.
+    output_cleaning_failed_hours: Seconds = 24.0
     retention_check_seconds: Seconds = 600.0
     # Cores 1, 2, ... from API_URL_1, API_URL_2, ...
     extra_cores: tuple[ExtraCore, ...] = msgspec.field(default=(), name="EXTRA_CORES")
@@ -345,6 +350,9 @@ def _destinations(name: str, raw: str) -> list[dict[str, Any]] | str:
 
 
 _READERS = {"DESTINATIONS": _destinations}
+# The names a site file may hold (besides the HL7 ones): Settings' own, and each core's.
+TOP_LEVEL_VARIABLES = frozenset(variables_of(Settings)) - {"EXTRA_CORES", "HL7"}
+PER_CORE_VARIABLES = frozenset(variables_of(ExtraCore))
 
 
 def _check_nats(settings: Settings) -> None:
@@ -369,13 +377,22 @@ def load_settings(
     running_demo: Mapping[str, str] | None = None,
 ) -> Settings:
     """Build Settings from `.env`, a running demo's settings, the environment, then
-    `overrides` (last wins)."""
-    env: dict[str, str] = {}
-    if dotenv is not None:
-        env.update(read_dotenv(dotenv))
-    env.update(running_demo or {})
-    env.update(os.environ if environ is None else environ)
-    env.update(overrides or {})
+    `overrides` (last wins).
+
+    A variable that pacsor would ignore (unknown, or numbered out of sequence) is a
+    ConfigError with one line per variable, each naming the closest known name.
+    """
+    site_file = read_dotenv(dotenv) if dotenv is not None else {}
+    environment = os.environ if environ is None else environ
+    env: dict[str, str] = {
+        **site_file,
+        **(running_demo or {}),
+        **environment,
+        **(overrides or {}),
+    }
+    ignored = unknown_variables(site_file, environment, TOP_LEVEL_VARIABLES, PER_CORE_VARIABLES)
+    if ignored:
+        raise ConfigError("\n".join(ignored))
 
     raw = raw_fields(env, Settings, readers=_READERS)
     cores: list[dict[str, Any]] = []

@@ -174,6 +174,13 @@ def _hl7_config(event: ev.Hl7ConfigLoaded) -> str:
     return f"HL7 {event.kind} {event.name!r} loaded by {event.loaded_by}"
 
 
+@texts(ev.Hl7Switched)
+def _hl7_switched(event: ev.Hl7Switched) -> str:
+    sending = "sends to the RIS" if event.sending else "stopped sending to the RIS"
+    reports = "takes" if event.external_reports else "refuses"
+    return f"HL7 {sending}, {reports} external reports ({event.config_name!r})"
+
+
 @texts(ev.AssociationRejected)
 def _association_rejected(event: ev.AssociationRejected) -> str:
     return f"{event.calling_ae_title!r} from {event.address}: {event.reason}"

@@ -625,6 +625,24 @@ class Hl7ConfigLoaded(SiteEvent, frozen=True, kw_only=True):
         return f"hl7config:{self.load_id}"
 
 
+class Hl7Switched(SiteEvent, frozen=True, kw_only=True):
+    """The hl7 component started or stopped sending to the RIS (HL7_ENABLE) or taking
+    external reports (WEBPS_ENABLE), because a loaded configuration says so; no restart.
+
+    `load_id` is the Hl7ConfigLoaded's.
+    """
+
+    topic: ClassVar[str] = "hl7_switched"
+
+    load_id: str
+    config_name: str
+    sending: bool
+    external_reports: bool
+
+    def idempotency_key(self) -> str:
+        return f"hl7switch:{self.load_id}"
+
+
 # --- Operators ----------------------------------------------------------------------------
 
 

@@ -177,6 +177,7 @@ _APPLIERS: dict[type[ev.Event], Callable[[StudyView, Any], None]] = {}
 events_not_shown: dict[type[ev.Event], str] = {
     ev.Hl7ConfigLoaded: "a fact about the site, not a study (shown by /hl7/config)",
     ev.ResultObjectsListed: "a page of the result list; the view counts ResultReady's total",
+    ev.Hl7Switched: "a fact about the site, not a study (the HL7 sending switched)",
     ev.AssociationRejected: "a caller refused before it could send a study (a site fact)",
 }
 

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import msgspec
 
-from pacsor.config.hl7 import Hl7Settings
+from pacsor.config.hl7 import Hl7Settings, as_variables
+from pacsor.config.variables import masked
 from pacsor.domain import events as ev
 from pacsor.errors import InvalidInput
 from pacsor.hl7.custom_config import (
@@ -63,6 +64,22 @@ async def current_config(events: EventLog) -> CurrentConfig:
         name=event.name, kind=event.kind, settings=event.settings, template=event.template
     )
     return CurrentConfig(loaded, recorded.sequence, event, subject_sequence)
+
+
+async def in_force(events: EventLog, base: Hl7Settings) -> tuple[CurrentConfig, Hl7Settings]:
+    """The latest load and the settings in force: the environment, then that load."""
+    current = await current_config(events)
+    try:
+        settings, _ = effective(base, current.loaded)
+    except CustomConfigError:
+        settings = base  # checked when loaded; only a changed environment makes it fail here
+    return current, settings
+
+
+def shown(settings: Hl7Settings) -> dict[str, str]:
+    """The settings as variables, URLs with credentials shown without them."""
+    variables: dict[str, str] = masked(as_variables(settings))
+    return variables
 
 
 async def load_named(

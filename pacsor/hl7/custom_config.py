@@ -8,6 +8,8 @@ A configuration file:
     {"settings": {"HL7_LANGUAGE": "FR", "HL7_TCR_OUT_FORMAT": "PLAIN"},
      "template": {"omit": ["PV1"], "fields": {"OBR-13": "$study_description"}}}
 
+or, as the original gateway's config.json, the variables alone: {"HL7_LANGUAGE": "FR"}.
+
 Loading checks everything before anything is recorded: the name, the JSON, each variable (as
 at start-up), and a sample message built with the template, which hl7apy must parse. A
 configuration that fails keeps the previous one in force. What was loaded is recorded as an
@@ -29,6 +31,8 @@ from pacsor.hl7.template import MessageTemplate, TemplateError, parse_template
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 MAX_FILE_BYTES = 256 * 1024
+# A variable's name, as the original gateway's config.json has them at the top level.
+_VARIABLE = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
 
 
 class CustomConfigError(InvalidInput):
@@ -72,7 +76,14 @@ def read_config(directory: Path, name: str) -> LoadedConfig:
     try:
         raw = msgspec.json.decode(data, type=_ConfigFile)
     except msgspec.MsgspecError as err:
-        raise CustomConfigError(f"configuration {name!r}: {err}") from err
+        # The original gateway's config.json: the HL7 variables alone, at the top level.
+        try:
+            flat = msgspec.json.decode(data, type=dict[str, str | int | float | bool])
+        except msgspec.MsgspecError:
+            flat = {}
+        if not flat or not all(_VARIABLE.match(key) for key in flat):
+            raise CustomConfigError(f"configuration {name!r}: {err}") from err
+        raw = _ConfigFile(settings=flat)
     template = msgspec.json.encode(raw.template).decode() if raw.template is not None else ""
     settings = {key: _text(value) for key, value in raw.settings.items()}
     return LoadedConfig(name=name, kind="config", settings=settings, template=template)

@@ -231,6 +231,8 @@ def retention_max_ages(events_days: float, objects_hours: float) -> dict[str, fl
 WEBPS_SUBJECT_PREFIX = "pacsor.webps"
 # The hl7 component's consumer of ExternalReportReceived.
 HL7_EXTERNAL_DURABLE = "hl7-external-reports"
+# The hl7 component's consumer of Hl7ConfigLoaded (HL7_ENABLE, WEBPS_ENABLE without restart).
+HL7_SWITCH_DURABLE = "hl7-switches"
 
 
 def webps_subject(provider: str) -> str:
