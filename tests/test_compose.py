@@ -270,6 +270,7 @@ def test_pacsor_check_passes_inside_the_demo(demo: Compose) -> None:
         "ok    NATS nats",
         *(f"ok    stream {name}" for name in stream_definitions()),
         "ok    C-ECHO DEMOPACS@demo-pacs",
+        "ok    C-STORE DEMOPACS@demo-pacs",
         "ok    AI core default http",
     ]
 
