@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TypeVar
@@ -35,6 +34,7 @@ from pacsor.config import ConfigError, Settings
 from pacsor.config.hl7 import Hl7Settings
 from pacsor.domain import events as ev
 from pacsor.domain.acknowledgement import refusal_is_transient
+from pacsor.domain.findings_wait import WaitFor, findings_wait
 from pacsor.domain.retry import RetryPolicy
 from pacsor.hl7.config_loading import LoadRefused, current_config, in_force, load_named
 from pacsor.hl7.custom_config import CustomConfigError, LoadedConfig, effective
@@ -203,7 +203,6 @@ async def send_to_ris(event: ev.ResultReady, delivery: Delivery, ctx: Hl7Context
     study, core, attempt = event.study_uid, event.core, event.attempt
     cid = control_id(study, core, attempt)
     waited = (ev.utc_now() - event.occurred_at).total_seconds()
-    may_wait = waited < settings.findings_wait_seconds
 
     # A tcr core's study went to the report service only: its report is the message.
     found, running = (
@@ -217,8 +216,15 @@ async def send_to_ris(event: ev.ResultReady, delivery: Delivery, ctx: Hl7Context
         except ReportError as err:
             # Not written yet, or the service is unreachable for now: worth waiting for.
             (running if err.retryable else unavailable).append("report")
-    if running and may_wait:
-        return Retry(_wait_delay(settings, ctx, waited), f"still running: {', '.join(running)}")
+    decision = findings_wait(
+        running,
+        waited,
+        settings.findings_wait_seconds,
+        ctx.policy.initial_seconds,
+        delivery.num_delivered,
+    )
+    if isinstance(decision, WaitFor):
+        return Retry(decision.delay, decision.reason)
     left_out = (*found.missing, *running, *unavailable)
     findings = StudyFindings(detections=found.detections, measures=found.measures, missing=left_out)
 
@@ -226,11 +232,9 @@ async def send_to_ris(event: ev.ResultReady, delivery: Delivery, ctx: Hl7Context
     text = build_oru(
         header, findings, report, settings, cid, event.occurred_at, template, core=core
     )
-    if running:
-        # The redeliveries spent waiting are not tries of the RIS: leave them out of the count
-        # (an upper bound of them: the RIS may get a few more tries, never fewer).
-        waits = min(delivery.num_delivered - 1, _wait_deliveries(settings, ctx.policy))
-        delivery = msgspec.structs.replace(delivery, num_delivered=delivery.num_delivered - waits)
+    if decision.waits_spent:  # looks while waiting are not tries of the RIS
+        spent = delivery.num_delivered - decision.waits_spent
+        delivery = msgspec.structs.replace(delivery, num_delivered=spent)
     return await _send(
         ctx,
         ris,
@@ -319,21 +323,6 @@ async def _send(
             ),
         )
     )
-
-
-def _wait_step(settings: Hl7Settings, policy: RetryPolicy) -> float:
-    # A few looks during the wait, not one per retry delay: each look is a redelivery.
-    return max(policy.initial_seconds, settings.findings_wait_seconds / 4)
-
-
-def _wait_deliveries(settings: Hl7Settings, policy: RetryPolicy) -> int:
-    """At most how many deliveries a whole wait takes (the first one included)."""
-    return math.ceil(settings.findings_wait_seconds / _wait_step(settings, policy)) + 1
-
-
-def _wait_delay(settings: Hl7Settings, ctx: Hl7Context, waited: float) -> float:
-    left = settings.findings_wait_seconds - waited
-    return max(0.1, min(_wait_step(settings, ctx.policy), left))
 
 
 async def _findings(
