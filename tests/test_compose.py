@@ -489,7 +489,7 @@ async def test_a_migrated_site_runs_with_a_plain_compose_up(tmp_path: Path) -> N
                     event, ev.UploadFailed | ev.ResultFailed | ev.DispatchFailed | ev.Hl7Failed
                 ), event
                 if isinstance(event, ev.Dispatched):
-                    dispatched[(event.core, event.destination)] = len(event.sop_instance_uids)
+                    dispatched[(event.core, event.destination)] = event.object_count
                 if isinstance(event, ev.Hl7Sent):
                     assert (event.ack_code, event.ris) == ("AA", "ris:2575")
                     ris.add(event.core)
