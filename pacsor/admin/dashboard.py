@@ -233,13 +233,8 @@ async def relaunch_from_page(
             _who(request, data.requested_by, "dashboard"),
         )
     except Refused as err:
-        if err.status == 400:
-            raise
-        return Redirect(path=f"/ui/studies/{uid}", query_params={"message": err.message})
-    return Redirect(
-        path=f"/ui/studies/{uid}",
-        query_params={"after": str(accepted.sequence), "message": "Relaunch requested."},
-    )
+        return _back_with_refusal(uid, err)
+    return _back_to_study(uid, accepted.sequence, "Relaunch requested.")
 
 
 @post("/ui/studies/{uid:str}/send-again", include_in_schema=False)
@@ -258,16 +253,23 @@ async def send_again_from_page(
             _who(request, "", "dashboard"),
         )
     except Refused as err:
-        if err.status == 400:
-            raise
-        return Redirect(path=f"/ui/studies/{uid}", query_params={"message": err.message})
+        return _back_with_refusal(uid, err)
+    message = f"Sending the results again to {accepted.destination}."
+    return _back_to_study(uid, accepted.sequence, message)
+
+
+def _back_to_study(uid: str, after: int, message: str) -> Redirect:
+    """The study's page, once the read model holds the request (`after`), saying it."""
     return Redirect(
-        path=f"/ui/studies/{uid}",
-        query_params={
-            "after": str(accepted.sequence),
-            "message": f"Sending the results again to {accepted.destination}.",
-        },
+        path=f"/ui/studies/{uid}", query_params={"after": str(after), "message": message}
     )
+
+
+def _back_with_refusal(uid: str, err: Refused) -> Redirect:
+    """The study's page saying why the request was refused; a malformed one stays a 400."""
+    if err.status == 400:
+        raise err
+    return Redirect(path=f"/ui/studies/{uid}", query_params={"message": err.message})
 
 
 @post("/ui/replay", include_in_schema=False)
