@@ -260,6 +260,22 @@ def cli_env(**extra: str) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(PROJECT), "ADMIN_PORT": str(free_port()), **extra}
 
 
+async def pacsor_process(
+    *args: str, cwd: Path, stdout: int = asyncio.subprocess.PIPE, **env: str
+) -> asyncio.subprocess.Process:
+    """Start `pacsor ARGS` in `cwd` with extra settings, its stderr piped, without waiting."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "pacsor",
+        *args,
+        cwd=cwd,
+        env=cli_env(**env),
+        stderr=asyncio.subprocess.PIPE,
+        stdout=stdout,
+    )
+
+
 def pacsor_cli(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
     """Run `pacsor ARGS` in `cwd` with extra settings, as a person would, and wait for it."""
     return subprocess.run(

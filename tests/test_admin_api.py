@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -21,7 +20,7 @@ from pacsor.devtools.sample_events import received
 from pacsor.domain import events as ev
 from pacsor.jetstream.eventlog import EventLog
 from tests.admin_data import ARCHIVE, PACS, T0, admin_settings, fixture_studies, publish
-from tests.harness import cli_env, running_gateway
+from tests.harness import pacsor_process, running_gateway
 from tests.nats_server import NatsServer
 
 ADMIN_TOKEN = "s3cret-admin-token"
@@ -246,16 +245,13 @@ def test_listening_beyond_localhost_without_a_token_is_warned_about() -> None:
 
 
 async def test_pacsor_run_admin_warns_when_exposed(nats_server: NatsServer, tmp_path: Path) -> None:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "pacsor",
+    process = await pacsor_process(
         "run",
         "admin",
         cwd=tmp_path,
-        env=cli_env(NATS_URL=nats_server.url, ADMIN_HOST="0.0.0.0"),
-        stderr=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.DEVNULL,
+        NATS_URL=nats_server.url,
+        ADMIN_HOST="0.0.0.0",
     )
     assert process.stderr is not None
     lines: list[str] = []

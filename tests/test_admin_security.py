@@ -5,7 +5,6 @@ the session cookie, the security headers and the counters /metrics serves."""
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,7 +19,7 @@ from pacsor.admin.security import Sessions, SignInLimiter, cross_origin, host_na
 from pacsor.domain import events as ev
 from pacsor.jetstream.eventlog import EventLog
 from tests.admin_data import admin_settings, fixture_studies
-from tests.harness import ReceivingPacs, cli_env, gateway_settings, running_gateway
+from tests.harness import ReceivingPacs, gateway_settings, pacsor_process, running_gateway
 from tests.nats_server import NatsServer
 
 ADMIN_TOKEN = "a-long-enough-admin-token"
@@ -223,16 +222,8 @@ async def test_metrics_serve_pacsors_own_counters(nats_server: NatsServer, tmp_p
 async def test_a_short_admin_token_stops_start_up_in_one_line(
     nats_server: NatsServer, tmp_path: Path
 ) -> None:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "pacsor",
-        "run",
-        "admin",
-        cwd=tmp_path,
-        env=cli_env(NATS_URL=nats_server.url, ADMIN_TOKEN="a"),
-        stderr=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
+    process = await pacsor_process(
+        "run", "admin", cwd=tmp_path, NATS_URL=nats_server.url, ADMIN_TOKEN="a"
     )
     out, err = await asyncio.wait_for(process.communicate(), 60)
     lines = [line for line in (out + err).decode().splitlines() if line.strip()]
