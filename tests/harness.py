@@ -63,6 +63,11 @@ def site_settings(nats_url: str, **env: str) -> Settings:
     )
 
 
+def to_the_ris(port: int) -> dict[str, str]:
+    """The variables that send each study's ORU to a RIS listening on this machine's `port`."""
+    return {"HL7_ENABLE": "true", "HL7_RIS_IP": "127.0.0.1", "HL7_RIS_PORT": str(port)}
+
+
 def gateway_settings(nats_url: str, api_url: str, pacs: ReceivingPacs, **extra: str) -> Settings:
     """Settings for a whole pipeline against `pacs`."""
     return site_settings(

@@ -42,6 +42,7 @@ from tests.harness import (
     Simulator,
     gateway_settings,
     running_gateway,
+    to_the_ris,
     wait_for_event,
     write_study,
 )
@@ -471,10 +472,8 @@ async def test_the_whole_pipeline_sends_findings_and_measures_to_the_ris(
             url,
             pacs,
             TOKEN=TOKEN,
-            HL7_ENABLE="true",
-            HL7_RIS_IP="127.0.0.1",
-            HL7_RIS_PORT=str(ris.port),
             HL7_LANGUAGE="FR",
+            **to_the_ris(ris.port),
         )
         async with running_gateway(settings):
             study = make_study(2, rows=64, columns=64)

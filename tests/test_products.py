@@ -25,6 +25,7 @@ from tests.harness import (
     ReceivingPacs,
     gateway_settings,
     running_gateway,
+    to_the_ris,
     wait_for_event,
     write_study,
 )
@@ -60,9 +61,7 @@ async def test_each_product_sends_its_findings_to_the_ris(
             url,
             pacs,
             INFERENCE_COMMANDS=command,
-            HL7_ENABLE="true",
-            HL7_RIS_IP="127.0.0.1",
-            HL7_RIS_PORT=str(ris.port),
+            **to_the_ris(ris.port),
             **_product_settings(command),
         )
         async with running_gateway(settings):
