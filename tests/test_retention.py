@@ -272,7 +272,7 @@ async def test_the_sweep_cleans_a_failed_study_and_records_it(nc: Client, tmp_pa
     for event in _failed_at_the_pacs(failed_at):
         if isinstance(event, ev.InstanceReceived):
             await instances.put(event.object_name, b"instance")
-        if isinstance(event, ev.ResultReady):
+        if isinstance(event, ev.ResultObjectsListed):
             for result in event.results:
                 await results.put(result.object_name, b"result")
         await events.publish(event)
@@ -295,7 +295,7 @@ async def test_the_sweep_cleans_a_failed_study_and_records_it(nc: Client, tmp_pa
         for event in _failed_at_the_pacs(failed_at):
             if isinstance(event, ev.InstanceReceived):
                 assert await instances.info(event.object_name) is None
-            if isinstance(event, ev.ResultReady):
+            if isinstance(event, ev.ResultObjectsListed):
                 for result in event.results:
                     assert await results.info(result.object_name) is None
     finally:
