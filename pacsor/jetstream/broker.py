@@ -77,6 +77,11 @@ class NatsAccess:
     tls_cert: str = ""
     tls_key: str = ""
 
+    @property
+    def who(self) -> str:
+        """The user this process is to NATS: NATS_USER, or the first URL's user@."""
+        return self.user or (urlsplit(self.servers.split(",")[0]).username or "")
+
     def __str__(self) -> str:
         """The servers, without any user:password@ of theirs: for messages and logs."""
         return ",".join(

@@ -128,7 +128,7 @@ async def run_gateway(
                 nc,
                 settings.nats_replicas,
                 retention_max_ages(settings.events_retention_days, settings.retention_hours),
-                update=may_update_streams(NATS_ROLES, access.user),
+                update=may_update_streams(NATS_ROLES, access.who),
             )
             js = nc.jetstream(timeout=10)
             runtime = Runtime(
