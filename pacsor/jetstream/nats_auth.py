@@ -221,7 +221,9 @@ def ensure_passwords(folder: Path, roles: Sequence[Role], file_mode: int = 0o600
     A file that exists is kept: credentials are made once and reused after a restart.
     """
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return {role.user: _ensure_password(password_file(folder, role.user), file_mode) for role in roles}
+    return {
+        role.user: _ensure_password(password_file(folder, role.user), file_mode) for role in roles
+    }
 
 
 def _ensure_password(path: Path, file_mode: int) -> str:
