@@ -32,8 +32,9 @@ from pacsor.jetstream.broker import apply_streams, connect
 from pacsor.jetstream.eventlog import EventLog
 from pacsor.jetstream.nats_auth import PIPELINE_USER, READER_USER, ensure_deployment_secrets
 from pacsor.jetstream.subjects import EVENTS_STREAM
-from tests.harness import PROJECT, pacsor_cli
+from tests.harness import PROJECT, images, pacsor_cli, write_study
 from tests.nats_server import free_port
+from tests.test_scp_access import make_ca, make_cert, storescu_tls
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -240,6 +241,8 @@ async def test_demo_with_no_configuration_delivers_a_study(demo: Compose, tmp_pa
     assert len(stored.stdout.split()) == 6
     logs = demo("--profile", "demo", "logs", "--no-color", "demo-pacs").stdout
     assert logs.count("demo PACS stored") == 6
+    # Every service ran as its own NATS user, and nats-server refused none of them anything.
+    assert "Violation" not in demo("logs", "--no-color", "nats").stdout
 
 
 async def test_nats_refuses_strangers_and_the_reader_only_reads(demo: Compose) -> None:
@@ -542,3 +545,65 @@ def test_the_image_name_and_tag_are_settings_for_a_registry(tmp_path: Path) -> N
     assert {
         (s["image"], s["pull_policy"]) for s in services.values() if "nats" not in s["image"]
     } == {("registry.example.org/radiology/pacsor:2.1.0", "missing")}
+
+
+@pytest.mark.dcmtk
+async def test_the_dicom_tls_override_takes_tls_associations_from_known_certificates(
+    tmp_path: Path,
+) -> None:
+    """deploy/compose.dicom-tls.yaml with a site's files: DCMTK's storescu over TLS with the
+    site CA's client certificate is stored and delivered; without a certificate, refused."""
+    _engine_or_skip()
+    certs = tmp_path / "tls"
+    certs.mkdir()
+    make_ca(certs, "siteca")
+    make_ca(certs, "otherca")
+    make_cert(certs, "scp", "siteca", host=True)
+    make_cert(certs, "modality", "siteca")
+    make_cert(certs, "stranger", "otherca")
+    site = tmp_path / "dicom-tls"  # the folder the override reads, as a site lays it out
+    site.mkdir()
+    for source, target in (
+        ("scp.pem", "pacsor.pem"),
+        ("scp.key", "pacsor.key"),
+        ("siteca.pem", "ca.pem"),
+    ):
+        shutil.copy(certs / source, site / target)
+        (site / target).chmod(0o644)  # the container's uid 1000 reads them
+    compose = Compose(tmp_path, PROJECT / "deploy" / "compose.dicom-tls.yaml")
+    tls_port = free_port()
+    compose.override.write_text(
+        compose.override.read_text().replace(
+            f"'127.0.0.1:{compose.dicom_port}:1040'\n",
+            f"'127.0.0.1:{compose.dicom_port}:1040'\n      - '127.0.0.1:{tls_port}:2762'\n",
+        )
+    )
+    compose.env["DICOM_TLS_FOLDER"] = str(site)
+    files = write_study(tmp_path / "study", images(2))
+    try:
+        compose(*PROFILES, "up", "-d", "--build", "--wait", "--wait-timeout", "240")
+        nc = await connect(compose.nats_url(), "compose test")
+        try:
+            sub = await nc.jetstream().subscribe(
+                "pacsor.study.>", stream=EVENTS_STREAM, ordered_consumer=True
+            )
+            refused = await asyncio.to_thread(storescu_tls, tls_port, files, certs, "stranger")
+            assert refused.returncode != 0
+            stored = await asyncio.to_thread(storescu_tls, tls_port, files, certs, "modality")
+            assert stored.returncode == 0, stored.stderr
+            while True:
+                event = ev.decode((await sub.next_msg(timeout=120)).data)
+                assert not isinstance(event, ev.UploadFailed | ev.ResultFailed | ev.DispatchFailed)
+                if isinstance(event, ev.Dispatched):
+                    break
+        finally:
+            await nc.close()
+    finally:
+        subprocess.run(
+            [*compose.base, "--profile", "*", "down", "-v", "--timeout", "20"],
+            cwd=PROJECT,
+            env=compose.env,
+            capture_output=True,
+            timeout=300,
+        )
+    assert event.object_count == 4  # 2 images x 2 inference commands
