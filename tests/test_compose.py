@@ -14,7 +14,7 @@ import os
 import shutil
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -34,7 +34,7 @@ from pacsor.jetstream.nats_auth import PIPELINE_USER, READER_USER, ensure_deploy
 from pacsor.jetstream.subjects import EVENTS_STREAM
 from tests.harness import PROJECT, images, pacsor_cli, write_study
 from tests.nats_server import free_port
-from tests.test_scp_access import make_ca, make_cert, storescu_tls
+from tests.test_scp_access import site_certificates, storescu_tls
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -135,6 +135,27 @@ class Compose:
         return listed.stdout.split()
 
 
+async def dispatched_after(compose: Compose, send: Callable[[], None]) -> ev.Dispatched:
+    """Run `send` (which stores a study), then the first Dispatched that follows it; any
+    failure event on the way fails the test."""
+    nc = await connect(compose.nats_url(), "compose test")
+    try:
+        sub = await nc.jetstream().subscribe(
+            "pacsor.study.>",
+            stream=EVENTS_STREAM,
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.NEW,
+        )
+        await asyncio.to_thread(send)
+        while True:
+            event = ev.decode((await sub.next_msg(timeout=120)).data)
+            assert not isinstance(event, ev.UploadFailed | ev.ResultFailed | ev.DispatchFailed)
+            if isinstance(event, ev.Dispatched):
+                return event
+    finally:
+        await nc.close()
+
+
 def _engine_or_skip() -> None:
     problem = _engine_problem()
     if problem is not None:
@@ -217,24 +238,11 @@ def test_a_handler_probe_fails_for_a_component_not_running_there(demo: Compose) 
 
 
 async def test_demo_with_no_configuration_delivers_a_study(demo: Compose, tmp_path: Path) -> None:
-    nc = await connect(demo.nats_url(), "compose test")
-    try:
-        js = nc.jetstream()
-        sub = await js.subscribe(
-            "pacsor.study.>",
-            stream=EVENTS_STREAM,
-            ordered_consumer=True,
-            deliver_policy=DeliverPolicy.NEW,
-        )
+    def send() -> None:
         sent = pacsor_cli("send", "--sample", "3", "--port", str(demo.dicom_port), cwd=tmp_path)
         assert sent.returncode == 0, sent.stderr
-        while True:
-            event = ev.decode((await sub.next_msg(timeout=120)).data)
-            assert not isinstance(event, ev.UploadFailed | ev.ResultFailed | ev.DispatchFailed)
-            if isinstance(event, ev.Dispatched):
-                break
-    finally:
-        await nc.close()
+
+    event = await dispatched_after(demo, send)
     assert event.destination == "DEMOPACS@demo-pacs:11112"
     stored = demo("exec", "-T", "demo-pacs", "find", "/var/lib/pacsor-demo", "-name", "*.dcm")
     # 3 images x 2 inference commands, in the demo-pacs volume.
@@ -554,13 +562,7 @@ async def test_the_dicom_tls_override_takes_tls_associations_from_known_certific
     """deploy/compose.dicom-tls.yaml with a site's files: DCMTK's storescu over TLS with the
     site CA's client certificate is stored and delivered; without a certificate, refused."""
     _engine_or_skip()
-    certs = tmp_path / "tls"
-    certs.mkdir()
-    make_ca(certs, "siteca")
-    make_ca(certs, "otherca")
-    make_cert(certs, "scp", "siteca", host=True)
-    make_cert(certs, "modality", "siteca")
-    make_cert(certs, "stranger", "otherca")
+    certs = site_certificates(tmp_path / "tls")
     site = tmp_path / "dicom-tls"  # the folder the override reads, as a site lays it out
     site.mkdir()
     for source, target in (
@@ -582,22 +584,14 @@ async def test_the_dicom_tls_override_takes_tls_associations_from_known_certific
     files = write_study(tmp_path / "study", images(2))
     try:
         compose(*PROFILES, "up", "-d", "--build", "--wait", "--wait-timeout", "240")
-        nc = await connect(compose.nats_url(), "compose test")
-        try:
-            sub = await nc.jetstream().subscribe(
-                "pacsor.study.>", stream=EVENTS_STREAM, ordered_consumer=True
-            )
-            refused = await asyncio.to_thread(storescu_tls, tls_port, files, certs, "stranger")
-            assert refused.returncode != 0
-            stored = await asyncio.to_thread(storescu_tls, tls_port, files, certs, "modality")
+        refused = await asyncio.to_thread(storescu_tls, tls_port, files, certs, "stranger")
+        assert refused.returncode != 0
+
+        def send() -> None:
+            stored = storescu_tls(tls_port, files, certs, "modality")
             assert stored.returncode == 0, stored.stderr
-            while True:
-                event = ev.decode((await sub.next_msg(timeout=120)).data)
-                assert not isinstance(event, ev.UploadFailed | ev.ResultFailed | ev.DispatchFailed)
-                if isinstance(event, ev.Dispatched):
-                    break
-        finally:
-            await nc.close()
+
+        event = await dispatched_after(compose, send)
     finally:
         subprocess.run(
             [*compose.base, "--profile", "*", "down", "-v", "--timeout", "20"],
