@@ -1,7 +1,8 @@
 """Projection benchmark: rebuilding the admin's read model from a million recorded events.
 
 Generates the encoded events of synthetic studies (5 instances, StudyComplete, Uploaded,
-ResultReady, 2 Dispatched: 10 events a study), as the admin reads them from the stream, then
+a page of its results, ResultReady, 2 Dispatched:
+11 events a study), as the admin reads them from the stream, then
 in one run, alternating, 3 rounds, median:
   - baseline: decoding every event (msgspec), nothing else;
   - pacsor: decoding, folding and writing the SQLite read model in batches of 1,000 events,
@@ -42,16 +43,22 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC)
 DESTINATIONS = ("PACS@10.0.0.1:104", "ARCHIVE@10.0.0.2:104")
 
 
+def history(study: int) -> list[ev.Event]:
+    uid = f"1.2.826.0.1.3680043.8.498.{study}"
+    return lifecycle(
+        uid, T0 + timedelta(seconds=study), 5, DESTINATIONS, accession=f"A{study:07d}"
+    )
+
+
+EVENTS_PER_STUDY = len(history(0))
+
+
 def recorded_events(count: int) -> list[tuple[str, bytes]]:
     """(subject, encoded event) pairs, in stream order."""
     encoded: list[tuple[str, bytes]] = []
     study = 0
     while len(encoded) < count:
-        uid = f"1.2.826.0.1.3680043.8.498.{study}"
-        history = lifecycle(
-            uid, T0 + timedelta(seconds=study), 5, DESTINATIONS, accession=f"A{study:07d}"
-        )
-        encoded.extend((event_subject(e), ev.encode(e)) for e in history)
+        encoded.extend((event_subject(e), ev.encode(e)) for e in history(study))
         study += 1
     return encoded[:count]
 
@@ -78,7 +85,7 @@ def rebuild(encoded: list[bytes], folder: Path) -> float:
     elapsed = time.perf_counter() - start
     studies = model._db.execute("SELECT count(*) FROM studies").fetchone()[0]
     model.close()
-    assert studies == -(-len(encoded) // 10), studies
+    assert studies == -(-len(encoded) // EVENTS_PER_STUDY), studies
     return elapsed
 
 
@@ -93,7 +100,7 @@ async def from_stream(
 ) -> tuple[list[float], list[float]]:
     server = EmbeddedNats(folder / "nats", free_port())
     server.start()
-    nc = await connect(server.url, "projection bench")
+    nc = await connect(server.access, "projection bench")
     try:
         await apply_streams(nc)
         js = nc.jetstream(timeout=30)
@@ -144,7 +151,7 @@ def main() -> None:
     encoded = [data for _, data in recorded]
     size = sum(map(len, encoded))
     print(
-        f"{len(encoded):,} events ({size / 1e6:.0f} MB JSON, {len(encoded) // 10:,} studies), "
+        f"{len(encoded):,} events ({size / 1e6:.0f} MB JSON, {-(-len(encoded) // EVENTS_PER_STUDY):,} studies), "
         f"generated in {time.perf_counter() - started:.0f} s; "
         f"{args.rounds} rounds (median), {os.cpu_count()} cores",
         flush=True,
