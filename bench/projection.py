@@ -12,7 +12,8 @@ in one run, alternating, 3 rounds, median:
 
 With --stream, the events are first published to a real nats-server (file storage), and each
 round reads them back from the PACSOR stream: the baseline through an ordered consumer that
-only decodes, pacsor through the admin's own Projector into a new read model.
+only decodes, pacsor through the admin's own Projector, with its metrics, into a new read
+model.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
+from pacsor.admin.metrics import AdminMetrics  # noqa: E402
 from pacsor.admin.projector import BATCH_SIZE, Projector  # noqa: E402
 from pacsor.admin.read_model import ReadModel  # noqa: E402
 from pacsor.devtools.sample_events import lifecycle  # noqa: E402
@@ -45,9 +47,7 @@ DESTINATIONS = ("PACS@10.0.0.1:104", "ARCHIVE@10.0.0.2:104")
 
 def history(study: int) -> list[ev.Event]:
     uid = f"1.2.826.0.1.3680043.8.498.{study}"
-    return lifecycle(
-        uid, T0 + timedelta(seconds=study), 5, DESTINATIONS, accession=f"A{study:07d}"
-    )
+    return lifecycle(uid, T0 + timedelta(seconds=study), 5, DESTINATIONS, accession=f"A{study:07d}")
 
 
 EVENTS_PER_STUDY = len(history(0))
@@ -75,13 +75,15 @@ def rebuild(encoded: list[bytes], folder: Path) -> float:
     for leftover in folder.glob("read-model.sqlite*"):
         leftover.unlink()
     model = ReadModel(path)
+    metrics = AdminMetrics(model)
     start = time.perf_counter()
     for first in range(0, len(encoded), BATCH_SIZE):
         batch = [
             (first + n + 1, ev.decode(data))
             for n, data in enumerate(encoded[first : first + BATCH_SIZE])
         ]
-        model.apply(batch, batch[-1][0])
+        model.apply(batch, batch[-1][0], metrics.step_took)
+        metrics.events_applied(batch)
     elapsed = time.perf_counter() - start
     studies = model._db.execute("SELECT count(*) FROM studies").fetchone()[0]
     model.close()
@@ -124,7 +126,7 @@ async def from_stream(
             for leftover in folder.glob("read-model.sqlite*"):
                 leftover.unlink()
             model = ReadModel(folder / "read-model.sqlite")
-            projector = Projector(EventLog(js), model)
+            projector = Projector(EventLog(js), model, AdminMetrics(model))
             stop = asyncio.Event()
             started = time.perf_counter()
             task = asyncio.create_task(projector.run(stop))
@@ -150,8 +152,9 @@ def main() -> None:
     recorded = recorded_events(args.events)
     encoded = [data for _, data in recorded]
     size = sum(map(len, encoded))
+    studies = -(-len(encoded) // EVENTS_PER_STUDY)
     print(
-        f"{len(encoded):,} events ({size / 1e6:.0f} MB JSON, {-(-len(encoded) // EVENTS_PER_STUDY):,} studies), "
+        f"{len(encoded):,} events ({size / 1e6:.0f} MB JSON, {studies:,} studies), "
         f"generated in {time.perf_counter() - started:.0f} s; "
         f"{args.rounds} rounds (median), {os.cpu_count()} cores",
         flush=True,
