@@ -26,6 +26,7 @@ from nats.js.api import DeliverPolicy
 from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
 from pacsor.streams import stream_definitions
 
+from pacsor.components import NATS_ROLES
 from pacsor.domain import events as ev
 from pacsor.jetstream.broker import apply_streams, connect
 from pacsor.jetstream.eventlog import EventLog
@@ -78,7 +79,7 @@ class Compose:
         # test's (named in the environment, which wins over any site file's PACSOR_NATS_SECRETS).
         empty = folder / "empty.env"
         empty.write_text("")
-        self.passwords = ensure_deployment_secrets(folder / "nats-secrets")
+        self.passwords = ensure_deployment_secrets(folder / "nats-secrets", NATS_ROLES)
         self.env = {
             **os.environ,
             "PACSOR_ENV_FILE": str(folder / "absent.env"),

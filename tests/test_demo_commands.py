@@ -8,6 +8,7 @@ import asyncio
 import os
 import re
 import signal
+import stat
 import subprocess
 import sys
 import urllib.request
@@ -158,6 +159,9 @@ async def test_every_quick_start_command_works_against_the_demo(
     assert any("Hl7Sent" in line and "attempt 2" in line for line in lines)
     assert lines[-1] == "attempt 2 ended"
     assert all(not line.startswith("{") for line in lines)  # no JSON log line
+
+    # The running demo's settings hold its API key and admin token: its owner's alone.
+    assert stat.S_IMODE((tmp_path / ".pacsor" / "demo.env").stat().st_mode) == 0o600
 
     # Stopped, the demo says so and takes its settings file away: no command reads it again.
     running.process.send_signal(signal.SIGINT)

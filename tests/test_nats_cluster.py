@@ -21,6 +21,7 @@ import pytest
 from nats.aio.client import Client
 from nats.js.api import StreamInfo
 
+from pacsor.components import NATS_ROLES
 from pacsor.devtools.simulator import SimulatorSettings, running_simulator
 from pacsor.domain import events as ev
 from pacsor.jetstream.broker import connect, nats_server_binary
@@ -54,7 +55,7 @@ class ClusterNode:
         self.process: subprocess.Popen[bytes] | None = None
         # The credentials the deployment's nodes share, made as `pacsor nats-credentials` does.
         self.secrets = store.parent / "secrets"
-        self.passwords = ensure_deployment_secrets(self.secrets)
+        self.passwords = ensure_deployment_secrets(self.secrets, NATS_ROLES)
 
     @property
     def url(self) -> str:

@@ -1,4 +1,4 @@
-"""Runs the components asked for in one process, on one connection to NATS.
+"""Runs the components asked for in one process, on one connection to NATS (as one user).
 
 `pacsor up` runs every component of pacsor.components; `pacsor run <name>` runs one, and
 several processes running the same component share its work through its durable consumers.
@@ -16,7 +16,7 @@ from typing import Any
 
 from nats.aio.client import Client
 
-from pacsor.components import BY_NAME
+from pacsor.components import BY_NAME, NATS_ROLES
 from pacsor.config import ConfigError, Settings
 from pacsor.errors import StartupError
 from pacsor.jetstream.blobs import BlobStore
@@ -32,6 +32,7 @@ from pacsor.jetstream.broker import (
 )
 from pacsor.jetstream.eventlog import EventLog
 from pacsor.jetstream.holds import Holds
+from pacsor.jetstream.nats_auth import may_update_streams
 from pacsor.jetstream.quiet_timers import QuietTimers
 from pacsor.jetstream.subjects import INSTANCES_BUCKET, RESULTS_BUCKET, retention_max_ages
 from pacsor.process.runtime import Component, Runtime, retry_policy
@@ -99,6 +100,7 @@ async def run_gateway(
         embedded = EmbeddedNats(
             embedded_folder(settings),
             settings.embedded_nats_port,
+            NATS_ROLES,
             store_key=settings.nats_store_key,
         )
         try:
@@ -126,6 +128,7 @@ async def run_gateway(
                 nc,
                 settings.nats_replicas,
                 retention_max_ages(settings.events_retention_days, settings.retention_hours),
+                update=may_update_streams(NATS_ROLES, access.who),
             )
             js = nc.jetstream(timeout=10)
             runtime = Runtime(
