@@ -40,7 +40,12 @@ from pacsor.devtools.sample_events import lifecycle  # noqa: E402
 from pacsor.domain import events as ev  # noqa: E402
 from pacsor.jetstream.broker import EmbeddedNats, apply_streams, connect  # noqa: E402
 from pacsor.jetstream.eventlog import EventLog  # noqa: E402
-from pacsor.jetstream.subjects import ALL_EVENTS, EVENTS_STREAM, event_subject  # noqa: E402
+from pacsor.jetstream.subjects import (  # noqa: E402
+    ALL_EVENTS,
+    EVENTS_STREAM,
+    MSG_ID_HEADER,
+    event_subject,
+)
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 DESTINATIONS = ("PACS@10.0.0.1:104", "ARCHIVE@10.0.0.2:104")
@@ -54,12 +59,14 @@ def history(study: int) -> list[ev.Event]:
 EVENTS_PER_STUDY = len(history(0))
 
 
-def recorded_events(count: int) -> list[tuple[str, bytes]]:
-    """(subject, encoded event) pairs, in stream order."""
-    encoded: list[tuple[str, bytes]] = []
+def recorded_events(count: int) -> list[tuple[str, bytes, str]]:
+    """(subject, encoded event, idempotency key) triples, in stream order."""
+    encoded: list[tuple[str, bytes, str]] = []
     study = 0
     while len(encoded) < count:
-        encoded.extend((event_subject(e), ev.encode(e)) for e in history(study))
+        encoded.extend(
+            (event_subject(e), ev.encode(e), e.idempotency_key()) for e in history(study)
+        )
         study += 1
     return encoded[:count]
 
@@ -99,7 +106,7 @@ def free_port() -> int:
 
 
 async def from_stream(
-    recorded: list[tuple[str, bytes]], rounds: int, folder: Path
+    recorded: list[tuple[str, bytes, str]], rounds: int, folder: Path
 ) -> tuple[list[float], list[float]]:
     server = EmbeddedNats(folder / "nats", free_port(), NATS_ROLES)
     server.start()
@@ -109,8 +116,11 @@ async def from_stream(
         js = nc.jetstream(timeout=30)
         started = time.perf_counter()
         for first in range(0, len(recorded), 5000):
-            for subject, data in recorded[first : first + 5000]:
-                await js.publish_async(subject, data, stream=EVENTS_STREAM)
+            for subject, data, key in recorded[first : first + 5000]:
+                # As EventLog publishes: the stored messages carry the same headers.
+                await js.publish_async(
+                    subject, data, stream=EVENTS_STREAM, headers={MSG_ID_HEADER: key}
+                )
             await js.publish_async_completed()
         last = (await js.stream_info(EVENTS_STREAM)).state.last_seq
         print(f"published in {time.perf_counter() - started:.0f} s", flush=True)
@@ -151,7 +161,7 @@ def main() -> None:
 
     started = time.perf_counter()
     recorded = recorded_events(args.events)
-    encoded = [data for _, data in recorded]
+    encoded = [data for _, data, _ in recorded]
     size = sum(map(len, encoded))
     studies = -(-len(encoded) // EVENTS_PER_STUDY)
     print(
