@@ -165,10 +165,9 @@ class BlobStore:
         hasher = hashlib.sha256()
         pending: list[asyncio.Future[Any]] = []
         size = 0
-        # Read and hashed on a worker thread (file reads and hashlib release the GIL): the
-        # event loop meanwhile sends the chunks before it to nats-server, and serves the
-        # other associations.
-        while chunk := await asyncio.to_thread(_read_hashed, source, self._chunk_size, hasher):
+        # The first chunk read here: nothing of this object is waiting to be sent yet.
+        chunk = _read_hashed(source, self._chunk_size, hasher)
+        while chunk:
             if pending and len(pending) % IN_FLIGHT_CHUNKS == 0:
                 # A large object waits for its earlier chunks: at most IN_FLIGHT_CHUNKS
                 # are buffered by the client, whatever the object's size.
@@ -179,6 +178,13 @@ class BlobStore:
                     chunk_subject, chunk, headers={MSG_ID_HEADER: f"{nuid}.{len(pending)}"}
                 )
             )
+            if len(chunk) < self._chunk_size:
+                chunk = _read_hashed(source, self._chunk_size, hasher)  # the end, at once
+            else:
+                # Read and hashed on a worker thread (file reads and hashlib release the
+                # GIL): the event loop meanwhile sends the chunks before it to nats-server,
+                # and serves the other associations.
+                chunk = await asyncio.to_thread(_read_hashed, source, self._chunk_size, hasher)
         if DIGEST_PREFIX + base64.urlsafe_b64encode(hasher.digest()).decode() != digest:
             raise BlobError(f"{self.bucket}/{name}: the bytes read are not {digest}")
         info = BlobInfo(
