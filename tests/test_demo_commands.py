@@ -168,5 +168,8 @@ async def test_every_quick_start_command_works_against_the_demo(
     assert "pacsor: stopping" in await running.until("pacsor: stopping")
     assert await asyncio.wait_for(running.process.wait(), 60) == 0
     assert not (tmp_path / ".pacsor" / "demo.env").exists()
+    # Each component connected as its own NATS user; the server refused none of them anything.
+    server_log = (tmp_path / ".pacsor" / "nats" / "nats-server.log").read_text()
+    assert "Violation" not in server_log
     after = await asyncio.to_thread(pacsor, "echo", cwd=tmp_path)
     assert after.returncode == 1 and "no destination" in after.stdout

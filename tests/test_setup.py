@@ -198,7 +198,13 @@ def test_an_installer_answers_the_wizard_in_a_terminal(
     assert (tmp_path / "env-files").stat().st_mode & 0o077 == 0
     nats_secrets = tmp_path / "env-files" / "nats.lyon-sud"
     assert sorted(p.name for p in nats_secrets.iterdir()) == sorted(
-        ["nats-passwords.conf", "nats-store.conf", *(f"{r.user}.password" for r in NATS_ROLES)]
+        [
+            "nats-passwords.conf",
+            "nats-store.conf",
+            "nats-routes.conf",  # the three-node cluster's
+            "route.password",
+            *(f"{r.user}.password" for r in NATS_ROLES),
+        ]
     )
     assert {"pacsor", "reader", "report-provider", "scp", "admin"} <= {r.user for r in NATS_ROLES}
     assert (nats_secrets / "nats-store.conf").read_text() == ""  # not asked to encrypt

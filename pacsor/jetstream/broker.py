@@ -182,7 +182,11 @@ class EmbeddedNats:
 
     @property
     def access(self) -> NatsAccess:
-        return NatsAccess(self.url, PIPELINE_USER, self.passwords[PIPELINE_USER])
+        return self.access_as(PIPELINE_USER)
+
+    def access_as(self, user: str) -> NatsAccess:
+        """How `user` (a role of the server's, e.g. one component) reaches it."""
+        return NatsAccess(self.url, user, self.passwords[user])
 
     def _write_config(self) -> Path:
         self.passwords = ensure_passwords(credentials_folder(self.store_dir), self.roles)

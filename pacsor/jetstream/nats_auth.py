@@ -57,6 +57,12 @@ PROVIDER_USER = "report-provider"
 # A deployment's secrets folder (compose mounts each file as a Docker secret).
 PASSWORDS_CONF = "nats-passwords.conf"
 STORE_CONF = "nats-store.conf"
+# The three-node cluster (deploy/nats/cluster.conf): a node joins with the route password.
+ROUTES_CONF = "nats-routes.conf"
+ROUTE_PASSWORD = "route.password"
+ROUTE_USER = "route"
+CLUSTER_NODES = ("nats-1", "nats-2", "nats-3")
+CLUSTER_PORT = 6222
 
 
 @dataclass(frozen=True)
@@ -215,22 +221,35 @@ def ensure_passwords(folder: Path, roles: Sequence[Role], file_mode: int = 0o600
     A file that exists is kept: credentials are made once and reused after a restart.
     """
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    passwords = {}
-    for role in roles:
-        path = password_file(folder, role.user)
-        try:
-            # O_EXCL: two starts at once cannot both write (and disagree on) the password.
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, file_mode)
-        except FileExistsError:
-            pass
-        else:
-            with os.fdopen(fd, "w") as file:
-                file.write(secrets.token_urlsafe(32) + "\n")
-            os.chmod(path, file_mode)  # whatever the umask
-        passwords[role.user] = path.read_text().strip()
-        if not passwords[role.user]:
-            raise ValueError(f"{path}: empty password file; remove it to have a new one made")
-    return passwords
+    return {
+        role.user: _ensure_password(password_file(folder, role.user), file_mode) for role in roles
+    }
+
+
+def _ensure_password(path: Path, file_mode: int) -> str:
+    try:
+        # O_EXCL: two starts at once cannot both write (and disagree on) the password.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, file_mode)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(fd, "w") as file:
+            file.write(secrets.token_urlsafe(32) + "\n")
+        os.chmod(path, file_mode)  # whatever the umask
+    password = path.read_text().strip()
+    if not password:
+        raise ValueError(f"{path}: empty password file; remove it to have a new one made")
+    return password
+
+
+def routes_conf(password: str, nodes: Sequence[str] = CLUSTER_NODES) -> str:
+    """What deploy/nats/cluster.conf includes in its `cluster {}` block: the password a node
+    must give to join the cluster, and the routes to the others, which give it."""
+    urls = [f"nats-route://{ROUTE_USER}:{password}@{node}:{CLUSTER_PORT}" for node in nodes]
+    return (
+        f"authorization {{ user: {json.dumps(ROUTE_USER)}, password: {json.dumps(password)} }}\n"
+        f"routes: {json.dumps(urls)}\n"
+    )
 
 
 def new_store_key() -> str:
@@ -241,8 +260,9 @@ def ensure_deployment_secrets(
     folder: Path, roles: Sequence[Role], encrypt_store: bool = False
 ) -> dict[str, str]:
     """The secrets of a nats-server run by compose, in `folder`, made where missing: a password
-    file per role, the server's variables holding them (PASSWORDS_CONF) and its store
-    encryption (STORE_CONF: a new key when `encrypt_store`, else empty).
+    file per role, the server's variables holding them (PASSWORDS_CONF), its store
+    encryption (STORE_CONF: a new key when `encrypt_store`, else empty), and the routes of the
+    three-node cluster with the password its nodes share (ROUTES_CONF).
 
     The files are readable by the containers' users (0644); `folder` itself is 0700, so on
     the host only its owner reaches them. An existing STORE_CONF is never changed: a store
@@ -251,6 +271,7 @@ def ensure_deployment_secrets(
     passwords = ensure_passwords(folder, roles, file_mode=0o644)
     os.chmod(folder, 0o700)
     _write(folder / PASSWORDS_CONF, password_variables(roles, passwords))
+    _write(folder / ROUTES_CONF, routes_conf(_ensure_password(folder / ROUTE_PASSWORD, 0o644)))
     store = folder / STORE_CONF
     if not store.exists():
         _write(store, store_key_conf(new_store_key() if encrypt_store else ""))
