@@ -110,7 +110,11 @@ async def from_stream(
 ) -> tuple[list[float], list[float]]:
     server = EmbeddedNats(folder / "nats", free_port(), NATS_ROLES)
     server.start()
-    nc = await connect(server.access, "projection bench")
+    try:
+        nc = await connect(server.access, "projection bench")
+    except BaseException:
+        server.stop()  # a refused connection must not leave the server running
+        raise
     try:
         await apply_streams(nc)
         js = nc.jetstream(timeout=30)
