@@ -29,6 +29,7 @@ SCHEMA_VERSION = 1
 # A schema's JSON, as a dict, to the next schema's.
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
 _CATALOGUE: dict[str, type[Event]] = {}
+_SCHEMAS: dict[type[Event], int] = {}
 
 
 def utc_now() -> datetime:
@@ -59,8 +60,13 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag=Tru
     @classmethod
     def current_schema(cls) -> int:
         """The schema version this class writes."""
-        field = next(f for f in msgspec.structs.fields(cls) if f.name == "schema_version")
-        return int(field.default)
+        # Kept per class: msgspec.structs.fields evaluates the annotations each time, and
+        # decode() asks for every event read (it was most of a rebuild's time).
+        version = _SCHEMAS.get(cls)
+        if version is None:
+            field = next(f for f in msgspec.structs.fields(cls) if f.name == "schema_version")
+            version = _SCHEMAS[cls] = int(field.default)
+        return version
 
     def idempotency_key(self) -> str:
         """The Nats-Msg-Id: a retried publish of the same fact is stored once."""
