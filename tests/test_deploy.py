@@ -30,7 +30,8 @@ def test_compose_file_is_valid_and_runs_every_component() -> None:
     jsonschema.Draft7Validator(json.loads(schema_path.read_text())).validate(compose)
     commands = [s["command"] for s in compose["services"].values() if "command" in s]
     assert sorted(c[1] for c in commands if c[0] == "run") == sorted(BY_NAME)
-    assert compose["services"]["scp"]["ports"] == ["1040:1040"]
+    # On every interface unless the site names the one facing its modalities.
+    assert compose["services"]["scp"]["ports"] == ["${DICOM_PUBLISH_ADDRESS:-0.0.0.0}:1040:1040"]
 
 
 def test_nats_server_accepts_its_config(tmp_path: Path) -> None:
