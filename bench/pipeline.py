@@ -34,7 +34,13 @@ import nats  # noqa: E402
 from pacsor.devtools.sample_study import make_study  # noqa: E402
 from pacsor.dicom.storage_scu import echo, send_files  # noqa: E402
 from pacsor.domain import events as ev  # noqa: E402
-from pacsor.jetstream.subjects import ALL_EVENTS, EVENTS_STREAM  # noqa: E402
+from pacsor.jetstream.broker import NatsAccess, embedded_access  # noqa: E402
+from pacsor.jetstream.quiet_timers import decode_elapsed  # noqa: E402
+from pacsor.jetstream.subjects import (  # noqa: E402
+    ALL_EVENTS,
+    EVENTS_STREAM,
+    QUIET_ELAPSED_FILTER,
+)
 
 QUIET = 1.0
 # Which component runs each durable consumer (by the start of its name).
@@ -75,11 +81,13 @@ def component_of(durable: str) -> str:
     return durable
 
 
-async def watch(nats_url: str, studies: set[str], stop: asyncio.Event) -> tuple[dict, dict]:
+async def watch(access: NatsAccess, studies: set[str], stop: asyncio.Event) -> tuple[dict, dict]:
     """Each study's quiet end and Dispatched time, and each consumer's largest backlog."""
-    nc = await nats.connect(nats_url)
+    nc = await nats.connect(access.servers, user=access.user, password=access.password)
     js = nc.jetstream()
     last_received: dict[str, float] = {}
+    # When the server fired each study's quiet timer (the stored message's time), every time.
+    fired: dict[str, list[float]] = {}
     dispatched: dict[str, float] = {}
     backlog: dict[str, int] = {}
     steps: dict[str, dict[str, float]] = {}
@@ -99,7 +107,13 @@ async def watch(nats_url: str, studies: set[str], stop: asyncio.Event) -> tuple[
             if len(dispatched) == len(studies):
                 stop.set()
 
+    async def on_elapsed(msg: nats.aio.msg.Msg) -> None:
+        uid = decode_elapsed(msg.data, msg.subject).study_uid
+        if uid in studies:
+            fired.setdefault(uid, []).append(msg.metadata.timestamp.timestamp())
+
     sub = await js.subscribe(ALL_EVENTS, cb=on_event, ordered_consumer=True)
+    timers = await js.subscribe(QUIET_ELAPSED_FILTER, cb=on_elapsed, ordered_consumer=True)
     try:
         while not stop.is_set():
             for info in await js.consumers_info(EVENTS_STREAM):
@@ -112,15 +126,24 @@ async def watch(nats_url: str, studies: set[str], stop: asyncio.Event) -> tuple[
                 await asyncio.wait_for(stop.wait(), 0.5)
     finally:
         await sub.unsubscribe()
+        await timers.unsubscribe()
         await nc.close()
     latency = {uid: dispatched[uid] - (last_received[uid] + QUIET) for uid in dispatched}
     # Where the time goes, at the median: each step from the one before it.
     marks = ["StudyComplete", "Uploaded", "ResultReady"]
     parts = []
     for uid in dispatched:
-        times = [last_received[uid] + QUIET, *(steps[uid][m] for m in marks), dispatched[uid]]
+        complete = steps[uid]["StudyComplete"]
+        # The firing that completed the study: the last one before its StudyComplete.
+        woke = max((t for t in fired.get(uid, ()) if t <= complete), default=complete)
+        times = [
+            last_received[uid] + QUIET,
+            woke,
+            *(steps[uid][m] for m in marks),
+            dispatched[uid],
+        ]
         parts.append([b - a for a, b in itertools.pairwise(times)])
-    names = ["to StudyComplete", "upload", "result", "dispatch"]
+    names = ["timer fires", "to StudyComplete", "upload", "result", "dispatch"]
     print(
         "    median per step: "
         + ", ".join(
@@ -179,9 +202,15 @@ def one_run(studies: int, workdir: Path, replica: str | None) -> tuple[float, li
             lambda: echo("127.0.0.1", dicom_port, "MILVUE", "BENCH", 2.0) is None, "pacsor's SCP"
         )
         wait_until(lambda: port_open(api_port), "the simulator")
-        nats_url = f"nats://127.0.0.1:{nats_port}"
+        # The embedded server's pipeline credentials, which it wrote on its first start.
+        access = embedded_access(data / "pacsor" / "nats", nats_port)
         if replica is not None:
-            spawn([*pacsor, "run", replica], NATS_URL=nats_url)
+            spawn(
+                [*pacsor, "run", replica],
+                NATS_URL=access.servers,
+                NATS_USER=access.user,
+                NATS_PASSWORD=access.password,
+            )
             time.sleep(3)  # its consumers bind
         folders = []
         uids: set[str] = set()
@@ -196,7 +225,7 @@ def one_run(studies: int, workdir: Path, replica: str | None) -> tuple[float, li
 
         async def measure() -> tuple[float, dict, dict]:
             stop = asyncio.Event()
-            watcher = asyncio.create_task(watch(nats_url, uids, stop))
+            watcher = asyncio.create_task(watch(access, uids, stop))
             await asyncio.sleep(1.0)
             started = time.monotonic()
 
@@ -206,7 +235,17 @@ def one_run(studies: int, workdir: Path, replica: str | None) -> tuple[float, li
                     assert [s for _, s in statuses] == [0] * len(files), statuses
 
             await asyncio.gather(*(asyncio.to_thread(send, folders[i::4]) for i in range(4)))
-            await asyncio.wait_for(stop.wait(), 120 + studies)
+            stopped = asyncio.create_task(stop.wait())
+            # The watcher ends early only when it failed: its error, not a timeout.
+            await asyncio.wait(
+                {watcher, stopped}, timeout=120 + studies, return_when="FIRST_COMPLETED"
+            )
+            if not stop.is_set():
+                stopped.cancel()
+                if watcher.done():
+                    await watcher  # raises what stopped it
+                watcher.cancel()
+                raise TimeoutError(f"{studies} studies not all dispatched")
             elapsed = time.monotonic() - started
             latency, backlog = await watcher
             return elapsed, latency, backlog
