@@ -14,6 +14,7 @@ upcaster from the old one on the class itself (`upcasters`, as StudyComplete has
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -59,12 +60,19 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag=Tru
     @classmethod
     def current_schema(cls) -> int:
         """The schema version this class writes."""
-        field = next(f for f in msgspec.structs.fields(cls) if f.name == "schema_version")
-        return int(field.default)
+        return _schema_of(cls)
 
     def idempotency_key(self) -> str:
         """The Nats-Msg-Id: a retried publish of the same fact is stored once."""
         raise NotImplementedError
+
+
+@functools.cache
+def _schema_of(kind: type[Event]) -> int:
+    # Once per class: msgspec.structs.fields reads the class's annotations, which cost more
+    # than decoding the event (every event decoded asks its class).
+    field = next(f for f in msgspec.structs.fields(kind) if f.name == "schema_version")
+    return int(field.default)
 
 
 class AttemptKey(TypedDict):
