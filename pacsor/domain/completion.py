@@ -140,6 +140,16 @@ def decide_from_latest(
     return None
 
 
+def redelivery_delay(wait: WaitUntil, now: datetime, within: timedelta) -> float | None:
+    """Seconds to wait for `wait` by redelivering the fired timer's message, when it ends
+    within `within` (a timer armed early, or one that fired just before an arrival's quiet
+    period ended); None: arm the timer again (a longer wait, or a stale hold's first look,
+    whose time the timer's payload must carry)."""
+    if wait.holds_checked_at is not None or wait.at - now > within:
+        return None
+    return max((wait.at - now).total_seconds(), 0.001)
+
+
 def decide_completion(
     study_uid: str,
     history: Sequence[RecordedEvent],
