@@ -8,7 +8,7 @@ quiet period ending (its last InstanceReceived + STUDY_QUIET_SECONDS) to its Dis
 the largest backlog (pending + unacknowledged, from JetStream consumer info) of each handler.
 Then again with a second process running the handler whose backlog was the largest.
 
-    .venv/bin/python bench/pipeline.py [--studies 200] [--quick]
+    .venv/bin/python bench/pipeline.py [--studies 200] [--quick] [--gap 3] [--no-replica]
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import IO
 
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
@@ -153,14 +154,17 @@ async def watch(access: NatsAccess, studies: set[str], stop: asyncio.Event) -> t
     return latency, backlog
 
 
-def one_run(studies: int, workdir: Path, replica: str | None) -> tuple[float, list[float], dict]:
+def one_run(
+    studies: int, workdir: Path, replica: str | None, gap: float, logs: Path | None
+) -> tuple[float, list[float], dict]:
     nats_port, dicom_port, api_port, pacs_port = (free_port() for _ in range(4))
     data = workdir / f"run-{replica or 'one'}"
     data.mkdir()
     env = {
         **os.environ,
         "PYTHONPATH": str(PROJECT),
-        "LOG_LEVEL": "WARNING",
+        "LOG_LEVEL": "INFO" if logs else "WARNING",
+        "LOG_FORMAT": "json",
         "PACSOR_DATA_DIR": str(data / "pacsor"),
         "EMBEDDED_NATS_PORT": str(nats_port),
         "PORT": str(dicom_port),
@@ -176,13 +180,12 @@ def one_run(studies: int, workdir: Path, replica: str | None) -> tuple[float, li
     procs = []
 
     def spawn(args: list[str], **extra: str) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(
-            args,
-            env={**env, **extra},
-            cwd=data,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        log: int | IO[bytes] = subprocess.DEVNULL
+        if logs is not None:
+            logs.mkdir(parents=True, exist_ok=True)
+            name = args[3] if args[1:3] == ["-m", "pacsor"] else Path(args[1]).stem
+            log = (logs / f"{data.name}-{name}.log").open("ab")
+        proc = subprocess.Popen(args, env={**env, **extra}, cwd=data, stdout=log, stderr=log)
         procs.append(proc)
         return proc
 
@@ -234,7 +237,12 @@ def one_run(studies: int, workdir: Path, replica: str | None) -> tuple[float, li
                     statuses = send_files("127.0.0.1", dicom_port, "MILVUE", files)
                     assert [s for _, s in statuses] == [0] * len(files), statuses
 
-            await asyncio.gather(*(asyncio.to_thread(send, folders[i::4]) for i in range(4)))
+            if gap:
+                # One study at a time, `gap` apart: each step's own time, without a backlog.
+                for files in folders:
+                    await asyncio.gather(asyncio.to_thread(send, [files]), asyncio.sleep(gap))
+            else:
+                await asyncio.gather(*(asyncio.to_thread(send, folders[i::4]) for i in range(4)))
             stopped = asyncio.create_task(stop.wait())
             # The watcher ends early only when it failed: its error, not a timeout.
             await asyncio.wait(
@@ -277,14 +285,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--studies", type=int, default=200)
     parser.add_argument("--quick", action="store_true", help="40 studies")
+    parser.add_argument(
+        "--gap", type=float, default=0.0, help="send one study every GAP seconds, not all at once"
+    )
+    parser.add_argument("--no-replica", action="store_true", help="only the run of pacsor up")
+    parser.add_argument("--logs", type=Path, help="keep each process's log lines in this folder")
     args = parser.parse_args()
     studies = 40 if args.quick else args.studies
+    gap, logs = args.gap, args.logs and args.logs.resolve()
     with tempfile.TemporaryDirectory(prefix="pacsor-pipeline-") as tmp:
         workdir = Path(tmp)
-        print(f"{studies} studies of 4 instances, quiet period {QUIET:g} s, {os.cpu_count()} cores")
-        elapsed, latency, backlog = one_run(studies, workdir, None)
+        sent = f"one every {gap:g} s" if gap else "over 4 associations at once"
+        print(
+            f"{studies} studies of 4 instances, {sent}, quiet period {QUIET:g} s, "
+            f"{os.cpu_count()} cores"
+        )
+        elapsed, latency, backlog = one_run(studies, workdir, None, gap, logs)
         busiest = report("pacsor up", studies, elapsed, latency, backlog)
-        elapsed, latency, backlog = one_run(studies, workdir, busiest)
+        if args.no_replica:
+            return
+        elapsed, latency, backlog = one_run(studies, workdir, busiest, gap, logs)
         report(f"pacsor up + a second {busiest}", studies, elapsed, latency, backlog)
 
 
