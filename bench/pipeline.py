@@ -132,7 +132,7 @@ async def watch(access: NatsAccess, studies: set[str], stop: asyncio.Event) -> t
     latency = {uid: dispatched[uid] - (last_received[uid] + QUIET) for uid in dispatched}
     # Where the time goes, at the median: each step from the one before it.
     marks = ["StudyComplete", "Uploaded", "ResultReady"]
-    parts = []
+    parts: list[list[float]] = []
     for uid in dispatched:
         complete = steps[uid]["StudyComplete"]
         # The firing that completed the study: the last one before its StudyComplete.
@@ -150,6 +150,11 @@ async def watch(access: NatsAccess, studies: set[str], stop: asyncio.Event) -> t
         + ", ".join(
             f"{n} {statistics.median(p[i] for p in parts):.2f} s" for i, n in enumerate(names)
         )
+    )
+    slowest = max(parts, key=sum)
+    print(
+        f"    slowest study {sum(slowest):.2f} s: "
+        + ", ".join(f"{n} {t:.2f} s" for n, t in zip(names, slowest, strict=True))
     )
     return latency, backlog
 
@@ -243,6 +248,7 @@ def one_run(
                     await asyncio.gather(asyncio.to_thread(send, [files]), asyncio.sleep(gap))
             else:
                 await asyncio.gather(*(asyncio.to_thread(send, folders[i::4]) for i in range(4)))
+            print(f"    sent in {time.monotonic() - started:.1f} s")
             stopped = asyncio.create_task(stop.wait())
             # The watcher ends early only when it failed: its error, not a timeout.
             await asyncio.wait(
