@@ -81,7 +81,7 @@ async def complete_study(
         delay = redelivery_delay(decision, utc_now(), 2 * timers.early)
         if delay is not None:
             return Retry(delay, decision.reason)
-        await timers.arm(study, decision.at, decision.holds_checked_at)
+        await timers.arm(study, decision.at, decision.holds_checked_at, decision.held)
         log.info(
             "study still receiving",
             extra={"study": study, "until": decision.at.isoformat(), "reason": decision.reason},

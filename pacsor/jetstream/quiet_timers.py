@@ -24,6 +24,7 @@ from pacsor.jetstream.subjects import (
     SCHEDULE_HEADER,
     SCHEDULE_TARGET_HEADER,
     TIMERS_STREAM,
+    held_schedule_subject,
     quiet_elapsed_subject,
     quiet_schedule_subject,
 )
@@ -61,12 +62,23 @@ class QuietTimers:
         self.early = early
 
     async def arm(
-        self, study_uid: str, at: datetime, holds_checked_at: datetime | None = None
+        self,
+        study_uid: str,
+        at: datetime,
+        holds_checked_at: datetime | None = None,
+        held: bool = False,
     ) -> None:
         """Wake the study's completion at `at` (the payload's `armed_for`): the schedule
-        fires between `early` before it and `at`, and the completion waits the rest."""
+        fires between `early` before it and `at`, and the completion waits the rest.
+
+        `held`: the completion looks again at an association still open, on a schedule of its
+        own. On the quiet period's, it could replace the one the SCP arms when that
+        association closes (written between the completion's read of the holds and its arm),
+        and the study would wait the hold's lease instead of its quiet period.
+        """
+        subject = held_schedule_subject if held else quiet_schedule_subject
         await self._js.publish(
-            quiet_schedule_subject(study_uid),
+            subject(study_uid),
             msgspec.json.encode(QuietElapsed(study_uid, at, holds_checked_at)),
             timeout=self._timeout,
             stream=TIMERS_STREAM,
