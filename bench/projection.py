@@ -32,6 +32,7 @@ sys.path.insert(0, str(PROJECT))
 
 from pacsor.admin.projector import BATCH_SIZE, Projector  # noqa: E402
 from pacsor.admin.read_model import ReadModel  # noqa: E402
+from pacsor.components import NATS_ROLES  # noqa: E402
 from pacsor.devtools.sample_events import lifecycle  # noqa: E402
 from pacsor.domain import events as ev  # noqa: E402
 from pacsor.jetstream.broker import EmbeddedNats, apply_streams, connect  # noqa: E402
@@ -91,7 +92,7 @@ def free_port() -> int:
 async def from_stream(
     recorded: list[tuple[str, bytes]], rounds: int, folder: Path
 ) -> tuple[list[float], list[float]]:
-    server = EmbeddedNats(folder / "nats", free_port())
+    server = EmbeddedNats(folder / "nats", free_port(), NATS_ROLES)
     server.start()
     nc = await connect(server.url, "projection bench")
     try:

@@ -9,8 +9,17 @@ declared here, with every other component.
 from __future__ import annotations
 
 from pacsor.admin import server
+from pacsor.domain import events as ev
+from pacsor.jetstream.nats_auth import Publishes
 from pacsor.process.runtime import Component
 
 COMPONENT = Component(
-    "admin", "the stream -> the operators' read model, HTTP API, metrics and dashboard", server.run
+    "admin",
+    "the stream -> the operators' read model, HTTP API, metrics and dashboard",
+    server.run,
+    publishes=Publishes(
+        events=(ev.RelaunchRequested, ev.DispatchReplayRequested, ev.Hl7ConfigLoaded),
+        # The operators' component applies a changed stream definition.
+        manages_streams=True,
+    ),
 )

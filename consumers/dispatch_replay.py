@@ -38,6 +38,7 @@ STEP = Step(
     durable=lambda target: replay_durable(target.core_settings.name, str(target.peer)),
     filter_subject=lambda target: replay_filter(target.core_settings.name),
     description=lambda target: f"DispatchReplayRequested -> C-STORE again to {target.peer}",
+    emits=(ev.Dispatched, ev.DispatchFailed),
     failed=lambda request, target, reason, tries: replay_failed(request, reason, tries),
     concurrency=2,
     start="new",

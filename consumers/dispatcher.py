@@ -32,13 +32,24 @@ from pacsor.jetstream.handler_runner import (
     Outcome,
     retry_or_fail,
 )
+from pacsor.jetstream.nats_auth import Publishes
 from pacsor.jetstream.subjects import (
+    DISPATCH_PROGRESS_BUCKET,
     core_events_filter,
     dispatch_consumer,
     dispatch_progress_key,
 )
 from pacsor.process.counters import DISPATCH_REFUSED
-from pacsor.process.runtime import Component, FanOut, Runtime, Started, Step, Target, run_steps
+from pacsor.process.runtime import (
+    Component,
+    FanOut,
+    Runtime,
+    Started,
+    Step,
+    Target,
+    emitted,
+    run_steps,
+)
 
 STEP = Step(
     consumes=ev.ResultReady,
@@ -46,6 +57,7 @@ STEP = Step(
     durable=lambda target: dispatch_consumer(target.core_settings.name, str(target.peer)),
     filter_subject=lambda target: core_events_filter(ev.ResultReady, target.core_settings.name),
     description=lambda target: f"ResultReady -> C-STORE to {target.peer}",
+    emits=(ev.Dispatched, ev.DispatchFailed),
     failed=lambda event, target, reason, tries: dispatch_failed(
         event, str(target.peer), reason, tries
     ),
@@ -170,4 +182,7 @@ COMPONENT = Component(
     "ResultReady -> Dispatched / DispatchFailed, per core and destination",
     run,
     check=require_destinations,
+    publishes=Publishes(
+        events=emitted(STEP, dispatch_replay.STEP), key_values=(DISPATCH_PROGRESS_BUCKET,)
+    ),
 )

@@ -55,6 +55,7 @@ from pacsor.jetstream.handler_runner import (
     Retry,
     retry_or_fail,
 )
+from pacsor.jetstream.nats_auth import Publishes
 from pacsor.jetstream.requests import answer_requests
 from pacsor.jetstream.subjects import (
     HL7_DURABLE,
@@ -65,7 +66,16 @@ from pacsor.jetstream.subjects import (
     events_filter,
     site_events,
 )
-from pacsor.process.runtime import Component, FanOut, Runtime, Started, Step, Target, run_steps
+from pacsor.process.runtime import (
+    Component,
+    FanOut,
+    Runtime,
+    Started,
+    Step,
+    Target,
+    emitted,
+    run_steps,
+)
 
 log = logging.getLogger("pacsor.hl7")
 
@@ -142,6 +152,7 @@ class Hl7Context:
 
 
 RisEvent = TypeVar("RisEvent", ev.ResultReady, ev.ExternalReportReceived)
+RIS_EMITS: tuple[type[ev.Event], ...] = (ev.Hl7Sent, ev.Hl7Failed)
 
 
 def _ris_step(durable: str, kind: type[RisEvent], settings: Hl7Settings) -> Step[RisEvent]:
@@ -164,6 +175,7 @@ def _ris_step(durable: str, kind: type[RisEvent], settings: Hl7Settings) -> Step
         durable=durable,
         filter_subject=events_filter(kind),
         description=f"{kind.__name__} -> ORU^R01 to the RIS over MLLP",
+        emits=RIS_EMITS,
         failed=gave_up,
         # Long enough for one MLLP exchange; in-progress acks cover longer waits.
         ack_wait=max(30.0, 3 * settings.ris_timeout_seconds),
@@ -396,6 +408,7 @@ SWITCH_STEP: Step[ev.Hl7ConfigLoaded] = Step(
     durable=HL7_SWITCH_DURABLE,
     filter_subject=site_events(ev.Hl7ConfigLoaded),
     description="Hl7ConfigLoaded -> Hl7Switched when sending or external reports change",
+    emits=(ev.Hl7Switched, ev.StepFailed),
     concurrency=1,
     start="new",
 )
@@ -537,4 +550,10 @@ COMPONENT = Component(
     # With a RIS set, it runs even when HL7_ENABLE is false: a loaded configuration may turn
     # sending on, without a restart.
     in_up=lambda settings: settings.hl7.enable or bool(settings.hl7.ris_ip),
+    publishes=Publishes(
+        # Its steps' (built from the settings, one per kind of report), the configurations it
+        # loads at start and over its HTTP routes, and the reports providers push to it.
+        events=(*RIS_EMITS, *emitted(SWITCH_STEP), ev.Hl7ConfigLoaded, ev.ExternalReportReceived),
+        replies=True,
+    ),
 )

@@ -12,9 +12,18 @@ from functools import partial
 
 from pacsor.domain import events as ev
 from pacsor.jetstream.handler_runner import Delivery, Emit, Outcome
+from pacsor.jetstream.nats_auth import Publishes
 from pacsor.jetstream.quiet_timers import QuietTimers
 from pacsor.jetstream.subjects import QUIET_TIMER_CONSUMER, events_filter
-from pacsor.process.runtime import Component, FanOut, Runtime, Started, Step, run_steps
+from pacsor.process.runtime import (
+    Component,
+    FanOut,
+    Runtime,
+    Started,
+    Step,
+    emitted,
+    run_steps,
+)
 
 STEP = Step(
     consumes=ev.InstanceReceived,
@@ -22,6 +31,7 @@ STEP = Step(
     durable=QUIET_TIMER_CONSUMER,
     filter_subject=events_filter(ev.InstanceReceived),
     description="InstanceReceived -> arm the study's quiet-period timer",
+    emits=(ev.StepFailed,),
     max_ack_pending=1024,
     concurrency=8,
 )
@@ -40,5 +50,8 @@ async def run(rt: Runtime, started: Started) -> None:
 
 
 COMPONENT = Component(
-    "quiet-timer", "InstanceReceived -> re-arms the study's quiet-period timer", run
+    "quiet-timer",
+    "InstanceReceived -> re-arms the study's quiet-period timer",
+    run,
+    publishes=Publishes(events=emitted(STEP), quiet_timers=True),
 )

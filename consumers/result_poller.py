@@ -32,14 +32,25 @@ from pacsor.domain import events as ev
 from pacsor.domain.retry import poll_delay
 from pacsor.jetstream.blobs import BlobStore, sha256_digest
 from pacsor.jetstream.handler_runner import Delivery, Emit, Handler, Outcome, Retry
+from pacsor.jetstream.nats_auth import Publishes
 from pacsor.jetstream.subjects import (
+    RESULTS_BUCKET,
     core_events_filter,
     findings_object_name,
     is_valid_uid,
     poll_consumer,
     result_object_name,
 )
-from pacsor.process.runtime import Component, FanOut, Runtime, Started, Step, Target, run_steps
+from pacsor.process.runtime import (
+    Component,
+    FanOut,
+    Runtime,
+    Started,
+    Step,
+    Target,
+    emitted,
+    run_steps,
+)
 
 
 class PollSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -57,6 +68,7 @@ STEP = Step(
     durable=lambda target: poll_consumer(target.core_settings.name),
     filter_subject=lambda target: core_events_filter(ev.Uploaded, target.core_settings.name),
     description=lambda target: f"Uploaded -> poll AI core {target.core_settings.name}",
+    emits=(ev.ResultObjectsListed, ev.ResultReady, ev.ResultFailed),
     failed=lambda event, target, reason, tries: ev.ResultFailed(
         **event.key, reason=f"gave up after {tries} tries: {reason}"
     ),
@@ -254,5 +266,9 @@ def check(settings: Settings) -> None:
 
 
 COMPONENT = Component(
-    "poller", "Uploaded -> ResultReady / ResultFailed, per AI core", run, check=check
+    "poller",
+    "Uploaded -> ResultReady / ResultFailed, per AI core",
+    run,
+    check=check,
+    publishes=Publishes(events=emitted(STEP), buckets=(RESULTS_BUCKET,)),
 )

@@ -28,6 +28,8 @@ from pacsor.domain.study_view import StudyView
 from pacsor.jetstream.blobs import BlobStore
 from pacsor.jetstream.eventlog import EventLog
 from pacsor.jetstream.liveness import WRITE_EVERY, Heartbeat, liveness_file
+from pacsor.jetstream.nats_auth import Publishes
+from pacsor.jetstream.subjects import INSTANCES_BUCKET, RESULTS_BUCKET
 from pacsor.process.runtime import Component, Runtime, Started
 
 log = logging.getLogger("pacsor.retention")
@@ -164,4 +166,5 @@ COMPONENT = Component(
     "the studies' views -> remove objects past RETENTION_HOURS or OUTPUT_CLEANING -> "
     "ObjectsExpired",
     run,
+    publishes=Publishes(events=(ev.ObjectsExpired,), buckets=(INSTANCES_BUCKET, RESULTS_BUCKET)),
 )

@@ -28,6 +28,7 @@ from pacsor.domain.events import utc_now
 from pacsor.jetstream.eventlog import EventLog
 from pacsor.jetstream.handler_runner import Delivery, Emit, Outcome, Retry
 from pacsor.jetstream.holds import Holds
+from pacsor.jetstream.nats_auth import Publishes
 from pacsor.jetstream.quiet_timers import QuietElapsed, QuietTimers, decode_elapsed
 from pacsor.jetstream.subjects import (
     COMPLETION_CONSUMER,
@@ -36,7 +37,15 @@ from pacsor.jetstream.subjects import (
     RELAUNCH_FILTER,
     TIMERS_STREAM,
 )
-from pacsor.process.runtime import Component, FanOut, Runtime, Started, Step, run_steps
+from pacsor.process.runtime import (
+    Component,
+    FanOut,
+    Runtime,
+    Started,
+    Step,
+    emitted,
+    run_steps,
+)
 
 log = logging.getLogger("pacsor.domain.completion")
 
@@ -48,6 +57,7 @@ STEP = Step(
     filter_subject=QUIET_ELAPSED_FILTER,
     decode=decode_elapsed,
     description="quiet timer elapsed -> StudyComplete",
+    emits=(ev.StudyComplete, ev.StepFailed),
 )
 
 
@@ -97,6 +107,7 @@ RELAUNCH_STEP = Step(
     durable=RELAUNCH_DURABLE,
     filter_subject=RELAUNCH_FILTER,
     description="RelaunchRequested -> StudyComplete of the next attempt",
+    emits=(ev.StudyComplete, ev.StepFailed),
     concurrency=2,
 )
 
@@ -127,4 +138,10 @@ async def run(rt: Runtime, started: Started) -> None:
     await run_steps(rt, started, [(STEP, lambda _: complete), (RELAUNCH_STEP, lambda _: relaunch)])
 
 
-COMPONENT = Component("completion", "quiet timer elapsed, RelaunchRequested -> StudyComplete", run)
+COMPONENT = Component(
+    "completion",
+    "quiet timer elapsed, RelaunchRequested -> StudyComplete",
+    run,
+    # A study whose sender still holds an association is looked at again later.
+    publishes=Publishes(events=emitted(STEP, RELAUNCH_STEP), quiet_timers=True),
+)

@@ -70,13 +70,24 @@ from pacsor.jetstream.handler_runner import (
     Outcome,
     retry_or_fail,
 )
+from pacsor.jetstream.nats_auth import Publishes
 from pacsor.jetstream.rate_limit import RateLimiter
 from pacsor.jetstream.subjects import (
+    LIMITS_BUCKET,
     events_filter,
     study_core_events,
     upload_consumer,
 )
-from pacsor.process.runtime import Component, FanOut, Runtime, Started, Step, Target, run_steps
+from pacsor.process.runtime import (
+    Component,
+    FanOut,
+    Runtime,
+    Started,
+    Step,
+    Target,
+    emitted,
+    run_steps,
+)
 
 log = logging.getLogger("pacsor.uploader")
 
@@ -99,6 +110,13 @@ STEP = Step(
     durable=lambda target: upload_consumer(target.core_settings.name),
     filter_subject=events_filter(ev.StudyComplete),
     description=lambda target: f"StudyComplete -> upload to AI core {target.core_settings.name}",
+    emits=(
+        ev.InstancesSkipped,
+        ev.InstancesUploaded,
+        ev.Uploaded,
+        ev.NothingToUpload,
+        ev.UploadFailed,
+    ),
     failed=lambda event, target, reason, tries: upload_failed(
         event, target.core_settings.name, reason, tries=tries
     ),
@@ -485,4 +503,6 @@ COMPONENT = Component(
     "StudyComplete -> Uploaded / UploadFailed / NothingToUpload, per AI core",
     run,
     check=check,
+    # The shared upload rate limit is a key-value entry.
+    publishes=Publishes(events=emitted(STEP), key_values=(LIMITS_BUCKET,)),
 )

@@ -27,6 +27,7 @@ from pacsor.consumers import (
     study_completion,
     uploader,
 )
+from pacsor.jetstream.nats_auth import SHARED_ROLES, Role, component_role
 from pacsor.process.runtime import Component
 
 REGISTRY: tuple[Component, ...] = (
@@ -42,3 +43,8 @@ REGISTRY: tuple[Component, ...] = (
 )
 
 BY_NAME: dict[str, Component] = {component.name: component for component in REGISTRY}
+
+# Who may do what on NATS: the shared roles, then one per component, with the grants it declares.
+NATS_ROLES: tuple[Role, ...] = SHARED_ROLES + tuple(
+    component_role(component.name, component.publishes) for component in REGISTRY
+)

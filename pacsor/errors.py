@@ -5,6 +5,8 @@
     │   └── ConfigError       a setting is missing or malformed (the line names it)
     ├── InvalidInput          what came from outside (DICOM, HL7, a template, a request) is
     │                         not what it must be: trying again cannot change it
+    ├── UndeclaredEvent       a step returned an event its declaration does not list (a bug:
+    │                         its NATS role would refuse the publish)
     └── TransientError        a peer or the broker is unavailable for now
 
 The handler runner reads `retryable`: a PacsorError that is not retryable records the step's
@@ -35,6 +37,10 @@ class ConfigError(StartupError, ValueError):
 
 class InvalidInput(PacsorError, ValueError):
     """Input from outside is not what it must be; the message says where and why."""
+
+
+class UndeclaredEvent(PacsorError):
+    """A step returned an event type it does not declare it emits; nothing of it is published."""
 
 
 class TransientError(PacsorError):

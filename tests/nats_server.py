@@ -13,6 +13,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from pacsor.components import NATS_ROLES
 from pacsor.jetstream.broker import nats_server_binary
 from pacsor.jetstream.nats_auth import (
     PIPELINE_USER,
@@ -66,8 +67,8 @@ class NatsServer:
         )
         text = f"host: 127.0.0.1\nport: {self.port}\njetstream {{\n{jetstream}}}\n"
         if self.auth:
-            self.passwords = ensure_passwords(self.store / "credentials")
-            text += authorization_conf(self.passwords)
+            self.passwords = ensure_passwords(self.store / "credentials", NATS_ROLES)
+            text += authorization_conf(NATS_ROLES, self.passwords)
         path = self.store / "server.conf"
         path.write_text(text)
         return path

@@ -8,6 +8,7 @@ import asyncio
 import os
 import re
 import signal
+import stat
 import subprocess
 import sys
 import urllib.request
@@ -159,10 +160,16 @@ async def test_every_quick_start_command_works_against_the_demo(
     assert lines[-1] == "attempt 2 ended"
     assert all(not line.startswith("{") for line in lines)  # no JSON log line
 
+    # The running demo's settings hold its API key and admin token: its owner's alone.
+    assert stat.S_IMODE((tmp_path / ".pacsor" / "demo.env").stat().st_mode) == 0o600
+
     # Stopped, the demo says so and takes its settings file away: no command reads it again.
     running.process.send_signal(signal.SIGINT)
     assert "pacsor: stopping" in await running.until("pacsor: stopping")
     assert await asyncio.wait_for(running.process.wait(), 60) == 0
     assert not (tmp_path / ".pacsor" / "demo.env").exists()
+    # Each component connected as its own NATS user; the server refused none of them anything.
+    server_log = (tmp_path / ".pacsor" / "nats" / "nats-server.log").read_text()
+    assert "Violation" not in server_log
     after = await asyncio.to_thread(pacsor, "echo", cwd=tmp_path)
     assert after.returncode == 1 and "no destination" in after.stdout

@@ -15,7 +15,7 @@ import yaml
 from nats.aio.client import Client
 from pacsor.streams import stream_definitions
 
-from pacsor.components import BY_NAME
+from pacsor.components import BY_NAME, NATS_ROLES
 from pacsor.jetstream.broker import apply_streams, nats_server_binary
 from pacsor.jetstream.nats_auth import ensure_deployment_secrets
 
@@ -37,7 +37,7 @@ def test_nats_server_accepts_its_config(tmp_path: Path) -> None:
     # As compose mounts it: beside authorization.conf, with the site's secrets in secrets/.
     for name in ("nats-server.conf", "authorization.conf"):
         shutil.copy(ROOT / "deploy" / "nats" / name, tmp_path / name)
-    ensure_deployment_secrets(tmp_path / "secrets")
+    ensure_deployment_secrets(tmp_path / "secrets", NATS_ROLES)
     result = subprocess.run(
         [nats_server_binary(), "-c", str(tmp_path / "nats-server.conf"), "-t"],
         capture_output=True,

@@ -18,6 +18,7 @@ import pytest
 from nats.aio.client import Client
 from nats.js.api import ConsumerConfig
 
+from pacsor.components import NATS_ROLES
 from pacsor.config import ConfigError, load_settings
 from pacsor.domain import events as ev
 from pacsor.jetstream.blobs import BlobStore
@@ -244,7 +245,7 @@ async def test_a_report_provider_sends_reports_and_nothing_else(nats_server: Nat
 
 def test_the_deployment_authorization_is_the_roles_module() -> None:
     written = (PROJECT / "deploy" / "nats" / "authorization.conf").read_text()
-    assert written == deployment_authorization_conf()
+    assert written == deployment_authorization_conf(NATS_ROLES)
 
 
 @pytest.mark.parametrize("conf", ["nats-server.conf", "cluster.conf"])
@@ -385,8 +386,8 @@ def test_a_half_given_client_certificate_is_one_line(tmp_path: Path) -> None:
 
 
 def test_embedded_credentials_are_not_remade_by_a_second_process(tmp_path: Path) -> None:
-    first = EmbeddedNats(tmp_path, free_port())
-    second = EmbeddedNats(tmp_path, free_port())
+    first = EmbeddedNats(tmp_path, free_port(), NATS_ROLES)
+    second = EmbeddedNats(tmp_path, free_port(), NATS_ROLES)
     first._write_config()
     second._write_config()
     assert first.passwords == second.passwords

@@ -21,11 +21,17 @@ import pytest
 from nats.aio.client import Client
 from nats.js.api import StreamInfo
 
+from pacsor.components import NATS_ROLES
 from pacsor.devtools.simulator import SimulatorSettings, running_simulator
 from pacsor.domain import events as ev
 from pacsor.jetstream.broker import connect, nats_server_binary
 from pacsor.jetstream.eventlog import EventLog
-from pacsor.jetstream.nats_auth import PIPELINE_USER, ensure_deployment_secrets
+from pacsor.jetstream.nats_auth import (
+    PIPELINE_USER,
+    ROUTE_PASSWORD,
+    ROUTE_USER,
+    ensure_deployment_secrets,
+)
 from pacsor.jetstream.subjects import EVENTS_STREAM, RESULTS_BUCKET
 from tests.harness import (
     PROJECT,
@@ -54,7 +60,7 @@ class ClusterNode:
         self.process: subprocess.Popen[bytes] | None = None
         # The credentials the deployment's nodes share, made as `pacsor nats-credentials` does.
         self.secrets = store.parent / "secrets"
-        self.passwords = ensure_deployment_secrets(self.secrets)
+        self.passwords = ensure_deployment_secrets(self.secrets, NATS_ROLES)
 
     @property
     def url(self) -> str:
@@ -62,10 +68,14 @@ class ClusterNode:
 
     def start(self) -> None:
         self.store.mkdir(parents=True, exist_ok=True)
-        # The deployment's file as it is, but for the store (a flag may not repeat it).
+        # The deployment's file as it is, but for the store and route port.
         conf = self.store / "cluster.conf"
         text = CLUSTER_CONF.read_text()
         assert "store_dir: /data" in text
+        assert text.count("  port: 6222\n") == 1
+        # The route port in the file too: nats-server's --cluster flag would drop the file's
+        # route authorization along with its listen address.
+        text = text.replace("  port: 6222\n", f"  port: {self.route_port}\n")
         conf.write_text(text.replace("store_dir: /data", f'store_dir: "{self.store}"'))
         authorization = CLUSTER_CONF.with_name("authorization.conf")
         (self.store / authorization.name).write_text(authorization.read_text())
@@ -82,8 +92,6 @@ class ClusterNode:
                 str(self.port),
                 "--http_port",
                 str(self.http_port),
-                "--cluster",
-                f"nats://127.0.0.1:{self.route_port}",
                 "--routes",
                 ",".join(self.routes),
                 "--log",
@@ -125,7 +133,11 @@ class ClusterNode:
 async def cluster(tmp_path: Path) -> AsyncIterator[list[ClusterNode]]:
     nodes = [ClusterNode(f"nats-{n}", tmp_path / f"nats-{n}") for n in (1, 2, 3)]
     for node in nodes:
-        node.routes = [f"nats-route://127.0.0.1:{other.route_port}" for other in nodes]
+        # As the deployment's routes give it: the route password the nodes share.
+        password = (node.secrets / ROUTE_PASSWORD).read_text().strip()
+        node.routes = [
+            f"nats-route://{ROUTE_USER}:{password}@127.0.0.1:{other.route_port}" for other in nodes
+        ]
         node.start()
     try:
         for node in nodes:
@@ -227,3 +239,37 @@ def test_replicas_out_of_range_is_one_line(tmp_path: Path) -> None:
         2,
         "pacsor: NATS_REPLICAS: expected an integer >= 1, got '0'\n",
     )
+
+
+async def test_a_server_without_the_route_password_cannot_join(
+    cluster: list[ClusterNode], tmp_path: Path
+) -> None:
+    """Port 6222 is no back door: a nats-server that routes to a node without the cluster's
+    password is refused, and never sees what the cluster replicates."""
+    first = cluster[0]
+    log = first.store / "server.log"
+    assert "authentication failure" not in log.read_text().lower()  # the nodes know it
+    rogue_options = {
+        "--name": "rogue",
+        "--cluster_name": "pacsor",
+        "--addr": "127.0.0.1",
+        "--port": str(free_port()),
+        "--store_dir": str(tmp_path / "rogue"),
+        "--cluster": f"nats://127.0.0.1:{free_port()}",
+        "--routes": f"nats-route://127.0.0.1:{first.route_port}",
+    }
+    rogue = subprocess.Popen(
+        [nats_server_binary(), "--jetstream", *(x for o in rogue_options.items() for x in o)],
+        stdin=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        async with asyncio.timeout(30):
+            while "authentication failure" not in log.read_text().lower():
+                await asyncio.sleep(0.2)  # nothing to await but the node's log
+        async with httpx.AsyncClient() as http:
+            routez = (await http.get(f"http://127.0.0.1:{first.http_port}/routez")).json()
+        assert {route.get("remote_name") for route in routez["routes"]} <= {"nats-2", "nats-3"}
+    finally:
+        rogue.terminate()
+        rogue.wait(timeout=15)

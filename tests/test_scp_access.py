@@ -127,8 +127,11 @@ def make_cert(folder: Path, name: str, ca: str, host: bool = False) -> None:
 
 @pytest.fixture
 def certificates(tmp_path: Path) -> Path:
+    return site_certificates(tmp_path / "tls")
+
+
+def site_certificates(folder: Path) -> Path:
     """A site CA with the SCP's certificate and a good client's, and a client of another CA."""
-    folder = tmp_path / "tls"
     folder.mkdir()
     make_ca(folder, "siteca")
     make_ca(folder, "otherca")

@@ -20,6 +20,7 @@ from pacsor.cli.setup_wizard import (
     check_port,
     check_url,
 )
+from pacsor.components import BY_NAME, NATS_ROLES
 from pacsor.config import ConfigError, load_settings, read_dotenv
 from pacsor.devtools.simulator import SimulatorSettings, running_simulator
 from tests.harness import PROJECT, ReceivingPacs, cli_env, pacsor_cli
@@ -196,13 +197,16 @@ def test_an_installer_answers_the_wizard_in_a_terminal(
     # The site's NATS credentials, for compose's secrets: only the operator reaches them.
     assert (tmp_path / "env-files").stat().st_mode & 0o077 == 0
     nats_secrets = tmp_path / "env-files" / "nats.lyon-sud"
-    assert sorted(p.name for p in nats_secrets.iterdir()) == [
-        "nats-passwords.conf",
-        "nats-store.conf",
-        "pacsor.password",
-        "reader.password",
-        "report-provider.password",
-    ]
+    assert sorted(p.name for p in nats_secrets.iterdir()) == sorted(
+        [
+            "nats-passwords.conf",
+            "nats-store.conf",
+            "nats-routes.conf",  # the three-node cluster's
+            "route.password",
+            *(f"{r.user}.password" for r in NATS_ROLES),
+        ]
+    )
+    assert {"pacsor", "reader", "report-provider", "scp", "admin"} <= {r.user for r in NATS_ROLES}
     assert (nats_secrets / "nats-store.conf").read_text() == ""  # not asked to encrypt
     # pacsor reads it back, through .env, as the site's settings.
     settings = load_settings(environ={}, dotenv=link)
@@ -352,14 +356,23 @@ def test_env_example_copied_as_env_keeps_the_demo_working(tmp_path: Path) -> Non
         assert services[handler]["environment"]["TOKEN"] == "demo-token"
         assert services[handler]["environment"]["API_URL"] == "http://simulator:8421"
     assert services["dispatcher"]["environment"]["PACS_IP"] == "demo-pacs"
+    # Each component is its own NATS user, its password the Docker secret of its own.
+    assert BY_NAME.keys() - {"hl7"} <= services.keys()  # hl7 has a profile of its own
+    for name in BY_NAME.keys() & services.keys():
+        assert services[name]["environment"]["NATS_USER"] == name
+        secret = f"nats-{name}-password"
+        assert services[name]["environment"]["NATS_PASSWORD_FILE"] == f"/run/secrets/{secret}"
+        assert [s["source"] for s in services[name]["secrets"]] == [secret]
     # The settings pacsor itself reads from them start every handler; the NATS password is the
     # Docker secret compose mounts in the container, here a file of the test's.
     environment = services["dispatcher"]["environment"]
-    assert environment["NATS_PASSWORD_FILE"] == "/run/secrets/nats-pacsor-password"
-    (tmp_path / "nats-pacsor-password").write_text("the-secret-compose-mounts\n")
-    environment["NATS_PASSWORD_FILE"] = str(tmp_path / "nats-pacsor-password")
+    (tmp_path / "nats-dispatcher-password").write_text("the-secret-compose-mounts\n")
+    environment["NATS_PASSWORD_FILE"] = str(tmp_path / "nats-dispatcher-password")
     settings = load_settings(environ=environment, dotenv=None)
-    assert (settings.nats_user, settings.nats_password) == ("pacsor", "the-secret-compose-mounts")
+    assert (settings.nats_user, settings.nats_password) == (
+        "dispatcher",
+        "the-secret-compose-mounts",
+    )
     assert [str(d) for d in settings.all_destinations()] == ["DEMOPACS@demo-pacs:11112"]
 
 

@@ -721,10 +721,11 @@ async def _check_cores(settings: Settings) -> list[tuple[CoreSettings, str | Non
 
 
 def _nats_credentials(folder: Path, encrypt_store: bool) -> int:
+    from pacsor.components import NATS_ROLES
     from pacsor.jetstream.nats_auth import ensure_deployment_secrets
 
     try:
-        ensure_deployment_secrets(folder, encrypt_store)
+        ensure_deployment_secrets(folder, NATS_ROLES, encrypt_store)
     except (OSError, ValueError) as err:
         print(f"pacsor: {folder}: {err}", file=sys.stderr)
         return 2

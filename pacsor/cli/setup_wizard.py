@@ -540,7 +540,10 @@ def write_site(
     ]
     target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     target.parent.chmod(0o700)  # it holds API keys and the NATS credentials
-    ensure_deployment_secrets(project / secrets, encrypt_nats_store)
+    # Imported here: the components (and their libraries) load only when secrets are made.
+    from pacsor.components import NATS_ROLES
+
+    ensure_deployment_secrets(project / secrets, NATS_ROLES, encrypt_nats_store)
     partial = target.with_name(target.name + ".partial")
     partial.write_text("\n".join(lines) + "\n")
     partial.chmod(0o600)  # it holds API keys

@@ -31,7 +31,11 @@ def write_demo_env(path: Path, values: Mapping[str, str], pid: int) -> None:
         *(f"{name}={value}" for name, value in sorted(values.items())),
     ]
     partial = path.with_suffix(".partial")
-    partial.write_text("\n".join(lines) + "\n")
+    partial.unlink(missing_ok=True)
+    # It holds the demo's API key and admin token: its owner's alone, whatever the umask.
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write("\n".join(lines) + "\n")
     partial.replace(path)
 
 

@@ -11,7 +11,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -24,6 +24,7 @@ from nats.js import JetStreamContext
 from pacsor.errors import StartupError
 from pacsor.jetstream.nats_auth import (
     PIPELINE_USER,
+    Role,
     authorization_conf,
     ensure_passwords,
     password_file,
@@ -75,6 +76,11 @@ class NatsAccess:
     tls_ca: str = ""
     tls_cert: str = ""
     tls_key: str = ""
+
+    @property
+    def who(self) -> str:
+        """The user this process is to NATS: NATS_USER, or the first URL's user@."""
+        return self.user or (urlsplit(self.servers.split(",")[0]).username or "")
 
     def __str__(self) -> str:
         """The servers, without any user:password@ of theirs: for messages and logs."""
@@ -155,9 +161,15 @@ class EmbeddedNats:
     """
 
     def __init__(
-        self, store_dir: Path, port: int, host: str = "127.0.0.1", store_key: str = ""
+        self,
+        store_dir: Path,
+        port: int,
+        roles: Sequence[Role],
+        host: str = "127.0.0.1",
+        store_key: str = "",
     ) -> None:
         self.store_dir = store_dir
+        self.roles = roles
         self.host = host
         self.port = port
         self.store_key = store_key
@@ -170,17 +182,21 @@ class EmbeddedNats:
 
     @property
     def access(self) -> NatsAccess:
-        return NatsAccess(self.url, PIPELINE_USER, self.passwords[PIPELINE_USER])
+        return self.access_as(PIPELINE_USER)
+
+    def access_as(self, user: str) -> NatsAccess:
+        """How `user` (a role of the server's, e.g. one component) reaches it."""
+        return NatsAccess(self.url, user, self.passwords[user])
 
     def _write_config(self) -> Path:
-        self.passwords = ensure_passwords(credentials_folder(self.store_dir))
+        self.passwords = ensure_passwords(credentials_folder(self.store_dir), self.roles)
         jetstream = f"  store_dir: {json.dumps(str(self.store_dir))}\n" + "".join(
             f"  {line}\n" for line in store_key_conf(self.store_key).splitlines()
         )
         text = (
             "# Written by pacsor at each start, from the credentials beside it.\n"
             f"server_name: pacsor-embedded\nhost: {json.dumps(self.host)}\nport: {self.port}\n"
-            f"jetstream {{\n{jetstream}}}\n" + authorization_conf(self.passwords)
+            f"jetstream {{\n{jetstream}}}\n" + authorization_conf(self.roles, self.passwords)
         )
         path = self.store_dir / "nats-server.conf"
         partial = path.with_name(path.name + ".partial")
@@ -273,11 +289,16 @@ async def connect(access: NatsAccess | str, name: str) -> Client:
 
 
 async def apply_streams(
-    nc: Client, replicas: int = 1, max_ages: Mapping[str, float] | None = None
+    nc: Client,
+    replicas: int = 1,
+    max_ages: Mapping[str, float] | None = None,
+    update: bool = True,
 ) -> list[str]:
     """Create or update every stream of streams/*.json, each on `replicas` servers, with the
     `max_ages` (seconds, by stream name) the settings give instead of the files' own.
 
+    Without `update` (a component whose role may not change a stream), a stream that exists
+    with another configuration is left as it is, for the admin (or `pacsor up`) to apply.
     Returns their names. A cluster too small for `replicas` is an error naming NATS_REPLICAS.
     """
     applied = []
@@ -288,7 +309,12 @@ async def apply_streams(
         payload = json.dumps(config | overrides).encode()
         reply = await _js_api(nc, stream_api_subject("CREATE", name), payload)
         error = reply.get("error")
-        if error and error.get("err_code") == STREAM_IN_USE_WITH_OTHER_CONFIG:
+        if error and error.get("err_code") == STREAM_IN_USE_WITH_OTHER_CONFIG and not update:
+            log.info(
+                "stream differs from its definition; the admin applies it", extra={"stream": name}
+            )
+            error = None
+        elif error and error.get("err_code") == STREAM_IN_USE_WITH_OTHER_CONFIG:
             reply = await _js_api(nc, stream_api_subject("UPDATE", name), payload)
             error = reply.get("error")
             if not error:

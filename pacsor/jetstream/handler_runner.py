@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Generic, Literal, TypeVar
@@ -41,7 +41,7 @@ from nats.js.errors import NotFoundError, ServiceUnavailableError
 
 from pacsor.domain.events import Event, StepFailed, StepFailure
 from pacsor.domain.retry import RetryPolicy
-from pacsor.errors import PacsorError
+from pacsor.errors import PacsorError, UndeclaredEvent
 from pacsor.jetstream.eventlog import ConcurrentUpdate, EventLog
 from pacsor.jetstream.liveness import Heartbeat
 from pacsor.process.counters import HANDLER_ERRORS, STEPS_FAILED
@@ -128,6 +128,24 @@ class ConsumerSpec(Generic[M]):
     # The step's own failure event from (message, error, tries), recorded when the handler
     # keeps failing; None: StepFailed.
     failed: Callable[[M, str, int], Event] | None = None
+    # The event types the handler may return (its role on NATS grants no others); None: any.
+    emits: frozenset[type[Event]] | None = None
+
+    def declared(self, events: Sequence[Event]) -> Sequence[Event]:
+        """`events`, when the step declares every one of their types."""
+        undeclared = sorted(
+            {
+                type(e).__name__
+                for e in events
+                if self.emits is not None and type(e) not in self.emits
+            }
+        )
+        if undeclared:
+            raise UndeclaredEvent(
+                f"consumer {self.durable} returned {', '.join(undeclared)}, which its step does "
+                "not declare in `emits`"
+            )
+        return events
 
 
 Handler = Callable[[M, Delivery], Awaitable[Outcome]]
@@ -236,16 +254,16 @@ async def _process(
     try:
         outcome = await handler(message, delivery)
         while isinstance(outcome, Continue):
-            for event in outcome.events:
+            for event in spec.declared(outcome.events):
                 await events.publish(event)
             resumed = msgspec.structs.replace(delivery, resume=outcome.resume)
             outcome = await handler(message, resumed)
         if isinstance(outcome, Emit):
-            for event in outcome.events:
+            for event in spec.declared(outcome.events):
                 await events.publish(event, outcome.expected_last_subject_sequence)
             await msg.ack_sync()
         else:
-            for event in outcome.events:
+            for event in spec.declared(outcome.events):
                 await events.publish(event)
             log.info(
                 "retry later",

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import re
+from collections.abc import Iterable
 
 from pacsor.domain.events import CoreEvent, Event, InstanceReceived, SiteEvent
 
@@ -70,7 +71,9 @@ def event_subject(event: Event) -> str:
 
 
 def events_filter(kind: type[Event]) -> str:
-    """Filter for one study-level event type across all studies."""
+    """Filter for one event type across all studies (and cores): where every one of them is."""
+    if issubclass(kind, SiteEvent):
+        return site_events(kind)
     if issubclass(kind, CoreEvent):
         return core_events_filter(kind, "*")
     return f"pacsor.study.*.{kind.topic}"
@@ -119,6 +122,7 @@ def held_schedule_subject(study_uid: str) -> str:
 
 
 QUIET_ELAPSED_FILTER = "pacsor.timer.*.elapsed"
+QUIET_SCHEDULES = "pacsor.timer.*.quiet"
 
 
 def study_from_subject(subject: str) -> str:
@@ -163,6 +167,9 @@ def hold_subject(study_uid: str, holder: str) -> str:
 
 def holds_filter(study_uid: str) -> str:
     return f"pacsor.hold.{uid_token(study_uid)}.*"
+
+
+ALL_HOLDS = "pacsor.hold.>"
 
 
 def stream_api_subject(action: str, stream: str) -> str:
@@ -258,8 +265,9 @@ def consumer_next_subject(stream: str, consumer: str) -> str:
 
 # --- Who may publish what (pacsor.jetstream.nats_auth) ----------------------------------------
 
-# The pipeline's: its events, schedules and holds, the JetStream API, acknowledgements and flow
-# control, key-value and object-store entries, replies.
+# The whole pipeline in one process (`pacsor up`) and the operator's commands: its events,
+# schedules and holds, the JetStream API, acknowledgements and flow control, key-value and
+# object-store entries, replies.
 PIPELINE_PUBLISHES = ("pacsor.>", "$JS.API.>", "$JS.ACK.>", "$JS.FC.>", "$KV.>", "$O.>", "_INBOX.>")
 # What would erase history: nobody, the pipeline included, may ask it of the event stream.
 EVENTS_DESTRUCTION = (
@@ -268,7 +276,7 @@ EVENTS_DESTRUCTION = (
     stream_api_subject("MSG.DELETE", EVENTS_STREAM),
 )
 # The API calls that only read (the `nats` CLI's stream and consumer ls, info, get, view).
-READ_ONLY_API = (
+READ_API = (
     "$JS.API.INFO",
     "$JS.API.STREAM.NAMES",
     "$JS.API.STREAM.LIST",
@@ -278,10 +286,42 @@ READ_ONLY_API = (
     "$JS.API.CONSUMER.NAMES.*",
     "$JS.API.CONSUMER.LIST.*",
     "$JS.API.CONSUMER.INFO.*.*",
+)
+READ_ONLY_API = (
+    *READ_API,
     # An ephemeral consumer without a name: this form refuses a durable name, so a reader can
     # neither create a durable consumer nor change one of the pipeline's.
     "$JS.API.CONSUMER.CREATE.*",
     # The flow-control replies of a push consumer.
     "$JS.FC.>",
 )
+# What every component of a split deployment may do besides writing what it declares: read,
+# run its consumers (create, fetch, acknowledge), and create a stream that is not there yet
+# (whichever component starts first); changing a stream is the pipeline's and the admin's.
+COMPONENT_API = (
+    *READ_API,
+    "$JS.API.CONSUMER.>",
+    "$JS.ACK.>",
+    "$JS.FC.>",
+)
+
+
+def stream_create_subjects(streams: Iterable[str]) -> tuple[str, ...]:
+    return tuple(stream_api_subject("CREATE", name) for name in streams)
+
+
+def stream_update_subjects(streams: Iterable[str]) -> tuple[str, ...]:
+    return tuple(stream_api_subject("UPDATE", name) for name in streams)
+
+
+def bucket_writes(bucket: str) -> tuple[str, ...]:
+    """Putting objects into an object-store bucket: chunks and metadata, and purging the chunks
+    of an object removed or never committed."""
+    return (f"$O.{bucket}.>", stream_api_subject("PURGE", object_store_stream(bucket)))
+
+
+def key_value_writes(bucket: str) -> str:
+    return f"$KV.{bucket}.>"
+
+
 REPLIES = "_INBOX.>"

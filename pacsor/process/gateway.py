@@ -1,4 +1,7 @@
-"""Runs the components asked for in one process, on one connection to NATS.
+"""Runs the components asked for in one process.
+
+With NATS_URL, on one connection as its NATS_USER; on the embedded server of `pacsor up`,
+each component on a connection of its own, as its own NATS user (pacsor.components.NATS_ROLES).
 
 `pacsor up` runs every component of pacsor.components; `pacsor run <name>` runs one, and
 several processes running the same component share its work through its durable consumers.
@@ -8,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
@@ -16,7 +18,7 @@ from typing import Any
 
 from nats.aio.client import Client
 
-from pacsor.components import BY_NAME
+from pacsor.components import BY_NAME, NATS_ROLES
 from pacsor.config import ConfigError, Settings
 from pacsor.errors import StartupError
 from pacsor.jetstream.blobs import BlobStore
@@ -32,6 +34,7 @@ from pacsor.jetstream.broker import (
 )
 from pacsor.jetstream.eventlog import EventLog
 from pacsor.jetstream.holds import Holds
+from pacsor.jetstream.nats_auth import may_update_streams
 from pacsor.jetstream.quiet_timers import QuietTimers
 from pacsor.jetstream.subjects import INSTANCES_BUCKET, RESULTS_BUCKET, retention_max_ages
 from pacsor.process.runtime import Component, Runtime, retry_policy
@@ -99,6 +102,7 @@ async def run_gateway(
         embedded = EmbeddedNats(
             embedded_folder(settings),
             settings.embedded_nats_port,
+            NATS_ROLES,
             store_key=settings.nats_store_key,
         )
         try:
@@ -117,39 +121,54 @@ async def run_gateway(
     elif settings.nats_store_key:
         log.warning("NATS_STORE_KEY is for the embedded server; NATS_URL's server keeps its own")
     url = str(access)
+    connections: dict[str, Client] = {}
     try:
         nc = await _connect_with_patience(access, f"pacsor {','.join(components)}", stop)
         if nc is None:
             return
-        try:
-            await apply_streams(
-                nc,
-                settings.nats_replicas,
-                retention_max_ages(settings.events_retention_days, settings.retention_hours),
-            )
-            js = nc.jetstream(timeout=10)
-            runtime = Runtime(
-                settings=settings,
-                nc=nc,
-                js=js,
-                events=EventLog(js),
-                instances=BlobStore(nc, js, INSTANCES_BUCKET),
-                results=BlobStore(nc, js, RESULTS_BUCKET),
-                timers=QuietTimers(js),
-                holds=Holds(js),
-                policy=retry_policy(settings),
-                stop=stop,
-            )
-            await _run(runtime, chosen, url, on_ready)
-        finally:
-            await _close(nc)
+        connections[access.who] = nc
+        await apply_streams(
+            nc,
+            settings.nats_replicas,
+            retention_max_ages(settings.events_retention_days, settings.retention_hours),
+            update=may_update_streams(NATS_ROLES, access.who),
+        )
+        runtimes: dict[str, Runtime] = {}
+        for component in chosen:
+            own = nc
+            if embedded is not None:
+                # The embedded server knows every component's password: each connects as
+                # itself, so `pacsor up` is held to the same roles as a split deployment.
+                own = await connect(embedded.access_as(component.name), f"pacsor {component.name}")
+                connections[component.name] = own
+            runtimes[component.name] = _runtime(settings, own, stop, component.name)
+        await _run(runtimes, chosen, url, on_ready)
     finally:
+        for connection in reversed(connections.values()):
+            await _close(connection)
         if embedded is not None:
             embedded.stop()
 
 
+def _runtime(settings: Settings, nc: Client, stop: asyncio.Event, component: str) -> Runtime:
+    js = nc.jetstream(timeout=10)
+    return Runtime(
+        settings=settings,
+        nc=nc,
+        js=js,
+        events=EventLog(js),
+        instances=BlobStore(nc, js, INSTANCES_BUCKET),
+        results=BlobStore(nc, js, RESULTS_BUCKET),
+        timers=QuietTimers(js),
+        holds=Holds(js),
+        policy=retry_policy(settings),
+        stop=stop,
+        component=component,
+    )
+
+
 async def _run(
-    rt: Runtime,
+    runtimes: Mapping[str, Runtime],
     components: Sequence[Component],
     url: str,
     on_ready: Callable[[dict[str, Any]], None] | None,
@@ -171,9 +190,9 @@ async def _run(
     try:
         async with asyncio.TaskGroup() as group:
             for component in components:
-                own = dataclasses.replace(rt, component=component.name)
                 group.create_task(
-                    component.run(own, partial(started, component.name)), name=component.name
+                    component.run(runtimes[component.name], partial(started, component.name)),
+                    name=component.name,
                 )
     except ExceptionGroup as failures:
         # What a component found wrong at start (a setting, a busy port) is one line, not a trace.

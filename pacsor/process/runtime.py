@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import enum
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
 
 from nats.aio.client import Client
@@ -30,6 +30,7 @@ from pacsor.jetstream.eventlog import EventLog
 from pacsor.jetstream.handler_runner import ConsumerSpec, Handler, ensure_consumer, run_consumer
 from pacsor.jetstream.holds import Holds
 from pacsor.jetstream.liveness import Heartbeat, liveness_file
+from pacsor.jetstream.nats_auth import Publishes
 from pacsor.jetstream.quiet_timers import QuietTimers
 from pacsor.jetstream.subjects import EVENTS_STREAM
 
@@ -101,6 +102,8 @@ class Component:
     check: Callable[[Settings], None] = _no_requirement
     # Whether `pacsor up` runs it (optional parts are switched by settings).
     in_up: Callable[[Settings], bool] = _always
+    # What it writes to NATS: the grants of its own role in a split deployment.
+    publishes: Publishes = field(kw_only=True)
 
 
 class FanOut(enum.Enum):
@@ -159,6 +162,9 @@ class Step(Generic[M]):
     durable: PerTarget
     filter_subject: PerTarget
     description: PerTarget
+    # Every event type the handler returns, its failure event included: what its component's
+    # NATS role may publish (pacsor.jetstream.nats_auth), checked as it returns them.
+    emits: tuple[type[ev.Event], ...]
     # The step's own failure event from (message, target, reason, tries), recorded when its
     # handler keeps failing or fails for good; None: StepFailed, which names the step.
     failed: Callable[[M, Target, str, int], ev.Event] | None = None
@@ -188,7 +194,12 @@ class Step(Generic[M]):
             failed=None
             if failed is None
             else lambda message, reason, tries: failed(message, target, reason, tries),
+            emits=frozenset(self.emits),
         )
+
+    def __post_init__(self) -> None:
+        if self.failed is None and ev.StepFailed not in self.emits:
+            raise TypeError("a step without its own failure event records StepFailed: declare it")
 
     def targets(self, clients: Sequence[tuple[CoreSettings, MilvueApi]]) -> list[Target]:
         if self.fan_out is FanOut.ONCE:
@@ -211,6 +222,11 @@ def _event_decoder(kind: type[M]) -> Callable[[bytes, str], M]:
 
 # A step and how to build its handler for one target.
 Bound = tuple[Step[Any], Callable[[Target], Handler[Any]]]
+
+
+def emitted(*steps: Step[Any]) -> tuple[type[ev.Event], ...]:
+    """Every event type the steps declare, once each, in order: a component's `Publishes`."""
+    return tuple(dict.fromkeys(kind for step in steps for kind in step.emits))
 
 
 async def run_steps(rt: Runtime, started: Started, steps: Sequence[Bound]) -> None:
