@@ -123,6 +123,7 @@ def held_schedule_subject(study_uid: str) -> str:
 
 QUIET_ELAPSED_FILTER = "pacsor.timer.*.elapsed"
 QUIET_SCHEDULES = "pacsor.timer.*.quiet"
+HELD_SCHEDULES = "pacsor.timer.*.held"
 
 
 def study_from_subject(subject: str) -> str:
