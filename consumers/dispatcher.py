@@ -94,7 +94,7 @@ async def dispatch_to_destination(
     where = str(destination)
     key = dispatch_progress_key(event.study_uid, event.core, event.attempt, where)
     sop_uids = [r.sop_instance_uid for r in listed]
-    progress = await progress_store.get(key)
+    progress = await progress_store.get(key, sop_uids)
     names = {r.sop_instance_uid: r.object_name for r in listed}
     pending = dispatch.to_send(sop_uids, progress)
     error = ""
@@ -112,7 +112,7 @@ async def dispatch_to_destination(
         except SendError as err:
             answers, error = [(sop, dispatch.NO_ANSWER) for sop in pending], err.reason
         before = len(progress.refused)
-        progress = await progress_store.record(key, answers, notes)
+        progress = await progress_store.record(key, sop_uids, answers, notes)
         DISPATCH_REFUSED.labels(where).inc(len(progress.refused) - before)
 
     outcome = dispatch.outcome(sop_uids, progress)

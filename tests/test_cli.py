@@ -10,6 +10,7 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
 from nats.aio.client import Client
 from pynetdicom.events import Event as DicomEvent
 
@@ -17,6 +18,7 @@ from pacsor.config import load_settings
 from pacsor.devtools.demo_pacs import start_storage_scp
 from pacsor.devtools.sample_study import make_study
 from pacsor.devtools.simulator import SimulatorSettings, running_simulator
+from pacsor.dicom.storage_scu import echo
 from pacsor.domain import events as ev
 from tests.harness import (
     ReceivingPacs,
@@ -24,6 +26,7 @@ from tests.harness import (
     of_type,
     pacsor_cli,
     running_gateway,
+    site_settings,
     wait_for_event,
 )
 from tests.nats_server import NatsServer, free_port
@@ -196,8 +199,31 @@ def test_a_dicom_port_in_use_is_one_line(nats_server: NatsServer, tmp_path: Path
         result = pacsor_cli("run", "scp", cwd=tmp_path, NATS_URL=nats_server.url, PORT=str(port))
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        f"pacsor: PORT: cannot listen on {port}: Address already in use"
+        f"pacsor: PORT: cannot listen on 0.0.0.0:{port}: Address already in use"
     ]
+
+
+def test_an_address_this_host_does_not_have_is_one_line_naming_dicom_host(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    port = free_port()
+    result = pacsor_cli(
+        "run", "scp", cwd=tmp_path, NATS_URL=nats_server.url, DICOM_HOST="192.0.2.1", PORT=str(port)
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"pacsor: DICOM_HOST: cannot listen on 192.0.2.1:{port}: Cannot assign requested address"
+    ]
+
+
+async def test_the_scp_listens_only_on_dicom_host(nats_server: NatsServer) -> None:
+    """Bound to 127.0.0.1, the SCP answers there and refuses a connection to 127.0.0.2, another
+    address of this host."""
+    settings = site_settings(nats_server.url, DICOM_HOST="127.0.0.1")
+    async with running_gateway(settings, components=("scp",)):
+        assert await asyncio.to_thread(echo, "127.0.0.1", settings.port, "MILVUE") is None
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.2", settings.port), timeout=5).close()
 
 
 def test_a_bad_demo_setting_is_one_line(tmp_path: Path) -> None:

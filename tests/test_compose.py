@@ -287,6 +287,32 @@ def test_pacsor_check_passes_inside_the_demo(demo: Compose) -> None:
     ]
 
 
+async def test_an_operator_relaunches_a_study_from_the_admin_container(
+    demo: Compose, tmp_path: Path
+) -> None:
+    """As docs/deployment.md says: a one-off `relaunch --wait` in the admin's service, as the
+    admin's NATS user, follows the new attempt to its end; the scp's user is refused."""
+
+    def send() -> None:
+        sent = pacsor_cli("send", "--sample", "1", "--port", str(demo.dicom_port), cwd=tmp_path)
+        assert sent.returncode == 0, sent.stderr
+
+    study = (await dispatched_after(demo, send)).study_uid
+    one_off = ("run", "--rm", "--no-deps", "-T")
+    relaunch = demo(*one_off, "admin", "relaunch", study, "--wait", timeout=180).stdout
+    assert relaunch.splitlines()[-1] == "attempt 2 ended", relaunch
+    refused = subprocess.run(
+        [*demo.base, *one_off, "scp", "relaunch", study],
+        cwd=PROJECT,
+        env=demo.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert refused.returncode == 2
+    assert "NATS_USER: scp may not publish RelaunchRequested" in refused.stderr
+
+
 async def test_a_site_written_by_the_wizard_runs_with_compose(
     demo: Compose, tmp_path: Path
 ) -> None:

@@ -19,6 +19,7 @@ from pacsor.dicom.storage_scu import echo
 from pacsor.dicom.tls import client_context
 from pacsor.domain import events as ev
 from pacsor.errors import ConfigError
+from tests.certificates import OPENSSL, authority, certificate
 from tests.harness import (
     TOKEN,
     dispatched_uids,
@@ -32,40 +33,10 @@ from tests.harness import (
 from tests.nats_server import NatsServer, free_port
 
 STORESCP = shutil.which("storescp", path="/usr/bin:/usr/local/bin")
-OPENSSL = shutil.which("openssl")
 pytestmark = [
     pytest.mark.dcmtk,
     pytest.mark.skipif(STORESCP is None or OPENSSL is None, reason="needs DCMTK and openssl"),
 ]
-
-
-def openssl(*args: str, cwd: Path) -> None:
-    assert OPENSSL is not None
-    subprocess.run([OPENSSL, *args], cwd=cwd, check=True, capture_output=True, timeout=60)
-
-
-def authority(folder: Path, name: str) -> None:
-    """A certificate authority: `name`.key and `name`.pem."""
-    openssl(
-        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-        "-keyout", f"{name}.key", "-out", f"{name}.pem", "-subj", f"/CN={name} test CA",
-        cwd=folder,
-    )  # fmt: skip
-
-
-def certificate(folder: Path, ca: str, name: str, usage: str) -> None:
-    """`name`.key and `name`.pem, signed by `ca`, for 127.0.0.1."""
-    (folder / f"{name}.ext").write_text(f"subjectAltName=IP:127.0.0.1\nextendedKeyUsage={usage}\n")
-    openssl(
-        "req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key",
-        "-out", f"{name}.csr", "-subj", f"/CN={name}",
-        cwd=folder,
-    )  # fmt: skip
-    openssl(
-        "x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
-        "-CAcreateserial", "-days", "2", "-out", f"{name}.pem", "-extfile", f"{name}.ext",
-        cwd=folder,
-    )  # fmt: skip
 
 
 @pytest.fixture
@@ -76,9 +47,9 @@ def certs(tmp_path: Path) -> Path:
     folder.mkdir()
     authority(folder, "site")
     authority(folder, "other")
-    certificate(folder, "site", "pacs", "serverAuth")
-    certificate(folder, "site", "pacsor", "clientAuth")
-    certificate(folder, "other", "impostor", "serverAuth")
+    certificate(folder, "pacs", "site", "server")
+    certificate(folder, "pacsor", "site", "client")
+    certificate(folder, "impostor", "other", "server")
     return folder
 
 

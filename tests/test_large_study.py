@@ -22,8 +22,14 @@ from pacsor.devtools.simulator import SimulatorSettings, running_simulator
 from pacsor.dicom.storage_scu import send_files
 from pacsor.domain import events as ev
 from pacsor.jetstream.blobs import BlobStore
+from pacsor.jetstream.broker import apply_streams
+from pacsor.jetstream.dispatch_progress import DispatchProgress
 from pacsor.jetstream.eventlog import EventLog
-from pacsor.jetstream.subjects import INSTANCES_BUCKET
+from pacsor.jetstream.subjects import (
+    DISPATCH_PROGRESS_BUCKET,
+    INSTANCES_BUCKET,
+    dispatch_progress_key,
+)
 from tests.harness import (
     TOKEN,
     ReceivingPacs,
@@ -35,6 +41,8 @@ from tests.harness import (
     wait_for_event,
 )
 from tests.nats_server import NatsServer
+
+STUDY_OF_PROGRESS = "1.2.826.0.1.3680043.10.1.20000"
 
 UPLOAD_PATH = ("quiet-timer", "completion", "uploader")
 RESULT_PATH = ("uploader", "poller", "dispatcher")
@@ -164,3 +172,27 @@ async def test_a_study_with_a_result_per_instance_is_dispatched_whole(
     )
     assert kinds["ResultReady"] == 1 and kinds["Dispatched"] == 1
     assert "ResultFailed" not in kinds and "DispatchFailed" not in kinds
+
+
+async def test_the_progress_of_20000_results_fits_a_message_and_an_older_value_still_reads(
+    nc: Client,
+) -> None:
+    """A destination's progress for a study with 20,000 result objects, in the real bucket:
+    kept by position, it is a few bytes; a value of the version keyed by SOP UID reads."""
+    await apply_streams(nc)
+    uids = [f"1.2.826.0.1.3680043.8.498.{n:038d}" for n in range(20_000)]
+    store = DispatchProgress(nc.jetstream())
+    key = dispatch_progress_key(STUDY_OF_PROGRESS, "default", 1, "PACS@127.0.0.1:104")
+    await store.record(key, uids, [(sop, 0x0000) for sop in uids[:15_000]])
+    progress = await store.record(key, uids, [(sop, 0x0000) for sop in uids[15_000:]])
+    assert len(progress.delivered) == 20_000
+    assert await store.get(key, uids) == progress
+    kv = await nc.jetstream().key_value(DISPATCH_PROGRESS_BUCKET)
+    assert len((await kv.get(key)).value or b"") < 200
+    # Written by the version before: keyed by UID, it still says what was delivered.
+    older = dispatch_progress_key(STUDY_OF_PROGRESS, "default", 2, "PACS@127.0.0.1:104")
+    await kv.put(
+        older, b'{"tries":1,"delivered":{"%s":0},"refused":{},"failing":{}}' % uids[1].encode()
+    )
+    assert (await store.get(older, uids)).delivered == {uids[1]: 0}
+    assert set((await store.record(older, uids, [(uids[2], 0x0000)])).delivered) == set(uids[1:3])

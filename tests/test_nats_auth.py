@@ -44,6 +44,7 @@ from pacsor.jetstream.subjects import (
     study_subjects,
     webps_subject,
 )
+from tests.certificates import authority, certificate
 from tests.harness import PROJECT, running_gateway
 from tests.nats_server import NatsServer, free_port
 
@@ -314,24 +315,11 @@ async def test_pacsor_up_makes_its_credentials_once_and_keeps_them(tmp_path: Pat
     assert b"MODALITY" not in stored and STUDY.encode() not in stored
 
 
-def openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
 def make_certificates(folder: Path) -> None:
     """A CA, a server certificate for 127.0.0.1, a client certificate, all signed by it."""
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca-key.pem", "-out",
-            "ca.pem", "-days", "2", "-subj", "/CN=pacsor test CA", cwd=folder)  # fmt: skip
-    for name, extension in (
-        ("server", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth"),
-        ("client", "extendedKeyUsage=clientAuth"),
-    ):
-        (folder / f"{name}.ext").write_text(extension + "\n")
-        openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}-key.pem", "-out",
-                f"{name}.csr", "-subj", f"/CN=pacsor test {name}", cwd=folder)  # fmt: skip
-        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca-key.pem",
-                "-CAcreateserial", "-out", f"{name}.pem", "-days", "2", "-extfile",
-                f"{name}.ext", cwd=folder)  # fmt: skip
+    authority(folder, "ca")
+    certificate(folder, "server", "ca", "server")
+    certificate(folder, "client", "ca", "client")
 
 
 async def test_tls_to_nats_with_a_client_certificate(tmp_path: Path) -> None:
@@ -341,7 +329,7 @@ async def test_tls_to_nats_with_a_client_certificate(tmp_path: Path) -> None:
     conf.write_text(
         f"host: 127.0.0.1\nport: {port}\njetstream {{ store_dir: {json.dumps(str(tmp_path))} }}\n"
         f"tls {{ cert_file: {json.dumps(str(tmp_path / 'server.pem'))}\n"
-        f"  key_file: {json.dumps(str(tmp_path / 'server-key.pem'))}\n"
+        f"  key_file: {json.dumps(str(tmp_path / 'server.key'))}\n"
         f"  ca_file: {json.dumps(str(tmp_path / 'ca.pem'))}\n  verify: true }}\n"
     )
     server = subprocess.Popen([nats_server_binary(), "-c", str(conf)], stderr=subprocess.DEVNULL)
@@ -351,7 +339,7 @@ async def test_tls_to_nats_with_a_client_certificate(tmp_path: Path) -> None:
                 "NATS_URL": f"tls://127.0.0.1:{port}",
                 "NATS_TLS_CA": str(tmp_path / "ca.pem"),
                 "NATS_TLS_CERT": str(tmp_path / "client.pem"),
-                "NATS_TLS_KEY": str(tmp_path / "client-key.pem"),
+                "NATS_TLS_KEY": str(tmp_path / "client.key"),
             },
             dotenv=None,
         )

@@ -143,3 +143,12 @@ async def test_relaunch_from_the_command_line_refuses_clearly(
         pacsor_cli, "relaunch", "1.2.3;rm", cwd=tmp_path, NATS_URL=nats_server.url
     )
     assert malformed.returncode == 2 and "not a DICOM UID" in malformed.stderr
+    # As the SCP's NATS user (a compose service's own), asking is refused at once, in one line.
+    as_scp = await asyncio.to_thread(
+        pacsor_cli, "relaunch", "1.2.3.4", cwd=tmp_path, NATS_URL=nats_server.url_as("scp")
+    )
+    assert as_scp.returncode == 2
+    assert as_scp.stderr.strip().splitlines() == [
+        "pacsor: NATS_USER: scp may not publish RelaunchRequested; run this as the admin's user "
+        "(docker compose run --rm --no-deps admin ...) or as pacsor"
+    ]

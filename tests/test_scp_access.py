@@ -21,6 +21,7 @@ from pacsor.domain import events as ev
 from pacsor.jetstream.eventlog import EventLog
 from pacsor.jetstream.subjects import site_events
 from pacsor.process.counters import ASSOCIATIONS_REJECTED, SCP_CONNECTIONS_DROPPED
+from tests.certificates import authority, certificate
 from tests.harness import running_gateway, site_settings, wait_for_event, write_study
 from tests.nats_server import NatsServer, free_port
 from tests.test_dcmtk import DCMTK, tool
@@ -98,33 +99,6 @@ async def test_unset_allow_list_accepts_everyone_and_says_so(
 # --- TLS ------------------------------------------------------------------------------------
 
 
-def openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
-def make_ca(folder: Path, name: str) -> None:
-    openssl(
-        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-        "-subj", f"/CN={name}", "-keyout", f"{name}.key", "-out", f"{name}.pem",
-        cwd=folder,
-    )  # fmt: skip
-
-
-def make_cert(folder: Path, name: str, ca: str, host: bool = False) -> None:
-    openssl(
-        "req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
-        "-keyout", f"{name}.key", "-out", f"{name}.csr",
-        cwd=folder,
-    )  # fmt: skip
-    extensions = folder / f"{name}.ext"
-    extensions.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n" if host else "")
-    openssl(
-        "x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
-        "-CAcreateserial", "-days", "2", "-out", f"{name}.pem", "-extfile", extensions.name,
-        cwd=folder,
-    )  # fmt: skip
-
-
 @pytest.fixture
 def certificates(tmp_path: Path) -> Path:
     return site_certificates(tmp_path / "tls")
@@ -133,11 +107,11 @@ def certificates(tmp_path: Path) -> Path:
 def site_certificates(folder: Path) -> Path:
     """A site CA with the SCP's certificate and a good client's, and a client of another CA."""
     folder.mkdir()
-    make_ca(folder, "siteca")
-    make_ca(folder, "otherca")
-    make_cert(folder, "scp", "siteca", host=True)
-    make_cert(folder, "modality", "siteca")
-    make_cert(folder, "stranger", "otherca")
+    authority(folder, "siteca")
+    authority(folder, "otherca")
+    certificate(folder, "scp", "siteca", "server")
+    certificate(folder, "modality", "siteca", "client")
+    certificate(folder, "stranger", "otherca", "client")
     return folder
 
 

@@ -23,7 +23,14 @@ from pathlib import Path
 import msgspec
 
 from pacsor.domain import events as ev
-from pacsor.domain.study_view import PeerSeen, StudyView, apply, see_peer, step_durations
+from pacsor.domain.study_view import (
+    PeerSeen,
+    StudyView,
+    apply_event,
+    see_peer,
+    settle,
+    step_durations,
+)
 
 # Bump when StudyView or the tables change: an older file is then rebuilt from the stream.
 LAYOUT_VERSION = "3"
@@ -161,13 +168,14 @@ class ReadModel:
             view = views.get(uid)
             if view is None:
                 view = views[uid] = StudyView(study_uid=uid)
-            if sequence <= view.last_sequence:
+            if not apply_event(view, sequence, event):
                 continue
-            apply(view, sequence, event)
             changed[uid] = view
             if on_step is not None:
                 for name, seconds in step_durations(view, event):
                     on_step(name, seconds)
+        for view in changed.values():
+            settle(view)
         with self._transaction() as db:
             self._write(db, changed.values())
             db.executemany(

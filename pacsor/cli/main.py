@@ -534,6 +534,7 @@ async def _relaunch(settings: Settings, study: str, cores: str, by: str, wait: b
     from pacsor.jetstream.subjects import INSTANCES_BUCKET
 
     access = nats_access(settings)
+    _require_grant(access.who, "RelaunchRequested")
     try:
         nc = await asyncio.wait_for(connect(access, "pacsor relaunch"), 10)
     except Exception as err:
@@ -561,6 +562,20 @@ async def _relaunch(settings: Settings, study: str, cores: str, by: str, wait: b
     finally:
         await nc.close()
     return 0
+
+
+def _require_grant(user: str, event_type: str) -> None:
+    """Refuse at once, in one line, a command whose NATS user's role may not publish what it
+    would: nats-server would drop the publish, and the command only time out."""
+    from pacsor.components import BY_NAME
+    from pacsor.domain.events import by_name
+
+    component = BY_NAME.get(user)
+    if component is not None and by_name(event_type) not in component.publishes.events:
+        raise ConfigError(
+            f"NATS_USER: {user} may not publish {event_type}; run this as the admin's user "
+            "(docker compose run --rm --no-deps admin ...) or as pacsor"
+        )
 
 
 async def _follow_attempt(settings: Settings, log_of: Any, study: str, accepted: Any) -> int:

@@ -29,6 +29,8 @@ OTHER_VARIABLES = frozenset(
         "PACSOR_VERSION",
         "PACSOR_PULL_POLICY",
         "PACSOR_NATS_SECRETS",
+        "DICOM_PUBLISH_ADDRESS",
+        "DICOM_TLS_FOLDER",
         "DEMO_PACS_PORT",
         "DEMO_RIS_PORT",
         "COMPOSE_PROFILES",

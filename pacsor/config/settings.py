@@ -147,6 +147,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper", dict=T
     # DICOM reception
     milvue_aet: AeTitle = "MILVUE"
     port: Port = 1040
+    # The address the SCP listens on (PORT and DICOM_TLS_PORT): every interface, or the one
+    # facing the modalities on a host with several networks.
+    dicom_host: str = "0.0.0.0"
     config_profile: Profile = "WithSC"
     study_quiet_seconds: Seconds = 10.0
     # Associations served at once; more are refused (and logged, and counted).

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import errno
 import hashlib
 import logging
 import mmap
@@ -282,10 +283,11 @@ class StorageScp:
         self._held: dict[str, int] = {}
         self._released: dict[str, datetime] = {}
 
-    def start(self, host: str = "0.0.0.0") -> int:
-        """Start serving on PORT (0: any free port), and on DICOM_TLS_PORT when TLS is
-        configured; returns the port."""
+    def start(self) -> int:
+        """Start serving on DICOM_HOST at PORT (0: any free port), and at DICOM_TLS_PORT when
+        TLS is configured; returns the port."""
         settings = self.settings
+        host = settings.dicom_host
         tls = server_context(settings.dicom_tls_cert, settings.dicom_tls_key, settings.dicom_tls_ca)
         self._allowed = allowed_callers(settings.allowed_calling_aets)
         ae = AE(ae_title=settings.milvue_aet)
@@ -314,6 +316,7 @@ class StorageScp:
             "DICOM SCP listening",
             extra={
                 "ae_title": settings.milvue_aet,
+                "host": host,
                 "port": port,
                 "tls_port": settings.dicom_tls_port if tls else None,
                 "client_certificate_required": bool(settings.dicom_tls_ca),
@@ -358,8 +361,10 @@ class StorageScp:
                 tls=tls,
             )
         except OSError as err:
+            # A busy port names the port's setting; an address this host does not have, DICOM_HOST.
+            which = "DICOM_HOST" if err.errno == errno.EADDRNOTAVAIL else setting
             raise StartupError(
-                f"{setting}: cannot listen on {address[1]}: {err.strerror}"
+                f"{which}: cannot listen on {address[0]}:{address[1]}: {err.strerror}"
             ) from None
         assert isinstance(server, GuardedServer)
         threading.Thread(target=server.serve_forever, name=f"scp-{setting}", daemon=True).start()

@@ -14,7 +14,6 @@ upcaster from the old one on the class itself (`upcasters`, as StudyComplete has
 
 from __future__ import annotations
 
-import functools
 import hashlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -30,6 +29,7 @@ SCHEMA_VERSION = 1
 # A schema's JSON, as a dict, to the next schema's.
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
 _CATALOGUE: dict[str, type[Event]] = {}
+_SCHEMAS: dict[type[Event], int] = {}
 
 
 def utc_now() -> datetime:
@@ -60,19 +60,17 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag=Tru
     @classmethod
     def current_schema(cls) -> int:
         """The schema version this class writes."""
-        return _schema_of(cls)
+        # Kept per class: msgspec.structs.fields evaluates the annotations each time, and
+        # decode() asks for every event read (it was most of a rebuild's time).
+        version = _SCHEMAS.get(cls)
+        if version is None:
+            field = next(f for f in msgspec.structs.fields(cls) if f.name == "schema_version")
+            version = _SCHEMAS[cls] = int(field.default)
+        return version
 
     def idempotency_key(self) -> str:
         """The Nats-Msg-Id: a retried publish of the same fact is stored once."""
         raise NotImplementedError
-
-
-@functools.cache
-def _schema_of(kind: type[Event]) -> int:
-    # Once per class: msgspec.structs.fields reads the class's annotations, which cost more
-    # than decoding the event (every event decoded asks its class).
-    field = next(f for f in msgspec.structs.fields(kind) if f.name == "schema_version")
-    return int(field.default)
 
 
 class AttemptKey(TypedDict):

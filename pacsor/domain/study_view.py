@@ -160,6 +160,7 @@ def fold(
 ) -> dict[str, StudyView]:
     """Apply `(stream sequence, event)` pairs, in stream order, to `views` (a new dict if None)."""
     views = {} if views is None else views
+    changed: dict[str, StudyView] = {}
     for sequence, event in recorded:
         uid = event.study_uid
         if not uid:
@@ -167,7 +168,10 @@ def fold(
         view = views.get(uid)
         if view is None:
             view = views[uid] = StudyView(study_uid=uid)
-        apply(view, sequence, event)
+        if apply_event(view, sequence, event):
+            changed[uid] = view
+    for view in changed.values():
+        settle(view)
     return views
 
 
@@ -203,8 +207,17 @@ def events_shown() -> frozenset[type[ev.Event]]:
 
 def apply(view: StudyView, sequence: int, event: ev.Event) -> StudyView:
     """Apply one event to the study's view, in place, and return the view."""
+    if apply_event(view, sequence, event):
+        settle(view)
+    return view
+
+
+def apply_event(view: StudyView, sequence: int, event: ev.Event) -> bool:
+    """Apply one event to the view, in place, but not the states derived from it: `settle`
+    the view after the last of a run of events (a rebuild settles a study once a batch, not
+    once an event: that was half of the fold's time). False when already applied."""
     if sequence <= view.last_sequence:
-        return view  # already applied: replaying a batch twice changes nothing
+        return False  # already applied: replaying a batch twice changes nothing
     applier = _APPLIERS.get(type(event))
     if applier is None and type(event) not in events_not_shown:
         # Every type of the catalogue is declared (tests/test_study_view.py): a new one must be.
@@ -216,6 +229,13 @@ def apply(view: StudyView, sequence: int, event: ev.Event) -> StudyView:
         view.updated_at = at
     if applier is not None:
         applier(view, event)
+    return True
+
+
+def settle(view: StudyView) -> StudyView:
+    """Derive the states of the study and its cores from the rest of the view. The appliers
+    never read them, so settling once after several events gives what settling after each
+    would."""
     for core in view.cores:
         core.state = core_state(view, core)
     view.state = study_state(view)

@@ -77,6 +77,12 @@ def digest_hex(digest: str) -> str:
     return base64.urlsafe_b64decode(digest.removeprefix(DIGEST_PREFIX)).hex()
 
 
+def _read_hashed(source: BinaryIO, size: int, hasher: hashlib._Hash) -> bytes:
+    chunk = source.read(size)
+    hasher.update(chunk)
+    return chunk
+
+
 class BlobStore:
     """One object-store bucket (its stream is declared in streams/OBJ_<bucket>.json)."""
 
@@ -159,18 +165,26 @@ class BlobStore:
         hasher = hashlib.sha256()
         pending: list[asyncio.Future[Any]] = []
         size = 0
-        while chunk := source.read(self._chunk_size):
+        # The first chunk read here: nothing of this object is waiting to be sent yet.
+        chunk = _read_hashed(source, self._chunk_size, hasher)
+        while chunk:
             if pending and len(pending) % IN_FLIGHT_CHUNKS == 0:
                 # A large object waits for its earlier chunks: at most IN_FLIGHT_CHUNKS
                 # are buffered by the client, whatever the object's size.
                 await asyncio.wait_for(asyncio.gather(*pending), self._timeout)
-            hasher.update(chunk)
             size += len(chunk)
             pending.append(
                 await self._js.publish_async(
                     chunk_subject, chunk, headers={MSG_ID_HEADER: f"{nuid}.{len(pending)}"}
                 )
             )
+            if len(chunk) < self._chunk_size:
+                chunk = _read_hashed(source, self._chunk_size, hasher)  # the end, at once
+            else:
+                # Read and hashed on a worker thread (file reads and hashlib release the
+                # GIL): the event loop meanwhile sends the chunks before it to nats-server,
+                # and serves the other associations.
+                chunk = await asyncio.to_thread(_read_hashed, source, self._chunk_size, hasher)
         if DIGEST_PREFIX + base64.urlsafe_b64encode(hasher.digest()).decode() != digest:
             raise BlobError(f"{self.bucket}/{name}: the bytes read are not {digest}")
         info = BlobInfo(

@@ -10,7 +10,14 @@ import msgspec
 from pacsor.admin.read_model import ReadModel, StudyFilter
 from pacsor.devtools.sample_events import lifecycle, received
 from pacsor.domain import events as ev
-from pacsor.domain.study_view import PeerSeen, fold, see_peer, step_durations, step_times
+from pacsor.domain.study_view import (
+    PeerSeen,
+    StudyView,
+    fold,
+    see_peer,
+    step_durations,
+    step_times,
+)
 
 T0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
 STUDY = "1.2.826.0.1.3680043.8.498.10"
@@ -116,6 +123,36 @@ def test_applying_an_event_twice_changes_nothing() -> None:
     once = fold(pairs)
     twice = fold(pairs, fold(pairs))
     assert msgspec.json.encode(once) == msgspec.json.encode(twice)
+
+
+def test_states_settled_once_a_batch_are_those_settled_after_every_event() -> None:
+    # A rebuild settles the derived states once per study and batch: the appliers must never
+    # read them, or a batch would differ from the same events applied one at a time.
+    key = {"study_uid": STUDY, "core": "default", "attempt": 1}
+    first = lifecycle(STUDY, T0, destinations=(PACS, ARCHIVE))
+    first[-1] = ev.DispatchFailed(
+        **key, destination=ARCHIVE, reason="refused", tries=3, occurred_at=T0 + timedelta(1)
+    )
+    second = lifecycle(STUDY, T0 + timedelta(hours=1), destinations=(PACS,), attempt=2)[3:]
+    history: list[ev.Event] = [
+        *first,
+        ev.DispatchReplayRequested(
+            **key, destination=ARCHIVE, replay_id="r", requested_by="me", since=T0
+        ),
+        ev.Dispatched(**key, destination=ARCHIVE, replay_id="r", object_count=1),
+        ev.RelaunchRequested(study_uid=STUDY, relaunch_id="r1", requested_by="me"),
+        *second,
+    ]
+    pairs = numbered(history)
+    for size in (1, 2, 3, 5, len(pairs)):
+        batched: dict[str, StudyView] = {}
+        one_by_one: dict[str, StudyView] = {}
+        for start in range(0, len(pairs), size):
+            fold(pairs[start : start + size], batched)
+            for pair in pairs[start : start + size]:
+                fold([pair], one_by_one)
+                settled = msgspec.json.encode(one_by_one)
+            assert msgspec.json.encode(batched) == settled, size
 
 
 def test_rejections_are_counted_and_unknown_studies_ignored() -> None:
