@@ -5,10 +5,11 @@ Runs `pacsor up` (embedded nats-server), the API simulator answering `done` at o
 its own. Sends N studies of 4 small images over 4 associations, waits for every study's
 Dispatched, and reports studies per minute, the median and 95th percentile from a study's
 quiet period ending (its last InstanceReceived + STUDY_QUIET_SECONDS) to its Dispatched, and
-the largest backlog (pending + unacknowledged, from JetStream consumer info) of each handler.
-Then again with a second process running the handler whose backlog was the largest.
+the largest backlog (pending + unacknowledged, from JetStream consumer info) of each handler,
+and each step's median time. Then again with a second process running the component whose
+step took longest at the median.
 
-    .venv/bin/python bench/pipeline.py [--studies 200] [--quick]
+    .venv/bin/python bench/pipeline.py [--studies 200] [--quick] [--gap 3] [--no-replica]
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import IO
 
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
@@ -34,7 +36,13 @@ import nats  # noqa: E402
 from pacsor.devtools.sample_study import make_study  # noqa: E402
 from pacsor.dicom.storage_scu import echo, send_files  # noqa: E402
 from pacsor.domain import events as ev  # noqa: E402
-from pacsor.jetstream.subjects import ALL_EVENTS, EVENTS_STREAM  # noqa: E402
+from pacsor.jetstream.broker import NatsAccess, embedded_access  # noqa: E402
+from pacsor.jetstream.quiet_timers import decode_elapsed  # noqa: E402
+from pacsor.jetstream.subjects import (  # noqa: E402
+    ALL_EVENTS,
+    EVENTS_STREAM,
+    QUIET_ELAPSED_FILTER,
+)
 
 QUIET = 1.0
 # Which component runs each durable consumer (by the start of its name).
@@ -75,11 +83,26 @@ def component_of(durable: str) -> str:
     return durable
 
 
-async def watch(nats_url: str, studies: set[str], stop: asyncio.Event) -> tuple[dict, dict]:
-    """Each study's quiet end and Dispatched time, and each consumer's largest backlog."""
-    nc = await nats.connect(nats_url)
+# The component whose work each step of the breakdown is (the timer fires once it is armed).
+STEP_COMPONENT = {
+    "timer fires": "quiet-timer",
+    "to StudyComplete": "completion",
+    "upload": "uploader",
+    "result": "poller",
+    "dispatch": "dispatcher",
+}
+
+
+async def watch(
+    access: NatsAccess, studies: set[str], stop: asyncio.Event
+) -> tuple[dict, dict, dict]:
+    """Each study's quiet end and Dispatched time, each consumer's largest backlog, and each
+    step's median time."""
+    nc = await nats.connect(access.servers, user=access.user, password=access.password)
     js = nc.jetstream()
     last_received: dict[str, float] = {}
+    # When the server fired each study's quiet timer (the stored message's time), every time.
+    fired: dict[str, list[float]] = {}
     dispatched: dict[str, float] = {}
     backlog: dict[str, int] = {}
     steps: dict[str, dict[str, float]] = {}
@@ -99,7 +122,13 @@ async def watch(nats_url: str, studies: set[str], stop: asyncio.Event) -> tuple[
             if len(dispatched) == len(studies):
                 stop.set()
 
+    async def on_elapsed(msg: nats.aio.msg.Msg) -> None:
+        uid = decode_elapsed(msg.data, msg.subject).study_uid
+        if uid in studies:
+            fired.setdefault(uid, []).append(msg.metadata.timestamp.timestamp())
+
     sub = await js.subscribe(ALL_EVENTS, cb=on_event, ordered_consumer=True)
+    timers = await js.subscribe(QUIET_ELAPSED_FILTER, cb=on_elapsed, ordered_consumer=True)
     try:
         while not stop.is_set():
             for info in await js.consumers_info(EVENTS_STREAM):
@@ -112,32 +141,45 @@ async def watch(nats_url: str, studies: set[str], stop: asyncio.Event) -> tuple[
                 await asyncio.wait_for(stop.wait(), 0.5)
     finally:
         await sub.unsubscribe()
+        await timers.unsubscribe()
         await nc.close()
     latency = {uid: dispatched[uid] - (last_received[uid] + QUIET) for uid in dispatched}
     # Where the time goes, at the median: each step from the one before it.
     marks = ["StudyComplete", "Uploaded", "ResultReady"]
-    parts = []
+    parts: list[list[float]] = []
     for uid in dispatched:
-        times = [last_received[uid] + QUIET, *(steps[uid][m] for m in marks), dispatched[uid]]
+        complete = steps[uid]["StudyComplete"]
+        # The firing that completed the study: the last one before its StudyComplete.
+        woke = max((t for t in fired.get(uid, ()) if t <= complete), default=complete)
+        times = [
+            last_received[uid] + QUIET,
+            woke,
+            *(steps[uid][m] for m in marks),
+            dispatched[uid],
+        ]
         parts.append([b - a for a, b in itertools.pairwise(times)])
-    names = ["to StudyComplete", "upload", "result", "dispatch"]
+    names = list(STEP_COMPONENT)
+    medians = {n: statistics.median(p[i] for p in parts) for i, n in enumerate(names)}
+    print("    median per step: " + ", ".join(f"{n} {t:.2f} s" for n, t in medians.items()))
+    slowest = max(parts, key=sum)
     print(
-        "    median per step: "
-        + ", ".join(
-            f"{n} {statistics.median(p[i] for p in parts):.2f} s" for i, n in enumerate(names)
-        )
+        f"    slowest study {sum(slowest):.2f} s: "
+        + ", ".join(f"{n} {t:.2f} s" for n, t in zip(names, slowest, strict=True))
     )
-    return latency, backlog
+    return latency, backlog, {STEP_COMPONENT[n]: t for n, t in medians.items()}
 
 
-def one_run(studies: int, workdir: Path, replica: str | None) -> tuple[float, list[float], dict]:
+def one_run(
+    studies: int, workdir: Path, replica: str | None, gap: float, logs: Path | None
+) -> tuple[float, list[float], dict]:
     nats_port, dicom_port, api_port, pacs_port = (free_port() for _ in range(4))
     data = workdir / f"run-{replica or 'one'}"
     data.mkdir()
     env = {
         **os.environ,
         "PYTHONPATH": str(PROJECT),
-        "LOG_LEVEL": "WARNING",
+        "LOG_LEVEL": "INFO" if logs else "WARNING",
+        "LOG_FORMAT": "json",
         "PACSOR_DATA_DIR": str(data / "pacsor"),
         "EMBEDDED_NATS_PORT": str(nats_port),
         "PORT": str(dicom_port),
@@ -153,13 +195,12 @@ def one_run(studies: int, workdir: Path, replica: str | None) -> tuple[float, li
     procs = []
 
     def spawn(args: list[str], **extra: str) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(
-            args,
-            env={**env, **extra},
-            cwd=data,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        log: int | IO[bytes] = subprocess.DEVNULL
+        if logs is not None:
+            logs.mkdir(parents=True, exist_ok=True)
+            name = args[3] if args[1:3] == ["-m", "pacsor"] else Path(args[1]).stem
+            log = (logs / f"{data.name}-{name}.log").open("ab")
+        proc = subprocess.Popen(args, env={**env, **extra}, cwd=data, stdout=log, stderr=log)
         procs.append(proc)
         return proc
 
@@ -179,9 +220,15 @@ def one_run(studies: int, workdir: Path, replica: str | None) -> tuple[float, li
             lambda: echo("127.0.0.1", dicom_port, "MILVUE", "BENCH", 2.0) is None, "pacsor's SCP"
         )
         wait_until(lambda: port_open(api_port), "the simulator")
-        nats_url = f"nats://127.0.0.1:{nats_port}"
+        # The embedded server's pipeline credentials, which it wrote on its first start.
+        access = embedded_access(data / "pacsor" / "nats", nats_port)
         if replica is not None:
-            spawn([*pacsor, "run", replica], NATS_URL=nats_url)
+            spawn(
+                [*pacsor, "run", replica],
+                NATS_URL=access.servers,
+                NATS_USER=access.user,
+                NATS_PASSWORD=access.password,
+            )
             time.sleep(3)  # its consumers bind
         folders = []
         uids: set[str] = set()
@@ -194,9 +241,9 @@ def one_run(studies: int, workdir: Path, replica: str | None) -> tuple[float, li
                 ds.save_as(folder / f"{i}.dcm", enforce_file_format=True)
             folders.append(sorted(folder.iterdir()))
 
-        async def measure() -> tuple[float, dict, dict]:
+        async def measure() -> tuple[float, dict, dict, dict]:
             stop = asyncio.Event()
-            watcher = asyncio.create_task(watch(nats_url, uids, stop))
+            watcher = asyncio.create_task(watch(access, uids, stop))
             await asyncio.sleep(1.0)
             started = time.monotonic()
 
@@ -205,21 +252,41 @@ def one_run(studies: int, workdir: Path, replica: str | None) -> tuple[float, li
                     statuses = send_files("127.0.0.1", dicom_port, "MILVUE", files)
                     assert [s for _, s in statuses] == [0] * len(files), statuses
 
-            await asyncio.gather(*(asyncio.to_thread(send, folders[i::4]) for i in range(4)))
-            await asyncio.wait_for(stop.wait(), 120 + studies)
+            if gap:
+                # One study at a time, `gap` apart: each step's own time, without a backlog.
+                for files in folders:
+                    await asyncio.gather(asyncio.to_thread(send, [files]), asyncio.sleep(gap))
+            else:
+                await asyncio.gather(*(asyncio.to_thread(send, folders[i::4]) for i in range(4)))
+            print(f"    sent in {time.monotonic() - started:.1f} s")
+            stopped = asyncio.create_task(stop.wait())
+            # The watcher ends early only when it failed: its error, not a timeout.
+            await asyncio.wait(
+                {watcher, stopped}, timeout=120 + studies, return_when="FIRST_COMPLETED"
+            )
+            if not stop.is_set():
+                stopped.cancel()
+                if watcher.done():
+                    await watcher  # raises what stopped it
+                watcher.cancel()
+                raise TimeoutError(f"{studies} studies not all dispatched")
             elapsed = time.monotonic() - started
-            latency, backlog = await watcher
-            return elapsed, latency, backlog
+            latency, backlog, waited = await watcher
+            return elapsed, latency, backlog, waited
 
-        elapsed, latency, backlog = asyncio.run(measure())
-        return elapsed, sorted(latency.values()), backlog
+        elapsed, latency, backlog, waited = asyncio.run(measure())
+        return elapsed, sorted(latency.values()), backlog, waited
     finally:
         for proc in reversed(procs):
             proc.terminate()
             proc.wait(timeout=30)
 
 
-def report(label: str, studies: int, elapsed: float, latency: list[float], backlog: dict) -> str:
+def report(
+    label: str, studies: int, elapsed: float, latency: list[float], backlog: dict, waited: dict
+) -> str:
+    """Print the run's figures; return the component whose step took longest at the median
+    (a backlog in messages is no measure across steps: the quiet timer has one per instance)."""
     p95 = latency[min(len(latency) - 1, int(0.95 * len(latency)))]
     print(
         f"{label}: {studies} studies in {elapsed:.1f} s, {studies * 60 / elapsed:.0f} studies/min; "
@@ -231,22 +298,34 @@ def report(label: str, studies: int, elapsed: float, latency: list[float], backl
         by_component[component] = max(by_component.get(component, 0), waiting)
     for component, waiting in sorted(by_component.items(), key=lambda kv: -kv[1]):
         print(f"    largest backlog {component:<12} {waiting:5d}")
-    return max(by_component, key=lambda c: by_component[c])
+    return max(waited, key=lambda c: waited[c])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--studies", type=int, default=200)
     parser.add_argument("--quick", action="store_true", help="40 studies")
+    parser.add_argument(
+        "--gap", type=float, default=0.0, help="send one study every GAP seconds, not all at once"
+    )
+    parser.add_argument("--no-replica", action="store_true", help="only the run of pacsor up")
+    parser.add_argument("--logs", type=Path, help="keep each process's log lines in this folder")
     args = parser.parse_args()
     studies = 40 if args.quick else args.studies
+    gap, logs = args.gap, args.logs and args.logs.resolve()
     with tempfile.TemporaryDirectory(prefix="pacsor-pipeline-") as tmp:
         workdir = Path(tmp)
-        print(f"{studies} studies of 4 instances, quiet period {QUIET:g} s, {os.cpu_count()} cores")
-        elapsed, latency, backlog = one_run(studies, workdir, None)
-        busiest = report("pacsor up", studies, elapsed, latency, backlog)
-        elapsed, latency, backlog = one_run(studies, workdir, busiest)
-        report(f"pacsor up + a second {busiest}", studies, elapsed, latency, backlog)
+        sent = f"one every {gap:g} s" if gap else "over 4 associations at once"
+        print(
+            f"{studies} studies of 4 instances, {sent}, quiet period {QUIET:g} s, "
+            f"{os.cpu_count()} cores"
+        )
+        elapsed, latency, backlog, waited = one_run(studies, workdir, None, gap, logs)
+        busiest = report("pacsor up", studies, elapsed, latency, backlog, waited)
+        if args.no_replica:
+            return
+        elapsed, latency, backlog, waited = one_run(studies, workdir, busiest, gap, logs)
+        report(f"pacsor up + a second {busiest}", studies, elapsed, latency, backlog, waited)
 
 
 if __name__ == "__main__":

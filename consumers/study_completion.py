@@ -22,10 +22,11 @@ from pacsor.domain.completion import (
     decide_completion,
     decide_from_latest,
     decide_relaunch,
+    redelivery_delay,
 )
 from pacsor.domain.events import utc_now
 from pacsor.jetstream.eventlog import EventLog
-from pacsor.jetstream.handler_runner import Delivery, Emit, Outcome
+from pacsor.jetstream.handler_runner import Delivery, Emit, Outcome, Retry
 from pacsor.jetstream.holds import Holds
 from pacsor.jetstream.nats_auth import Publishes
 from pacsor.jetstream.quiet_timers import QuietElapsed, QuietTimers, decode_elapsed
@@ -83,9 +84,14 @@ async def complete_study(
     if isinstance(decision, Complete):
         return Emit((decision.event,), decision.expected_last_subject_sequence)
     if isinstance(decision, WaitUntil):
-        # An instance arrived after this timer was armed (its own timer may not be armed yet),
-        # or an association sending the study is still open.
-        await timers.arm(study, decision.at, decision.holds_checked_at)
+        # The timer fired early on purpose (quiet_timers.FIRES_EARLY), or an instance arrived
+        # after it was armed (its own timer may not be armed yet), or an association sending
+        # the study is still open. A short wait is this message's redelivery, to the
+        # millisecond; a longer one a timer armed again.
+        delay = redelivery_delay(decision, utc_now(), 2 * timers.early)
+        if delay is not None:
+            return Retry(delay, decision.reason)
+        await timers.arm(study, decision.at, decision.holds_checked_at, decision.held)
         log.info(
             "study still receiving",
             extra={"study": study, "until": decision.at.isoformat(), "reason": decision.reason},

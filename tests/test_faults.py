@@ -9,10 +9,12 @@ import logging
 import threading
 import time
 from collections import Counter
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from nats.aio.client import Client
+from pacsor.consumers.study_completion import complete_study
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import ComputedRadiographyImageStorage, Verification
@@ -22,8 +24,12 @@ from pacsor.devtools.sample_study import make_image, make_study
 from pacsor.devtools.simulator import SimulatorSettings, running_simulator
 from pacsor.dicom.storage_scu import send_files
 from pacsor.domain import events as ev
+from pacsor.domain.completion import HOLD_LEASE, Hold
 from pacsor.jetstream.blobs import BlobStore, digest_hex
 from pacsor.jetstream.eventlog import EventLog
+from pacsor.jetstream.handler_runner import Delivery, Emit
+from pacsor.jetstream.holds import Holds
+from pacsor.jetstream.quiet_timers import QuietElapsed, QuietTimers
 from pacsor.jetstream.subjects import INSTANCES_BUCKET
 from pacsor.process.counters import ASSOCIATIONS_REJECTED, CONTEXTS_REJECTED
 from tests.harness import (
@@ -111,6 +117,51 @@ async def test_a_nats_restart_during_a_send_does_not_split_the_study(
     assert isinstance(complete, ev.StudyComplete) and complete.instance_count == 30
     counts = await count_events(nc, study_uid)
     assert counts["StudyComplete"] == 1 and counts["InstanceReceived"] == 30
+
+
+async def test_a_look_at_an_open_association_does_not_hold_the_study_past_its_close(
+    nats_server: NatsServer, nc: Client
+) -> None:
+    """The completion reads a study's hold still open and arms its next look, a lease later,
+    just after the SCP, closing the association, armed the quiet period from the close: the
+    study completes a quiet period after the close, not a lease later (it did, before the
+    look had a schedule of its own)."""
+    settings = gateway_settings(
+        nats_server.url, "http://127.0.0.1:9", ReceivingPacs(), STUDY_QUIET_SECONDS="2"
+    )
+    js = nc.jetstream()
+    events, timers, holds = EventLog(js), QuietTimers(js), Holds(js)
+    study = str(generate_uid())
+    arrived = ev.utc_now() - timedelta(seconds=3)
+    await events.publish(
+        ev.InstanceReceived(
+            study_uid=study,
+            series_instance_uid=str(generate_uid()),
+            sop_instance_uid=str(generate_uid()),
+            sop_class_uid=str(ComputedRadiographyImageStorage),
+            transfer_syntax_uid=str(ExplicitVRLittleEndian),
+            object_name=f"{study}/1/00",
+            size=10,
+            digest="00",
+            occurred_at=arrived,
+        )
+    )
+    await holds.put(study, Hold(holder="scp-a", associations=1, heartbeat_at=ev.utc_now()))
+    closed = ev.utc_now()
+    await timers.arm(study, closed + settings.quiet_period)  # the SCP, as the association closes
+    fired = QuietElapsed(study, arrived + settings.quiet_period)
+    look = await complete_study(
+        fired, Delivery("", 1, 1), events, timers, holds, settings.quiet_period
+    )
+    assert look == Emit()  # it saw the hold open, and armed its next look
+    await holds.put(
+        study, Hold(holder="scp-a", associations=0, heartbeat_at=closed, released_at=closed)
+    )
+    async with running_gateway(settings, ("completion",)):
+        complete = await wait_for_event(
+            nc, study, of_type(ev.StudyComplete), (HOLD_LEASE / 2).total_seconds()
+        )
+    assert complete.occurred_at - closed >= settings.quiet_period
 
 
 # --- Dispatch remembers what each destination accepted -------------------------------------

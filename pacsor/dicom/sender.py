@@ -1,8 +1,8 @@
 """C-STORE of objects kept in a bucket to one destination.
 
 The objects are streamed from their bucket into a temporary folder (never the whole set in
-memory), then sent from the files, each in a transfer syntax the destination accepted
-(pacsor.dicom.storage_scu), over TLS for a destination marked `?tls`.
+memory), FETCHED_AT_ONCE at a time, then sent from the files, each in a transfer syntax the
+destination accepted (pacsor.dicom.storage_scu), over TLS for a destination marked `?tls`.
 """
 
 from __future__ import annotations
@@ -26,6 +26,10 @@ log = logging.getLogger("pacsor.dispatch")
 
 # Sets larger than this log their progress (`120/400 objects`) every tenth of the way.
 PROGRESS_FROM = 50
+# Objects read from the bucket at once: each read is a round trip or two to JetStream, which
+# one after the other made most of a small study's dispatch; one chunk of each (512 KiB) is
+# in memory at most.
+FETCHED_AT_ONCE = 8
 
 
 class SendError(TransientError):
@@ -63,13 +67,10 @@ async def send_objects(
     if destination.tls and tls is None:
         raise SendError(f"{destination.label}: no TLS context (DICOM_TLS_* settings)")
     with tempfile.TemporaryDirectory(prefix="pacsor-send-") as folder:
-        files: dict[Path, str] = {}
-        for index, (name, sop_uid) in enumerate(objects):
-            path = Path(folder) / f"{index}.dcm"
-            with path.open("wb") as out:
-                async for chunk in store.chunks(name):
-                    out.write(chunk)
-            files[path] = sop_uid
+        files = {Path(folder) / f"{n}.dcm": sop_uid for n, (_, sop_uid) in enumerate(objects)}
+        await _fetch_all(
+            store, [(name, path) for (name, _), path in zip(objects, files, strict=True)]
+        )
         try:
             stored = await asyncio.to_thread(
                 store_files,
@@ -88,6 +89,29 @@ async def send_objects(
     return Sent(
         [(sop, answered.get(path, NO_ANSWER)) for path, sop in files.items()], stored.refusals
     )
+
+
+async def _fetch_all(store: BlobStore, objects: Sequence[tuple[str, Path]]) -> None:
+    """Write each (object name, file) from the bucket, FETCHED_AT_ONCE at a time."""
+    queue = list(reversed(objects))
+
+    async def fetch() -> None:
+        while queue:
+            name, path = queue.pop()
+            with path.open("wb") as out:
+                async for chunk in store.chunks(name):
+                    out.write(chunk)
+
+    readers = [asyncio.create_task(fetch()) for _ in range(min(FETCHED_AT_ONCE, len(objects)))]
+    try:
+        await asyncio.gather(*readers)
+    except BaseException:
+        # The first error is the one raised (BlobNotFound, ...), as one reader would; the
+        # other readers are stopped first, their files left to the folder's removal.
+        for reader in readers:
+            reader.cancel()
+        await asyncio.wait(readers)
+        raise
 
 
 def _progress(destination: Destination, total: int) -> Callable[[int, Path, int], None] | None:

@@ -27,6 +27,10 @@ from pacsor.domain.events import (
     StudyComplete,
 )
 
+# Why a completion waits.
+QUIET_PERIOD = "quiet period"
+ASSOCIATION_OPEN = "an association sending it is open"
+CHECKING_STALE_HOLD = "checking a stale hold"
 # An SCP refreshes the hold of each study it is receiving this often...
 HOLD_HEARTBEAT = timedelta(seconds=2)
 # ...so a hold not refreshed for this long may have been left by an SCP that died. It is
@@ -56,9 +60,15 @@ class Complete(msgspec.Struct, frozen=True):
 
 class WaitUntil(msgspec.Struct, frozen=True):
     at: datetime
-    reason: str = "quiet period"
+    reason: str = QUIET_PERIOD
     # Set when a hold looked stale: the next look treats it as dead if still not refreshed.
     holds_checked_at: datetime | None = None
+
+    @property
+    def held(self) -> bool:
+        """Waiting for an association that is still open (or for its SCP's lease), not for
+        the quiet period: the SCP wakes the study itself when the association closes."""
+        return self.reason in (ASSOCIATION_OPEN, CHECKING_STALE_HOLD)
 
 
 class AlreadyComplete(msgspec.Struct, frozen=True):
@@ -140,6 +150,16 @@ def decide_from_latest(
     return None
 
 
+def redelivery_delay(wait: WaitUntil, now: datetime, within: timedelta) -> float | None:
+    """Seconds to wait for `wait` by redelivering the fired timer's message, when it ends
+    within `within` (a timer armed early, or one that fired just before an arrival's quiet
+    period ended); None: arm the timer again (a longer wait, or a stale hold's first look,
+    whose time the timer's payload must carry)."""
+    if wait.holds_checked_at is not None or wait.at - now > within:
+        return None
+    return max((wait.at - now).total_seconds(), 0.001)
+
+
 def decide_completion(
     study_uid: str,
     history: Sequence[RecordedEvent],
@@ -162,12 +182,12 @@ def decide_completion(
 
     open_holds = [h for h in holds if h.associations > 0]
     if any(h.heartbeat_at + HOLD_LEASE > now for h in open_holds):
-        return WaitUntil(now + max(quiet, HOLD_LEASE), "an association sending it is open")
+        return WaitUntil(now + max(quiet, HOLD_LEASE), ASSOCIATION_OPEN)
     unverified = [
         h for h in open_holds if holds_checked_at is None or h.heartbeat_at >= holds_checked_at
     ]
     if unverified:
-        return WaitUntil(now + HOLD_LEASE, "checking a stale hold", holds_checked_at=now)
+        return WaitUntil(now + HOLD_LEASE, CHECKING_STALE_HOLD, holds_checked_at=now)
 
     completions = [r for r in history if isinstance(r.event, StudyComplete)]
     if completions:

@@ -38,6 +38,7 @@ from pacsor.jetstream.subjects import (
     ALL_HOLDS,
     COMPONENT_API,
     EVENTS_DESTRUCTION,
+    HELD_SCHEDULES,
     PIPELINE_PUBLISHES,
     QUIET_SCHEDULES,
     READ_ONLY_API,
@@ -115,7 +116,7 @@ def component_role(name: str, publishes: Publishes) -> Role:
         allow += bucket_writes(bucket)
     allow += [key_value_writes(bucket) for bucket in publishes.key_values]
     if publishes.quiet_timers:
-        allow.append(QUIET_SCHEDULES)
+        allow += [QUIET_SCHEDULES, HELD_SCHEDULES]
     if publishes.holds:
         allow.append(ALL_HOLDS)
     if publishes.replies:

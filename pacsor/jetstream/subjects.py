@@ -4,7 +4,8 @@
     pacsor.study.<study>.<core>.uploaded|result_ready|...        per AI core events
     pacsor.site.hl7_config_loaded|...                            facts about no study
     pacsor.timer.<study>.quiet    the pending quiet-period schedule (replaced on each instance)
-    pacsor.timer.<study>.elapsed  where the server publishes it when it fires
+    pacsor.timer.<study>.held     the completion's look again at an association still open
+    pacsor.timer.<study>.elapsed  where the server publishes either when it fires
     pacsor.hold.<study>.<holder>  an SCP's open associations sending the study (last value)
 
 DICOM UIDs hold only digits and dots; dots separate NATS tokens, so a UID is written with
@@ -116,8 +117,13 @@ def quiet_elapsed_subject(study_uid: str) -> str:
     return f"pacsor.timer.{uid_token(study_uid)}.elapsed"
 
 
+def held_schedule_subject(study_uid: str) -> str:
+    return f"pacsor.timer.{uid_token(study_uid)}.held"
+
+
 QUIET_ELAPSED_FILTER = "pacsor.timer.*.elapsed"
 QUIET_SCHEDULES = "pacsor.timer.*.quiet"
+HELD_SCHEDULES = "pacsor.timer.*.held"
 
 
 def study_from_subject(subject: str) -> str:

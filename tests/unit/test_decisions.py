@@ -23,10 +23,12 @@ from pacsor.domain.completion import (
     attempt_instances,
     decide_completion,
     decide_from_latest,
+    redelivery_delay,
 )
 from pacsor.domain.dispatch import Progress, is_permanent_refusal, outcome, record_try, to_send
 from pacsor.domain.events import RecordedEvent
 from pacsor.domain.retry import RetryPolicy
+from pacsor.jetstream.quiet_timers import schedule_time
 from pacsor.jetstream.subjects import event_subject, study_subjects, uid_from_token, uid_token
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
@@ -97,6 +99,26 @@ def test_completes_once_with_every_instance_once() -> None:
 
     done = history(*(r.event for r in h), decision.event)
     assert decide_completion(STUDY, done, T0 + timedelta(seconds=30), QUIET) == AlreadyComplete(1)
+
+
+def test_a_timer_that_fired_early_waits_the_rest_as_a_redelivery() -> None:
+    within = timedelta(milliseconds=500)
+    due = WaitUntil(T0 + timedelta(milliseconds=240))
+    assert redelivery_delay(due, T0, within) == pytest.approx(0.24)
+    # Already due by the time it is looked at: redelivered at once, never a negative delay.
+    assert redelivery_delay(due, T0 + timedelta(seconds=1), within) == pytest.approx(0.001)
+    # A longer wait (an instance arrived since) is a timer armed again.
+    assert redelivery_delay(WaitUntil(T0 + timedelta(seconds=3)), T0, within) is None
+    # A stale hold's first look: its time is carried by the timer's payload, so a new timer.
+    checking = WaitUntil(T0 + timedelta(milliseconds=100), "checking a stale hold", T0)
+    assert redelivery_delay(checking, T0, within) is None
+
+
+def test_the_schedule_is_written_to_the_millisecond_never_before_its_time() -> None:
+    assert schedule_time(T0) == "2026-01-01T12:00:00.000Z"
+    assert schedule_time(T0 + timedelta(milliseconds=123)) == "2026-01-01T12:00:00.123Z"
+    assert schedule_time(T0 + timedelta(microseconds=1)) == "2026-01-01T12:00:00.001Z"
+    assert schedule_time(T0 - timedelta(microseconds=500)) == "2026-01-01T12:00:00.000Z"
 
 
 def test_new_instances_after_completion_make_attempt_two() -> None:
