@@ -46,10 +46,11 @@ lint: $(DEV)
 	ln -s $(CURDIR)/streams $(TYPECHECK)/pacsor/streams
 	cd $(TYPECHECK) && $(CURDIR)/$(BIN)/mypy -p pacsor
 
-# Every benchmark of the README's table, one after the other (about 15 minutes on 2 cores).
+# Every benchmark of the README's figures, one after the other (about 12 minutes on 2 cores).
 bench: $(BIN)/pacsor
 	$(BIN)/python bench/ingest.py --quick
 	$(BIN)/python bench/pipeline.py
+	$(BIN)/python bench/pipeline.py --studies 10 --gap 3 --no-replica
 	$(BIN)/python bench/projection.py --stream --events 1000000 --rounds 1
 	$(BIN)/python bench/memory.py --count 60 --size 10
 	$(BIN)/python bench/memory.py --count 1 --size 1000
