@@ -133,8 +133,9 @@ SENDERS: dict[str, Callable[[int, list[Path], int], None]] = {
 class Servers:
     """The three targets, started once; `clear` drops what they stored between runs."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, nats_sync: str = "") -> None:
         self.workdir = workdir
+        self.nats_sync = nats_sync
         self.procs: list[subprocess.Popen[bytes]] = []
         self.ports: dict[str, int] = {}
 
@@ -162,18 +163,15 @@ class Servers:
             ]
         )
         self.nats_port, pacsor_port = free_port(), free_port()
-        nats_server = self._spawn(
-            [
-                nats_server_binary(),
-                "--jetstream",
-                "--store_dir",
-                str(self.workdir / "nats"),
-                "--addr",
-                "127.0.0.1",
-                "--port",
-                str(self.nats_port),
-            ]
+        # The file store's sync: nats-server's default (every 2 minutes), or `always` (an fsync
+        # for every message: "durable" then means "on disk").
+        conf = self.workdir / "nats.conf"
+        sync = f"  sync_interval: {self.nats_sync}\n" if self.nats_sync else ""
+        conf.write_text(
+            f'jetstream {{\n  store_dir: "{self.workdir / "nats"}"\n{sync}}}\n'
+            f"host: 127.0.0.1\nport: {self.nats_port}\n"
         )
+        nats_server = self._spawn([nats_server_binary(), "--config", str(conf)])
         wait_for_port(self.nats_port, nats_server, dicom=False)
         env = {
             **os.environ,
@@ -228,17 +226,22 @@ def main() -> None:
     parser.add_argument("--large", type=int, default=6, help="10 MB instances per run")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="30 and 3 instances, 3 rounds")
+    parser.add_argument(
+        "--nats-sync", default="", help="nats-server's sync_interval (always: fsync each message)"
+    )
     args = parser.parse_args()
     if args.quick:
         args.small, args.large, args.rounds = 30, 3, 3
 
     with tempfile.TemporaryDirectory(prefix="pacsor-bench-") as tmp:
         workdir = Path(tmp)
-        servers = Servers(workdir)
+        servers = Servers(workdir, args.nats_sync)
         servers.start()
         try:
+            sync = f", nats-server sync_interval {args.nats_sync}" if args.nats_sync else ""
             print(
-                f"{args.rounds} rounds (median), targets in rotating order, {os.cpu_count()} cores"
+                f"{args.rounds} rounds (median), targets in rotating order, "
+                f"{os.cpu_count()} cores{sync}"
             )
             header = (
                 f"{'size':>6} {'sender':<10} {'assoc':>5} "
