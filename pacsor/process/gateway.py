@@ -121,12 +121,12 @@ async def run_gateway(
     elif settings.nats_store_key:
         log.warning("NATS_STORE_KEY is for the embedded server; NATS_URL's server keeps its own")
     url = str(access)
-    connections: dict[str, Client] = {}
+    connections: list[Client] = []
     try:
         nc = await _connect_with_patience(access, f"pacsor {','.join(components)}", stop)
         if nc is None:
             return
-        connections[access.who] = nc
+        connections.append(nc)
         await apply_streams(
             nc,
             settings.nats_replicas,
@@ -140,11 +140,15 @@ async def run_gateway(
                 # The embedded server knows every component's password: each connects as
                 # itself, so `pacsor up` is held to the same roles as a split deployment.
                 own = await connect(embedded.access_as(component.name), f"pacsor {component.name}")
-                connections[component.name] = own
+                connections.append(own)
             runtimes[component.name] = _runtime(settings, own, stop, component.name)
+        if embedded is not None and chosen:
+            # The pipeline's connection only applied the streams: it does not stay open.
+            connections.remove(nc)
+            await _close(nc)
         await _run(runtimes, chosen, url, on_ready)
     finally:
-        for connection in reversed(connections.values()):
+        for connection in reversed(connections):
             await _close(connection)
         if embedded is not None:
             embedded.stop()
