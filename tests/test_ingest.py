@@ -16,7 +16,7 @@ from pacsor.config import Settings, load_settings
 from pacsor.devtools.sample_study import make_image, make_study
 from pacsor.dicom.storage_scu import send_files
 from pacsor.domain import events as ev
-from pacsor.jetstream.blobs import BlobStore
+from pacsor.jetstream.blobs import BlobStore, sha256_digest
 from pacsor.jetstream.eventlog import EventLog
 from pacsor.jetstream.subjects import INSTANCES_BUCKET
 from tests.harness import of_type, running_gateway, wait_for_event, write_study
@@ -61,6 +61,9 @@ async def test_study_is_stored_as_received_and_announced(
     for event, path in zip(received, paths, strict=True):
         stored = await store.get(event.object_name)
         assert len(stored) == event.size
+        # Hashed as pynetdicom spooled it, never read back to be named: the digest recorded
+        # is that of the bytes stored.
+        assert event.digest == sha256_digest(stored)
         # The dataset is byte for byte what the modality sent: no decode/re-encode.
         assert dataset_part(stored) == dataset_part(path.read_bytes())
 

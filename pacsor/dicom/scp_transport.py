@@ -8,7 +8,8 @@ reading thread run ahead of the association without bound. Here:
   than MAX_PDU_BYTES is answered with an A-ABORT before its body is read;
 - the reading thread waits while a few PDUs are queued unprocessed, so a sender that does not
   wait for its C-STORE responses meets TCP back-pressure, not a growing queue;
-- a received dataset is spooled to a file (pynetdicom's STORE_RECV_CHUNKED_DATASET); past
+- a received dataset is spooled to a file (pynetdicom's STORE_RECV_CHUNKED_DATASET) and hashed
+  as it is written, so the C-STORE handler never reads it once more to name it; past
   MAX_INSTANCE_BYTES the rest is discarded, and the C-STORE is answered with a failure status;
 - the TLS handshake runs on the connection's own thread, within the read deadline;
 - an address with MAX_ASSOCIATIONS_PER_HOST open associations gets an A-ASSOCIATE-RJ
@@ -19,17 +20,19 @@ Each connection cut off is logged once (pacsor.scp) and counted (SCP_CONNECTIONS
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import socket
 import ssl
 import struct
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pynetdicom import _config
+from pynetdicom import _config, dimse_messages
 from pynetdicom.association import Association
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
@@ -58,6 +61,57 @@ class Limits:
     max_pdu: int
     max_instance: int
     per_host: int  # applies only when below the AE's maximum_associations
+
+
+class HashedSpool:
+    """A dataset's spool file that hashes what pynetdicom writes to it (preamble, file meta,
+    then each P-DATA fragment), on the reading thread while the next fragments are still
+    arriving: the handler has the file's digest without reading it again.
+
+    pynetdicom writes `file.write(...)` then `file.file.flush()`, then closes it and unlinks
+    `name` once the C-STORE is answered; the real file goes with it.
+    """
+
+    def __init__(self, spooled: Any) -> None:
+        self._spooled = spooled
+        self._sha = hashlib.sha256()
+        self.name: str = spooled.name
+        self.file = self
+
+    def write(self, data: bytes) -> int:
+        self._sha.update(data)
+        return int(self._spooled.write(data))
+
+    def flush(self) -> None:
+        self._spooled.file.flush()
+
+    def tell(self) -> int:
+        return int(self._spooled.tell())
+
+    def close(self) -> None:
+        self._spooled.close()
+
+    def sha256(self) -> bytes:
+        """The SHA-256 of the bytes written so far."""
+        return self._sha.digest()
+
+
+def _hashed_spool(*args: Any, **kwargs: Any) -> HashedSpool:
+    return HashedSpool(tempfile.NamedTemporaryFile(*args, **kwargs))
+
+
+# pynetdicom opens a C-STORE's spool file through this name, in one place (decode_msg), and
+# writes it only through `write` and `file.flush`: given a hashing file, the SCP knows each
+# instance's digest when its last fragment arrives. spooled_sha256() falls back to None if
+# a pynetdicom release spools otherwise, and the handler then reads the file to hash it.
+dimse_messages.NamedTemporaryFile = _hashed_spool  # type: ignore[attr-defined,assignment]
+
+
+def spooled_sha256(request: Any) -> bytes | None:
+    """The SHA-256 of a C-STORE request's spool file, hashed while it was received, or None
+    when it was spooled without hashing (or went past MAX_INSTANCE_BYTES)."""
+    spooled = getattr(request, "_dataset_file", None)
+    return spooled.sha256() if isinstance(spooled, HashedSpool) else None
 
 
 class Overflow:

@@ -27,7 +27,6 @@ deflated one inflated within MAX_INSTANCE_BYTES, and streamed from the file to t
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import errno
 import hashlib
@@ -64,13 +63,14 @@ from pacsor.dicom.scp_transport import (
     discard_spool,
     is_overflow,
     server_context,
+    spooled_sha256,
 )
 from pacsor.dicom.storage_scu import no_delay
 from pacsor.dicom.structure import Truncated, check_whole, dataset_offset
 from pacsor.domain.completion import HOLD_HEARTBEAT, Hold
 from pacsor.domain.events import AssociationRejected, InstanceReceived, InstanceRejected, utc_now
 from pacsor.errors import ConfigError, InvalidInput, StartupError
-from pacsor.jetstream.blobs import DIGEST_PREFIX, BlobStore, digest_hex
+from pacsor.jetstream.blobs import BlobStore, digest_hex, digest_notation
 from pacsor.jetstream.eventlog import EventLog
 from pacsor.jetstream.holds import Holds
 from pacsor.jetstream.quiet_timers import QuietTimers
@@ -184,11 +184,10 @@ def is_allowed(allowed: dict[str, frozenset[str] | None], calling: str, host: st
     return addresses is None or host in addresses
 
 
-def file_digest(path: Path) -> str:
-    """The object store's digest notation of the file's bytes, read a chunk at a time."""
+def file_sha256(path: Path) -> bytes:
+    """The SHA-256 of the file's bytes, read a chunk at a time."""
     with path.open("rb") as spooled:
-        sha = hashlib.file_digest(spooled, "sha256")
-    return DIGEST_PREFIX + base64.urlsafe_b64encode(sha.digest()).decode()
+        return hashlib.file_digest(spooled, "sha256").digest()
 
 
 def _is_sequence_tag(tag: int) -> bool:
@@ -524,9 +523,10 @@ class StorageScp:
             if is_overflow(event.request) or size > limit:
                 raise Rejection(TOO_LARGE, f"instance over MAX_INSTANCE_BYTES ({limit} bytes)")
             identity = read_spooled(path, event.context.transfer_syntax, affected_class, limit)
-            # Hashed here, on the association's thread: hashlib releases the GIL, and the
-            # event loop stays free for the JetStream traffic of every association.
-            digest = file_digest(path)
+            # Hashed while it was received; otherwise here, on the association's thread
+            # (hashlib releases the GIL, and the event loop stays free for the JetStream
+            # traffic of every association).
+            digest = digest_notation(spooled_sha256(event.request) or file_sha256(path))
         except Truncated as err:
             return self._reject(Rejection(MALFORMED, f"malformed dataset: {err}"), calling)
         except Rejection as rejection:
@@ -539,7 +539,12 @@ class StorageScp:
         try:
             received = self._run(
                 self._store(
-                    identity, path, size, digest, str(event.context.transfer_syntax), calling
+                    identity,
+                    path,
+                    size,
+                    digest,
+                    str(event.context.transfer_syntax),
+                    calling,
                 )
             )
         except (FutureTimeout, TimeoutError, ConnectionError, OSError) as err:
@@ -589,10 +594,9 @@ class StorageScp:
         # One round trip: the chunks, the object's metadata and the event go out back to
         # back and their acknowledgements are awaited together; success waits for them all.
         with path.open("rb") as spooled:
-            pending = await self._instances.publish_named(name, spooled, digest)
+            pending = await self._instances.publish_named(name, spooled, digest, size)
         pending.append(await self._events.publish_pending(received))
-        acks = await asyncio.gather(*pending)
-        ack = acks[-1]
+        ack = (await asyncio.gather(*pending))[-1]
         self._events.logged(received, ack)
         if ack.duplicate:  # the same bytes again: new only if another version came between
             await self._events.received_again(received, int(ack.seq))

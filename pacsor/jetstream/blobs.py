@@ -69,18 +69,17 @@ class BlobInfo(msgspec.Struct, frozen=True):
 
 def sha256_digest(data: bytes | memoryview) -> str:
     """The object store's digest notation of `data`."""
-    return DIGEST_PREFIX + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).decode()
+    return digest_notation(hashlib.sha256(data).digest())
+
+
+def digest_notation(sha256: bytes) -> str:
+    """The object store's notation of a SHA-256: `SHA-256=<base64url>`."""
+    return DIGEST_PREFIX + base64.urlsafe_b64encode(sha256).decode()
 
 
 def digest_hex(digest: str) -> str:
     """The SHA-256 of the object store's notation `SHA-256=<base64url>`, in hexadecimal."""
     return base64.urlsafe_b64decode(digest.removeprefix(DIGEST_PREFIX)).hex()
-
-
-def _read_hashed(source: BinaryIO, size: int, hasher: hashlib._Hash) -> bytes:
-    chunk = source.read(size)
-    hasher.update(chunk)
-    return chunk
 
 
 class BlobStore:
@@ -147,7 +146,7 @@ class BlobStore:
         return info
 
     async def publish_named(
-        self, name: str, source: BinaryIO, digest: str
+        self, name: str, source: BinaryIO, digest: str, size: int
     ) -> list[asyncio.Future[Any]]:
         """Publish a content-addressed object (its name carries its digest), read from
         `source` a chunk at a time, without waiting: the chunks and the metadata go out back
@@ -157,36 +156,39 @@ class BlobStore:
         No lookup first: every message has an idempotency key derived from the name, so an
         identical resend within the bucket's duplicate window is stored once (JetStream drops
         the repeats), and a retry after a partial failure completes the object. For the same
-        reason a failure purges nothing: the same name's retry reuses what was stored. The
-        bytes read are hashed: BlobError before the metadata when they are not `digest`.
+        reason a failure purges nothing: the same name's retry reuses what was stored.
+
+        `digest` and `size` are the caller's, taken from the bytes as they were written to
+        `source` (the SCP hashes a dataset while it is received), so the bytes are not hashed
+        again here; a reader checks them against `digest` on every read. BlobError before the
+        metadata when `source` does not hold `size` bytes.
         """
         nuid = hashlib.sha256(name.encode()).hexdigest()[:22]
         chunk_subject = self._chunk_subject(nuid)
-        hasher = hashlib.sha256()
         pending: list[asyncio.Future[Any]] = []
-        size = 0
+        read = 0
         # The first chunk read here: nothing of this object is waiting to be sent yet.
-        chunk = _read_hashed(source, self._chunk_size, hasher)
+        chunk = source.read(self._chunk_size)
         while chunk:
             if pending and len(pending) % IN_FLIGHT_CHUNKS == 0:
                 # A large object waits for its earlier chunks: at most IN_FLIGHT_CHUNKS
                 # are buffered by the client, whatever the object's size.
                 await asyncio.wait_for(asyncio.gather(*pending), self._timeout)
-            size += len(chunk)
+            read += len(chunk)
             pending.append(
                 await self._js.publish_async(
                     chunk_subject, chunk, headers={MSG_ID_HEADER: f"{nuid}.{len(pending)}"}
                 )
             )
-            if len(chunk) < self._chunk_size:
-                chunk = _read_hashed(source, self._chunk_size, hasher)  # the end, at once
+            if read >= size:
+                chunk = source.read(self._chunk_size)  # the end, at once
             else:
-                # Read and hashed on a worker thread (file reads and hashlib release the
-                # GIL): the event loop meanwhile sends the chunks before it to nats-server,
-                # and serves the other associations.
-                chunk = await asyncio.to_thread(_read_hashed, source, self._chunk_size, hasher)
-        if DIGEST_PREFIX + base64.urlsafe_b64encode(hasher.digest()).decode() != digest:
-            raise BlobError(f"{self.bucket}/{name}: the bytes read are not {digest}")
+                # Read on a worker thread (file reads release the GIL): the event loop
+                # meanwhile sends the chunks before it to nats-server, and serves the other
+                # associations.
+                chunk = await asyncio.to_thread(source.read, self._chunk_size)
+        if read != size:
+            raise BlobError(f"{self.bucket}/{name}: {read} bytes read, not {size}")
         info = BlobInfo(
             name=name, bucket=self.bucket, nuid=nuid, size=size, chunks=len(pending), digest=digest
         )
@@ -284,7 +286,7 @@ class BlobStore:
         self._verify(name, info, hasher)
 
     def _verify(self, name: str, info: BlobInfo, hasher: hashlib._Hash) -> None:
-        if DIGEST_PREFIX + base64.urlsafe_b64encode(hasher.digest()).decode() != info.digest:
+        if digest_notation(hasher.digest()) != info.digest:
             raise BlobError(f"{self.bucket}/{name}: digest mismatch, the object is corrupt")
 
     async def get(self, name: str) -> bytes:
@@ -319,7 +321,7 @@ class BlobWriter:
 
     @property
     def digest(self) -> str:
-        return DIGEST_PREFIX + base64.urlsafe_b64encode(self._hasher.digest()).decode()
+        return digest_notation(self._hasher.digest())
 
     async def write(self, data: bytes) -> None:
         self._hasher.update(data)
