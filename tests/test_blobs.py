@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+from io import BytesIO
 
 import pytest
 from nats.aio.client import Client
 
-from pacsor.jetstream.blobs import BlobError, BlobNotFound, BlobStore
-from pacsor.jetstream.subjects import RESULTS_BUCKET
+from pacsor.jetstream.blobs import BlobError, BlobNotFound, BlobStore, sha256_digest
+from pacsor.jetstream.subjects import INSTANCES_BUCKET, RESULTS_BUCKET
 
 
 async def test_objects_are_readable_by_the_standard_object_store_client(nc: Client) -> None:
@@ -47,3 +48,40 @@ async def test_missing_and_corrupt_objects_are_errors(nc: Client) -> None:
     await js.publish(f"$O.{RESULTS_BUCKET}.C.{info.nuid}", b"y" * 100)
     with pytest.raises(BlobError, match="digest mismatch"):
         await store.get("c/d")
+
+
+async def test_a_named_object_is_stored_once_and_replaces_a_deletion_marker(nc: Client) -> None:
+    js = nc.jetstream()
+    store = BlobStore(nc, js, INSTANCES_BUCKET)
+    data = os.urandom(3 * 512 * 1024 + 5)
+    digest = sha256_digest(data)
+
+    async def publish() -> bool:
+        written = await store.publish_named("s/1", BytesIO(data), digest, len(data))
+        return await written.stored()
+
+    assert await publish() is True
+    assert (await (await js.object_store(INSTANCES_BUCKET)).get("s/1")).data == data
+    messages = (await js.stream_info(f"OBJ_{INSTANCES_BUCKET}")).state.messages
+    assert messages == 4 + 1
+
+    # The same bytes again, at any time: the stored object is kept, the new chunks purged.
+    assert await publish() is False
+    assert (await js.stream_info(f"OBJ_{INSTANCES_BUCKET}")).state.messages == messages
+    assert await store.get("s/1") == data
+
+    # Deleted (a marker in place of its metadata), then published again: stored again.
+    assert await store.delete("s/1")
+    assert await publish() is True
+    assert await store.get("s/1") == data
+    assert (await js.stream_info(f"OBJ_{INSTANCES_BUCKET}")).state.messages == messages
+
+
+async def test_a_named_object_read_short_is_refused_and_purged(nc: Client) -> None:
+    js = nc.jetstream()
+    store = BlobStore(nc, js, INSTANCES_BUCKET)
+    data = os.urandom(700_000)
+    with pytest.raises(BlobError, match="700000 bytes read, not 900000"):
+        await store.publish_named("s/2", BytesIO(data), sha256_digest(data), 900_000)
+    assert (await js.stream_info(f"OBJ_{INSTANCES_BUCKET}")).state.messages == 0
+    assert await store.info("s/2") is None

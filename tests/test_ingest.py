@@ -198,3 +198,28 @@ async def test_instance_event_can_be_awaited(
     assert isinstance(event, ev.InstanceReceived)
     assert event.sop_class_uid == str(ds.SOPClassUID)
     assert event.transfer_syntax_uid == "1.2.840.10008.1.2.1"
+
+
+async def test_resend_of_a_deleted_instance_stores_it_again(
+    nc: Client, nats_server: NatsServer, tmp_path: Path
+) -> None:
+    settings = scp_settings(nats_server.url)
+    [path] = write_study(tmp_path, [make_image(generate_uid())])
+    js = nc.jetstream()
+    store = BlobStore(nc, js, INSTANCES_BUCKET)
+    async with running_gateway(settings, ("scp",)):
+        assert await send(settings, [path]) == [0]
+        [received] = [
+            r.event for r in await EventLog(js).read() if isinstance(r.event, ev.InstanceReceived)
+        ]
+        # Removed, as retention does: the name's metadata is a deletion marker now, which a
+        # metadata written only where none is (sequence 0) must not take for the object.
+        assert await store.delete(received.object_name)
+        assert await store.info(received.object_name) is None
+        assert await send(settings, [path]) == [0]
+    stored = await store.get(received.object_name)
+    assert sha256_digest(stored) == received.digest
+    info = await store.info(received.object_name)
+    assert info is not None
+    objects = await js.stream_info(f"OBJ_{INSTANCES_BUCKET}")
+    assert objects.state.messages == info.chunks + 1  # the marker rolled up, no orphans

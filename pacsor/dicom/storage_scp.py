@@ -594,9 +594,14 @@ class StorageScp:
         # One round trip: the chunks, the object's metadata and the event go out back to
         # back and their acknowledgements are awaited together; success waits for them all.
         with path.open("rb") as spooled:
-            pending = await self._instances.publish_named(name, spooled, digest, size)
-        pending.append(await self._events.publish_pending(received))
-        ack = (await asyncio.gather(*pending))[-1]
+            written = await self._instances.publish_named(name, spooled, digest, size)
+        try:
+            received_ack = await self._events.publish_pending(received)
+        except BaseException:
+            await written.discard()
+            raise
+        await written.stored()  # False for an identical copy already stored: kept as it is
+        ack = await received_ack
         self._events.logged(received, ack)
         if ack.duplicate:  # the same bytes again: new only if another version came between
             await self._events.received_again(received, int(ack.seq))

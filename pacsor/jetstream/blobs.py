@@ -22,13 +22,14 @@ from typing import Any, BinaryIO
 import msgspec
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
+from nats.js.errors import APIError, NotFoundError
 
 from pacsor.errors import PacsorError
 from pacsor.jetstream.subjects import (
-    MSG_ID_HEADER,
+    EXPECTED_LAST_SUBJECT_SEQUENCE_HEADER,
     ROLLUP_HEADER,
     ROLLUP_SUBJECT,
+    WRONG_LAST_SEQUENCE,
     object_chunk_subject,
     object_meta_subject,
     object_store_stream,
@@ -147,59 +148,63 @@ class BlobStore:
 
     async def publish_named(
         self, name: str, source: BinaryIO, digest: str, size: int
-    ) -> list[asyncio.Future[Any]]:
+    ) -> PendingObject:
         """Publish a content-addressed object (its name carries its digest), read from
         `source` a chunk at a time, without waiting: the chunks and the metadata go out back
-        to back; the caller awaits the returned acknowledgements together with its own (one
-        round trip in all, for an object of up to IN_FLIGHT_CHUNKS chunks).
+        to back; the caller awaits `PendingObject.stored` together with its own
+        acknowledgements (one round trip in all, for an object of up to IN_FLIGHT_CHUNKS
+        chunks).
 
-        No lookup first: every message has an idempotency key derived from the name, so an
-        identical resend within the bucket's duplicate window is stored once (JetStream drops
-        the repeats), and a retry after a partial failure completes the object. For the same
-        reason a failure purges nothing: the same name's retry reuses what was stored.
+        No lookup first: the metadata is written only where no metadata of that name is
+        (expected last subject sequence 0). When an identical object is already stored
+        (same name, so same bytes), it is kept and these chunks purged; a deletion marker
+        in its place is replaced. This holds whatever the time since the first copy, where
+        an idempotency key would hold only within the duplicate window, and would take a
+        resend of a deleted object for a duplicate.
 
         `digest` and `size` are the caller's, taken from the bytes as they were written to
         `source` (the SCP hashes a dataset while it is received), so the bytes are not hashed
         again here; a reader checks them against `digest` on every read. BlobError before the
-        metadata when `source` does not hold `size` bytes.
+        metadata when `source` does not hold `size` bytes. A failure purges what was sent.
         """
-        nuid = hashlib.sha256(name.encode()).hexdigest()[:22]
+        nuid = self._nc._nuid.next().decode()
         chunk_subject = self._chunk_subject(nuid)
         pending: list[asyncio.Future[Any]] = []
         read = 0
-        # The first chunk read here: nothing of this object is waiting to be sent yet.
-        chunk = source.read(self._chunk_size)
-        while chunk:
-            if pending and len(pending) % IN_FLIGHT_CHUNKS == 0:
-                # A large object waits for its earlier chunks: at most IN_FLIGHT_CHUNKS
-                # are buffered by the client, whatever the object's size.
-                await asyncio.wait_for(asyncio.gather(*pending), self._timeout)
-            read += len(chunk)
-            pending.append(
-                await self._js.publish_async(
-                    chunk_subject, chunk, headers={MSG_ID_HEADER: f"{nuid}.{len(pending)}"}
-                )
+        try:
+            # The first chunk read here: nothing of this object is waiting to be sent yet.
+            chunk = source.read(self._chunk_size)
+            while chunk:
+                if pending and len(pending) % IN_FLIGHT_CHUNKS == 0:
+                    # A large object waits for its earlier chunks: at most IN_FLIGHT_CHUNKS
+                    # are buffered by the client, whatever the object's size.
+                    await asyncio.wait_for(asyncio.gather(*pending), self._timeout)
+                read += len(chunk)
+                pending.append(await self._js.publish_async(chunk_subject, chunk))
+                if read >= size:
+                    chunk = source.read(self._chunk_size)  # the end, at once
+                else:
+                    # Read on a worker thread (file reads release the GIL): the event loop
+                    # meanwhile sends the chunks before it to nats-server, and serves the
+                    # other associations.
+                    chunk = await asyncio.to_thread(source.read, self._chunk_size)
+            if read != size:
+                raise BlobError(f"{self.bucket}/{name}: {read} bytes read, not {size}")
+            info = BlobInfo(
+                name=name,
+                bucket=self.bucket,
+                nuid=nuid,
+                size=size,
+                chunks=len(pending),
+                digest=digest,
             )
-            if read >= size:
-                chunk = source.read(self._chunk_size)  # the end, at once
-            else:
-                # Read on a worker thread (file reads release the GIL): the event loop
-                # meanwhile sends the chunks before it to nats-server, and serves the other
-                # associations.
-                chunk = await asyncio.to_thread(source.read, self._chunk_size)
-        if read != size:
-            raise BlobError(f"{self.bucket}/{name}: {read} bytes read, not {size}")
-        info = BlobInfo(
-            name=name, bucket=self.bucket, nuid=nuid, size=size, chunks=len(pending), digest=digest
-        )
-        pending.append(
-            await self._js.publish_async(
-                self._meta_subject(name),
-                self._meta_body(info),
-                headers={ROLLUP_HEADER: ROLLUP_SUBJECT, MSG_ID_HEADER: f"{nuid}.meta"},
-            )
-        )
-        return pending
+            written = PendingObject(self, info, pending)
+            await written.publish_meta(expected=0)
+        except BaseException:
+            await _settled(pending, self._timeout)
+            await self._discard_chunks(chunk_subject)
+            raise
+        return written
 
     def writer(self) -> BlobWriter:
         """Write an object whose bytes arrive in pieces and whose name is known at the end."""
@@ -302,6 +307,82 @@ class BlobStore:
         await self._publish_meta(gone)
         await self._js.purge_stream(self.stream, subject=self._chunk_subject(info.nuid))
         return True
+
+
+async def _settled(futures: list[asyncio.Future[Any]], timeout: float) -> None:
+    """Wait until none of `futures` is still on its way (their outcome is not the point)."""
+    if futures:
+        await asyncio.wait(futures, timeout=timeout)
+
+
+class PendingObject:
+    """An object whose chunks and metadata were sent by `BlobStore.publish_named`, not yet
+    acknowledged: `stored` awaits them and settles a name that already had metadata."""
+
+    def __init__(self, store: BlobStore, info: BlobInfo, chunks: list[asyncio.Future[Any]]) -> None:
+        self._store = store
+        self.info = info
+        self._chunks = chunks
+        self._meta: asyncio.Future[Any] | None = None
+
+    async def publish_meta(self, expected: int) -> None:
+        store = self._store
+        # A request of its own, not publish_async: nats-py raises a publish_async error
+        # (here, the expected sequence) inside its reply callback, and the future never ends.
+        self._meta = asyncio.ensure_future(
+            store._js.publish(
+                store._meta_subject(self.info.name),
+                store._meta_body(self.info),
+                timeout=store._timeout,
+                headers={
+                    ROLLUP_HEADER: ROLLUP_SUBJECT,
+                    EXPECTED_LAST_SUBJECT_SEQUENCE_HEADER: str(expected),
+                },
+            )
+        )
+        await asyncio.sleep(0)  # the task sends its request now, before the caller's next one
+
+    async def stored(self) -> bool:
+        """True when these bytes are now the object; False when an identical object was
+        already stored (these chunks are then purged). Raises, having purged them, when
+        they could not be stored."""
+        store = self._store
+        try:
+            await asyncio.wait_for(asyncio.gather(*self._chunks), store._timeout)
+            for _ in range(3):
+                assert self._meta is not None
+                try:
+                    await self._meta
+                    return True
+                except APIError as err:
+                    if err.err_code != WRONG_LAST_SEQUENCE:
+                        raise
+                last = await self._last_meta()
+                if last is not None and not last[1].deleted and last[1].digest == self.info.digest:
+                    await self.discard()
+                    return False
+                # A deletion marker (or metadata written meanwhile): these bytes replace it.
+                await self.publish_meta(expected=last[0] if last else 0)
+            raise BlobError(f"{store.bucket}/{self.info.name}: its metadata kept changing")
+        except BaseException:
+            await self.discard()
+            raise
+
+    async def _last_meta(self) -> tuple[int, BlobInfo] | None:
+        store = self._store
+        try:
+            raw = await store._js.get_last_msg(
+                store.stream, store._meta_subject(self.info.name), direct=True
+            )
+        except NotFoundError:
+            return None
+        return int(raw.seq or 0), msgspec.json.decode(raw.data or b"{}", type=BlobInfo)
+
+    async def discard(self) -> None:
+        """Purge these chunks once none is still on its way (logged, not raised, when that
+        fails: the bucket's max_age removes them then)."""
+        await _settled(self._chunks, self._store._timeout)
+        await self._store._discard_chunks(self._store._chunk_subject(self.info.nuid))
 
 
 class BlobWriter:

@@ -27,6 +27,7 @@ from pacsor.jetstream.subjects import (
     EVENTS_STREAM,
     EXPECTED_LAST_SUBJECT_SEQUENCE_HEADER,
     MSG_ID_HEADER,
+    WRONG_LAST_SEQUENCE,
     consumer_next_subject,
     event_subject,
     received_subject,
@@ -37,7 +38,6 @@ from pacsor.jetstream.subjects import (
 
 log = logging.getLogger("pacsor.events")
 
-WRONG_LAST_SEQUENCE = 10071  # JetStream's error code for a failed expected-sequence check
 
 __all__ = ["ConcurrentUpdate", "EventLog", "RecordedEvent"]
 

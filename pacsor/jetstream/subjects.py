@@ -30,6 +30,7 @@ DISPATCH_PROGRESS_BUCKET = "PACSOR_DISPATCH"
 # Headers JetStream understands.
 MSG_ID_HEADER = "Nats-Msg-Id"  # deduplication within the stream's duplicate window
 EXPECTED_LAST_SUBJECT_SEQUENCE_HEADER = "Nats-Expected-Last-Subject-Sequence"
+WRONG_LAST_SEQUENCE = 10071  # JetStream's error code when that expectation fails
 ROLLUP_HEADER = "Nats-Rollup"
 ROLLUP_SUBJECT = "sub"  # the message replaces every earlier one on its subject
 SCHEDULE_HEADER = "Nats-Schedule"
