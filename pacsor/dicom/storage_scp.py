@@ -539,12 +539,7 @@ class StorageScp:
         try:
             received = self._run(
                 self._store(
-                    identity,
-                    path,
-                    size,
-                    digest,
-                    str(event.context.transfer_syntax),
-                    calling,
+                    identity, path, size, digest, str(event.context.transfer_syntax), calling
                 )
             )
         except (FutureTimeout, TimeoutError, ConnectionError, OSError) as err:

@@ -38,7 +38,6 @@ from pacsor.jetstream.subjects import (
 
 log = logging.getLogger("pacsor.events")
 
-
 __all__ = ["ConcurrentUpdate", "EventLog", "RecordedEvent"]
 
 
